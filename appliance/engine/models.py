@@ -1,0 +1,147 @@
+"""Value types shared by the engine, the API layer and provisioning (no I/O here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from pathlib import Path
+
+from appliance.settings import QuotaType
+from appliance.units import MIB
+
+__all__ = [
+    "BucketInfo",
+    "BucketSettings",
+    "EngineOptions",
+    "EntryInfo",
+    "NewRecord",
+    "QuotaType",
+    "RecordMeta",
+    "RecordState",
+    "StorageInfo",
+]
+
+DEFAULT_MAX_BLOCK_SIZE = 64_000_000
+DEFAULT_MAX_BLOCK_RECORDS = 1024
+META_ENTRY_MAX_BLOCK_SIZE = 128 * 1024  # `$meta` attachment entries, as ReductStore
+U64_MAX = 2**64 - 1
+
+
+class RecordState(IntEnum):
+    """Life cycle of a record: payload in flight, complete, or broken."""
+
+    STARTED = 0
+    FINISHED = 1
+    ERRORED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSettings:
+    """Settings of one bucket; every field is always filled."""
+
+    quota_type: QuotaType = QuotaType.NONE
+    quota_size: int = 0
+    max_block_size: int = DEFAULT_MAX_BLOCK_SIZE
+    max_block_records: int = DEFAULT_MAX_BLOCK_RECORDS
+
+    def merged(
+        self,
+        quota_type: QuotaType | None = None,
+        quota_size: int | None = None,
+        max_block_size: int | None = None,
+        max_block_records: int | None = None,
+    ) -> BucketSettings:
+        """A copy where every argument that is not None replaces the current value."""
+        changes = {
+            k: v
+            for k, v in {
+                "quota_type": quota_type,
+                "quota_size": quota_size,
+                "max_block_size": max_block_size,
+                "max_block_records": max_block_records,
+            }.items()
+            if v is not None
+        }
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, object]:
+        """The settings as ReductStore's JSON object."""
+        return {
+            "quota_type": self.quota_type.value,
+            "quota_size": self.quota_size,
+            "max_block_size": self.max_block_size,
+            "max_block_records": self.max_block_records,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMeta:
+    """What is known about one record without reading its payload."""
+
+    timestamp: int
+    size: int
+    content_type: str
+    labels: Mapping[str, str]
+    state: RecordState
+    entry: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """A whole record held in memory, for batch writes of small payloads."""
+
+    timestamp: int
+    data: bytes
+    content_type: str = "application/octet-stream"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryInfo:
+    """Statistics of one entry, as ``GET /b/{bucket}`` lists them."""
+
+    name: str
+    size: int
+    record_count: int
+    block_count: int
+    oldest_record: int
+    latest_record: int
+    status: str = "READY"
+
+
+@dataclass(frozen=True, slots=True)
+class BucketInfo:
+    """Statistics of one bucket, as ``GET /list`` shows them."""
+
+    name: str
+    entry_count: int
+    size: int
+    oldest_record: int
+    latest_record: int
+    is_provisioned: bool = False
+    status: str = "READY"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageInfo:
+    """Instance-wide statistics for ``GET /info``."""
+
+    bucket_count: int
+    usage: int
+    oldest_record: int
+    latest_record: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Everything the engine needs from the settings (built by ``services.py``)."""
+
+    data_path: Path
+    integrity_checks: bool = True
+    sync_writes: bool = False
+    min_free_space: int = 16 * MIB
+    max_storage_size: int | None = None
+    bucket_defaults: BucketSettings = BucketSettings()
+    read_only: bool = False
+    generation: int = 0

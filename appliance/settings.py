@@ -1,0 +1,276 @@
+"""Settings: every ``RS_*`` environment variable the appliance reads, in one frozen object.
+
+Built once by the CLI (``load_settings``) and passed down; nothing else reads ``os.environ``.
+Durations accept ``30``, ``30s``, ``500ms``, ``5m``, ``1h`` and are stored as float seconds;
+sizes accept ``1048576``, ``64MB`` (10^6), ``64MiB`` (2^20) and are stored as int bytes.
+A bad value raises ``ConfigError`` with one line naming the variable, the value and the accepted
+form. ``RS_*`` names that nothing reads are reported by ``unknown_env_names`` (a warning, not a
+refusal: a typo must not pass silently, but must not take a device offline either).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from appliance.errors import ConfigError
+from appliance.units import DURATION_FORM, MIB, SIZE_FORM, parse_duration, parse_size
+
+ENV_PREFIX = "RS_"
+
+
+class InstanceRole(str, Enum):
+    """How this instance takes part in a deployment (ARCHITECTURE §5)."""
+
+    STANDALONE = "STANDALONE"
+    PRIMARY = "PRIMARY"
+    SECONDARY = "SECONDARY"
+    REPLICA = "REPLICA"
+
+
+class QuotaType(str, Enum):
+    """Bucket quota policy: none, drop oldest blocks (FIFO), or refuse writes (HARD)."""
+
+    NONE = "NONE"
+    FIFO = "FIFO"
+    HARD = "HARD"
+
+
+class LockFailureAction(str, Enum):
+    """What a PRIMARY/SECONDARY does when the lease cannot be taken within the timeout."""
+
+    ABORT = "abort"
+    PROCEED = "proceed"
+
+
+class LogLevel(str, Enum):
+    """Log levels accepted by ``RS_LOG_LEVEL`` (ReductStore's names; TRACE maps to DEBUG)."""
+
+    TRACE = "TRACE"
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARN = "WARN"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, str) and value.strip() == "":
+        raise ValueError(f"is empty; expected {DURATION_FORM}")
+    return parse_duration(value)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, str) and value.strip() == "":
+        raise ValueError(f"is empty; expected {SIZE_FORM}")
+    return parse_size(value)
+
+
+def _optional_size(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    return parse_size(value)
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+Seconds = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+Bytes = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+OptionalBytes = Annotated[int | None, BeforeValidator(_optional_size)]
+
+# Names ReductStore reads that are provisioning groups, handled by ``provisioning/``.
+PROVISIONING_GROUP = re.compile(r"^RS_(BUCKET|TOKEN|REPLICATION|LIFECYCLE)_[A-Za-z0-9_]+$")
+
+
+class Settings(BaseSettings):
+    """Every setting of the appliance; field ``x`` is read from ``RS_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- HTTP server
+    host: str = "0.0.0.0"
+    port: int = Field(8383, ge=1, le=65535)
+    api_base_path: str = "/"
+    cert_path: Path | None = None
+    cert_key_path: Path | None = None
+    cors_allow_origin: str = ""
+    log_level: Annotated[LogLevel, BeforeValidator(_upper)] = LogLevel.INFO
+    instance_name: str = ""
+    api_token: SecretStr | None = None
+
+    # --- storage engine
+    data_path: Path = Path("data")
+    engine_enable_integrity_checks: bool = True
+    engine_compaction_interval: Seconds = 60.0
+    engine_replica_update_interval: Seconds = 60.0
+    engine_sync_writes: bool = False
+    engine_max_storage_size: OptionalBytes = None
+    engine_min_free_space: Bytes = 16 * MIB
+    defaults_bucket_quota_type: QuotaType = QuotaType.NONE
+    defaults_bucket_quota_size: Bytes = 0
+    defaults_bucket_max_block_size: Bytes = 64_000_000
+    defaults_bucket_max_block_records: int = Field(1024, ge=1)
+
+    # --- batching and I/O (spec reductstore-config §2.5)
+    io_batch_max_size: Bytes = 8_000_000
+    io_batch_max_records: int = Field(85, ge=1)
+    io_batch_max_metadata_size: Bytes = 512_000
+    io_batch_timeout: Seconds = 5.0
+    io_batch_records_timeout: Seconds = 1.0
+    io_operation_timeout: Seconds = 30.0
+
+    # --- roles and the lease (used by appliance/roles)
+    instance_role: Annotated[InstanceRole, BeforeValidator(_upper)] = InstanceRole.STANDALONE
+    lock_file_ttl: Seconds = 30.0
+    lock_file_polling_interval: Seconds = 10.0
+    lock_file_timeout: Seconds = 60.0
+    lock_file_failure_action: Annotated[LockFailureAction, BeforeValidator(_lower)] = (
+        LockFailureAction.ABORT
+    )
+
+    # --- provisioning (used by provisioning/)
+    provisioning_path: Path | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        value = value.strip()
+        if value == "localhost":
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IP address such as 0.0.0.0, 127.0.0.1 or ::") from None
+        return value
+
+    @field_validator("api_base_path")
+    @classmethod
+    def _normalise_base_path(cls, value: str) -> str:
+        value = value.strip() or "/"
+        if not value.startswith("/"):
+            value = "/" + value
+        if not value.endswith("/"):
+            value += "/"
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip() == "":
+            return None
+        return value
+
+    @field_validator("provisioning_path", "cert_path", "cert_key_path", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() == "":
+            return None
+        return value
+
+    @property
+    def effective_instance_name(self) -> str:
+        """``RS_INSTANCE_NAME`` trimmed, else the hostname, else ``unknown`` (as ReductStore)."""
+        return self.instance_name.strip() or socket.gethostname() or "unknown"
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Auth is on exactly when ``RS_API_TOKEN`` is set and non-empty."""
+        return self.api_token is not None
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """``RS_CORS_ALLOW_ORIGIN`` as a list (``*`` allows every origin)."""
+        return [o.strip() for o in self.cors_allow_origin.split(",") if o.strip()]
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return ENV_PREFIX + field.upper()
+
+
+KNOWN_ENV_NAMES = frozenset(env_name(f) for f in Settings.model_fields)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from ``environ`` (default: the process environment); ConfigError if bad."""
+    env = dict(os.environ if environ is None else environ)
+    values = {
+        name[len(ENV_PREFIX) :].lower(): value
+        for name, value in env.items()
+        if name.upper() in KNOWN_ENV_NAMES
+    }
+    try:
+        # Values found in ``environ`` are passed explicitly (they win over the process env).
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, env)) from None
+
+
+def _describe_validation_error(exc: ValidationError, env: Mapping[str, str]) -> str:
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = env_name(field)
+        raw = next((v for k, v in env.items() if k.upper() == name), error.get("input"))
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"invalid setting {name}={raw!r}: {message}")
+    return "; ".join(lines)
+
+
+def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``RS_*`` names that no setting or provisioning group reads, with a close match if any."""
+    env = os.environ if environ is None else environ
+    unknown = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in KNOWN_ENV_NAMES:
+            continue
+        if PROVISIONING_GROUP.match(upper):
+            continue
+        close = difflib.get_close_matches(upper, KNOWN_ENV_NAMES, n=1, cutoff=0.75)
+        unknown.append((name, close[0] if close else None))
+    return unknown
+
+
+SECRET_FIELDS = frozenset({"api_token"})
+
+
+def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """Rows ``(RS_NAME, value, source)`` of the effective configuration, secrets masked."""
+    env = {k.upper() for k in (os.environ if environ is None else environ)}
+    rows = []
+    for field in Settings.model_fields:
+        name = env_name(field)
+        value = getattr(settings, field)
+        if field in SECRET_FIELDS:
+            shown = "(unset)" if value is None else "********"
+        elif isinstance(value, Enum):
+            shown = str(value.value)
+        elif value is None:
+            shown = "(unset)"
+        else:
+            shown = str(value)
+        rows.append((name, shown, "env" if name in env else "default"))
+    return rows
