@@ -1,0 +1,68 @@
+"""Serving the app with Hypercorn: config from Settings (host, port, TLS) and graceful SIGTERM.
+
+Only this module and ``cli/`` install signal handlers. SIGTERM/SIGINT set an event that Hypercorn's
+``shutdown_trigger`` waits on, so a systemd or docker stop drains in-flight requests for up to
+``GRACEFUL_TIMEOUT_SECONDS`` and then runs the app's shutdown (engine flushed and closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
+from appliance.errors import ConfigError
+from appliance.settings import Settings
+from appliance.units import KIB
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_TIMEOUT_SECONDS = 10.0
+# h11 refuses requests whose head exceeds this; batch requests carry one header per record, so
+# follow RS_IO_BATCH_MAX_METADATA_SIZE as ReductStore does (its HTTP/1 max buffer size).
+MIN_HEADER_BYTES = 64 * KIB
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    """A Hypercorn Config for ``settings``; ConfigError when TLS files are missing or partial."""
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.graceful_timeout = GRACEFUL_TIMEOUT_SECONDS
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.h11_max_incomplete_size = max(MIN_HEADER_BYTES, settings.io_batch_max_metadata_size)
+    config.h2_max_header_list_size = max(MIN_HEADER_BYTES, settings.io_batch_max_metadata_size)
+    config.keep_alive_timeout = 75
+    if (settings.cert_path is None) != (settings.cert_key_path is None):
+        raise ConfigError(
+            "invalid setting: RS_CERT_PATH and RS_CERT_KEY_PATH must be set together for TLS"
+        )
+    if settings.cert_path is not None and settings.cert_key_path is not None:
+        for name, path in (("RS_CERT_PATH", settings.cert_path), ("RS_CERT_KEY_PATH", settings.cert_key_path)):
+            if not path.is_file():
+                raise ConfigError(f"invalid setting {name}={str(path)!r}: file not found")
+        config.certfile = str(settings.cert_path)
+        config.keyfile = str(settings.cert_key_path)
+    return config
+
+
+async def serve(settings: Settings) -> None:
+    """Serve the appliance until SIGTERM or SIGINT, then drain and shut down."""
+    from appliance.app import create_app  # imported late: the CLI's `check` needs no Quart
+
+    config = hypercorn_config(settings)
+    app = create_app(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    scheme = "https" if config.certfile else "http"
+    log.info(
+        "listening on %s://%s:%d%s", scheme, settings.host, settings.port, settings.api_base_path
+    )
+    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    log.info("stopped")
