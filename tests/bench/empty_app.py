@@ -1,0 +1,41 @@
+"""The ceiling for the API benchmark: a Quart app on Hypercorn whose handlers do nothing.
+
+It answers like a ReductStore just enough for reduct-py (``x-reduct-api`` header, a bucket info
+body) so the benchmark drives it with the very same client code. It reads and drops request
+bodies. Usage: ``python tests/bench/empty_app.py PORT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from hypercorn.asyncio import serve
+from quart import Quart, request
+
+from appliance.server import hypercorn_config
+from appliance.settings import Settings
+
+app = Quart(__name__)
+app.config["MAX_CONTENT_LENGTH"] = None
+HEADERS = {"x-reduct-api": "1.21"}
+BUCKET = (
+    '{"info":{"name":"b","entry_count":0,"size":0,"oldest_record":0,"latest_record":0},'
+    '"settings":{"quota_type":"NONE","quota_size":0,"max_block_size":64000000,'
+    '"max_block_records":1024},"entries":[]}'
+)
+
+
+@app.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+async def anything(rest: str) -> tuple[str, int, dict[str, str]]:
+    """Drain the body and answer 200 (GET: a minimal bucket info)."""
+    async for _ in request.body:
+        pass
+    if request.method == "GET":
+        return BUCKET, 200, {**HEADERS, "content-type": "application/json"}
+    return "", 200, HEADERS
+
+
+if __name__ == "__main__":
+    settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
+    asyncio.run(serve(app, hypercorn_config(settings)))  # type: ignore[arg-type]

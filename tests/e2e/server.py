@@ -1,0 +1,93 @@
+"""Start ``python -m appliance`` as a real process on a free loopback port, for the e2e tier."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+READY_TIMEOUT_SECONDS = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """One appliance process with its own data folder, log file and port."""
+
+    def __init__(self, data_path: Path, env: dict[str, str] | None = None, port: int | None = None):
+        self.data_path = data_path
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_path.parent / f"appliance-{self.port}.log"
+        self.extra_env = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> ServerProcess:
+        """Spawn the process; by default wait until /api/v1/ready answers 200."""
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RS_")}
+        env.update(
+            {
+                "RS_HOST": "127.0.0.1",
+                "RS_PORT": str(self.port),
+                "RS_DATA_PATH": str(self.data_path),
+                "RS_LOG_LEVEL": "INFO",
+            }
+        )
+        env.update(self.extra_env)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS, path: str = "/api/v1/ready") -> None:
+        """Poll until ``path`` answers 200; fail with the log if the process dies or times out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(self.url + path, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready after {timeout} s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the process and reap it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM the process and wait for a graceful exit; return the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.logs()}") from None
+        return int(self.proc.returncode)
