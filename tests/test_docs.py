@@ -24,3 +24,32 @@ def test_every_cli_command_is_documented_in_readme() -> None:
     assert names, "the CLI has no subcommands"
     for name in names:
         assert f"`appliance {name}" in README, name
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENT_FILES = sorted(
+    p for p in [*ROOT.joinpath("compose").glob("*"), *ROOT.joinpath("systemd").glob("*")] if p.is_file()
+)
+
+
+@pytest.mark.parametrize("path", DEPLOYMENT_FILES, ids=lambda p: p.name)
+def test_deployment_files_use_only_known_settings_and_are_documented(path: Path) -> None:
+    import re
+
+    from appliance.settings import KNOWN_ENV_NAMES
+
+    names = set(re.findall(r"\bRS_[A-Z0-9_]+", path.read_text()))
+    assert names <= KNOWN_ENV_NAMES, names - KNOWN_ENV_NAMES
+    assert f"`{path.parent.name}/{path.name}`" in README
+
+
+def test_systemd_env_example_is_a_valid_configuration() -> None:
+    from appliance.settings import load_settings
+
+    env = {}
+    for line in (ROOT / "systemd" / "appliance.env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value
+    settings = load_settings(env)
+    assert settings.engine_sync_writes is True
