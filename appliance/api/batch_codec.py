@@ -1,0 +1,521 @@
+"""Sans-I/O codec for the batch protocol headers: v1 (§7, one entry) and v2 (§8, many entries).
+
+Input is a plain mapping of lower-cased header names to values; output is frozen dataclasses
+(requests) or ``{name: value}`` dicts / ``(name, value)`` pairs (responses). Nothing here knows
+Quart: the HTTP layer moves bodies and turns ``UnprocessableEntity`` into a 422.
+
+v1 record header: ``x-reduct-time-<ts>: <len>,<content-type>[,<k>=<v>]*`` (values containing a
+comma are quoted). v2: ``x-reduct-entries`` (percent-encoded names), ``x-reduct-start-ts``, an
+optional ``x-reduct-labels`` name dictionary and ``x-reduct-<entry-index>-<delta>:
+<len>[,<content-type>[,<label-delta>]]`` where omitted parts are inherited from the previous
+record of the same entry and an empty label value deletes the label. Parsing mirrors
+ReductStore's ``reduct_base::batch`` byte for byte, quirks included, because clients are
+tested against it; error messages are the spec's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from appliance.errors import ApplianceError, UnprocessableEntity
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "LabelUpdate",
+    "RecordLike",
+    "V1Record",
+    "V2Record",
+    "V2Request",
+    "decode_name",
+    "encode_name",
+    "encode_v1_error",
+    "encode_v1_record_header",
+    "encode_v2_echo",
+    "encode_v2_error",
+    "encode_v2_read_batch",
+    "parse_v1_headers",
+    "parse_v1_timestamps",
+    "parse_v2_remove",
+    "parse_v2_request",
+    "parse_v2_update",
+    "v2_body_order",
+]
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+V1_TIME_PREFIX = "x-reduct-time-"
+V1_ERROR_PREFIX = "x-reduct-error-"
+V2_PREFIX = "x-reduct-"
+ENTRIES_HEADER = "x-reduct-entries"
+START_TS_HEADER = "x-reduct-start-ts"
+LABELS_HEADER = "x-reduct-labels"
+
+U64_LIMIT = 2**64
+_UINT = re.compile(r"\+?[0-9]+")  # Rust's unsigned `parse` grammar (a leading '+' is allowed)
+_TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_COMPUTED_LABEL = "Label names must not start with '@': reserved for computed labels"
+_INVALID = "Invalid batched header"
+
+
+class RecordLike(Protocol):
+    """What the read encoders need of a record (``appliance.engine.models.RecordMeta`` fits)."""
+
+    @property
+    def timestamp(self) -> int: ...  # noqa: D102
+    @property
+    def size(self) -> int: ...  # noqa: D102
+    @property
+    def content_type(self) -> str: ...  # noqa: D102
+    @property
+    def labels(self) -> Mapping[str, str]: ...  # noqa: D102
+    @property
+    def entry(self) -> str: ...  # noqa: D102
+
+
+@dataclass(frozen=True, slots=True)
+class LabelUpdate:
+    """A label patch: labels to set (or overwrite) and labels to remove."""
+
+    set: Mapping[str, str] = field(default_factory=dict)
+    remove: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, str | None]) -> LabelUpdate:
+        """Build from ``{name: value}`` where an empty value or None means "remove"."""
+        return cls(
+            set={k: v for k, v in values.items() if v},
+            remove=frozenset(k for k, v in values.items() if not v),
+        )
+
+
+def _parse_uint(text: str) -> int | None:
+    if not _UINT.fullmatch(text):
+        return None
+    number = int(text)
+    return number if number < U64_LIMIT else None
+
+
+def _format_label_value(value: str) -> str:
+    return f'"{value}"' if "," in value else value
+
+
+def _error_value(err: ApplianceError) -> str:
+    return f"{err.status},{err.message}"
+
+
+# -- percent encoding of names -----------------------------------------------------------------
+
+
+def encode_name(name: str) -> str:
+    """Percent-encode every byte that is not an HTTP tchar (``/`` -> ``%2F``, ``$`` stays)."""
+    return "".join(chr(b) if b in _TCHARS else f"%{b:02X}" for b in name.encode())
+
+
+def decode_name(encoded: str) -> str:
+    """Undo ``encode_name``; only ``%XX`` is translated, so a raw ``/`` is accepted too."""
+    try:
+        raw = encoded.encode("latin-1")  # header values arrive as latin-1 decoded bytes
+    except UnicodeEncodeError:
+        raw = encoded.encode()
+    decoded = bytearray()
+    pos = 0
+    while pos < len(raw):
+        if raw[pos] == ord("%"):
+            pair = raw[pos + 1 : pos + 3]
+            if len(pair) != 2 or not all(chr(c) in "0123456789abcdefABCDEF" for c in pair):
+                raise UnprocessableEntity(f"Invalid entry encoding in header name: '{encoded}'")
+            decoded.append(int(pair, 16))
+            pos += 3
+        else:
+            decoded.append(raw[pos])
+            pos += 1
+    try:
+        return decoded.decode()
+    except UnicodeDecodeError:
+        raise UnprocessableEntity(
+            f"Entry name is not valid UTF-8 in header '{encoded}'"
+        ) from None
+
+
+# -- v1 ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class V1Record:
+    """One record of a v1 batch request."""
+
+    timestamp: int
+    content_length: int
+    content_type: str
+    labels: Mapping[str, str]
+
+    def label_update(self) -> LabelUpdate:
+        """For PATCH: a non-empty value sets the label, an empty one removes it."""
+        return LabelUpdate.from_values(self.labels)
+
+
+def _parse_v1_value(value: str) -> tuple[int, str, dict[str, str]]:
+    if "," not in value:
+        raise UnprocessableEntity(_INVALID)
+    length_text, rest = value.split(",", 1)
+    length = _parse_uint(length_text.strip())
+    if length is None:
+        raise UnprocessableEntity("Invalid content length")
+    content_type, rest = rest.split(",", 1) if "," in rest else (rest, DEFAULT_CONTENT_TYPE)
+    content_type = content_type.strip() if content_type else DEFAULT_CONTENT_TYPE
+
+    labels: dict[str, str] = {}
+    while "=" in rest:
+        key, tail = rest.split("=", 1)
+        key = key.strip()
+        if key.startswith("@"):
+            raise UnprocessableEntity(_COMPUTED_LABEL)
+        if tail.startswith('"'):  # a quoted value runs to the next quote, commas included
+            if '"' not in tail[1:]:
+                raise UnprocessableEntity(_INVALID)
+            label, rest = tail[1:].split('"', 1)
+            labels[key] = label.strip()
+            rest = rest.lstrip(",").strip()
+        elif "," in tail:
+            label, rest = tail.split(",", 1)
+            labels[key] = label.strip()
+            rest = rest.strip()
+        else:
+            labels[key] = tail.strip()
+            break
+    return length, content_type, labels
+
+
+def _v1_items(headers: Mapping[str, str]) -> list[tuple[int, str]]:
+    items = []
+    for name, value in headers.items():
+        name = name.lower()
+        if not name.startswith(V1_TIME_PREFIX):
+            continue
+        timestamp = _parse_uint(name[len(V1_TIME_PREFIX) :])
+        if timestamp is None:
+            raise UnprocessableEntity(
+                f"Invalid header '{name}': must be an unix timestamp in microseconds"
+            )
+        items.append((timestamp, value))
+    items.sort(key=lambda item: item[0])
+    return items
+
+
+def parse_v1_headers(headers: Mapping[str, str]) -> list[V1Record]:
+    """The records of a v1 POST/PATCH batch, ascending by timestamp (the body order)."""
+    records = []
+    for timestamp, value in _v1_items(headers):
+        length, content_type, labels = _parse_v1_value(value)
+        records.append(V1Record(timestamp, length, content_type, labels))
+    return records
+
+
+def parse_v1_timestamps(headers: Mapping[str, str]) -> list[int]:
+    """The timestamps of a v1 DELETE batch (header values are ignored and may be empty)."""
+    return [timestamp for timestamp, _ in _v1_items(headers)]
+
+
+def encode_v1_record_header(meta: RecordLike) -> tuple[str, str]:
+    """``x-reduct-time-<ts>`` for a batched read; labels sorted by their ``k=v`` text."""
+    labels = sorted(f"{k}={_format_label_value(v)}" for k, v in meta.labels.items())
+    value = ",".join([str(meta.size), meta.content_type or DEFAULT_CONTENT_TYPE, *labels])
+    return f"{V1_TIME_PREFIX}{meta.timestamp}", value
+
+
+def encode_v1_error(timestamp: int, err: ApplianceError) -> tuple[str, str]:
+    """``x-reduct-error-<ts>: <status>,<message>`` for a failed record."""
+    return f"{V1_ERROR_PREFIX}{timestamp}", _error_value(err)
+
+
+# -- v2 requests -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class V2Record:
+    """One record of a v2 request, with its inherited metadata resolved."""
+
+    entry_index: int
+    delta: int
+    entry: str
+    timestamp: int
+    content_length: int = 0
+    content_type: str = DEFAULT_CONTENT_TYPE
+    labels: Mapping[str, str] = field(default_factory=dict)
+    update: LabelUpdate = field(default_factory=LabelUpdate)  # filled by parse_v2_update only
+
+
+@dataclass(frozen=True, slots=True)
+class V2Request:
+    """A parsed v2 request: records in (entry_index, delta) order, which is the body order."""
+
+    entries: list[str]
+    start_ts: int
+    label_names: list[str] | None
+    records: list[V2Record]
+
+    @property
+    def content_length(self) -> int:
+        """The body size the record headers announce."""
+        return sum(record.content_length for record in self.records)
+
+
+def _parse_entries(headers: Mapping[str, str]) -> list[str]:
+    raw = headers.get(ENTRIES_HEADER)
+    if raw is None:
+        return []  # spec §8.1: a missing header is an empty list
+    if not raw.strip():
+        raise UnprocessableEntity("x-reduct-entries header is required")
+    return [decode_name(item.strip()) for item in raw.split(",")]
+
+
+def _parse_start_ts(headers: Mapping[str, str]) -> int:
+    raw = headers.get(START_TS_HEADER)
+    if raw is None:
+        raise UnprocessableEntity("x-reduct-start-ts header is required")
+    start_ts = _parse_uint(raw)
+    if start_ts is None:
+        raise UnprocessableEntity("Invalid x-reduct-start-ts header")
+    return start_ts
+
+
+def _parse_label_names(headers: Mapping[str, str]) -> list[str] | None:
+    raw = headers.get(LABELS_HEADER)
+    if raw is None:
+        return None
+    if not raw.strip():
+        raise UnprocessableEntity("x-reduct-labels header is empty")
+    names = []
+    for item in raw.split(","):
+        try:
+            names.append(decode_name(item.strip()))
+        except UnprocessableEntity:
+            raise UnprocessableEntity(
+                f"Invalid label encoding in header value: '{item.strip()}'"
+            ) from None
+    return names
+
+
+def _record_headers(headers: Mapping[str, str]) -> list[tuple[int, int, str]]:
+    """``(entry_index, delta, value)`` of every ``x-reduct-<a>-<b>`` header, sorted."""
+    found = []
+    for name, value in headers.items():
+        # Any x-reduct-* name whose last '-' part is all digits is a record header.
+        if not name.startswith(V2_PREFIX) or not all(c in "0123456789" for c in name.rpartition("-")[2]):
+            continue
+        suffix = name[len(V2_PREFIX) :]
+        if "-" not in suffix:
+            raise UnprocessableEntity(f"Invalid batched header '{name}'")
+        index_text, delta_text = suffix.rsplit("-", 1)
+        index = _parse_uint(index_text)
+        if index is None:
+            raise UnprocessableEntity(f"Invalid header '{name}': entry index must be a number")
+        delta = _parse_uint(delta_text)
+        if delta is None:
+            raise UnprocessableEntity(
+                f"Invalid header '{name}': must be an unix timestamp in microseconds"
+            )
+        found.append((index, delta, value))
+    found.sort(key=lambda item: (item[0], item[1]))
+    return found
+
+
+def _parse_frame(
+    headers: Mapping[str, str],
+) -> tuple[list[str], int, list[str] | None, list[tuple[int, int, str, str]]]:
+    headers = {name.lower(): value for name, value in headers.items()}
+    entries = _parse_entries(headers)
+    start_ts = _parse_start_ts(headers)
+    label_names = _parse_label_names(headers)
+    rows = []
+    for index, delta, value in _record_headers(headers):
+        if index >= len(entries):
+            raise UnprocessableEntity(
+                f"Invalid header '{V2_PREFIX}{index}-{delta}': entry index out of range"
+            )
+        rows.append((index, delta, entries[index], value))
+    return entries, start_ts, label_names, rows
+
+
+def _resolve_label(raw: str, label_names: list[str] | None) -> str:
+    index = _parse_uint(raw) if label_names is not None else None
+    if index is not None:
+        if index >= len(label_names or ()):
+            raise UnprocessableEntity(f"Label index '{raw}' is out of range")
+        return (label_names or [])[index]
+    if raw.startswith("@"):
+        raise UnprocessableEntity(_COMPUTED_LABEL)
+    return raw
+
+
+def _parse_label_ops(raw: str, label_names: list[str] | None) -> list[tuple[str, str | None]]:
+    """``k=v,k2="a,b",k3=`` -> [(k, v), (k2, "a,b"), (k3, None)]; None means delete."""
+    ops: list[tuple[str, str | None]] = []
+    rest = raw.strip()
+    while rest:
+        if "=" not in rest:
+            raise UnprocessableEntity(_INVALID)
+        raw_key, tail = rest.split("=", 1)
+        key = _resolve_label(raw_key.strip(), label_names)
+        if tail.startswith('"'):
+            if '"' not in tail[1:]:
+                raise UnprocessableEntity(_INVALID)
+            value, rest = tail[1:].split('"', 1)
+            rest = rest.lstrip(",").strip()
+        elif "," in tail:
+            value, rest = tail.split(",", 1)
+            rest = rest.strip()
+        else:
+            value, rest = tail, ""
+        value = value.strip()
+        ops.append((key, value or None))
+    return ops
+
+
+def _split_value(raw: str) -> tuple[str, str | None, str | None]:
+    """``len[,content-type[,labels]]`` -> its three parts (None when absent)."""
+    if "," not in raw:
+        return raw, None, None
+    length, rest = raw.split(",", 1)
+    if "," not in rest:
+        return length, rest, None
+    content_type, labels = rest.split(",", 1)
+    return length, content_type, labels
+
+
+def parse_v2_request(headers: Mapping[str, str]) -> V2Request:
+    """Parse a v2 write (``POST /io/{bucket}/write``) with per-entry inheritance (§8.1)."""
+    entries, start_ts, label_names, rows = _parse_frame(headers)
+    previous: dict[int, V2Record] = {}
+    records = []
+    for index, delta, entry, value in rows:
+        length_text, content_type, labels_raw = _split_value(value)
+        length = _parse_uint(length_text.strip())
+        if length is None:
+            raise UnprocessableEntity(_INVALID)
+        prev = previous.get(index)
+        if content_type is None:
+            if prev is None:
+                raise UnprocessableEntity(
+                    "Content-type and labels must be provided for the first record of an entry"
+                )
+            content_type, labels = prev.content_type, dict(prev.labels)
+        else:
+            content_type = content_type.strip() or (prev.content_type if prev else DEFAULT_CONTENT_TYPE)
+            labels = dict(prev.labels) if prev else {}
+            for key, label in _parse_label_ops(labels_raw or "", label_names):
+                if label is None:
+                    labels.pop(key, None)
+                else:
+                    labels[key] = label
+        record = V2Record(index, delta, entry, start_ts + delta, length, content_type, labels)
+        previous[index] = record
+        records.append(record)
+    return V2Request(entries, start_ts, label_names, records)
+
+
+def parse_v2_update(headers: Mapping[str, str]) -> V2Request:
+    """Parse a v2 label update (``PATCH /io/{bucket}/update``, §8.5).
+
+    Lengths and content types are ignored. Label operations accumulate per entry in
+    (index, delta) order and each record gets the folded state in ``update``: the last
+    operation per label, a value sets it, an empty value removes it.
+    """
+    entries, start_ts, label_names, rows = _parse_frame(headers)
+    state: dict[int, dict[str, str | None]] = {}
+    records = []
+    for index, delta, entry, value in rows:
+        folded = state.setdefault(index, {})
+        folded.update(_parse_label_ops(_split_value(value)[2] or "", label_names))
+        update = LabelUpdate.from_values(folded)
+        records.append(V2Record(index, delta, entry, start_ts + delta, update=update))
+    return V2Request(entries, start_ts, label_names, records)
+
+
+def parse_v2_remove(headers: Mapping[str, str]) -> V2Request:
+    """Parse a v2 removal (``DELETE /io/{bucket}/remove``): header values are ignored."""
+    entries, start_ts, label_names, rows = _parse_frame(headers)
+    records = [V2Record(i, delta, entry, start_ts + delta) for i, delta, entry, _ in rows]
+    return V2Request(entries, start_ts, label_names, records)
+
+
+# -- v2 responses ------------------------------------------------------------------------------
+
+
+def _entry_indexes(records: Sequence[RecordLike]) -> dict[str, int]:
+    """Entries ordered by their first timestamp in the batch, ties by name (§8.3)."""
+    first: dict[str, int] = {}
+    for record in records:
+        first[record.entry] = min(record.timestamp, first.get(record.entry, record.timestamp))
+    ordered = sorted(first, key=lambda name: (first[name], name))
+    return {name: index for index, name in enumerate(ordered)}
+
+
+def v2_body_order(records: Sequence[RecordLike]) -> list[RecordLike]:
+    """The order in which bodies must follow ``encode_v2_read_batch`` headers.
+
+    reduct-py reads bodies by (delta, entry_index); this equals ReductStore's (entry_index,
+    timestamp) order as long as entries do not interleave in time within one batch (§8.3).
+    """
+    indexes = _entry_indexes(records)
+    return sorted(records, key=lambda r: (r.timestamp, indexes[r.entry]))
+
+
+def _label_delta(
+    labels: Mapping[str, str], previous: Mapping[str, str] | None, names: dict[str, int]
+) -> str:
+    ops: list[tuple[int, str]] = []
+    keys = sorted(labels) if previous is None else sorted(set(previous) | set(labels))
+    for key in keys:
+        current = labels.get(key)
+        if previous is not None and previous.get(key) == current:
+            continue
+        index = names.setdefault(key, len(names))
+        ops.append((index, "" if current is None else _format_label_value(current)))
+    ops.sort()
+    return ",".join(f"{index}={value}" for index, value in ops)
+
+
+def encode_v2_read_batch(records: Sequence[RecordLike]) -> dict[str, str]:
+    """Headers of a ``GET /io/{bucket}/read`` batch: entries, start ts, labels, one per record."""
+    if not records:
+        return {ENTRIES_HEADER: "", START_TS_HEADER: "0"}
+    indexes = _entry_indexes(records)
+    start_ts = min(record.timestamp for record in records)
+    names: dict[str, int] = {}
+    previous: dict[int, tuple[str, Mapping[str, str]]] = {}  # content type, labels
+    headers = {
+        ENTRIES_HEADER: ",".join(encode_name(name) for name in indexes),
+        START_TS_HEADER: str(start_ts),
+    }
+    for record in v2_body_order(records):
+        index = indexes[record.entry]
+        prev_type, prev_labels = previous.get(index, (None, None))
+        content_type = record.content_type or DEFAULT_CONTENT_TYPE
+        type_part = "" if prev_type == content_type else content_type
+        delta = _label_delta(record.labels, prev_labels, names)
+        parts = [str(record.size)]
+        if type_part or delta:
+            parts.append(type_part)
+        if delta:
+            parts.append(delta)
+        headers[f"{V2_PREFIX}{index}-{record.timestamp - start_ts}"] = ",".join(parts)
+        previous[index] = (content_type, record.labels)
+    if names:
+        headers[LABELS_HEADER] = ",".join(encode_name(name) for name in names)
+    return headers
+
+
+def encode_v2_echo(request: V2Request) -> dict[str, str]:
+    """The ``x-reduct-entries`` / ``x-reduct-start-ts`` echo every v2 write response needs."""
+    return {
+        ENTRIES_HEADER: ",".join(encode_name(entry) for entry in request.entries),
+        START_TS_HEADER: str(request.start_ts),
+    }
+
+
+def encode_v2_error(entry_index: int, delta: int, err: ApplianceError) -> tuple[str, str]:
+    """``x-reduct-error-<entry_index>-<delta>: <status>,<message>`` for a failed record."""
+    return f"{V1_ERROR_PREFIX}{entry_index}-{delta}", _error_value(err)

@@ -1,0 +1,76 @@
+"""Entry selection for multi-entry queries: the ``entries`` list of ``POST /io/{bucket}/q`` (§5.4).
+
+* ``None``, ``[]`` or a list containing ``"*"`` selects every entry except ``$meta`` entries;
+  so does a list made only of exclusions;
+* an item equal to an entry name selects that entry — the only way to select a ``$meta``
+  entry (``a/$meta``);
+* an item without ``/`` ending in ``*`` is a prefix match on the whole name (``sen*`` selects
+  ``sensor`` and ``sensor/a``);
+* otherwise the item is matched segment by segment on ``/`` (a leading ``/`` is ignored):
+  ``*`` matches any run of characters inside one segment, a ``**`` segment any number of
+  segments (``a/x/y*`` selects ``a/x/y`` but not ``a/x/y/$meta``);
+* items starting with ``!`` exclude what the rest of the item would select.
+
+Globs never select ``$meta`` entries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+__all__ = ["is_meta_entry", "matches", "select_entries"]
+
+META_ENTRY = "$meta"
+
+
+def is_meta_entry(name: str) -> bool:
+    """True for an attachment entry: ``$meta`` or a name ending in ``/$meta``."""
+    return name == META_ENTRY or name.endswith("/" + META_ENTRY)
+
+
+@lru_cache(maxsize=256)
+def _segment_regex(segment: str) -> re.Pattern[str]:
+    return re.compile("[^/]*".join(re.escape(part) for part in segment.split("*")))
+
+
+def _match_segments(pattern: Sequence[str], name: Sequence[str]) -> bool:
+    if not pattern:
+        return not name
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        # Zero or more whole segments; try the shortest first.
+        return any(_match_segments(rest, name[skip:]) for skip in range(len(name) + 1))
+    if not name or not _segment_regex(head).fullmatch(name[0]):
+        return False
+    return _match_segments(rest, name[1:])
+
+
+def matches(pattern: str, name: str) -> bool:
+    """True when ``pattern`` (without ``!``) selects the entry ``name``."""
+    if pattern == name:
+        return True
+    if is_meta_entry(name):
+        return False  # $meta entries are only ever selected by their exact name
+    glob = pattern.lstrip("/")
+    if "/" not in glob and glob.endswith("*"):
+        return name.startswith(glob[:-1])
+    return _match_segments(glob.split("/"), name.split("/"))
+
+
+def select_entries(patterns: Sequence[str] | None, names: Iterable[str]) -> list[str]:
+    """The entries of ``names`` selected by ``patterns``, sorted by name."""
+    includes = [p for p in patterns or () if not p.startswith("!")]
+    excludes = [p[1:] for p in patterns or () if p.startswith("!")]
+    select_all = not includes or "*" in includes
+
+    selected = []
+    for name in set(names):
+        if select_all and not is_meta_entry(name):
+            chosen = True
+        else:
+            chosen = any(matches(pattern, name) for pattern in includes)
+        if chosen and not any(matches(pattern, name) for pattern in excludes):
+            selected.append(name)
+    return sorted(selected)
