@@ -1,0 +1,118 @@
+"""Batch protocol v1 (spec §7): one entry, ``x-reduct-time-<ts>`` headers.
+
+Reads come from an entry-level query; writes, label updates and removals answer 200 with an
+``x-reduct-error-<ts>`` header per failed record.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from quart import Response, request
+
+from appliance.api import params
+from appliance.api.access import read_access, services, write_access
+from appliance.api.batch_codec import (
+    encode_v1_error,
+    encode_v1_record_header,
+    parse_v1_headers,
+    parse_v1_timestamps,
+)
+from appliance.api.ingest import Incoming, write_records
+from appliance.api.queries import batch_response, collect, query_id
+from appliance.errors import ApplianceError, UnprocessableEntity
+
+if TYPE_CHECKING:
+    from appliance.engine import Storage
+
+LENGTH_MISMATCH = (
+    "content-length header does not match the sum of the content-lengths in the headers"
+)
+
+
+def header_map() -> dict[str, str]:
+    """The request headers as ``{lower-case name: value}`` (what the batch codec takes)."""
+    return {k.decode("latin1").lower(): params.decode_value(v) for k, v in request.scope["headers"]}
+
+
+def error_headers(errors: dict[int, ApplianceError]) -> dict[str, str]:
+    """``x-reduct-error-<ts>`` headers for per-record failures."""
+    return dict(encode_v1_error(ts, err) for ts, err in sorted(errors.items()))
+
+
+async def read(bucket: str, entry: str) -> Response:
+    """``GET|HEAD /b/{bucket}/{entry}/batch?q=``: the next batch of an entry-level query."""
+    raw = request.args.get("q")
+    if raw is None:
+        raise UnprocessableEntity("'q' parameter is required for batched reads")
+    qid = query_id(raw, "'q' must be a number")
+    read_access(bucket)
+    svc = services()
+    storage = svc.engine
+    head = request.method == "HEAD"
+    query = svc.queries.get(qid, bucket, entry)
+    batch = await collect(svc, storage, query, head=head, v2=False)
+    headers = dict(encode_v1_record_header(meta) for _, meta in batch.records)
+    return batch_response(
+        svc, storage, bucket, batch, headers, head=head, only_metadata=query.spec.only_metadata
+    )
+
+
+async def write(bucket: str, entry: str) -> Response:
+    """``POST /b/{bucket}/{entry}/batch``: write records given in ascending ts order."""
+    records = parse_v1_headers(header_map())
+    write_access(bucket)
+    declared = params.header(request.scope["headers"], b"content-length")
+    total = sum(r.content_length for r in records)
+    if declared is not None and params.parse_u64(declared.decode("latin1").strip()) != total:
+        raise UnprocessableEntity(LENGTH_MISMATCH)
+    svc = services()
+    items = [
+        Incoming(r.timestamp, entry, r.timestamp, r.content_length, r.content_type, r.labels)
+        for r in records
+    ]
+    errors = await write_records(svc, svc.engine, bucket, items)
+    return Response(b"", status=200, headers=error_headers(errors))  # type: ignore[arg-type]
+
+
+def _update(
+    storage: Storage, bucket: str, entry: str, updates: list[tuple[int, dict[str, str], set[str]]]
+) -> dict[int, ApplianceError]:
+    e = storage.get_bucket(bucket).get_entry(entry)
+    errors: dict[int, ApplianceError] = {}
+    for ts, update, remove in updates:
+        try:
+            e.update_labels(ts, update, remove)
+        except ApplianceError as exc:
+            errors[ts] = exc
+    return errors
+
+
+async def update(bucket: str, entry: str) -> Response:
+    """``PATCH /b/{bucket}/{entry}/batch``: label updates; an empty value removes a label."""
+    records = parse_v1_headers(header_map())
+    write_access(bucket)
+    updates = []
+    for r in records:
+        change = r.label_update()
+        updates.append((r.timestamp, dict(change.set), set(change.remove)))
+    svc = services()
+    errors = await svc.run(_update, svc.engine, bucket, entry, updates)
+    return Response(b"", status=200, headers=error_headers(errors))
+
+
+def _remove(storage: Storage, bucket: str, entry: str, stamps: list[int]) -> dict[int, ApplianceError]:
+    return dict(storage.get_bucket(bucket).get_entry(entry).remove_records(stamps))
+
+
+async def remove(bucket: str, entry: str) -> Response:
+    """``DELETE /b/{bucket}/{entry}/batch``: remove the listed records."""
+    if params.is_meta_entry(entry):
+        raise UnprocessableEntity(
+            f"Can't delete records from system entry '{entry}'; use label update with remove=true"
+        )
+    stamps = parse_v1_timestamps(header_map())
+    write_access(bucket)
+    svc = services()
+    errors = await svc.run(_remove, svc.engine, bucket, entry, stamps)
+    return Response(b"", status=200, headers=error_headers(errors))

@@ -1,0 +1,137 @@
+"""Bucket endpoints (spec §3): create, get, head, update settings, remove, rename."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, Response
+
+from appliance.api.access import authenticate, full_access, read_access, services
+from appliance.api.params import bucket_name, is_meta_entry, json_object, new_name, opt_u64
+from appliance.api.server import bucket_info_json, json_response
+from appliance.api.streaming import read_any_body
+from appliance.engine.models import BucketSettings
+from appliance.errors import UnprocessableEntity
+from appliance.settings import QuotaType
+
+if TYPE_CHECKING:
+    from appliance.engine import Storage
+
+blueprint = Blueprint("buckets", __name__)
+
+
+def parse_settings(body: bytes) -> dict[str, Any]:
+    """The non-null fields of a ``BucketSettings`` JSON body (empty body → no fields)."""
+    obj = json_object(body, allow_empty=True)
+    fields: dict[str, Any] = {}
+    quota = obj.get("quota_type")
+    if quota is not None:
+        try:
+            fields["quota_type"] = QuotaType(quota)
+        except ValueError:
+            raise UnprocessableEntity(
+                f"Invalid JSON: unknown variant `{quota}`, expected one of `NONE`, `FIFO`, `HARD`"
+            ) from None
+    for key in ("quota_size", "max_block_size", "max_block_records"):
+        value = opt_u64(obj, key)
+        if value is not None:
+            fields[key] = value
+    return fields
+
+
+def _full_info(storage: Storage, name: str) -> dict[str, Any]:
+    bucket = storage.get_bucket(name)
+    info = bucket.info()
+    entries = [
+        {
+            "name": e.name,
+            "size": e.size,
+            "record_count": e.record_count,
+            "block_count": e.block_count,
+            "oldest_record": e.oldest_record,
+            "latest_record": e.latest_record,
+            "status": e.status,
+        }
+        for e in sorted(bucket.entries(), key=lambda e: e.name)
+        if not is_meta_entry(e.name)
+    ]
+    info_json = bucket_info_json(replace(info, entry_count=len(entries)))
+    return {"info": info_json, "settings": bucket.settings.to_json(), "entries": entries}
+
+
+def _update(storage: Storage, name: str, fields: dict[str, Any]) -> None:
+    bucket = storage.get_bucket(name)
+    bucket.update_settings(bucket.settings.merged(**fields))
+
+
+@blueprint.route("/b/<name>", methods=["POST"])
+async def create(name: str) -> Response:
+    """Create a bucket; missing settings come from ``RS_DEFAULTS_BUCKET_*``."""
+    svc = services()
+    body = await read_any_body(svc.settings.io_operation_timeout)
+    fields = parse_settings(body)
+    full_access()
+    bucket_name(name)
+    svc.check_writable()
+    settings: BucketSettings = svc.defaults.merged(**fields)
+    await svc.run(svc.engine.create_bucket, name, settings)
+    return Response(b"", status=200)
+
+
+@blueprint.route("/b/<name>", methods=["GET"])
+async def get(name: str) -> Response:
+    """Full bucket information: info, settings and visible entries."""
+    bucket_name(name)
+    read_access(name)
+    svc = services()
+    return json_response(await svc.run(_full_info, svc.engine, name))
+
+
+@blueprint.route("/b/<name>", methods=["HEAD"])
+async def head(name: str) -> Response:
+    """Existence check; any valid token may ask."""
+    bucket_name(name)
+    authenticate()
+    svc = services()
+    await svc.run(svc.engine.get_bucket, name)
+    return Response(b"", status=200)
+
+
+@blueprint.route("/b/<name>", methods=["PUT"])
+async def update(name: str) -> Response:
+    """Partial settings update: null/missing fields keep their current values."""
+    svc = services()
+    body = await read_any_body(svc.settings.io_operation_timeout)
+    fields = parse_settings(body)
+    full_access()
+    bucket_name(name)
+    await svc.run(_update, svc.engine, name, fields)
+    return Response(b"", status=200)
+
+
+@blueprint.route("/b/<name>", methods=["DELETE"])
+async def remove(name: str) -> Response:
+    """Remove a bucket and strip it from token permissions."""
+    full_access()
+    bucket_name(name)
+    svc = services()
+    svc.check_writable()
+    await svc.run(svc.engine.remove_bucket, name)
+    await svc.run(svc.tokens.remove_bucket, name)
+    return Response(b"", status=200)
+
+
+@blueprint.route("/b/<name>/rename", methods=["PUT"])
+async def rename(name: str) -> Response:
+    """Rename a bucket; token permission lists follow."""
+    svc = services()
+    body = await read_any_body(svc.settings.io_operation_timeout)
+    new = new_name(body)
+    full_access()
+    bucket_name(name)
+    bucket_name(new)
+    svc.check_writable()
+    await svc.run(svc.engine.rename_bucket, name, new)
+    await svc.run(svc.tokens.rename_bucket, name, new)
+    return Response(b"", status=200)

@@ -1,0 +1,156 @@
+"""Writing the records of a batch request body (batch v1 ``POST .../batch`` and v2
+``POST /io/{bucket}/write``) with per-record errors.
+
+Bodies up to ``IN_MEMORY_BYTES`` are received whole and written with one ``write_batch`` call
+per entry, all in a single worker-thread hop. Bigger bodies are written record by record through
+``RecordWriter``s, streaming each payload in ~1 MiB hops, so a batch holding a huge record never
+sits in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from quart import request
+
+from appliance.api.streaming import WRITE_CHUNK_BYTES, _next_chunk, run_through
+from appliance.engine.models import NewRecord
+from appliance.errors import ApplianceError, BadRequest
+
+if TYPE_CHECKING:
+    from appliance.engine import Storage
+    from appliance.services import Services
+
+IN_MEMORY_BYTES = 16 * 1024 * 1024
+SHORT_BODY = "Content is shorter than expected: no more data to read"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One record announced by batch headers; ``key`` identifies it in the error map."""
+
+    key: Hashable
+    entry: str
+    timestamp: int
+    length: int
+    content_type: str
+    labels: Mapping[str, str]
+
+
+class BodyReader:
+    """Hands out the request body in exact slices, pulling chunks as needed."""
+
+    def __init__(self, timeout: float) -> None:
+        self._it = request.body.__aiter__()
+        self._timeout = timeout
+        self._rest = b""
+
+    async def chunks(self, n: int) -> Any:
+        """Yield chunks adding up to exactly ``n`` bytes; 400 if the body ends first."""
+        while n > 0:
+            if not self._rest:
+                chunk = await _next_chunk(self._it, self._timeout)
+                if chunk is None:
+                    raise BadRequest(SHORT_BODY)
+                self._rest = chunk
+            piece, self._rest = self._rest[:n], self._rest[n:]
+            n -= len(piece)
+            yield piece
+
+    async def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes."""
+        parts = [piece async for piece in self.chunks(n)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _write_in_memory(
+    storage: Storage, bucket: str, items: list[Incoming], body: bytes
+) -> dict[Hashable, ApplianceError]:
+    errors: dict[Hashable, ApplianceError] = {}
+    groups: dict[str, list[tuple[Incoming, NewRecord]]] = {}
+    offset = 0
+    for item in items:
+        data = body[offset : offset + item.length]
+        offset += item.length
+        record = NewRecord(item.timestamp, data, item.content_type, item.labels)
+        groups.setdefault(item.entry, []).append((item, record))
+    try:
+        b = storage.get_bucket(bucket)
+    except ApplianceError as exc:
+        return {item.key: exc for item in items}
+    for entry, pairs in groups.items():
+        try:
+            failed = b.write_batch(entry, [record for _, record in pairs])
+        except ApplianceError as exc:
+            for item, _ in pairs:
+                errors[item.key] = exc
+            continue
+        if failed:
+            for item, record in pairs:
+                err = failed.get(record.timestamp)
+                if err is not None:
+                    errors[item.key] = err
+    return errors
+
+
+async def write_records(
+    svc: Services, storage: Storage, bucket: str, items: list[Incoming]
+) -> dict[Hashable, ApplianceError]:
+    """Receive the body for ``items`` (in body order) and write them; per-record errors."""
+    timeout = svc.settings.io_operation_timeout
+    reader = BodyReader(timeout)
+    total = sum(item.length for item in items)
+    if total <= IN_MEMORY_BYTES:
+        body = await reader.read(total)
+        return await svc.run(_write_in_memory, storage, bucket, items, body)
+    errors: dict[Hashable, ApplianceError] = {}
+    for item in items:
+        await _stream_one(svc, storage, bucket, item, reader, errors)
+    return errors
+
+
+def _begin(storage: Storage, bucket: str, item: Incoming) -> Any:
+    return storage.get_bucket(bucket).begin_write(
+        item.entry, item.timestamp, item.length, item.content_type, dict(item.labels)
+    )
+
+
+async def _stream_one(
+    svc: Services, storage: Storage, bucket: str, item: Incoming, reader: BodyReader,
+    errors: dict[Hashable, ApplianceError],
+) -> None:
+    try:
+        writer = await svc.run(_begin, storage, bucket, item)
+    except ApplianceError as exc:
+        errors[item.key] = exc
+        async for _ in reader.chunks(item.length):  # skip this record's bytes
+            pass
+        return
+    consumed = 0
+    try:
+        parts: list[bytes] = []
+        buffered = 0
+        async for piece in reader.chunks(item.length):
+            consumed += len(piece)
+            parts.append(piece)
+            buffered += len(piece)
+            if buffered >= WRITE_CHUNK_BYTES:
+                await run_through(svc, writer.write, b"".join(parts))
+                parts.clear()
+                buffered = 0
+        if parts:
+            await run_through(svc, writer.write, b"".join(parts))
+        await run_through(svc, writer.finish)
+    except ApplianceError as exc:
+        await asyncio.shield(svc.run(writer.abort, str(exc)))
+        if isinstance(exc, BadRequest):
+            raise
+        errors[item.key] = exc
+        async for _ in reader.chunks(item.length - consumed):  # keep the body aligned
+            pass
+    except BaseException:
+        await asyncio.shield(svc.run(writer.abort, "client disconnected"))
+        raise

@@ -1,0 +1,156 @@
+"""Batch protocol v2 (spec §8): multi-entry ``/io/{bucket}/read|write|update|remove``.
+
+Every write/update/remove response echoes ``x-reduct-entries`` and ``x-reduct-start-ts`` (the
+Python client fails without them) plus ``x-reduct-error-<index>-<delta>`` per failed record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+from quart import Blueprint, Response, request
+
+from appliance.api import params
+from appliance.api.access import read_access, services, write_access
+from appliance.api.batch_codec import (
+    V2Request,
+    encode_v2_echo,
+    encode_v2_error,
+    encode_v2_read_batch,
+    parse_v2_remove,
+    parse_v2_request,
+    parse_v2_update,
+)
+from appliance.api.batch_v1 import header_map
+from appliance.api.ingest import Incoming, write_records
+from appliance.api.queries import batch_response, collect, query_id
+from appliance.errors import ApplianceError, NotFound, UnprocessableEntity
+
+if TYPE_CHECKING:
+    from appliance.engine import Storage
+
+blueprint = Blueprint("io", __name__)
+LENGTH_MISMATCH = (
+    "content-length header does not match the sum of the content-lengths in the headers"
+)
+
+
+def _respond(req: V2Request, errors: dict[Hashable, ApplianceError]) -> Response:
+    headers = encode_v2_echo(req)
+    for key in sorted(errors):  # type: ignore[type-var]
+        index, delta = key  # type: ignore[misc]
+        name, value = encode_v2_error(index, delta, errors[key])
+        headers[name] = value
+    return Response(b"", status=200, headers=headers)
+
+
+def _check_entries(req: V2Request) -> None:
+    for name in req.entries:
+        params.entry_name(name)
+
+
+@blueprint.route("/io/<bucket>/read", methods=["GET", "HEAD"])
+async def read(bucket: str) -> Response:
+    """The next batch of a bucket-level query (``x-reduct-query-id`` header)."""
+    params.bucket_name(bucket)
+    raw = request.headers.get("x-reduct-query-id")
+    if raw is None:
+        raise UnprocessableEntity("x-reduct-query-id header is required for batched reads")
+    qid = query_id(raw, "Invalid query id")
+    read_access(bucket)
+    svc = services()
+    storage = svc.engine
+    head = request.method == "HEAD"
+    query = svc.queries.get(qid, bucket, None)
+    batch = await collect(svc, storage, query, head=head, v2=True)
+    headers = encode_v2_read_batch([meta for _, meta in batch.records])
+    return batch_response(
+        svc, storage, bucket, batch, headers, head=head, only_metadata=query.spec.only_metadata
+    )
+
+
+@blueprint.route("/io/<bucket>/write", methods=["POST"])
+async def write(bucket: str) -> Response:
+    """Write records of several entries; body in (entry_index, delta) order."""
+    params.bucket_name(bucket)
+    req = parse_v2_request(header_map())
+    _check_entries(req)
+    write_access(bucket)
+    declared = params.header(request.scope["headers"], b"content-length")
+    if declared is None:
+        raise UnprocessableEntity("content-length header is required")
+    if params.parse_u64(declared.decode("latin1").strip()) != req.content_length:
+        raise UnprocessableEntity(LENGTH_MISMATCH)
+    items = [
+        Incoming(
+            (r.entry_index, r.delta), r.entry, r.timestamp, r.content_length, r.content_type,
+            r.labels,
+        )
+        for r in req.records
+    ]
+    svc = services()
+    errors = await write_records(svc, svc.engine, bucket, items)
+    return _respond(req, errors)
+
+
+def _update(storage: Storage, bucket: str, req: V2Request) -> dict[Hashable, ApplianceError]:
+    b = storage.get_bucket(bucket)
+    errors: dict[Hashable, ApplianceError] = {}
+    entries: dict[str, object] = {}
+    for r in req.records:
+        try:
+            entry = entries.get(r.entry)
+            if entry is None:
+                entry = entries[r.entry] = b.get_entry(r.entry)
+            entry.update_labels(r.timestamp, dict(r.update.set), set(r.update.remove))  # type: ignore[attr-defined]
+        except ApplianceError as exc:
+            errors[(r.entry_index, r.delta)] = exc
+    return errors
+
+
+@blueprint.route("/io/<bucket>/update", methods=["PATCH"])
+async def update(bucket: str) -> Response:
+    """Update labels of records of several entries."""
+    params.bucket_name(bucket)
+    req = parse_v2_update(header_map())
+    _check_entries(req)
+    write_access(bucket)
+    svc = services()
+    errors = await svc.run(_update, svc.engine, bucket, req)
+    return _respond(req, errors)
+
+
+def _remove(storage: Storage, bucket: str, req: V2Request) -> dict[Hashable, ApplianceError]:
+    b = storage.get_bucket(bucket)
+    errors: dict[Hashable, ApplianceError] = {}
+    groups: dict[str, list[tuple[int, int, int]]] = {}
+    for r in req.records:
+        groups.setdefault(r.entry, []).append((r.entry_index, r.delta, r.timestamp))
+    for name, rows in groups.items():
+        try:
+            failed = b.get_entry(name).remove_records([ts for _, _, ts in rows])
+        except NotFound as exc:
+            failed = {ts: exc for _, _, ts in rows}
+        for index, delta, ts in rows:
+            if ts in failed:
+                errors[(index, delta)] = failed[ts]
+    return errors
+
+
+@blueprint.route("/io/<bucket>/remove", methods=["DELETE"])
+async def remove(bucket: str) -> Response:
+    """Remove records of several entries (``$meta`` entries are refused)."""
+    params.bucket_name(bucket)
+    req = parse_v2_remove(header_map())
+    _check_entries(req)
+    for name in req.entries:
+        if params.is_meta_entry(name):
+            raise UnprocessableEntity(
+                f"Can't delete records from system entry '{name}'; "
+                "use label update with remove=true"
+            )
+    write_access(bucket)
+    svc = services()
+    errors = await svc.run(_remove, svc.engine, bucket, req)
+    return _respond(req, errors)

@@ -1,0 +1,184 @@
+"""Parsing and validation of request parameters: names, timestamps, lengths, labels, JSON.
+
+The API validates names itself (spec §0.2) before anything reaches the engine, so ``..``,
+``%2e%2e`` (decoded by the server before routing), NUL and ``$`` are refused with 422 here even
+if a later engine change loosened its own checks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+from appliance.errors import UnprocessableEntity
+
+BUCKET_NAME_MESSAGE = "Bucket or entry name can contain only letters, digests and [-,_] symbols"
+ENTRY_EMPTY_MESSAGE = "Entry name must be non-empty and must not contain empty path segments"
+ENTRY_CHARS_MESSAGE = (
+    "Entry name can contain only letters, digits and [-,_,/] symbols or end with '/$meta'"
+)
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+LABEL_PREFIX = b"x-reduct-label-"
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+U64_MAX = 2**64 - 1
+
+
+@lru_cache(maxsize=4096)
+def bucket_name(name: str) -> str:
+    """``name`` if it is a valid bucket name, else 422."""
+    if not _SEGMENT.fullmatch(name):
+        raise UnprocessableEntity(BUCKET_NAME_MESSAGE)
+    return name
+
+
+@lru_cache(maxsize=8192)
+def entry_name(name: str) -> str:
+    """``name`` if it is a valid entry name (``a/b`` or ``[a/]$meta``), else 422."""
+    if not name:
+        raise UnprocessableEntity(ENTRY_EMPTY_MESSAGE)
+    segments = name.split("/")
+    if "" in segments:
+        raise UnprocessableEntity(ENTRY_EMPTY_MESSAGE)
+    last = len(segments) - 1
+    for i, segment in enumerate(segments):
+        if i == last and segment == "$meta":
+            continue
+        if not _SEGMENT.fullmatch(segment):
+            raise UnprocessableEntity(ENTRY_CHARS_MESSAGE)
+    return name
+
+
+def is_meta_entry(name: str) -> bool:
+    """True for attachment entries (``$meta`` and ``<parent>/$meta``)."""
+    return name == "$meta" or name.endswith("/$meta")
+
+
+def parse_u64(value: str) -> int | None:
+    """``value`` as an unsigned 64-bit integer, or None."""
+    if not value.isdigit() or not value.isascii():
+        return None
+    number = int(value)
+    return number if number <= U64_MAX else None
+
+
+def timestamp(args: Mapping[str, str], name: str = "ts") -> int:
+    """The required ``ts`` query parameter (422 if missing or not a u64)."""
+    raw = args.get(name)
+    if raw is None:
+        raise UnprocessableEntity(f"'{name}' parameter is required")
+    value = parse_u64(raw)
+    if value is None:
+        raise UnprocessableEntity(f"'{name}' must be an unix timestamp in microseconds")
+    return value
+
+
+def optional_timestamp(args: Mapping[str, str], name: str) -> int | None:
+    """An optional timestamp query parameter (422 if present but not a u64)."""
+    raw = args.get(name)
+    if raw is None:
+        return None
+    value = parse_u64(raw)
+    if value is None:
+        raise UnprocessableEntity(f"'{name}' must be an unix timestamp in microseconds")
+    return value
+
+
+def header(raw_headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case bytes) in ASGI raw headers."""
+    for key, value in raw_headers:
+        if key == name or key.lower() == name:
+            return value
+    return None
+
+
+def content_length(raw_headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The declared body length (``content-length``, else ``x-reduct-content-length``)."""
+    raw = header(raw_headers, b"content-length")
+    if raw is None:
+        raw = header(raw_headers, b"x-reduct-content-length")
+    if raw is None:
+        raise UnprocessableEntity("content-length header is required")
+    value = parse_u64(raw.decode("latin1").strip())
+    if value is None:
+        raise UnprocessableEntity("content-length header must be a number")
+    return value
+
+
+def decode_value(raw: bytes) -> str:
+    """A header value as text: UTF-8 when valid (round-trips on output), else Latin-1."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin1")
+
+
+def labels(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """``x-reduct-label-<name>`` headers as ``{name: value}`` (names lower-cased)."""
+    result: dict[str, str] = {}
+    for key, value in raw_headers:
+        key = key.lower()
+        if key.startswith(LABEL_PREFIX) and len(key) > len(LABEL_PREFIX):
+            result[key[len(LABEL_PREFIX) :].decode("latin1")] = decode_value(value).strip()
+    return result
+
+
+def content_type(raw_headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The request's content type, defaulting to ``application/octet-stream``."""
+    raw = header(raw_headers, b"content-type")
+    if not raw:
+        return DEFAULT_CONTENT_TYPE
+    return raw.decode("latin1").strip() or DEFAULT_CONTENT_TYPE
+
+
+def json_body(body: bytes, *, allow_empty: bool = False) -> Any:
+    """Decode a JSON body; 422 ``Invalid JSON: ...`` when malformed."""
+    if allow_empty and not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UnprocessableEntity(f"Invalid JSON: {exc}") from None
+
+
+def json_object(body: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
+    """Decode a JSON object body; 422 if it is malformed or not an object."""
+    value = json_body(body, allow_empty=allow_empty)
+    if value is None and allow_empty:
+        return {}
+    if not isinstance(value, dict):
+        raise UnprocessableEntity("Invalid JSON: expected an object")
+    return value
+
+
+def opt_u64(obj: Mapping[str, Any], key: str) -> int | None:
+    """Optional unsigned integer field of a JSON object (422 on a wrong type)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
+        raise UnprocessableEntity(
+            f"Invalid JSON: invalid type for `{key}`, expected an unsigned integer"
+        )
+    return value
+
+
+def opt_bool(obj: Mapping[str, Any], key: str) -> bool | None:
+    """Optional boolean field of a JSON object (422 on a wrong type)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise UnprocessableEntity(f"Invalid JSON: invalid type for `{key}`, expected a boolean")
+    return value
+
+
+def new_name(body: bytes) -> str:
+    """The ``new_name`` of a rename body."""
+    obj = json_object(body)
+    value = obj.get("new_name")
+    if not isinstance(value, str):
+        raise UnprocessableEntity("Invalid JSON: missing field `new_name`")
+    return value

@@ -1,0 +1,207 @@
+"""Single-record endpoints (spec §4): write, read/head, update labels, remove; entry removal
+and rename. Small bodies take one worker-thread hop; large ones stream in ~1 MiB hops."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, request
+
+from appliance.api import params
+from appliance.api.access import read_access, services, write_access
+from appliance.api.streaming import (
+    payload_stream,
+    read_any_body,
+    read_small_body,
+    run_through,
+    stream_body,
+)
+from appliance.engine.models import RecordMeta, RecordState
+from appliance.errors import InternalError, TooEarly, UnprocessableEntity
+
+if TYPE_CHECKING:
+    from appliance.engine import Storage
+    from appliance.services import Services
+
+# Bodies up to this size are received whole and written in a single thread hop.
+SMALL_RECORD_BYTES = 2 * 1024 * 1024
+# Payloads up to this size are read in the same hop as the metadata; bigger ones stream.
+INLINE_READ_BYTES = 2 * 1024 * 1024
+
+
+def record_headers(entry: str, meta: RecordMeta) -> dict[str, str]:
+    """Headers of a single-record response (Content-Length is set by the caller)."""
+    headers = {
+        "Content-Type": meta.content_type,
+        "Content-Disposition": "attachment",
+        "x-reduct-time": str(meta.timestamp),
+        "x-reduct-entry": entry,
+    }
+    for name, value in meta.labels.items():
+        headers["x-reduct-label-" + name] = value
+    return headers
+
+
+def check_state(bucket: str, entry: str, meta: RecordMeta) -> None:
+    """Raise 425 for a record still being written and 500 for a broken one."""
+    if meta.state == RecordState.STARTED:
+        raise TooEarly(f"Record {meta.timestamp} in entry {bucket}/{entry} is still being written")
+    if meta.state == RecordState.ERRORED:
+        raise InternalError(f"Record {meta.timestamp} in entry {bucket}/{entry} is broken")
+
+
+def record_response(
+    svc: Services, storage: Storage, bucket: str, entry: str, meta: RecordMeta,
+    payload: bytes | None, head: bool,
+) -> Response:
+    """A single-record response; streams the payload when it was not read inline."""
+    headers = record_headers(entry, meta)
+    if head:
+        response = Response(b"", status=200, headers=headers)
+    elif payload is not None:
+        response = Response(payload, status=200, headers=headers)
+    else:
+        def open_iter() -> Any:
+            return iter(storage.get_bucket(bucket).get_entry(entry).iter_payload(meta))
+
+        response = Response(payload_stream(svc, open_iter), status=200, headers=headers)
+    response.headers["Content-Length"] = str(meta.size)
+    return response
+
+
+# --- write ----------------------------------------------------------------------------------
+
+
+def _write_small(
+    storage: Storage, bucket: str, entry: str, ts: int, data: bytes, ctype: str,
+    labels: dict[str, str],
+) -> None:
+    storage.get_bucket(bucket).write_record(entry, ts, data, ctype, labels)
+
+
+def _begin(
+    storage: Storage, bucket: str, entry: str, ts: int, size: int, ctype: str,
+    labels: dict[str, str],
+) -> Any:
+    return storage.get_bucket(bucket).begin_write(entry, ts, size, ctype, labels)
+
+
+async def write(bucket: str, entry: str) -> Response:
+    """``POST /b/{bucket}/{entry}?ts=``: store one record."""
+    ts = params.timestamp(request.args)
+    write_access(bucket)
+    raw = request.scope["headers"]
+    length = params.content_length(raw)
+    ctype = params.content_type(raw)
+    labels = params.labels(raw)
+    svc = services()
+    storage = svc.engine
+    timeout = svc.settings.io_operation_timeout
+    if length <= SMALL_RECORD_BYTES:
+        data = await read_small_body(length, timeout)
+        await svc.run(_write_small, storage, bucket, entry, ts, data, ctype, labels)
+        return Response(b"", status=200)
+    writer = await svc.run(_begin, storage, bucket, entry, ts, length, ctype, labels)
+    try:
+        await stream_body(svc, length, writer.write, timeout)
+        await run_through(svc, writer.finish)
+    except BaseException as exc:
+        # Client gone, short body or engine failure: the record must end ERRORED, never
+        # FINISHED, and the entry must stay writable. Shielded: we may be cancelled already.
+        reason = "client disconnected" if isinstance(exc, asyncio.CancelledError) else str(exc)
+        await asyncio.shield(svc.run(writer.abort, reason))
+        raise
+    return Response(b"", status=200)
+
+
+# --- read -----------------------------------------------------------------------------------
+
+
+def _fetch(
+    storage: Storage, bucket: str, entry: str, ts: int | None, head: bool
+) -> tuple[RecordMeta, bytes | None]:
+    e = storage.get_bucket(bucket).get_entry(entry)
+    meta = e.get_record(ts) if ts is not None else e.latest_record()
+    check_state(bucket, entry, meta)
+    if head or meta.size > INLINE_READ_BYTES:
+        return meta, None
+    return meta, e.read_payload(meta)
+
+
+async def read(bucket: str, entry: str) -> Response:
+    """``GET|HEAD /b/{bucket}/{entry}[?ts=|?q=]``: one record (latest without parameters)."""
+    args = request.args
+    head = request.method == "HEAD"
+    q = args.get("q")
+    ts = params.optional_timestamp(args, "ts") if q is None else None
+    read_access(bucket)
+    svc = services()
+    storage = svc.engine
+    if q is not None:
+        from appliance.api.queries import read_one  # the query reading lives with queries
+
+        return await read_one(svc, storage, bucket, entry, q, head)
+    meta, payload = await svc.run(_fetch, storage, bucket, entry, ts, head)
+    return record_response(svc, storage, bucket, entry, meta, payload, head)
+
+
+# --- labels, removal, rename ----------------------------------------------------------------
+
+
+def _update(storage: Storage, bucket: str, entry: str, ts: int, labels: dict[str, str]) -> None:
+    update = {k: v for k, v in labels.items() if v}
+    remove = {k for k, v in labels.items() if not v}
+    storage.get_bucket(bucket).get_entry(entry).update_labels(ts, update, remove)
+
+
+async def update_labels(bucket: str, entry: str) -> Response:
+    """``PATCH /b/{bucket}/{entry}?ts=``: set labels; an empty value removes one."""
+    ts = params.timestamp(request.args)
+    write_access(bucket)
+    labels = params.labels(request.scope["headers"])
+    svc = services()
+    await svc.run(_update, svc.engine, bucket, entry, ts, labels)
+    return Response(b"", status=200)
+
+
+def _remove_record(storage: Storage, bucket: str, entry: str, ts: int) -> None:
+    errors = storage.get_bucket(bucket).get_entry(entry).remove_records([ts])
+    if ts in errors:
+        raise errors[ts]
+
+
+async def remove_record(bucket: str, entry: str) -> Response:
+    """``DELETE /b/{bucket}/{entry}?ts=``: remove one record."""
+    ts = params.timestamp(request.args)
+    write_access(bucket)
+    if params.is_meta_entry(entry):
+        raise UnprocessableEntity(
+            f"Can't delete records from system entry '{entry}'; use label update with remove=true"
+        )
+    svc = services()
+    await svc.run(_remove_record, svc.engine, bucket, entry, ts)
+    return Response(b"", status=200)
+
+
+async def remove_entry(bucket: str, entry: str) -> Response:
+    """``DELETE /b/{bucket}/{entry}``: remove an entry and its descendants."""
+    if params.is_meta_entry(entry):
+        raise UnprocessableEntity(f"Can't remove system entry '{entry}'")
+    write_access(bucket)
+    svc = services()
+    storage = svc.engine
+    await svc.run(lambda: storage.get_bucket(bucket).remove_entry(entry))
+    return Response(b"", status=200)
+
+
+async def rename_entry(bucket: str, entry: str) -> Response:
+    """``PUT /b/{bucket}/{entry}/rename``: rename an entry and its descendants."""
+    svc = services()
+    body = await read_any_body(svc.settings.io_operation_timeout)
+    new = params.new_name(body)
+    params.entry_name(new)
+    write_access(bucket)
+    storage = svc.engine
+    await svc.run(lambda: storage.get_bucket(bucket).rename_entry(entry, new))
+    return Response(b"", status=200)

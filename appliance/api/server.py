@@ -1,0 +1,125 @@
+"""Server endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
+empty ``/replications`` and ``/lifecycles`` lists reduct-py's fixtures call."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, Response
+
+from appliance import REDUCTSTORE_VERSION
+from appliance.api.access import authenticate, full_access, services
+from appliance.auth import can_read
+from appliance.errors import ServiceUnavailable
+from appliance.services import STARTING_MESSAGE
+
+if TYPE_CHECKING:
+    from appliance.engine import Storage
+    from appliance.engine.models import BucketInfo
+
+blueprint = Blueprint("server", __name__)
+U64_MAX = 2**64 - 1
+
+
+def json_response(value: Any) -> Response:
+    """A compact JSON 200 response."""
+    return Response(
+        json.dumps(value, separators=(",", ":")), status=200, content_type="application/json"
+    )
+
+
+def bucket_info_json(info: BucketInfo) -> dict[str, Any]:
+    """ReductStore's ``BucketInfo`` object."""
+    return {
+        "name": info.name,
+        "entry_count": info.entry_count,
+        "size": info.size,
+        "oldest_record": info.oldest_record,
+        "latest_record": info.latest_record,
+        "is_provisioned": info.is_provisioned,
+        "status": info.status,
+    }
+
+
+def _bucket_infos(storage: Storage) -> list[BucketInfo]:
+    infos = []
+    for name in sorted(storage.bucket_names()):
+        try:
+            infos.append(storage.get_bucket(name).info())
+        except Exception:  # noqa: BLE001 - removed concurrently; skip it
+            continue
+    return infos
+
+
+@blueprint.route("/alive", methods=["GET", "HEAD"])
+async def alive() -> Response:
+    """Liveness: 200 as soon as HTTP is served."""
+    return Response(b"", status=200)
+
+
+@blueprint.route("/ready", methods=["GET", "HEAD"])
+async def ready() -> Response:
+    """Readiness: 200 once the engine is open (the app gate answers 503 before)."""
+    if not services().ready:
+        raise ServiceUnavailable(STARTING_MESSAGE)
+    return Response(b"", status=200)
+
+
+@blueprint.route("/info", methods=["GET"])
+async def info() -> Response:
+    """Instance information, with ReductStore's oldest/latest quirks (spec §2)."""
+    authenticate()
+    svc = services()
+    storage = svc.engine
+    infos = await svc.run(_bucket_infos, storage)
+    settings = svc.settings
+    oldest = min((i.oldest_record for i in infos), default=U64_MAX)
+    latest = max((i.latest_record for i in infos), default=0)
+    return json_response(
+        {
+            "version": REDUCTSTORE_VERSION,
+            "instance_name": settings.effective_instance_name,
+            "instance_role": settings.instance_role.value,
+            "bucket_count": len(infos),
+            "usage": sum(i.size for i in infos),
+            "uptime": svc.uptime_seconds,
+            "oldest_record": oldest,
+            "latest_record": latest,
+            "defaults": {"bucket": svc.defaults.to_json()},
+            "license": None,
+        }
+    )
+
+
+@blueprint.route("/list", methods=["GET"])
+async def list_buckets() -> Response:
+    """Buckets the caller may read, sorted by name."""
+    token = authenticate()
+    svc = services()
+    infos = await svc.run(_bucket_infos, svc.engine)
+    visible = [
+        bucket_info_json(i) for i in infos if can_read(token.name, token.permissions, i.name)
+    ]
+    return json_response({"buckets": visible})
+
+
+@blueprint.route("/me", methods=["GET"])
+async def me() -> Response:
+    """The caller's token (value blanked)."""
+    token = authenticate()
+    return json_response(token.to_json(services().tokens.now()))
+
+
+@blueprint.route("/replications", methods=["GET"])
+async def replications() -> Response:
+    """Replication tasks (none yet: a later issue adds replication)."""
+    full_access()
+    return json_response({"replications": []})
+
+
+@blueprint.route("/lifecycles", methods=["GET"])
+async def lifecycles() -> Response:
+    """Lifecycle policies (none yet)."""
+    full_access()
+    return json_response({"lifecycles": []})

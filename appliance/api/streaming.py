@@ -1,0 +1,188 @@
+"""Request and response bodies that never hold a large record in memory.
+
+Quart's ASGI connection copies every received chunk into the request's ``Body`` as fast as the
+socket delivers, so a 1 GiB upload to a slower disk would pile up in RAM. ``BoundedConnection``
+stops pulling from the server once ``HIGH_WATER_BYTES`` are buffered and resumes when the handler
+drains the body; Hypercorn's bounded app queue then pushes back on the TCP socket.
+Response payloads stream from the engine through worker threads (``payload_stream``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from hypercorn.typing import ASGIReceiveCallable
+from quart import request
+from quart.asgi import ASGIHTTPConnection
+from quart.wrappers import Request
+from quart.wrappers.request import Body
+
+from appliance.errors import BadRequest
+
+if TYPE_CHECKING:
+    from appliance.services import Services
+
+T = TypeVar("T")
+HIGH_WATER_BYTES = 4 * 1024 * 1024
+# Chunks handed to the engine are coalesced to about this size (one thread hop each).
+WRITE_CHUNK_BYTES = 1024 * 1024
+# Pulled from a record's payload iterator per thread hop when streaming a response.
+READ_CHUNK_BYTES = 1024 * 1024
+TIMEOUT_MESSAGE = "Timeout while receiving data"
+BIGGER_MESSAGE = "Content is bigger than in content-length"
+SMALLER_MESSAGE = "Content is smaller than in content-length"
+
+
+class BoundedBody(Body):
+    """A request body that tells the receiver when the handler has drained it."""
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None):
+        super().__init__(expected_content_length, max_content_length)
+        self.drained = asyncio.Event()
+
+    async def __anext__(self) -> bytes:
+        data = await super().__anext__()
+        self.drained.set()
+        return data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed."""
+        return len(self._data)
+
+
+class ApplianceRequest(Request):
+    """Quart's request with a bounded body."""
+
+    body_class = BoundedBody
+
+
+class BoundedConnection(ASGIHTTPConnection):
+    """Quart's ASGI HTTP connection with back-pressure on request bodies."""
+
+    async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
+        body = request.body
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+                elif isinstance(body, BoundedBody):
+                    while body.buffered >= HIGH_WATER_BYTES:
+                        body.drained.clear()
+                        await body.drained.wait()
+            elif message["type"] == "http.disconnect":
+                return
+
+
+async def run_through(services: Services, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` in a worker thread; if cancelled, still wait for the thread to finish.
+
+    A cancelled ``run_in_executor`` future does not stop its thread, so a caller that cleans up
+    (e.g. aborts a RecordWriter) must not race the still-running call.
+    """
+    loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(services.executor, fn, *args)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise
+
+
+async def _next_chunk(it: AsyncIterator[bytes], timeout: float) -> bytes | None:
+    try:
+        return await asyncio.wait_for(it.__anext__(), timeout)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise BadRequest(TIMEOUT_MESSAGE) from None
+
+
+async def read_small_body(length: int, timeout: float) -> bytes:
+    """The whole request body, which must be exactly ``length`` bytes (400 otherwise)."""
+    it = request.body.__aiter__()
+    parts: list[bytes] = []
+    received = 0
+    while True:
+        chunk = await _next_chunk(it, timeout)
+        if chunk is None:
+            break
+        received += len(chunk)
+        if received > length:
+            raise BadRequest(BIGGER_MESSAGE)
+        parts.append(chunk)
+    if received < length:
+        raise BadRequest(SMALLER_MESSAGE)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def read_any_body(timeout: float) -> bytes:
+    """The whole (small) request body, whatever its length (JSON bodies)."""
+    it = request.body.__aiter__()
+    parts: list[bytes] = []
+    while True:
+        chunk = await _next_chunk(it, timeout)
+        if chunk is None:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
+async def stream_body(
+    services: Services, length: int, sink: Callable[[bytes], Any], timeout: float
+) -> None:
+    """Feed exactly ``length`` body bytes to ``sink`` in a worker thread, ~1 MiB per hop."""
+    it = request.body.__aiter__()
+    parts: list[bytes] = []
+    buffered = received = 0
+    while True:
+        chunk = await _next_chunk(it, timeout)
+        if chunk is None:
+            break
+        received += len(chunk)
+        if received > length:
+            raise BadRequest(BIGGER_MESSAGE)
+        parts.append(chunk)
+        buffered += len(chunk)
+        if buffered >= WRITE_CHUNK_BYTES:
+            data = b"".join(parts)
+            parts.clear()
+            buffered = 0
+            await run_through(services, sink, data)
+    if received < length:
+        raise BadRequest(SMALLER_MESSAGE)
+    if parts:
+        await run_through(services, sink, b"".join(parts))
+
+
+def _pull(it: Iterator[bytes]) -> bytes | None:
+    parts: list[bytes] = []
+    size = 0
+    for chunk in it:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= READ_CHUNK_BYTES:
+            break
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def payload_stream(
+    services: Services, open_iter: Callable[[], Iterator[bytes]]
+) -> AsyncIterator[bytes]:
+    """Stream a payload iterator from the engine, one worker-thread hop per ~1 MiB."""
+    it = await services.run(open_iter)
+    try:
+        while True:
+            data = await run_through(services, _pull, it)
+            if data is None:
+                return
+            yield data
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            await services.run(close)

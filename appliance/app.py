@@ -1,0 +1,138 @@
+"""The Quart application: blueprints, the one error handler, common headers, the lifespan.
+
+``create_app(settings, services)`` is all the server needs. Every response — success, error,
+404 fallback, 503 while starting, 204 — carries ``x-reduct-api`` and ``Server`` (spec §0.1);
+every ``ApplianceError`` becomes ReductStore's error shape (spec §0.3, ARCHITECTURE §7).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from appliance import API_VERSION, REDUCTSTORE_VERSION
+from appliance.api import buckets, entries, io, queries, server, tokens
+from appliance.api.access import SERVICES_KEY
+from appliance.api.streaming import ApplianceRequest, BoundedConnection
+from appliance.errors import ApplianceError, CorruptionError, NoContent, ServiceUnavailable
+from appliance.services import STARTING_MESSAGE, Services
+from appliance.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COMMON_HEADERS = {"x-reduct-api": API_VERSION, "Server": f"ReductStore {REDUCTSTORE_VERSION}"}
+
+
+def error_response(status: int, message: str, *, body: bool = True) -> Response:
+    """ReductStore's error shape: status, ``x-reduct-error`` and ``{"detail": ...}``."""
+    message = message.replace('"', "'")
+    header = message if message.isascii() and message.isprintable() else "Unparsable message"
+    if status == 204 or not body:
+        response = Response(b"", status=status)
+        response.headers.pop("Content-Type", None)
+        if status == 204:
+            response.headers.pop("Content-Length", None)
+    else:
+        payload = json.dumps({"detail": message}, ensure_ascii=False).encode()
+        response = Response(payload, status=status, content_type="application/json")
+    response.headers["x-reduct-error"] = header
+    return response
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Quart:
+    """Build the app for ``settings`` (and the services it serves, built if not given)."""
+    svc = services if services is not None else Services(settings)
+    app = Quart(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=None,  # Quart's 16 MB default would refuse large records
+        BODY_TIMEOUT=settings.io_operation_timeout,
+        RESPONSE_TIMEOUT=None,
+        PROVIDE_AUTOMATIC_OPTIONS=True,
+        JSON_SORT_KEYS=False,
+    )
+    app.url_map.strict_slashes = False
+    app.asgi_http_class = BoundedConnection  # type: ignore[assignment]
+    app.request_class = ApplianceRequest
+    app.extensions[SERVICES_KEY] = svc
+
+    base = settings.api_base_path
+    prefix = base + "api/v1"
+    for module in (server, buckets, tokens, io, queries, entries):
+        app.register_blueprint(module.blueprint, url_prefix=prefix)
+
+    alive_paths = {prefix + "/alive", prefix + "/alive/"}
+    origins = settings.cors_origins
+    allow_all = "*" in origins
+    allowed = frozenset(origins)
+
+    @app.route(base, methods=["GET"], strict_slashes=True)
+    async def console_redirect() -> Response:
+        """The web console is not bundled; keep ReductStore's redirect to it."""
+        response = Response(b"", status=302)
+        response.headers["Location"] = base + "ui/"
+        return response
+
+    @app.before_request
+    async def gate() -> Response | None:
+        if request.method == "OPTIONS" and origins:
+            return Response(b"", status=200)
+        if not svc.ready and request.path not in alive_paths:
+            response = error_response(503, STARTING_MESSAGE)
+            response.headers["x-reduct-log-hint"] = "skip-error-log"
+            return response
+        return None
+
+    @app.after_request
+    async def common_headers(response: Response) -> Response:
+        headers = response.headers
+        headers.update(COMMON_HEADERS)
+        if origins:
+            origin = request.headers.get("Origin")
+            if origin and (allow_all or origin in allowed):
+                headers["Access-Control-Allow-Origin"] = origin
+                headers["Access-Control-Expose-Headers"] = "*"
+                if request.method == "OPTIONS":
+                    headers["Access-Control-Allow-Methods"] = "*"
+                    headers["Access-Control-Allow-Headers"] = "*"
+        return response
+
+    @app.errorhandler(ApplianceError)
+    async def appliance_error(error: ApplianceError) -> Response:
+        if isinstance(error, CorruptionError):
+            log.error("corruption: %s", error.message, extra={"key": error.path})
+        elif error.status >= 500 and not isinstance(error, ServiceUnavailable):
+            log.error("request failed: %s", error.message)
+        return error_response(error.status, error.message, body=request.method != "HEAD")
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 404 and request.method not in ("GET", "HEAD"):
+            status = 405  # ReductStore answers other methods on unknown paths with a bare 405
+        if status == 404:
+            return error_response(404, "Not found", body=request.method != "HEAD")
+        if status == 405:
+            return Response(b"", status=405)
+        return error_response(status, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return error_response(500, f"Internal server error: {type(error).__name__}")
+
+    @app.while_serving
+    async def lifespan() -> AsyncGenerator[None, None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    return app
+
+
+__all__ = ["NoContent", "create_app", "error_response"]

@@ -1,0 +1,363 @@
+"""Query handles (spec §5): creation, inactivity TTL, and collecting one read batch.
+
+A ``Query`` remembers, per selected entry, the next timestamp to read. Each read re-opens the
+entries' record iterators at those positions and merges them by (timestamp, entry name), so a
+continuous query sees records written since the last read and nothing is held open between
+requests. All of ``create``/``next_batch``/``remove`` run in an engine worker thread: one thread
+hop collects a whole batch (metadata and small payloads). Ids come from one global counter;
+entry-level (``/b/{b}/{e}/q``) and bucket-level (``/io/{b}/q``) ids are separate namespaces.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from appliance.engine.models import RecordMeta
+from appliance.errors import NotFound, UnprocessableEntity
+
+if TYPE_CHECKING:
+    from appliance.engine import Entry, Storage
+
+DEFAULT_TTL_SECONDS = 60.0
+U64_MAX = 2**64 - 1
+META_SEGMENT = "$meta"
+# Payloads up to this size are read inside the collecting thread hop; bigger ones stream.
+PRELOAD_RECORD_BYTES = 1024 * 1024
+PRELOAD_BATCH_BYTES = 16 * 1024 * 1024
+
+
+def is_meta_entry(name: str) -> bool:
+    """True for attachment entries (``$meta`` and ``<parent>/$meta``)."""
+    return name == META_SEGMENT or name.endswith("/" + META_SEGMENT)
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    """A parsed query request (JSON body or legacy query-string parameters)."""
+
+    start: int | None = None
+    stop: int | None = None
+    ttl: float = DEFAULT_TTL_SECONDS
+    continuous: bool = False
+    only_metadata: bool = False
+    when: dict[str, Any] | None = None
+    strict: bool = False
+    entries: tuple[str, ...] | None = None
+
+    @property
+    def is_empty_removal(self) -> bool:
+        """True when a REMOVE names no criterion at all (refused with 422)."""
+        return self.start is None and self.stop is None and self.when is None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """When to cut a batch (``RS_IO_BATCH_*``, or a query's ``#batch_*`` directives)."""
+
+    max_records: int = 85
+    max_size: int = 8_000_000
+    max_metadata: int = 512_000
+    timeout: float = 5.0
+
+
+@dataclass(slots=True)
+class ReadBatch:
+    """One batch: records in emission order, their payloads (None = stream it), last flag."""
+
+    records: list[tuple[str, RecordMeta]] = field(default_factory=list)
+    payloads: list[bytes | None] = field(default_factory=list)
+    last: bool = False
+
+
+def _default_compile(when: dict[str, Any], strict: bool) -> Any:
+    from appliance.query.condition import compile_when
+
+    return compile_when(when, strict=strict)
+
+
+def _default_select(patterns: Sequence[str] | None, names: Sequence[str]) -> list[str]:
+    from appliance.query.patterns import select_entries
+
+    return select_entries(list(patterns) if patterns else [], names)
+
+
+class Query:
+    """One registered query: selected entries, read positions and per-entry conditions."""
+
+    def __init__(
+        self,
+        qid: int,
+        bucket: str,
+        scope: str | None,
+        spec: QuerySpec,
+        entries: list[str],
+        conditions: dict[str, Any],
+        stops: dict[str, int],
+    ) -> None:
+        self.id = qid
+        self.bucket = bucket
+        self.scope = scope
+        self.spec = spec
+        self.entries = entries
+        self.conditions = conditions
+        self.stops = stops
+        start = spec.start if spec.start is not None else 0
+        self.positions = {name: start for name in entries}
+        self.done: set[str] = set()
+        self.pending: tuple[str, RecordMeta] | None = None
+        self.finished = False
+        self.last_access = 0.0
+        self.lock = threading.Lock()
+        first = next(iter(conditions.values()), None)
+        self.directives: Any = getattr(first, "directives", None)
+
+    def _passes(self, name: str, meta: RecordMeta) -> bool:
+        if meta.labels.get("remove") == "true" and is_meta_entry(name):
+            return False  # attachment tombstone (spec §11)
+        cond = self.conditions.get(name)
+        if cond is None:
+            return True
+        ok = bool(cond.evaluate(meta.timestamp, meta.labels))
+        if cond.exhausted:
+            self.done.add(name)
+        return ok
+
+    def next_batch(
+        self, storage: Storage, limits: BatchLimits, *, head: bool, cut_interleaved: bool
+    ) -> ReadBatch:
+        """Collect the next batch (blocking: call from a worker thread)."""
+        with self.lock:
+            return self._collect(storage, limits, head, cut_interleaved)
+
+    def _collect(
+        self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
+    ) -> ReadBatch:
+        batch = ReadBatch()
+        if self.finished:
+            batch.last = True
+            return batch
+        bucket = storage.get_bucket(self.bucket)
+        heap: list[tuple[int, str, RecordMeta]] = []
+        iters: dict[str, tuple[Entry, Iterator[RecordMeta]]] = {}
+        for name in self.entries:
+            if name in self.done:
+                continue
+            try:
+                entry = bucket.get_entry(name)
+            except NotFound:
+                continue
+            it = iter(entry.iter_records(self.positions[name], self.stops.get(name, U64_MAX)))
+            first = next(it, None)
+            if first is not None:
+                heap.append((first.timestamp, name, first))
+                iters[name] = (entry, it)
+        heapq.heapify(heap)
+
+        out = batch.records
+        body = metadata = 0
+        run_entry: str | None = None
+        seen: set[str] = set()
+        deadline = time.monotonic() + limits.timeout
+        pending, self.pending = self.pending, None
+        while True:
+            if len(out) >= limits.max_records or metadata > limits.max_metadata:
+                break
+            if not head and body > limits.max_size:
+                break
+            if out and time.monotonic() > deadline:
+                break
+            if pending is not None:
+                name, meta = pending
+                pending = None
+            else:
+                if not heap:
+                    break
+                ts, name, meta = heapq.heappop(heap)
+                self.positions[name] = ts + 1
+                if name in self.done:
+                    continue
+                nxt = next(iters[name][1], None)
+                if nxt is not None:
+                    heapq.heappush(heap, (nxt.timestamp, name, nxt))
+                if not self._passes(name, meta):
+                    continue
+            if cut_interleaved and name != run_entry and name in seen:
+                # Spec §8.3: never let an entry re-appear after another one started in this
+                # batch, so (ts, entry_index) and (entry_index, ts) body orders coincide.
+                self.pending = (name, meta)
+                break
+            if meta.entry != name:
+                meta = replace(meta, entry=name)
+            out.append((name, meta))
+            seen.add(name)
+            run_entry = name
+            body += meta.size
+            metadata += 32 + len(meta.content_type) + sum(
+                len(k) + len(v) + 2 for k, v in meta.labels.items()
+            )
+        exhausted = self.pending is None and not any(n not in self.done for _, n, _ in heap)
+        if exhausted and not self.spec.continuous:
+            self.finished = True
+            batch.last = True
+        if not head and not self.spec.only_metadata:
+            batch.payloads = _preload(bucket, out, iters)
+        return batch
+
+
+def _preload(
+    bucket: Any, records: list[tuple[str, RecordMeta]], iters: Mapping[str, tuple[Any, Any]]
+) -> list[bytes | None]:
+    payloads: list[bytes | None] = []
+    loaded = 0
+    entries: dict[str, Any] = {name: pair[0] for name, pair in iters.items()}
+    for name, meta in records:
+        if meta.size <= PRELOAD_RECORD_BYTES and loaded + meta.size <= PRELOAD_BATCH_BYTES:
+            entry = entries.get(name) or bucket.get_entry(name)
+            entries[name] = entry
+            payloads.append(entry.read_payload(meta))
+            loaded += meta.size
+        else:
+            payloads.append(None)
+    return payloads
+
+
+class QueryRegistry:
+    """All live queries of the instance, keyed by id, expired by inactivity."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        compile_when: Callable[[dict[str, Any], bool], Any] = _default_compile,
+        select_entries: Callable[[Sequence[str] | None, Sequence[str]], list[str]] = (
+            _default_select
+        ),
+    ) -> None:
+        self._clock = clock
+        self._compile = compile_when
+        self._select = select_entries
+        self._ids = itertools.count(1)
+        self._queries: dict[int, Query] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._queries)
+
+    def clear(self) -> None:
+        """Drop every query (shutdown)."""
+        with self._lock:
+            self._queries.clear()
+
+    def sweep(self) -> None:
+        """Drop queries whose TTL has lapsed."""
+        now = self._clock()
+        with self._lock:
+            for qid in [q.id for q in self._queries.values() if now - q.last_access >= q.spec.ttl]:
+                del self._queries[qid]
+
+    def get(self, qid: int, bucket: str, scope: str | None) -> Query:
+        """The live query ``qid`` of this bucket/namespace; 404 if unknown or expired."""
+        query = self._queries.get(qid)
+        now = self._clock()
+        if query is not None and now - query.last_access >= query.spec.ttl:
+            with self._lock:
+                self._queries.pop(qid, None)
+            query = None
+        if query is None or query.bucket != bucket or query.scope != scope:
+            raise NotFound(
+                f"Query {qid} not found and it might have expired. "
+                "Check TTL in your query request."
+            )
+        query.last_access = now
+        return query
+
+    def select(self, storage: Storage, bucket: str, patterns: Sequence[str] | None) -> list[str]:
+        """Entry names of ``bucket`` selected by ``patterns`` (spec §5.4)."""
+        b = storage.get_bucket(bucket)
+        names = list(entry_names(b))
+        selected = self._select(patterns, names)
+        # An exact name selects a `$meta` entry even if the listing hides it (spec §5.4).
+        known = set(selected)
+        for pattern in patterns or ():
+            if is_meta_entry(pattern) and pattern not in known:
+                try:
+                    b.get_entry(pattern)
+                except NotFound:
+                    continue
+                selected.append(pattern)
+                known.add(pattern)
+        return selected
+
+    def create(self, storage: Storage, bucket: str, scope: str | None, spec: QuerySpec) -> int:
+        """Register a query (blocking); 404 missing bucket/entry, 422 bad condition."""
+        self.sweep()
+        if spec.start is not None and spec.stop is not None and spec.start > spec.stop:
+            if not spec.continuous:
+                raise UnprocessableEntity("Start time must be before stop time")
+        b = storage.get_bucket(bucket)
+        if scope is not None:
+            b.get_entry(scope)
+            names = [scope]
+        else:
+            names = self.select(storage, bucket, spec.entries)
+        conditions: dict[str, Any] = {}
+        if spec.when is not None:
+            for name in names:
+                conditions[name] = self._compile(spec.when, spec.strict)
+            if not names:
+                self._compile(spec.when, spec.strict)  # still validate it
+        stops: dict[str, int] = {}
+        for name in names:
+            if spec.stop is not None:
+                stops[name] = spec.stop
+            elif not spec.continuous:
+                try:
+                    stops[name] = b.get_entry(name).info().latest_record + 1
+                except NotFound:
+                    stops[name] = 0
+        qid = next(self._ids)
+        query = Query(qid, bucket, scope, spec, names, conditions, stops)
+        query.last_access = self._clock()
+        with self._lock:
+            self._queries[qid] = query
+        return qid
+
+    def remove(self, storage: Storage, bucket: str, scope: str | None, spec: QuerySpec) -> int:
+        """Remove the records a REMOVE query matches (blocking); returns how many."""
+        if spec.is_empty_removal:
+            raise UnprocessableEntity("Define at least one query parameter to delete records")
+        if spec.start is not None and spec.stop is not None and spec.start > spec.stop:
+            raise UnprocessableEntity("Start time must be before stop time")
+        b = storage.get_bucket(bucket)
+        if scope is not None:
+            names = [scope]
+            b.get_or_create_entry(scope)
+        else:
+            names = [n for n in self.select(storage, bucket, spec.entries) if not is_meta_entry(n)]
+        start = spec.start if spec.start is not None else 0
+        stop = spec.stop if spec.stop is not None else U64_MAX
+        removed = 0
+        for name in names:
+            cond = self._compile(spec.when, spec.strict) if spec.when is not None else None
+            try:
+                entry = b.get_entry(name)
+            except NotFound:
+                continue
+            removed += entry.remove_where(start, stop, _predicate(cond))
+        return removed
+
+
+def _predicate(cond: Any) -> Callable[[RecordMeta], bool]:
+    if cond is None:
+        return lambda meta: True
+    return lambda meta: bool(cond.evaluate(meta.timestamp, meta.labels))
+
+
+def entry_names(bucket: Any) -> list[str]:
+    """Names of every entry of an engine bucket."""
+    return [info.name for info in bucket.entries()]
