@@ -4,11 +4,12 @@
   so does a list made only of exclusions;
 * an item equal to an entry name selects that entry — the only way to select a ``$meta``
   entry (``a/$meta``);
-* an item without ``/`` ending in ``*`` is a prefix match on the whole name (``sen*`` selects
-  ``sensor`` and ``sensor/a``);
+* an item without ``/`` whose only ``*`` is the last character is a prefix match on the whole
+  name (``sen*`` selects ``sensor`` and ``sensor/a``);
 * otherwise the item is matched segment by segment on ``/`` (a leading ``/`` is ignored):
   ``*`` matches any run of characters inside one segment, a ``**`` segment any number of
-  segments (``a/x/y*`` selects ``a/x/y`` but not ``a/x/y/$meta``);
+  segments, at least one when it ends the pattern (``a/**`` is everything below ``a``);
+  ``a/x/y*`` selects ``a/x/y`` but not ``a/x/y/$meta``;
 * items starting with ``!`` exclude what the rest of the item would select.
 
 Globs never select ``$meta`` entries.
@@ -40,8 +41,10 @@ def _match_segments(pattern: Sequence[str], name: Sequence[str]) -> bool:
         return not name
     head, rest = pattern[0], pattern[1:]
     if head == "**":
-        # Zero or more whole segments; try the shortest first.
-        return any(_match_segments(rest, name[skip:]) for skip in range(len(name) + 1))
+        # Any number of whole segments; a trailing ``**`` needs at least one, as in gitignore
+        # (``a/**`` is everything below ``a``, not ``a`` itself).
+        first = 1 if not rest else 0
+        return any(_match_segments(rest, name[skip:]) for skip in range(first, len(name) + 1))
     if not name or not _segment_regex(head).fullmatch(name[0]):
         return False
     return _match_segments(rest, name[1:])
@@ -54,7 +57,7 @@ def matches(pattern: str, name: str) -> bool:
     if is_meta_entry(name):
         return False  # $meta entries are only ever selected by their exact name
     glob = pattern.lstrip("/")
-    if "/" not in glob and glob.endswith("*"):
+    if "/" not in glob and glob.endswith("*") and "*" not in glob[:-1]:
         return name.startswith(glob[:-1])
     return _match_segments(glob.split("/"), name.split("/"))
 
