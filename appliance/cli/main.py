@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from appliance import __version__
-from appliance.cli import check, serve
+from appliance.cli import check, provision, serve
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve.register(commands)
     check.register(commands)
+    provision.register(commands)
     return parser
 
 
