@@ -317,9 +317,10 @@ def remainder(left: Value, right: Value) -> Value:
     if _is_string(left) or _is_string(right):
         raise UnprocessableEntity(f"Cannot divide {type_name(left)} by {type_name(right)}")
     if isinstance(left, float) or isinstance(right, float):
-        if float(right) == 0.0:
-            return math.nan  # Rust float `%` by zero is NaN
-        return math.fmod(float(left), float(right))
+        try:
+            return math.fmod(float(left), float(right))
+        except ValueError:
+            return math.nan  # inf % x and x % 0.0 are NaN in Rust; Python raises instead
     if int(right) == 0:
         # Rust would panic here; a clean 422 is the only sane observable behaviour.
         raise UnprocessableEntity("Cannot divide by zero")

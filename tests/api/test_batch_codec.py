@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from reduct.batch.batch_v1 import (
     Batch,
@@ -15,6 +17,7 @@ from reduct.batch.batch_v1 import (
 )
 from reduct.batch.batch_v2 import (
     RecordBatch,
+    _parse_batched_headers,
     make_headers_v2,
     parse_batched_records_v2,
     parse_errors_from_headers_v2,
@@ -277,8 +280,9 @@ async def test_v1_client_reads_our_batch() -> None:
         lambda resp: parse_batched_records_v1(resp, "e"), FakeResponse(headers, body)
     )
     assert got == [
-        ("e", r.timestamp, r.size, r.content_type, dict(r.labels), payload("e", r.timestamp, r.size))
+        ("e", r.timestamp, r.size, r.content_type, dict(r.labels), data)
         for r in records
+        for data in [payload("e", r.timestamp, r.size)]
     ]
 
 
@@ -426,7 +430,8 @@ def test_v2_update_ignores_lengths_but_not_label_errors() -> None:
 
 def test_v2_remove_ignores_values() -> None:
     request = parse_v2_remove(v2({"x-reduct-1-2": "", "x-reduct-0-0": "whatever"}))
-    assert [(r.entry, r.timestamp) for r in request.records] == [("entry", 1000), ("ro/topic", 1002)]
+    stamps = [(r.entry, r.timestamp) for r in request.records]
+    assert stamps == [("entry", 1000), ("ro/topic", 1002)]
 
 
 # -- v2 encoding -------------------------------------------------------------------------------
@@ -596,4 +601,69 @@ async def test_v2_client_reads_many_entries_in_time_order() -> None:
     assert [(g[0], g[1], g[4], g[5]) for g in got] == [
         (r.entry, r.timestamp, dict(r.labels), payload(r.entry, r.timestamp, r.size))
         for r in sorted(records, key=lambda r: r.timestamp)
+    ]
+
+
+# -- property: any batch survives both directions through reduct-py ---------------------------
+
+_NAME_CHARS = "ab/_-$ é."
+_VALUE_CHARS = "xyz019 ,=:;[]{}'é"
+label_values = st.text(_VALUE_CHARS, min_size=1, max_size=8).map(str.strip).filter(bool)
+label_maps = st.dictionaries(st.text("kKé_-.0 ", min_size=1, max_size=4).map(str.strip)
+                             .filter(bool), label_values, max_size=4)
+content_types = st.sampled_from(["text/plain", OCTET, "image/png", "a;b=c"])
+record_metas = st.lists(
+    st.builds(
+        meta,
+        entry=st.text(_NAME_CHARS, min_size=1, max_size=6),
+        ts=st.integers(0, 50),
+        size=st.integers(0, 5),
+        ct=content_types,
+    ).flatmap(lambda m: label_maps.map(lambda labels: RecordMeta(
+        m.timestamp, m.size, m.content_type, labels, m.state, m.entry))),
+    max_size=12,
+    unique_by=lambda m: (m.entry, m.timestamp),
+)
+
+
+def _expected(records: list[RecordMeta]) -> list[tuple]:
+    return sorted((r.entry, r.timestamp, r.size, r.content_type, dict(r.labels)) for r in records)
+
+
+@settings(max_examples=150, deadline=None)
+@given(record_metas)
+def test_v2_any_read_batch_is_parsed_identically_by_reduct_py(records: list[RecordMeta]) -> None:
+    parsed = _parse_batched_headers(encode_v2_read_batch(records)) if records else []
+    got = [(p.entry, p.timestamp, p.header.content_length, p.header.content_type,
+            p.header.labels) for p in parsed]
+    # The client's header order is the body order we promise with v2_body_order.
+    assert [(g[0], g[1]) for g in got] == [(r.entry, r.timestamp) for r in v2_body_order(records)]
+    assert sorted(got) == _expected(records)
+
+
+@settings(max_examples=150, deadline=None)
+@given(record_metas.filter(bool))
+def test_v2_any_client_write_batch_is_parsed_identically(records: list[RecordMeta]) -> None:
+    batch = RecordBatch()
+    for r in records:
+        batch.add(r.entry, r.timestamp, b"x" * r.size, content_type=r.content_type,
+                  labels=dict(r.labels))
+    length, headers = make_headers_v2(batch)
+    request = parse_v2_request(lower(headers))
+    assert sorted(summary(request.records)) == _expected(records)
+    assert request.content_length == length
+
+
+@settings(max_examples=100, deadline=None)
+@given(record_metas)
+def test_v1_any_client_write_batch_parses(records: list[RecordMeta]) -> None:
+    # reduct-py's v1 writer never quotes values, so only comma-free values survive v1 at all.
+    records = [r for r in records if not any("," in v for v in r.labels.values())]
+    batch = Batch()
+    for r in {r.timestamp: r for r in records}.values():
+        batch.add(r.timestamp, b"x" * r.size, content_type=r.content_type, labels=dict(r.labels))
+    _, headers = make_headers_v1(batch)
+    parsed = parse_v1_headers(lower(headers))
+    assert [(p.timestamp, p.content_length, p.content_type, dict(p.labels)) for p in parsed] == [
+        (ts, rec.size, rec.content_type, rec.labels) for (_, ts), rec in batch.items()
     ]

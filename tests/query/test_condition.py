@@ -25,7 +25,9 @@ def value(expr: Any, labels: Mapping[str, str] = LABELS, ts: int = 0) -> Any:
     return node.apply(Context(ts, labels))
 
 
-def passes(when: Any, labels: Mapping[str, str] = LABELS, ts: int = 0, strict: bool = False) -> bool:
+def passes(
+    when: Any, labels: Mapping[str, str] = LABELS, ts: int = 0, strict: bool = False
+) -> bool:
     return compile_when(when, strict=strict).evaluate(ts, labels)
 
 
@@ -67,6 +69,8 @@ OPERATOR_TABLE = [
     ("$rem", [10, -6], 4),
     ("$rem", [6, 3.5], 2.5),
     ("$rem", [-9.0, 3.5], -2.0),
+    ("$rem", [1.5, 0.0], math.nan),
+    ("$rem", [{"$div": [1e308, 1e-308]}, 2], math.nan),
     ("$abs", [-10], 10),
     ("$abs", [-1.5], 1.5),
     ("$abs", [True], 1),
@@ -508,7 +512,8 @@ def test_directives_only_is_trivial() -> None:
 @pytest.mark.parametrize(
     ("when", "message"),
     [
-        ({"#ctx_before": "soon"}, "Directive '#ctx_before' must be a number of records or a duration"),
+        ({"#ctx_before": "soon"},
+         "Directive '#ctx_before' must be a number of records or a duration"),
         ({"#ctx_after": -1}, "Directive '#ctx_after' must be a number of records or a duration"),
         ({"#ctx_after": [1, 2]}, "Directive '#ctx_after' must have exactly one value"),
         ({"#select_labels": [1]}, "Directive '#select_labels' must be a list of label names"),
