@@ -1,7 +1,8 @@
 """S3 backend (boto3): each object is ``s3://<bucket>/<prefix><key>``.
 
-The boto3 client is injected (``S3Backend(client, bucket, prefix)``) or built by
-``S3Backend.from_settings``; nothing is built at import time. Every call blocks; async callers
+The boto3 client is injected (``S3Backend(client, bucket, prefix)``; the caller keeps owning
+it) or built by ``S3Backend.from_settings`` (then ``close`` closes it); nothing is built at
+import time. Every call blocks; async callers
 run it in a thread (ARCHITECTURE.md §3, "Concurrency").
 
 Semantics and fault model:
@@ -92,9 +93,17 @@ class S3Backend:
     etag_changes_on_every_write = False
 
     def __init__(
-        self, client: Any, bucket: str, prefix: str = "", *, transfer_config: Any = None
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        transfer_config: TransferConfig | None = None,
+        owns_client: bool = False,
     ) -> None:
         self._client = client
+        # Whoever builds the client closes it: an injected client may be shared.
+        self._owns_client = owns_client
         self.bucket = bucket
         self.root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.name = f"s3://{bucket}/{self.root}"
@@ -135,10 +144,15 @@ class S3Backend:
             aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
         )
         client = session.client("s3", endpoint_url=endpoint_url or None, config=config)
-        return cls(client, bucket, prefix)
+        return cls(client, bucket, prefix, owns_client=True)
 
     def __repr__(self) -> str:
         return f"S3Backend({self.name!r})"
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client this backend uses (to share it with another backend)."""
+        return self._client
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -153,10 +167,11 @@ class S3Backend:
             ) from exc
 
     def close(self) -> None:
-        """Close the client's connection pool (once)."""
+        """Close the client's connection pool (once), if this backend built the client."""
         if not self._closed:
             self._closed = True
-            self._client.close()
+            if self._owns_client:
+                self._client.close()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -164,9 +179,11 @@ class S3Backend:
         """GetObject and return the body."""
         full = self._full_key(key)
         with self._translate(key, "read"):
-            response = self._client.get_object(Bucket=self.bucket, Key=full)
-            with response["Body"] as body:
+            body = self._client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            try:
                 return bytes(body.read())
+            finally:
+                body.close()
 
     def stat(self, key: str) -> ObjectInfo:
         """HeadObject."""
@@ -204,13 +221,13 @@ class S3Backend:
             # One streamed GET; s3transfer would not pin the ETag on a single GET.
             with self._translate(key, "download"):
                 response = self._client.get_object(Bucket=self.bucket, Key=full, IfMatch=etag)
-                with response["Body"] as body:
-                    try:
-                        write_local_file(local_path, body.iter_chunks(CHUNK_BYTES))
-                    except OSError as exc:
-                        raise local_file_error(
-                            exc, backend=self.name, key=key, path=local_path
-                        ) from exc
+                body = response["Body"]
+                try:
+                    write_local_file(local_path, body.iter_chunks(CHUNK_BYTES))
+                except OSError as exc:
+                    raise local_file_error(exc, backend=self.name, key=key, path=local_path) from exc
+                finally:
+                    body.close()
             return
         temp = temp_path_for(local_path)
         try:

@@ -133,7 +133,9 @@ class BackendContract:
 
     # -- write and read ----------------------------------------------------------------------
 
-    @pytest.mark.parametrize("data", [b"", b"x", bytes(range(256)) * 400])
+    @pytest.mark.parametrize(
+        "data", [b"", b"x", bytes(range(256)) * 400], ids=["empty", "one-byte", "100-KiB"]
+    )
     def test_write_read_round_trip(self, backend: Backend, data: bytes) -> None:
         backend.write("b/e/1.blk", data)
         assert backend.read("b/e/1.blk") == data
