@@ -11,9 +11,10 @@ import json
 import logging
 from collections.abc import AsyncGenerator
 
-from quart import Quart, Response, request
+from quart import Quart, request
 from werkzeug.exceptions import HTTPException
 
+from appliance.api.response import ApiResponse as Response
 from appliance import API_VERSION, REDUCTSTORE_VERSION
 from appliance.api import buckets, entries, io, queries, server, tokens
 from appliance.api.access import SERVICES_KEY
@@ -57,6 +58,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
     app.url_map.strict_slashes = False
     app.asgi_http_class = BoundedConnection  # type: ignore[assignment]
     app.request_class = ApplianceRequest
+    app.response_class = Response
     app.extensions[SERVICES_KEY] = svc
 
     base = settings.api_base_path

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from quart import Blueprint, Response
+from quart import Blueprint, request
 
+from appliance.api.response import ApiResponse as Response
 from appliance.api.access import authenticate, full_access, read_access, services
 from appliance.api.params import bucket_name, is_meta_entry, json_object, new_name, opt_u64
 from appliance.api.server import bucket_info_json, json_response
@@ -79,16 +80,17 @@ async def create(name: str) -> Response:
     return Response(b"", status=200)
 
 
-@blueprint.route("/b/<name>", methods=["GET"])
+@blueprint.route("/b/<name>", methods=["GET", "HEAD"])
 async def get(name: str) -> Response:
-    """Full bucket information: info, settings and visible entries."""
+    """Full bucket information: info, settings and visible entries (HEAD: existence)."""
     bucket_name(name)
+    if request.method == "HEAD":
+        return await head(name)
     read_access(name)
     svc = services()
     return json_response(await svc.run(_full_info, svc.engine, name))
 
 
-@blueprint.route("/b/<name>", methods=["HEAD"])
 async def head(name: str) -> Response:
     """Existence check; any valid token may ask."""
     bucket_name(name)

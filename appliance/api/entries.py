@@ -4,8 +4,9 @@ otherwise the entry itself. Names are validated here, before authentication."""
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, request
 
+from appliance.api.response import ApiResponse as Response
 from appliance.api import batch_v1, queries, records
 from appliance.api.params import bucket_name, entry_name
 from appliance.errors import NotFound

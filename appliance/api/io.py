@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, request
 
+from appliance.api.response import ApiResponse as Response
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.batch_codec import (

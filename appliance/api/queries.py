@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, request
 
+from appliance.api.response import ApiResponse as Response
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.server import json_response

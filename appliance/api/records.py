@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from quart import Response, request
+from quart import request
 
+from appliance.api.response import ApiResponse as Response
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.streaming import (

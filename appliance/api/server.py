@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from quart import Blueprint, Response
+from quart import Blueprint
 
+from appliance.api.response import ApiResponse as Response
 from appliance import REDUCTSTORE_VERSION
 from appliance.api.access import authenticate, full_access, services
 from appliance.auth import can_read

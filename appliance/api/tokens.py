@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response
+from quart import Blueprint
 
+from appliance.api.response import ApiResponse as Response
 from appliance.api.access import full_access, services
 from appliance.api.server import json_response
 from appliance.api.streaming import read_any_body
