@@ -24,5 +24,22 @@ No asyncio and no Quart here: the API layer calls into it from worker threads. P
     Entry.remove_records(timestamps) -> dict[int, ApplianceError]
     Entry.remove_where(start, stop, predicate) -> int
 
+    engine.check.check(data_path, repair=False) -> CheckReport    offline scrub (``appliance check``)
+
 Errors are ``appliance.errors`` classes with ReductStore's messages.
+
+Modules, bottom up: ``names`` (name validation), ``sizing`` (ReductStore's record metadata
+size), ``codec`` (sans-I/O formats), ``fileio`` (the only fsync/rename caller), ``files`` (fd
+cache), ``commit`` (group commit), ``block`` (a block in memory, block LRU), ``entry_files``
+(files of one entry folder), ``blockset`` (block index in memory and block choice), ``entry``,
+``writer`` (``RecordWriter``), ``recovery`` (startup recovery of an entry), ``scan`` (finding
+buckets and entries), ``bucket``, ``storage``, ``report`` (``RecoveryReport``), ``check``.
 """
+
+from appliance.engine.bucket import Bucket
+from appliance.engine.entry import Entry
+from appliance.engine.report import Problem, RecoveryReport
+from appliance.engine.storage import Storage
+from appliance.engine.writer import RecordWriter
+
+__all__ = ["Bucket", "Entry", "Problem", "RecordWriter", "RecoveryReport", "Storage"]

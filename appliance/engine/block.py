@@ -1,0 +1,177 @@
+"""One block in memory, and the process-wide LRU of decoded blocks.
+
+A block holds the records whose timestamps fall in ``[block_id, next_block_id)`` (the entry keeps
+that invariant when it picks a block, so iterating blocks in id order yields ascending
+timestamps). Records are kept in a dict by timestamp plus a sorted timestamp list for range
+scans. ``alloc_end`` is where the next payload is reserved in ``<id>.blk``: it only grows, so
+concurrent writers never share bytes. A block is *live* (pinned in its entry) while it has
+changes that only the WAL holds (``dirty``) or writers in flight (``pending``); otherwise it may
+sit in the bounded ``BlockCache`` and be dropped and re-read from its descriptor.
+
+The descriptor never contains STARTED records: a write that never finished must not survive a
+restart as a phantom. Its ``data_end`` covers FINISHED payloads only, which is what the data file
+must at least hold (the startup integrity check compares the two).
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left, insort
+from collections import OrderedDict
+
+from appliance.engine.codec import Descriptor, IndexItem, StoredRecord
+from appliance.engine.models import RecordState
+
+DEFAULT_BLOCK_CACHE = 64
+_STARTED = RecordState.STARTED
+_FINISHED = RecordState.FINISHED
+
+
+class Block:
+    """Records of one block, mutated only under the owning entry's lock."""
+
+    __slots__ = (
+        "block_id",
+        "records",
+        "order",
+        "size",
+        "meta_size",
+        "alloc_end",
+        "pending",
+        "dirty",
+        "wal_open",
+    )
+
+    def __init__(self, block_id: int) -> None:
+        self.block_id = block_id
+        self.records: dict[int, StoredRecord] = {}
+        self.order: list[int] = []
+        self.size = 0
+        self.meta_size = 0
+        self.alloc_end = 0
+        self.pending = 0
+        self.dirty = False
+        self.wal_open = False
+
+    @classmethod
+    def from_descriptor(cls, descriptor: Descriptor) -> Block:
+        """A clean block holding what a descriptor says."""
+        block = cls(descriptor.block_id)
+        block.records = {r.timestamp: r for r in descriptor.records}
+        block.order = sorted(block.records)
+        block.size = sum(r.size for r in descriptor.records)
+        block.meta_size = sum(r.meta_size for r in descriptor.records)
+        ends = [r.offset + r.size for r in descriptor.records]
+        block.alloc_end = max([descriptor.data_end, *ends])
+        return block
+
+    @property
+    def first_ts(self) -> int:
+        """Smallest timestamp in the block (the block id when empty)."""
+        return self.order[0] if self.order else self.block_id
+
+    @property
+    def latest_ts(self) -> int:
+        """Largest timestamp in the block (0 when empty)."""
+        return self.order[-1] if self.order else 0
+
+    def put(self, record: StoredRecord) -> StoredRecord | None:
+        """Insert or replace a record; return the replaced one."""
+        ts = record.timestamp
+        old = self.records.get(ts)
+        self.records[ts] = record
+        if old is None:
+            order = self.order
+            if not order or ts > order[-1]:
+                order.append(ts)
+            else:
+                insort(order, ts)
+        else:
+            self.size -= old.size
+            self.meta_size -= old.meta_size
+        self.size += record.size
+        self.meta_size += record.meta_size
+        end = record.offset + record.size
+        if end > self.alloc_end:
+            self.alloc_end = end
+        return old
+
+    def remove(self, ts: int) -> StoredRecord | None:
+        """Drop a record; return it (None if absent)."""
+        old = self.records.pop(ts, None)
+        if old is not None:
+            del self.order[bisect_left(self.order, ts)]
+            self.size -= old.size
+            self.meta_size -= old.meta_size
+        return old
+
+    def persisted(self) -> list[StoredRecord]:
+        """Records a descriptor stores (everything but STARTED), ascending."""
+        records = self.records
+        return [r for r in (records[t] for t in self.order) if r.state is not _STARTED]
+
+    def to_descriptor(self, generation: int) -> Descriptor:
+        """The descriptor of this block's persistent records."""
+        records = self.persisted()
+        finished_ends = [r.offset + r.size for r in records if r.state is _FINISHED]
+        return Descriptor(
+            block_id=self.block_id,
+            generation=generation,
+            records=tuple(records),
+            size=sum(r.size for r in records),
+            meta_size=sum(r.meta_size for r in records),
+            data_end=max(finished_ends, default=0),
+            first_ts=records[0].timestamp if records else self.block_id,
+            latest_ts=records[-1].timestamp if records else 0,
+        )
+
+
+def index_item(descriptor: Descriptor, crc: int) -> IndexItem:
+    """The index summary of a descriptor whose encoded CRC is ``crc``."""
+    return IndexItem(
+        block_id=descriptor.block_id,
+        first_ts=descriptor.first_ts,
+        latest_ts=descriptor.latest_ts,
+        record_count=len(descriptor.records),
+        size=descriptor.size,
+        meta_size=descriptor.meta_size,
+        data_end=descriptor.data_end,
+        descriptor_crc=crc,
+        generation=descriptor.generation,
+    )
+
+
+class BlockCache:
+    """Bounded LRU of clean decoded blocks, shared by all entries; keys are (entry uid, id)."""
+
+    def __init__(self, capacity: int = DEFAULT_BLOCK_CACHE) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._blocks: OrderedDict[tuple[int, int], Block] = OrderedDict()
+
+    def get(self, key: tuple[int, int]) -> Block | None:
+        """The cached block, refreshed as most recently used."""
+        with self._lock:
+            block = self._blocks.get(key)
+            if block is not None:
+                self._blocks.move_to_end(key)
+            return block
+
+    def put(self, key: tuple[int, int], block: Block) -> None:
+        """Cache a clean block, evicting the least recently used beyond capacity."""
+        with self._lock:
+            self._blocks[key] = block
+            self._blocks.move_to_end(key)
+            while len(self._blocks) > self._capacity:
+                self._blocks.popitem(last=False)
+
+    def pop(self, key: tuple[int, int]) -> None:
+        """Forget one block."""
+        with self._lock:
+            self._blocks.pop(key, None)
+
+    def drop_entry(self, uid: int) -> None:
+        """Forget every block of one entry."""
+        with self._lock:
+            for key in [k for k in self._blocks if k[0] == uid]:
+                del self._blocks[key]

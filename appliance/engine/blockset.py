@@ -1,0 +1,299 @@
+"""The blocks of one entry: in-memory block index, block choice, and persisting block changes.
+
+Not thread-safe on its own: every method is called with the owning entry's lock held.
+
+State: sorted block ids; ``items`` = the index items as persisted in ``blocks.idx`` (one per
+descriptor on disk); ``live`` = blocks pinned in memory because the WAL holds changes their
+descriptor lacks (``dirty``) or writers are in flight (``pending``); ``hidden`` = items of blocks
+taken out of service after runtime corruption (still written to the index, so recovery decides);
+``size``/``count`` = running totals for ``Entry.info`` and quotas.
+
+Block choice (spec engine §5, steps 8-9): a record goes to the block with the greatest id <= ts;
+before the first block, or when the chosen block is full (``max_block_size`` /
+``max_block_records``) and all its records are older than ``ts``, a new block with id = ts
+starts and the full one is flushed. Deviation from ReductStore: a belated record that falls
+*inside* the time span of a full block still goes into that block (it may exceed the limits), so
+every block holds exactly the records of ``[id, next_id)`` and a lookup can never miss a record.
+"""
+
+from __future__ import annotations
+
+import logging
+from bisect import bisect_right, insort
+from collections.abc import Mapping
+
+from appliance.engine.block import Block
+from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_frame, labels_fit
+from appliance.engine.context import EngineContext
+from appliance.engine.entry_files import EntryFiles
+from appliance.engine.files import FileHandle
+from appliance.engine.models import RecordState
+from appliance.engine.sizing import record_metadata_size
+from appliance.errors import Conflict, CorruptionError, NotFound, UnprocessableEntity
+
+log = logging.getLogger(__name__)
+_STARTED = RecordState.STARTED
+_ERRORED = RecordState.ERRORED
+
+
+class BlockSet:
+    """In-memory index and block persistence of one entry (caller holds the entry lock)."""
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        bucket: str,
+        entry: str,
+        files: EntryFiles,
+        items: list[IndexItem],
+        uid: int,
+    ) -> None:
+        self.ctx = ctx
+        self.bucket = bucket
+        self.entry = entry
+        self.files = files
+        self.uid = uid
+        self.items: dict[int, IndexItem] = {item.block_id: item for item in items}
+        self.ids: list[int] = sorted(self.items)
+        self.live: dict[int, Block] = {}
+        self.hidden: dict[int, IndexItem] = {}
+        self.size = sum(i.size + i.meta_size for i in self.items.values())
+        self.count = sum(i.record_count for i in self.items.values())
+        self.max_block_size = 0
+        self.max_block_records = 0
+
+    # --- statistics -----------------------------------------------------------------------------
+
+    def first_ts(self, block_id: int) -> int:
+        """Oldest timestamp in a block."""
+        block = self.live.get(block_id)
+        return block.first_ts if block is not None else self.items[block_id].first_ts
+
+    def latest_ts(self, block_id: int) -> int:
+        """Latest timestamp in a block."""
+        block = self.live.get(block_id)
+        return block.latest_ts if block is not None else self.items[block_id].latest_ts
+
+    def totals(self, block_id: int) -> tuple[int, int]:
+        """(bytes incl. record metadata, record count) of a block."""
+        block = self.live.get(block_id)
+        if block is not None:
+            return block.size + block.meta_size, len(block.records)
+        item = self.items[block_id]
+        return item.size + item.meta_size, item.record_count
+
+    # --- lookup ---------------------------------------------------------------------------------
+
+    def get(self, block_id: int) -> Block:
+        """The block, from the live set, the shared cache, or its descriptor."""
+        block = self.live.get(block_id)
+        if block is not None:
+            return block
+        key = (self.uid, block_id)
+        block = self.ctx.blocks.get(key)
+        if block is not None:
+            return block
+        try:
+            descriptor, crc = self.files.load_descriptor(block_id, self.entry)
+        except CorruptionError as exc:
+            raise self.hide(block_id, exc.path, exc.offset, str(exc)) from exc
+        item = self.items.get(block_id)
+        if item is not None and item.descriptor_crc != crc:
+            # An intact descriptor newer than the index: a crash fell between the two writes.
+            log.warning("stale index item of %s/%s block %s healed", self.bucket, self.entry,
+                        block_id)
+            self.items[block_id] = IndexItem(
+                block_id, descriptor.first_ts, descriptor.latest_ts, len(descriptor.records),
+                descriptor.size, descriptor.meta_size, descriptor.data_end, crc,
+                descriptor.generation,
+            )
+        block = Block.from_descriptor(descriptor)
+        self.ctx.blocks.put(key, block)
+        return block
+
+    def make_live(self, block_id: int) -> Block:
+        """The block, pinned in memory because it is about to change."""
+        block = self.get(block_id)
+        if block_id not in self.live:
+            self.live[block_id] = block
+            self.ctx.blocks.pop((self.uid, block_id))
+        return block
+
+    def not_found(self, ts: int) -> NotFound:
+        """ReductStore's 404 for a missing record."""
+        return NotFound(f"Record {ts} not found in entry {self.bucket}/{self.entry}")
+
+    def locate(self, ts: int) -> tuple[Block, StoredRecord]:
+        """The block and record at ``ts``; 404 if absent."""
+        i = bisect_right(self.ids, ts) - 1
+        if i < 0:
+            raise self.not_found(ts)
+        block = self.get(self.ids[i])
+        record = block.records.get(ts)
+        if record is None:
+            raise self.not_found(ts)
+        return block, record
+
+    def hide(
+        self, block_id: int, path: str | None, offset: int | None, detail: str
+    ) -> CorruptionError:
+        """Take a damaged block out of service until restart; return the error to raise."""
+        message = (
+            f"Block {self.bucket}/{self.entry}/{block_id} is corrupted: {detail} "
+            f"(file {path}, offset {offset})"
+        )
+        log.error("corrupt block taken out of service: %s", message,
+                  extra={"file": path, "offset": offset})
+        if block_id in self.items or block_id in self.live:
+            size, count = self.totals(block_id)
+            self.size -= size
+            self.count -= count
+            item = self.items.pop(block_id, None)
+            if item is not None:
+                self.hidden[block_id] = item
+            self.live.pop(block_id, None)
+            self.ctx.blocks.pop((self.uid, block_id))
+            self.ids.remove(block_id)
+        return CorruptionError(message, path=path, offset=offset)
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def reserve(
+        self, ts: int, size: int, content_type: str, labels: Mapping[str, str], crc: int = 0
+    ) -> tuple[Block, StoredRecord]:
+        """Place a STARTED record and reserve its bytes (409 on a duplicate timestamp)."""
+        if not labels_fit(content_type, labels):
+            raise UnprocessableEntity("Labels or content type are too long")
+        block = self._choose(ts, size)
+        existing = block.records.get(ts)
+        if existing is not None:
+            if existing.state is not _ERRORED or existing.size != size:
+                raise Conflict(f"A record with timestamp {ts} already exists")
+            offset = existing.offset  # an errored record of the same size is overwritten in place
+        else:
+            offset = block.alloc_end
+        meta_size = record_metadata_size(ts, offset, offset + size, labels, content_type)
+        record = StoredRecord(
+            ts, size, content_type, labels, _STARTED, self.entry, offset, crc, meta_size
+        )
+        old = block.put(record)
+        if old is not None:
+            self.size -= old.size + old.meta_size
+            self.count -= 1
+        self.size += size + meta_size
+        self.count += 1
+        block.pending += 1
+        return block, record
+
+    def _choose(self, ts: int, size: int) -> Block:
+        ids = self.ids
+        if not ids or ts < ids[0]:
+            return self._new_block(ts)
+        block = self.make_live(ids[bisect_right(ids, ts) - 1])
+        if ts in block.records or not block.records or block.block_id == ts:
+            return block
+        full = (
+            block.size + size > self.max_block_size
+            or len(block.records) + 1 > self.max_block_records
+        )
+        if full and block.latest_ts < ts:
+            if block.dirty:
+                self.flush([block])  # the block is finished: its WAL becomes a descriptor
+            return self._new_block(ts)
+        return block
+
+    def _new_block(self, ts: int) -> Block:
+        block = Block(ts)
+        insort(self.ids, ts)
+        self.live[ts] = block
+        return block
+
+    def finalize(self, block_id: int, ts: int, state: RecordState, crc: int) -> bytes | None:
+        """Set the final state of a reserved record; return its WAL frame (None if it vanished)."""
+        block = self.live.get(block_id)
+        if block is None:
+            return None  # the block was removed meanwhile (entry removal, FIFO)
+        block.pending -= 1
+        record = block.records.get(ts)
+        if record is None or record.state is not _STARTED:
+            return None  # removed while being written
+        final = StoredRecord(
+            ts, record.size, record.content_type, record.labels, state, self.entry,
+            record.offset, crc, record.meta_size,
+        )
+        block.records[ts] = final
+        return encode_wal_frame(WalKind.WRITE, self.ctx.generation, final)
+
+    def append_wal(self, block: Block, frames: bytes) -> FileHandle:
+        """Append frames to the block's WAL; the block becomes dirty. Returns a pinned handle."""
+        handle = self.files.append_wal(block.block_id, frames, fresh=not block.wal_open)
+        block.wal_open = True
+        block.dirty = True
+        return handle
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def flush(self, blocks: list[Block]) -> None:
+        """Write descriptors, then the index, then drop the WAL segments they replace.
+
+        The index is saved before any WAL is deleted: a crash in between replays the WAL over
+        the newer descriptor, which is idempotent; the reverse order could lose records.
+        """
+        for block in blocks:
+            descriptor = block.to_descriptor(self.ctx.generation)
+            if descriptor.records:
+                self.items[block.block_id] = self.files.save_descriptor(descriptor)
+            elif self.items.pop(block.block_id, None) is not None:
+                # Only writers in flight are left: the block has nothing to persist yet.
+                self.files.remove_descriptor(block.block_id)
+        self.save_index()
+        for block in blocks:
+            if block.wal_open:
+                self.files.drop_wal(block.block_id)
+                block.wal_open = False
+            block.dirty = False
+            if not block.pending:
+                self.live.pop(block.block_id, None)
+                self.ctx.blocks.put((self.uid, block.block_id), block)
+
+    def save_index(self) -> None:
+        """Persist the index items (plus hidden ones) atomically."""
+        items = dict(self.hidden)
+        items.update(self.items)
+        self.files.save_index(items[i] for i in sorted(items))
+
+    def compact(self) -> bool:
+        """Flush every dirty block; return whether anything was written."""
+        dirty = [block for block in self.live.values() if block.dirty]
+        if dirty:
+            self.flush(dirty)
+        return bool(dirty)
+
+    def drop(self, block_id: int) -> None:
+        """Delete a block: index first (a crash then leaves only an orphan), then its files."""
+        size, count = self.totals(block_id)
+        self.size -= size
+        self.count -= count
+        self.ids.remove(block_id)
+        self.items.pop(block_id, None)
+        self.live.pop(block_id, None)
+        self.ctx.blocks.pop((self.uid, block_id))
+        self.save_index()
+        self.files.remove_block(block_id)
+
+    def persist_removal(self, block: Block) -> None:
+        """Make record removals from ``block`` durable, compacting its data file when possible."""
+        if not block.records:
+            self.drop(block.block_id)
+            return
+        self.flush([block])
+        if block.pending:
+            return  # writers hold offsets in the data file: leave the holes
+        rewritten = self.files.rewrite_data(block.to_descriptor(self.ctx.generation))
+        if rewritten is not None:
+            records, item = rewritten
+            for record in records:
+                block.records[record.timestamp] = record
+            block.alloc_end = item.data_end
+            self.items[block.block_id] = item
+            self.save_index()

@@ -1,0 +1,434 @@
+"""One bucket: settings, its entries (nested names, auto-created parents) and write admission.
+
+Folder ``<data>/<bucket>/`` holds ``bucket.settings`` (codec, written atomically) and one folder
+per entry; entry ``a/b`` lives in ``<bucket>/a/b/`` so a rename or removal of ``a`` carries its
+descendants. Before anything of a write touches the disk, ``_admit`` applies ReductStore's checks
+in its order (spec engine §5): ``max_storage_size`` (500), quota (§11: HARD -> 400, FIFO drops
+the oldest blocks of non-``$meta`` entries or fails with 500), free disk (507); ``$meta`` rules
+(key label required, ``remove=true`` refused, upsert by key) come first since they are pure
+validation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from appliance.engine import fileio
+from appliance.engine.codec import decode_settings, encode_settings
+from appliance.engine.context import EngineContext
+from appliance.engine.entry import Entry
+from appliance.engine.entry_files import EntryFiles
+from appliance.engine.models import (
+    META_ENTRY_MAX_BLOCK_SIZE,
+    U64_MAX,
+    BucketInfo,
+    BucketSettings,
+    EntryInfo,
+    NewRecord,
+    QuotaType,
+)
+from appliance.engine.models import RecordState
+from appliance.engine.names import (
+    is_meta_entry,
+    is_same_or_descendant,
+    parents,
+    validate_entry_name,
+)
+from appliance.engine.recovery import recover_entry
+from appliance.engine.report import RecoveryReport
+from appliance.engine.scan import scan_entries
+from appliance.engine.writer import RecordWriter
+from appliance.errors import (
+    ApplianceError,
+    BadRequest,
+    Conflict,
+    CorruptionError,
+    InsufficientStorage,
+    InternalError,
+    NotFound,
+    UnprocessableEntity,
+)
+
+SETTINGS_FILE = "bucket.settings"
+META_KEY_LABEL = "key"
+META_REMOVE_LABEL = "remove"
+
+
+class Bucket:
+    """Entries and settings of one bucket (thread-safe)."""
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        name: str,
+        path: Path,
+        settings: BucketSettings,
+        entries: dict[str, Entry],
+    ) -> None:
+        self._ctx = ctx
+        self._name = name
+        self.path = path
+        self._settings = settings
+        self._entries = entries
+        self._lock = threading.RLock()
+        self._quota_lock = threading.Lock()
+        self.removed = False
+        for entry in entries.values():
+            self._apply_limits(entry)
+
+    @classmethod
+    def create(cls, ctx: EngineContext, name: str, path: Path, settings: BucketSettings) -> Bucket:
+        """A new, empty bucket folder."""
+        path.mkdir(parents=True, exist_ok=True)
+        fileio.atomic_write(path / SETTINGS_FILE, encode_settings(settings))
+        return cls(ctx, name, path, settings, {})
+
+    @classmethod
+    def load(
+        cls, ctx: EngineContext, name: str, path: Path, report: RecoveryReport, *, repair: bool,
+        integrity: bool,
+    ) -> Bucket:
+        """Open an existing bucket folder, recovering every entry in it."""
+        settings = load_settings(path / SETTINGS_FILE, ctx.options.bucket_defaults, report, repair)
+        entries: dict[str, Entry] = {}
+        for entry_name, entry_path in scan_entries(path, report):
+            files = EntryFiles(ctx, entry_path)
+            try:
+                items = recover_entry(
+                    ctx, name, entry_name, files, report, repair=repair, integrity=integrity
+                )
+            except (OSError, CorruptionError) as exc:
+                report.add("entry_failed", entry_path, f"entry can't be recovered: {exc}",
+                           "skipped")
+                continue
+            entries[entry_name] = Entry(ctx, name, entry_name, files, items)
+        return cls(ctx, name, path, settings, entries)
+
+    @property
+    def name(self) -> str:
+        """The bucket name."""
+        return self._name
+
+    @property
+    def settings(self) -> BucketSettings:
+        """Current settings (all fields filled)."""
+        return self._settings
+
+    @property
+    def size(self) -> int:
+        """Bytes of all entries, ``$meta`` included (spec api §3.2)."""
+        with self._lock:
+            entries = list(self._entries.values())
+        return sum(entry.size for entry in entries)
+
+    def _apply_limits(self, entry: Entry) -> None:
+        max_size = META_ENTRY_MAX_BLOCK_SIZE if entry.is_meta else self._settings.max_block_size
+        entry.set_limits(max_size, self._settings.max_block_records)
+
+    def update_settings(
+        self,
+        quota_type: QuotaType | None = None,
+        quota_size: int | None = None,
+        max_block_size: int | None = None,
+        max_block_records: int | None = None,
+    ) -> BucketSettings:
+        """Change some settings (None keeps the current value); persisted atomically."""
+        self._ctx.check_writable()
+        with self._lock:
+            new = self._settings.merged(quota_type, quota_size, max_block_size, max_block_records)
+            fileio.atomic_write(self.path / SETTINGS_FILE, encode_settings(new))
+            self._settings = new
+            for entry in self._entries.values():
+                self._apply_limits(entry)
+            return new
+
+    # --- entries --------------------------------------------------------------------------------
+
+    def info(self) -> BucketInfo:
+        """Entry count (without ``$meta``), size (with), oldest and latest record."""
+        with self._lock:
+            entries = list(self._entries.values())
+        infos = [(entry.is_meta, entry.info()) for entry in entries]
+        size = sum(info.size for _, info in infos)
+        visible = [info for is_meta, info in infos if not is_meta]
+        with_records = [info for info in visible if info.record_count]
+        oldest = min((i.oldest_record for i in with_records), default=0)
+        latest = max((i.latest_record for i in with_records), default=0)
+        return BucketInfo(self._name, len(visible), size, oldest, latest)
+
+    def entries(self) -> list[EntryInfo]:
+        """Entry statistics sorted by name, ``$meta`` entries excluded."""
+        with self._lock:
+            entries = [e for e in self._entries.values() if not e.is_meta]
+        return sorted((entry.info() for entry in entries), key=lambda info: info.name)
+
+    def entry_names(self) -> list[str]:
+        """Every entry name, ``$meta`` entries included, sorted."""
+        with self._lock:
+            return sorted(self._entries)
+
+    def _entry_not_found(self, name: str) -> NotFound:
+        return NotFound(f"Entry '{name}' not found in bucket '{self._name}'")
+
+    def get_entry(self, name: str) -> Entry:
+        """The entry; 404 if it does not exist."""
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is None:
+            raise self._entry_not_found(name)
+        return entry
+
+    def get_or_create_entry(self, name: str) -> Entry:
+        """The entry, created with its missing parents if needed (422 on a bad name)."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            return entry
+        validate_entry_name(name)
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                self._check_alive()
+                self._ctx.check_writable()
+                for missing in [*parents(name), name]:
+                    if missing not in self._entries:
+                        self._entries[missing] = entry = self._new_entry(missing)
+            return self._entries[name]
+
+    def _new_entry(self, name: str) -> Entry:
+        files = EntryFiles(self._ctx, self.path / name)
+        files.create()
+        entry = Entry(self._ctx, self._name, name, files, [])
+        self._apply_limits(entry)
+        return entry
+
+    def _check_alive(self) -> None:
+        if self.removed:
+            raise NotFound(f"Bucket '{self._name}' is not found")
+
+    def remove_entry(self, name: str) -> None:
+        """Remove an entry and all its descendants (``$meta`` included) with their files."""
+        self._ctx.check_writable()
+        with self._lock:
+            if name not in self._entries:
+                raise self._entry_not_found(name)
+            for doomed in [n for n in self._entries if is_same_or_descendant(n, name)]:
+                self._entries.pop(doomed).retire()
+            fileio.remove_tree(self.path / name)
+
+    def rename_entry(self, old: str, new: str) -> None:
+        """Rename an entry and its descendants (404 / 409 / 422 as ReductStore)."""
+        self._ctx.check_writable()
+        validate_entry_name(new)
+        with self._lock:
+            if old not in self._entries:
+                raise self._entry_not_found(old)
+            if new in self._entries or is_same_or_descendant(new, old):
+                raise Conflict(f"Entry '{new}' already exists in bucket '{self._name}'")
+            moved = sorted(n for n in self._entries if is_same_or_descendant(n, old))
+            for name in moved:
+                entry = self._entries.pop(name)
+                entry.compact()  # the folder must be self-contained (no WAL) when it moves
+                entry.retire()
+            reopen = {name: name for name in moved}
+            try:
+                for parent in parents(new):
+                    if parent not in self._entries:
+                        self._entries[parent] = self._new_entry(parent)
+                fileio.rename_dir(self.path / old, self.path / new)
+                reopen = {name: new + name[len(old) :] for name in moved}
+            except FileExistsError as exc:
+                raise Conflict(f"Entry '{new}' already exists in bucket '{self._name}'") from exc
+            finally:
+                for name in reopen.values():
+                    self._entries[name] = self._reopen_entry(name)
+
+    def _reopen_entry(self, name: str) -> Entry:
+        files = EntryFiles(self._ctx, self.path / name)
+        report = RecoveryReport()
+        items = recover_entry(self._ctx, self._name, name, files, report, repair=True,
+                              integrity=False)
+        entry = Entry(self._ctx, self._name, name, files, items)
+        self._apply_limits(entry)
+        return entry
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def begin_write(
+        self, entry: str, ts: int, size: int, content_type: str, labels: Mapping[str, str]
+    ) -> RecordWriter:
+        """Admit and reserve one record; stream its payload through the returned writer."""
+        self._ctx.check_writable()
+        _check_timestamp(ts)
+        if size < 0:
+            raise UnprocessableEntity("content-length must be a number")
+        self._check_storage_limit(size, 0)
+        validate_entry_name(entry)
+        target = self._entries.get(entry)
+        is_meta = target.is_meta if target is not None else is_meta_entry(entry)
+        if is_meta:
+            self._check_meta_labels(entry, labels)
+        with self._quota_guard():
+            self._admit(size, 0, fileio.free_bytes(self.path))
+            target = self.get_or_create_entry(entry)
+            if is_meta:
+                self._upsert(target, ts, size, labels)
+            block_id, record, handle = target.begin(ts, size, content_type, labels)
+        return RecordWriter(target, block_id, record, handle)
+
+    def write_record(
+        self, entry: str, ts: int, data: bytes, content_type: str, labels: Mapping[str, str]
+    ) -> None:
+        """Write a whole small record in one call."""
+        writer = self.begin_write(entry, ts, len(data), content_type, labels)
+        try:
+            if data:
+                writer.write(data)
+        except BaseException:
+            writer.abort("write failed")
+            raise
+        writer.finish()
+
+    def write_batch(self, entry: str, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:
+        """Write in-memory records; errors by timestamp (one WAL append for the batch)."""
+        self._ctx.check_writable()
+        validate_entry_name(entry)
+        if is_meta_entry(entry):
+            return self._write_each(entry, records)
+        errors: dict[int, ApplianceError] = {}
+        accepted: list[NewRecord] = []
+        pending = 0
+        with self._quota_guard():
+            free = fileio.free_bytes(self.path)
+            for record in records:
+                size = len(record.data)
+                try:
+                    _check_timestamp(record.timestamp)
+                    self._check_storage_limit(size, pending)
+                    self._admit(size, pending, free)
+                except ApplianceError as exc:
+                    errors[record.timestamp] = exc
+                    continue
+                accepted.append(record)
+                pending += size
+            if accepted:
+                errors.update(self.get_or_create_entry(entry).write_batch(accepted))
+        return errors
+
+    def _write_each(self, entry: str, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:
+        errors: dict[int, ApplianceError] = {}
+        for record in records:
+            try:
+                self.write_record(
+                    entry, record.timestamp, record.data, record.content_type, record.labels
+                )
+            except ApplianceError as exc:
+                errors[record.timestamp] = exc
+        return errors
+
+    def _quota_guard(self) -> threading.Lock | _NoLock:
+        """Serialise check-and-reserve when a quota is enforced (two writers can't both fit)."""
+        return self._quota_lock if self._settings.quota_type != QuotaType.NONE else _NO_LOCK
+
+    def _check_storage_limit(self, size: int, pending: int) -> None:
+        limit = self._ctx.options.max_storage_size
+        if limit is not None and self._ctx.storage_usage() + pending + size > limit:
+            raise InternalError("storage limit exceeded")
+
+    def _admit(self, size: int, pending: int, free: int) -> None:
+        """Quota (HARD refuses, FIFO evicts) and free-disk checks for ``size`` more bytes."""
+        settings = self._settings
+        if settings.quota_type == QuotaType.HARD:
+            if self.size + pending + size > settings.quota_size:
+                raise BadRequest(f"Quota of '{self._name}' exceeded")
+        elif settings.quota_type == QuotaType.FIFO:
+            while self.size + pending + size > settings.quota_size:
+                if not self._evict_oldest_block():
+                    raise InternalError(f"Failed to keep quota of '{self._name}'")
+        if free - pending - size < self._ctx.options.min_free_space:
+            raise InsufficientStorage(
+                f"Not enough disk space to write {size} bytes into bucket '{self._name}'"
+            )
+
+    def _evict_oldest_block(self) -> bool:
+        with self._lock:
+            candidates = [e for e in self._entries.values() if not e.is_meta]
+        for entry in sorted(candidates, key=lambda e: e.oldest_record):
+            if entry.remove_oldest_block():
+                return True
+        return False
+
+    def _check_meta_labels(self, entry: str, labels: Mapping[str, str]) -> None:
+        if META_KEY_LABEL not in labels:
+            raise UnprocessableEntity(
+                f"Record in system entry '{entry}' must have label '{META_KEY_LABEL}'"
+            )
+        if labels.get(META_REMOVE_LABEL, "").lower() == "true":
+            raise UnprocessableEntity(
+                f"Label '{META_REMOVE_LABEL}=true' can't be written to system entry '{entry}'; "
+                "use label update"
+            )
+
+    def _upsert(self, entry: Entry, ts: int, size: int, labels: Mapping[str, str]) -> None:
+        """Remove older records with the same ``key`` (after making sure ``ts`` is free)."""
+        try:
+            existing = entry.get_record(ts)
+        except NotFound:
+            existing = None
+        if existing is not None and not (existing.state is RecordState.ERRORED and existing.size == size):
+            raise Conflict(f"A record with timestamp {ts} already exists")
+        same_key = [t for t in entry.find_by_label(META_KEY_LABEL, labels[META_KEY_LABEL]) if t != ts]
+        if same_key:
+            entry.remove_unchecked(same_key)
+
+    # --- maintenance ----------------------------------------------------------------------------
+
+    def compact(self) -> None:
+        """Flush every entry's WAL into descriptors and indexes."""
+        with self._lock:
+            entries = list(self._entries.values())
+        for entry in entries:
+            entry.compact()
+
+    def retire(self) -> None:
+        """Mark removed and retire every entry (files are the caller's)."""
+        with self._lock:
+            self.removed = True
+            for entry in self._entries.values():
+                entry.retire()
+            self._entries.clear()
+
+
+class _NoLock:
+    """A do-nothing context manager standing in for the quota lock."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
+def _check_timestamp(ts: int) -> None:
+    if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= U64_MAX:
+        raise UnprocessableEntity("'ts' must be an unix timestamp in microseconds")
+
+
+def load_settings(
+    path: Path, defaults: BucketSettings, report: RecoveryReport, repair: bool
+) -> BucketSettings:
+    """Read ``bucket.settings``; a missing or corrupt file falls back to defaults (rewritten)."""
+    try:
+        return decode_settings(fileio.read_file(path), str(path))
+    except FileNotFoundError:
+        kind, message, offset = "settings_missing", "bucket settings file is missing", None
+    except CorruptionError as exc:
+        kind, message, offset = "settings_corrupt", str(exc), exc.offset
+    report.add(kind, path, message, "defaults written" if repair else "none", offset)
+    if repair:
+        fileio.atomic_write(path, encode_settings(defaults))
+    return defaults

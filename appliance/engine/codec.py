@@ -1,0 +1,429 @@
+"""Sans-I/O codec of every engine file: pure functions between bytes and frozen dataclasses.
+
+All integers are little-endian. Every metadata file starts with a 4-byte magic and a u16 format
+version and ends with a CRC32C (u32) of everything before it; decoding checks length, magic,
+version and CRC before anything else and raises ``CorruptionError`` carrying the byte offset of
+the damage (``path`` is whatever label the caller passed as ``source``).
+
+Record (inside descriptors and WAL frames), 37 bytes + variable part::
+
+    ts u64 | offset u64 | size u64 | payload_crc u32 | meta_size u32 | state u8
+    | content_type_len u16 | label_count u16 | content_type | (name_len u16, value_len u32,
+    name, value) * label_count
+
+Block descriptor ``<id>.meta``: ``"RSBD" v1 flags u16 | block_id u64 | generation u64 |
+record_count u32 | size u64 | meta_size u64 | data_end u64 | first_ts u64 | latest_ts u64 |
+records | crc32c``. The header alone is enough to rebuild an index item.
+
+Block index ``blocks.idx``: ``"RSIX" v1 flags u16 | generation u64 | count u32 | items | crc32c``,
+item = ``block_id, first_ts, latest_ts u64 | record_count u32 | size, meta_size, data_end u64 |
+descriptor_crc u32 | generation u64``.
+
+Bucket settings ``bucket.settings``: ``"RSBS" v1 flags u16 | quota_type u8 | quota_size u64 |
+max_block_size u64 | max_block_records u64 | crc32c``.
+
+WAL segment ``.wal/<block_id>.wal``: header ``"RSWL" v1 flags u16 | block_id u64 | generation u64
+| crc32c``, then frames ``kind u8 | length u32 | payload | crc32c(kind|length|payload)``; payload =
+``generation u64`` + a record (WRITE, UPDATE) or a ``ts u64`` (REMOVE). A frame is only valid
+whole, so a torn tail is detected and cut at the last good frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+
+import google_crc32c
+
+from appliance.engine.models import BucketSettings, QuotaType, RecordMeta, RecordState
+from appliance.errors import CorruptionError
+
+FORMAT_VERSION = 1
+DESCRIPTOR_MAGIC = b"RSBD"
+INDEX_MAGIC = b"RSIX"
+SETTINGS_MAGIC = b"RSBS"
+WAL_MAGIC = b"RSWL"
+
+_CRC = struct.Struct("<I")
+_REC = struct.Struct("<QQQIIBHH")
+_LABEL = struct.Struct("<HI")
+_DESC = struct.Struct("<4sHHQQIQQQQQ")
+_INDEX = struct.Struct("<4sHHQI")
+_ITEM = struct.Struct("<QQQIQQQIQ")
+_SETTINGS = struct.Struct("<4sHHBQQQ")
+_WAL = struct.Struct("<4sHHQQ")
+_FRAME = struct.Struct("<BI")
+_U64 = struct.Struct("<Q")
+_STATES = (RecordState.STARTED, RecordState.FINISHED, RecordState.ERRORED)
+_QUOTA_CODES = {QuotaType.NONE: 0, QuotaType.FIFO: 1, QuotaType.HARD: 2}
+_QUOTA_TYPES = {code: quota for quota, code in _QUOTA_CODES.items()}
+
+WAL_HEADER_SIZE = _WAL.size + _CRC.size
+MAX_SHORT_STRING = 0xFFFF  # content type, label name and label count are u16-prefixed
+crc32c = google_crc32c.value
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord(RecordMeta):
+    """A record as the engine keeps it: the public metadata plus where its bytes are."""
+
+    offset: int = 0
+    crc: int = 0
+    meta_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """A decoded block descriptor (records sorted by timestamp)."""
+
+    block_id: int
+    generation: int
+    records: tuple[StoredRecord, ...]
+    size: int
+    meta_size: int
+    data_end: int
+    first_ts: int
+    latest_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class IndexItem:
+    """One block as the block index summarises it."""
+
+    block_id: int
+    first_ts: int
+    latest_ts: int
+    record_count: int
+    size: int
+    meta_size: int
+    data_end: int
+    descriptor_crc: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockIndex:
+    """The decoded ``blocks.idx`` of one entry."""
+
+    generation: int
+    items: tuple[IndexItem, ...]
+
+
+class WalKind(IntEnum):
+    """What a WAL frame does to its block."""
+
+    WRITE = 1
+    UPDATE = 2
+    REMOVE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WalFrame:
+    """One decoded WAL frame: a whole record (WRITE/UPDATE) or a removed timestamp."""
+
+    kind: WalKind
+    generation: int
+    record: StoredRecord | None
+    timestamp: int
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WalSegment:
+    """A decoded WAL file: frames up to ``good_end``; ``error`` says why decoding stopped early."""
+
+    block_id: int
+    generation: int
+    frames: tuple[WalFrame, ...]
+    good_end: int
+    error: CorruptionError | None
+
+
+def _corrupt(what: str, source: str | None, offset: int, detail: str) -> CorruptionError:
+    where = source or "<bytes>"
+    return CorruptionError(
+        f"{what} {where} is corrupted at offset {offset}: {detail}", path=source, offset=offset
+    )
+
+
+def _seal(body: bytes) -> bytes:
+    return body + _CRC.pack(crc32c(body))
+
+
+def _check_file(data: bytes, magic: bytes, header: struct.Struct, what: str, source: str | None) -> int:
+    """Verify size, magic, version and trailing CRC; return the stored CRC."""
+    if len(data) < header.size + _CRC.size:
+        raise _corrupt(what, source, len(data), "file is too short")
+    if data[:4] != magic:
+        raise _corrupt(what, source, 0, "bad magic")
+    (version,) = struct.unpack_from("<H", data, 4)
+    if version != FORMAT_VERSION:
+        raise _corrupt(what, source, 4, f"unknown format version {version}")
+    (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if crc32c(data[: -_CRC.size]) != stored:
+        raise _corrupt(what, source, len(data) - _CRC.size, "checksum mismatch")
+    return stored
+
+
+# --- records -------------------------------------------------------------------------------------
+
+
+def encode_record(record: StoredRecord) -> bytes:
+    """The binary form of one record (shared by descriptors and WAL frames)."""
+    content_type = record.content_type.encode()
+    labels = record.labels
+    parts = [
+        _REC.pack(
+            record.timestamp,
+            record.offset,
+            record.size,
+            record.crc,
+            record.meta_size,
+            record.state,
+            len(content_type),
+            len(labels),
+        ),
+        content_type,
+    ]
+    for name, value in labels.items():
+        name_bytes = name.encode()
+        value_bytes = value.encode()
+        parts.append(_LABEL.pack(len(name_bytes), len(value_bytes)))
+        parts.append(name_bytes)
+        parts.append(value_bytes)
+    return b"".join(parts)
+
+
+def _decode_records(
+    data: bytes, pos: int, count: int, end: int, entry: str
+) -> tuple[list[StoredRecord], int]:
+    """Decode ``count`` records from ``data[pos:end]``; raises struct/Unicode/Index errors."""
+    unpack = _REC.unpack_from
+    unpack_label = _LABEL.unpack_from
+    states = _STATES
+    records: list[StoredRecord] = []
+    append = records.append
+    for _ in range(count):
+        ts, offset, size, crc, meta_size, state, ct_len, label_count = unpack(data, pos)
+        pos += 37
+        content_type = data[pos : pos + ct_len].decode()
+        pos += ct_len
+        labels: dict[str, str] = {}
+        for _ in range(label_count):
+            name_len, value_len = unpack_label(data, pos)
+            pos += 6
+            name = data[pos : pos + name_len].decode()
+            pos += name_len
+            labels[name] = data[pos : pos + value_len].decode()
+            pos += value_len
+        append(StoredRecord(ts, size, content_type, labels, states[state], entry, offset, crc, meta_size))
+    if pos > end:
+        raise IndexError("record runs past the end")
+    return records, pos
+
+
+# --- block descriptors -----------------------------------------------------------------------------
+
+
+def encode_descriptor(descriptor: Descriptor) -> bytes:
+    """The bytes of ``<id>.meta`` for ``descriptor``."""
+    header = _DESC.pack(
+        DESCRIPTOR_MAGIC,
+        FORMAT_VERSION,
+        0,
+        descriptor.block_id,
+        descriptor.generation,
+        len(descriptor.records),
+        descriptor.size,
+        descriptor.meta_size,
+        descriptor.data_end,
+        descriptor.first_ts,
+        descriptor.latest_ts,
+    )
+    return _seal(header + b"".join(encode_record(r) for r in descriptor.records))
+
+
+def decode_descriptor(data: bytes, entry: str = "", source: str | None = None) -> Descriptor:
+    """Decode a whole descriptor; ``entry`` is stamped into every record's ``entry`` field."""
+    header = decode_descriptor_header(data, source)
+    end = len(data) - _CRC.size
+    try:
+        records, pos = _decode_records(data, _DESC.size, header.record_count, end, entry)
+    except (struct.error, UnicodeDecodeError, IndexError) as exc:
+        raise _corrupt("block descriptor", source, _DESC.size, f"bad record: {exc}") from exc
+    if pos != end:
+        raise _corrupt("block descriptor", source, pos, "trailing bytes after the records")
+    return Descriptor(
+        header.block_id,
+        header.generation,
+        tuple(records),
+        header.size,
+        header.meta_size,
+        header.data_end,
+        header.first_ts,
+        header.latest_ts,
+    )
+
+
+def decode_descriptor_header(data: bytes, source: str | None = None) -> IndexItem:
+    """Verify a descriptor's checksum and read only its header, as an index item (cheap)."""
+    crc = _check_file(data, DESCRIPTOR_MAGIC, _DESC, "block descriptor", source)
+    (_, _, _, block_id, generation, count, size, meta_size, data_end, first_ts, latest_ts) = (
+        _DESC.unpack_from(data, 0)
+    )
+    return IndexItem(block_id, first_ts, latest_ts, count, size, meta_size, data_end, crc, generation)
+
+
+def descriptor_crc(data: bytes) -> int:
+    """The CRC stored at the end of encoded descriptor bytes (what the index records)."""
+    (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    return int(crc)
+
+
+# --- block index -----------------------------------------------------------------------------------
+
+
+def encode_index(index: BlockIndex) -> bytes:
+    """The bytes of ``blocks.idx``."""
+    parts = [_INDEX.pack(INDEX_MAGIC, FORMAT_VERSION, 0, index.generation, len(index.items))]
+    pack = _ITEM.pack
+    for item in index.items:
+        parts.append(
+            pack(
+                item.block_id,
+                item.first_ts,
+                item.latest_ts,
+                item.record_count,
+                item.size,
+                item.meta_size,
+                item.data_end,
+                item.descriptor_crc,
+                item.generation,
+            )
+        )
+    return _seal(b"".join(parts))
+
+
+def decode_index(data: bytes, source: str | None = None) -> BlockIndex:
+    """Decode ``blocks.idx``."""
+    _check_file(data, INDEX_MAGIC, _INDEX, "block index", source)
+    _, _, _, generation, count = _INDEX.unpack_from(data, 0)
+    expected = _INDEX.size + count * _ITEM.size + _CRC.size
+    if len(data) != expected:
+        raise _corrupt("block index", source, _INDEX.size, f"{count} items need {expected} bytes")
+    items = tuple(
+        IndexItem(*_ITEM.unpack_from(data, _INDEX.size + i * _ITEM.size)) for i in range(count)
+    )
+    return BlockIndex(generation, items)
+
+
+# --- bucket settings -------------------------------------------------------------------------------
+
+
+def encode_settings(settings: BucketSettings) -> bytes:
+    """The bytes of ``bucket.settings``."""
+    return _seal(
+        _SETTINGS.pack(
+            SETTINGS_MAGIC,
+            FORMAT_VERSION,
+            0,
+            _QUOTA_CODES[QuotaType(settings.quota_type)],
+            settings.quota_size,
+            settings.max_block_size,
+            settings.max_block_records,
+        )
+    )
+
+
+def decode_settings(data: bytes, source: str | None = None) -> BucketSettings:
+    """Decode ``bucket.settings``."""
+    _check_file(data, SETTINGS_MAGIC, _SETTINGS, "bucket settings", source)
+    if len(data) != _SETTINGS.size + _CRC.size:
+        raise _corrupt("bucket settings", source, _SETTINGS.size, "unexpected length")
+    _, _, _, quota, quota_size, max_block_size, max_block_records = _SETTINGS.unpack_from(data, 0)
+    if quota not in _QUOTA_TYPES:
+        raise _corrupt("bucket settings", source, 8, f"unknown quota type {quota}")
+    return BucketSettings(_QUOTA_TYPES[quota], quota_size, max_block_size, max_block_records)
+
+
+# --- write-ahead log -------------------------------------------------------------------------------
+
+
+def encode_wal_header(block_id: int, generation: int) -> bytes:
+    """The first bytes of a WAL segment."""
+    return _seal(_WAL.pack(WAL_MAGIC, FORMAT_VERSION, 0, block_id, generation))
+
+
+def encode_wal_frame(kind: WalKind, generation: int, record: StoredRecord) -> bytes:
+    """A WRITE or UPDATE frame carrying the whole record."""
+    payload = _U64.pack(generation) + encode_record(record)
+    head = _FRAME.pack(kind, len(payload)) + payload
+    return head + _CRC.pack(crc32c(head))
+
+
+def encode_wal_remove(generation: int, timestamp: int) -> bytes:
+    """A REMOVE frame for one timestamp."""
+    head = _FRAME.pack(WalKind.REMOVE, 16) + _U64.pack(generation) + _U64.pack(timestamp)
+    return head + _CRC.pack(crc32c(head))
+
+
+def decode_wal(data: bytes, entry: str = "", source: str | None = None) -> WalSegment:
+    """Decode a WAL segment, stopping (not failing) at the first torn or corrupt frame."""
+    if len(data) < WAL_HEADER_SIZE:
+        error = _corrupt("WAL", source, 0, "header is torn")
+        return WalSegment(0, 0, (), 0, error)
+    try:
+        _check_file(data[:WAL_HEADER_SIZE], WAL_MAGIC, _WAL, "WAL", source)
+    except CorruptionError as exc:
+        return WalSegment(0, 0, (), 0, exc)
+    _, _, _, block_id, generation = _WAL.unpack_from(data, 0)
+    frames: list[WalFrame] = []
+    pos = WAL_HEADER_SIZE
+    size = len(data)
+    error: CorruptionError | None = None
+    while pos < size:
+        try:
+            frames.append(_decode_frame(data, pos, entry, source))
+        except CorruptionError as exc:
+            error = exc
+            break
+        pos += _FRAME.size + _frame_len(data, pos) + _CRC.size
+    return WalSegment(block_id, generation, tuple(frames), pos, error)
+
+
+def _frame_len(data: bytes, pos: int) -> int:
+    return int(_FRAME.unpack_from(data, pos)[1])
+
+
+def _decode_frame(data: bytes, pos: int, entry: str, source: str | None) -> WalFrame:
+    if pos + _FRAME.size > len(data):
+        raise _corrupt("WAL", source, pos, "frame header is torn")
+    kind, length = _FRAME.unpack_from(data, pos)
+    end = pos + _FRAME.size + length
+    if end + _CRC.size > len(data):
+        raise _corrupt("WAL", source, pos, "frame is torn")
+    (stored,) = _CRC.unpack_from(data, end)
+    if crc32c(data[pos:end]) != stored:
+        raise _corrupt("WAL", source, pos, "frame checksum mismatch")
+    body = pos + _FRAME.size
+    try:
+        kind = WalKind(kind)
+        (generation,) = _U64.unpack_from(data, body)
+        if kind is WalKind.REMOVE:
+            (timestamp,) = _U64.unpack_from(data, body + 8)
+            return WalFrame(kind, generation, None, timestamp, pos)
+        records, rec_end = _decode_records(data, body + 8, 1, end, entry)
+    except (ValueError, struct.error, IndexError) as exc:
+        raise _corrupt("WAL", source, pos, f"bad frame: {exc}") from exc
+    if rec_end != end:
+        raise _corrupt("WAL", source, pos, "frame length does not match its record")
+    return WalFrame(kind, generation, records[0], records[0].timestamp, pos)
+
+
+def labels_fit(content_type: str, labels: Mapping[str, str]) -> bool:
+    """True if the record's strings fit the u16 length fields of the record encoding."""
+    if len(labels) > MAX_SHORT_STRING or len(content_type.encode()) > MAX_SHORT_STRING:
+        return False
+    return all(len(name.encode()) <= MAX_SHORT_STRING for name in labels)

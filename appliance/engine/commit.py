@@ -1,0 +1,75 @@
+"""Group commit: many concurrent writers share one round of fsyncs (ARCHITECTURE §3 durability).
+
+With ``sync_writes`` a write is acknowledged only once its payload and WAL frame are on stable
+storage. Each writer calls ``commit(handles)`` after its WAL append. Writers take a ticket; the
+first one to find no flush in progress becomes the leader, takes *every* handle queued so far,
+fsyncs each file once and publishes the highest ticket it covered. A writer whose ticket is
+already covered returns without another fsync; the others wait on the condition variable and
+one of them leads the next round. Under load N writers cost about N / (writers per round)
+rounds instead of N.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from appliance.engine.files import FileHandle
+
+WAL_SUFFIX = ".wal"
+
+
+class GroupCommitter:
+    """Coalesces fsync requests of concurrent writers into shared flush rounds."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: dict[int, FileHandle] = {}
+        self._next_ticket = 0
+        self._flushed_ticket = -1
+        self._flushing = False
+        # (first ticket, last ticket, error) of the most recent failed round
+        self._failure: tuple[int, int, BaseException] | None = None
+        self.rounds = 0
+        self.fsyncs = 0
+
+    def commit(self, handles: Iterable[FileHandle]) -> None:
+        """Return once every handle passed (and everything queued before) has been fsynced."""
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            for handle in handles:
+                self._pending[id(handle)] = handle
+            while self._flushed_ticket < ticket:
+                if self._flushing:
+                    self._cond.wait()
+                    continue
+                self._lead_round_locked()
+            failure = self._failure
+        if failure is not None and failure[0] <= ticket <= failure[1]:
+            raise OSError(f"group commit failed: {failure[2]}") from failure[2]
+
+    def _lead_round_locked(self) -> None:
+        """Flush everything queued so far; called with the condition held, releases it meanwhile."""
+        # Payload files before WAL files: a WAL frame should not be durable before its bytes.
+        batch = sorted(self._pending.values(), key=lambda h: h.path.suffix == WAL_SUFFIX)
+        first = self._flushed_ticket + 1
+        covered = self._next_ticket - 1
+        self._pending = {}
+        self._flushing = True
+        error: BaseException | None = None
+        self._cond.release()
+        try:
+            for handle in batch:
+                handle.sync()
+        except BaseException as exc:  # noqa: BLE001 - reported to every writer of the round
+            error = exc
+        finally:
+            self._cond.acquire()
+        self.rounds += 1
+        self.fsyncs += len(batch)
+        if error is not None:
+            self._failure = (first, covered, error)
+        self._flushed_ticket = covered
+        self._flushing = False
+        self._cond.notify_all()

@@ -1,0 +1,460 @@
+"""One entry: thread-safe record lookup, queries, payload I/O and mutations.
+
+One lock per entry serialises metadata changes (``BlockSet`` does the bookkeeping under it).
+Payload bytes are read and written *outside* the lock at offsets fixed under it, so concurrent
+writers of one entry stream in parallel, readers of other entries never wait, and readers of
+this entry wait only for metadata work.
+
+Fault model at runtime: a descriptor or payload that fails its checksum (or a data file that is
+missing or short) aborts that operation with ``CorruptionError`` naming bucket/entry/block, the
+file and the offset; it is logged and the block is hidden until restart (``BlockSet.hide``), while
+every other block keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import google_crc32c
+
+from appliance.engine.blockset import BlockSet
+from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_frame
+from appliance.engine.context import EngineContext
+from appliance.engine.entry_files import EntryFiles
+from appliance.engine.files import FileHandle
+from appliance.engine.models import EntryInfo, NewRecord, RecordMeta, RecordState
+from appliance.engine.names import is_meta_entry
+from appliance.errors import (
+    ApplianceError,
+    CorruptionError,
+    InternalError,
+    NotFound,
+    TooEarly,
+    UnprocessableEntity,
+)
+from appliance.units import KIB
+
+log = logging.getLogger(__name__)
+_FINISHED = RecordState.FINISHED
+_STARTED = RecordState.STARTED
+_ERRORED = RecordState.ERRORED
+crc32c = google_crc32c.value
+
+
+class Entry:
+    """Records of one entry of one bucket (thread-safe)."""
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        bucket: str,
+        name: str,
+        files: EntryFiles,
+        items: list[IndexItem],
+    ) -> None:
+        self._ctx = ctx
+        self.bucket = bucket
+        self.name = name
+        self.files = files
+        self.is_meta = is_meta_entry(name)
+        self.removed = False
+        self._lock = threading.Lock()
+        self._blocks = BlockSet(ctx, bucket, name, files, items, ctx.new_uid())
+
+    def __repr__(self) -> str:
+        return f"Entry({self.bucket}/{self.name})"
+
+    def set_limits(self, max_block_size: int, max_block_records: int) -> None:
+        """Block limits from the bucket settings (applied to the next block choice)."""
+        with self._lock:
+            self._blocks.max_block_size = max_block_size
+            self._blocks.max_block_records = max_block_records
+
+    # --- statistics -----------------------------------------------------------------------------
+
+    def info(self) -> EntryInfo:
+        """Size, record and block counts, oldest and latest timestamps (0 when empty)."""
+        with self._lock:
+            blocks = self._blocks
+            ids = blocks.ids
+            oldest = blocks.first_ts(ids[0]) if ids else 0
+            latest = blocks.latest_ts(ids[-1]) if ids else 0
+            return EntryInfo(self.name, blocks.size, blocks.count, len(ids), oldest, latest)
+
+    @property
+    def size(self) -> int:
+        """Payload plus record-metadata bytes (spec api §3.2)."""
+        return self._blocks.size
+
+    @property
+    def oldest_record(self) -> int:
+        """Oldest timestamp, 0 when the entry has no records (FIFO candidate order)."""
+        with self._lock:
+            ids = self._blocks.ids
+            return self._blocks.first_ts(ids[0]) if ids else 0
+
+    def _check_alive(self) -> None:
+        if self.removed:
+            raise NotFound(f"Entry '{self.name}' not found in bucket '{self.bucket}'")
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def get_record(self, ts: int) -> RecordMeta:
+        """The record at ``ts`` in any state; 404 if absent."""
+        with self._lock:
+            self._check_alive()
+            return self._blocks.locate(ts)[1]
+
+    def latest_record(self) -> RecordMeta:
+        """The latest FINISHED record; 404 when there is none."""
+        with self._lock:
+            self._check_alive()
+            for block_id in reversed(self._blocks.ids):
+                block = self._blocks.get(block_id)
+                for ts in reversed(block.order):
+                    record = block.records[ts]
+                    if record.state is _FINISHED:
+                        return record
+        raise NotFound(f"Entry '{self.name}' in bucket '{self.bucket}' has no records")
+
+    def iter_records(self, start: int, stop: int) -> Iterator[RecordMeta]:
+        """FINISHED records with start <= ts < stop, ascending; one block per lock hold."""
+        cursor = start
+        while cursor < stop:
+            batch: list[StoredRecord] | None = None
+            with self._lock:
+                self._check_alive()
+                ids = self._blocks.ids
+                i = max(bisect_right(ids, cursor) - 1, 0)
+                while i < len(ids) and ids[i] < stop:
+                    block = self._blocks.get(ids[i])
+                    order = block.order
+                    lo = bisect_left(order, cursor)
+                    hi = bisect_left(order, stop, lo)
+                    if lo < hi:
+                        records = block.records
+                        batch = [records[t] for t in order[lo:hi]]
+                        cursor = order[hi - 1] + 1
+                        break
+                    i += 1
+            if batch is None:
+                return
+            for record in batch:
+                if record.state is _FINISHED:
+                    yield record
+
+    def _open_payload(self, meta: RecordMeta) -> tuple[StoredRecord, int, FileHandle | None]:
+        """Current record, its block id and a pinned data handle (None for empty payloads)."""
+        with self._lock:
+            self._check_alive()
+            block, record = self._blocks.locate(meta.timestamp)
+            if record.state is _STARTED:
+                raise TooEarly(f"Record {record.timestamp} is still being written")
+            if record.state is not _FINISHED:
+                raise InternalError(f"Record {record.timestamp} is broken")
+            if record.size == 0:
+                return record, block.block_id, None
+            try:
+                return record, block.block_id, self.files.pin_data(block.block_id)
+            except OSError as exc:
+                path = str(self.files.data_path(block.block_id))
+                raise self._blocks.hide(
+                    block.block_id, path, None, f"data file can't be opened: {exc}"
+                ) from exc
+
+    def _damaged(self, block_id: int, record: StoredRecord, detail: str) -> CorruptionError:
+        path = str(self.files.data_path(block_id))
+        with self._lock:
+            return self._blocks.hide(
+                block_id, path, record.offset, f"record {record.timestamp}: {detail}"
+            )
+
+    def read_payload(self, meta: RecordMeta) -> bytes:
+        """The whole payload, checksum verified (CorruptionError on mismatch)."""
+        record, block_id, handle = self._open_payload(meta)
+        if handle is None:
+            return b""
+        try:
+            data = os.pread(handle.fd, record.size, record.offset)
+            while len(data) < record.size:  # very large reads come back in pieces
+                more = os.pread(handle.fd, record.size - len(data), record.offset + len(data))
+                if not more:
+                    break
+                data += more
+        finally:
+            self._ctx.files.release(handle)
+        if len(data) != record.size:
+            raise self._damaged(block_id, record, "data file is shorter than the record")
+        if crc32c(data) != record.crc:
+            raise self._damaged(block_id, record, "payload checksum mismatch")
+        return data
+
+    def iter_payload(self, meta: RecordMeta, chunk_size: int = 512 * KIB) -> Iterator[bytes]:
+        """Stream a payload in chunks; CorruptionError after the last chunk on a bad checksum."""
+        record, block_id, handle = self._open_payload(meta)
+        if handle is None:
+            return
+        crc = 0
+        done = 0
+        try:
+            while done < record.size:
+                step = min(chunk_size, record.size - done)
+                chunk = os.pread(handle.fd, step, record.offset + done)
+                if not chunk:
+                    break
+                crc = google_crc32c.extend(crc, chunk)
+                done += len(chunk)
+                yield chunk
+        finally:
+            self._ctx.files.release(handle)
+        if done != record.size:
+            raise self._damaged(block_id, record, "data file is shorter than the record")
+        if crc != record.crc:
+            raise self._damaged(block_id, record, "payload checksum mismatch")
+
+    # --- writes (driven by Bucket and RecordWriter) ---------------------------------------------
+
+    def begin(
+        self, ts: int, size: int, content_type: str, labels: Mapping[str, str]
+    ) -> tuple[int, StoredRecord, FileHandle]:
+        """Reserve a STARTED record; return its block id, record and a pinned data handle."""
+        with self._lock:
+            self._check_alive()
+            block, record = self._blocks.reserve(ts, size, content_type, dict(labels))
+            try:
+                handle = self.files.pin_data(block.block_id, create=True)
+            except OSError:
+                self._blocks.finalize(block.block_id, ts, _ERRORED, 0)
+                raise
+            return block.block_id, record, handle
+
+    def finish(
+        self, block_id: int, ts: int, state: RecordState, crc: int, data: FileHandle | None
+    ) -> None:
+        """Log the final state of a write in the WAL; with synced writes fsync data + WAL.
+
+        Releases ``data`` (the writer's pinned data handle) in every case.
+        """
+        handles = [data] if data is not None else []
+        try:
+            with self._lock:
+                frame = self._blocks.finalize(block_id, ts, state, crc)
+                if frame is not None and not self.removed:
+                    handles.append(self._blocks.append_wal(self._blocks.live[block_id], frame))
+        except BaseException:
+            self._release_all(handles)
+            raise
+        self._commit_and_release(handles)
+
+    def release(self, handle: FileHandle) -> None:
+        """Unpin a file handle obtained from this entry."""
+        self._ctx.files.release(handle)
+
+    def _release_all(self, handles: list[FileHandle]) -> None:
+        for handle in handles:
+            self._ctx.files.release(handle)
+
+    def commit(self, handles: Sequence[FileHandle]) -> None:
+        """fsync the handles through the group committer when writes are synced."""
+        if self._ctx.committer is not None:
+            self._ctx.committer.commit(handles)
+
+    def _commit_and_release(self, handles: list[FileHandle]) -> None:
+        try:
+            self.commit(handles)
+        finally:
+            self._release_all(handles)
+
+    def write_batch(self, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:
+        """Write whole in-memory records: one pwrite per block run, one WAL append per block."""
+        errors: dict[int, ApplianceError] = {}
+        placed: list[tuple[int, StoredRecord, bytes]] = []
+        data_handles: dict[int, FileHandle] = {}
+        with self._lock:
+            self._check_alive()
+            for new in records:
+                data = new.data if type(new.data) is bytes else bytes(new.data)
+                try:
+                    block, record = self._blocks.reserve(
+                        new.timestamp, len(data), new.content_type, dict(new.labels), crc32c(data)
+                    )
+                except ApplianceError as exc:
+                    errors[new.timestamp] = exc
+                    continue
+                if block.block_id not in data_handles:
+                    try:
+                        data_handles[block.block_id] = self.files.pin_data(
+                            block.block_id, create=True
+                        )
+                    except OSError as exc:
+                        self._blocks.finalize(block.block_id, new.timestamp, _ERRORED, 0)
+                        errors[new.timestamp] = InternalError(f"Failed to write record: {exc}")
+                        continue
+                placed.append((block.block_id, record, data))
+        failed = self._write_runs(placed, data_handles)
+        wal_handles: list[FileHandle] = []
+        with self._lock:
+            frames: dict[int, list[bytes]] = {}
+            for block_id, record, _ in placed:
+                state = _ERRORED if record.timestamp in failed else _FINISHED
+                frame = self._blocks.finalize(block_id, record.timestamp, state, record.crc)
+                if frame is not None:
+                    frames.setdefault(block_id, []).append(frame)
+            if not self.removed:
+                for block_id, block_frames in frames.items():
+                    block = self._blocks.live[block_id]
+                    wal_handles.append(self._blocks.append_wal(block, b"".join(block_frames)))
+        self._commit_and_release([*data_handles.values(), *wal_handles])
+        for ts, exc in failed.items():
+            errors[ts] = InternalError(f"Failed to write record {ts}: {exc}")
+        return errors
+
+    @staticmethod
+    def _write_runs(
+        placed: list[tuple[int, StoredRecord, bytes]], handles: dict[int, FileHandle]
+    ) -> dict[int, OSError]:
+        """pwrite payloads, joining runs of adjacent records of one block; failures by ts."""
+        failed: dict[int, OSError] = {}
+        i = 0
+        while i < len(placed):
+            block_id, first, _ = placed[i]
+            j = i + 1
+            end = first.offset + first.size
+            while j < len(placed) and placed[j][0] == block_id and placed[j][1].offset == end:
+                end += placed[j][1].size
+                j += 1
+            run = placed[i:j]
+            payload = run[0][2] if len(run) == 1 else b"".join(item[2] for item in run)
+            handle = handles[block_id]
+            try:
+                view = memoryview(payload)
+                position = first.offset
+                while view:
+                    written = os.pwrite(handle.fd, view, position)
+                    view = view[written:]
+                    position += written
+                handle.dirty = True
+            except OSError as exc:
+                for _, record, _ in run:
+                    failed[record.timestamp] = exc
+            i = j
+        return failed
+
+    # --- label updates and removal --------------------------------------------------------------
+
+    def update_labels(
+        self, ts: int, update: Mapping[str, str], remove: Iterable[str]
+    ) -> RecordMeta:
+        """Replace/add ``update`` and drop ``remove`` labels of one record (WAL-logged)."""
+        self._ctx.check_writable()
+        removed = set(remove)
+        with self._lock:
+            self._check_alive()
+            block, record = self._blocks.locate(ts)
+            labels = {k: v for k, v in record.labels.items() if k not in removed}
+            labels.update(update)
+            block = self._blocks.make_live(block.block_id)
+            new = StoredRecord(
+                ts, record.size, record.content_type, labels, record.state, self.name,
+                record.offset, record.crc, record.meta_size,
+            )
+            block.records[ts] = new
+            frame = encode_wal_frame(WalKind.UPDATE, self._ctx.generation, new)
+            handle = self._blocks.append_wal(block, frame)
+        self._commit_and_release([handle])
+        return new
+
+    def remove_records(self, timestamps: Iterable[int]) -> dict[int, ApplianceError]:
+        """Remove records by timestamp; per-timestamp errors (404). 422 for ``$meta`` entries."""
+        self._refuse_meta()
+        return self.remove_unchecked(timestamps)
+
+    def remove_where(
+        self, start: int, stop: int, predicate: Callable[[RecordMeta], bool] | None
+    ) -> int:
+        """Remove FINISHED records in [start, stop) matching ``predicate``; return how many."""
+        self._refuse_meta()
+        doomed = [
+            r.timestamp for r in self.iter_records(start, stop) if predicate is None or predicate(r)
+        ]
+        return len(doomed) - len(self.remove_unchecked(doomed))
+
+    def _refuse_meta(self) -> None:
+        if self.is_meta:
+            raise UnprocessableEntity(
+                f"Can't delete records from system entry '{self.name}'; "
+                "use label update with remove=true"
+            )
+
+    def remove_unchecked(self, timestamps: Iterable[int]) -> dict[int, ApplianceError]:
+        """Remove records (also from ``$meta`` entries: the upsert-by-key path)."""
+        self._ctx.check_writable()
+        errors: dict[int, ApplianceError] = {}
+        with self._lock:
+            self._check_alive()
+            by_block: dict[int, list[int]] = {}
+            for ts in timestamps:
+                try:
+                    block, _ = self._blocks.locate(ts)
+                except NotFound as exc:
+                    errors[ts] = exc
+                    continue
+                by_block.setdefault(block.block_id, []).append(ts)
+            blocks = self._blocks
+            for block_id, doomed in by_block.items():
+                block = blocks.make_live(block_id)
+                for ts in doomed:
+                    old = block.remove(ts)
+                    if old is not None:
+                        blocks.size -= old.size + old.meta_size
+                        blocks.count -= 1
+                blocks.persist_removal(block)
+        return errors
+
+    def remove_oldest_block(self) -> int:
+        """Drop the oldest block (FIFO quota); return the bytes freed, 0 if none could go."""
+        with self._lock:
+            blocks = self._blocks
+            if self.removed or not blocks.ids:
+                return 0
+            block_id = blocks.ids[0]
+            live = blocks.live.get(block_id)
+            if live is not None and live.pending:
+                return 0  # a writer is streaming into it
+            freed, _ = blocks.totals(block_id)
+            blocks.drop(block_id)
+            log.info("fifo quota removed block %s/%s/%s", self.bucket, self.name, block_id)
+            return freed
+
+    def find_by_label(self, name: str, value: str) -> list[int]:
+        """Timestamps of records (any state) carrying label ``name=value`` (``$meta`` upserts)."""
+        with self._lock:
+            self._check_alive()
+            found: list[int] = []
+            for block_id in list(self._blocks.ids):
+                block = self._blocks.get(block_id)
+                found.extend(
+                    ts for ts, r in block.records.items() if r.labels.get(name) == value
+                )
+            return found
+
+    # --- maintenance ----------------------------------------------------------------------------
+
+    def compact(self) -> bool:
+        """Move WAL contents into descriptors and the index; return whether anything changed."""
+        with self._lock:
+            if self.removed:
+                return False
+            return self._blocks.compact()
+
+    def retire(self) -> None:
+        """Mark removed (further calls 404) and forget cached blocks; files are the caller's."""
+        with self._lock:
+            self.removed = True
+            self._ctx.blocks.drop_entry(self._blocks.uid)
+            self._blocks.live.clear()
+        self._ctx.files.invalidate_under(self.files.path)

@@ -1,0 +1,237 @@
+"""The files of one entry folder and the I/O on them (no locking, no in-memory state).
+
+Layout of ``<data>/<bucket>/<entry>/``::
+
+    blocks.idx              block index (codec), rewritten atomically after descriptor changes
+    <id>.meta               block descriptor (codec), rewritten atomically
+    <id>.blk                payload bytes; record i occupies [offset, offset + size)
+    .wal/<id>.wal           WAL segment of a block with changes not yet in its descriptor
+    <id>.blk.tmp            transient: data file being rewritten after a record removal
+    <id>.meta.rewrite       commit marker of such a rewrite: the descriptor for the new data file
+
+Crash ordering. WAL frames are appended with one ``os.write`` on an ``O_APPEND`` fd after the
+payload bytes were written, so a frame never describes bytes that are not in the page cache. A
+descriptor is written atomically *before* its WAL segment is deleted, and replaying a WAL over a
+newer descriptor is idempotent (insert-or-replace by timestamp). A data-file rewrite first makes
+the descriptor current (no WAL), then writes ``.blk.tmp`` (fsynced), then commits by writing
+``.meta.rewrite`` atomically, then renames both into place; recovery rolls a committed rewrite
+forward and discards an uncommitted one (``roll_rewrites``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from appliance.engine import fileio
+from appliance.engine.block import index_item
+from appliance.engine.codec import (
+    BlockIndex,
+    Descriptor,
+    IndexItem,
+    StoredRecord,
+    decode_descriptor,
+    descriptor_crc,
+    encode_descriptor,
+    encode_index,
+    encode_wal_header,
+)
+from appliance.engine.context import EngineContext
+from appliance.engine.files import FileHandle
+from appliance.engine.report import RecoveryReport
+from appliance.errors import CorruptionError
+
+INDEX_FILE = "blocks.idx"
+WAL_DIR = ".wal"
+META_SUFFIX = ".meta"
+DATA_SUFFIX = ".blk"
+WAL_SUFFIX = ".wal"
+REWRITE_SUFFIX = ".meta.rewrite"
+DATA_TMP_SUFFIX = ".blk.tmp"
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class EntryFiles:
+    """Paths and file operations of one entry folder."""
+
+    def __init__(self, ctx: EngineContext, path: Path) -> None:
+        self.ctx = ctx
+        self.path = path
+        self.wal_dir = path / WAL_DIR
+        self.index_path = path / INDEX_FILE
+
+    def meta_path(self, block_id: int) -> Path:
+        """Descriptor of a block."""
+        return self.path / f"{block_id}{META_SUFFIX}"
+
+    def data_path(self, block_id: int) -> Path:
+        """Payload file of a block."""
+        return self.path / f"{block_id}{DATA_SUFFIX}"
+
+    def wal_path(self, block_id: int) -> Path:
+        """WAL segment of a block."""
+        return self.wal_dir / f"{block_id}{WAL_SUFFIX}"
+
+    def create(self) -> None:
+        """Make the folder, its WAL folder and an empty index (a new entry)."""
+        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        if not self.index_path.exists():
+            self.save_index([])
+
+    # --- metadata -------------------------------------------------------------------------------
+
+    def save_index(self, items: Iterable[IndexItem]) -> None:
+        """Rewrite ``blocks.idx`` atomically, stamped with the lease generation."""
+        data = encode_index(BlockIndex(self.ctx.generation, tuple(items)))
+        fileio.atomic_write(self.index_path, data)
+
+    def save_descriptor(self, descriptor: Descriptor) -> IndexItem:
+        """Write a descriptor atomically; return its index item."""
+        data = encode_descriptor(descriptor)
+        fileio.atomic_write(self.meta_path(descriptor.block_id), data)
+        return index_item(descriptor, descriptor_crc(data))
+
+    def load_descriptor(self, block_id: int, entry: str) -> tuple[Descriptor, int]:
+        """Read and decode a descriptor and its CRC; CorruptionError names the file."""
+        path = self.meta_path(block_id)
+        try:
+            data = fileio.read_file(path)
+        except OSError as exc:
+            raise CorruptionError(
+                f"block descriptor {path} can't be read: {exc}", path=str(path)
+            ) from exc
+        return decode_descriptor(data, entry, str(path)), descriptor_crc(data)
+
+    # --- WAL ------------------------------------------------------------------------------------
+
+    def append_wal(self, block_id: int, frames: bytes, fresh: bool) -> FileHandle:
+        """Append frames to a block's WAL (starting a new segment when ``fresh``); pinned."""
+        path = self.wal_path(block_id)
+        if fresh:
+            fileio.remove_file(path)
+            frames = encode_wal_header(block_id, self.ctx.generation) + frames
+        try:
+            handle = self.ctx.files.acquire(path, create=True, append=True)
+        except FileNotFoundError:
+            self.wal_dir.mkdir(parents=True, exist_ok=True)
+            handle = self.ctx.files.acquire(path, create=True, append=True)
+        try:
+            view = memoryview(frames)
+            while view:
+                view = view[os.write(handle.fd, view) :]
+            handle.dirty = True
+        except BaseException:
+            self.ctx.files.release(handle)
+            raise
+        return handle
+
+    def drop_wal(self, block_id: int) -> None:
+        """Delete a block's WAL segment (its changes are in the descriptor now)."""
+        path = self.wal_path(block_id)
+        self.ctx.files.invalidate(path)
+        fileio.remove_file(path)
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def pin_data(self, block_id: int, create: bool = False) -> FileHandle:
+        """Pinned handle of a block's data file."""
+        return self.ctx.files.acquire(self.data_path(block_id), create=create)
+
+    def remove_descriptor(self, block_id: int) -> None:
+        """Delete a block's descriptor only (its data file may still receive bytes)."""
+        fileio.remove_file(self.meta_path(block_id))
+
+    def remove_block(self, block_id: int) -> None:
+        """Delete every file of a block."""
+        self.drop_wal(block_id)
+        fileio.remove_file(self.meta_path(block_id))
+        data = self.data_path(block_id)
+        self.ctx.files.invalidate(data)
+        fileio.remove_file(data)
+
+    def rewrite_data(
+        self, descriptor: Descriptor
+    ) -> tuple[list[StoredRecord], IndexItem] | None:
+        """Copy the descriptor's payloads into a compact new data file; None if it fails.
+
+        The caller guarantees the descriptor on disk is current and no WAL exists for the block.
+        """
+        block_id = descriptor.block_id
+        tmp = self.path / f"{block_id}{DATA_TMP_SUFFIX}"
+        records: list[StoredRecord] = []
+        position = 0
+        try:
+            source = self.pin_data(block_id)
+        except FileNotFoundError:
+            return None
+        try:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for record in descriptor.records:
+                    _copy_range(source.fd, out, record.offset, position, record.size)
+                    records.append(replace(record, offset=position))
+                    position += record.size
+                fileio.fsync_fd(out)
+            finally:
+                os.close(out)
+        except (OSError, EOFError) as exc:
+            log.warning("record removal left block %s uncompacted: %s", block_id, exc)
+            fileio.remove_file(tmp)
+            return None
+        finally:
+            self.ctx.files.release(source)
+        new = replace(descriptor, records=tuple(records), data_end=position)
+        marker = self.path / f"{block_id}{REWRITE_SUFFIX}"
+        data = encode_descriptor(new)
+        fileio.atomic_write(marker, data)  # the commit point of the rewrite
+        self.ctx.files.invalidate(self.data_path(block_id))
+        fileio.replace(tmp, self.data_path(block_id), sync=False)
+        fileio.replace(marker, self.meta_path(block_id))
+        return records, index_item(new, descriptor_crc(data))
+
+    def roll_rewrites(self, report: RecoveryReport, repair: bool) -> None:
+        """Finish committed data-file rewrites and discard uncommitted ones (startup)."""
+        for marker in sorted(self.path.glob(f"*{REWRITE_SUFFIX}")):
+            block_id = marker.name[: -len(REWRITE_SUFFIX)]
+            tmp = self.path / f"{block_id}{DATA_TMP_SUFFIX}"
+            try:
+                decode_descriptor(fileio.read_file(marker), source=str(marker))
+            except CorruptionError as exc:
+                report.add("rewrite_pending", marker, f"uncommitted rewrite: {exc}",
+                           "discarded" if repair else "none", exc.offset)
+                if repair:
+                    fileio.remove_file(marker)
+                    fileio.remove_file(tmp)
+                continue
+            report.add("rewrite_pending", marker, "committed data rewrite was interrupted",
+                       "rolled forward" if repair else "none")
+            if repair:
+                if tmp.exists():
+                    fileio.replace(tmp, self.path / f"{block_id}{DATA_SUFFIX}", sync=False)
+                fileio.replace(marker, self.path / f"{block_id}{META_SUFFIX}")
+        for tmp in sorted(self.path.glob(f"*{DATA_TMP_SUFFIX}")):
+            report.add("rewrite_pending", tmp, "uncommitted data rewrite",
+                       "discarded" if repair else "none")
+            if repair:
+                fileio.remove_file(tmp)
+        if repair:
+            for leftover in self.path.glob(f"*{fileio.TMP_SUFFIX}"):
+                fileio.remove_file(leftover)  # an atomic_write interrupted before its rename
+
+
+def _copy_range(src: int, dst: int, src_offset: int, dst_offset: int, count: int) -> None:
+    """Copy ``count`` bytes between fds in bounded chunks; EOFError if the source is short."""
+    while count > 0:
+        step = min(count, COPY_CHUNK_BYTES)
+        chunk = os.pread(src, step, src_offset)
+        if not chunk:
+            raise EOFError(f"data file ends before offset {src_offset}")
+        written = os.pwrite(dst, chunk, dst_offset)
+        src_offset += written
+        dst_offset += written
+        count -= written

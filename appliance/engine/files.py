@@ -1,0 +1,157 @@
+"""Bounded cache of open file descriptors for block data files and WAL segments.
+
+Opening a file per record costs more than the record's own I/O, so data (``.blk``) and WAL files
+stay open, at most ``capacity`` of them, least recently used closed first. A handle is *pinned*
+while someone does ``pread``/``pwrite``/``write`` on its fd: a pinned handle is never closed
+(closing it could let the kernel reuse the number for another file mid-write); eviction and
+``invalidate`` close it when the last pin goes. ``sync`` and ``close`` are serialised by a
+per-handle lock, so the group committer can flush a handle that is concurrently being evicted.
+Dirty handles are flushed before they are closed when the cache runs in ``sync_on_close`` mode.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from appliance.engine import fileio
+
+DEFAULT_CAPACITY = 256
+
+
+class FileHandle:
+    """One open file; ``fd`` is valid while the handle is pinned."""
+
+    __slots__ = ("path", "fd", "pins", "dirty", "closed", "stale", "_lock")
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.pins = 0
+        self.dirty = False
+        self.closed = False
+        self.stale = False
+        self._lock = threading.Lock()
+
+    def sync(self) -> None:
+        """fsync the file unless it was closed (closing flushed it already if dirty)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.dirty = False
+            fileio.fsync_fd(self.fd)
+
+    def close(self, sync: bool) -> None:
+        """Close the fd, flushing first when ``sync`` and dirty."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                if sync and self.dirty:
+                    fileio.fsync_fd(self.fd)
+            finally:
+                self.closed = True
+                os.close(self.fd)
+
+
+class FileCache:
+    """LRU of open files keyed by path; ``acquire`` pins, ``release`` unpins."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, sync_on_close: bool = False) -> None:
+        self._capacity = capacity
+        self._sync_on_close = sync_on_close
+        self._lock = threading.Lock()
+        self._open: OrderedDict[Path, FileHandle] = OrderedDict()
+
+    def acquire(self, path: Path, create: bool = False, append: bool = False) -> FileHandle:
+        """Pin (opening if needed) the file at ``path``; raises FileNotFoundError unless create."""
+        with self._lock:
+            handle = self._open.get(path)
+            if handle is not None:
+                self._open.move_to_end(path)
+                handle.pins += 1
+                return handle
+        flags = os.O_WRONLY | os.O_APPEND if append else os.O_RDWR
+        if create:
+            flags |= os.O_CREAT
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        handle = FileHandle(path, fd)
+        handle.pins = 1
+        with self._lock:
+            existing = self._open.get(path)
+            if existing is not None:
+                # Another thread opened it meanwhile: keep theirs, drop ours.
+                existing.pins += 1
+                os.close(fd)
+                return existing
+            self._open[path] = handle
+            victims = self._evict_locked()
+        self._close_all(victims)
+        return handle
+
+    def release(self, handle: FileHandle) -> None:
+        """Unpin; closes the handle if it was invalidated or evicted while pinned."""
+        with self._lock:
+            handle.pins -= 1
+            close = handle.pins == 0 and handle.stale
+        if close:
+            handle.close(self._sync_on_close)
+
+    def invalidate(self, path: Path) -> None:
+        """Forget the handle of ``path`` (renamed/deleted file); closed once unpinned."""
+        with self._lock:
+            handle = self._open.pop(path, None)
+            if handle is None:
+                return
+            handle.stale = True
+            close = handle.pins == 0
+        if close:
+            handle.close(self._sync_on_close)
+
+    def invalidate_under(self, folder: Path) -> None:
+        """Forget every handle of a file below ``folder`` (entry/bucket removed or renamed)."""
+        with self._lock:
+            paths = [p for p in self._open if p.is_relative_to(folder)]
+        for path in paths:
+            self.invalidate(path)
+
+    def sync_dirty(self) -> None:
+        """fsync every cached file written since its last sync."""
+        with self._lock:
+            dirty = [h for h in self._open.values() if h.dirty]
+        for handle in dirty:
+            handle.sync()
+
+    def close(self) -> None:
+        """Close everything not pinned (pinned handles close on release)."""
+        with self._lock:
+            handles = list(self._open.values())
+            self._open.clear()
+            for handle in handles:
+                handle.stale = True
+            idle = [h for h in handles if h.pins == 0]
+        self._close_all(idle)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def _evict_locked(self) -> list[FileHandle]:
+        victims: list[FileHandle] = []
+        if len(self._open) <= self._capacity:
+            return victims
+        for path in list(self._open):
+            if len(self._open) <= self._capacity:
+                break
+            handle = self._open[path]
+            if handle.pins:
+                continue
+            del self._open[path]
+            handle.stale = True
+            victims.append(handle)
+        return victims
+
+    def _close_all(self, handles: list[FileHandle]) -> None:
+        for handle in handles:
+            handle.close(self._sync_on_close)

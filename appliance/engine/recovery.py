@@ -1,0 +1,274 @@
+"""Startup recovery of one entry folder, shared by ``Storage.open`` and ``check`` (spec engine §4).
+
+``recover_entry`` runs in two modes: ``repair=True`` (startup, ``check --repair``) fixes what it
+finds; ``repair=False`` (``check``) only reports, touching nothing. Steps:
+
+1. Roll data-file rewrites forward or back (``EntryFiles.roll_rewrites``).
+2. Load ``blocks.idx``. Missing or failing its CRC -> rebuild from descriptors.
+3. With integrity checks (or when rebuilding): read every descriptor, verify its CRC and header;
+   a corrupt one is moved to ``<data>/.quarantine/<bucket>/<entry>/`` with its data file. If the
+   index disagrees with the descriptors (missing, extra, different), it is rebuilt from them.
+4. Replay every WAL segment over its block's descriptor: a torn or corrupt tail is cut at the
+   last good frame (never fatal), the result becomes the descriptor, the segment is deleted.
+5. With integrity checks: a data file shorter than its descriptor requires marks the records
+   beyond its end ERRORED; a data file without a descriptor is quarantined.
+6. Save the index if anything changed.
+
+Every anomaly becomes a ``Problem`` in the report (and a log line); a clean folder reports none.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from appliance.engine import fileio
+from appliance.engine.block import Block
+from appliance.engine.codec import (
+    IndexItem,
+    StoredRecord,
+    WalKind,
+    decode_descriptor,
+    decode_descriptor_header,
+    decode_index,
+    decode_wal,
+)
+from appliance.engine.context import EngineContext
+from appliance.engine.entry_files import DATA_SUFFIX, META_SUFFIX, WAL_SUFFIX, EntryFiles
+from appliance.engine.models import RecordState
+from appliance.engine.report import RecoveryReport
+from appliance.errors import CorruptionError
+
+
+def _block_ids(folder: Path, suffix: str) -> dict[int, Path]:
+    """``{block id: path}`` of files named ``<digits><suffix>`` in ``folder``."""
+    found: dict[int, Path] = {}
+    if not folder.is_dir():
+        return found
+    for path in folder.iterdir():
+        stem = path.name[: -len(suffix)] if path.name.endswith(suffix) else ""
+        if stem.isdigit() and path.is_file():
+            found[int(stem)] = path
+    return found
+
+
+class EntryRecovery:
+    """One recovery (or scrub) pass over one entry folder."""
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        bucket: str,
+        entry: str,
+        files: EntryFiles,
+        report: RecoveryReport,
+        *,
+        repair: bool,
+        integrity: bool,
+    ) -> None:
+        self.ctx = ctx
+        self.bucket = bucket
+        self.entry = entry
+        self.files = files
+        self.report = report
+        self.repair = repair
+        self.integrity = integrity
+        self.items: dict[int, IndexItem] = {}
+        self.quarantined: set[int] = set()
+        self.dirty = False
+
+    def _action(self, action: str) -> str:
+        return action if self.repair else "none"
+
+    def run(self) -> list[IndexItem]:
+        """Recover the entry; return its index items."""
+        self.files.roll_rewrites(self.report, self.repair)
+        loaded = self._load_index()
+        if loaded is None or self.integrity:
+            self._check_descriptors(loaded)
+        else:
+            self.items = loaded
+        self._replay_wals()
+        if self.integrity:
+            self._check_data_files()
+        if self.repair:
+            self.files.wal_dir.mkdir(parents=True, exist_ok=True)
+            if self.dirty or not self.files.index_path.exists():
+                self.files.save_index(self.items[i] for i in sorted(self.items))
+        return [self.items[i] for i in sorted(self.items)]
+
+    def _load_index(self) -> dict[int, IndexItem] | None:
+        path = self.files.index_path
+        try:
+            index = decode_index(fileio.read_file(path), str(path))
+        except FileNotFoundError:
+            if _block_ids(self.files.path, META_SUFFIX):
+                self.report.add("index_missing", path, "block index is missing",
+                                self._action("rebuilt from descriptors"))
+            return None
+        except CorruptionError as exc:
+            self.report.add("index_corrupt", path, str(exc),
+                            self._action("rebuilt from descriptors"), exc.offset)
+            return None
+        return {item.block_id: item for item in index.items}
+
+    def _check_descriptors(self, loaded: dict[int, IndexItem] | None) -> None:
+        """Read every descriptor header; rebuild the index if it disagrees with them."""
+        on_disk: dict[int, IndexItem] = {}
+        for block_id, path in sorted(_block_ids(self.files.path, META_SUFFIX).items()):
+            try:
+                header = decode_descriptor_header(fileio.read_file(path), str(path))
+                if header.block_id != block_id:
+                    raise CorruptionError(
+                        f"block descriptor {path} names block {header.block_id}",
+                        path=str(path), offset=8,
+                    )
+            except CorruptionError as exc:
+                self._quarantine_block(block_id, exc)
+                continue
+            on_disk[block_id] = header
+        self.items = on_disk
+        if loaded is None:
+            self.dirty = True
+            return
+        index_path = self.files.index_path
+        mismatch = False
+        for block_id in sorted(set(loaded) | set(on_disk)):
+            if block_id in self.quarantined:
+                mismatch = True  # already reported as descriptor_corrupt
+            elif block_id not in on_disk:
+                self.report.add("descriptor_missing", self.files.meta_path(block_id),
+                                    "indexed block has no descriptor", self._action("index rebuilt"))
+                mismatch = True
+            elif block_id not in loaded:
+                self.report.add("descriptor_extra", self.files.meta_path(block_id),
+                                "descriptor is not in the block index", self._action("index rebuilt"))
+                mismatch = True
+            elif loaded[block_id] != on_disk[block_id]:
+                self.report.add("index_mismatch", index_path,
+                                f"index item of block {block_id} disagrees with its descriptor",
+                                self._action("index rebuilt"))
+                mismatch = True
+        self.dirty = self.dirty or mismatch
+
+    def _quarantine_block(self, block_id: int, exc: CorruptionError) -> None:
+        """Move a block with a corrupt descriptor aside (its data file too)."""
+        self.quarantined.add(block_id)
+        meta = self.files.meta_path(block_id)
+        self.report.add("descriptor_corrupt", meta, str(exc), self._action("quarantined"), exc.offset)
+        self.items.pop(block_id, None)
+        self.dirty = True
+        if not self.repair:
+            return
+        target = self.ctx.quarantine_path(self.bucket, self.entry)
+        fileio.move(meta, target / meta.name)
+        data = self.files.data_path(block_id)
+        if not data.exists():
+            return
+        if self.files.wal_path(block_id).exists():
+            # Records still in the WAL live in this data file: keep it, quarantine a copy.
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data, target / data.name)
+        else:
+            fileio.move(data, target / data.name)
+
+    def _replay_wals(self) -> None:
+        for file_id, path in sorted(_block_ids(self.files.wal_dir, WAL_SUFFIX).items()):
+            segment = decode_wal(fileio.read_file(path), self.entry, str(path))
+            if segment.error is not None:
+                kind = "wal_torn" if segment.good_end else "wal_corrupt"
+                action = f"truncated at {segment.good_end}" if segment.good_end else "deleted"
+                self.report.add(kind, path, str(segment.error), self._action(action),
+                                segment.error.offset)
+            if not self.repair:
+                continue
+            if segment.error is not None and segment.good_end:
+                fileio.truncate(path, segment.good_end)
+            if segment.good_end and segment.frames:
+                self._apply(segment.block_id or file_id, segment.frames)
+            fileio.remove_file(path)
+            self.dirty = True
+
+    def _apply(self, block_id: int, frames: tuple) -> None:  # type: ignore[type-arg]
+        block = self._base_block(block_id)
+        for frame in frames:
+            if frame.kind is WalKind.REMOVE:
+                block.remove(frame.timestamp)
+            else:
+                block.put(frame.record)
+        descriptor = block.to_descriptor(self.ctx.generation)
+        if descriptor.records:
+            self.items[block_id] = self.files.save_descriptor(descriptor)
+        else:
+            self.items.pop(block_id, None)
+            self.files.remove_block(block_id)
+
+    def _base_block(self, block_id: int) -> Block:
+        """The block as its descriptor has it (empty if there is none or it is corrupt)."""
+        if not self.files.meta_path(block_id).exists():
+            return Block(block_id)
+        try:
+            descriptor, _ = self.files.load_descriptor(block_id, self.entry)
+        except CorruptionError as exc:
+            self._quarantine_block(block_id, exc)
+            return Block(block_id)
+        return Block.from_descriptor(descriptor)
+
+    def _check_data_files(self) -> None:
+        data_files = _block_ids(self.files.path, DATA_SUFFIX)
+        for block_id, item in sorted(self.items.items()):
+            path = data_files.get(block_id)
+            length = path.stat().st_size if path is not None else 0
+            if length >= item.data_end:
+                continue
+            kind = "data_missing" if path is None else "data_short"
+            self.report.add(kind, self.files.data_path(block_id),
+                            f"data file has {length} bytes, descriptor needs {item.data_end}",
+                            self._action("records beyond the end marked errored"), length)
+            if self.repair:
+                self._mark_beyond(block_id, length)
+        for block_id, path in sorted(data_files.items()):
+            if block_id in self.items or self.files.wal_path(block_id).exists():
+                continue
+            self.report.add("data_orphan", path, "data file has no descriptor",
+                            self._action("quarantined"))
+            if self.repair:
+                fileio.move(path, self.ctx.quarantine_path(self.bucket, self.entry) / path.name)
+
+    def _mark_beyond(self, block_id: int, length: int) -> None:
+        descriptor, _ = self.files.load_descriptor(block_id, self.entry)
+        block = Block.from_descriptor(descriptor)
+        for record in descriptor.records:
+            if record.state is RecordState.FINISHED and record.offset + record.size > length:
+                block.put(_with_state(record, RecordState.ERRORED))
+        self.items[block_id] = self.files.save_descriptor(block.to_descriptor(self.ctx.generation))
+        self.dirty = True
+
+
+def _with_state(record: StoredRecord, state: RecordState) -> StoredRecord:
+    return StoredRecord(
+        record.timestamp, record.size, record.content_type, record.labels, state, record.entry,
+        record.offset, record.crc, record.meta_size,
+    )
+
+
+def recover_entry(
+    ctx: EngineContext,
+    bucket: str,
+    entry: str,
+    files: EntryFiles,
+    report: RecoveryReport,
+    *,
+    repair: bool,
+    integrity: bool,
+) -> list[IndexItem]:
+    """Recover (``repair``) or scrub one entry folder; return its index items."""
+    return EntryRecovery(
+        ctx, bucket, entry, files, report, repair=repair, integrity=integrity
+    ).run()
+
+
+def decode_all(files: EntryFiles, entry: str, block_id: int) -> tuple[StoredRecord, ...]:
+    """All records of a block's descriptor (for the payload scrub)."""
+    path = files.meta_path(block_id)
+    return decode_descriptor(fileio.read_file(path), entry, str(path)).records

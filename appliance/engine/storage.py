@@ -1,0 +1,169 @@
+"""The storage engine's root: every bucket under ``options.data_path`` (ARCHITECTURE §3).
+
+``Storage.open`` creates the data folder if needed, then recovers every bucket and entry (WAL
+replay, integrity checks, quarantine; see ``recovery.py``) and keeps serving whatever is
+healthy: one bad file never stops startup, only an unusable data path does (InternalError with
+a clear message). ``compact`` is the single step of the compaction loop; ``close`` compacts,
+fsyncs dirty data files and closes every cached file descriptor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from appliance.engine import fileio
+from appliance.engine.bucket import Bucket
+from appliance.engine.context import EngineContext
+from appliance.engine.models import U64_MAX, BucketSettings, EngineOptions, StorageInfo
+from appliance.engine.names import validate_bucket_name
+from appliance.engine.report import RecoveryReport
+from appliance.engine.scan import scan_buckets
+from appliance.errors import Conflict, InternalError, NotFound
+
+log = logging.getLogger(__name__)
+
+
+class Storage:
+    """All buckets of one data folder (thread-safe)."""
+
+    def __init__(self, ctx: EngineContext, buckets: dict[str, Bucket], report: RecoveryReport):
+        self._ctx = ctx
+        self._buckets = buckets
+        self._lock = threading.RLock()
+        self._closed = False
+        self.recovery = report
+        ctx.storage_usage = self._usage
+
+    @classmethod
+    def open(cls, options: EngineOptions) -> Storage:
+        """Open (creating if missing) and recover the data folder."""
+        path = options.data_path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if not os.access(path, os.R_OK | os.X_OK) or (
+                not options.read_only and not os.access(path, os.W_OK)
+            ):
+                raise PermissionError(f"no read/write access to {path}")
+        except OSError as exc:
+            raise InternalError(f"Data path {path} is not usable: {exc}") from exc
+        ctx = EngineContext.create(options)
+        report = RecoveryReport()
+        repair = not options.read_only
+        integrity = options.integrity_checks and repair
+        buckets: dict[str, Bucket] = {}
+        for name, bucket_path in scan_buckets(path, report):
+            buckets[name] = Bucket.load(
+                ctx, name, bucket_path, report, repair=repair, integrity=integrity
+            )
+        if report.problems:
+            log.warning("startup recovery found %d problem(s)", len(report.problems))
+        return cls(ctx, buckets, report)
+
+    @property
+    def options(self) -> EngineOptions:
+        """The options the storage was opened with."""
+        return self._ctx.options
+
+    def _usage(self) -> int:
+        with self._lock:
+            buckets = list(self._buckets.values())
+        return sum(bucket.size for bucket in buckets)
+
+    def close(self) -> None:
+        """Flush all WAL state into descriptors and indexes, fsync data, close files."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            buckets = list(self._buckets.values())
+        for bucket in buckets:
+            bucket.compact()
+        self._ctx.files.sync_dirty()
+        self._ctx.files.close()
+
+    def compact(self) -> None:
+        """One compaction step: WAL entries become block descriptors and block indexes."""
+        if self._ctx.options.read_only:
+            return
+        with self._lock:
+            buckets = list(self._buckets.values())
+        for bucket in buckets:
+            bucket.compact()
+
+    def info(self) -> StorageInfo:
+        """Bucket count, usage and record range with ReductStore's quirks (spec api §2)."""
+        with self._lock:
+            buckets = list(self._buckets.values())
+        infos = [bucket.info() for bucket in buckets]
+        if not infos:
+            return StorageInfo(0, 0, U64_MAX, 0)
+        return StorageInfo(
+            bucket_count=len(infos),
+            usage=sum(info.size for info in infos),
+            oldest_record=min(info.oldest_record for info in infos),
+            latest_record=max(info.latest_record for info in infos),
+        )
+
+    def bucket_names(self) -> list[str]:
+        """Names of every bucket, sorted."""
+        with self._lock:
+            return sorted(self._buckets)
+
+    def create_bucket(self, name: str, settings: BucketSettings | None = None) -> Bucket:
+        """A new bucket (409 if it exists, 422 for a bad name)."""
+        self._ctx.check_writable()
+        validate_bucket_name(name)
+        with self._lock:
+            if name in self._buckets:
+                raise Conflict(f"Bucket '{name}' already exists")
+            bucket = Bucket.create(
+                self._ctx, name, self._ctx.data_path / name,
+                settings if settings is not None else self._ctx.options.bucket_defaults,
+            )
+            self._buckets[name] = bucket
+            return bucket
+
+    def get_bucket(self, name: str) -> Bucket:
+        """The bucket; 404 if missing."""
+        with self._lock:
+            bucket = self._buckets.get(name)
+        if bucket is None:
+            raise NotFound(f"Bucket '{name}' is not found")
+        return bucket
+
+    def remove_bucket(self, name: str) -> None:
+        """Remove a bucket and all its data (synchronously)."""
+        self._ctx.check_writable()
+        with self._lock:
+            bucket = self.get_bucket(name)
+            del self._buckets[name]
+            bucket.retire()
+            self._ctx.files.invalidate_under(bucket.path)
+            fileio.remove_tree(bucket.path)
+
+    def rename_bucket(self, old: str, new: str) -> None:
+        """Rename a bucket (404 / 409 / 422 as ReductStore)."""
+        self._ctx.check_writable()
+        with self._lock:
+            bucket = self.get_bucket(old)
+            validate_bucket_name(new)
+            if new in self._buckets:
+                raise Conflict(f"Bucket '{new}' already exists")
+            target = self._ctx.data_path / new
+            if target.exists():
+                raise Conflict(f"Bucket '{new}' already exists")
+            bucket.compact()
+            del self._buckets[old]
+            bucket.retire()
+            try:
+                fileio.rename_dir(bucket.path, target)
+            except OSError:
+                target = bucket.path
+                new = old
+                raise
+            finally:
+                self._buckets[new] = Bucket.load(
+                    self._ctx, new, target, RecoveryReport(), repair=True, integrity=False
+                )
