@@ -62,8 +62,7 @@ def _full_info(storage: Storage, name: str) -> dict[str, Any]:
 
 
 def _update(storage: Storage, name: str, fields: dict[str, Any]) -> None:
-    bucket = storage.get_bucket(name)
-    bucket.update_settings(bucket.settings.merged(**fields))
+    storage.get_bucket(name).update_settings(**fields)
 
 
 @blueprint.route("/b/<name>", methods=["POST"])

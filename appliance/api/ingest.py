@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import request
 
-from appliance.api.streaming import WRITE_CHUNK_BYTES, _next_chunk, run_through
+from appliance.api.streaming import WRITE_CHUNK_BYTES, _next_chunk, abort_writer, run_through
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
 
@@ -123,7 +123,7 @@ async def _stream_one(
     errors: dict[Hashable, ApplianceError],
 ) -> None:
     try:
-        writer = await svc.run(_begin, storage, bucket, item)
+        writer = await run_through(svc, _begin, storage, bucket, item, on_cancel=abort_writer)
     except ApplianceError as exc:
         errors[item.key] = exc
         async for _ in reader.chunks(item.length):  # skip this record's bytes

@@ -12,6 +12,7 @@ from appliance.api.response import ApiResponse as Response
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.streaming import (
+    abort_writer,
     payload_stream,
     read_any_body,
     read_small_body,
@@ -103,7 +104,9 @@ async def write(bucket: str, entry: str) -> Response:
         data = await read_small_body(length, timeout)
         await svc.run(_write_small, storage, bucket, entry, ts, data, ctype, labels)
         return Response(b"", status=200)
-    writer = await svc.run(_begin, storage, bucket, entry, ts, length, ctype, labels)
+    writer = await run_through(
+        svc, _begin, storage, bucket, entry, ts, length, ctype, labels, on_cancel=abort_writer
+    )
     try:
         await stream_body(svc, length, writer.write, timeout)
         await run_through(svc, writer.finish)

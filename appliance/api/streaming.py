@@ -78,11 +78,17 @@ class BoundedConnection(ASGIHTTPConnection):
                 return
 
 
-async def run_through(services: Services, fn: Callable[..., T], *args: Any) -> T:
+async def run_through(
+    services: Services,
+    fn: Callable[..., T],
+    *args: Any,
+    on_cancel: Callable[[T], Any] | None = None,
+) -> T:
     """Run ``fn`` in a worker thread; if cancelled, still wait for the thread to finish.
 
     A cancelled ``run_in_executor`` future does not stop its thread, so a caller that cleans up
-    (e.g. aborts a RecordWriter) must not race the still-running call.
+    (e.g. aborts a RecordWriter) must not race the still-running call. ``on_cancel`` receives
+    the result the caller will never see (e.g. a just-opened writer) and runs in a thread.
     """
     loop = asyncio.get_running_loop()
     fut = loop.run_in_executor(services.executor, fn, *args)
@@ -90,7 +96,14 @@ async def run_through(services: Services, fn: Callable[..., T], *args: Any) -> T
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
         await asyncio.wait([fut])
+        if on_cancel is not None and not fut.cancelled() and fut.exception() is None:
+            await asyncio.wait([loop.run_in_executor(services.executor, on_cancel, fut.result())])
         raise
+
+
+def abort_writer(writer: Any) -> None:
+    """Abort a RecordWriter whose request went away (``on_cancel`` of ``begin_write``)."""
+    writer.abort("client disconnected")
 
 
 async def _next_chunk(it: AsyncIterator[bytes], timeout: float) -> bytes | None:

@@ -359,5 +359,5 @@ def _predicate(cond: Any) -> Callable[[RecordMeta], bool]:
 
 
 def entry_names(bucket: Any) -> list[str]:
-    """Names of every entry of an engine bucket."""
-    return [info.name for info in bucket.entries()]
+    """Names of every entry of an engine bucket, ``$meta`` entries included."""
+    return list(bucket.entry_names())

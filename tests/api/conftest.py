@@ -27,9 +27,7 @@ class Harness:
 
 
 def _open_storage(fake: bool) -> Any:
-    import os
-
-    if fake or os.environ.get("APPLIANCE_TEST_FAKE_ENGINE"):  # TEMP until the engine lands
+    if fake:
         from tests.api.fake_engine import FakeStorage
 
         return FakeStorage.open

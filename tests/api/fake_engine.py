@@ -111,9 +111,6 @@ class FakeBucket:
         self.settings = settings
         self.entries_: dict[str, FakeEntry] = {}
 
-    def update_settings(self, settings: BucketSettings) -> None:
-        self.settings = settings
-
     def info(self) -> BucketInfo:
         infos = [e.info() for e in self.entries_.values()]
         return BucketInfo(
@@ -123,7 +120,15 @@ class FakeBucket:
         )
 
     def entries(self) -> list[EntryInfo]:
-        return [e.info() for e in self.entries_.values()]
+        return sorted((e.info() for e in self.entries_.values() if "$meta" not in e.name),
+                      key=lambda i: i.name)
+
+    def entry_names(self) -> list[str]:
+        return sorted(self.entries_)
+
+    def update_settings(self, **fields: Any) -> BucketSettings:
+        self.settings = self.settings.merged(**fields)
+        return self.settings
 
     def get_entry(self, name: str) -> FakeEntry:
         if name not in self.entries_:
