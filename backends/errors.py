@@ -12,6 +12,10 @@ Backends translate ``OSError`` and botocore errors into these at the boundary wi
 because a log line that says only "No such file" cannot be acted on.
 """
 
+# The class names are the design's vocabulary (ARCHITECTURE.md §4, spec/leases.md), which reads
+# better than an "Error" suffix on each.
+# ruff: noqa: N818
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -58,8 +58,9 @@ def stat_etag(st: os.stat_result) -> str:
 
 
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
-    return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime_ns / NS_PER_SECOND,
-                      etag=stat_etag(st))
+    return ObjectInfo(
+        key=key, size=st.st_size, mtime=st.st_mtime_ns / NS_PER_SECOND, etag=stat_etag(st)
+    )
 
 
 def _stat_regular(path: Path) -> os.stat_result | None:
@@ -129,8 +130,10 @@ class FilesystemBackend:
             with self._translate(key, "download"):
                 # fstat of the open file: the info describes exactly the bytes we copy.
                 st = os.fstat(source.fileno())
-            chunks = self._guard(file_chunks(source), lambda exc: translate_os_error(
-                exc, backend=self.name, key=key, action="download"))
+            chunks = self._guard(
+                file_chunks(source),
+                lambda exc: translate_os_error(exc, backend=self.name, key=key, action="download"),
+            )
             try:
                 write_local_file(local_path, chunks)
             except OSError as exc:
@@ -169,7 +172,9 @@ class FilesystemBackend:
                 except FileNotFoundError:
                     continue  # deleted while we walked: it is simply not in this listing
                 except OSError as exc:
-                    raise translate_os_error(exc, backend=self.name, key=key, action="list") from exc
+                    raise translate_os_error(
+                        exc, backend=self.name, key=key, action="list"
+                    ) from exc
                 if stat_mode.S_ISREG(st.st_mode):
                     yield _info(key, st)
 
@@ -187,8 +192,10 @@ class FilesystemBackend:
         except OSError as exc:
             raise local_file_error(exc, backend=self.name, key=key, path=local_path) from exc
         with source:
-            chunks = self._guard(file_chunks(source), lambda exc: local_file_error(
-                exc, backend=self.name, key=key, path=local_path))
+            chunks = self._guard(
+                file_chunks(source),
+                lambda exc: local_file_error(exc, backend=self.name, key=key, path=local_path),
+            )
             return self._publish(key, chunks)
 
     def create_if_absent(self, key: str, data: bytes) -> ObjectInfo:
@@ -299,4 +306,3 @@ class FilesystemBackend:
             yield from chunks
         except OSError as exc:
             raise translate(exc) from exc
-

@@ -23,8 +23,8 @@ Semantics and fault model:
 - 412 → ``PreconditionFailed``; if botocore had retried the request, the first attempt may have
   landed, so the error is marked ``ambiguous`` (``spec/leases.md`` §3.3). 409
   ConditionalRequestConflict, 429, 5xx, throttling and connection errors (after botocore's own
-  retries) → ``BackendUnavailable``. Every botocore error is translated here; callers never see
-  one.
+  retries) → ``BackendUnavailable``. Every botocore error is translated at this boundary
+  (rules in ``backends.s3_errors``); callers never see one.
 """
 
 from __future__ import annotations
@@ -39,13 +39,6 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError as BotoConnectionError,
-    HTTPClientError,
-    IncompleteReadError,
-)
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
@@ -65,26 +58,12 @@ from backends.fileio import (
     temp_path_for,
     write_local_file,
 )
+from backends.s3_errors import S3_ERRORS, translate_s3_error
 
 MULTIPART_THRESHOLD_BYTES = 8 * MIB
 TRANSFER_CONCURRENCY = 4
 DELETE_BATCH_COUNT = 1000  # DeleteObjects accepts at most 1000 keys per request
 DOWNLOAD_ATTEMPTS = 3  # the object may be overwritten while we fetch it; then we start over
-
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
-_TRANSIENT_CODES = frozenset(
-    {
-        "ConditionalRequestConflict",  # concurrent conditional writes: re-read and retry
-        "InternalError",
-        "OperationAborted",
-        "RequestTimeout",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-    }
-)
 
 
 class S3Backend:
@@ -162,9 +141,7 @@ class S3Backend:
             with self._translate(None, "check bucket"):
                 self._client.head_bucket(Bucket=self.bucket)
         except ObjectNotFound as exc:  # HeadBucket has no body: a bare 404 means no bucket
-            raise BackendError(
-                f"bucket {self.bucket!r} does not exist", backend=self.name
-            ) from exc
+            raise BackendError(f"bucket {self.bucket!r} does not exist", backend=self.name) from exc
 
     def close(self) -> None:
         """Close the client's connection pool (once), if this backend built the client."""
@@ -225,16 +202,19 @@ class S3Backend:
                 try:
                     write_local_file(local_path, body.iter_chunks(CHUNK_BYTES))
                 except OSError as exc:
-                    raise local_file_error(exc, backend=self.name, key=key, path=local_path) from exc
+                    raise local_file_error(
+                        exc, backend=self.name, key=key, path=local_path
+                    ) from exc
                 finally:
                     body.close()
             return
         temp = temp_path_for(local_path)
         try:
             local_path.parent.mkdir(parents=True, exist_ok=True)
-            with self._translate(key, "download"), TransferManager(
-                self._client, self._transfer_config
-            ) as manager:
+            with (
+                self._translate(key, "download"),
+                TransferManager(self._client, self._transfer_config) as manager,
+            ):
                 future = manager.download(
                     self.bucket, full, str(temp), subscribers=[_KnownObject(info.size, etag)]
                 )
@@ -288,7 +268,10 @@ class S3Backend:
                 Bucket=self.bucket, Key=full, Body=bytes(data), **conditions
             )
         return ObjectInfo(
-            key=key, size=len(data), mtime=_server_time(response), etag=_strip_etag(response["ETag"])
+            key=key,
+            size=len(data),
+            mtime=_server_time(response),
+            etag=_strip_etag(response["ETag"]),
         )
 
     def upload(self, key: str, local_path: Path) -> ObjectInfo:
@@ -302,9 +285,10 @@ class S3Backend:
                 key=key,
             )
         try:
-            with self._translate(key, "upload"), TransferManager(
-                self._client, self._transfer_config
-            ) as manager:
+            with (
+                self._translate(key, "upload"),
+                TransferManager(self._client, self._transfer_config) as manager,
+            ):
                 manager.upload(str(local_path), self.bucket, full).result()
         except OSError as exc:
             raise local_file_error(exc, backend=self.name, key=key, path=local_path) from exc
@@ -355,42 +339,13 @@ class S3Backend:
 
     @contextmanager
     def _translate(self, key: str | None, action: str) -> Iterator[None]:
-        """Turn botocore errors inside the block into BackendError subclasses."""
+        """Turn botocore and s3transfer errors inside the block into BackendError subclasses."""
         try:
             yield
-        except ClientError as exc:
-            raise self._client_error(exc, key, action) from exc
-        except BotoCoreError as exc:
-            raise self._botocore_error(exc, key, action) from exc
-
-    def _client_error(self, exc: ClientError, key: str | None, action: str) -> BackendError:
-        """Classify an S3 error response by code and HTTP status."""
-        error = exc.response.get("Error", {})
-        meta = exc.response.get("ResponseMetadata", {})
-        code = str(error.get("Code", ""))
-        status = int(meta.get("HTTPStatusCode") or 0)
-        detail = f"{action} failed: {code or 'error'} (HTTP {status}) {error.get('Message', '')}"
-        where = {"backend": self.name, "key": key}
-        if code == "NoSuchBucket":
-            return BackendError(f"{action} failed: bucket {self.bucket!r} does not exist", **where)
-        if code in _NOT_FOUND_CODES or status == 404:
-            return ObjectNotFound("no such object", **where)
-        if code in _PRECONDITION_CODES or status == 412:
-            retried = int(meta.get("RetryAttempts") or 0) > 0
-            note = " after a retry: the first attempt may have landed, re-read" if retried else ""
-            return PreconditionFailed(
-                f"{action}: precondition failed{note}", ambiguous=retried, **where
-            )
-        if code in _TRANSIENT_CODES or status in (409, 429) or status >= 500:
-            return BackendUnavailable(detail.strip(), **where)
-        return BackendError(detail.strip(), **where)
-
-    def _botocore_error(self, exc: BotoCoreError, key: str | None, action: str) -> BackendError:
-        """Connection trouble is transient; anything else (credentials...) is not."""
-        detail = f"{action} failed: {exc}"
-        if isinstance(exc, BotoConnectionError | HTTPClientError | IncompleteReadError):
-            return BackendUnavailable(detail, backend=self.name, key=key)
-        return BackendError(detail, backend=self.name, key=key)
+        except S3_ERRORS as exc:
+            raise translate_s3_error(
+                exc, backend=self.name, bucket=self.bucket, key=key, action=action
+            ) from exc
 
 
 class _KnownObject(BaseSubscriber):  # type: ignore[misc]

@@ -377,9 +377,7 @@ class BackendContract:
         assert len(winners) == 1
         assert backend.read("race/lock") == f"{winners[0]}".encode()
 
-    def test_concurrent_replace_if_unchanged_has_exactly_one_winner(
-        self, backend: Backend
-    ) -> None:
+    def test_concurrent_replace_if_unchanged_has_exactly_one_winner(self, backend: Backend) -> None:
         if self.race_skip_reason:
             pytest.skip(self.race_skip_reason)
         for _ in range(3):

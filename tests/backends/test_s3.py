@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from backends.errors import (  # noqa: E402
     PreconditionFailed,
 )
 from backends.s3 import S3Backend  # noqa: E402
-from tests.backends.contract import BackendContract  # noqa: E402
+from tests.backends.contract import MIB, BackendContract  # noqa: E402
 
 BUCKET = "contract-tests"
 REGION = "us-east-1"
@@ -178,3 +179,22 @@ def test_s3_close_leaves_an_injected_client_usable(moto_client: Any) -> None:
     first.close()
     second = S3Backend(moto_client, BUCKET, first.root)
     assert second.read("k") == b"v"
+
+
+@pytest.mark.parametrize("size", [1024, 9 * MIB], ids=["single-get", "ranged-gets"])
+def test_s3_download_overwritten_mid_fetch_retries_and_never_mixes_versions(
+    s3: S3Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    stale = s3.write("obj", b"a" * size)
+    current = s3.write("obj", b"b" * size)
+    real_stat = s3.stat
+    answers = [stale]  # the first HEAD "happened" before the overwrite
+
+    def stat_racing_a_writer(key: str) -> Any:
+        return answers.pop() if answers else real_stat(key)
+
+    monkeypatch.setattr(s3, "stat", stat_racing_a_writer)
+    info = s3.download("obj", tmp_path / "out")
+    assert info.etag == current.etag
+    assert (tmp_path / "out").read_bytes() == b"b" * size
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
