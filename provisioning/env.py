@@ -38,9 +38,7 @@ _BUCKET_GROUP = re.compile(r"RS_BUCKET_(.*)_NAME")
 _TOKEN_GROUP = re.compile(r"RS_TOKEN_(.*)_NAME")
 _UNSUPPORTED_GROUP = re.compile(r"^RS_(REPLICATION|LIFECYCLE)_(.*)_NAME$")
 _U64 = re.compile(r"^\+?[0-9]+$")  # Rust's u64::from_str
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _QUOTA_TYPES = {q.value: q for q in QuotaType}
 
 
@@ -147,9 +145,7 @@ def _tokens(
     return tokens
 
 
-def _valid_name(
-    check: Callable[[str], str], name: str, variable: str, problems: list[str]
-) -> bool:
+def _valid_name(check: Callable[[str], str], name: str, variable: str, problems: list[str]) -> bool:
     try:
         check(name)
     except ValueError as exc:

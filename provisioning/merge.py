@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from appliance.errors import ConfigError
 from provisioning.env import EnvGroups, load_env_groups
 from provisioning.models import DesiredState, InstanceSpec
 from provisioning.yaml_loader import YamlProvisioning, fingerprint, load_yaml
+
+T = TypeVar("T")
 
 
 def load_desired(
@@ -46,18 +49,8 @@ def merge(env: EnvGroups, yaml: YamlProvisioning | None) -> DesiredState:
     origins = dict(env.origins)
     instance = InstanceSpec()
     if yaml is not None:
-        for kind, target, section in (
-            ("bucket", buckets, yaml.document.buckets),
-            ("token", tokens, yaml.document.tokens),
-        ):
-            for name, spec in section.items():
-                if name in target:
-                    raise ConfigError(
-                        f"{kind} '{name}' is defined by {origins[(kind, name)]} "
-                        f"and by {yaml.origins[(kind, name)]}"
-                    )
-                target[name] = spec
-                origins[(kind, name)] = yaml.origins[(kind, name)]
+        _unite("bucket", buckets, yaml.document.buckets, origins, yaml.origins)
+        _unite("token", tokens, yaml.document.tokens, origins, yaml.origins)
         instance = yaml.document.instance
     return DesiredState(
         buckets=buckets,
@@ -67,6 +60,23 @@ def merge(env: EnvGroups, yaml: YamlProvisioning | None) -> DesiredState:
         source=describe_source(env, yaml),
         warnings=env.problems,
     )
+
+
+def _unite(
+    kind: str,
+    target: dict[str, T],
+    section: Mapping[str, T],
+    origins: dict[tuple[str, str], str],
+    section_origins: Mapping[tuple[str, str], str],
+) -> None:
+    for name, spec in section.items():
+        if name in target:
+            raise ConfigError(
+                f"{kind} '{name}' is defined by {origins[(kind, name)]} "
+                f"and by {section_origins[(kind, name)]}"
+            )
+        target[name] = spec
+        origins[(kind, name)] = section_origins[(kind, name)]
 
 
 def describe_source(env: EnvGroups, yaml: YamlProvisioning | None) -> str:

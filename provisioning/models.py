@@ -37,7 +37,6 @@ from appliance.settings import InstanceRole, LockFailureAction
 from appliance.units import DURATION_FORM, SIZE_FORM, parse_duration, parse_size
 
 INIT_TOKEN_NAME = "init-token"  # RS_API_TOKEN's token (spec reductstore-api §6.3): never ours
-FORMAT_VERSION = 1
 
 # spec reductstore-api §0.2 (names) and §6.2 (permission items).
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -51,7 +50,7 @@ DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*([uU][sS]|[mM][sS]|[sS]|[mM]([iI][nN])
 def _size(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"expected {SIZE_FORM}")
-    return parse_size(value)
+    return parse_size(value)  # type: ignore[arg-type]  # parse_size takes whole floats too
 
 
 def _duration(value: Any) -> float:
@@ -63,9 +62,7 @@ def _duration(value: Any) -> float:
 def check_bucket_name(value: str) -> str:
     """Return ``value`` if it is a valid bucket name (spec §0.2), else raise ValueError."""
     if not _BUCKET_NAME.match(value):
-        raise ValueError(
-            f"invalid bucket name {value!r}: use only letters, digits, '-' and '_'"
-        )
+        raise ValueError(f"invalid bucket name {value!r}: use only letters, digits, '-' and '_'")
     return value
 
 
@@ -131,10 +128,10 @@ class _Strict(BaseModel):
 class BucketSpec(_Strict):
     """A provisioned bucket (``RS_BUCKET_<ID>_*``); unset fields keep the current value."""
 
-    quota_type: QuotaType | None = Field(None, description="NONE, FIFO or HARD")
-    quota_size: Size | None = Field(None, description="quota in bytes, or a size literal")
-    max_block_size: Size | None = Field(None, description="block size limit")
-    max_block_records: BlockRecords | None = Field(None, description="records per block")
+    quota_type: QuotaType | None = Field(default=None, description="NONE, FIFO or HARD")
+    quota_size: Size | None = Field(default=None, description="quota in bytes, or a size literal")
+    max_block_size: Size | None = Field(default=None, description="block size limit")
+    max_block_records: BlockRecords | None = Field(default=None, description="records per block")
 
     @field_validator("max_block_size")
     @classmethod
@@ -160,9 +157,9 @@ class TokenSpec(_Strict):
         description="the secret; write ${VAR} to take it from the environment"
     )
     full_access: StrictBool = False
-    read: tuple[PermissionItem, ...] = Field((), description="bucket names or 'prefix*'")
-    write: tuple[PermissionItem, ...] = Field((), description="bucket names or 'prefix*'")
-    expires_at: AwareDatetime | None = Field(None, description="RFC 3339 with an offset")
+    read: tuple[PermissionItem, ...] = Field(default=(), description="bucket names or 'prefix*'")
+    write: tuple[PermissionItem, ...] = Field(default=(), description="bucket names or 'prefix*'")
+    expires_at: AwareDatetime | None = Field(default=None, description="RFC 3339 with an offset")
 
     def fingerprint(self) -> tuple[Any, ...]:
         """Everything that defines the token, for change detection (the secret included)."""
@@ -179,7 +176,7 @@ class LockFileSpec(_Strict):
     """``RS_LOCK_FILE_*``: the PRIMARY/SECONDARY lease."""
 
     ttl: Duration | None = None
-    timeout: Duration | None = Field(None, description="0 waits forever")
+    timeout: Duration | None = Field(default=None, description="0 waits forever")
     polling_interval: Duration | None = None
     failure_action: LockFailureAction | None = None
 
@@ -213,8 +210,8 @@ class DefaultsSpec(_Strict):
 class InstanceSpec(_Strict):
     """Instance settings; an explicit ``RS_*`` variable wins over each of them."""
 
-    role: InstanceRole | None = Field(None, description="RS_INSTANCE_ROLE")
-    name: str | None = Field(None, description="RS_INSTANCE_NAME")
+    role: InstanceRole | None = Field(default=None, description="RS_INSTANCE_ROLE")
+    name: str | None = Field(default=None, description="RS_INSTANCE_NAME")
     lock_file: LockFileSpec | None = None
     engine: EngineSpec | None = None
     defaults: DefaultsSpec | None = None
@@ -241,7 +238,7 @@ class ProvisioningFile(_Strict):
         },
     )
 
-    version: Literal[1] = FORMAT_VERSION
+    version: Literal[1] = 1  # bumped only together with a migration of older files
     instance: Annotated[InstanceSpec, BeforeValidator(lambda v: {} if v is None else v)] = (
         InstanceSpec()
     )

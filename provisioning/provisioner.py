@@ -98,9 +98,7 @@ class Provisioner:
                 log.warning("provisioning: %s", warning)
             self._baseline = instance_overrides(desired)
             for field in env_overridden(self._baseline, self._environ):
-                log.info(
-                    "provisioning: %s is overridden by %s", YAML_KEYS[field], env_name(field)
-                )
+                log.info("provisioning: %s is overridden by %s", YAML_KEYS[field], env_name(field))
             try:
                 result = self._apply(desired)
             except ConfigError as exc:

@@ -227,7 +227,7 @@ def _plan_buckets(
     defaults: BucketSettings,
 ) -> list[tuple[str, BucketSettings | None, BucketSettings]]:
     """``(name, current or None, target)`` per bucket; ConfigError if any quota is too small."""
-    plan = []
+    plan: list[tuple[str, BucketSettings | None, BucketSettings]] = []
     refused = []
     for name, spec in sorted(desired.buckets.items()):
         if name not in existing:

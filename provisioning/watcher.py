@@ -42,9 +42,13 @@ async def watch(
     force_polling: bool | None = None,
 ) -> None:
     """Call ``on_change`` whenever the provisioning at ``path`` changes, until ``stop_event``."""
-    last = initial_fingerprint if initial_fingerprint is not None else fingerprint(path)
+    if initial_fingerprint is None:
+        initial_fingerprint = await asyncio.to_thread(fingerprint, path)
+    last = initial_fingerprint
     while not stop_event.is_set():
-        folder = path if path.is_dir() else path.parent
+        # File reads go to a thread: an SD card can stall, the event loop must not.
+        is_dir = await asyncio.to_thread(path.is_dir)
+        folder = path if is_dir else path.parent
         try:
             async for _changes in awatch(
                 folder,
@@ -54,10 +58,10 @@ async def watch(
                 stop_event=stop_event,
                 rust_timeout=int(poll_interval_s * 1000),
                 yield_on_timeout=True,
-                recursive=path.is_dir(),  # a folder: its subfolders (k8s ..data); a file: not /etc
+                recursive=is_dir,  # a folder: its subfolders (k8s ..data); a file: not all of /etc
                 force_polling=force_polling,
             ):
-                current = fingerprint(path)
+                current = await asyncio.to_thread(fingerprint, path)
                 if current == last:
                     continue
                 last = current

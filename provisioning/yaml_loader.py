@@ -53,7 +53,7 @@ class YamlProvisioning:
         return str(self.root)
 
 
-class _Problem(Exception):
+class _LocatedError(Exception):
     """A problem at one node, before the file name is known to the raiser."""
 
     def __init__(self, line: int, field: str, message: str) -> None:
@@ -104,7 +104,7 @@ def parse_text(
     """Validate one document; returns it with the ``FILE:LINE`` of each bucket and token."""
     try:
         data, lines = _compose(text, environ, keep_missing_vars)
-    except _Problem as problem:
+    except _LocatedError as problem:
         field = f" {problem.field}:" if problem.field else ""
         raise ConfigError(f"{filename}:{problem.line}:{field} {problem.message}") from None
     try:
@@ -174,14 +174,19 @@ def _compose(
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 1
-            raise _Problem(line, "", f"invalid YAML: {exc.problem or exc.context}") from None
+            hint = ""
+            if "${" in "".join(text.splitlines()[max(line - 2, 0) : line]):
+                # The common trap: ``{value: ${X}}`` - braces are flow syntax in YAML.
+                hint = ' (inside {...} or [...], quote references: "${VAR}")'
+            problem = exc.problem or exc.context
+            raise _LocatedError(line, "", f"invalid YAML: {problem}{hint}") from None
         except yaml.YAMLError as exc:
-            raise _Problem(1, "", f"invalid YAML: {exc}") from None
+            raise _LocatedError(1, "", f"invalid YAML: {exc}") from None
         lines: dict[Path_, int] = {(): 1}
         if node is None:
             return None, lines
         if not isinstance(node, yaml.MappingNode):
-            raise _Problem(node.start_mark.line + 1, "", "the document must be a mapping")
+            raise _LocatedError(node.start_mark.line + 1, "", "the document must be a mapping")
         return _convert(loader, node, (), lines, environ, keep_missing), lines
     finally:
         loader.dispose()
@@ -205,31 +210,34 @@ def _convert(
             items.append(_convert(loader, item, path + (index,), lines, environ, keep_missing))
         return items
     if isinstance(node, yaml.MappingNode):
+        explicit = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
         try:
             loader.flatten_mapping(node)  # resolves ``<<: *anchor`` merge keys
         except yaml.MarkedYAMLError as exc:
-            raise _Problem(line, _dotted(path), f"invalid merge key: {exc.problem}") from None
+            raise _LocatedError(line, _dotted(path), f"invalid merge key: {exc.problem}") from None
         result: dict[str, Any] = {}
+        seen_explicit: set[str] = set()
         for key_node, value_node in node.value:
             key_line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode):
-                raise _Problem(key_line, _dotted(path), "keys must be plain names")
+                raise _LocatedError(key_line, _dotted(path), "keys must be plain names")
             try:
                 # Keys are names: keep their text (``2024:`` is bucket "2024", not an int).
                 key = substitute(key_node.value, environ, keep_missing=keep_missing)
             except ValueError as exc:
-                raise _Problem(key_line, _dotted(path), str(exc)) from None
-            if key in result:
-                first = lines[path + (key,)]
-                raise _Problem(
-                    key_line, _dotted(path + (key,)), f"duplicate key (first at line {first})"
-                )
+                raise _LocatedError(key_line, _dotted(path), str(exc)) from None
+            if id(key_node) in explicit:
+                # Merged keys (``<<``) may be overridden; a key written twice is a mistake.
+                if key in seen_explicit:
+                    first = lines[path + (key,)]
+                    raise _LocatedError(
+                        key_line, _dotted(path + (key,)), f"duplicate key (first at line {first})"
+                    )
+                seen_explicit.add(key)
             lines[path + (key,)] = key_line
-            result[key] = _convert(
-                loader, value_node, path + (key,), lines, environ, keep_missing
-            )
+            result[key] = _convert(loader, value_node, path + (key,), lines, environ, keep_missing)
         return result
-    raise _Problem(line, _dotted(path), "unsupported YAML node")
+    raise _LocatedError(line, _dotted(path), "unsupported YAML node")
 
 
 def _scalar(
@@ -245,7 +253,7 @@ def _scalar(
         try:
             new = substitute(value, environ, keep_missing=keep_missing)
         except ValueError as exc:
-            raise _Problem(line, _dotted(path), str(exc)) from None
+            raise _LocatedError(line, _dotted(path), str(exc)) from None
         implicit = loader.resolve(yaml.ScalarNode, value, (True, False))
         if node.style is None and tag == implicit:
             # A plain scalar is typed as if the substituted text had been written there.
@@ -257,7 +265,7 @@ def _scalar(
         )
     except (yaml.YAMLError, ValueError) as exc:
         problem = getattr(exc, "problem", None) or str(exc)
-        raise _Problem(line, _dotted(path), f"invalid value: {problem}") from None
+        raise _LocatedError(line, _dotted(path), f"invalid value: {problem}") from None
 
 
 # --- validation errors -> one line ---------------------------------------------------------
