@@ -50,7 +50,13 @@ class BucketLike(Protocol):
     @property
     def settings(self) -> BucketSettings: ...
 
-    def update_settings(self, settings: BucketSettings) -> object: ...
+    def update_settings(
+        self,
+        quota_type: QuotaType | None = None,
+        quota_size: int | None = None,
+        max_block_size: int | None = None,
+        max_block_records: int | None = None,
+    ) -> object: ...
 
     def info(self) -> SizedInfo: ...
 
@@ -160,7 +166,12 @@ def reconcile(
                 result.created_buckets.append(name)
                 log.info("provisioned bucket '%s' created: %s", name, target.to_json())
             elif current != target:
-                storage.get_bucket(name).update_settings(target)
+                storage.get_bucket(name).update_settings(
+                    quota_type=target.quota_type,
+                    quota_size=target.quota_size,
+                    max_block_size=target.max_block_size,
+                    max_block_records=target.max_block_records,
+                )
                 result.updated_buckets.append(name)
                 log.info("provisioned bucket '%s' updated: %s", name, target.to_json())
             else:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from appliance.engine.models import BucketInfo, BucketSettings
+from appliance.engine.models import BucketInfo, BucketSettings, QuotaType
 from appliance.errors import Conflict, Forbidden, NotFound
 from provisioning.reconcile import TokenPermissions
 
@@ -24,9 +24,18 @@ class FakeBucket:
     def settings(self) -> BucketSettings:
         return self._settings
 
-    def update_settings(self, settings: BucketSettings) -> None:
-        self._settings = settings
+    def update_settings(
+        self,
+        quota_type: QuotaType | None = None,
+        quota_size: int | None = None,
+        max_block_size: int | None = None,
+        max_block_records: int | None = None,
+    ) -> BucketSettings:
+        self._settings = self._settings.merged(
+            quota_type, quota_size, max_block_size, max_block_records
+        )
         self.updates += 1
+        return self._settings
 
     def info(self) -> BucketInfo:
         return BucketInfo(self.name, 0, self.size, 0, 0)
