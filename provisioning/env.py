@@ -7,7 +7,8 @@ Read exactly as ReductStore reads them (spec reductstore-config §1, §4.1, §4.
   their exact names ``RS_BUCKET_<ID>_QUOTA_TYPE`` etc.;
 - nothing here is fatal: an unparsable value is treated as unset, an incomplete group (a token
   without ``_VALUE``, fields without ``_NAME``) is skipped, and each case is reported;
-- ``QUOTA_TYPE`` is ``NONE|FIFO|HARD`` (case-sensitive), sizes use ``appliance.units``,
+- ``QUOTA_TYPE`` is ``NONE|FIFO|HARD`` (case-sensitive), sizes use ``appliance.units`` (as
+  the RS_* settings do; a size that is not a whole number of bytes is invalid, not truncated),
   ``MAX_BLOCK_RECORDS`` is a plain decimal, ``FULL_ACCESS`` is strictly ``true``/``false``,
   ``READ``/``WRITE`` are comma lists with empty items dropped and no trimming, ``EXPIRES_AT`` is
   RFC 3339 with an offset.
