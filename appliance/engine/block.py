@@ -40,6 +40,7 @@ class Block:
         "pending",
         "dirty",
         "wal_open",
+        "encoded",
     )
 
     def __init__(self, block_id: int) -> None:
@@ -52,6 +53,8 @@ class Block:
         self.pending = 0
         self.dirty = False
         self.wal_open = False
+        # Record bytes already built for WAL frames, reused by the next descriptor write.
+        self.encoded: dict[int, tuple[StoredRecord, bytes]] = {}
 
     @classmethod
     def from_descriptor(cls, descriptor: Descriptor) -> Block:

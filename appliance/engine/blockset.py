@@ -23,13 +23,19 @@ from bisect import bisect_right, insort
 from collections.abc import Mapping
 
 from appliance.engine.block import Block
-from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_frame, labels_fit
+from appliance.engine.codec import (
+    IndexItem,
+    StoredRecord,
+    WalKind,
+    encode_record,
+    encode_wal_frame,
+)
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_files import EntryFiles
 from appliance.engine.files import FileHandle
 from appliance.engine.models import RecordState
 from appliance.engine.sizing import record_metadata_size
-from appliance.errors import Conflict, CorruptionError, NotFound, UnprocessableEntity
+from appliance.errors import Conflict, CorruptionError, NotFound
 
 log = logging.getLogger(__name__)
 _STARTED = RecordState.STARTED
@@ -162,8 +168,6 @@ class BlockSet:
         self, ts: int, size: int, content_type: str, labels: Mapping[str, str], crc: int = 0
     ) -> tuple[Block, StoredRecord]:
         """Place a STARTED record and reserve its bytes (409 on a duplicate timestamp)."""
-        if not labels_fit(content_type, labels):
-            raise UnprocessableEntity("Labels or content type are too long")
         block = self._choose(ts, size)
         existing = block.records.get(ts)
         if existing is not None:
@@ -222,7 +226,9 @@ class BlockSet:
             record.offset, crc, record.meta_size,
         )
         block.records[ts] = final
-        return encode_wal_frame(WalKind.WRITE, self.ctx.generation, final)
+        encoded = encode_record(final)
+        block.encoded[ts] = (final, encoded)
+        return encode_wal_frame(WalKind.WRITE, self.ctx.generation, final, encoded)
 
     def append_wal(self, block: Block, frames: bytes) -> FileHandle:
         """Append frames to the block's WAL; the block becomes dirty. Returns a pinned handle."""
@@ -242,7 +248,7 @@ class BlockSet:
         for block in blocks:
             descriptor = block.to_descriptor(self.ctx.generation)
             if descriptor.records:
-                self.items[block.block_id] = self.files.save_descriptor(descriptor)
+                self.items[block.block_id] = self.files.save_descriptor(descriptor, block.encoded)
             elif self.items.pop(block.block_id, None) is not None:
                 # Only writers in flight are left: the block has nothing to persist yet.
                 self.files.remove_descriptor(block.block_id)
@@ -252,6 +258,7 @@ class BlockSet:
                 self.files.drop_wal(block.block_id)
                 block.wal_open = False
             block.dirty = False
+            block.encoded.clear()
             if not block.pending:
                 self.live.pop(block.block_id, None)
                 self.ctx.blocks.put((self.uid, block.block_id), block)

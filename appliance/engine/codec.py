@@ -5,10 +5,10 @@ version and ends with a CRC32C (u32) of everything before it; decoding checks le
 version and CRC before anything else and raises ``CorruptionError`` carrying the byte offset of
 the damage (``path`` is whatever label the caller passed as ``source``).
 
-Record (inside descriptors and WAL frames), 37 bytes + variable part::
+Record (inside descriptors and WAL frames), 41 bytes + variable part::
 
     ts u64 | offset u64 | size u64 | payload_crc u32 | meta_size u32 | state u8
-    | content_type_len u16 | label_count u16 | content_type | (name_len u16, value_len u32,
+    | content_type_len u32 | label_count u32 | content_type | (name_len u32, value_len u32,
     name, value) * label_count
 
 Block descriptor ``<id>.meta``: ``"RSBD" v1 flags u16 | block_id u64 | generation u64 |
@@ -47,8 +47,8 @@ SETTINGS_MAGIC = b"RSBS"
 WAL_MAGIC = b"RSWL"
 
 _CRC = struct.Struct("<I")
-_REC = struct.Struct("<QQQIIBHH")
-_LABEL = struct.Struct("<HI")
+_REC = struct.Struct("<QQQIIBII")
+_LABEL = struct.Struct("<II")
 _DESC = struct.Struct("<4sHHQQIQQQQQ")
 _INDEX = struct.Struct("<4sHHQI")
 _ITEM = struct.Struct("<QQQIQQQIQ")
@@ -61,7 +61,8 @@ _QUOTA_CODES = {QuotaType.NONE: 0, QuotaType.FIFO: 1, QuotaType.HARD: 2}
 _QUOTA_TYPES = {code: quota for quota, code in _QUOTA_CODES.items()}
 
 WAL_HEADER_SIZE = _WAL.size + _CRC.size
-MAX_SHORT_STRING = 0xFFFF  # content type, label name and label count are u16-prefixed
+_pack_record = _REC.pack
+_pack_label = _LABEL.pack
 crc32c = google_crc32c.value
 
 
@@ -174,25 +175,23 @@ def encode_record(record: StoredRecord) -> bytes:
     """The binary form of one record (shared by descriptors and WAL frames)."""
     content_type = record.content_type.encode()
     labels = record.labels
-    parts = [
-        _REC.pack(
-            record.timestamp,
-            record.offset,
-            record.size,
-            record.crc,
-            record.meta_size,
-            record.state,
-            len(content_type),
-            len(labels),
-        ),
-        content_type,
-    ]
+    head = _pack_record(
+        record.timestamp,
+        record.offset,
+        record.size,
+        record.crc,
+        record.meta_size,
+        record.state,
+        len(content_type),
+        len(labels),
+    )
+    if not labels:
+        return head + content_type
+    parts = [head, content_type]
     for name, value in labels.items():
         name_bytes = name.encode()
         value_bytes = value.encode()
-        parts.append(_LABEL.pack(len(name_bytes), len(value_bytes)))
-        parts.append(name_bytes)
-        parts.append(value_bytes)
+        parts += (_pack_label(len(name_bytes), len(value_bytes)), name_bytes, value_bytes)
     return b"".join(parts)
 
 
@@ -207,13 +206,13 @@ def _decode_records(
     append = records.append
     for _ in range(count):
         ts, offset, size, crc, meta_size, state, ct_len, label_count = unpack(data, pos)
-        pos += 37
+        pos += 41
         content_type = data[pos : pos + ct_len].decode()
         pos += ct_len
         labels: dict[str, str] = {}
         for _ in range(label_count):
             name_len, value_len = unpack_label(data, pos)
-            pos += 6
+            pos += 8
             name = data[pos : pos + name_len].decode()
             pos += name_len
             labels[name] = data[pos : pos + value_len].decode()
@@ -227,8 +226,13 @@ def _decode_records(
 # --- block descriptors -----------------------------------------------------------------------------
 
 
-def encode_descriptor(descriptor: Descriptor) -> bytes:
-    """The bytes of ``<id>.meta`` for ``descriptor``."""
+def encode_descriptor(
+    descriptor: Descriptor, encoded: Mapping[int, tuple[StoredRecord, bytes]] | None = None
+) -> bytes:
+    """The bytes of ``<id>.meta``; ``encoded`` may hold records already encoded (WAL frames).
+
+    A cached encoding is used only if it was made from the very same (immutable) record object.
+    """
     header = _DESC.pack(
         DESCRIPTOR_MAGIC,
         FORMAT_VERSION,
@@ -242,7 +246,13 @@ def encode_descriptor(descriptor: Descriptor) -> bytes:
         descriptor.first_ts,
         descriptor.latest_ts,
     )
-    return _seal(header + b"".join(encode_record(r) for r in descriptor.records))
+    if not encoded:
+        return _seal(header + b"".join(encode_record(r) for r in descriptor.records))
+    parts = [header]
+    for record in descriptor.records:
+        cached = encoded.get(record.timestamp)
+        parts.append(cached[1] if cached is not None and cached[0] is record else encode_record(record))
+    return _seal(b"".join(parts))
 
 
 def decode_descriptor(data: bytes, entry: str = "", source: str | None = None) -> Descriptor:
@@ -356,9 +366,11 @@ def encode_wal_header(block_id: int, generation: int) -> bytes:
     return _seal(_WAL.pack(WAL_MAGIC, FORMAT_VERSION, 0, block_id, generation))
 
 
-def encode_wal_frame(kind: WalKind, generation: int, record: StoredRecord) -> bytes:
-    """A WRITE or UPDATE frame carrying the whole record."""
-    payload = _U64.pack(generation) + encode_record(record)
+def encode_wal_frame(
+    kind: WalKind, generation: int, record: StoredRecord, encoded: bytes | None = None
+) -> bytes:
+    """A WRITE or UPDATE frame carrying the whole record (``encoded``: its record bytes)."""
+    payload = _U64.pack(generation) + (encoded if encoded is not None else encode_record(record))
     head = _FRAME.pack(kind, len(payload)) + payload
     return head + _CRC.pack(crc32c(head))
 
@@ -420,10 +432,3 @@ def _decode_frame(data: bytes, pos: int, entry: str, source: str | None) -> WalF
     if rec_end != end:
         raise _corrupt("WAL", source, pos, "frame length does not match its record")
     return WalFrame(kind, generation, records[0], records[0].timestamp, pos)
-
-
-def labels_fit(content_type: str, labels: Mapping[str, str]) -> bool:
-    """True if the record's strings fit the u16 length fields of the record encoding."""
-    if len(labels) > MAX_SHORT_STRING or len(content_type.encode()) > MAX_SHORT_STRING:
-        return False
-    return all(len(name.encode()) <= MAX_SHORT_STRING for name in labels)

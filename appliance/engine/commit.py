@@ -52,7 +52,7 @@ class GroupCommitter:
     def _lead_round_locked(self) -> None:
         """Flush everything queued so far; called with the condition held, releases it meanwhile."""
         # Payload files before WAL files: a WAL frame should not be durable before its bytes.
-        batch = sorted(self._pending.values(), key=lambda h: h.path.suffix == WAL_SUFFIX)
+        batch = sorted(self._pending.values(), key=lambda h: h.path.endswith(WAL_SUFFIX))
         first = self._flushed_ticket + 1
         covered = self._next_ticket - 1
         self._pending = {}

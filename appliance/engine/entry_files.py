@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class EntryFiles:
     def __init__(self, ctx: EngineContext, path: Path) -> None:
         self.ctx = ctx
         self.path = path
+        self._dir = str(path)  # file-cache keys are strings (cheap to build and hash)
         self.wal_dir = path / WAL_DIR
         self.index_path = path / INDEX_FILE
 
@@ -77,6 +78,14 @@ class EntryFiles:
         """WAL segment of a block."""
         return self.wal_dir / f"{block_id}{WAL_SUFFIX}"
 
+    def data_key(self, block_id: int) -> str:
+        """File-cache key (path string) of a block's data file."""
+        return f"{self._dir}/{block_id}{DATA_SUFFIX}"
+
+    def wal_key(self, block_id: int) -> str:
+        """File-cache key (path string) of a block's WAL segment."""
+        return f"{self._dir}/{WAL_DIR}/{block_id}{WAL_SUFFIX}"
+
     def create(self) -> None:
         """Make the folder, its WAL folder and an empty index (a new entry)."""
         self.wal_dir.mkdir(parents=True, exist_ok=True)
@@ -90,9 +99,13 @@ class EntryFiles:
         data = encode_index(BlockIndex(self.ctx.generation, tuple(items)))
         fileio.atomic_write(self.index_path, data)
 
-    def save_descriptor(self, descriptor: Descriptor) -> IndexItem:
+    def save_descriptor(
+        self,
+        descriptor: Descriptor,
+        encoded: Mapping[int, tuple[StoredRecord, bytes]] | None = None,
+    ) -> IndexItem:
         """Write a descriptor atomically; return its index item."""
-        data = encode_descriptor(descriptor)
+        data = encode_descriptor(descriptor, encoded)
         fileio.atomic_write(self.meta_path(descriptor.block_id), data)
         return index_item(descriptor, descriptor_crc(data))
 
@@ -111,9 +124,9 @@ class EntryFiles:
 
     def append_wal(self, block_id: int, frames: bytes, fresh: bool) -> FileHandle:
         """Append frames to a block's WAL (starting a new segment when ``fresh``); pinned."""
-        path = self.wal_path(block_id)
+        path = self.wal_key(block_id)
         if fresh:
-            fileio.remove_file(path)
+            fileio.remove_file(Path(path))
             frames = encode_wal_header(block_id, self.ctx.generation) + frames
         try:
             handle = self.ctx.files.acquire(path, create=True, append=True)
@@ -132,15 +145,14 @@ class EntryFiles:
 
     def drop_wal(self, block_id: int) -> None:
         """Delete a block's WAL segment (its changes are in the descriptor now)."""
-        path = self.wal_path(block_id)
-        self.ctx.files.invalidate(path)
-        fileio.remove_file(path)
+        self.ctx.files.invalidate(self.wal_key(block_id))
+        fileio.remove_file(self.wal_path(block_id))
 
     # --- data -----------------------------------------------------------------------------------
 
     def pin_data(self, block_id: int, create: bool = False) -> FileHandle:
         """Pinned handle of a block's data file."""
-        return self.ctx.files.acquire(self.data_path(block_id), create=create)
+        return self.ctx.files.acquire(self.data_key(block_id), create=create)
 
     def remove_descriptor(self, block_id: int) -> None:
         """Delete a block's descriptor only (its data file may still receive bytes)."""
@@ -150,9 +162,8 @@ class EntryFiles:
         """Delete every file of a block."""
         self.drop_wal(block_id)
         fileio.remove_file(self.meta_path(block_id))
-        data = self.data_path(block_id)
-        self.ctx.files.invalidate(data)
-        fileio.remove_file(data)
+        self.ctx.files.invalidate(self.data_key(block_id))
+        fileio.remove_file(self.data_path(block_id))
 
     def rewrite_data(
         self, descriptor: Descriptor
@@ -189,7 +200,7 @@ class EntryFiles:
         marker = self.path / f"{block_id}{REWRITE_SUFFIX}"
         data = encode_descriptor(new)
         fileio.atomic_write(marker, data)  # the commit point of the rewrite
-        self.ctx.files.invalidate(self.data_path(block_id))
+        self.ctx.files.invalidate(self.data_key(block_id))
         fileio.replace(tmp, self.data_path(block_id), sync=False)
         fileio.replace(marker, self.meta_path(block_id))
         return records, index_item(new, descriptor_crc(data))

@@ -26,7 +26,7 @@ class FileHandle:
 
     __slots__ = ("path", "fd", "pins", "dirty", "closed", "stale", "_lock")
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.fd = fd
         self.pins = 0
@@ -63,9 +63,10 @@ class FileCache:
         self._capacity = capacity
         self._sync_on_close = sync_on_close
         self._lock = threading.Lock()
-        self._open: OrderedDict[Path, FileHandle] = OrderedDict()
+        # Keyed by path *strings*: hashing pathlib objects costs more than a small read.
+        self._open: OrderedDict[str, FileHandle] = OrderedDict()
 
-    def acquire(self, path: Path, create: bool = False, append: bool = False) -> FileHandle:
+    def acquire(self, path: str, create: bool = False, append: bool = False) -> FileHandle:
         """Pin (opening if needed) the file at ``path``; raises FileNotFoundError unless create."""
         with self._lock:
             handle = self._open.get(path)
@@ -99,7 +100,7 @@ class FileCache:
         if close:
             handle.close(self._sync_on_close)
 
-    def invalidate(self, path: Path) -> None:
+    def invalidate(self, path: str) -> None:
         """Forget the handle of ``path`` (renamed/deleted file); closed once unpinned."""
         with self._lock:
             handle = self._open.pop(path, None)
@@ -112,8 +113,9 @@ class FileCache:
 
     def invalidate_under(self, folder: Path) -> None:
         """Forget every handle of a file below ``folder`` (entry/bucket removed or renamed)."""
+        prefix = f"{folder}/"
         with self._lock:
-            paths = [p for p in self._open if p.is_relative_to(folder)]
+            paths = [p for p in self._open if p.startswith(prefix)]
         for path in paths:
             self.invalidate(path)
 

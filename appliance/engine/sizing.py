@@ -9,7 +9,8 @@ exact numbers, so this module reproduces that length arithmetically (no protobuf
              labels = 5 (repeated Label {name = 1, value = 2}), content_type = 6 (string) }
 
 proto3 omits zero scalars and empty strings; the timestamp submessage is always present. Every
-field number here is < 16, so each tag is one byte.
+field number here is < 16, so each tag is one byte. This runs once per written record, so it is
+written for speed (bit arithmetic, a small cache of content-type lengths).
 """
 
 from __future__ import annotations
@@ -18,27 +19,22 @@ from collections.abc import Mapping
 
 US_PER_SECOND = 1_000_000
 NANOS_PER_US = 1000
+_CACHE_LIMIT = 1024
+_content_type_len: dict[str, int] = {}
+_label_len: dict[tuple[str, str], int] = {}
 
 
 def varint_len(value: int) -> int:
     """Bytes a protobuf varint needs for a non-negative ``value``."""
-    length = 1
-    while value >= 0x80:
-        value >>= 7
-        length += 1
-    return length
+    return 1 if value < 0x80 else (value.bit_length() + 6) // 7
 
 
-def _bytes_field_len(length: int) -> int:
-    """Tag + length prefix + body of a non-empty string/bytes/message field."""
-    return 1 + varint_len(length) + length
-
-
-def _string_len(text: str) -> int:
+def _string_field_len(text: str) -> int:
     """Encoded length of a proto3 string field (0 when empty: omitted)."""
     if not text:
         return 0
-    return _bytes_field_len(len(text.encode()))
+    length = len(text) if text.isascii() else len(text.encode())
+    return 1 + varint_len(length) + length
 
 
 def record_metadata_size(
@@ -51,18 +47,31 @@ def record_metadata_size(
 ) -> int:
     """Protobuf length of ReductStore's ``Record`` message for these values."""
     seconds, micros = divmod(timestamp, US_PER_SECOND)
-    ts_body = 0
+    size = 2  # timestamp tag + one length byte: the Timestamp body is < 128 bytes
     if seconds:
-        ts_body += 1 + varint_len(seconds)
+        size += 2 if seconds < 0x80 else 1 + (seconds.bit_length() + 6) // 7
     if micros:
-        ts_body += 1 + varint_len(micros * NANOS_PER_US)
-    size = _bytes_field_len(ts_body)
+        nanos = micros * NANOS_PER_US
+        size += 2 if nanos < 0x80 else 1 + (nanos.bit_length() + 6) // 7
     if begin:
-        size += 1 + varint_len(begin)
+        size += 2 if begin < 0x80 else 1 + (begin.bit_length() + 6) // 7
     if end:
-        size += 1 + varint_len(end)
+        size += 2 if end < 0x80 else 1 + (end.bit_length() + 6) // 7
     if state:
-        size += 1 + varint_len(state)
-    for name, value in labels.items():
-        size += _bytes_field_len(_string_len(name) + _string_len(value))
-    return size + _string_len(content_type)
+        size += 2
+    if labels:
+        cache = _label_len
+        for pair in labels.items():
+            length = cache.get(pair)
+            if length is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                body = _string_field_len(pair[0]) + _string_field_len(pair[1])
+                length = cache[pair] = 1 + varint_len(body) + body
+            size += length
+    ct_len = _content_type_len.get(content_type)
+    if ct_len is None:
+        if len(_content_type_len) >= _CACHE_LIMIT:
+            _content_type_len.clear()
+        ct_len = _content_type_len[content_type] = _string_field_len(content_type)
+    return size + ct_len
