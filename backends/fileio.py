@@ -227,34 +227,37 @@ def key_lock(target: Path, *, timeout_seconds: float) -> Iterator[None]:
     so it checks that the path still names its inode and starts over if not.
     """
     lock_path = lock_path_for(target)
-    deadline = time.monotonic() + timeout_seconds
-    pause = 0.0005
-    while True:
-        fd = _open_creating_parents(lock_path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            if time.monotonic() > deadline:
-                raise OSError(errno.ETIMEDOUT, f"lock {lock_path} held too long") from None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)
-            continue
-        except BaseException:
-            os.close(fd)
-            raise
-        if _names_inode(lock_path, fd):
-            break
-        os.close(fd)
+    fd = _acquire(lock_path, deadline=time.monotonic() + timeout_seconds)
     try:
         yield
     finally:
         try:
-            os.unlink(lock_path)
+            os.unlink(lock_path)  # still holding the flock: waiters will notice and start over
         except FileNotFoundError:
             pass
         finally:
             os.close(fd)
+
+
+def _acquire(lock_path: Path, *, deadline: float) -> int:
+    """Return a descriptor holding the flock on the file ``lock_path`` names right now."""
+    pause = 0.0005  # polling (not a blocking flock) so a hung holder turns into a timeout
+    while True:
+        fd = _open_creating_parents(lock_path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _names_inode(lock_path, fd):
+                return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise OSError(errno.ETIMEDOUT, f"lock {lock_path} held too long") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
 def _names_inode(path: Path, fd: int) -> bool:

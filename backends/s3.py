@@ -64,6 +64,9 @@ MULTIPART_THRESHOLD_BYTES = 8 * MIB
 TRANSFER_CONCURRENCY = 4
 DELETE_BATCH_COUNT = 1000  # DeleteObjects accepts at most 1000 keys per request
 DOWNLOAD_ATTEMPTS = 3  # the object may be overwritten while we fetch it; then we start over
+REQUEST_ATTEMPTS = 3  # botocore "standard" retries: throttling, 5xx, dropped connections
+CONNECT_TIMEOUT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 60.0
 
 
 class S3Backend:
@@ -105,12 +108,16 @@ class S3Backend:
         secret_key: str | None,
         prefix: str = "",
     ) -> S3Backend:
-        """Build a boto3 client from explicit settings (no environment lookups) and wrap it."""
+        """Build a boto3 client from settings and wrap it; ``close`` will close the client.
+
+        With ``access_key``/``secret_key`` unset, boto3's default chain applies (environment,
+        config files, instance role), which is what an operator on EC2 or ECS expects.
+        """
         config = Config(
             region_name=region,
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=60,
+            retries={"mode": "standard", "max_attempts": REQUEST_ATTEMPTS},
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
             max_pool_connections=4 * TRANSFER_CONCURRENCY,
             # Custom endpoints (MinIO, moto, Garage) want path-style URLs.
             s3={"addressing_style": "path" if endpoint_url else "auto"},
@@ -360,6 +367,7 @@ class _KnownObject(BaseSubscriber):  # type: ignore[misc]
         self._etag = etag
 
     def on_queued(self, future: Any, **kwargs: Any) -> None:
+        """Hand the known size and ETag to the transfer before it starts."""
         future.meta.provide_transfer_size(self._size)
         future.meta.provide_object_etag(self._etag)
 
