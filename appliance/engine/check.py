@@ -6,7 +6,8 @@ that runs at startup (``recover_entry(repair=False, integrity=True)``), then eve
 record's payload is read back and compared with the CRC32C stored at write time.
 ``check(data_path, repair=True)`` first runs the real startup recovery (``Storage.open`` with
 integrity checks, then ``close``), then scrubs the result: the report lists what recovery found
-and did, plus anything recovery cannot fix (a payload that no longer matches its checksum).
+and did, plus what no repair can fix: payloads that no longer match their checksum (reads of
+those records fail with ``CorruptionError``; the rest of their block keeps serving).
 Run it on a stopped instance: it does not coordinate with a live one.
 """
 

@@ -5,10 +5,12 @@ Payload bytes are read and written *outside* the lock at offsets fixed under it,
 writers of one entry stream in parallel, readers of other entries never wait, and readers of
 this entry wait only for metadata work.
 
-Fault model at runtime: a descriptor or payload that fails its checksum (or a data file that is
-missing or short) aborts that operation with ``CorruptionError`` naming bucket/entry/block, the
-file and the offset; it is logged and the block is hidden until restart (``BlockSet.hide``), while
-every other block keeps serving.
+Fault model at runtime: a descriptor that fails its checksum (or cannot be read) aborts that
+operation with ``CorruptionError`` naming bucket/entry/block, the file and the offset; it is
+logged and the block is hidden until restart (``BlockSet.hide``) while every other block keeps
+serving. A payload that fails its checksum (or is cut short) fails that one read the same way
+and is logged, but its block stays in service: the descriptor is sound, and hiding up to
+``max_block_records`` good records for one bad byte would make bit rot worse than it is.
 """
 
 from __future__ import annotations
@@ -167,11 +169,14 @@ class Entry:
                 ) from exc
 
     def _damaged(self, block_id: int, record: StoredRecord, detail: str) -> CorruptionError:
+        """A payload failed its checksum: fail this read only (the block's metadata is sound)."""
         path = str(self.files.data_path(block_id))
-        with self._lock:
-            return self._blocks.hide(
-                block_id, path, record.offset, f"record {record.timestamp}: {detail}"
-            )
+        message = (
+            f"Record {record.timestamp} in block {self.bucket}/{self.name}/{block_id} is "
+            f"corrupted: {detail} (file {path}, offset {record.offset})"
+        )
+        log.error("corrupt payload: %s", message, extra={"file": path, "offset": record.offset})
+        return CorruptionError(message, path=path, offset=record.offset)
 
     def read_payload(self, meta: RecordMeta) -> bytes:
         """The whole payload, checksum verified (CorruptionError on mismatch)."""

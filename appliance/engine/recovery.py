@@ -10,8 +10,9 @@ finds; ``repair=False`` (``check``) only reports, touching nothing. Steps:
    index disagrees with the descriptors (missing, extra, different), it is rebuilt from them.
 4. Replay every WAL segment over its block's descriptor: a torn or corrupt tail is cut at the
    last good frame (never fatal), the result becomes the descriptor, the segment is deleted.
-5. With integrity checks: a data file shorter than its descriptor requires marks the records
-   beyond its end ERRORED; a data file without a descriptor is quarantined.
+5. With integrity checks: records beyond the end of a data file shorter than its descriptor
+   requires are taken out of the block (what is left of their bytes is quarantined); a data
+   file without a descriptor is quarantined.
 6. Save the index if anything changed.
 
 Every anomaly becomes a ``Problem`` in the report (and a log line); a clean folder reports none.
@@ -224,32 +225,61 @@ class EntryRecovery:
             kind = "data_missing" if path is None else "data_short"
             self.report.add(kind, self.files.data_path(block_id),
                             f"data file has {length} bytes, descriptor needs {item.data_end}",
-                            self._action("records beyond the end marked errored"), length)
+                            self._action("records beyond the end quarantined"), length)
             if self.repair:
-                self._mark_beyond(block_id, length)
+                descriptor, _ = self.files.load_descriptor(block_id, self.entry)
+                beyond = [r.timestamp for r in descriptor.records
+                          if r.state is RecordState.FINISHED and r.offset + r.size > length]
+                self._set_item(block_id, drop_records(self.ctx, self.bucket, self.entry,
+                                                      self.files, block_id, beyond))
         for block_id, path in sorted(data_files.items()):
             if block_id in self.items or self.files.wal_path(block_id).exists():
                 continue
+            if not path.exists():
+                continue  # removed above with its last records
             self.report.add("data_orphan", path, "data file has no descriptor",
                             self._action("quarantined"))
             if self.repair:
                 fileio.move(path, self.ctx.quarantine_path(self.bucket, self.entry) / path.name)
 
-    def _mark_beyond(self, block_id: int, length: int) -> None:
-        descriptor, _ = self.files.load_descriptor(block_id, self.entry)
-        block = Block.from_descriptor(descriptor)
-        for record in descriptor.records:
-            if record.state is RecordState.FINISHED and record.offset + record.size > length:
-                block.put(_with_state(record, RecordState.ERRORED))
-        self.items[block_id] = self.files.save_descriptor(block.to_descriptor(self.ctx.generation))
+    def _set_item(self, block_id: int, item: IndexItem | None) -> None:
+        if item is None:
+            self.items.pop(block_id, None)
+        else:
+            self.items[block_id] = item
         self.dirty = True
 
 
-def _with_state(record: StoredRecord, state: RecordState) -> StoredRecord:
-    return StoredRecord(
-        record.timestamp, record.size, record.content_type, record.labels, state, record.entry,
-        record.offset, record.crc, record.meta_size,
-    )
+def drop_records(
+    ctx: EngineContext,
+    bucket: str,
+    entry: str,
+    files: EntryFiles,
+    block_id: int,
+    timestamps: list[int],
+) -> IndexItem | None:
+    """Take records whose payload is damaged out of a block; their bytes go to quarantine.
+
+    Returns the block's new index item (None if the block is now empty and was removed).
+    The caller saves the index.
+    """
+    descriptor, _ = files.load_descriptor(block_id, entry)
+    block = Block.from_descriptor(descriptor)
+    target = ctx.quarantine_path(bucket, entry)
+    data_path = files.data_path(block_id)
+    for ts in timestamps:
+        record = block.remove(ts)
+        if record is None or not data_path.exists():
+            continue
+        with open(data_path, "rb") as source:
+            source.seek(record.offset)
+            damaged = source.read(record.size)
+        target.mkdir(parents=True, exist_ok=True)
+        fileio.atomic_write(target / f"{block_id}.{ts}.payload", damaged)
+    if not block.records:
+        files.remove_block(block_id)
+        return None
+    return files.save_descriptor(block.to_descriptor(ctx.generation))
 
 
 def recover_entry(
