@@ -37,6 +37,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.h11_max_incomplete_size = max(MIN_HEADER_BYTES, settings.io_batch_max_metadata_size)
     config.h2_max_header_list_size = max(MIN_HEADER_BYTES, settings.io_batch_max_metadata_size)
     config.keep_alive_timeout = 75
+    # The app sends ReductStore's `Server` header; Hypercorn's own would make it appear twice.
+    config.include_server_header = False
     if (settings.cert_path is None) != (settings.cert_key_path is None):
         raise ConfigError(
             "invalid setting: RS_CERT_PATH and RS_CERT_KEY_PATH must be set together for TLS"

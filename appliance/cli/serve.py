@@ -8,6 +8,7 @@ import io
 import logging
 import sys
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -28,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def config_table(settings: Settings) -> str:
     """The effective configuration as a text table (secrets masked)."""
-    table = Table(title="effective configuration", show_lines=False)
+    table = Table(title="effective configuration", box=box.ASCII)
     table.add_column("setting")
     table.add_column("value")
     table.add_column("source")
