@@ -1,8 +1,9 @@
 """The Quart application: blueprints, the one error handler, common headers, the lifespan.
 
 ``create_app(settings, services)`` is all the server needs. Every response — success, error,
-404 fallback, 503 while starting, 204 — carries ``x-reduct-api`` and ``Server`` (spec §0.1);
-every ``ApplianceError`` becomes ReductStore's error shape (spec §0.3, ARCHITECTURE §7).
+404 fallback, 503 while starting, 204 — carries ``x-reduct-api`` and ``Server`` (spec §0.1,
+added by ``api/connection.py``); every ``ApplianceError`` becomes ReductStore's error shape
+(spec §0.3, ARCHITECTURE §7).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from appliance.api.response import ApiResponse as Response
 from appliance import API_VERSION, REDUCTSTORE_VERSION
 from appliance.api import buckets, entries, io, queries, server, tokens
 from appliance.api.access import SERVICES_KEY
-from appliance.api.streaming import ApplianceRequest, BoundedConnection
+from appliance.api.connection import POLICY_KEY, ApplianceConnection, ApplianceRequest, HttpPolicy
 from appliance.errors import ApplianceError, CorruptionError, NoContent, ServiceUnavailable
 from appliance.services import STARTING_MESSAGE, Services
 from appliance.settings import Settings
@@ -56,7 +57,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         JSON_SORT_KEYS=False,
     )
     app.url_map.strict_slashes = False
-    app.asgi_http_class = BoundedConnection  # type: ignore[assignment]
+    app.asgi_http_class = ApplianceConnection  # type: ignore[assignment]
     app.request_class = ApplianceRequest
     app.response_class = Response
     app.extensions[SERVICES_KEY] = svc
@@ -66,40 +67,21 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
     for module in (server, buckets, tokens, io, queries, entries):
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 
-    alive_paths = {prefix + "/alive", prefix + "/alive/"}
     origins = settings.cors_origins
-    allow_all = "*" in origins
-    allowed = frozenset(origins)
+    app.extensions[POLICY_KEY] = HttpPolicy(
+        common=tuple((k.lower().encode(), v.encode()) for k, v in COMMON_HEADERS.items()),
+        origins=frozenset(o for o in origins if o != "*"),
+        allow_all_origins="*" in origins,
+        alive_paths=frozenset({prefix + "/alive", prefix + "/alive/"}),
+        is_ready=lambda: svc.ready,
+        starting_message=STARTING_MESSAGE,
+    )
 
     @app.route(base, methods=["GET"], strict_slashes=True)
     async def console_redirect() -> Response:
         """The web console is not bundled; keep ReductStore's redirect to it."""
         response = Response(b"", status=302)
         response.headers["Location"] = base + "ui/"
-        return response
-
-    @app.before_request
-    async def gate() -> Response | None:
-        if request.method == "OPTIONS" and origins:
-            return Response(b"", status=200)
-        if not svc.ready and request.path not in alive_paths:
-            response = error_response(503, STARTING_MESSAGE)
-            response.headers["x-reduct-log-hint"] = "skip-error-log"
-            return response
-        return None
-
-    @app.after_request
-    async def common_headers(response: Response) -> Response:
-        headers = response.headers
-        headers.update(COMMON_HEADERS)
-        if origins:
-            origin = request.headers.get("Origin")
-            if origin and (allow_all or origin in allowed):
-                headers["Access-Control-Allow-Origin"] = origin
-                headers["Access-Control-Expose-Headers"] = "*"
-                if request.method == "OPTIONS":
-                    headers["Access-Control-Allow-Methods"] = "*"
-                    headers["Access-Control-Allow-Headers"] = "*"
         return response
 
     @app.errorhandler(ApplianceError)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from appliance.services import Services
 
 # Bodies up to this size are received whole and written in a single thread hop.
-SMALL_RECORD_BYTES = 2 * 1024 * 1024
+SMALL_RECORD_BYTES = 256 * 1024
 # Payloads up to this size are read in the same hop as the metadata; bigger ones stream.
 INLINE_READ_BYTES = 2 * 1024 * 1024
 

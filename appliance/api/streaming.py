@@ -1,10 +1,9 @@
 """Request and response bodies that never hold a large record in memory.
 
-Quart's ASGI connection copies every received chunk into the request's ``Body`` as fast as the
-socket delivers, so a 1 GiB upload to a slower disk would pile up in RAM. ``BoundedConnection``
-stops pulling from the server once ``HIGH_WATER_BYTES`` are buffered and resumes when the handler
-drains the body; Hypercorn's bounded app queue then pushes back on the TCP socket.
-Response payloads stream from the engine through worker threads (``payload_stream``).
+Request bodies are read with a timeout (400 ``Timeout while receiving data``) and checked
+against the declared length; large ones go to the engine in ~1 MiB worker-thread hops (the
+connection in ``connection.py`` bounds what is buffered). Response payloads stream from the
+engine through worker threads (``payload_stream``).
 """
 
 from __future__ import annotations
@@ -13,11 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hypercorn.typing import ASGIReceiveCallable
 from quart import request
-from quart.asgi import ASGIHTTPConnection
-from quart.wrappers import Request
-from quart.wrappers.request import Body
 
 from appliance.errors import BadRequest
 
@@ -25,57 +20,13 @@ if TYPE_CHECKING:
     from appliance.services import Services
 
 T = TypeVar("T")
-HIGH_WATER_BYTES = 4 * 1024 * 1024
 # Chunks handed to the engine are coalesced to about this size (one thread hop each).
-WRITE_CHUNK_BYTES = 1024 * 1024
+WRITE_CHUNK_BYTES = 256 * 1024
 # Pulled from a record's payload iterator per thread hop when streaming a response.
 READ_CHUNK_BYTES = 1024 * 1024
 TIMEOUT_MESSAGE = "Timeout while receiving data"
 BIGGER_MESSAGE = "Content is bigger than in content-length"
 SMALLER_MESSAGE = "Content is smaller than in content-length"
-
-
-class BoundedBody(Body):
-    """A request body that tells the receiver when the handler has drained it."""
-
-    def __init__(self, expected_content_length: int | None, max_content_length: int | None):
-        super().__init__(expected_content_length, max_content_length)
-        self.drained = asyncio.Event()
-
-    async def __anext__(self) -> bytes:
-        data = await super().__anext__()
-        self.drained.set()
-        return data
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet consumed."""
-        return len(self._data)
-
-
-class ApplianceRequest(Request):
-    """Quart's request with a bounded body."""
-
-    body_class = BoundedBody
-
-
-class BoundedConnection(ASGIHTTPConnection):
-    """Quart's ASGI HTTP connection with back-pressure on request bodies."""
-
-    async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
-        body = request.body
-        while True:
-            message = await receive()
-            if message["type"] == "http.request":
-                body.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    body.set_complete()
-                elif isinstance(body, BoundedBody):
-                    while body.buffered >= HIGH_WATER_BYTES:
-                        body.drained.clear()
-                        await body.drained.wait()
-            elif message["type"] == "http.disconnect":
-                return
 
 
 async def run_through(
@@ -117,7 +68,15 @@ async def _next_chunk(it: AsyncIterator[bytes], timeout: float) -> bytes | None:
 
 async def read_small_body(length: int, timeout: float) -> bytes:
     """The whole request body, which must be exactly ``length`` bytes (400 otherwise)."""
-    it = request.body.__aiter__()
+    body = request.body
+    if getattr(body, "complete", False):  # usual for small bodies: no waiting at all
+        data = body.take_all()
+        if len(data) > length:
+            raise BadRequest(BIGGER_MESSAGE)
+        if len(data) < length:
+            raise BadRequest(SMALLER_MESSAGE)
+        return data
+    it = body.__aiter__()
     parts: list[bytes] = []
     received = 0
     while True:
@@ -135,7 +94,10 @@ async def read_small_body(length: int, timeout: float) -> bytes:
 
 async def read_any_body(timeout: float) -> bytes:
     """The whole (small) request body, whatever its length (JSON bodies)."""
-    it = request.body.__aiter__()
+    body = request.body
+    if getattr(body, "complete", False):
+        return body.take_all()
+    it = body.__aiter__()
     parts: list[bytes] = []
     while True:
         chunk = await _next_chunk(it, timeout)

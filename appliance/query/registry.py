@@ -157,14 +157,75 @@ class Query:
             if first is not None:
                 heap.append((first.timestamp, name, first))
                 iters[name] = (entry, it)
-        heapq.heapify(heap)
+        pending, self.pending = self.pending, None
+        if len(heap) == 1 and pending is None:
+            _, name, first = heap[0]
+            exhausted = self._collect_single(name, first, iters[name][1], limits, head, batch)
+        else:
+            heapq.heapify(heap)
+            exhausted = self._collect_merged(heap, iters, pending, limits, head, cut_interleaved,
+                                             batch)
+        if exhausted and not self.spec.continuous:
+            self.finished = True
+            batch.last = True
+        if not head and not self.spec.only_metadata:
+            batch.payloads = _preload(bucket, batch.records, iters)
+        return batch
 
+    def _collect_single(
+        self, name: str, first: RecordMeta, it: Iterator[RecordMeta], limits: BatchLimits,
+        head: bool, batch: ReadBatch,
+    ) -> bool:
+        """The one-entry case without a merge heap (the common, hot one). True if exhausted."""
+        out = batch.records
+        body = metadata = 0
+        max_records, max_size, max_meta = limits.max_records, limits.max_size, limits.max_metadata
+        cond = self.conditions.get(name)
+        hide = is_meta_entry(name)
+        done = self.done
+        deadline = time.monotonic() + limits.timeout
+        rec: RecordMeta | None = first
+        while rec is not None:
+            if len(out) >= max_records or metadata > max_meta or (not head and body > max_size):
+                return False
+            if out and not len(out) % 16 and time.monotonic() > deadline:
+                return False
+            self.positions[name] = rec.timestamp + 1
+            labels = rec.labels
+            ok = not (hide and labels.get("remove") == "true")
+            if ok and cond is not None:
+                ok = bool(cond.evaluate(rec.timestamp, labels))
+                if cond.exhausted:
+                    done.add(name)
+            if ok:
+                if rec.entry != name:
+                    rec = replace(rec, entry=name)
+                out.append((name, rec))
+                body += rec.size
+                metadata += 32 + len(rec.content_type)
+                for k, v in labels.items():
+                    metadata += len(k) + len(v) + 2
+            if name in done:
+                return True
+            rec = next(it, None)
+        return True
+
+    def _collect_merged(
+        self,
+        heap: list[tuple[int, str, RecordMeta]],
+        iters: dict[str, tuple[Entry, Iterator[RecordMeta]]],
+        pending: tuple[str, RecordMeta] | None,
+        limits: BatchLimits,
+        head: bool,
+        cut_interleaved: bool,
+        batch: ReadBatch,
+    ) -> bool:
+        """Several entries merged by (timestamp, name). True if exhausted."""
         out = batch.records
         body = metadata = 0
         run_entry: str | None = None
         seen: set[str] = set()
         deadline = time.monotonic() + limits.timeout
-        pending, self.pending = self.pending, None
         while True:
             if len(out) >= limits.max_records or metadata > limits.max_metadata:
                 break
@@ -201,13 +262,7 @@ class Query:
             metadata += 32 + len(meta.content_type) + sum(
                 len(k) + len(v) + 2 for k, v in meta.labels.items()
             )
-        exhausted = self.pending is None and not any(n not in self.done for _, n, _ in heap)
-        if exhausted and not self.spec.continuous:
-            self.finished = True
-            batch.last = True
-        if not head and not self.spec.only_metadata:
-            batch.payloads = _preload(bucket, out, iters)
-        return batch
+        return self.pending is None and not any(n not in self.done for _, n, _ in heap)
 
 
 def _preload(

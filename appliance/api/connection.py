@@ -1,0 +1,140 @@
+"""The ASGI connection of the app: common headers, startup gate, CORS, bounded request bodies.
+
+These run for every request, so they live below Quart's request machinery (no before/after
+request hooks): ``x-reduct-api`` and ``Server`` are appended to every response start message
+(success, error, 404 fallback, 204, 503), the startup gate answers 503 before routing, and CORS
+headers are added for allowed origins (spec §0.1, §0.3, §0.4).
+
+Quart's connection copies every received chunk into the request ``Body`` as fast as the socket
+delivers, so a 1 GiB upload to a slower disk would pile up in RAM. ``ApplianceConnection``
+stops pulling from the server once ``HIGH_WATER_BYTES`` are buffered and resumes when the
+handler drains the body; Hypercorn's bounded app queue then pushes back on the TCP socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
+from quart.asgi import ASGIHTTPConnection
+from quart.wrappers import Request
+from quart.wrappers.request import Body
+
+HIGH_WATER_BYTES = 4 * 1024 * 1024
+POLICY_KEY = "appliance.http_policy"
+
+
+class BoundedBody(Body):
+    """A request body that tells the receiver when the handler has drained it."""
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None):
+        super().__init__(expected_content_length, max_content_length)
+        self.drained = asyncio.Event()
+
+    async def __anext__(self) -> bytes:
+        data = await super().__anext__()
+        self.drained.set()
+        return data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed."""
+        return len(self._data)
+
+    @property
+    def complete(self) -> bool:
+        """True once the whole body has arrived."""
+        return self._complete.is_set()
+
+    def take_all(self) -> bytes:
+        """Everything buffered (call only when ``complete``)."""
+        data = bytes(self._data)
+        self._data.clear()
+        return data
+
+
+class ApplianceRequest(Request):
+    """Quart's request with a bounded body."""
+
+    body_class = BoundedBody
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """What every response gets and when requests are turned away."""
+
+    common: tuple[tuple[bytes, bytes], ...]
+    origins: frozenset[str]
+    allow_all_origins: bool
+    alive_paths: frozenset[str]
+    is_ready: Callable[[], bool]
+    starting_message: str
+
+    def extra_headers(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        """Common headers plus CORS headers for an allowed ``Origin``."""
+        headers = list(self.common)
+        if self.origins or self.allow_all_origins:
+            origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+            if origin and (self.allow_all_origins or origin.decode("latin1") in self.origins):
+                headers.append((b"access-control-allow-origin", origin))
+                headers.append((b"access-control-expose-headers", b"*"))
+                if scope["method"] == "OPTIONS":
+                    headers.append((b"access-control-allow-methods", b"*"))
+                    headers.append((b"access-control-allow-headers", b"*"))
+        return headers
+
+
+async def _respond(send: ASGISendCallable, status: int, headers: list[tuple[bytes, bytes]],
+                   body: bytes) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[typeddict-item]
+    await send({"type": "http.response.body", "body": body, "more_body": False})  # type: ignore[typeddict-item]
+
+
+class ApplianceConnection(ASGIHTTPConnection):
+    """Quart's ASGI HTTP connection with the policy above and back-pressure on bodies."""
+
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        policy: HttpPolicy = self.app.extensions[POLICY_KEY]
+        extra = policy.extra_headers(self.scope)  # type: ignore[arg-type]
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], *extra]}
+            await send(message)
+
+        scope = self.scope
+        if not policy.is_ready() and scope["path"] not in policy.alive_paths:
+            message = policy.starting_message
+            headers = [
+                *extra,
+                (b"x-reduct-error", message.encode()),
+                (b"x-reduct-log-hint", b"skip-error-log"),
+                (b"content-type", b"application/json"),
+            ]
+            body = b"" if scope["method"] == "HEAD" else json.dumps({"detail": message}).encode()
+            await _respond(send, 503, headers, body)
+            return
+        if scope["method"] == "OPTIONS" and (policy.origins or policy.allow_all_origins):
+            await _respond(send, 200, extra, b"")
+            return
+        await super().__call__(receive, send_with_headers)
+
+    async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
+        body = request.body
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+                elif isinstance(body, BoundedBody):
+                    while body.buffered >= HIGH_WATER_BYTES:
+                        body.drained.clear()
+                        await body.drained.wait()
+            elif message["type"] == "http.disconnect":
+                return
