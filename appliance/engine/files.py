@@ -97,8 +97,11 @@ class FileCache:
         with self._lock:
             handle.pins -= 1
             close = handle.pins == 0 and handle.stale
+            # Pinned handles may have pushed the cache over its bound: shrink it now.
+            victims = self._evict_locked() if len(self._open) > self._capacity else []
         if close:
             handle.close(self._sync_on_close)
+        self._close_all(victims)
 
     def invalidate(self, path: str) -> None:
         """Forget the handle of ``path`` (renamed/deleted file); closed once unpinned."""
