@@ -15,11 +15,11 @@ from collections.abc import AsyncGenerator
 from quart import Quart, request
 from werkzeug.exceptions import HTTPException
 
-from appliance.api.response import ApiResponse as Response
 from appliance import API_VERSION, REDUCTSTORE_VERSION
 from appliance.api import buckets, entries, io, queries, server, tokens
 from appliance.api.access import SERVICES_KEY
 from appliance.api.connection import POLICY_KEY, ApplianceConnection, ApplianceRequest, HttpPolicy
+from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, CorruptionError, NoContent, ServiceUnavailable
 from appliance.services import STARTING_MESSAGE, Services
 from appliance.settings import Settings

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from quart import request
 
-from appliance.api.response import ApiResponse as Response
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.batch_codec import (
@@ -21,6 +20,7 @@ from appliance.api.batch_codec import (
 )
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import batch_response, collect, query_id
+from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, UnprocessableEntity
 
 if TYPE_CHECKING:
@@ -102,7 +102,9 @@ async def update(bucket: str, entry: str) -> Response:
     return Response(b"", status=200, headers=error_headers(errors))
 
 
-def _remove(storage: Storage, bucket: str, entry: str, stamps: list[int]) -> dict[int, ApplianceError]:
+def _remove(
+    storage: Storage, bucket: str, entry: str, stamps: list[int]
+) -> dict[int, ApplianceError]:
     return dict(storage.get_bucket(bucket).get_entry(entry).remove_records(stamps))
 
 

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, request
 
-from appliance.api.response import ApiResponse as Response
 from appliance.api.access import authenticate, full_access, read_access, services
 from appliance.api.params import bucket_name, is_meta_entry, json_object, new_name, opt_u64
+from appliance.api.response import ApiResponse as Response
 from appliance.api.server import bucket_info_json, json_response
 from appliance.api.streaming import read_any_body
 from appliance.engine.models import BucketSettings

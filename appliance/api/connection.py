@@ -137,4 +137,8 @@ class ApplianceConnection(ASGIHTTPConnection):
                         body.drained.clear()
                         await body.drained.wait()
             elif message["type"] == "http.disconnect":
+                # Also end the body: if the handler's cancellation is ever lost (a wait_for race
+                # in Python 3.11), its next read sees a short body and aborts the record at once
+                # instead of waiting for the I/O timeout.
+                body.set_complete()
                 return

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from quart import Blueprint, request
 
-from appliance.api.response import ApiResponse as Response
 from appliance.api import batch_v1, queries, records
 from appliance.api.params import bucket_name, entry_name
+from appliance.api.response import ApiResponse as Response
 from appliance.errors import NotFound
 
 blueprint = Blueprint("entries", __name__)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import request
 
-from appliance.api.streaming import WRITE_CHUNK_BYTES, _next_chunk, abort_writer, run_through
+from appliance.api.streaming import WRITE_CHUNK_BYTES, next_chunk, abort_writer, run_through
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
 
@@ -52,7 +52,7 @@ class BodyReader:
         """Yield chunks adding up to exactly ``n`` bytes; 400 if the body ends first."""
         while n > 0:
             if not self._rest:
-                chunk = await _next_chunk(self._it, self._timeout)
+                chunk = await next_chunk(self._it, self._timeout)
                 if chunk is None:
                     raise BadRequest(SHORT_BODY)
                 self._rest = chunk

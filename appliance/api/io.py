@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from quart import Blueprint, request
 
-from appliance.api.response import ApiResponse as Response
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.batch_codec import (
@@ -26,6 +25,7 @@ from appliance.api.batch_codec import (
 from appliance.api.batch_v1 import header_map
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import batch_response, collect, query_id
+from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, NotFound, UnprocessableEntity
 
 if TYPE_CHECKING:

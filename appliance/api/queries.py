@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, request
 
-from appliance.api.response import ApiResponse as Response
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
+from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
 from appliance.api.streaming import payload_stream, read_any_body
 from appliance.errors import NoContent, UnprocessableEntity

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint
 
-from appliance.api.response import ApiResponse as Response
 from appliance import REDUCTSTORE_VERSION
 from appliance.api.access import authenticate, full_access, services
+from appliance.api.response import ApiResponse as Response
 from appliance.auth import can_read
 from appliance.errors import ServiceUnavailable
 from appliance.services import STARTING_MESSAGE

@@ -57,16 +57,17 @@ def abort_writer(writer: Any) -> None:
     writer.abort("client disconnected")
 
 
-async def _next_chunk(it: AsyncIterator[bytes], timeout: float) -> bytes | None:
+async def next_chunk(it: AsyncIterator[bytes], timeout_seconds: float) -> bytes | None:
+    """The next body chunk, None at the end; 400 after ``timeout_seconds`` of silence."""
     try:
-        return await asyncio.wait_for(it.__anext__(), timeout)
+        return await asyncio.wait_for(it.__anext__(), timeout_seconds)
     except StopAsyncIteration:
         return None
     except TimeoutError:
         raise BadRequest(TIMEOUT_MESSAGE) from None
 
 
-async def read_small_body(length: int, timeout: float) -> bytes:
+async def read_small_body(length: int, timeout_seconds: float) -> bytes:
     """The whole request body, which must be exactly ``length`` bytes (400 otherwise)."""
     body = request.body
     if getattr(body, "complete", False):  # usual for small bodies: no waiting at all
@@ -80,7 +81,7 @@ async def read_small_body(length: int, timeout: float) -> bytes:
     parts: list[bytes] = []
     received = 0
     while True:
-        chunk = await _next_chunk(it, timeout)
+        chunk = await next_chunk(it, timeout_seconds)
         if chunk is None:
             break
         received += len(chunk)
@@ -92,7 +93,7 @@ async def read_small_body(length: int, timeout: float) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def read_any_body(timeout: float) -> bytes:
+async def read_any_body(timeout_seconds: float) -> bytes:
     """The whole (small) request body, whatever its length (JSON bodies)."""
     body = request.body
     if getattr(body, "complete", False):
@@ -100,21 +101,21 @@ async def read_any_body(timeout: float) -> bytes:
     it = body.__aiter__()
     parts: list[bytes] = []
     while True:
-        chunk = await _next_chunk(it, timeout)
+        chunk = await next_chunk(it, timeout_seconds)
         if chunk is None:
             return b"".join(parts)
         parts.append(chunk)
 
 
 async def stream_body(
-    services: Services, length: int, sink: Callable[[bytes], Any], timeout: float
+    services: Services, length: int, sink: Callable[[bytes], Any], timeout_seconds: float
 ) -> None:
     """Feed exactly ``length`` body bytes to ``sink`` in a worker thread, ~1 MiB per hop."""
     it = request.body.__aiter__()
     parts: list[bytes] = []
     buffered = received = 0
     while True:
-        chunk = await _next_chunk(it, timeout)
+        chunk = await next_chunk(it, timeout_seconds)
         if chunk is None:
             break
         received += len(chunk)

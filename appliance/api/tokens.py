@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from quart import Blueprint
 
-from appliance.api.response import ApiResponse as Response
 from appliance.api.access import full_access, services
+from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
 from appliance.api.streaming import read_any_body
 from appliance.errors import NotFound

@@ -131,7 +131,9 @@ async def test_batch_v1_update_and_remove(hb: Harness) -> None:
     assert r.headers["x-reduct-error"] == "'q' parameter is required for batched reads"
 
 
-def v2_headers(entries: list[str], start: int, records: dict[str, str], **extra: str) -> dict[str, str]:
+def v2_headers(
+    entries: list[str], start: int, records: dict[str, str], **extra: str
+) -> dict[str, str]:
     from appliance.api.batch_codec import encode_name
 
     headers = {"x-reduct-entries": ",".join(encode_name(e) for e in entries),

@@ -7,9 +7,9 @@ import json
 import threading
 from typing import Any
 
+from appliance.app import create_app
 from appliance.services import Services
 from appliance.settings import Settings
-from appliance.app import create_app
 from tests.api.conftest import AUTH, TOKEN, Harness, asgi_call
 
 API = "/api/v1"
@@ -205,7 +205,8 @@ async def test_server_auth_errors(ha: Harness) -> None:
     assert body["is_provisioned"] is True
     assert body["value"] == ""
     assert (await ha.client.get(API + "/alive")).status_code == 200  # anonymous
-    assert TOKEN not in (await (await ha.client.get(API + "/tokens", headers=AUTH)).get_data()).decode()
+    listing = await (await ha.client.get(API + "/tokens", headers=AUTH)).get_data()
+    assert TOKEN not in listing.decode()
 
 
 async def test_server_compaction_step_and_loop(harness_factory: Any) -> None:
@@ -217,3 +218,28 @@ async def test_server_compaction_step_and_loop(harness_factory: Any) -> None:
     await asyncio.sleep(0.3)
     assert calls
     h.services.compact_step()
+
+
+async def test_server_lifespan_does_not_leak(tmp_path: Any) -> None:
+    import os
+
+    def counts() -> tuple[int, int]:
+        return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+    async def cycle() -> None:
+        settings = Settings(data_path=tmp_path / "leak", engine_compaction_interval=0.01)
+        services = Services(settings)
+        app = create_app(settings, services)
+        async with app.test_app() as test_app:
+            await services.wait_open()
+            client = test_app.test_client()
+            await client.post(API + "/b/b")
+            await client.post(API + "/b/b/e?ts=1", data=b"x", headers={"Content-Length": "1"})
+
+    await cycle()
+    before = counts()
+    for _ in range(20):
+        await cycle()
+    after = counts()
+    assert after[0] <= before[0] + 1
+    assert after[1] <= before[1] + 4

@@ -80,7 +80,9 @@ async def test_tokens_read_write_wildcards_and_system_buckets(hat: Harness) -> N
     r = await hat.client.post(API + "/b/data/e?ts=1", data=b"a",
                               headers={**bearer(reader), "Content-Length": "1"})
     assert r.status_code == 403
-    assert r.headers["x-reduct-error"] == "Token 'reader' doesn't have write access to bucket 'data'"
+    assert r.headers["x-reduct-error"] == (
+        "Token 'reader' doesn't have write access to bucket 'data'"
+    )
     # write does not imply read; HEAD needs only a valid token
     r = await hat.client.post(API + "/b/data/e?ts=1", data=b"a",
                               headers={**bearer(writer), "Content-Length": "1"})
