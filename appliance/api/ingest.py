@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import request
 
-from appliance.api.streaming import WRITE_CHUNK_BYTES, next_chunk, abort_writer, run_through
+from appliance.api.streaming import WRITE_CHUNK_BYTES, abort_writer, next_chunk, run_through
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
 
