@@ -24,7 +24,7 @@ No asyncio and no Quart here: the API layer calls into it from worker threads. P
     Entry.remove_records(timestamps) -> dict[int, ApplianceError]
     Entry.remove_where(start, stop, predicate) -> int
 
-    engine.check.check(data_path, repair=False) -> CheckReport    offline scrub (``appliance check``)
+    engine.check.check(data_path, repair=False) -> CheckReport     offline scrub (CLI `check`)
 
 Errors are ``appliance.errors`` classes with ReductStore's messages.
 

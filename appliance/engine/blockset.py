@@ -106,11 +106,18 @@ class BlockSet:
         item = self.items.get(block_id)
         if item is not None and item.descriptor_crc != crc:
             # An intact descriptor newer than the index: a crash fell between the two writes.
-            log.warning("stale index item of %s/%s block %s healed", self.bucket, self.entry,
-                        block_id)
+            log.warning(
+                "stale index item of %s/%s block %s healed", self.bucket, self.entry, block_id
+            )
             self.items[block_id] = IndexItem(
-                block_id, descriptor.first_ts, descriptor.latest_ts, len(descriptor.records),
-                descriptor.size, descriptor.meta_size, descriptor.data_end, crc,
+                block_id,
+                descriptor.first_ts,
+                descriptor.latest_ts,
+                len(descriptor.records),
+                descriptor.size,
+                descriptor.meta_size,
+                descriptor.data_end,
+                crc,
                 descriptor.generation,
             )
         block = Block.from_descriptor(descriptor)
@@ -148,8 +155,11 @@ class BlockSet:
             f"Block {self.bucket}/{self.entry}/{block_id} is corrupted: {detail} "
             f"(file {path}, offset {offset})"
         )
-        log.error("corrupt block taken out of service: %s", message,
-                  extra={"file": path, "offset": offset})
+        log.error(
+            "corrupt block taken out of service: %s",
+            message,
+            extra={"file": path, "offset": offset},
+        )
         if block_id in self.items or block_id in self.live:
             size, count = self.totals(block_id)
             self.size -= size
@@ -222,8 +232,15 @@ class BlockSet:
         if record is None or record.state is not _STARTED:
             return None  # removed while being written
         final = StoredRecord(
-            ts, record.size, record.content_type, record.labels, state, self.entry,
-            record.offset, crc, record.meta_size,
+            ts,
+            record.size,
+            record.content_type,
+            record.labels,
+            state,
+            self.entry,
+            record.offset,
+            crc,
+            record.meta_size,
         )
         block.records[ts] = final
         encoded = encode_record(final)

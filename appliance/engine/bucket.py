@@ -28,8 +28,8 @@ from appliance.engine.models import (
     EntryInfo,
     NewRecord,
     QuotaType,
+    RecordState,
 )
-from appliance.engine.models import RecordState
 from appliance.engine.names import (
     is_meta_entry,
     is_same_or_descendant,
@@ -87,7 +87,13 @@ class Bucket:
 
     @classmethod
     def load(
-        cls, ctx: EngineContext, name: str, path: Path, report: RecoveryReport, *, repair: bool,
+        cls,
+        ctx: EngineContext,
+        name: str,
+        path: Path,
+        report: RecoveryReport,
+        *,
+        repair: bool,
         integrity: bool,
     ) -> Bucket:
         """Open an existing bucket folder, recovering every entry in it."""
@@ -100,8 +106,9 @@ class Bucket:
                     ctx, name, entry_name, files, report, repair=repair, integrity=integrity
                 )
             except (OSError, CorruptionError) as exc:
-                report.add("entry_failed", entry_path, f"entry can't be recovered: {exc}",
-                           "skipped")
+                report.add(
+                    "entry_failed", entry_path, f"entry can't be recovered: {exc}", "skipped"
+                )
                 continue
             entries[entry_name] = Entry(ctx, name, entry_name, files, items)
         return cls(ctx, name, path, settings, entries)
@@ -247,8 +254,9 @@ class Bucket:
     def _reopen_entry(self, name: str) -> Entry:
         files = EntryFiles(self._ctx, self.path / name)
         report = RecoveryReport()
-        items = recover_entry(self._ctx, self._name, name, files, report, repair=True,
-                              integrity=False)
+        items = recover_entry(
+            self._ctx, self._name, name, files, report, repair=True, integrity=False
+        )
         entry = Entry(self._ctx, self._name, name, files, items)
         self._apply_limits(entry)
         return entry
@@ -376,9 +384,13 @@ class Bucket:
             existing = entry.get_record(ts)
         except NotFound:
             existing = None
-        if existing is not None and not (existing.state is RecordState.ERRORED and existing.size == size):
+        if existing is not None and not (
+            existing.state is RecordState.ERRORED and existing.size == size
+        ):
             raise Conflict(f"A record with timestamp {ts} already exists")
-        same_key = [t for t in entry.find_by_label(META_KEY_LABEL, labels[META_KEY_LABEL]) if t != ts]
+        same_key = [
+            t for t in entry.find_by_label(META_KEY_LABEL, labels[META_KEY_LABEL]) if t != ts
+        ]
         if same_key:
             entry.remove_unchecked(same_key)
 

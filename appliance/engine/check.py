@@ -76,8 +76,9 @@ def check(data_path: Path, repair: bool = False) -> CheckReport:
             report.entries += 1
             files = EntryFiles(ctx, entry_path)
             try:
-                items = recover_entry(ctx, bucket, entry, files, scrub, repair=False,
-                                      integrity=True)
+                items = recover_entry(
+                    ctx, bucket, entry, files, scrub, repair=False, integrity=True
+                )
             except (OSError, CorruptionError) as exc:
                 scrub.add("entry_failed", entry_path, f"entry can't be read: {exc}")
                 continue
@@ -117,10 +118,15 @@ def _scrub_block(
             crc, got = (0, 0) if fd < 0 else _crc_range(fd, record.offset, record.size)
             report.payload_bytes += got
             if got != record.size or crc != record.crc:
-                detail = "payload is truncated" if got != record.size else "payload checksum mismatch"
-                scrub.add("payload_corrupt", data_path,
-                          f"record {record.timestamp} of block {block_id}: {detail}",
-                          offset=record.offset)
+                detail = (
+                    "payload is truncated" if got != record.size else "payload checksum mismatch"
+                )
+                scrub.add(
+                    "payload_corrupt",
+                    data_path,
+                    f"record {record.timestamp} of block {block_id}: {detail}",
+                    offset=record.offset,
+                )
     finally:
         if fd >= 0:
             os.close(fd)

@@ -153,7 +153,9 @@ def _seal(body: bytes) -> bytes:
     return body + _CRC.pack(crc32c(body))
 
 
-def _check_file(data: bytes, magic: bytes, header: struct.Struct, what: str, source: str | None) -> int:
+def _check_file(
+    data: bytes, magic: bytes, header: struct.Struct, what: str, source: str | None
+) -> int:
     """Verify size, magic, version and trailing CRC; return the stored CRC."""
     if len(data) < header.size + _CRC.size:
         raise _corrupt(what, source, len(data), "file is too short")
@@ -165,10 +167,10 @@ def _check_file(data: bytes, magic: bytes, header: struct.Struct, what: str, sou
     (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if crc32c(data[: -_CRC.size]) != stored:
         raise _corrupt(what, source, len(data) - _CRC.size, "checksum mismatch")
-    return stored
+    return int(stored)
 
 
-# --- records -------------------------------------------------------------------------------------
+# --- records --------------------------------------------------------------------------------------
 
 
 def encode_record(record: StoredRecord) -> bytes:
@@ -217,13 +219,17 @@ def _decode_records(
             pos += name_len
             labels[name] = data[pos : pos + value_len].decode()
             pos += value_len
-        append(StoredRecord(ts, size, content_type, labels, states[state], entry, offset, crc, meta_size))
+        append(
+            StoredRecord(
+                ts, size, content_type, labels, states[state], entry, offset, crc, meta_size
+            )
+        )
     if pos > end:
         raise IndexError("record runs past the end")
     return records, pos
 
 
-# --- block descriptors -----------------------------------------------------------------------------
+# --- block descriptors ----------------------------------------------------------------------------
 
 
 def encode_descriptor(
@@ -251,7 +257,9 @@ def encode_descriptor(
     parts = [header]
     for record in descriptor.records:
         cached = encoded.get(record.timestamp)
-        parts.append(cached[1] if cached is not None and cached[0] is record else encode_record(record))
+        parts.append(
+            cached[1] if cached is not None and cached[0] is record else encode_record(record)
+        )
     return _seal(b"".join(parts))
 
 
@@ -283,7 +291,9 @@ def decode_descriptor_header(data: bytes, source: str | None = None) -> IndexIte
     (_, _, _, block_id, generation, count, size, meta_size, data_end, first_ts, latest_ts) = (
         _DESC.unpack_from(data, 0)
     )
-    return IndexItem(block_id, first_ts, latest_ts, count, size, meta_size, data_end, crc, generation)
+    return IndexItem(
+        block_id, first_ts, latest_ts, count, size, meta_size, data_end, crc, generation
+    )
 
 
 def descriptor_crc(data: bytes) -> int:
@@ -292,7 +302,7 @@ def descriptor_crc(data: bytes) -> int:
     return int(crc)
 
 
-# --- block index -----------------------------------------------------------------------------------
+# --- block index ----------------------------------------------------------------------------------
 
 
 def encode_index(index: BlockIndex) -> bytes:
@@ -329,7 +339,7 @@ def decode_index(data: bytes, source: str | None = None) -> BlockIndex:
     return BlockIndex(generation, items)
 
 
-# --- bucket settings -------------------------------------------------------------------------------
+# --- bucket settings ------------------------------------------------------------------------------
 
 
 def encode_settings(settings: BucketSettings) -> bytes:
@@ -358,7 +368,7 @@ def decode_settings(data: bytes, source: str | None = None) -> BucketSettings:
     return BucketSettings(_QUOTA_TYPES[quota], quota_size, max_block_size, max_block_records)
 
 
-# --- write-ahead log -------------------------------------------------------------------------------
+# --- write-ahead log ------------------------------------------------------------------------------
 
 
 def encode_wal_header(block_id: int, generation: int) -> bytes:
@@ -384,8 +394,7 @@ def encode_wal_remove(generation: int, timestamp: int) -> bytes:
 def decode_wal(data: bytes, entry: str = "", source: str | None = None) -> WalSegment:
     """Decode a WAL segment, stopping (not failing) at the first torn or corrupt frame."""
     if len(data) < WAL_HEADER_SIZE:
-        error = _corrupt("WAL", source, 0, "header is torn")
-        return WalSegment(0, 0, (), 0, error)
+        return WalSegment(0, 0, (), 0, _corrupt("WAL", source, 0, "header is torn"))
     try:
         _check_file(data[:WAL_HEADER_SIZE], WAL_MAGIC, _WAL, "WAL", source)
     except CorruptionError as exc:

@@ -203,19 +203,25 @@ class Entry:
         record, block_id, handle = self._open_payload(meta)
         if handle is None:
             return
+        # A private duplicate of the fd: a consumer may abandon this generator anywhere, and
+        # closing a dup on garbage collection needs no lock (unpinning a cached handle would).
+        try:
+            fd = os.dup(handle.fd)
+        finally:
+            self._ctx.files.release(handle)
         crc = 0
         done = 0
         try:
             while done < record.size:
                 step = min(chunk_size, record.size - done)
-                chunk = os.pread(handle.fd, step, record.offset + done)
+                chunk = os.pread(fd, step, record.offset + done)
                 if not chunk:
                     break
                 crc = google_crc32c.extend(crc, chunk)
                 done += len(chunk)
                 yield chunk
         finally:
-            self._ctx.files.release(handle)
+            os.close(fd)
         if done != record.size:
             raise self._damaged(block_id, record, "data file is shorter than the record")
         if crc != record.crc:
@@ -314,8 +320,8 @@ class Entry:
                     block = self._blocks.live[block_id]
                     wal_handles.append(self._blocks.append_wal(block, b"".join(block_frames)))
         self._commit_and_release([*data_handles.values(), *wal_handles])
-        for ts, exc in failed.items():
-            errors[ts] = InternalError(f"Failed to write record {ts}: {exc}")
+        for ts, problem in failed.items():
+            errors[ts] = InternalError(f"Failed to write record {ts}: {problem}")
         return errors
 
     @staticmethod
@@ -364,8 +370,15 @@ class Entry:
             labels.update(update)
             block = self._blocks.make_live(block.block_id)
             new = StoredRecord(
-                ts, record.size, record.content_type, labels, record.state, self.name,
-                record.offset, record.crc, record.meta_size,
+                ts,
+                record.size,
+                record.content_type,
+                labels,
+                record.state,
+                self.name,
+                record.offset,
+                record.crc,
+                record.meta_size,
             )
             block.records[ts] = new
             frame = encode_wal_frame(WalKind.UPDATE, self._ctx.generation, new)
@@ -442,9 +455,7 @@ class Entry:
             found: list[int] = []
             for block_id in list(self._blocks.ids):
                 block = self._blocks.get(block_id)
-                found.extend(
-                    ts for ts, r in block.records.items() if r.labels.get(name) == value
-                )
+                found.extend(ts for ts, r in block.records.items() if r.labels.get(name) == value)
             return found
 
     # --- maintenance ----------------------------------------------------------------------------

@@ -165,9 +165,7 @@ class EntryFiles:
         self.ctx.files.invalidate(self.data_key(block_id))
         fileio.remove_file(self.data_path(block_id))
 
-    def rewrite_data(
-        self, descriptor: Descriptor
-    ) -> tuple[list[StoredRecord], IndexItem] | None:
+    def rewrite_data(self, descriptor: Descriptor) -> tuple[list[StoredRecord], IndexItem] | None:
         """Copy the descriptor's payloads into a compact new data file; None if it fails.
 
         The caller guarantees the descriptor on disk is current and no WAL exists for the block.
@@ -213,21 +211,34 @@ class EntryFiles:
             try:
                 decode_descriptor(fileio.read_file(marker), source=str(marker))
             except CorruptionError as exc:
-                report.add("rewrite_pending", marker, f"uncommitted rewrite: {exc}",
-                           "discarded" if repair else "none", exc.offset)
+                report.add(
+                    "rewrite_pending",
+                    marker,
+                    f"uncommitted rewrite: {exc}",
+                    "discarded" if repair else "none",
+                    exc.offset,
+                )
                 if repair:
                     fileio.remove_file(marker)
                     fileio.remove_file(tmp)
                 continue
-            report.add("rewrite_pending", marker, "committed data rewrite was interrupted",
-                       "rolled forward" if repair else "none")
+            report.add(
+                "rewrite_pending",
+                marker,
+                "committed data rewrite was interrupted",
+                "rolled forward" if repair else "none",
+            )
             if repair:
                 if tmp.exists():
                     fileio.replace(tmp, self.path / f"{block_id}{DATA_SUFFIX}", sync=False)
                 fileio.replace(marker, self.path / f"{block_id}{META_SUFFIX}")
         for tmp in sorted(self.path.glob(f"*{DATA_TMP_SUFFIX}")):
-            report.add("rewrite_pending", tmp, "uncommitted data rewrite",
-                       "discarded" if repair else "none")
+            report.add(
+                "rewrite_pending",
+                tmp,
+                "uncommitted data rewrite",
+                "discarded" if repair else "none",
+            )
             if repair:
                 fileio.remove_file(tmp)
         if repair:

@@ -28,7 +28,7 @@ from appliance.engine.block import Block
 from appliance.engine.codec import (
     IndexItem,
     StoredRecord,
-    WalKind,
+    WalFrame,
     decode_descriptor,
     decode_descriptor_header,
     decode_index,
@@ -104,12 +104,21 @@ class EntryRecovery:
             index = decode_index(fileio.read_file(path), str(path))
         except FileNotFoundError:
             if _block_ids(self.files.path, META_SUFFIX):
-                self.report.add("index_missing", path, "block index is missing",
-                                self._action("rebuilt from descriptors"))
+                self.report.add(
+                    "index_missing",
+                    path,
+                    "block index is missing",
+                    self._action("rebuilt from descriptors"),
+                )
             return None
         except CorruptionError as exc:
-            self.report.add("index_corrupt", path, str(exc),
-                            self._action("rebuilt from descriptors"), exc.offset)
+            self.report.add(
+                "index_corrupt",
+                path,
+                str(exc),
+                self._action("rebuilt from descriptors"),
+                exc.offset,
+            )
             return None
         return {item.block_id: item for item in index.items}
 
@@ -122,7 +131,8 @@ class EntryRecovery:
                 if header.block_id != block_id:
                     raise CorruptionError(
                         f"block descriptor {path} names block {header.block_id}",
-                        path=str(path), offset=8,
+                        path=str(path),
+                        offset=8,
                     )
             except CorruptionError as exc:
                 self._quarantine_block(block_id, exc)
@@ -138,17 +148,28 @@ class EntryRecovery:
             if block_id in self.quarantined:
                 mismatch = True  # already reported as descriptor_corrupt
             elif block_id not in on_disk:
-                self.report.add("descriptor_missing", self.files.meta_path(block_id),
-                                    "indexed block has no descriptor", self._action("index rebuilt"))
+                self.report.add(
+                    "descriptor_missing",
+                    self.files.meta_path(block_id),
+                    "indexed block has no descriptor",
+                    self._action("index rebuilt"),
+                )
                 mismatch = True
             elif block_id not in loaded:
-                self.report.add("descriptor_extra", self.files.meta_path(block_id),
-                                "descriptor is not in the block index", self._action("index rebuilt"))
+                self.report.add(
+                    "descriptor_extra",
+                    self.files.meta_path(block_id),
+                    "descriptor is not in the block index",
+                    self._action("index rebuilt"),
+                )
                 mismatch = True
             elif loaded[block_id] != on_disk[block_id]:
-                self.report.add("index_mismatch", index_path,
-                                f"index item of block {block_id} disagrees with its descriptor",
-                                self._action("index rebuilt"))
+                self.report.add(
+                    "index_mismatch",
+                    index_path,
+                    f"index item of block {block_id} disagrees with its descriptor",
+                    self._action("index rebuilt"),
+                )
                 mismatch = True
         self.dirty = self.dirty or mismatch
 
@@ -156,7 +177,9 @@ class EntryRecovery:
         """Move a block with a corrupt descriptor aside (its data file too)."""
         self.quarantined.add(block_id)
         meta = self.files.meta_path(block_id)
-        self.report.add("descriptor_corrupt", meta, str(exc), self._action("quarantined"), exc.offset)
+        self.report.add(
+            "descriptor_corrupt", meta, str(exc), self._action("quarantined"), exc.offset
+        )
         self.items.pop(block_id, None)
         self.dirty = True
         if not self.repair:
@@ -179,8 +202,9 @@ class EntryRecovery:
             if segment.error is not None:
                 kind = "wal_torn" if segment.good_end else "wal_corrupt"
                 action = f"truncated at {segment.good_end}" if segment.good_end else "deleted"
-                self.report.add(kind, path, str(segment.error), self._action(action),
-                                segment.error.offset)
+                self.report.add(
+                    kind, path, str(segment.error), self._action(action), segment.error.offset
+                )
             if not self.repair:
                 continue
             if segment.error is not None and segment.good_end:
@@ -190,11 +214,11 @@ class EntryRecovery:
             fileio.remove_file(path)
             self.dirty = True
 
-    def _apply(self, block_id: int, frames: tuple) -> None:  # type: ignore[type-arg]
+    def _apply(self, block_id: int, frames: tuple[WalFrame, ...]) -> None:
         block = self._base_block(block_id)
         for frame in frames:
-            if frame.kind is WalKind.REMOVE:
-                block.remove(frame.timestamp)
+            if frame.record is None:
+                block.remove(frame.timestamp)  # WalKind.REMOVE
             else:
                 block.put(frame.record)
         descriptor = block.to_descriptor(self.ctx.generation)
@@ -223,22 +247,32 @@ class EntryRecovery:
             if length >= item.data_end:
                 continue
             kind = "data_missing" if path is None else "data_short"
-            self.report.add(kind, self.files.data_path(block_id),
-                            f"data file has {length} bytes, descriptor needs {item.data_end}",
-                            self._action("records beyond the end quarantined"), length)
+            self.report.add(
+                kind,
+                self.files.data_path(block_id),
+                f"data file has {length} bytes, descriptor needs {item.data_end}",
+                self._action("records beyond the end quarantined"),
+                length,
+            )
             if self.repair:
                 descriptor, _ = self.files.load_descriptor(block_id, self.entry)
-                beyond = [r.timestamp for r in descriptor.records
-                          if r.state is RecordState.FINISHED and r.offset + r.size > length]
-                self._set_item(block_id, drop_records(self.ctx, self.bucket, self.entry,
-                                                      self.files, block_id, beyond))
+                beyond = [
+                    r.timestamp
+                    for r in descriptor.records
+                    if r.state is RecordState.FINISHED and r.offset + r.size > length
+                ]
+                self._set_item(
+                    block_id,
+                    drop_records(self.ctx, self.bucket, self.entry, self.files, block_id, beyond),
+                )
         for block_id, path in sorted(data_files.items()):
             if block_id in self.items or self.files.wal_path(block_id).exists():
                 continue
             if not path.exists():
                 continue  # removed above with its last records
-            self.report.add("data_orphan", path, "data file has no descriptor",
-                            self._action("quarantined"))
+            self.report.add(
+                "data_orphan", path, "data file has no descriptor", self._action("quarantined")
+            )
             if self.repair:
                 fileio.move(path, self.ctx.quarantine_path(self.bucket, self.entry) / path.name)
 

@@ -119,7 +119,9 @@ class Storage:
             if name in self._buckets:
                 raise Conflict(f"Bucket '{name}' already exists")
             bucket = Bucket.create(
-                self._ctx, name, self._ctx.data_path / name,
+                self._ctx,
+                name,
+                self._ctx.data_path / name,
                 settings if settings is not None else self._ctx.options.bucket_defaults,
             )
             self._buckets[name] = bucket

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 class RecordWriter:
     """Streams the payload of one reserved record; ``finish`` or ``abort`` exactly once."""
 
-    def __init__(self, entry: Entry, block_id: int, record: StoredRecord, handle: FileHandle) -> None:
+    def __init__(
+        self, entry: Entry, block_id: int, record: StoredRecord, handle: FileHandle
+    ) -> None:
         self._entry = entry
         self._block_id = block_id
         self._record = record
@@ -95,7 +97,9 @@ class RecordWriter:
         """The body will not arrive (client went away): the record becomes ERRORED."""
         if self._done:
             return
-        log.info("write of record %s in %s aborted: %s", self._record.timestamp, self._entry, reason)
+        log.info(
+            "write of record %s in %s aborted: %s", self._record.timestamp, self._entry, reason
+        )
         self._close_errored()
 
     def _fail(self, error: ApplianceError) -> None:
@@ -125,11 +129,3 @@ class RecordWriter:
             self.abort(f"{exc_type.__name__ if exc_type else 'error'}: {exc}")
         elif not self._done:
             self.finish()
-
-    def __del__(self) -> None:
-        # A writer dropped without finish/abort (a bug upstream) must not pin its block forever.
-        if not getattr(self, "_done", True):
-            try:
-                self.abort("writer was garbage-collected")
-            except Exception:  # noqa: BLE001 - nothing sensible to do in a finaliser
-                pass

@@ -51,7 +51,9 @@ def test_bucket_nested_entries_and_listing(bucket: Bucket) -> None:
     assert names == ["a", "a/b", "a/b/c"]
     info = bucket.info()
     assert info.entry_count == 3
-    assert info.size == bucket.get_entry("a/b/c").info().size + bucket.get_entry("a/$meta").info().size
+    assert (
+        info.size == bucket.get_entry("a/b/c").info().size + bucket.get_entry("a/$meta").info().size
+    )
     assert (info.oldest_record, info.latest_record) == (1, 1)
     with pytest.raises(UnprocessableEntity):
         bucket.get_or_create_entry("a/../x")
@@ -119,7 +121,9 @@ def test_bucket_fifo_quota_drops_oldest_blocks_never_meta(storage: Storage) -> N
     assert excinfo.value.message == "Failed to keep quota of 'f'"
 
 
-def test_bucket_storage_limit_and_free_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bucket_storage_limit_and_free_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = Storage.open(EngineOptions(data_path=tmp_path / "d", max_storage_size=100))
     bucket = storage.create_bucket("b")
     bucket.write_record("e", 1, b"x" * 10, CT, {})

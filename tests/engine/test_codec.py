@@ -31,8 +31,15 @@ from appliance.engine.models import BucketSettings, QuotaType, RecordState
 from appliance.errors import CorruptionError
 
 REC = StoredRecord(
-    timestamp=1_000_000, size=8, content_type="text/plain", labels={"a": "b"},
-    state=RecordState.FINISHED, entry="e", offset=16, crc=0xDEADBEEF, meta_size=40,
+    timestamp=1_000_000,
+    size=8,
+    content_type="text/plain",
+    labels={"a": "b"},
+    state=RecordState.FINISHED,
+    entry="e",
+    offset=16,
+    crc=0xDEADBEEF,
+    meta_size=40,
 )
 
 
@@ -44,7 +51,9 @@ def test_codec_record_exact_bytes() -> None:
     expected = (
         struct.pack("<QQQIIBII", 1_000_000, 16, 8, 0xDEADBEEF, 40, 1, 10, 1)
         + b"text/plain"
-        + struct.pack("<II", 1, 1) + b"a" + b"b"
+        + struct.pack("<II", 1, 1)
+        + b"a"
+        + b"b"
     )
     assert encode_record(REC) == expected
 
@@ -64,7 +73,10 @@ def test_codec_descriptor_round_trip_and_header() -> None:
     assert decode_descriptor(data, entry="e") == descriptor
     header = decode_descriptor_header(data)
     assert (header.block_id, header.record_count, header.size, header.data_end) == (
-        1_000_000, 2, 8, 24,
+        1_000_000,
+        2,
+        8,
+        24,
     )
     assert header.descriptor_crc == struct.unpack("<I", data[-4:])[0]
     # Cached record bytes produce identical output.

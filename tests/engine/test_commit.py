@@ -12,7 +12,9 @@ from appliance.engine.commit import GroupCommitter
 from appliance.engine.files import FileCache, FileHandle
 
 
-def test_commit_concurrent_writers_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commit_concurrent_writers_share_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writers = 32
     cache = FileCache()
     handles = [cache.acquire(str(tmp_path / f"f{i}"), create=True) for i in range(writers)]

@@ -35,8 +35,20 @@ def test_entry_write_read_and_meta(bucket: Bucket) -> None:
     bucket.write_record("e", 10, b"hello", "text/plain", {"k": "v"})
     entry = bucket.get_entry("e")
     meta = entry.get_record(10)
-    assert (meta.timestamp, meta.size, meta.content_type, dict(meta.labels), meta.state, meta.entry) == (
-        10, 5, "text/plain", {"k": "v"}, RecordState.FINISHED, "e",
+    assert (
+        meta.timestamp,
+        meta.size,
+        meta.content_type,
+        dict(meta.labels),
+        meta.state,
+        meta.entry,
+    ) == (
+        10,
+        5,
+        "text/plain",
+        {"k": "v"},
+        RecordState.FINISHED,
+        "e",
     )
     assert entry.read_payload(meta) == b"hello"
     assert b"".join(entry.iter_payload(meta, chunk_size=2)) == b"hello"
@@ -73,7 +85,9 @@ def test_entry_iter_records_restartable_and_skips_unfinished(bucket: Bucket) -> 
     got: list[int] = []
     cursor = 0
     while True:  # a continuous query re-calls with start = last + 1
-        batch = [m.timestamp for m, _ in zip(entry.iter_records(cursor, U64_MAX), range(3))]
+        batch = [
+            m.timestamp for m, _ in zip(entry.iter_records(cursor, U64_MAX), range(3), strict=False)
+        ]
         if not batch:
             break
         got += batch
@@ -148,7 +162,9 @@ def test_entry_errored_record_states(bucket: Bucket) -> None:
     assert listed(bucket, "e") == []
 
 
-def test_entry_runtime_payload_corruption_fails_only_that_record(bucket: Bucket, storage: Storage) -> None:
+def test_entry_runtime_payload_corruption_fails_only_that_record(
+    bucket: Bucket, storage: Storage
+) -> None:
     for ts in (1, 2, 3):
         bucket.write_record("e", ts, bytes([ts]) * 8, CT, {})
     path = storage.options.data_path / "b" / "e" / "1.blk"

@@ -12,7 +12,13 @@ def test_sizing_spec_example_8_byte_record_is_32_bytes() -> None:
 
 def test_sizing_varint_lengths() -> None:
     assert [varint_len(v) for v in (0, 1, 127, 128, 16383, 16384, 2**64 - 1)] == [
-        1, 1, 1, 2, 2, 3, 10,
+        1,
+        1,
+        1,
+        2,
+        2,
+        3,
+        10,
     ]
 
 

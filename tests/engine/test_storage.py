@@ -44,7 +44,10 @@ def test_storage_info_quirks(tmp_path: Path) -> None:
     storage.create_bucket("c").write_record("e", 9_000_000, b"12345678", CT, {})
     info = storage.info()
     assert (info.bucket_count, info.usage, info.oldest_record, info.latest_record) == (
-        2, 80, 5_000_000, 9_000_000,
+        2,
+        80,
+        5_000_000,
+        9_000_000,
     )
     storage.create_bucket("empty")
     assert storage.info().oldest_record == 0  # an empty bucket forces 0, as ReductStore
@@ -88,8 +91,9 @@ def test_storage_reopen_keeps_everything(tmp_path: Path) -> None:
     options = EngineOptions(data_path=tmp_path)
     storage = Storage.open(options)
     bucket = storage.create_bucket("b", BucketSettings(max_block_records=3))
-    bucket.write_batch("e", [NewRecord(ts, bytes([ts]) * ts, "text/plain", {"n": str(ts)})
-                             for ts in range(1, 11)])
+    bucket.write_batch(
+        "e", [NewRecord(ts, bytes([ts]) * ts, "text/plain", {"n": str(ts)}) for ts in range(1, 11)]
+    )
     bucket.write_record("a/b", 7, b"nested", CT, {})
     bucket.get_entry("e").update_labels(4, {"n": "four"}, [])
     bucket.get_entry("e").remove_records([5])

@@ -78,7 +78,9 @@ def test_writer_errored_record_is_overwritten_only_with_same_size(bucket: Bucket
     entry = bucket.get_entry("e")
     meta = entry.get_record(1)
     assert (meta.state, meta.content_type, dict(meta.labels)) == (
-        RecordState.FINISHED, "text/plain", {"new": "1"},
+        RecordState.FINISHED,
+        "text/plain",
+        {"new": "1"},
     )
     assert entry.read_payload(meta) == b"abcd"
     with pytest.raises(Conflict):
