@@ -26,11 +26,7 @@ class Harness:
         self.client = test_app.test_client()
 
 
-def _open_storage(fake: bool) -> Any:
-    if fake:
-        from tests.api.fake_engine import FakeStorage
-
-        return FakeStorage.open
+def _open_storage(fake: bool = False) -> Any:
     from appliance.engine import Storage
 
     return Storage.open
@@ -41,14 +37,14 @@ async def harness_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
     """Like make_harness but closes the apps at teardown (async fixture)."""
     started: list[Any] = []
 
-    async def factory(*, fake: bool = False, wait: bool = True, **overrides: Any) -> Harness:
+    async def factory(*, wait: bool = True, **overrides: Any) -> Harness:
         values: dict[str, Any] = {
             "data_path": tmp_path / f"data{len(started)}",
             "engine_compaction_interval": 0,
         }
         values.update(overrides)
         settings = Settings(**values)
-        services = Services(settings, open_storage=_open_storage(fake))
+        services = Services(settings, open_storage=_open_storage())
         app = create_app(settings, services)
         test_app = app.test_app()
         await test_app.__aenter__()
