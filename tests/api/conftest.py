@@ -26,7 +26,7 @@ class Harness:
         self.client = test_app.test_client()
 
 
-def _open_storage(fake: bool = False) -> Any:
+def _open_storage() -> Any:
     from appliance.engine import Storage
 
     return Storage.open

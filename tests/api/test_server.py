@@ -129,7 +129,7 @@ async def test_server_503_until_engine_open(tmp_path: Any) -> None:
         from tests.api.conftest import _open_storage
 
         gate.wait(10)
-        return _open_storage(False)(options)
+        return _open_storage()(options)
 
     settings = Settings(data_path=tmp_path, engine_compaction_interval=0)
     services = Services(settings, open_storage=slow_open)
