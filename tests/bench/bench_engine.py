@@ -12,8 +12,13 @@ For 1 KiB and 1 MiB records, measured in one run on one folder:
 - ``begin_write``: streamed writes in 64 KiB chunks (1 MiB only);
 - reads: ``iter_records`` + ``read_payload`` of everything written by ``write_record``
   (payload checksum verified by the engine);
-- ``sync_writes=True``: ``write_record`` from 1 thread, then from 8 threads (one entry each),
-  where group commit lets concurrent writes share one fsync.
+- ``sync_writes=True``: ``write_record`` from 1 thread, then from 8 threads writing into 8
+  entries, then from 8 threads writing into one entry; group commit lets concurrent writes share
+  a round of fsyncs (one fsync per file touched in the round: writes into the same entry share
+  files, writes into different entries do not).
+
+fsync cost on a shared VM disk varies a lot from second to second: compare rows of one run, and
+run twice before drawing conclusions.
 
 Each case stops after a fixed record count or after ``--seconds`` (default 3; 1 with ``--quick``),
 whichever comes first; ``compact()`` and ``close()`` are outside the timed part. Results are
@@ -37,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from appliance.engine import Storage  # noqa: E402
+from appliance.engine import Bucket, Storage  # noqa: E402
 from appliance.engine.models import BucketSettings, EngineOptions, NewRecord  # noqa: E402
 
 KIB = 1024
@@ -255,14 +260,30 @@ class Bench:
             "sync_writes write_record, 1 thread", label, size, done, time.perf_counter() - start
         )
 
+        for one_entry in (False, True):
+            self.add(
+                f"sync_writes write_record, {SYNC_THREADS} threads, "
+                + ("one entry" if one_entry else f"{SYNC_THREADS} entries"),
+                label,
+                size,
+                *self.threaded_writes(bucket, data, sync_limit, one_entry),
+            )
+        storage.close()
+        shutil.rmtree(path)
+
+    def threaded_writes(
+        self, bucket: Bucket, data: bytes, limit: int, one_entry: bool
+    ) -> tuple[int, float]:
+        """``SYNC_THREADS`` threads writing at once: into one entry each, or all into one."""
         counts = [0] * SYNC_THREADS
-        more = budget(sync_limit, self.seconds)
+        more = budget(limit, self.seconds)
+        first = T0 + 10**9 * (2 if one_entry else 1)
 
         def worker(n: int) -> None:
+            name = "sync-shared" if one_entry else f"sync-{n}"
             while more(sum(counts)):
-                bucket.write_record(
-                    f"sync-{n}", T0 + counts[n], data, "application/octet-stream", {}
-                )
+                ts = first + counts[n] * SYNC_THREADS + n
+                bucket.write_record(name, ts, data, "application/octet-stream", {})
                 counts[n] += 1
 
         threads = [threading.Thread(target=worker, args=(n,)) for n in range(SYNC_THREADS)]
@@ -271,15 +292,7 @@ class Bench:
             thread.start()
         for thread in threads:
             thread.join()
-        self.add(
-            f"sync_writes write_record, {SYNC_THREADS} threads (group commit)",
-            label,
-            size,
-            sum(counts),
-            time.perf_counter() - start,
-        )
-        storage.close()
-        shutil.rmtree(path)
+        return sum(counts), time.perf_counter() - start
 
     def table(self) -> Table:
         table = Table(
