@@ -272,13 +272,14 @@ class Bucket:
         if size < 0:
             raise UnprocessableEntity("content-length must be a number")
         self._check_storage_limit(size, 0)
-        validate_entry_name(entry)
         target = self._entries.get(entry)
+        if target is None:
+            validate_entry_name(entry)  # an existing entry's name was validated already
         is_meta = target.is_meta if target is not None else is_meta_entry(entry)
         if is_meta:
             self._check_meta_labels(entry, labels)
         with self._quota_guard():
-            self._admit(size, 0, fileio.free_bytes(self.path))
+            self._admit(size, 0, self._ctx.disk.free(size))
             target = self.get_or_create_entry(entry)
             if is_meta:
                 self._upsert(target, ts, size, labels)
@@ -308,7 +309,7 @@ class Bucket:
         accepted: list[NewRecord] = []
         pending = 0
         with self._quota_guard():
-            free = fileio.free_bytes(self.path)
+            free = self._ctx.disk.free(sum(len(r.data) for r in records))
             for record in records:
                 size = len(record.data)
                 try:
@@ -358,6 +359,7 @@ class Bucket:
             raise InsufficientStorage(
                 f"Not enough disk space to write {size} bytes into bucket '{self._name}'"
             )
+        self._ctx.disk.consume(size)
 
     def _evict_oldest_block(self) -> bool:
         with self._lock:

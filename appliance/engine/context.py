@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.engine import fileio
 from appliance.engine.block import BlockCache
 from appliance.engine.commit import GroupCommitter
 from appliance.engine.files import FileCache
@@ -15,10 +17,35 @@ from appliance.engine.models import EngineOptions
 from appliance.errors import Forbidden
 
 QUARANTINE_DIR = ".quarantine"
+FREE_SPACE_REFRESH_SECONDS = 1.0
 READ_ONLY_MESSAGE = "Cannot perform this operation in read-only mode"
 
 log = logging.getLogger(__name__)
 _uids = itertools.count(1)
+
+
+class DiskSpace:
+    """Free bytes of the data filesystem, re-read at most once a second (statvfs per record
+    costs more than the record) and always when the estimate comes near the reserve."""
+
+    def __init__(self, path: Path, reserve: int) -> None:
+        self._path = path
+        self._reserve = reserve
+        self._free = 0
+        self._read_at = -FREE_SPACE_REFRESH_SECONDS
+
+    def free(self, wanted: int) -> int:
+        """Current estimate of free bytes, fresh if ``wanted`` more would approach the reserve."""
+        now = time.monotonic()
+        stale = now - self._read_at >= FREE_SPACE_REFRESH_SECONDS
+        if stale or self._free - wanted < 2 * self._reserve:
+            self._free = fileio.free_bytes(self._path)
+            self._read_at = now
+        return self._free
+
+    def consume(self, size: int) -> None:
+        """Account for bytes admitted since the last statvfs."""
+        self._free -= size
 
 
 @dataclass
@@ -29,6 +56,7 @@ class EngineContext:
     files: FileCache
     blocks: BlockCache
     committer: GroupCommitter | None
+    disk: DiskSpace
     storage_usage: Callable[[], int] = field(default=lambda: 0)
 
     @classmethod
@@ -39,6 +67,7 @@ class EngineContext:
             files=FileCache(sync_on_close=options.sync_writes),
             blocks=BlockCache(),
             committer=GroupCommitter() if options.sync_writes else None,
+            disk=DiskSpace(options.data_path, options.min_free_space),
         )
 
     @property

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.engine import Bucket, Storage
-from appliance.engine import bucket as bucket_module
+from appliance.engine import context as context_module
 from appliance.engine.models import BucketSettings, EngineOptions, NewRecord, QuotaType
 from appliance.errors import (
     BadRequest,
@@ -20,6 +20,7 @@ from appliance.errors import (
 )
 
 CT = "application/octet-stream"
+MIB = 1024 * 1024
 U64_MAX = 2**64 - 1
 
 
@@ -121,18 +122,28 @@ def test_bucket_fifo_quota_drops_oldest_blocks_never_meta(storage: Storage) -> N
     assert excinfo.value.message == "Failed to keep quota of 'f'"
 
 
-def test_bucket_storage_limit_and_free_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bucket_storage_limit(tmp_path: Path) -> None:
     storage = Storage.open(EngineOptions(data_path=tmp_path / "d", max_storage_size=100))
     bucket = storage.create_bucket("b")
     bucket.write_record("e", 1, b"x" * 10, CT, {})
     with pytest.raises(InternalError) as excinfo:
         bucket.write_record("e", 2, b"x" * 100, CT, {})
     assert excinfo.value.message == "storage limit exceeded"
-    monkeypatch.setattr(bucket_module.fileio, "free_bytes", lambda path: 1000)
+    assert bucket.get_entry("e").info().record_count == 1
+    storage.close()
+
+
+def test_bucket_free_disk_guard_is_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    free = {"bytes": 20 * MIB}  # within twice the reserve: every write asks statvfs
+    monkeypatch.setattr(context_module.fileio, "free_bytes", lambda path: free["bytes"])
+    storage = Storage.open(EngineOptions(data_path=tmp_path / "d", min_free_space=16 * MIB))
+    bucket = storage.create_bucket("b")
+    bucket.write_record("e", 1, b"x" * 10, CT, {})
+    free["bytes"] = 16 * MIB + 5
     with pytest.raises(InsufficientStorage):
-        bucket.write_record("e", 3, b"x" * 10, CT, {})  # 1000 - 10 < 16 MiB reserve
+        bucket.write_record("e", 2, b"x" * 10, CT, {})
+    errors = bucket.write_batch("e", [NewRecord(3, b"x" * 10)])
+    assert isinstance(errors[3], InsufficientStorage)
     assert bucket.get_entry("e").info().record_count == 1
     storage.close()
 
