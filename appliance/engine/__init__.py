@@ -15,22 +15,36 @@ No asyncio and no Quart here: the API layer calls into it from worker threads. P
     Bucket.write_record(entry, ts, data, content_type, labels) -> None
     Bucket.write_batch(entry, records: Sequence[NewRecord]) -> dict[int, ApplianceError]
 
-    RecordWriter.meta / .write(chunk) / .finish() / .abort(reason)
+    RecordWriter.meta / .write(chunk) / .finish() / .abort(reason)    also a context manager
 
     Entry.name / .info() / .get_record(ts) / .latest_record()
     Entry.iter_records(start, stop) -> Iterator[RecordMeta]       FINISHED only, ascending ts
-    Entry.read_payload(meta) -> bytes / .iter_payload(meta) -> Iterator[bytes]  (checksum verified)
+    Entry.read_payload(meta) -> bytes / .iter_payload(meta, chunk_size) -> Iterator[bytes]
+                                                                  (payload CRC32C verified)
     Entry.update_labels(ts, update, remove) -> RecordMeta
     Entry.remove_records(timestamps) -> dict[int, ApplianceError]
     Entry.remove_where(start, stop, predicate) -> int
 
     engine.check.check(data_path, repair=False) -> CheckReport     offline scrub (CLI `check`)
 
-Errors are ``appliance.errors`` classes with ReductStore's messages.
+Errors are ``appliance.errors`` classes with ReductStore's messages. Every method is
+thread-safe (one lock per entry; payload bytes move outside it).
+
+Behaviour worth knowing:
+
+- Durability: when ``RecordWriter.finish`` / ``write_record`` / ``write_batch`` return, the
+  record survives SIGKILL (payload in the page cache, then one framed WAL append); with
+  ``sync_writes`` it survives power loss too (data + WAL fsynced, group commit).
+- A write that never finished (STARTED at a crash) does not come back after restart.
+- Runtime corruption: a descriptor failing its CRC -> ``CorruptionError`` and the block is
+  hidden until restart; a payload failing its CRC -> ``CorruptionError`` for that record only.
+- A belated record inside the span of a full block goes into that block (may exceed the block
+  limits) so every block holds exactly ``[id, next_id)``; ReductStore would start a new block.
 
 Modules, bottom up: ``names`` (name validation), ``sizing`` (ReductStore's record metadata
 size), ``codec`` (sans-I/O formats), ``fileio`` (the only fsync/rename caller), ``files`` (fd
-cache), ``commit`` (group commit), ``block`` (a block in memory, block LRU), ``entry_files``
+cache), ``commit`` (group commit), ``block`` (a block in memory, block LRU), ``context``
+(shared caches and options), ``entry_files``
 (files of one entry folder), ``blockset`` (block index in memory and block choice), ``entry``,
 ``writer`` (``RecordWriter``), ``recovery`` (startup recovery of an entry), ``scan`` (finding
 buckets and entries), ``bucket``, ``storage``, ``report`` (``RecoveryReport``), ``check``.
