@@ -275,7 +275,7 @@ def test_lease_retried_write_that_landed_is_recognised_by_nonce(clock: ManualClo
     flaky = LandThenFail(MemoryBackend())
     a = Lease(flaky, owner("a"), ttl_s=TTL, clock=clock)  # type: ignore[arg-type]
     flaky.armed = True
-    first = a.acquire()
+    assert a.acquire().generation == 1
     second = a.renew()
     assert second.renew_seq == 1 and a.held == second
     third = a.renew()  # the etag adopted after the ambiguous failure is the right one

@@ -11,7 +11,7 @@ from appliance.errors import ServiceUnavailable
 from appliance.roles.clock import ManualClock, SystemClock
 from appliance.roles.lease import LOCK_KEY, LeaseLost, LeaseRecord
 from appliance.roles.standby import LeaseConfig, LeaseState, LeaseTimeout
-from appliance.settings import InstanceRole, LockFailureAction, Settings
+from appliance.settings import InstanceRole, LockFailureAction, load_settings
 from backends.base import Backend
 from backends.errors import BackendUnavailable
 from backends.memory import MemoryBackend
@@ -88,11 +88,12 @@ def test_standby_holder_renews_at_min_of_poll_and_a_third_of_ttl() -> None:
         LeaseConfig(InstanceRole.STANDALONE)
 
 
-def test_standby_config_from_settings(tmp_path: Any) -> None:
-    settings = Settings(
-        data_path=tmp_path, instance_role="secondary", lock_file_ttl="5s",
-        lock_file_polling_interval="500ms", lock_file_timeout=0, lock_file_failure_action="Proceed",
-    )
+def test_standby_config_from_settings() -> None:
+    settings = load_settings({
+        "RS_INSTANCE_ROLE": "secondary", "RS_LOCK_FILE_TTL": "5s",
+        "RS_LOCK_FILE_POLLING_INTERVAL": "500ms", "RS_LOCK_FILE_TIMEOUT": "0",
+        "RS_LOCK_FILE_FAILURE_ACTION": "Proceed",
+    })
     config = LeaseConfig.from_settings(settings)
     assert config == LeaseConfig(S, 5.0, 0.5, 0.0, LockFailureAction.PROCEED)
 
