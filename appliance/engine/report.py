@@ -6,7 +6,7 @@ collect the same ``Problem`` records, so the operator sees one vocabulary of ``k
     settings_missing, settings_corrupt, not_a_bucket, not_an_entry, index_missing,
     index_corrupt, index_mismatch, wal_corrupt, wal_torn, descriptor_missing,
     descriptor_corrupt, descriptor_extra, data_missing, data_short, data_orphan,
-    rewrite_pending, payload_corrupt, entry_failed
+    rewrite_pending, payload_corrupt, entry_failed, bucket_failed
 """
 
 from __future__ import annotations

@@ -54,9 +54,14 @@ class Storage:
         integrity = options.integrity_checks and repair
         buckets: dict[str, Bucket] = {}
         for name, bucket_path in scan_buckets(path, report):
-            buckets[name] = Bucket.load(
-                ctx, name, bucket_path, report, repair=repair, integrity=integrity
-            )
+            try:
+                buckets[name] = Bucket.load(
+                    ctx, name, bucket_path, report, repair=repair, integrity=integrity
+                )
+            except OSError as exc:  # one unreadable bucket must not stop the others
+                report.add(
+                    "bucket_failed", bucket_path, f"bucket can't be opened: {exc}", "skipped"
+                )
         if report.problems:
             log.warning("startup recovery found %d problem(s)", len(report.problems))
         return cls(ctx, buckets, report)
