@@ -22,7 +22,7 @@ import logging
 from bisect import bisect_right, insort
 from collections.abc import Mapping
 
-from appliance.engine.block import Block
+from appliance.engine.block import Block, index_item
 from appliance.engine.codec import (
     IndexItem,
     StoredRecord,
@@ -109,17 +109,7 @@ class BlockSet:
             log.warning(
                 "stale index item of %s/%s block %s healed", self.bucket, self.entry, block_id
             )
-            self.items[block_id] = IndexItem(
-                block_id,
-                descriptor.first_ts,
-                descriptor.latest_ts,
-                len(descriptor.records),
-                descriptor.size,
-                descriptor.meta_size,
-                descriptor.data_end,
-                crc,
-                descriptor.generation,
-            )
+            self.items[block_id] = index_item(descriptor, crc)
         block = Block.from_descriptor(descriptor)
         self.ctx.blocks.put(key, block)
         return block

@@ -100,17 +100,14 @@ class Bucket:
         settings = load_settings(path / SETTINGS_FILE, ctx.options.bucket_defaults, report, repair)
         entries: dict[str, Entry] = {}
         for entry_name, entry_path in scan_entries(path, report):
-            files = EntryFiles(ctx, entry_path)
             try:
-                items = recover_entry(
-                    ctx, name, entry_name, files, report, repair=repair, integrity=integrity
+                entries[entry_name] = _open_entry(
+                    ctx, name, entry_name, entry_path, report, repair=repair, integrity=integrity
                 )
             except (OSError, CorruptionError) as exc:
                 report.add(
                     "entry_failed", entry_path, f"entry can't be recovered: {exc}", "skipped"
                 )
-                continue
-            entries[entry_name] = Entry(ctx, name, entry_name, files, items)
         return cls(ctx, name, path, settings, entries)
 
     @property
@@ -252,12 +249,16 @@ class Bucket:
                     self._entries[name] = self._reopen_entry(name)
 
     def _reopen_entry(self, name: str) -> Entry:
-        files = EntryFiles(self._ctx, self.path / name)
-        report = RecoveryReport()
-        items = recover_entry(
-            self._ctx, self._name, name, files, report, repair=True, integrity=False
+        """Load an entry folder that was just moved (compacted before: nothing to recover)."""
+        entry = _open_entry(
+            self._ctx,
+            self._name,
+            name,
+            self.path / name,
+            RecoveryReport(),
+            repair=True,
+            integrity=False,
         )
-        entry = Entry(self._ctx, self._name, name, files, items)
         self._apply_limits(entry)
         return entry
 
@@ -425,6 +426,22 @@ class _NoLock:
 
 
 _NO_LOCK = _NoLock()
+
+
+def _open_entry(
+    ctx: EngineContext,
+    bucket: str,
+    name: str,
+    path: Path,
+    report: RecoveryReport,
+    *,
+    repair: bool,
+    integrity: bool,
+) -> Entry:
+    """Recover an entry folder and build its ``Entry``."""
+    files = EntryFiles(ctx, path)
+    items = recover_entry(ctx, bucket, name, files, report, repair=repair, integrity=integrity)
+    return Entry(ctx, bucket, name, files, items)
 
 
 def _check_timestamp(ts: int) -> None:

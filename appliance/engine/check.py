@@ -23,7 +23,7 @@ from appliance.engine.bucket import SETTINGS_FILE, load_settings
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_files import EntryFiles
 from appliance.engine.models import EngineOptions, RecordState
-from appliance.engine.recovery import decode_all, recover_entry
+from appliance.engine.recovery import recover_entry
 from appliance.engine.report import RecoveryReport
 from appliance.engine.scan import scan_buckets, scan_entries
 from appliance.errors import CorruptionError
@@ -98,12 +98,9 @@ def _scrub_block(
 ) -> None:
     """Verify the payload CRC of every FINISHED record of one block."""
     try:
-        records = decode_all(files, entry, block_id)
+        records = files.load_descriptor(block_id, entry)[0].records
     except CorruptionError as exc:
         scrub.add("descriptor_corrupt", files.meta_path(block_id), str(exc), offset=exc.offset)
-        return
-    except OSError as exc:
-        scrub.add("descriptor_missing", files.meta_path(block_id), str(exc))
         return
     data_path = files.data_path(block_id)
     try:

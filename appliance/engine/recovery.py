@@ -27,9 +27,7 @@ from appliance.engine import fileio
 from appliance.engine.block import Block
 from appliance.engine.codec import (
     IndexItem,
-    StoredRecord,
     WalFrame,
-    decode_descriptor,
     decode_descriptor_header,
     decode_index,
     decode_wal,
@@ -330,9 +328,3 @@ def recover_entry(
     return EntryRecovery(
         ctx, bucket, entry, files, report, repair=repair, integrity=integrity
     ).run()
-
-
-def decode_all(files: EntryFiles, entry: str, block_id: int) -> tuple[StoredRecord, ...]:
-    """All records of a block's descriptor (for the payload scrub)."""
-    path = files.meta_path(block_id)
-    return decode_descriptor(fileio.read_file(path), entry, str(path)).records
