@@ -122,6 +122,7 @@ class Lease:
         self._clock = clock
         self._lock = threading.RLock()
         self._held: LeaseRecord | None = None
+        self._attempt: LeaseRecord | None = None  # an acquire whose outcome is unknown
         self._etag: str | None = None
         self._renewed_mono: float | None = None
         self._seen: tuple[str, ...] | None = None
@@ -150,6 +151,7 @@ class Lease:
         """Drop our hold without touching storage (after a loss, or a step-down)."""
         with self._lock:
             self._held = None
+            self._attempt = None
             self._etag = None
             self._renewed_mono = None
 
@@ -190,8 +192,12 @@ class Lease:
         """Take the lease if it is free or expired (or anyway with ``force``); else LeaseHeld."""
         with self._lock:
             seen = self.observe()
-            if self._held is not None and self._held.same_write(seen.record):
-                return self._held
+            mine = self._held or self._attempt
+            if mine is not None and self._ours(seen, mine.generation):
+                # Already ours: an earlier acquire reported an error but landed. Adopt it and
+                # renew at once, which also gives the fence a confirmed send time.
+                self._held, self._etag = seen.record, seen.etag
+                return self.renew()
             if not seen.free and not force and not self.expired(seen):
                 raise seen.held_error(self.ttl_s)
             generation = max(self._max_generation, self._read_generation()) + 1
@@ -202,6 +208,7 @@ class Lease:
                 ttl_s=self.ttl_s, acquired_at=wall, renewed_at=wall,
                 boot_id=self.owner.boot_id, pid_ns=self.owner.pid_ns,
             )
+            self._attempt = record  # recognised as ours next time if the write errs but lands
             sent = self._clock.monotonic()
             try:
                 if seen.state is LockState.ABSENT:
@@ -214,6 +221,7 @@ class Lease:
             except PreconditionFailed:
                 after = self.observe()
                 if not record.same_write(after.record) or after.etag is None:
+                    self._attempt = None
                     raise after.held_error(self.ttl_s) from None
                 etag = after.etag  # a retried write of ours landed (spec §3.3)
             self._hold(record, etag, sent)
@@ -223,7 +231,7 @@ class Lease:
     def renew(self) -> LeaseRecord:
         """Rewrite our record (renew_seq + 1) if ``.lock`` is unchanged since our last write."""
         with self._lock:
-            for _ in range(2):
+            for _ in range(_ATTEMPTS):
                 held, etag = self._held, self._etag
                 if held is None or etag is None:
                     raise LeaseLost("the lease is not held")
@@ -238,20 +246,33 @@ class Lease:
                     ).etag
                 except PreconditionFailed:
                     seen = self.observe()
-                    if record.same_write(seen.record) and seen.etag is not None:
-                        new_etag = seen.etag  # our retried write landed
-                    elif held.same_write(seen.record) and seen.etag is not None:
-                        # Our own last record under a new etag (copied back by a backup or
-                        # restore tool): still ours; adopt the etag and try once more.
-                        self._etag = seen.etag
-                        continue
-                    else:
+                    if not self._ours(seen, held.generation):
                         self.forget()
                         raise self._lost(seen) from None
+                    assert seen.record is not None and seen.etag is not None
+                    if record.same_write(seen.record):
+                        new_etag = seen.etag  # our retried write landed (spec §3.3)
+                    else:
+                        # An earlier write of ours that reported an error but landed, or our
+                        # record copied back by a tool: still ours. Adopt it and try again;
+                        # the fence keeps counting from the last *confirmed* renewal.
+                        self._held, self._etag = seen.record, seen.etag
+                        continue
                 self._hold(record, new_etag, sent)
                 return record
             self.forget()
             raise LeaseLost(f"{self.key} keeps changing under its holder")
+
+    def _ours(self, seen: Observation, generation: int) -> bool:
+        """True if ``seen`` is a live record this Lease wrote (the owner id has our uuid)."""
+        record = seen.record
+        return (
+            seen.state is LockState.HELD
+            and record is not None
+            and seen.etag is not None
+            and record.owner == str(self.owner)
+            and record.generation == generation
+        )
 
     def release(self) -> bool:
         """Replace our record with a released marker; True if it landed. Forgets the hold."""
@@ -274,7 +295,7 @@ class Lease:
     # --- helpers ----------------------------------------------------------------------------
 
     def _hold(self, record: LeaseRecord, etag: str, sent: float) -> None:
-        self._held, self._etag = record, etag
+        self._held, self._etag, self._attempt = record, etag, None
         # The *send* time, not the completion time: a pause between the write landing and
         # our return must not make the fence think the lease is younger than it is.
         self._renewed_mono = sent

@@ -22,6 +22,9 @@ WAITING, per poll (every ``RS_LOCK_FILE_POLLING_INTERVAL``):
   its next renewal and steps down); a SECONDARY keeps waiting with a fresh timer, as
   ReductStore's does (otherwise a SECONDARY with ``proceed`` would depose a healthy primary
   every TIMEOUT seconds).
+- a takeover that does not prove the old holder fenced (``proceed``, or ``.lock`` deleted
+  under a holder) keeps renewing but becomes HOLDING only ``ttl/2`` later, when the old
+  holder's fence fast path has certainly closed: two nodes never both pass the fence.
 
 HOLDING: renew every ``min(poll, ttl/3)``, so the fence below stays on its fast path. A renewal
 that finds a foreign owner, or no lock, steps down within that one poll (tamper detection);
@@ -67,6 +70,7 @@ log = logging.getLogger(__name__)
 
 NOT_HOLDER_MESSAGE = "The server is starting up, please try again later"
 FENCED_MESSAGE = "This instance no longer holds the storage lease; writes are refused"
+PROCEED_REASON = "timeout, failure action proceed"
 
 
 class LeaseState(str, Enum):
@@ -159,6 +163,7 @@ class LeaseManager:
         self._state_lock = threading.Lock()
         self._state = LeaseState.WAITING
         self._waiting_since: float | None = None
+        self._grace_until: float | None = None  # set while taking a lease over by force
         self._listeners: list[Listener] = []
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.last_observation: Observation | None = None
@@ -206,7 +211,7 @@ class LeaseManager:
 
     def next_interval_s(self) -> float:
         """How long ``run`` sleeps after a step in the current state."""
-        if self._state is LeaseState.HOLDING:
+        if self._state is LeaseState.HOLDING or self._grace_until is not None:
             return self.config.renew_interval_s
         return self.config.poll_s
 
@@ -229,19 +234,35 @@ class LeaseManager:
         now = self._clock.monotonic()
         if self._waiting_since is None:
             self._waiting_since = now
+        if self._grace_until is not None:
+            self._step_grace(now)
+            return
         try:
             seen = self.lease.observe()
             self.last_observation = seen
             force, why = self._should_force(seen, now)
             if seen.free or force or self.lease.expired(seen):
-                previous = seen.owner
                 record = self.lease.acquire(force=force)
                 self.last_error = None
                 log.info(
                     "lease acquired",
                     extra={"role": self.config.role.value, "generation": record.generation,
-                           "previous": previous, "why": why or seen.state.value},
+                           "previous": seen.owner, "why": why or seen.state.value},
                 )
+                # Taken from a holder that may be alive (timeout + proceed), or from a lock
+                # someone deleted: that holder's fence may pass writes for up to ttl/2 after
+                # its last renewal, so we keep renewing but do not serve until it has closed.
+                # Expired and released locks need no wait: their holder is already fenced.
+                alive = why == PROCEED_REASON
+                deleted = seen.state is LockState.ABSENT and record.generation > 1
+                sent = self.lease.renewed_mono
+                if (alive or deleted) and sent is not None:
+                    self._grace_until = sent + self.config.fence_window_s
+                    self.reason = (
+                        f"took generation {record.generation} from {seen.owner}; serving after "
+                        f"{self.config.fence_window_s:g}s, when its fence has closed"
+                    )
+                    return
                 self._set_state(LeaseState.HOLDING, f"holding generation {record.generation}")
                 return
             raise seen.held_error(self.config.ttl_s)
@@ -252,6 +273,23 @@ class LeaseManager:
             self.last_error = exc
             log.warning("lease poll failed: %s", exc, extra={"role": self.config.role.value})
         self._check_timeout(now)
+
+    def _step_grace(self, now: float) -> None:
+        """Renew a lease we took by force; serve once the previous holder's fence closed."""
+        assert self._grace_until is not None
+        try:
+            record = self.lease.renew()
+        except LeaseLost as exc:
+            self._grace_until = None
+            self.last_error = exc
+            self.reason = f"lost the lease while taking it over: {exc.reason}"
+            return
+        except BackendError as exc:
+            self.last_error = exc
+            return
+        if now >= self._grace_until:
+            self._grace_until = None
+            self._set_state(LeaseState.HOLDING, f"holding generation {record.generation}")
 
     def _should_force(self, seen: Observation, now: float) -> tuple[bool, str]:
         """Whether to take a live-looking lease now, and why."""
@@ -270,7 +308,7 @@ class LeaseManager:
         if primary and self._timed_out(now) and (
             self.config.failure_action is LockFailureAction.PROCEED
         ):
-            return True, "timeout, failure action proceed"
+            return True, PROCEED_REASON
         return False, ""
 
     def _timed_out(self, now: float) -> bool:
@@ -383,6 +421,7 @@ class LeaseManager:
             self._owner = dataclasses.replace(self._owner, uuid=uuid.uuid4().hex)
             self.lease = self._new_lease(self._owner)
             self._waiting_since = None
+            self._grace_until = None
             self._set_state(LeaseState.WAITING, "waiting for the lease")
 
     async def wait_holding(self) -> int:

@@ -21,7 +21,7 @@ from appliance.roles.lease import (
     OwnerId,
 )
 from backends.base import Backend
-from backends.errors import PreconditionFailed
+from backends.errors import BackendUnavailable, PreconditionFailed
 from backends.memory import MemoryBackend
 from tests.roles.conftest import owner
 
@@ -311,3 +311,41 @@ def test_owner_id_shares_pid_space_only_with_full_identity() -> None:
     assert not OwnerId("h", 1, "u").shares_pid_space(same)
     current = OwnerId.current()
     assert str(current).count(":") == 2 and current.uuid != OwnerId.current().uuid
+
+
+class LandThenError(LandThenFail):
+    """Conditional writes land, then report a transient error (the response was lost)."""
+
+    def _wrap(self, call: Callable[[], Any], key: str) -> Any:
+        info = call()
+        if self.armed and key == LOCK_KEY:
+            self.armed = False
+            raise BackendUnavailable("timeout after the write", backend="fake", key=key)
+        return info
+
+
+def test_lease_renew_that_landed_with_an_error_is_adopted_not_lost(clock: ManualClock) -> None:
+    flaky = LandThenError(MemoryBackend())
+    a = Lease(flaky, owner("a"), ttl_s=TTL, clock=clock)  # type: ignore[arg-type]
+    a.acquire()
+    confirmed = a.renewed_mono
+    clock.advance(5)
+    flaky.armed = True
+    with pytest.raises(BackendUnavailable):
+        a.renew()
+    assert a.renewed_mono == confirmed  # the fence keeps counting from the confirmed one
+    clock.advance(5)
+    record = a.renew()  # CAS on the old etag fails, the record is ours: adopt and renew
+    assert record.renew_seq == 2 and a.renewed_mono == clock.monotonic()
+    assert stored(flaky.inner) == record
+
+
+def test_lease_acquire_that_landed_with_an_error_is_adopted(clock: ManualClock) -> None:
+    flaky = LandThenError(MemoryBackend())
+    a = Lease(flaky, owner("a"), ttl_s=TTL, clock=clock)  # type: ignore[arg-type]
+    flaky.armed = True
+    with pytest.raises(BackendUnavailable):
+        a.acquire()
+    assert a.held is None
+    record = a.acquire()  # no TTL wait for our own record, same generation, renewed
+    assert record.generation == 1 and record.renew_seq == 1 and a.held == record

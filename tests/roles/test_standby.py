@@ -277,19 +277,53 @@ def test_standby_timeout_with_abort_fails(
         asyncio.run(b.wait_holding())
 
 
-def test_standby_timeout_with_proceed_primary_takes_over(
+def test_standby_timeout_with_proceed_primary_takes_over_after_the_fence_closes(
     backend: Backend, clock: ManualClock, make_manager: MakeManager
 ) -> None:
     holder = make_manager(backend, "a")
     holder.step()
     b = make_manager(backend, "b", timeout_s=60, action=LockFailureAction.PROCEED)
     started = clock.monotonic()
-    while b.step() is LeaseState.WAITING:
+    while True:
+        holder.step()  # renews right before b's poll: its fence is as fresh as it gets
+        assert b.step() is LeaseState.WAITING
+        if b.lease.held is not None:
+            break
         clock.advance(10)
-        holder.step()
-    assert clock.monotonic() - started == 60 and b.generation == 2
-    holder.step()
-    assert holder.state is LeaseState.STEPPED_DOWN  # the old holder notices on its next renewal
+    forced = clock.monotonic()
+    assert forced - started == 60
+    # The old holder is slow (no more steps) but its fence fast path is still open: b must
+    # not serve until it has closed, so at no instant do both pass the fence.
+    while b.step() is not LeaseState.HOLDING:
+        assert holder.is_ready or clock.monotonic() - forced < 15
+        clock.advance(1)
+    assert clock.monotonic() - forced == 15 and b.generation == 2
+    assert not holder.is_ready
+    with pytest.raises(ServiceUnavailable):
+        holder.check_writable()  # slow path: the CAS fails, it steps down
+    assert holder.state is LeaseState.STEPPED_DOWN
+
+
+def test_standby_lock_deleted_under_a_live_holder_waits_for_its_fence(
+    backend: Backend, clock: ManualClock, make_manager: MakeManager
+) -> None:
+    a = make_manager(backend, "a")
+    a.step()
+    b = make_manager(backend, "b", role=S)
+    backend.delete(LOCK_KEY)  # an operator "cleans up" while a is alive
+    assert b.step() is LeaseState.WAITING and b.lease.held is not None
+    assert "serving after 15s" in b.reason
+    clock.advance(10)
+    assert b.step() is LeaseState.WAITING
+    a.check_writable()  # a's fast path: still legitimately open
+    clock.advance(5)
+    assert b.step() is LeaseState.HOLDING
+    with pytest.raises(ServiceUnavailable):
+        a.check_writable()
+
+
+def test_standby_fresh_dataset_needs_no_grace(backend: Backend, make_manager: MakeManager) -> None:
+    assert make_manager(backend, "a").step() is LeaseState.HOLDING
 
 
 def test_standby_timeout_with_proceed_secondary_keeps_waiting(
