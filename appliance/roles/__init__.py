@@ -6,8 +6,10 @@ Public surface (ARCHITECTURE §5, ``spec/leases.md`` §3.3/§3.4):
         StandaloneRole | LeaseRole (PRIMARY/SECONDARY) | ReplicaRole
     LeaseManager(backend, LeaseConfig, clock=, owner=)        standby.py: step(), run(stop),
         check_writable(), check_writable_async(), wait_holding(), release(), rejoin()
+    LeaseConfig, LeaseState, LeaseTimeout                     policy.py: settings, intervals
     Lease(backend, OwnerId, ttl_s=, clock=)                   lease.py: observe(), acquire(),
         renew(), release()  over create_if_absent / replace_if_unchanged only
+    LeaseRecord, OwnerId, LeaseHeld, LeaseLost                record.py: .lock content, errors
     GenerationLog, Fence, accept(), may_replace(), index_is_stale()    fencing.py
     ReplicaRefresher(refresh, interval_s=)                    replica.py: step(), run(stop)
     Clock, SystemClock, ManualClock                           clock.py
