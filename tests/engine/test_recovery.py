@@ -173,3 +173,17 @@ def test_recovery_wal_with_broken_header_is_dropped(tmp_path: Path, cut: int) ->
     # The lost block's payload bytes have no metadata left: moved aside, not deleted.
     assert storage.recovery.kinds() == {"wal_corrupt", "data_orphan"}
     storage.close()
+
+
+def test_recovery_parent_entry_without_index_is_still_found(tmp_path: Path) -> None:
+    storage = Storage.open(EngineOptions(data_path=tmp_path))
+    bucket = storage.create_bucket("b")
+    bucket.write_record("a", 1, b"parent", CT, {})
+    bucket.write_record("a/b", 1, b"child", CT, {})
+    storage.close()
+    (tmp_path / "b" / "a" / "blocks.idx").unlink()
+    storage = Storage.open(EngineOptions(data_path=tmp_path))
+    entry = storage.get_bucket("b").get_entry("a")
+    assert entry.read_payload(entry.get_record(1)) == b"parent"
+    assert storage.recovery.kinds() == {"index_missing"}
+    storage.close()
