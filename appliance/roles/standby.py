@@ -352,8 +352,12 @@ class LeaseManager:
     def release(self) -> bool:
         """Give the lease up on clean shutdown (flush first!); True if the marker landed."""
         with self._lock:
-            if self._state is not LeaseState.HOLDING:
+            # Also while taking over by force (WAITING, lease written, grace not over).
+            if self.lease.held is None or self._state is not (
+                LeaseState.HOLDING if self._grace_until is None else LeaseState.WAITING
+            ):
                 return False
+            self._grace_until = None
             try:
                 released = self.lease.release()
             except BackendError as exc:

@@ -322,6 +322,18 @@ def test_standby_lock_deleted_under_a_live_holder_waits_for_its_fence(
         a.check_writable()
 
 
+def test_standby_release_during_a_forced_takeover_hands_over(
+    backend: Backend, make_manager: MakeManager
+) -> None:
+    make_manager(backend, "a").step()
+    backend.delete(LOCK_KEY)
+    b = make_manager(backend, "b", role=S)
+    b.step()
+    assert b.state is LeaseState.WAITING and b.lease.held is not None
+    assert b.release() is True and b.state is LeaseState.STEPPED_DOWN
+    assert make_manager(backend, "c", role=S).step() is LeaseState.HOLDING
+
+
 def test_standby_fresh_dataset_needs_no_grace(backend: Backend, make_manager: MakeManager) -> None:
     assert make_manager(backend, "a").step() is LeaseState.HOLDING
 
