@@ -42,6 +42,15 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 5.0
 
 
+def report_loaded(desired: DesiredState, environ: Mapping[str, str]) -> None:
+    """Log what loading ``desired`` found: skipped env groups (warnings) and YAML ``instance:``
+    keys that an explicit ``RS_*`` variable overrides (info)."""
+    for warning in desired.warnings:
+        log.warning("provisioning: %s", warning)
+    for field in env_overridden(instance_overrides(desired), environ):
+        log.info("provisioning: %s is overridden by %s", YAML_KEYS[field], env_name(field))
+
+
 class Provisioner:
     """Applies provisioning at boot and on every change of the YAML files."""
 
@@ -60,7 +69,9 @@ class Provisioner:
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         force_polling: bool | None = None,
     ) -> None:
-        """``initial``: the state already loaded to build Settings (avoids a second read)."""
+        """``initial``: the state already loaded to build Settings (avoids a second read); its
+        warnings and env overrides were reported by whoever loaded it, so boot does not repeat
+        them."""
         self._environ = dict(environ)
         self._path = path
         self._storage = storage
@@ -79,6 +90,7 @@ class Provisioner:
         self._lock = threading.Lock()  # one reload at a time (watch loop vs. direct calls)
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._booted = False
 
     @property
     def desired(self) -> DesiredState | None:
@@ -91,25 +103,25 @@ class Provisioner:
         """Load and apply the provisioning once; ConfigError stops startup."""
         with self._lock:
             self._env_groups = load_env_groups(self._environ)
-            desired = self._initial or load_desired(
-                self._environ, self._path, env_groups=self._env_groups
-            )
-            for warning in desired.warnings:
-                log.warning("provisioning: %s", warning)
+            desired = self._initial
+            if desired is None:
+                desired = load_desired(self._environ, self._path, env_groups=self._env_groups)
+                report_loaded(desired, self._environ)
             self._baseline = instance_overrides(desired)
-            for field in env_overridden(self._baseline, self._environ):
-                log.info("provisioning: %s is overridden by %s", YAML_KEYS[field], env_name(field))
             try:
                 result = self._apply(desired)
             except ConfigError as exc:
                 self.state.record_rejected(str(exc))
                 raise
+            self._booted = True
             log.info("provisioning applied from %s: %s", desired.source, result.summary())
             return result
 
     async def start(self) -> None:
-        """Boot (in a worker thread), then start the watch loop if enabled and a path is set."""
-        await asyncio.to_thread(self.boot)
+        """Boot (in a worker thread) unless ``boot()`` already ran, then start the watch loop
+        if enabled and a path is set."""
+        if not self._booted:
+            await asyncio.to_thread(self.boot)
         if self._watch_enabled and self._path is not None and self._task is None:
             self._stop = asyncio.Event()
             self._task = asyncio.create_task(self._watch_loop(), name="provisioning-watch")

@@ -71,6 +71,15 @@ class StorageLike(Protocol):
     def get_bucket(self, name: str) -> BucketLike: ...
 
 
+class TokenSkipped(Exception):  # noqa: N818 - a decision, not a failure
+    """Raised by a ``TokenProvisioner`` that deliberately does not create a token.
+
+    Example: with authentication disabled ReductStore creates no tokens and says so. Reconcile
+    logs the message as a warning and goes on; the token is not counted as provisioned and the
+    state is not marked failed.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class TokenPermissions:
     """Permissions of a provisioned token (same fields as ``appliance.auth.Permissions``)."""
@@ -90,7 +99,10 @@ class TokenProvisioner(Protocol):
         permissions: TokenPermissions,
         expires_at: datetime | None,
     ) -> None:
-        """Create token ``name`` or replace it entirely, and mark it provisioned."""
+        """Create token ``name`` or replace it entirely, and mark it provisioned.
+
+        Raises TokenSkipped to decline (logged as a warning), anything else on failure.
+        """
 
     def unprovision_token(self, name: str) -> None:
         """Clear the provisioned mark of token ``name`` (no-op if missing); the token is kept."""
@@ -110,6 +122,7 @@ class ReconcileResult:
     provisioned_tokens: list[str] = field(default_factory=list)
     unchanged_tokens: list[str] = field(default_factory=list)
     unprovisioned_tokens: list[str] = field(default_factory=list)
+    skipped_tokens: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -133,6 +146,7 @@ class ReconcileResult:
                 ("unprovisioned buckets", self.unprovisioned_buckets),
                 ("provisioned tokens", self.provisioned_tokens),
                 ("unprovisioned tokens", self.unprovisioned_tokens),
+                ("skipped tokens", self.skipped_tokens),
                 ("errors", self.errors),
             )
             if names
@@ -199,6 +213,10 @@ def reconcile(
             tokens.provision_token(
                 name, spec.value.get_secret_value(), permissions, spec.expires_at
             )
+        except TokenSkipped as exc:
+            result.skipped_tokens.append(name)
+            log.warning("%s", exc)
+            continue
         except Exception as exc:  # as for buckets: log, keep going
             _failed(result, f"token '{name}' ({desired.origin('token', name)})", exc)
             continue

@@ -7,7 +7,8 @@ from appliance.auth.permissions import (
     require_read,
     require_write,
 )
-from appliance.auth.tokens import DISABLED_TOKEN_NAME, INIT_TOKEN_NAME, Token, TokenStore
+from appliance.auth.token import DISABLED_TOKEN_NAME, INIT_TOKEN_NAME, Token
+from appliance.auth.tokens import TokenStore
 
 __all__ = [
     "DISABLED_TOKEN_NAME",

@@ -1,10 +1,14 @@
 """API tokens (spec §6): the store, authentication of bearer values, and the ``.auth`` file.
 
 Token values are never stored: ``<data_path>/.auth`` holds, per token, a random salt and
-``sha256(salt + value)``. A bearer value is verified against every stored hash the first time it
-is seen; afterwards ``sha256(value)`` → token name is cached in memory so the hot path is one
-hash and one dict lookup. The token from ``RS_API_TOKEN`` becomes the provisioned, undeletable
-full-access ``init-token`` and is never written to disk.
+``sha256(salt + value)`` (``appliance.auth.token``). A bearer value is verified against every
+stored hash the first time it is seen; afterwards ``sha256(value)`` → token name is cached in
+memory so the hot path is one hash and one dict lookup. The token from ``RS_API_TOKEN`` becomes
+the provisioned, undeletable full-access ``init-token`` and is never written to disk.
+
+Provisioning (``provision``/``unprovision``) creates or replaces tokens declared by env groups
+or YAML and persists them *with* their ``is_provisioned`` flag: API remove/rotate answer 409, and
+a token that leaves the provisioning is kept as an ordinary token, never deleted.
 
 The file is JSON ``{"version": 1, "tokens": [...]}`` replaced atomically with
 ``appliance.engine.fileio.atomic_write`` (tmp, fsync, rename, fsync dir).
@@ -12,128 +16,39 @@ The file is JSON ``{"version": 1, "tokens": [...]}`` replaced atomically with
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from appliance.auth.permissions import Permissions
+from appliance.auth.token import (
+    DISABLED_TOKEN,
+    DISABLED_TOKEN_NAME,
+    INIT_TOKEN_NAME,
+    Token,
+    digest,
+    format_time,
+    networks,
+    parse_time,
+    quick,
+)
 from appliance.engine.fileio import atomic_write
 from appliance.errors import BadRequest, Conflict, NotFound, Unauthorized, UnprocessableEntity
 
 log = logging.getLogger(__name__)
 
-INIT_TOKEN_NAME = "init-token"
-DISABLED_TOKEN_NAME = "AUTHENTICATION-DISABLED"
 AUTH_FILE_NAME = ".auth"
 FILE_VERSION = 1
 _V2_FIELDS = frozenset({"permissions", "expires_at", "ttl", "ip_allowlist"})
 
-
-def format_time(epoch_seconds: float) -> str:
-    """RFC 3339 UTC with ``Z`` and 0, 3 or 6 fractional digits (as chrono's AutoSi)."""
-    dt = datetime.fromtimestamp(epoch_seconds, UTC)
-    micros = dt.microsecond
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    if micros == 0:
-        return base + "Z"
-    if micros % 1000 == 0:
-        return f"{base}.{micros // 1000:03d}Z"
-    return f"{base}.{micros:06d}Z"
-
-
-def parse_time(value: Any) -> float:
-    """Parse an RFC 3339 datetime with an offset into epoch seconds; ValueError otherwise."""
-    if not isinstance(value, str):
-        raise ValueError("datetime must be a string")
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        raise ValueError("datetime must carry an offset")
-    return dt.timestamp()
-
-
-def _digest(salt: bytes, value: str) -> bytes:
-    return hashlib.sha256(salt + value.encode()).digest()
-
-
-def _quick(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
-
-
-@dataclass(slots=True)
-class Token:
-    """One API token; ``salt``/``digest`` verify its secret value."""
-
-    name: str
-    created_at: float
-    permissions: Permissions
-    salt: bytes = b""
-    digest: bytes = b""
-    is_provisioned: bool = False
-    expires_at: float | None = None
-    ttl: int | None = None
-    ip_allowlist: tuple[str, ...] = ()
-    last_access: float | None = None
-    networks: tuple[Any, ...] = field(default=(), repr=False)
-
-    def is_expired(self, now: float) -> bool:
-        """True once ``expires_at`` passed or the inactivity ``ttl`` ran out."""
-        if self.expires_at is not None and now >= self.expires_at:
-            return True
-        if self.ttl is not None:
-            since = max(self.last_access or 0.0, self.created_at)
-            return now - since > self.ttl
-        return False
-
-    def to_json(self, now: float) -> dict[str, Any]:
-        """The token as ReductStore's JSON object (value always blank)."""
-        return {
-            "name": self.name,
-            "value": "",
-            "created_at": format_time(self.created_at),
-            "permissions": self.permissions.to_json(),
-            "is_provisioned": self.is_provisioned,
-            "expires_at": None if self.expires_at is None else format_time(self.expires_at),
-            "ttl": self.ttl,
-            "last_access": None if self.last_access is None else format_time(self.last_access),
-            "ip_allowlist": list(self.ip_allowlist),
-            "is_expired": self.is_expired(now),
-        }
-
-    def allows_ip(self, ip: str | None) -> None:
-        """Raise 401 if the token has an allowlist that ``ip`` is not in."""
-        if not self.networks:
-            return
-        if not ip:
-            raise Unauthorized("Client IP is required for this token")
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            raise Unauthorized(f"Token is not allowed for client IP {ip}") from None
-        if not any(addr in net for net in self.networks if net.version == addr.version):
-            raise Unauthorized(f"Token is not allowed for client IP {ip}")
-
-
-def _networks(items: Iterable[str]) -> tuple[Any, ...]:
-    nets = []
-    for item in items:
-        try:
-            nets.append(ipaddress.ip_network(item.strip(), strict=False))
-        except ValueError:
-            raise UnprocessableEntity(f"Invalid IP address or CIDR '{item}'") from None
-    return tuple(nets)
-
-
-DISABLED_TOKEN = Token(DISABLED_TOKEN_NAME, 0.0, Permissions(full_access=True))
+__all__ = ["DISABLED_TOKEN_NAME", "INIT_TOKEN_NAME", "Token", "TokenStore"]
 
 
 class TokenStore:
@@ -168,26 +83,14 @@ class TokenStore:
         if self._path.exists():
             raw = json.loads(self._path.read_text())
             for item in raw.get("tokens", []):
-                tok = Token(
-                    name=item["name"],
-                    created_at=float(item["created_at"]),
-                    permissions=Permissions.from_json(item["permissions"]),
-                    salt=bytes.fromhex(item["salt"]),
-                    digest=bytes.fromhex(item["digest"]),
-                    expires_at=item.get("expires_at"),
-                    ttl=item.get("ttl"),
-                    ip_allowlist=tuple(item.get("ip_allowlist", [])),
-                )
-                tok.networks = _networks(tok.ip_allowlist)
-                tokens[tok.name] = tok
+                token = Token.from_record(item)
+                tokens[token.name] = token
         if self._api_token is not None:
-            salt = secrets.token_bytes(16)
-            tokens[INIT_TOKEN_NAME] = Token(
+            tokens[INIT_TOKEN_NAME] = Token.with_value(
                 INIT_TOKEN_NAME,
+                self._api_token,
                 self.started_at,
                 Permissions(full_access=True),
-                salt=salt,
-                digest=_digest(salt, self._api_token),
                 is_provisioned=True,
             )
         with self._lock:
@@ -203,11 +106,11 @@ class TokenStore:
         if not header or not header.startswith("Bearer "):
             raise Unauthorized("No bearer token in request header")
         value = header[7:]
-        quick = _quick(value)
-        name = self._cache.get(quick)
+        key = quick(value)
+        name = self._cache.get(key)
         token = self._tokens.get(name) if name is not None else None
         if token is None:
-            token = self._verify(value, quick)
+            token = self._verify(value, key)
         now = self._clock()
         if token.is_expired(now):
             raise Unauthorized("Token has expired")
@@ -215,11 +118,11 @@ class TokenStore:
         token.last_access = now
         return token
 
-    def _verify(self, value: str, quick: bytes) -> Token:
+    def _verify(self, value: str, key: bytes) -> Token:
         # First sight of this value: compare against every salted hash (constant-time each).
         for token in list(self._tokens.values()):
-            if hmac.compare_digest(_digest(token.salt, value), token.digest):
-                self._cache[quick] = token.name
+            if hmac.compare_digest(digest(token.salt, value), token.digest):
+                self._cache[key] = token.name
                 return token
         raise Unauthorized("Invalid token")
 
@@ -253,18 +156,17 @@ class TokenStore:
             raise UnprocessableEntity("Token TTL must be greater than zero")
         if expires_at is not None and expires_at <= now:
             raise UnprocessableEntity("Token expiration date must not be in the past")
-        networks = _networks(allowlist)
+        nets = networks(allowlist)
         value = f"{name}-{secrets.token_hex(16)}"
-        salt = secrets.token_bytes(16)
-        token = Token(
-            name, now, perms, salt, _digest(salt, value), False, expires_at, ttl,
-            tuple(allowlist), None, networks,
+        token = Token.with_value(
+            name, value, now, perms, expires_at=expires_at, ttl=ttl,
+            ip_allowlist=tuple(allowlist), networks=nets,
         )
         with self._lock:
             if name in self._tokens:
                 raise Conflict(f"Token '{name}' already exists")
             self._tokens[name] = token
-            self._cache[_quick(value)] = name
+            self._cache[quick(value)] = name
             self._save()
         return {"value": value, "created_at": format_time(now)}
 
@@ -300,12 +202,46 @@ class TokenStore:
             value = f"{name}-{secrets.token_hex(16)}"
             salt = secrets.token_bytes(16)
             self._tokens[name] = replace(
-                token, salt=salt, digest=_digest(salt, value), created_at=now, last_access=None
+                token, salt=salt, digest=digest(salt, value), created_at=now, last_access=None
             )
             self._forget(name)
-            self._cache[_quick(value)] = name
+            self._cache[quick(value)] = name
             self._save()
         return {"value": value, "created_at": format_time(now)}
+
+    # --- provisioning (spec reductstore-config §4.2) ------------------------------------------
+
+    def provision(
+        self, name: str, value: str, permissions: Permissions, expires_at: float | None
+    ) -> None:
+        """Create token ``name`` or replace it entirely (new created_at, no TTL or allow-list),
+        marked provisioned and persisted; BadRequest when authentication is disabled."""
+        if not self.enabled:
+            raise BadRequest("Authentication is disabled")
+        if name == INIT_TOKEN_NAME:
+            raise Conflict(f"Token '{INIT_TOKEN_NAME}' is reserved for RS_API_TOKEN")
+        token = Token.with_value(
+            name, value, self._clock(), permissions, is_provisioned=True, expires_at=expires_at
+        )
+        with self._lock:
+            self._tokens[name] = token
+            self._forget(name)  # the previous value stops working at once
+            self._save()
+
+    def unprovision(self, name: str) -> None:
+        """Clear the provisioned mark of ``name``; the token stays (no-op if it is missing)."""
+        with self._lock:
+            token = self._tokens.get(name)
+            if token is None or not token.is_provisioned or name == INIT_TOKEN_NAME:
+                return
+            token.is_provisioned = False
+            self._save()
+
+    def provisioned_names(self) -> list[str]:
+        """Tokens marked provisioned, except RS_API_TOKEN's ``init-token``."""
+        return sorted(
+            n for n, t in self._tokens.items() if t.is_provisioned and n != INIT_TOKEN_NAME
+        )
 
     def rename_bucket(self, old: str, new: str) -> None:
         """Rename bucket ``old`` in every token's permission lists."""
@@ -333,19 +269,11 @@ class TokenStore:
             del self._cache[key]
 
     def _save(self) -> None:
+        # RS_API_TOKEN's init-token is rebuilt from the environment at every start: not saved.
         items = [
-            {
-                "name": t.name,
-                "created_at": t.created_at,
-                "permissions": t.permissions.to_json(),
-                "salt": t.salt.hex(),
-                "digest": t.digest.hex(),
-                "expires_at": t.expires_at,
-                "ttl": t.ttl,
-                "ip_allowlist": list(t.ip_allowlist),
-            }
+            t.to_record()
             for t in self._tokens.values()
-            if not t.is_provisioned
+            if not (t.name == INIT_TOKEN_NAME and self._api_token is not None)
         ]
         data = json.dumps({"version": FILE_VERSION, "tokens": items}, indent=1).encode()
         self._path.parent.mkdir(parents=True, exist_ok=True)
