@@ -3,6 +3,8 @@
 Only this module and ``cli/`` install signal handlers. SIGTERM/SIGINT set an event that Hypercorn's
 ``shutdown_trigger`` waits on, so a systemd or docker stop drains in-flight requests for up to
 ``GRACEFUL_TIMEOUT_SECONDS`` and then runs the app's shutdown (engine flushed and closed).
+The same trigger fires when the services fail to start (engine unusable, provisioning refused):
+the server shuts down and ``serve`` returns the services' exit code.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
@@ -17,6 +21,9 @@ from hypercorn.config import Config
 from appliance.errors import ConfigError
 from appliance.settings import Settings
 from appliance.units import KIB
+
+if TYPE_CHECKING:
+    from provisioning import DesiredState
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,11 @@ def hypercorn_config(settings: Settings) -> Config:
             "invalid setting: RS_CERT_PATH and RS_CERT_KEY_PATH must be set together for TLS"
         )
     if settings.cert_path is not None and settings.cert_key_path is not None:
-        for name, path in (("RS_CERT_PATH", settings.cert_path), ("RS_CERT_KEY_PATH", settings.cert_key_path)):
+        tls_files = (
+            ("RS_CERT_PATH", settings.cert_path),
+            ("RS_CERT_KEY_PATH", settings.cert_key_path),
+        )
+        for name, path in tls_files:
             if not path.is_file():
                 raise ConfigError(f"invalid setting {name}={str(path)!r}: file not found")
         config.certfile = str(settings.cert_path)
@@ -52,12 +63,33 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def serve(settings: Settings) -> None:
-    """Serve the appliance until SIGTERM or SIGINT, then drain and shut down."""
+async def _first_of(*waits: Awaitable[object]) -> None:
+    """Return as soon as one of ``waits`` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def serve(
+    settings: Settings,
+    *,
+    desired: DesiredState | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Serve the appliance until SIGTERM or SIGINT, then drain and shut down; the exit code.
+
+    ``desired`` and ``environ`` are the provisioning loaded by the CLI and the environment it
+    came from (``Services``). Returns 0 after a requested stop, else the services' exit code.
+    """
     from appliance.app import create_app  # imported late: the CLI's `check` needs no Quart
+    from appliance.services import Services
 
     config = hypercorn_config(settings)
-    app = create_app(settings)
+    services = Services(settings, desired=desired, environ=environ)
+    app = create_app(settings, services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -66,5 +98,11 @@ async def serve(settings: Settings) -> None:
     log.info(
         "listening on %s://%s:%d%s", scheme, settings.host, settings.port, settings.api_base_path
     )
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-    log.info("stopped")
+    await hypercorn_serve(
+        app,  # type: ignore[arg-type]
+        config,
+        shutdown_trigger=lambda: _first_of(stop.wait(), services.wait_failed()),
+    )
+    code = services.exit_code or 0
+    log.info("stopped" if code == 0 else f"stopped: startup failed (exit code {code})")
+    return code

@@ -1,4 +1,8 @@
-"""Bucket endpoints (spec §3): create, get, head, update settings, remove, rename."""
+"""Bucket endpoints (spec §3): create, get, head, update settings, remove, rename.
+
+A provisioned bucket (env group or YAML, ``provisioning``) is owned by its declaration: the API
+may read and write its records, but changing its settings, removing or renaming it is 409.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from appliance.api.response import ApiResponse as Response
 from appliance.api.server import bucket_info_json, json_response
 from appliance.api.streaming import read_any_body
 from appliance.engine.models import BucketSettings
-from appliance.errors import UnprocessableEntity
+from appliance.errors import Conflict, UnprocessableEntity
 from appliance.settings import QuotaType
 
 if TYPE_CHECKING:
@@ -41,7 +45,13 @@ def parse_settings(body: bytes) -> dict[str, Any]:
     return fields
 
 
-def _full_info(storage: Storage, name: str) -> dict[str, Any]:
+def refuse_if_provisioned(name: str, action: str) -> None:
+    """409 ``Can't <action> provisioned bucket '<name>'`` (spec §3) for a provisioned bucket."""
+    if services().provisioning.is_bucket_provisioned(name):
+        raise Conflict(f"Can't {action} provisioned bucket '{name}'")
+
+
+def _full_info(storage: Storage, name: str, is_provisioned: bool) -> dict[str, Any]:
     bucket = storage.get_bucket(name)
     info = bucket.info()
     entries = [
@@ -57,7 +67,9 @@ def _full_info(storage: Storage, name: str) -> dict[str, Any]:
         for e in sorted(bucket.entries(), key=lambda e: e.name)
         if not is_meta_entry(e.name)
     ]
-    info_json = bucket_info_json(replace(info, entry_count=len(entries)))
+    info_json = bucket_info_json(
+        replace(info, entry_count=len(entries)), is_provisioned=is_provisioned
+    )
     return {"info": info_json, "settings": bucket.settings.to_json(), "entries": entries}
 
 
@@ -87,7 +99,8 @@ async def get(name: str) -> Response:
         return await head(name)
     read_access(name)
     svc = services()
-    return json_response(await svc.run(_full_info, svc.engine, name))
+    provisioned = svc.provisioning.is_bucket_provisioned(name)
+    return json_response(await svc.run(_full_info, svc.engine, name, provisioned))
 
 
 async def head(name: str) -> Response:
@@ -107,6 +120,7 @@ async def update(name: str) -> Response:
     fields = parse_settings(body)
     full_access()
     bucket_name(name)
+    refuse_if_provisioned(name, "change settings of")
     await svc.run(_update, svc.engine, name, fields)
     return Response(b"", status=200)
 
@@ -118,6 +132,7 @@ async def remove(name: str) -> Response:
     bucket_name(name)
     svc = services()
     svc.check_writable()
+    refuse_if_provisioned(name, "remove")
     await svc.run(svc.engine.remove_bucket, name)
     await svc.run(svc.tokens.remove_bucket, name)
     return Response(b"", status=200)
@@ -133,6 +148,7 @@ async def rename(name: str) -> Response:
     bucket_name(name)
     bucket_name(new)
     svc.check_writable()
+    refuse_if_provisioned(name, "rename")
     await svc.run(svc.engine.rename_bucket, name, new)
     await svc.run(svc.tokens.rename_bucket, name, new)
     return Response(b"", status=200)

@@ -30,15 +30,15 @@ def json_response(value: Any) -> Response:
     )
 
 
-def bucket_info_json(info: BucketInfo) -> dict[str, Any]:
-    """ReductStore's ``BucketInfo`` object."""
+def bucket_info_json(info: BucketInfo, *, is_provisioned: bool) -> dict[str, Any]:
+    """ReductStore's ``BucketInfo`` object (provisioning, not the engine, knows the flag)."""
     return {
         "name": info.name,
         "entry_count": info.entry_count,
         "size": info.size,
         "oldest_record": info.oldest_record,
         "latest_record": info.latest_record,
-        "is_provisioned": info.is_provisioned,
+        "is_provisioned": is_provisioned,
         "status": info.status,
     }
 
@@ -69,7 +69,9 @@ async def ready() -> Response:
 
 @blueprint.route("/info", methods=["GET"])
 async def info() -> Response:
-    """Instance information, with ReductStore's oldest/latest quirks (spec §2)."""
+    """Instance information, with ReductStore's oldest/latest quirks (spec §2), plus the
+    provisioning status (source, last reload, last error; names only, never a secret).
+    Clients ignore fields they do not know, as reduct-py does."""
     authenticate()
     svc = services()
     storage = svc.engine
@@ -89,6 +91,7 @@ async def info() -> Response:
             "latest_record": latest,
             "defaults": {"bucket": svc.defaults.to_json()},
             "license": None,
+            "provisioning": svc.provisioning.to_json(),
         }
     )
 
@@ -99,8 +102,11 @@ async def list_buckets() -> Response:
     token = authenticate()
     svc = services()
     infos = await svc.run(_bucket_infos, svc.engine)
+    provisioned = svc.provisioning.is_bucket_provisioned
     visible = [
-        bucket_info_json(i) for i in infos if can_read(token.name, token.permissions, i.name)
+        bucket_info_json(i, is_provisioned=provisioned(i.name))
+        for i in infos
+        if can_read(token.name, token.permissions, i.name)
     ]
     return json_response({"buckets": visible})
 
