@@ -87,6 +87,8 @@ class Storage:
             bucket.compact()
         self._ctx.files.sync_dirty()
         self._ctx.files.close()
+        if self._ctx.committer is not None:
+            self._ctx.committer.close()
 
     def compact(self) -> None:
         """One compaction step: WAL entries become block descriptors and block indexes."""

@@ -43,6 +43,7 @@ def test_commit_concurrent_writers_share_fsyncs(
     assert len(done) == writers
     assert committer.fsyncs == writers  # each file flushed exactly once
     assert committer.rounds <= writers // 4, committer.rounds  # far fewer rounds than writers
+    committer.close()
     for handle in handles:
         cache.release(handle)
     cache.close()
@@ -73,5 +74,23 @@ def test_commit_failure_reaches_the_writers_of_that_round(
         committer.commit([handle])
     monkeypatch.undo()
     committer.commit([handle])  # a later round is not poisoned by the old failure
+    committer.close()
     cache.release(handle)
+    cache.close()
+
+
+def test_commit_flushes_payload_files_before_wal_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = FileCache()
+    names = ["a.wal", "a.blk", "b.wal", "b.blk"]
+    handles = [cache.acquire(str(tmp_path / n), create=True) for n in names]
+    order: list[str] = []
+    monkeypatch.setattr(FileHandle, "sync", lambda self: order.append(Path(self.path).suffix))
+    committer = GroupCommitter()
+    committer.commit(handles)
+    assert order[:2] == [".blk", ".blk"] and order[2:] == [".wal", ".wal"]
+    committer.close()
+    for handle in handles:
+        cache.release(handle)
     cache.close()
