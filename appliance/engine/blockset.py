@@ -281,6 +281,15 @@ class BlockSet:
         dirty = [block for block in self.live.values() if block.dirty]
         if dirty:
             self.flush(dirty)
+        idle = [
+            b
+            for b in self.live.values()
+            if not b.dirty and not b.pending and b.block_id in self.items
+        ]
+        for block in idle:
+            # Pinned for a change that never came (a refused write): back to the shared LRU.
+            del self.live[block.block_id]
+            self.ctx.blocks.put((self.uid, block.block_id), block)
         return bool(dirty)
 
     def drop(self, block_id: int) -> None:
