@@ -99,7 +99,7 @@ async def serve(
         "listening on %s://%s:%d%s", scheme, settings.host, settings.port, settings.api_base_path
     )
     await hypercorn_serve(
-        app,  # type: ignore[arg-type]
+        app,
         config,
         shutdown_trigger=lambda: _first_of(stop.wait(), services.wait_failed()),
     )

@@ -237,10 +237,10 @@ class TokenStore:
             token.is_provisioned = False
             self._save()
 
-    def provisioned_names(self) -> list[str]:
+    def provisioned_names(self) -> tuple[str, ...]:
         """Tokens marked provisioned, except RS_API_TOKEN's ``init-token``."""
-        return sorted(
-            n for n, t in self._tokens.items() if t.is_provisioned and n != INIT_TOKEN_NAME
+        return tuple(
+            sorted(n for n, t in self._tokens.items() if t.is_provisioned and n != INIT_TOKEN_NAME)
         )
 
     def rename_bucket(self, old: str, new: str) -> None:
