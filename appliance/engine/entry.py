@@ -261,22 +261,15 @@ class Entry:
             raise
         self._commit_and_release(handles)
 
-    def release(self, handle: FileHandle) -> None:
-        """Unpin a file handle obtained from this entry."""
-        self._ctx.files.release(handle)
-
     def _release_all(self, handles: list[FileHandle]) -> None:
         for handle in handles:
             self._ctx.files.release(handle)
 
-    def commit(self, handles: Sequence[FileHandle]) -> None:
-        """fsync the handles through the group committer when writes are synced."""
-        if self._ctx.committer is not None:
-            self._ctx.committer.commit(handles)
-
     def _commit_and_release(self, handles: list[FileHandle]) -> None:
+        """fsync through the group committer when writes are synced; always unpin."""
         try:
-            self.commit(handles)
+            if self._ctx.committer is not None:
+                self._ctx.committer.commit(handles)
         finally:
             self._release_all(handles)
 
