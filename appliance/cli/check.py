@@ -30,12 +30,17 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def run(args: argparse.Namespace) -> int:
     """Run the scrub, print the report, and exit 1 when problems remain."""
+    from appliance import logs
     from appliance.engine.check import check
+    from appliance.settings import LogLevel
 
+    # The report below lists every problem; the engine's per-problem warnings would repeat them.
+    logs.configure(LogLevel.ERROR)
     data = args.data or Path(os.environ.get("RS_DATA_PATH") or "data")
     if not data.is_dir():
         print(f"appliance check: data folder {str(data)!r} does not exist", file=sys.stderr)
         return 2
     report = check(data, repair=args.repair)
     print(report.render())
+    logs.stop()
     return 0 if report.ok else 1
