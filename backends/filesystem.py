@@ -18,6 +18,12 @@ Fault model (durability details in ``backends.fileio``):
   take the key's ``flock`` for the short compare-and-rename step. The lock serialises them across
   threads and processes on one host (and on NFS where flock works: NFSv4 or lockd), so a
   compare-and-replace cannot interleave with another backend write to the same key.
+- A *stopped* holder (SIGSTOP, ``docker pause``) would block every writer of its key until it
+  resumes; a waiter on the same host steals the lock from a stopped process
+  (``fileio.key_lock``), and the resumed holder re-checks ownership right before its rename and
+  backs off with ``BackendUnavailable``. Left open: a holder stopped between that re-check
+  and the rename itself (two syscalls apart) renames unguarded when it resumes; the lease
+  adds its generation check on top of this (``appliance.roles.lease``).
 - ``create_if_absent`` publishes with ``link(2)``, atomic across processes and NFS clients even
   where locks do not work, so acquiring a free lease never depends on ``flock``.
 - Not covered: a process writing the files directly (not through a backend) bypasses the lock,
@@ -70,6 +76,12 @@ def _stat_regular(path: Path) -> os.stat_result | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return st if stat_mode.S_ISREG(st.st_mode) else None
+
+
+def _check_still_held(still_held: Callable[[], bool]) -> None:
+    """EAGAIN (transient) if a waiter took the key lock over while we were stopped."""
+    if not still_held():
+        raise OSError(errno.EAGAIN, "the key lock was taken over while this process was stopped")
 
 
 class FilesystemBackend:
@@ -221,13 +233,14 @@ class FilesystemBackend:
         path = self._path(key)
         with self._translate(key, "write", writing=True), TempFile(path) as temp:
             temp.write_all(chunks)  # the slow part (copy + fsync) happens before the lock
-            with key_lock(path, timeout_seconds=self._lock_timeout_seconds):
+            with key_lock(path, timeout_seconds=self._lock_timeout_seconds) as still_held:
                 if os.path.isdir(path):
                     raise BackendError("a folder has this name", backend=self.name, key=key)
                 current = _stat_regular(path)
                 if expected_etag is not None:
                     self._check_etag(key, current, expected_etag)
                 st = temp.stamp_mtime(current.st_mtime_ns if current is not None else None)
+                _check_still_held(still_held)
                 temp.publish_replace()
         return _info(key, st)
 
@@ -253,7 +266,8 @@ class FilesystemBackend:
         if not os.path.lexists(path):
             return  # nothing to lock for: a racing create simply happens after this delete
         with self._translate(key, "delete", writing=True):
-            with key_lock(path, timeout_seconds=self._lock_timeout_seconds):
+            with key_lock(path, timeout_seconds=self._lock_timeout_seconds) as still_held:
+                _check_still_held(still_held)
                 try:
                     os.unlink(path)
                 except FileNotFoundError:

@@ -6,6 +6,10 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import time
 import tracemalloc
 from collections import defaultdict
 from collections.abc import Iterator
@@ -171,3 +175,60 @@ def test_filesystem_upload_and_download_stream_in_bounded_memory(
     finally:
         tracemalloc.stop()
     assert peak < 4 * MIB, f"peak {peak} bytes: the file was read whole"
+
+
+_HOLDER = """
+import sys
+from pathlib import Path
+from backends.fileio import key_lock
+with key_lock(Path(sys.argv[1]), timeout_seconds=5) as still_held:
+    print("held", flush=True)
+    sys.stdin.readline()
+    print("still held" if still_held() else "taken over", flush=True)
+"""
+
+
+def _lock_holder(target: Path) -> subprocess.Popen[str]:
+    """A child process holding the key lock of ``target`` until it reads a line."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(target)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    return child
+
+
+def _finish(child: subprocess.Popen[str]) -> str:
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    answer = child.stdout.readline().strip()
+    child.wait(timeout=10)
+    return answer
+
+
+def test_filesystem_lock_of_a_stopped_holder_is_taken_over(tmp_path: Path) -> None:
+    backend = FilesystemBackend(tmp_path, lock_timeout_seconds=10)
+    info = backend.write("lease", b"x")
+    child = _lock_holder(tmp_path / "lease")
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        backend.replace_if_unchanged("lease", b"y", info.etag)
+        assert time.monotonic() - started < 2.0  # not the 10 s lock timeout
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    # The resumed holder learns it lost the lock (and would not commit).
+    assert _finish(child) == "taken over"
+    assert backend.read("lease") == b"y"
+
+
+def test_filesystem_lock_of_a_running_holder_is_not_taken_over(tmp_path: Path) -> None:
+    backend = FilesystemBackend(tmp_path, lock_timeout_seconds=0.3)
+    info = backend.write("lease", b"x")
+    child = _lock_holder(tmp_path / "lease")
+    with pytest.raises(BackendUnavailable):
+        backend.replace_if_unchanged("lease", b"y", info.etag)
+    assert _finish(child) == "still held"
+    assert backend.read("lease") == b"x"
