@@ -13,7 +13,8 @@ memory backend (tests) and, later, S3:
   clock skew between hosts (or an NFS server's clock) cannot shorten a lease.
 - **break (expired)**: ``replace_if_unchanged(etag observed)`` with a new record: atomic, so
   exactly one of several contenders wins; a holder that renewed in between makes it fail.
-- **renew**: ``replace_if_unchanged(my etag)`` with ``renew_seq + 1`` and a fresh nonce.
+- **renew**: ``replace_if_unchanged(my etag)`` with ``renew_seq + 1`` and a fresh nonce, then a
+  read of ``.generation``: a newer reserved generation means a contender judged us expired.
 - **release**: ``replace_if_unchanged(my etag)`` with a ``released`` marker; others take a
   released lock at once, without waiting out the TTL.
 
@@ -259,9 +260,27 @@ class Lease:
                         self._held, self._etag = seen.record, seen.etag
                         continue
                 self._hold(record, new_etag, sent)
+                self._check_generation(held.generation)
                 return record
             self.forget()
             raise LeaseLost(f"{self.key} keeps changing under its holder")
+
+    def _check_generation(self, generation: int) -> None:
+        """LeaseLost if a contender reserved a newer generation (it decided we had expired).
+
+        Contenders reserve ``.generation`` before they write ``.lock``. A holder stopped between
+        its compare and its rename (``backends.filesystem``) can clobber a successor's lock
+        when it resumes and then renew "successfully"; this check makes it step down anyway.
+        A contender that reserved and then lost the race also trips it, but only after seeing
+        our lease unchanged for a whole TTL, when our own fence had long closed.
+        """
+        newest = self._read_generation()
+        if newest > generation:
+            self.forget()
+            raise LeaseLost(
+                f"generation {newest} was reserved after ours ({generation})",
+                found_generation=newest,
+            )
 
     def _ours(self, seen: Observation, generation: int) -> bool:
         """True if ``seen`` is a live record this Lease wrote (the owner id has our uuid)."""

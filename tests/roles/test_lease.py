@@ -120,6 +120,20 @@ def test_lease_foreign_overwrite_is_detected_by_renew(backend: Backend, clock: M
         a.renew()  # stays lost
 
 
+def test_lease_newer_reserved_generation_makes_the_holder_step_down(
+    backend: Backend, clock: ManualClock
+) -> None:
+    # A holder whose unguarded rename clobbered its successor's lock still "renews"; the
+    # generation the successor reserved first tells it that it was deposed.
+    a = lease(backend, clock, "a")
+    a.acquire()
+    a.renew()
+    backend.write(GENERATION_KEY, json.dumps({"generation": 5, "owner": "b"}).encode())
+    with pytest.raises(LeaseLost, match="generation 5 was reserved"):
+        a.renew()
+    assert a.held is None
+
+
 def test_lease_deleted_lock_means_lost(backend: Backend, clock: ManualClock) -> None:
     a = lease(backend, clock, "a")
     a.acquire()
