@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from provisioning import DesiredState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# `asyncio` forces the standard event loop (for comparisons); anything else uses uvloop if present.
+LOOP_ENV = "APPLIANCE_EVENT_LOOP"
 
 GRACEFUL_TIMEOUT_SECONDS = 10.0
 # h11 refuses requests whose head exceeds this; batch requests carry one header per record, so
@@ -61,6 +65,25 @@ def hypercorn_config(settings: Settings) -> Config:
         config.certfile = str(settings.cert_path)
         config.keyfile = str(settings.cert_key_path)
     return config
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop the server runs on: uvloop when installed (less per-request overhead in
+    the loop, cheaper wake-ups from the engine threads), else asyncio's default loop."""
+    if os.environ.get(LOOP_ENV, "").strip().lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return asyncio.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on the loop of ``loop_factory`` (the CLI and the benchmark ceiling)."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
 
 
 async def _first_of(*waits: Awaitable[object]) -> None:

@@ -9,7 +9,6 @@ with one line on stderr and exit code 2, before anything is opened.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import logging
 import os
@@ -87,10 +86,11 @@ def run(args: argparse.Namespace) -> int:
         hint = f" (did you mean {close}?)" if close else ""
         log.warning("unknown setting %s is ignored%s", name, hint)
     provisioning.report_loaded(desired, environ)
-    from appliance.server import serve  # late: keeps `appliance check` free of Quart imports
+    from appliance.server import run as run_loop  # late: keeps `appliance check` free of Quart
+    from appliance.server import serve
 
     try:
-        code = asyncio.run(serve(settings, desired=desired, environ=environ))
+        code = run_loop(serve(settings, desired=desired, environ=environ))
     except ConfigError as exc:
         log.error("%s", exc)
         code = EXIT_CONFIG

@@ -7,13 +7,12 @@ bodies. Usage: ``python tests/bench/empty_app.py PORT``.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from hypercorn.asyncio import serve
 from quart import Quart, request
 
-from appliance.server import hypercorn_config
+from appliance.server import hypercorn_config, run
 from appliance.settings import Settings
 
 app = Quart(__name__)
@@ -38,4 +37,4 @@ async def anything(rest: str) -> tuple[str, int, dict[str, str]]:
 
 if __name__ == "__main__":
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
-    asyncio.run(serve(app, hypercorn_config(settings)))  # type: ignore[arg-type]
+    run(serve(app, hypercorn_config(settings)))  # type: ignore[arg-type]
