@@ -143,10 +143,22 @@ class Bucket:
         with self._lock:
             new = self._settings.merged(quota_type, quota_size, max_block_size, max_block_records)
             fileio.atomic_write(self.path / SETTINGS_FILE, encode_settings(new))
-            self._settings = new
+            self.apply_settings(new)
+            return new
+
+    def apply_settings(self, settings: BucketSettings) -> None:
+        """Use ``settings`` from now on (no disk write: the replica's refresh, or after saving)."""
+        with self._lock:
+            self._settings = settings
             for entry in self._entries.values():
                 self._apply_limits(entry)
-            return new
+
+    def swap_entries(self, entries: dict[str, Entry]) -> None:
+        """Replace the entry map (the replica's refresh); no disk write."""
+        for entry in entries.values():
+            self._apply_limits(entry)
+        with self._lock:
+            self._entries = entries
 
     # --- entries --------------------------------------------------------------------------------
 

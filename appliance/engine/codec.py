@@ -371,6 +371,19 @@ def decode_settings(data: bytes, source: str | None = None) -> BucketSettings:
 # --- write-ahead log ------------------------------------------------------------------------------
 
 
+def peek_generation(data: bytes) -> int | None:
+    """The generation in the header of a descriptor, index or WAL (None if not one of them).
+
+    Only the header is looked at (no CRC): used right before replacing a file, to refuse
+    overwriting what a newer lease generation wrote.
+    """
+    magic = data[:4]
+    offset = 8 if magic == INDEX_MAGIC else 16 if magic in (DESCRIPTOR_MAGIC, WAL_MAGIC) else 0
+    if not offset or len(data) < offset + 8:
+        return None
+    return int(_U64.unpack_from(data, offset)[0])
+
+
 def encode_wal_header(block_id: int, generation: int) -> bytes:
     """The first bytes of a WAL segment."""
     return _seal(_WAL.pack(WAL_MAGIC, FORMAT_VERSION, 0, block_id, generation))

@@ -14,11 +14,12 @@ from appliance.engine.block import BlockCache
 from appliance.engine.commit import GroupCommitter
 from appliance.engine.files import FileCache
 from appliance.engine.models import EngineOptions
-from appliance.errors import Forbidden
+from appliance.errors import Forbidden, ServiceUnavailable
 
 QUARANTINE_DIR = ".quarantine"
 FREE_SPACE_REFRESH_SECONDS = 1.0
 READ_ONLY_MESSAGE = "Cannot perform this operation in read-only mode"
+ABANDONED_MESSAGE = "This instance no longer holds the storage lease; writes are refused"
 
 log = logging.getLogger(__name__)
 _uids = itertools.count(1)
@@ -58,13 +59,15 @@ class EngineContext:
     committer: GroupCommitter | None
     disk: DiskSpace
     storage_usage: Callable[[], int] = field(default=lambda: 0)
+    # Set when a lease holder stepped down: nothing of this storage may touch the disk again.
+    abandoned: bool = False
 
     @classmethod
     def create(cls, options: EngineOptions) -> EngineContext:
         """A context for ``options`` (committer only when writes are synced)."""
         return cls(
             options=options,
-            files=FileCache(sync_on_close=options.sync_writes),
+            files=FileCache(sync_on_close=options.sync_writes, read_only=options.read_only),
             blocks=BlockCache(),
             committer=GroupCommitter() if options.sync_writes else None,
             disk=DiskSpace(options.data_path, options.min_free_space),
@@ -90,9 +93,23 @@ class EngineContext:
         return self.data_path / QUARANTINE_DIR / bucket / entry
 
     def check_writable(self) -> None:
-        """Refuse mutations on a read-only instance (403, ReductStore's message)."""
+        """Refuse mutations: read-only instance (403), deposed lease holder (503)."""
         if self.options.read_only:
             raise Forbidden(READ_ONLY_MESSAGE)
+        if self.abandoned:
+            raise ServiceUnavailable(ABANDONED_MESSAGE)
+        fence = self.options.fence
+        if fence is not None:
+            fence.check_writable()
+
+    def deposed(self, reason: str) -> ServiceUnavailable:
+        """A newer generation wrote here: abandon the storage, step down; the error to raise."""
+        self.abandoned = True
+        log.error("newer lease generation found, refusing to write: %s", reason)
+        fence = self.options.fence
+        if fence is not None:
+            fence.deposed(reason)
+        return ServiceUnavailable(ABANDONED_MESSAGE)
 
     @staticmethod
     def new_uid() -> int:

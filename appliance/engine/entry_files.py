@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -38,11 +39,13 @@ from appliance.engine.codec import (
     encode_descriptor,
     encode_index,
     encode_wal_header,
+    peek_generation,
 )
 from appliance.engine.context import EngineContext
 from appliance.engine.files import FileHandle
 from appliance.engine.report import RecoveryReport
-from appliance.errors import CorruptionError
+from appliance.errors import CorruptionError, ServiceUnavailable
+from appliance.roles.fencing import may_replace
 
 INDEX_FILE = "blocks.idx"
 WAL_DIR = ".wal"
@@ -52,6 +55,7 @@ WAL_SUFFIX = ".wal"
 REWRITE_SUFFIX = ".meta.rewrite"
 DATA_TMP_SUFFIX = ".blk.tmp"
 COPY_CHUNK_BYTES = 8 * 1024 * 1024
+HEADER_PEEK_BYTES = 24  # enough for the generation of a descriptor, index or WAL header
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class EntryFiles:
         self._dir = str(path)  # file-cache keys are strings (cheap to build and hash)
         self.wal_dir = path / WAL_DIR
         self.index_path = path / INDEX_FILE
+        self._own_data: set[int] = set()  # data files this lease generation has its own inode of
 
     def meta_path(self, block_id: int) -> Path:
         """Descriptor of a block."""
@@ -94,9 +99,32 @@ class EntryFiles:
 
     # --- metadata -------------------------------------------------------------------------------
 
+    def guard_replace(self, path: Path) -> None:
+        """Refuse (503, and step down) to replace a file a newer lease generation wrote.
+
+        The last check before a commit of a lease holder: a holder paused past its TTL that
+        resumes mid-compaction finds its successor's stamp here (``fencing.may_replace``).
+        """
+        if self.ctx.abandoned:
+            raise ServiceUnavailable("This instance no longer holds the storage lease")
+        generation = self.ctx.generation
+        if generation <= 0:
+            return
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(HEADER_PEEK_BYTES)
+        except FileNotFoundError:
+            return
+        found = peek_generation(head)
+        if found is not None and not may_replace(found, generation):
+            raise self.ctx.deposed(
+                f"{path} was written by generation {found}, ours is {generation}"
+            )
+
     def save_index(self, items: Iterable[IndexItem]) -> None:
         """Rewrite ``blocks.idx`` atomically, stamped with the lease generation."""
         data = encode_index(BlockIndex(self.ctx.generation, tuple(items)))
+        self.guard_replace(self.index_path)
         fileio.atomic_write(self.index_path, data)
 
     def save_descriptor(
@@ -106,7 +134,9 @@ class EntryFiles:
     ) -> IndexItem:
         """Write a descriptor atomically; return its index item."""
         data = encode_descriptor(descriptor, encoded)
-        fileio.atomic_write(self.meta_path(descriptor.block_id), data)
+        path = self.meta_path(descriptor.block_id)
+        self.guard_replace(path)
+        fileio.atomic_write(path, data)
         return index_item(descriptor, descriptor_crc(data))
 
     def load_descriptor(self, block_id: int, entry: str) -> tuple[Descriptor, int]:
@@ -126,6 +156,7 @@ class EntryFiles:
         """Append frames to a block's WAL (starting a new segment when ``fresh``); pinned."""
         path = self.wal_key(block_id)
         if fresh:
+            self.guard_replace(Path(path))  # never delete a newer generation's segment
             fileio.remove_file(Path(path))
             frames = encode_wal_header(block_id, self.ctx.generation) + frames
         try:
@@ -151,8 +182,32 @@ class EntryFiles:
     # --- data -----------------------------------------------------------------------------------
 
     def pin_data(self, block_id: int, create: bool = False) -> FileHandle:
-        """Pinned handle of a block's data file."""
+        """Pinned handle of a block's data file (``create``: for writing)."""
+        if create and self.ctx.generation > 0 and block_id not in self._own_data:
+            self._own_data.add(block_id)
+            self._take_over_data(block_id)
         return self.ctx.files.acquire(self.data_key(block_id), create=create)
+
+    def _take_over_data(self, block_id: int) -> None:
+        """Give this lease generation its own inode of a data file it is about to append to.
+
+        A paused ex-holder may still have the file open; when it resumes, a ``pwrite`` it was
+        about to make (after its last fence check) then lands in the orphaned old inode and
+        cannot overwrite records this generation writes at the same offsets. One copy per
+        block per holder (the latest block of an entry, usually), under the entry lock.
+        """
+        path = self.data_path(block_id)
+        if not path.exists():
+            return  # a new block: the file will be ours from the start
+        tmp = self.path / f"{block_id}{DATA_TMP_SUFFIX}"
+        shutil.copyfile(path, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            fileio.fsync_fd(fd)
+        finally:
+            os.close(fd)
+        self.ctx.files.invalidate(self.data_key(block_id))
+        fileio.replace(tmp, path)
 
     def remove_descriptor(self, block_id: int) -> None:
         """Delete a block's descriptor only (its data file may still receive bytes)."""
@@ -197,6 +252,7 @@ class EntryFiles:
         new = replace(descriptor, records=tuple(records), data_end=position)
         marker = self.path / f"{block_id}{REWRITE_SUFFIX}"
         data = encode_descriptor(new)
+        self.guard_replace(self.meta_path(block_id))
         fileio.atomic_write(marker, data)  # the commit point of the rewrite
         self.ctx.files.invalidate(self.data_key(block_id))
         fileio.replace(tmp, self.data_path(block_id), sync=False)

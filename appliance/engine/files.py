@@ -59,9 +59,13 @@ class FileHandle:
 class FileCache:
     """LRU of open files keyed by path; ``acquire`` pins, ``release`` unpins."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, sync_on_close: bool = False) -> None:
+    def __init__(
+        self, capacity: int = DEFAULT_CAPACITY, sync_on_close: bool = False, read_only: bool = False
+    ) -> None:
         self._capacity = capacity
         self._sync_on_close = sync_on_close
+        # A replica opens files read-only: its data volume may be mounted read-only.
+        self._read_flags = os.O_RDONLY if read_only else os.O_RDWR
         self._lock = threading.Lock()
         # Keyed by path *strings*: hashing pathlib objects costs more than a small read.
         self._open: OrderedDict[str, FileHandle] = OrderedDict()
@@ -74,7 +78,7 @@ class FileCache:
                 self._open.move_to_end(path)
                 handle.pins += 1
                 return handle
-        flags = os.O_WRONLY | os.O_APPEND if append else os.O_RDWR
+        flags = os.O_WRONLY | os.O_APPEND if append else self._read_flags
         if create:
             flags |= os.O_CREAT
         fd = os.open(path, flags | os.O_CLOEXEC, 0o644)

@@ -6,9 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from appliance.settings import QuotaType
 from appliance.units import MIB
+
+if TYPE_CHECKING:
+    from appliance.roles.fencing import Fence
 
 __all__ = [
     "BucketInfo",
@@ -20,6 +24,7 @@ __all__ = [
     "RecordMeta",
     "RecordState",
     "StorageInfo",
+    "WriteFence",
 ]
 
 DEFAULT_MAX_BLOCK_SIZE = 64_000_000
@@ -133,9 +138,23 @@ class StorageInfo:
     latest_record: int
 
 
+class WriteFence(Protocol):
+    """The lease as the engine sees it (``appliance.roles``): may this process still write?"""
+
+    def check_writable(self) -> None:
+        """Raise ``ServiceUnavailable`` unless the lease is surely still ours (may do I/O)."""
+
+    def deposed(self, reason: str) -> None:
+        """The engine found a newer generation's file: step down (no I/O, never raises)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
-    """Everything the engine needs from the settings (built by ``services.py``)."""
+    """Everything the engine needs from the settings (built by ``services.py``).
+
+    ``generation`` (lease roles) is stamped into WAL and index commits; ``fence`` is checked
+    before every mutation; ``wal_fence`` decides which WAL frames recovery may replay.
+    """
 
     data_path: Path
     integrity_checks: bool = True
@@ -145,3 +164,5 @@ class EngineOptions:
     bucket_defaults: BucketSettings = BucketSettings()
     read_only: bool = False
     generation: int = 0
+    fence: WriteFence | None = None
+    wal_fence: Fence | None = None

@@ -10,10 +10,16 @@ finds; ``repair=False`` (``check``) only reports, touching nothing. Steps:
    index disagrees with the descriptors (missing, extra, different), it is rebuilt from them.
 4. Replay every WAL segment over its block's descriptor: a torn or corrupt tail is cut at the
    last good frame (never fatal), the result becomes the descriptor, the segment is deleted.
+   A lease holder (``options.wal_fence``) replays only the frames the generation fence accepts
+   (``appliance.roles.fencing``: nothing a lower generation wrote after a higher one began);
+   the others are reported as ``wal_fenced`` (they were never acknowledged).
 5. With integrity checks: records beyond the end of a data file shorter than its descriptor
    requires are taken out of the block (what is left of their bytes is quarantined); a data
    file without a descriptor is quarantined.
 6. Save the index if anything changed.
+
+A lease holder (generation > 0) always reads the descriptor headers, so an index that a paused
+ex-holder clobbered (older than a descriptor it indexes) is rebuilt (``index_stale``).
 
 Every anomaly becomes a ``Problem`` in the report (and a log line); a clean folder reports none.
 """
@@ -28,6 +34,7 @@ from appliance.engine.block import Block
 from appliance.engine.codec import (
     IndexItem,
     WalFrame,
+    WalSegment,
     decode_descriptor_header,
     decode_index,
     decode_wal,
@@ -37,6 +44,7 @@ from appliance.engine.entry_files import DATA_SUFFIX, META_SUFFIX, WAL_SUFFIX, E
 from appliance.engine.models import RecordState
 from appliance.engine.report import RecoveryReport
 from appliance.errors import CorruptionError
+from appliance.roles.fencing import index_is_stale
 
 
 def _block_ids(folder: Path, suffix: str) -> dict[int, Path]:
@@ -75,6 +83,7 @@ class EntryRecovery:
         self.items: dict[int, IndexItem] = {}
         self.quarantined: set[int] = set()
         self.dirty = False
+        self.index_generation = 0
 
     def _action(self, action: str) -> str:
         return action if self.repair else "none"
@@ -83,7 +92,7 @@ class EntryRecovery:
         """Recover the entry; return its index items."""
         self.files.roll_rewrites(self.report, self.repair)
         loaded = self._load_index()
-        if loaded is None or self.integrity:
+        if loaded is None or self.integrity or self.ctx.generation > 0:
             self._check_descriptors(loaded)
         else:
             self.items = loaded
@@ -118,6 +127,7 @@ class EntryRecovery:
                 exc.offset,
             )
             return None
+        self.index_generation = index.generation
         return {item.block_id: item for item in index.items}
 
     def _check_descriptors(self, loaded: dict[int, IndexItem] | None) -> None:
@@ -142,6 +152,14 @@ class EntryRecovery:
             return
         index_path = self.files.index_path
         mismatch = False
+        if index_is_stale(self.index_generation, (h.generation for h in on_disk.values())):
+            self.report.add(
+                "index_stale",
+                index_path,
+                f"block index (generation {self.index_generation}) is older than a descriptor",
+                self._action("rebuilt from descriptors"),
+            )
+            mismatch = True
         for block_id in sorted(set(loaded) | set(on_disk)):
             if block_id in self.quarantined:
                 mismatch = True  # already reported as descriptor_corrupt
@@ -196,21 +214,47 @@ class EntryRecovery:
 
     def _replay_wals(self) -> None:
         for file_id, path in sorted(_block_ids(self.files.wal_dir, WAL_SUFFIX).items()):
-            segment = decode_wal(fileio.read_file(path), self.entry, str(path))
+            data = fileio.read_file(path)
+            segment = decode_wal(data, self.entry, str(path))
             if segment.error is not None:
                 kind = "wal_torn" if segment.good_end else "wal_corrupt"
                 action = f"truncated at {segment.good_end}" if segment.good_end else "deleted"
                 self.report.add(
                     kind, path, str(segment.error), self._action(action), segment.error.offset
                 )
+            frames = self._fenced(path, segment, data)
             if not self.repair:
                 continue
             if segment.error is not None and segment.good_end:
                 fileio.truncate(path, segment.good_end)
-            if segment.good_end and segment.frames:
-                self._apply(segment.block_id or file_id, segment.frames)
+            if segment.good_end and frames:
+                self._apply(segment.block_id or file_id, frames)
             fileio.remove_file(path)
             self.dirty = True
+
+    def _fenced(self, path: Path, segment: WalSegment, data: bytes) -> tuple[WalFrame, ...]:
+        """The frames the generation fence lets a lease holder replay (all without a fence)."""
+        fence = self.ctx.options.wal_fence
+        if fence is None or not segment.frames:
+            return segment.frames
+        key = path.relative_to(self.ctx.data_path).as_posix()
+        rule = fence.segment(key, segment.generation, data)
+        ends = [frame.offset for frame in segment.frames[1:]] + [segment.good_end]
+        kept = tuple(
+            frame
+            for frame, end in zip(segment.frames, ends, strict=True)
+            if rule.accept(frame.generation, end)
+        )
+        dropped = len(segment.frames) - len(kept)
+        if dropped:
+            self.report.add(
+                "wal_fenced",
+                path,
+                f"{dropped} frame(s) written by an older lease generation after a newer one "
+                "began (never acknowledged)",
+                self._action("ignored"),
+            )
+        return kept
 
     def _apply(self, block_id: int, frames: tuple[WalFrame, ...]) -> None:
         block = self._base_block(block_id)

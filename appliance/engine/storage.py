@@ -5,6 +5,13 @@ replay, integrity checks, quarantine; see ``recovery.py``) and keeps serving wha
 healthy: one bad file never stops startup, only an unusable data path does (InternalError with
 a clear message). ``compact`` is the single step of the compaction loop; ``close`` compacts,
 fsyncs dirty data files and closes every cached file descriptor.
+
+Roles (ARCHITECTURE §5): with ``options.read_only`` (REPLICA) nothing is created or recovered;
+the view is loaded by ``reload_replica`` (``replica.py``), which the replica's refresh calls
+every update interval. A lease holder opens with its generation and fence: every mutation and
+``compact``/``close`` checks the fence first, and ``abandon`` (after stepping down) closes
+the file descriptors without writing anything, so a deposed holder cannot flush stale state
+over its successor's files.
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ from appliance.engine.bucket import Bucket
 from appliance.engine.context import EngineContext
 from appliance.engine.models import U64_MAX, BucketSettings, EngineOptions, StorageInfo
 from appliance.engine.names import validate_bucket_name
+from appliance.engine.replica import ReplicaView
 from appliance.engine.report import RecoveryReport
 from appliance.engine.scan import scan_buckets
-from appliance.errors import Conflict, InternalError, NotFound
+from appliance.errors import Conflict, Forbidden, InternalError, NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +42,16 @@ class Storage:
         self._lock = threading.RLock()
         self._closed = False
         self.recovery = report
+        self._replica = ReplicaView(ctx) if ctx.options.read_only else None
         ctx.storage_usage = self._usage
 
     @classmethod
     def open(cls, options: EngineOptions) -> Storage:
-        """Open (creating if missing) and recover the data folder."""
+        """Open (creating if missing) and recover the data folder; a replica only loads it."""
+        if options.read_only:
+            storage = cls(EngineContext.create(options), {}, RecoveryReport())
+            storage.reload_replica()
+            return storage
         path = options.data_path
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -77,15 +90,43 @@ class Storage:
         return sum(bucket.size for bucket in buckets)
 
     def close(self) -> None:
-        """Flush all WAL state into descriptors and indexes, fsync data, close files."""
+        """Flush all WAL state into descriptors and indexes, fsync data, close files.
+
+        A lease holder flushes only while the fence passes (its WAL stays for the successor's
+        recovery otherwise); a replica and an abandoned storage just close their files.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             buckets = list(self._buckets.values())
-        for bucket in buckets:
-            bucket.compact()
-        self._ctx.files.sync_dirty()
+        ctx = self._ctx
+        if not ctx.options.read_only and not ctx.abandoned:
+            try:
+                ctx.check_writable()
+            except ServiceUnavailable as exc:
+                log.warning("not flushing the storage on close: %s", exc.message)
+                ctx.abandoned = True
+        if not ctx.options.read_only and not ctx.abandoned:
+            for bucket in buckets:
+                bucket.compact()
+            ctx.files.sync_dirty()
+        self._close_files()
+
+    def abandon(self) -> None:
+        """Stop using the storage without writing anything (a deposed lease holder).
+
+        Later mutations fail with 503; descriptors, indexes and WALs stay as they are for the
+        new holder's recovery. Idempotent; ``close`` after it only closes what is left.
+        """
+        self._ctx.abandoned = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._close_files()
+
+    def _close_files(self) -> None:
         self._ctx.files.close()
         if self._ctx.committer is not None:
             self._ctx.committer.close()
@@ -94,10 +135,21 @@ class Storage:
         """One compaction step: WAL entries become block descriptors and block indexes."""
         if self._ctx.options.read_only:
             return
+        self._ctx.check_writable()  # a paused ex-holder must not compact over its successor
         with self._lock:
             buckets = list(self._buckets.values())
         for bucket in buckets:
             bucket.compact()
+
+    def reload_replica(self) -> None:
+        """The replica's refresh step: pick up buckets, settings, entries and indexes."""
+        if self._replica is None:
+            raise Forbidden("only a read-only replica reloads its view")
+        with self._lock:
+            current = dict(self._buckets)
+        found = self._replica.reload(current)
+        with self._lock:
+            self._buckets = found
 
     def info(self) -> StorageInfo:
         """Bucket count, usage and record range with ReductStore's quirks (spec api §2)."""
