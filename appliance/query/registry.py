@@ -268,17 +268,25 @@ class Query:
 def _preload(
     bucket: Any, records: list[tuple[str, RecordMeta]], iters: Mapping[str, tuple[Any, Any]]
 ) -> list[bytes | None]:
-    payloads: list[bytes | None] = []
+    """Payloads of the records small enough to travel in this hop (None: stream it later).
+
+    One ``Entry.read_payloads`` per entry: the entry lock is taken once and records lying
+    back to back in a block file are read with a single pread.
+    """
+    payloads: list[bytes | None] = [None] * len(records)
     loaded = 0
-    entries: dict[str, Any] = {name: pair[0] for name, pair in iters.items()}
-    for name, meta in records:
-        if meta.size <= PRELOAD_RECORD_BYTES and loaded + meta.size <= PRELOAD_BATCH_BYTES:
-            entry = entries.get(name) or bucket.get_entry(name)
-            entries[name] = entry
-            payloads.append(entry.read_payload(meta))
-            loaded += meta.size
-        else:
-            payloads.append(None)
+    wanted: dict[str, list[int]] = {}
+    for i, (name, meta) in enumerate(records):
+        size = meta.size
+        if size <= PRELOAD_RECORD_BYTES and loaded + size <= PRELOAD_BATCH_BYTES:
+            wanted.setdefault(name, []).append(i)
+            loaded += size
+    for name, indexes in wanted.items():
+        pair = iters.get(name)
+        entry = pair[0] if pair is not None else bucket.get_entry(name)
+        data = entry.read_payloads([records[i][1] for i in indexes])
+        for i, payload in zip(indexes, data, strict=True):
+            payloads[i] = payload
     return payloads
 
 

@@ -1,0 +1,165 @@
+"""Entry.read_payloads: the bulk payload read of batched queries (one pread per run)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import appliance.engine.entry as entry_module
+from appliance.engine import Bucket, Entry, Storage
+from appliance.engine.models import BucketSettings, EngineOptions, RecordMeta
+from appliance.errors import CorruptionError, InternalError, NotFound, TooEarly
+
+U64_MAX = 2**64 - 1
+CT = "application/octet-stream"
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[Storage]:
+    storage = Storage.open(EngineOptions(data_path=tmp_path / "data"))
+    yield storage
+    storage.close()
+
+
+@pytest.fixture
+def bucket(storage: Storage) -> Bucket:
+    return storage.create_bucket("b", BucketSettings(max_block_records=4, max_block_size=10_000))
+
+
+@pytest.fixture
+def preads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes of every os.pread call made while the test runs."""
+    sizes: list[int] = []
+    real: Callable[[int, int, int], bytes] = os.pread
+
+    def counting(fd: int, size: int, offset: int) -> bytes:
+        sizes.append(size)
+        return real(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", counting)
+    return sizes
+
+
+def payload(ts: int, size: int = 8) -> bytes:
+    return bytes([ts % 251]) * size
+
+
+def metas(entry: Entry) -> list[RecordMeta]:
+    return list(entry.iter_records(0, U64_MAX))
+
+
+def assert_unpinned(entry: Entry) -> None:
+    assert all(h.pins == 0 for h in entry._ctx.files._open.values())
+
+
+def test_bulk_read_equals_single_reads_across_blocks_and_empty_payloads(bucket: Bucket) -> None:
+    for ts in range(1, 11):
+        bucket.write_record("e", ts, payload(ts, ts % 3 * 5), CT, {})  # sizes 5, 10, 0, ...
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    assert entry.read_payloads(records) == [entry.read_payload(m) for m in records]
+    assert entry.read_payloads(records[::-1]) == [entry.read_payload(m) for m in records[::-1]]
+    assert entry.read_payloads([]) == []
+    assert_unpinned(entry)
+
+
+def test_bulk_read_joins_adjacent_records_into_one_pread_per_block(
+    bucket: Bucket, preads: list[int]
+) -> None:
+    for ts in range(1, 9):  # two blocks of four 8-byte records
+        bucket.write_record("e", ts, payload(ts), CT, {})
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    preads.clear()
+    assert entry.read_payloads(records) == [payload(ts) for ts in range(1, 9)]
+    assert preads == [32, 32]
+    preads.clear()
+    assert entry.read_payloads([records[0], records[2]]) == [payload(1), payload(3)]
+    assert preads == [8, 8]  # not adjacent: one pread each
+
+
+def test_bulk_read_out_of_order_writes_are_not_joined(bucket: Bucket, preads: list[int]) -> None:
+    for ts in (4, 3, 2, 1):  # one block; file order is the reverse of time order
+        bucket.write_record("e", ts, payload(ts), CT, {})
+    entry = bucket.get_entry("e")
+    preads.clear()
+    assert entry.read_payloads(metas(entry)) == [payload(ts) for ts in (1, 2, 3, 4)]
+    assert preads == [8, 8, 8, 8]
+
+
+def test_bulk_read_runs_are_bounded(
+    bucket: Bucket, preads: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(entry_module, "RUN_BYTES", 16)
+    for ts in range(1, 5):
+        bucket.write_record("e", ts, payload(ts), CT, {})
+    entry = bucket.get_entry("e")
+    preads.clear()
+    assert entry.read_payloads(metas(entry)) == [payload(ts) for ts in range(1, 5)]
+    assert preads == [16, 16]
+
+
+def test_bulk_read_corrupt_payload_fails_with_that_record(bucket: Bucket, storage: Storage) -> None:
+    for ts in (1, 2, 3):
+        bucket.write_record("e", ts, payload(ts), CT, {})
+    path = storage.options.data_path / "b" / "e" / "1.blk"
+    blob = bytearray(path.read_bytes())
+    blob[9] ^= 0xFF  # inside record 2
+    path.write_bytes(bytes(blob))
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    with pytest.raises(CorruptionError) as excinfo:
+        entry.read_payloads(records)
+    assert excinfo.value.offset == 8 and excinfo.value.path == str(path)
+    assert "Record 2 " in excinfo.value.message and "checksum" in excinfo.value.message
+    assert entry.read_payloads([records[0], records[2]]) == [payload(1), payload(3)]
+    assert_unpinned(entry)
+
+
+def test_bulk_read_short_data_file_fails_from_the_first_cut_record(
+    bucket: Bucket, storage: Storage
+) -> None:
+    for ts in (1, 2, 3):
+        bucket.write_record("e", ts, payload(ts), CT, {})
+    path = storage.options.data_path / "b" / "e" / "1.blk"
+    os.truncate(path, 12)  # record 2 is cut, record 3 is gone
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    with pytest.raises(CorruptionError) as excinfo:
+        entry.read_payloads(records)
+    assert "Record 2 " in excinfo.value.message and "shorter" in excinfo.value.message
+    assert entry.read_payloads(records[:1]) == [payload(1)]
+    assert_unpinned(entry)
+
+
+def test_bulk_read_errors_come_in_record_order(bucket: Bucket) -> None:
+    bucket.write_record("e", 1, payload(1), CT, {})
+    writer = bucket.begin_write("e", 2, 8, CT, {})  # still being written
+    broken = bucket.begin_write("e", 3, 8, CT, {})
+    broken.abort("client went away")
+    entry = bucket.get_entry("e")
+    first = entry.get_record(1)
+    with pytest.raises(TooEarly):
+        entry.read_payloads([first, entry.get_record(2), entry.get_record(3)])
+    with pytest.raises(InternalError) as excinfo:
+        entry.read_payloads([first, entry.get_record(3), entry.get_record(2)])
+    assert excinfo.value.message == "Record 3 is broken"
+    gone = RecordMeta(99, 8, CT, {}, first.state, "e")
+    with pytest.raises(NotFound):
+        entry.read_payloads([first, gone])
+    writer.write(payload(2))
+    writer.finish()
+    assert entry.read_payloads([first, entry.get_record(2)]) == [payload(1), payload(2)]
+    assert_unpinned(entry)
+
+
+def test_bulk_read_of_a_removed_entry_is_not_found(bucket: Bucket) -> None:
+    bucket.write_record("e", 1, payload(1), CT, {})
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    bucket.remove_entry("e")
+    with pytest.raises(NotFound):
+        entry.read_payloads(records)
