@@ -27,6 +27,7 @@ from appliance.settings import Settings
 log = logging.getLogger(__name__)
 
 COMMON_HEADERS = {"x-reduct-api": API_VERSION, "Server": f"ReductStore {REDUCTSTORE_VERSION}"}
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def error_response(status: int, message: str, *, body: bool = True) -> Response:
@@ -82,6 +83,23 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         """The web console is not bundled; keep ReductStore's redirect to it."""
         response = Response(b"", status=302)
         response.headers["Location"] = base + "ui/"
+        return response
+
+    @app.before_request
+    async def fence_before_mutation() -> None:
+        """A lease holder checks its lease before a mutation (slow path off the loop)."""
+        if request.method in MUTATING_METHODS:
+            await svc.fence_write()
+
+    @app.after_request
+    async def fence_before_acknowledging(response: Response) -> Response:
+        """...and again before a mutation's 2xx leaves: the write happened before any
+        takeover, or the client gets 503 instead of an acknowledgement (issue #5)."""
+        if request.method in MUTATING_METHODS and response.status_code < 300:
+            try:
+                await svc.fence_write()
+            except ApplianceError as exc:
+                return error_response(exc.status, exc.message, body=request.method != "HEAD")
         return response
 
     @app.errorhandler(ApplianceError)

@@ -6,11 +6,21 @@ app starts serving, so HTTP answers at once (``/alive`` 200, everything else 503
 Every engine call goes through ``run`` (a dedicated thread pool): the engine is blocking code and
 nothing may block the event loop (ARCHITECTURE §3 "Concurrency").
 
-Startup order in that task: token store, engine, provisioning ``boot()`` (buckets, then tokens),
+Startup order in that task: the role (a PRIMARY/SECONDARY waits for the lease and records
+"generation N began"), token store, engine, provisioning ``boot()`` (buckets, then tokens),
 and only then "open": no client ever sees a half-provisioned instance. If the engine cannot be
 opened or the provisioning is refused, the instance cannot serve: ``failed`` is set with an
 exit code (2 for a configuration error, 1 otherwise) and ``appliance.server`` shuts down and
 exits with it, so systemd or docker see a dead service, not one stuck answering 503.
+
+Roles (``appliance.roles``, ARCHITECTURE §5): ``ready`` needs the role's consent (lease held,
+or the replica's first refresh). A REPLICA opens the engine read-only, refreshes it every
+``RS_ENGINE_REPLICA_UPDATE_INTERVAL`` and runs neither compaction nor provisioning. A lease
+holder that steps down (lost or tampered lease, a newer generation's file) abandons the engine
+without writing anything; with ``RS_LOCK_FILE_FAILURE_ACTION=abort`` the process exits 1, with
+``proceed`` it competes for the lease again and re-opens (recovering) once it holds it. On
+shutdown the holder flushes the engine while it still holds the lease, then releases it, so
+the standby takes over within one polling interval.
 """
 
 from __future__ import annotations
@@ -29,6 +39,9 @@ from appliance.auth import Permissions, TokenStore
 from appliance.engine.models import BucketSettings, EngineOptions
 from appliance.errors import ConfigError, ServiceUnavailable
 from appliance.query.registry import QueryRegistry
+from appliance.roles import wiring
+from appliance.roles.lease import LeaseError, LeaseLost
+from appliance.roles.role import RoleManager, RoleStatus
 from appliance.settings import Settings
 from provisioning import (
     DesiredState,
@@ -52,8 +65,8 @@ EXIT_RUNTIME = 1  # exit codes of `appliance serve` (cli/main.py)
 EXIT_CONFIG = 2
 
 
-def engine_options(settings: Settings) -> EngineOptions:
-    """The engine's options derived from the settings."""
+def engine_options(settings: Settings, **role: Any) -> EngineOptions:
+    """The engine's options derived from the settings (``role``: generation, fences...)."""
     return EngineOptions(
         data_path=settings.data_path,
         integrity_checks=settings.engine_enable_integrity_checks,
@@ -61,6 +74,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         min_free_space=settings.engine_min_free_space,
         max_storage_size=settings.engine_max_storage_size,
         bucket_defaults=bucket_defaults(settings),
+        **role,
     )
 
 
@@ -139,11 +153,11 @@ class Services:
         self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
         self.open_error: BaseException | None = None
-        # Hook for the roles issue: called before every mutation; raises ServiceUnavailable
-        # (fenced) or Forbidden (replica / read-only) to refuse it.
-        self.write_check: Callable[[], None] | None = None
-        # Extra readiness condition (lease held...); None means "ready once the engine is open".
-        self.ready_check: Callable[[], bool] | None = None
+        # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
+        self.lease_backend = wiring.lease_backend(settings)
+        self.role: RoleManager = wiring.build_role(settings, self.lease_backend)
+        self.role.add_listener(self._role_changed)
+        self._loop: asyncio.AbstractEventLoop | None = None
         # What is provisioned (API 409s, is_provisioned, /info); filled by the provisioner.
         self.provisioning = ProvisioningState()
         self.provisioner: Provisioner | None = None
@@ -157,6 +171,7 @@ class Services:
         self._clock = clock
         self._started_at = clock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._compaction: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closed = False
 
@@ -164,10 +179,8 @@ class Services:
 
     @property
     def ready(self) -> bool:
-        """True when requests can be served (engine open and, if set, the role agrees)."""
-        if self.storage is None:
-            return False
-        return self.ready_check() if self.ready_check is not None else True
+        """True when requests can be served: engine open and the role agrees."""
+        return self.storage is not None and self.role.is_ready
 
     @property
     def engine(self) -> Storage:
@@ -183,9 +196,17 @@ class Services:
         return int(self._clock() - self._started_at)
 
     def check_writable(self) -> None:
-        """Raise if this instance may not accept mutations right now (roles hook)."""
-        if self.write_check is not None:
-            self.write_check()
+        """Raise if this instance may not accept mutations: 403 replica, 503 not the holder.
+
+        No I/O (event loop): the timing part of the lease fence runs in ``fence_write``
+        before and after the request, and in the engine before every mutation.
+        """
+        self.role.check_writable_nowait()
+
+    async def fence_write(self) -> None:
+        """The lease fence with its slow path off the loop (503 when we may not write)."""
+        if not self.role.read_only:
+            await self.role.check_writable_async()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking ``fn`` in the engine thread pool and await its result."""
@@ -202,9 +223,11 @@ class Services:
     # --- lifespan ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Begin opening the engine in the background and start the loops."""
+        """Start the role, begin opening the engine in the background, start the loops."""
         if not self.tokens.enabled:
             log.warning("authentication is disabled: set RS_API_TOKEN")
+        self._loop = asyncio.get_running_loop()
+        await self.role.start()
         self._tasks.append(asyncio.create_task(self._open(), name="engine-open"))
 
     async def wait_open(self) -> None:
@@ -236,15 +259,28 @@ class Services:
 
     async def _open(self) -> None:
         try:
+            generation = await self.role.wait_serving()
+        except LeaseError as exc:
+            if self.role.must_exit or not isinstance(exc, LeaseLost):
+                self._fail(f"cannot take the storage lease: {exc}", exc, EXIT_RUNTIME)
+            return  # lost while recording (proceed): the role listener rejoins
+        try:
             started = time.perf_counter()
             await self.run(self.tokens.load)
-            storage = await self.run(self._open_storage, engine_options(self.settings))
+            options = await self.run(self._role_options, generation)
+            storage = await self.run(self._open_storage, options)
+        except LeaseLost as exc:  # a newer generation began before we could open
+            self.role.deposed(str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - the instance cannot serve: exit
             path = self.settings.data_path
             self._fail(f"cannot open the storage at {path}: {exc}", exc, EXIT_RUNTIME)
             return
-        if self._closed:
-            await self.run(storage.close)
+        if self._closed or (generation and self.role.generation != generation):
+            await self.run(storage.abandon if generation else storage.close)
+            return  # stopped, or stepped down while recovering
+        if self.role.read_only:
+            await self._serve_replica(storage)
             return
         provisioner = self._make_provisioner(storage)
         boot = asyncio.ensure_future(self.run(provisioner.boot))
@@ -265,8 +301,35 @@ class Services:
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
         await provisioner.start()  # the watcher (boot already ran)
-        if self.settings.engine_compaction_interval > 0:
-            self._tasks.append(asyncio.create_task(self._compaction_loop(), name="compaction"))
+        if self.settings.engine_compaction_interval > 0 and self._compaction is None:
+            self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
+            self._tasks.append(self._compaction)  # one loop, kept across a rejoin
+
+    def _role_options(self, generation: int) -> EngineOptions:
+        """Engine options for the role (blocking: reads the generation log of a lease)."""
+        if self.role.read_only:
+            return engine_options(self.settings, read_only=True)
+        if not generation:
+            return engine_options(self.settings)
+        wal_fence = wiring.load_wal_fence(self.lease_backend, generation)  # LeaseLost if stale
+        return engine_options(
+            self.settings, generation=generation, fence=self.role, wal_fence=wal_fence
+        )
+
+    async def _serve_replica(self, storage: Storage) -> None:
+        """Serve the read-only view; refreshed (with the tokens) every update interval."""
+
+        def refresh() -> None:
+            storage.reload_replica()
+            self.tokens.load()  # token changes of the primary, at most once per interval
+
+        self.storage = storage
+        self._opened.set()
+        self.role.attach_refresh(refresh)
+        log.info(
+            "read-only replica: provisioning and compaction are skipped",
+            extra={"interval": self.settings.engine_replica_update_interval},
+        )
 
     async def _compaction_loop(self) -> None:
         interval = self.settings.engine_compaction_interval
@@ -274,8 +337,48 @@ class Services:
             await asyncio.sleep(interval)
             try:
                 await self.run(self.compact_step)
+            except ServiceUnavailable as exc:
+                log.warning("compaction skipped: %s", exc.message)
             except Exception:  # noqa: BLE001 - a failed pass must not stop the loop
                 log.exception("compaction failed")
+
+    # --- role changes -----------------------------------------------------------------------
+
+    def _role_changed(self, status: RoleStatus) -> None:
+        """Role listener (any thread): a holder that stepped down stops writing at once."""
+        if status.state != "STEPPED_DOWN" or self._closed:
+            return
+        storage = self.storage
+        if storage is not None:
+            storage.mark_abandoned()  # only a flag: safe from any thread, under any lock
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._schedule_step_down)
+
+    def _schedule_step_down(self) -> None:
+        if not self._closed:
+            self._tasks.append(asyncio.create_task(self._step_down(), name="step-down"))
+
+    async def _step_down(self) -> None:
+        """Abandon the engine; exit (abort) or compete for the lease again (proceed)."""
+        storage, self.storage = self.storage, None
+        provisioner, self.provisioner = self.provisioner, None
+        if provisioner is not None:
+            await provisioner.stop()
+        if storage is not None:
+            await self.run(storage.abandon)
+        self.queries.clear()
+        code = self.role.must_exit
+        if code is not None:
+            detail = self.role.status().detail
+            self._fail(f"storage lease lost, exiting: {detail}", LeaseLost(detail), code)
+            return
+        if self._closed:
+            return
+        log.warning("storage lease lost; waiting to take it again (failure action proceed)")
+        self._opened.clear()
+        await self.role.rejoin()
+        self._tasks.append(asyncio.create_task(self._open(), name="engine-reopen"))
 
     def compact_step(self) -> None:
         """One compaction pass (WAL → descriptors and index); no-op until the engine is open."""
@@ -302,7 +405,12 @@ class Services:
         storage, self.storage = self.storage, None
         if storage is not None:
             try:
+                # Flushes only while the lease is still ours (the engine checks the fence).
                 await self.run(storage.close)
             except Exception:  # noqa: BLE001 - shutdown must finish
                 log.exception("closing the storage failed")
+        try:
+            await self.role.close()  # release the lease last: the standby recovers our WAL
+        except Exception:  # noqa: BLE001 - shutdown must finish
+            log.exception("releasing the role failed")
         self.executor.shutdown(wait=True)

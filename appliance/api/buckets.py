@@ -120,6 +120,7 @@ async def update(name: str) -> Response:
     fields = parse_settings(body)
     full_access()
     bucket_name(name)
+    svc.check_writable()  # ReductStore leaves this unguarded on a replica; we refuse (403)
     refuse_if_provisioned(name, "change settings of")
     await svc.run(_update, svc.engine, name, fields)
     return Response(b"", status=200)

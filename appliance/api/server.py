@@ -18,6 +18,7 @@ from appliance.services import STARTING_MESSAGE
 if TYPE_CHECKING:
     from appliance.engine import Storage
     from appliance.engine.models import BucketInfo
+    from appliance.services import Services
 
 blueprint = Blueprint("server", __name__)
 U64_MAX = 2**64 - 1
@@ -70,8 +71,9 @@ async def ready() -> Response:
 @blueprint.route("/info", methods=["GET"])
 async def info() -> Response:
     """Instance information, with ReductStore's oldest/latest quirks (spec §2), plus the
-    provisioning status (source, last reload, last error; names only, never a secret).
-    Clients ignore fields they do not know, as reduct-py does."""
+    provisioning status (source, last reload, last error; names only, never a secret) and the
+    role's state (lease generation, replica staleness). Clients ignore fields they do not
+    know, as reduct-py does."""
     authenticate()
     svc = services()
     storage = svc.engine
@@ -92,8 +94,20 @@ async def info() -> Response:
             "defaults": {"bucket": svc.defaults.to_json()},
             "license": None,
             "provisioning": svc.provisioning.to_json(),
+            "role": role_json(svc),
         }
     )
+
+
+def role_json(svc: Services) -> dict[str, Any]:
+    """The role's state for operators: lease state and generation, or replica staleness."""
+    status = svc.role.status()
+    return {
+        "state": status.state,
+        "ready": status.ready,
+        "generation": status.generation,
+        "detail": status.detail,
+    }
 
 
 @blueprint.route("/list", methods=["GET"])

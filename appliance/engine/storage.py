@@ -113,6 +113,10 @@ class Storage:
             ctx.files.sync_dirty()
         self._close_files()
 
+    def mark_abandoned(self) -> None:
+        """Refuse every later mutation with 503 (only a flag: safe from any thread)."""
+        self._ctx.abandoned = True
+
     def abandon(self) -> None:
         """Stop using the storage without writing anything (a deposed lease holder).
 

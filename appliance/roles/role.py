@@ -96,6 +96,18 @@ class RoleManager(Protocol):
         """``check_writable`` with any I/O off the event loop."""
         ...
 
+    def check_writable_nowait(self) -> None:
+        """The part of ``check_writable`` that needs no I/O (safe on the event loop)."""
+        ...
+
+    def deposed(self, reason: str) -> None:
+        """The engine found a newer generation's file: step down now (no I/O, never raises)."""
+        ...
+
+    async def rejoin(self) -> None:
+        """After a step-down with action proceed: compete for the lease again."""
+        ...
+
     def add_listener(self, listener: StatusListener) -> None:
         """Call ``listener(status)`` whenever the role's state changes."""
         ...
@@ -135,6 +147,15 @@ class StandaloneRole:
 
     async def check_writable_async(self) -> None:
         """Always writable."""
+
+    def check_writable_nowait(self) -> None:
+        """Always writable."""
+
+    def deposed(self, reason: str) -> None:
+        """No lease: nothing to step down from."""
+
+    async def rejoin(self) -> None:
+        """No lease: nothing to rejoin."""
 
     def add_listener(self, listener: StatusListener) -> None:
         """The state never changes: nothing to notify."""
@@ -190,6 +211,16 @@ class ReplicaRole:
     async def check_writable_async(self) -> None:
         """Always 403."""
         self.refresher.check_writable()
+
+    def check_writable_nowait(self) -> None:
+        """Always 403."""
+        self.refresher.check_writable()
+
+    def deposed(self, reason: str) -> None:
+        """No lease: nothing to step down from."""
+
+    async def rejoin(self) -> None:
+        """No lease: nothing to rejoin."""
 
     def add_listener(self, listener: StatusListener) -> None:
         """Called once, when the replica first becomes ready."""
@@ -288,6 +319,15 @@ class LeaseRole:
         if not self.generation:
             raise ServiceUnavailable(NOT_HOLDER_MESSAGE)
         await self.manager.check_writable_async()
+
+    def check_writable_nowait(self) -> None:
+        """503 unless holding our recorded generation (the timing part needs ``check_writable``)."""
+        if not self.generation:
+            raise ServiceUnavailable(self.manager.refusal())
+
+    def deposed(self, reason: str) -> None:
+        """Step down: the engine found a file of a newer generation (we were taken over)."""
+        self.manager.step_down(LeaseLost(reason))
 
     def add_listener(self, listener: StatusListener) -> None:
         """Called on every lease state change."""

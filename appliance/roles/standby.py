@@ -318,7 +318,7 @@ class LeaseManager:
             if self._fast_path_ok():
                 return  # another caller renewed while we waited for the lock
             if self._state is not LeaseState.HOLDING:
-                raise ServiceUnavailable(self._refusal())
+                raise ServiceUnavailable(self.refusal())
             try:
                 self.lease.renew()
             except LeaseLost as exc:
@@ -342,7 +342,8 @@ class LeaseManager:
         sent = self.lease.renewed_mono
         return sent is not None and self._clock.monotonic() - sent < self.config.fence_window_s
 
-    def _refusal(self) -> str:
+    def refusal(self) -> str:
+        """Why writes are refused right now (not holding, or stepped down)."""
         if self._state is LeaseState.STEPPED_DOWN:
             return FENCED_MESSAGE
         return NOT_HOLDER_MESSAGE

@@ -1,0 +1,36 @@
+"""What the services need to put a role together: the lease's backend, the role, the WAL fence.
+
+Kept apart from ``role.py`` so the role managers stay free of settings-to-backend plumbing.
+"""
+
+from __future__ import annotations
+
+from appliance.roles.fencing import Fence, GenerationLog
+from appliance.roles.role import RoleManager, build_role_manager
+from appliance.settings import Settings
+from backends.filesystem import FilesystemBackend
+
+# A lease CAS waits at most this long for another writer's key lock (a stopped holder's
+# lock is taken over sooner, see ``backends.fileio.key_lock``); the next poll retries.
+MAX_LOCK_WAIT_SECONDS = 5.0
+
+
+def lease_backend(settings: Settings) -> FilesystemBackend:
+    """The backend holding ``.lock``, ``.generation`` and ``.generations``: the data folder."""
+    ttl = settings.lock_file_ttl
+    bound = min(settings.lock_file_polling_interval, ttl / 4 if ttl > 0 else MAX_LOCK_WAIT_SECONDS)
+    return FilesystemBackend(
+        settings.data_path, lock_timeout_seconds=max(0.05, min(bound, MAX_LOCK_WAIT_SECONDS))
+    )
+
+
+def build_role(settings: Settings, backend: FilesystemBackend) -> RoleManager:
+    """The role manager for ``RS_INSTANCE_ROLE`` (no file is touched until ``start``)."""
+    return build_role_manager(settings, backend)
+
+
+def load_wal_fence(backend: FilesystemBackend, generation: int) -> Fence:
+    """The generation fence recovery applies; LeaseLost if a newer generation already began."""
+    fence = Fence(GenerationLog(backend).markers(), generation)
+    fence.check_current()
+    return fence
