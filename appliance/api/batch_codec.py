@@ -45,6 +45,7 @@ __all__ = [
     "parse_v2_request",
     "parse_v2_update",
     "v2_body_order",
+    "v2_read_batch_headers",
 ]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -459,49 +460,136 @@ def v2_body_order(records: Sequence[RecordLike]) -> list[RecordLike]:
     return sorted(records, key=lambda r: (r.timestamp, indexes[r.entry]))
 
 
-def _label_delta(
-    labels: Mapping[str, str], previous: Mapping[str, str] | None, names: dict[str, int]
-) -> str:
+def _first_label_delta(labels: Mapping[str, str], names: dict[str, int]) -> str:
+    """Labels of an entry's first record: every label, names indexed in sorted order."""
     ops: list[tuple[int, str]] = []
-    keys = sorted(labels) if previous is None else sorted(set(previous) | set(labels))
-    for key in keys:
-        current = labels.get(key)
-        if previous is not None and previous.get(key) == current:
-            continue
-        index = names.setdefault(key, len(names))
-        ops.append((index, "" if current is None else _format_label_value(current)))
+    for key in sorted(labels):
+        value = labels[key]
+        ops.append((names.setdefault(key, len(names)), f'"{value}"' if "," in value else value))
     ops.sort()
-    return ",".join(f"{index}={value}" for index, value in ops)
+    return ",".join([f"{index}={value}" for index, value in ops])
+
+
+def _label_delta(
+    labels: Mapping[str, str], previous: Mapping[str, str], names: dict[str, int]
+) -> str:
+    """Changes from ``previous``: set or changed labels, removed ones as ``idx=``.
+
+    New names get their indexes in the sorted order of the changed keys; when every changed
+    name is already indexed (the usual case after a batch's first record) that order cannot
+    matter and the sort is skipped.
+    """
+    ops: list[tuple[int, str]] = []
+    added = 0
+    for key, value in labels.items():
+        old = previous.get(key)
+        if old != value:
+            index = names.get(key)
+            if index is None:
+                return _label_delta_sorted(labels, previous, names)
+            if old is None:
+                added += 1
+            ops.append((index, f'"{value}"' if "," in value else value))
+    if len(previous) != len(labels) - added:  # some labels were removed
+        for key in previous:
+            if key not in labels:
+                index = names.get(key)
+                if index is None:
+                    return _label_delta_sorted(labels, previous, names)
+                ops.append((index, ""))
+    if not ops:
+        return ""
+    if len(ops) == 1:
+        index, value = ops[0]
+        return f"{index}={value}"
+    ops.sort()
+    return ",".join([f"{index}={value}" for index, value in ops])
+
+
+def _label_delta_sorted(
+    labels: Mapping[str, str], previous: Mapping[str, str], names: dict[str, int]
+) -> str:
+    """``_label_delta`` when new names must be indexed: in the sorted order of changed keys."""
+    changed = [key for key, value in labels.items() if previous.get(key) != value]
+    changed.extend(key for key in previous if key not in labels)
+    changed.sort()
+    ops: list[tuple[int, str]] = []
+    for key in changed:
+        value = labels.get(key)
+        if value is None:
+            value = ""
+        elif "," in value:
+            value = f'"{value}"'
+        ops.append((names.setdefault(key, len(names)), value))
+    ops.sort()
+    return ",".join([f"{index}={value}" for index, value in ops])
+
+
+def v2_read_batch_headers(records: Sequence[RecordLike]) -> list[tuple[str, str]]:
+    """``encode_v2_read_batch`` as a list of (name, value) pairs, in the same order.
+
+    The hot path of batched reads: a batch of one entry in time order (what the query
+    collects) needs no sorting, and a record whose labels equal its predecessor's costs one
+    dict comparison.
+    """
+    if not records:
+        return [(ENTRIES_HEADER, ""), (START_TS_HEADER, "0")]
+    first: dict[str, int] = {}
+    in_order = True
+    last_ts = -1
+    for record in records:
+        ts = record.timestamp
+        if ts < last_ts:
+            in_order = False
+        last_ts = ts
+        seen = first.get(record.entry)
+        if seen is None or ts < seen:
+            first[record.entry] = ts
+    if len(first) == 1:
+        indexes = dict.fromkeys(first, 0)
+        body: Sequence[RecordLike] = records if in_order else v2_body_order(records)
+    else:
+        ordered = sorted(first, key=lambda name: (first[name], name))
+        indexes = {name: index for index, name in enumerate(ordered)}
+        body = sorted(records, key=lambda r: (r.timestamp, indexes[r.entry]))
+    start_ts = min(first.values())
+    names: dict[str, int] = {}
+    previous: dict[int, tuple[str, Mapping[str, str]]] = {}  # content type, labels
+    headers = [
+        (ENTRIES_HEADER, ",".join([encode_name(name) for name in indexes])),
+        (START_TS_HEADER, str(start_ts)),
+    ]
+    append = headers.append
+    for record in body:
+        index = indexes[record.entry]
+        content_type = record.content_type or DEFAULT_CONTENT_TYPE
+        labels = record.labels
+        prev = previous.get(index)
+        if prev is None:
+            delta = _first_label_delta(labels, names)
+            value = f"{record.size},{content_type}"
+            if delta:
+                value = f"{value},{delta}"
+        else:
+            prev_type, prev_labels = prev
+            type_part = "" if prev_type == content_type else content_type
+            delta = "" if labels == prev_labels else _label_delta(labels, prev_labels, names)
+            if delta:
+                value = f"{record.size},{type_part},{delta}"
+            elif type_part:
+                value = f"{record.size},{type_part}"
+            else:
+                value = str(record.size)
+        append((f"{V2_PREFIX}{index}-{record.timestamp - start_ts}", value))
+        previous[index] = (content_type, labels)
+    if names:
+        append((LABELS_HEADER, ",".join([encode_name(name) for name in names])))
+    return headers
 
 
 def encode_v2_read_batch(records: Sequence[RecordLike]) -> dict[str, str]:
     """Headers of a ``GET /io/{bucket}/read`` batch: entries, start ts, labels, one per record."""
-    if not records:
-        return {ENTRIES_HEADER: "", START_TS_HEADER: "0"}
-    indexes = _entry_indexes(records)
-    start_ts = min(record.timestamp for record in records)
-    names: dict[str, int] = {}
-    previous: dict[int, tuple[str, Mapping[str, str]]] = {}  # content type, labels
-    headers = {
-        ENTRIES_HEADER: ",".join(encode_name(name) for name in indexes),
-        START_TS_HEADER: str(start_ts),
-    }
-    for record in v2_body_order(records):
-        index = indexes[record.entry]
-        prev_type, prev_labels = previous.get(index, (None, None))
-        content_type = record.content_type or DEFAULT_CONTENT_TYPE
-        type_part = "" if prev_type == content_type else content_type
-        delta = _label_delta(record.labels, prev_labels, names)
-        parts = [str(record.size)]
-        if type_part or delta:
-            parts.append(type_part)
-        if delta:
-            parts.append(delta)
-        headers[f"{V2_PREFIX}{index}-{record.timestamp - start_ts}"] = ",".join(parts)
-        previous[index] = (content_type, record.labels)
-    if names:
-        headers[LABELS_HEADER] = ",".join(encode_name(name) for name in names)
-    return headers
+    return dict(v2_read_batch_headers(records))
 
 
 def encode_v2_echo(request: V2Request) -> dict[str, str]:

@@ -5,6 +5,10 @@ request hooks): ``x-reduct-api`` and ``Server`` are appended to every response s
 (success, error, 404 fallback, 204, 503), the startup gate answers 503 before routing, and CORS
 headers are added for allowed origins (spec §0.1, §0.3, §0.4).
 
+Responses whose headers are already ASGI byte pairs and whose body is one ``bytes``
+(``RawResponse``: batched reads, up to a few hundred headers each) are sent as they are, without
+Quart's per-header encoding.
+
 Quart's connection copies every received chunk into the request ``Body`` as fast as the socket
 delivers, so a 1 GiB upload to a slower disk would pile up in RAM. ``ApplianceConnection``
 stops pulling from the server once ``HIGH_WATER_BYTES`` are buffered and resumes when the
@@ -21,8 +25,11 @@ from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.asgi import ASGIHTTPConnection
+from quart.typing import ResponseTypes
 from quart.wrappers import Request
 from quart.wrappers.request import Body
+
+from appliance.api.response import ApiResponse
 
 HIGH_WATER_BYTES = 4 * 1024 * 1024
 POLICY_KEY = "appliance.http_policy"
@@ -57,6 +64,21 @@ class BoundedBody(Body):
         return data
 
 
+class RawResponse(ApiResponse):
+    """A response built as ASGI header pairs (lower-case names) and one body ``bytes``.
+
+    Quart still sees a normal (empty) response, so error handlers and hooks work as usual;
+    ``ApplianceConnection`` sends ``raw_headers`` plus any header a hook set (other than the
+    content length) and ``raw_body`` in one body message. ``raw_headers`` must carry the
+    content length (for HEAD too, where the body is empty).
+    """
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        super().__init__(b"", status=status)
+        self.raw_headers = headers
+        self.raw_body = body
+
+
 class ApplianceRequest(Request):
     """Quart's request with a bounded body."""
 
@@ -88,8 +110,9 @@ class HttpPolicy:
         return headers
 
 
-async def _respond(send: ASGISendCallable, status: int, headers: list[tuple[bytes, bytes]],
-                   body: bytes) -> None:
+async def _respond(
+    send: ASGISendCallable, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[typeddict-item]
     await send({"type": "http.response.body", "body": body, "more_body": False})  # type: ignore[typeddict-item]
@@ -123,6 +146,19 @@ class ApplianceConnection(ASGIHTTPConnection):
             await _respond(send, 200, extra, b"")
             return
         await super().__call__(receive, send_with_headers)
+
+    async def _send_response(self, send: ASGISendCallable, response: ResponseTypes) -> None:
+        if type(response) is not RawResponse:
+            await super()._send_response(send, response)
+            return
+        headers = response.raw_headers
+        for name, value in response.headers.items():
+            key = name.lower()
+            if key != "content-length":
+                headers.append((key.encode(), value.encode()))
+        start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        await send(start)  # type: ignore[arg-type]
+        await send({"type": "http.response.body", "body": response.raw_body, "more_body": False})
 
     async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
         body = request.body

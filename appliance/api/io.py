@@ -17,10 +17,10 @@ from appliance.api.batch_codec import (
     V2Request,
     encode_v2_echo,
     encode_v2_error,
-    encode_v2_read_batch,
     parse_v2_remove,
     parse_v2_request,
     parse_v2_update,
+    v2_read_batch_headers,
 )
 from appliance.api.batch_v1 import header_map
 from appliance.api.ingest import Incoming, write_records
@@ -65,7 +65,7 @@ async def read(bucket: str) -> Response:
     head = request.method == "HEAD"
     query = svc.queries.get(qid, bucket, None)
     batch = await collect(svc, storage, query, head=head, v2=True)
-    headers = encode_v2_read_batch([meta for _, meta in batch.records])
+    headers = v2_read_batch_headers([meta for _, meta in batch.records])
     return batch_response(
         svc, storage, bucket, batch, headers, head=head, only_metadata=query.spec.only_metadata
     )

@@ -3,13 +3,14 @@ helpers that turn a collected ``ReadBatch`` into a response body."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, request
 
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
+from appliance.api.connection import RawResponse
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
 from appliance.api.streaming import payload_stream, read_any_body
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 blueprint = Blueprint("queries", __name__)
 NO_CONTENT = "No content"
+OCTET_STREAM = "application/octet-stream"
+OCTET_STREAM_BYTES = OCTET_STREAM.encode()
 _QUERY_TYPES = ("QUERY", "REMOVE")
 
 
@@ -113,20 +116,33 @@ def batch_body(
 
 def batch_response(
     svc: Services, storage: Storage, bucket: str, batch: ReadBatch,
-    headers: dict[str, str], *, head: bool, only_metadata: bool,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]], *, head: bool, only_metadata: bool,
 ) -> Response:
-    """A batched-read response; Content-Length is the sum of sizes (also for HEAD)."""
-    headers["x-reduct-last"] = "true" if batch.last else "false"
+    """A batched-read response; Content-Length is the sum of sizes (also for HEAD).
+
+    Preloaded batches go out as a ``RawResponse``: header pairs encoded once, the body one
+    ``bytes``; batches with payloads too big to preload stream through Quart.
+    """
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
     size = sum(meta.size for _, meta in batch.records)
+    last = b"true" if batch.last else b"false"
     if head or only_metadata:
-        response = Response(b"", status=200, headers=headers)
-        response.headers["Content-Length"] = "0" if only_metadata and not head else str(size)
+        body: bytes | AsyncIterator[bytes] = b""
+        length = b"0" if only_metadata and not head else str(size).encode()
     else:
         body = batch_body(svc, storage, bucket, batch)
-        response = Response(body, status=200, headers=headers)
-        response.headers["Content-Length"] = str(size)
-    response.headers["Content-Type"] = "application/octet-stream"
-    return response
+        length = str(size).encode()
+    if not isinstance(body, bytes):
+        response = Response(body, status=200, headers=dict(pairs))
+        response.headers["x-reduct-last"] = last.decode()
+        response.headers["Content-Length"] = length.decode()
+        response.headers["Content-Type"] = OCTET_STREAM
+        return response
+    raw = [(name.lower().encode(), value.encode()) for name, value in pairs]
+    raw.append((b"x-reduct-last", last))
+    raw.append((b"content-length", length))
+    raw.append((b"content-type", OCTET_STREAM_BYTES))
+    return RawResponse(200, raw, body)
 
 
 def query_id(raw: str | None, message: str) -> int:
