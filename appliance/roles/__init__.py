@@ -13,6 +13,7 @@ Public surface (ARCHITECTURE §5, ``spec/leases.md`` §3.3/§3.4):
     GenerationLog, Fence, accept(), may_replace(), index_is_stale()    fencing.py
     ReplicaRefresher(refresh, interval_s=)                    replica.py: step(), run(stop)
     Clock, SystemClock, ManualClock                           clock.py
+    lease_backend(settings), build_role, load_wal_fence       wiring.py (for the services)
 
 Nothing here imports Quart or the engine; the services wire the hooks (see role.py).
 """

@@ -14,14 +14,15 @@ segment of the dataset, its length and the CRC32C of those bytes, at the instant
 Only the lease holder appends, by compare-and-swap; a marker whose generation is not above
 every existing one is refused (``LeaseLost``), so a stale holder cannot even record a start.
 
-Invariants the engine keeps (the codec already stamps I1; I2-I4 are wired in phase 2):
+Invariants the engine and the services keep:
 
 - I1  every WAL segment header and every WAL frame carries the writer's generation;
       ``blocks.idx`` and every ``<id>.meta`` carry the generation that last wrote them.
 - I2  a generation writes nothing before its marker is durable (``LeaseRole.wait_serving``
       records it after acquiring the lease, before the engine opens and recovers).
-- I3  acknowledged ⇒ written before any takeover: the fence runs after the WAL frame is
-      appended and before the response; past ``ttl/2`` without renewal it re-verifies.
+- I3  acknowledged ⇒ written before any takeover: the fence runs before every engine mutation
+      and again after the write, before the response (``appliance.app`` request hooks);
+      past ``ttl/2`` without renewal it re-verifies.
 - I4  recovery replays every WAL segment and deletes it once descriptors and index are saved.
 
 Rule for a WAL frame of generation ``g`` ending at byte ``e`` of segment ``k`` whose header
@@ -50,10 +51,12 @@ Whole-file commits (index, descriptors) are atomic replaces stamped with a gener
   its entry was clobbered by a stale writer (or is simply behind) → rebuild from descriptors.
 
 Residual window, stated plainly: a process stopped *between* its last check and a syscall
-(payload ``pwrite``, descriptor rename) performs that one syscall when it resumes. The phase-2
-plan closes the payload case by giving the new generation its own inodes (copy a pre-takeover
-data file before the first append to it), so a stale fd writes into an orphan; the rename case
-is caught by ``index_is_stale`` and by the new holder's next commit.
+performs that one syscall when it resumes. A payload ``pwrite`` then lands in an orphan: a new
+holder copies a pre-takeover data file to its own inode before its first append to it
+(``EntryFiles.pin_data``). A WAL append lands in a deleted segment, or after the boundary.
+A descriptor or index rename is checked (``may_replace``) right before it, so only a stop in
+the microseconds between that check and the rename can replace a newer file; the next
+startup sees the index/descriptor mismatch (``index_is_stale`` and the cross-check).
 """
 
 from __future__ import annotations

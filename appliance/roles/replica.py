@@ -1,11 +1,11 @@
 """Read-only replica: a refresh step every ``RS_ENGINE_REPLICA_UPDATE_INTERVAL``.
 
-``ReplicaRefresher.step()`` calls an injected ``refresh()`` (the engine's reload of bucket
-list, settings, entries and block indexes, wired in phase 2) and keeps the bookkeeping the app
-needs: ready after the first successful refresh, the time of the last one (staleness), and
+``ReplicaRefresher.step()`` calls an injected ``refresh()`` (the engine's reload of bucket list,
+settings, entries and block indexes: ``Storage.reload_replica``) and keeps the bookkeeping the
+app needs: ready after the first successful refresh, the time of the last one (staleness), and
 the last error. ``run()`` only wraps ``step()`` in interval sleeps (STYLE item 8); interval 0
-disables the loop, as in ReductStore, but ``run()`` still does the first refresh so the
-replica becomes ready.
+disables the loop, as in ReductStore, but ``run()`` still does the first refresh so the replica
+becomes ready.
 
 Fault model: a failed refresh keeps the previous view (reads keep working on it), is logged,
 and is retried on the next interval; readiness is never withdrawn once given, matching

@@ -8,13 +8,14 @@
 - ``ReplicaRole``: never writes (403 with a message naming the replica); ready after the first
   successful refresh of the read-only view.
 
-Lifecycle the services follow (phase 2): ``start()`` → ``await wait_serving()`` (returns the
-generation to open the engine with; for a lease it also records "generation N began" *before*
-the engine recovers or writes) → open the engine → ``attach_refresh(storage.reload)`` on a
-replica → serve → on shutdown flush the engine, then ``await close()`` (releases the lease, so
-the standby takes over within one poll). ``must_exit`` tells the server to exit 1: lease
-timeout with ``abort``, or a lost lease with ``abort``; with ``proceed`` a lost lease leaves the
-node up, fenced and not ready, and the services may ``rejoin()`` after abandoning the engine.
+Lifecycle the services follow (``appliance.services``): ``start()`` → ``await wait_serving()``
+(returns the generation to open the engine with; for a lease it also records "generation N
+began" *before* the engine recovers or writes) → open the engine →
+``attach_refresh(storage.reload)`` on a replica → serve → on shutdown flush the engine, then
+``await close()`` (releases the lease, so the standby takes over within one poll). ``must_exit``
+tells the server to exit 1: lease timeout with ``abort``, or a lost lease with ``abort``; with
+``proceed`` a lost lease leaves the node up, fenced and not ready, and the services may
+``rejoin()`` after abandoning the engine.
 """
 
 from __future__ import annotations

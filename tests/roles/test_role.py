@@ -199,3 +199,32 @@ def test_role_builder_maps_every_role(tmp_path: Path, backend: Backend) -> None:
         built = build_role_manager(settings(tmp_path, role.value), backend)
         assert isinstance(built, kind) and built.role is role
     assert GENERATIONS_KEY not in [info.key for info in backend.list()]
+
+
+async def test_role_deposed_by_the_engine_steps_down_and_refuses_without_io(
+    tmp_path: Path, backend: Backend
+) -> None:
+    role = build_role_manager(settings(tmp_path, "PRIMARY"), backend)
+    assert isinstance(role, LeaseRole)
+    with pytest.raises(ServiceUnavailable):
+        role.check_writable_nowait()  # not serving yet
+    await role.start()
+    await asyncio.wait_for(role.wait_serving(), 5)
+    role.check_writable_nowait()
+    role.deposed("b/e/1.meta was written by generation 2")
+    assert role.manager.state is LeaseState.STEPPED_DOWN and role.must_exit == 1
+    with pytest.raises(ServiceUnavailable, match="no longer holds"):
+        role.check_writable_nowait()
+    await role.close()
+
+
+def test_role_without_a_lease_ignores_deposed_and_replica_refuses_nowait(
+    tmp_path: Path, backend: Backend
+) -> None:
+    standalone = build_role_manager(settings(tmp_path, "STANDALONE"), backend)
+    standalone.deposed("ignored")
+    standalone.check_writable_nowait()
+    replica = build_role_manager(settings(tmp_path, "REPLICA"), backend)
+    replica.deposed("ignored")
+    with pytest.raises(Forbidden, match="read-only replica"):
+        replica.check_writable_nowait()
