@@ -88,14 +88,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
     @app.before_request
     async def fence_before_mutation() -> None:
         """A lease holder checks its lease before a mutation (slow path off the loop)."""
-        if request.method in MUTATING_METHODS:
+        if svc.fences_writes and request.method in MUTATING_METHODS:
             await svc.fence_write()
 
     @app.after_request
     async def fence_before_acknowledging(response: Response) -> Response:
         """...and again before a mutation's 2xx leaves: the write happened before any
         takeover, or the client gets 503 instead of an acknowledgement (issue #5)."""
-        if request.method in MUTATING_METHODS and response.status_code < 300:
+        if svc.fences_writes and request.method in MUTATING_METHODS and response.status_code < 300:
             try:
                 await svc.fence_write()
             except ApplianceError as exc:

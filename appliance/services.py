@@ -41,7 +41,7 @@ from appliance.errors import ConfigError, ServiceUnavailable
 from appliance.query.registry import QueryRegistry
 from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
-from appliance.roles.role import RoleManager, RoleStatus
+from appliance.roles.role import LeaseRole, RoleManager, RoleStatus
 from appliance.settings import Settings
 from provisioning import (
     DesiredState,
@@ -157,6 +157,8 @@ class Services:
         self.lease_backend = wiring.lease_backend(settings)
         self.role: RoleManager = wiring.build_role(settings, self.lease_backend)
         self.role.add_listener(self._role_changed)
+        # Only a lease holder fences its writes (the app's request hooks skip the rest).
+        self.fences_writes = isinstance(self.role, LeaseRole)
         self._loop: asyncio.AbstractEventLoop | None = None
         # What is provisioned (API 409s, is_provisioned, /info); filled by the provisioner.
         self.provisioning = ProvisioningState()
@@ -205,7 +207,7 @@ class Services:
 
     async def fence_write(self) -> None:
         """The lease fence with its slow path off the loop (503 when we may not write)."""
-        if not self.role.read_only:
+        if self.fences_writes:
             await self.role.check_writable_async()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
