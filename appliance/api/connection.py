@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from quart.asgi import ASGIHTTPConnection
 from quart.typing import ResponseTypes
 from quart.wrappers import Request
 from quart.wrappers.request import Body
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from appliance.api.response import ApiResponse
 
@@ -36,21 +37,65 @@ POLICY_KEY = "appliance.http_policy"
 
 
 class BoundedBody(Body):
-    """A request body that tells the receiver when the handler has drained it."""
+    """A request body that tells the receiver when the handler has drained it.
+
+    Received chunks are kept as a list rather than Quart's growing ``bytearray``: a chunk is
+    handed on as it came (no copy) when it is alone, else the pending chunks are joined once,
+    so a large body is copied at most once between the socket and the engine.
+    """
 
     def __init__(self, expected_content_length: int | None, max_content_length: int | None):
         super().__init__(expected_content_length, max_content_length)
+        self._parts: list[bytes] = []
+        self._size = 0
         self.drained = asyncio.Event()
 
+    def _take(self) -> bytes:
+        parts = self._parts
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        self._size = 0
+        return data
+
     async def __anext__(self) -> bytes:
-        data = await super().__anext__()
+        if self._must_raise is not None:
+            raise self._must_raise
+        if not self._complete.is_set():
+            await self._has_data.wait()
+        if self._complete.is_set() and not self._size:
+            raise StopAsyncIteration()
+        data = self._take()
+        self._has_data.clear()
         self.drained.set()
         return data
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self._must_raise is not None:
+            raise self._must_raise
+        yield from self._complete.wait().__await__()
+        if self._must_raise is not None:
+            raise self._must_raise
+        parts = self._parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def append(self, data: bytes) -> None:
+        if not data or self._must_raise is not None:
+            return
+        self._parts.append(data if type(data) is bytes else bytes(data))
+        self._size += len(data)
+        self._has_data.set()
+        if self._max_content_length is not None and self._size > self._max_content_length:
+            self._must_raise = RequestEntityTooLarge()
+            self.set_complete()
+
+    def clear(self) -> None:
+        self._parts.clear()
+        self._size = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet consumed."""
-        return len(self._data)
+        return self._size
 
     @property
     def complete(self) -> bool:
@@ -59,9 +104,7 @@ class BoundedBody(Body):
 
     def take_all(self) -> bytes:
         """Everything buffered (call only when ``complete``)."""
-        data = bytes(self._data)
-        self._data.clear()
-        return data
+        return self._take()
 
 
 class RawResponse(ApiResponse):
