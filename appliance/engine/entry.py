@@ -45,8 +45,11 @@ _FINISHED = RecordState.FINISHED
 _STARTED = RecordState.STARTED
 _ERRORED = RecordState.ERRORED
 crc32c = google_crc32c.value
-# ``read_payloads`` joins adjacent records into one pread of at most this many bytes.
-RUN_BYTES = 1024 * KIB
+# ``read_payloads`` joins adjacent records of up to JOIN_RECORD_BYTES each into one pread of
+# at most RUN_BYTES: for small records a syscall costs more than slicing the run; for bigger
+# ones the copy out of the run costs more than the pread it saves.
+JOIN_RECORD_BYTES = 32 * KIB
+RUN_BYTES = 256 * KIB
 # A run of ``read_payloads``: block id, pinned data handle (None: empty payload), first
 # offset, and the records lying back to back from there.
 _Run = tuple[int, "FileHandle | None", int, list[StoredRecord]]
@@ -266,7 +269,12 @@ class Entry:
                         raise TooEarly(f"Record {ts} is still being written")
                     raise InternalError(f"Record {ts} is broken")
                 size = record.size
-                if record.offset == end and run_bytes + size <= RUN_BYTES:
+                # end is -1 after a record too big to be joined (and after a block change).
+                if (
+                    record.offset == end
+                    and size <= JOIN_RECORD_BYTES
+                    and run_bytes + size <= RUN_BYTES
+                ):
                     records.append(record)
                     run_bytes += size
                     end += size
@@ -284,7 +292,7 @@ class Entry:
                     records = [record]
                     runs.append((block_id, handle, record.offset, records))
                     run_bytes = size
-                    end = record.offset + size
+                    end = record.offset + size if size <= JOIN_RECORD_BYTES else -1
             except ApplianceError as exc:
                 return exc
         return None

@@ -102,6 +102,21 @@ def test_bulk_read_runs_are_bounded(
     assert preads == [16, 16]
 
 
+def test_bulk_read_bigger_records_get_a_pread_each(
+    bucket: Bucket, preads: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(entry_module, "JOIN_RECORD_BYTES", 8)
+    for ts, size in ((1, 8), (2, 8), (3, 9), (4, 8), (5, 8)):
+        bucket.write_record("e", ts, payload(ts, size), CT, {})
+    entry = bucket.get_entry("e")
+    preads.clear()
+    got = entry.read_payloads(metas(entry))
+    assert got == [payload(ts, size) for ts, size in ((1, 8), (2, 8), (3, 9), (4, 8))] + [
+        payload(5)
+    ]
+    assert preads == [16, 9, 8, 8]  # 1+2 joined; 3 too big; 4 after it; 5 in the next block
+
+
 def test_bulk_read_corrupt_payload_fails_with_that_record(bucket: Bucket, storage: Storage) -> None:
     for ts in (1, 2, 3):
         bucket.write_record("e", ts, payload(ts), CT, {})
