@@ -1,9 +1,11 @@
 """Durability primitives for local files: temp files, fsync, atomic publish, per-key locks.
 
-Every backend that touches a local file (the filesystem backend for its objects; every backend
-for ``download``) goes through here, so ``os.replace``/``os.link``/``os.fsync`` appear in one
-module. Functions raise plain ``OSError``; callers translate with ``translate_os_error`` or
-``local_file_error``.
+The one module in the code base that calls ``os.fsync``, ``os.replace`` or ``os.link``. Every
+backend that touches a local file (the filesystem backend for its objects; every backend for
+``download``) goes through here, and so does the storage engine: ``appliance.engine.fileio``
+builds its atomic metadata writes on ``write_all``/``fsync_fd``/``replace``/``fsync_dir`` (the
+dependency points engine -> backends, never back). Functions raise plain ``OSError``; backend
+callers translate with ``translate_os_error`` or ``local_file_error``, the engine at its boundary.
 
 Fault model (POSIX, one host, or NFSv3+ with close-to-open consistency):
 
@@ -114,6 +116,11 @@ def lock_path_for(target: Path) -> Path:
     return target.with_name(name)
 
 
+def fsync_fd(fd: int) -> None:
+    """Flush one open file to stable storage."""
+    os.fsync(fd)
+
+
 def fsync_dir(directory: Path) -> None:
     """Make renames, links and unlinks in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -121,6 +128,28 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, chunks: Iterable[bytes | memoryview]) -> None:
+    """Write every chunk to ``fd``, looping over short writes (no fsync)."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+
+def replace(src: Path, dst: Path, sync: bool = True) -> None:
+    """Rename ``src`` over ``dst`` (atomic) and make the rename durable.
+
+    With ``sync`` the target's folder is fsynced, and the source's too when it differs (the
+    entry left it); ``sync=False`` is still atomic against a process crash, not power loss.
+    """
+    os.replace(src, dst)
+    if sync:
+        fsync_dir(dst.parent)
+        if src.parent != dst.parent:
+            fsync_dir(src.parent)
 
 
 def file_chunks(handle: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -164,12 +193,8 @@ class TempFile:
 
     def write_all(self, chunks: Iterable[bytes | memoryview]) -> None:
         """Write every chunk, then fsync, so the data is on disk before it gets a name."""
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-        os.fsync(self.fd)
+        write_all(self.fd, chunks)
+        fsync_fd(self.fd)
 
     def stamp_mtime(self, after_ns: int | None) -> os.stat_result:
         """Set mtime to now, or just past ``after_ns``, and fsync; return the resulting stat.
@@ -188,7 +213,7 @@ class TempFile:
                 break
             # The filesystem truncated our timestamp (1 s or 2 s granularity): step further.
             want = max(want, after_ns) + NS_PER_SECOND
-        os.fsync(self.fd)
+        fsync_fd(self.fd)
         return stat
 
     def publish_replace(self) -> None:
@@ -367,11 +392,10 @@ def publish_local_path(temp: Path, target: Path) -> None:
     """Fsync a finished temp file written by someone else (boto3), then rename it into place."""
     fd = os.open(temp, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fsync_fd(fd)
     finally:
         os.close(fd)
-    os.replace(temp, target)
-    fsync_dir(target.parent)
+    replace(temp, target)
 
 
 def write_local_file(path: Path, chunks: Iterable[bytes | memoryview]) -> None:

@@ -1,11 +1,17 @@
-"""Durability primitives: the only module that calls ``os.fsync``, ``os.rename`` or ``os.replace``.
+"""The engine's file operations: atomic metadata writes, durable renames, removal, truncation.
+
+The system calls that make data durable (``os.fsync``, ``os.replace``) live in one module for the
+whole code base, ``backends.fileio``; this module builds the engine's operations on them and
+re-exports ``fsync_fd``, ``fsync_dir`` and ``replace`` so engine code imports one module. No
+other engine module calls ``os.fsync``, ``os.rename`` or ``os.replace`` (tested).
 
 Fault model: the process may die (SIGKILL) between any two system calls, and, unless writes were
 fsynced, the machine may lose power and drop anything not yet on stable storage. Therefore:
 
 - ``atomic_write``: write ``<name>.tmp`` next to the target, fsync it, rename over the target,
   fsync the directory; on error the tmp file is removed and the old target is untouched. A
-  reader sees either the old or the new bytes, never a mix.
+  reader sees either the old or the new bytes, never a mix. The fixed tmp name (unlike the
+  backends' unique temp names) lets entry recovery sweep leftovers by suffix.
 - ``replace`` / ``move``: rename plus a directory fsync (both directories when they differ).
 - ``fsync_fd`` / ``fsync_dir``: explicit flushes for the group committer and for close().
 
@@ -19,21 +25,24 @@ import os
 import shutil
 from pathlib import Path
 
+from backends.fileio import fsync_dir, fsync_fd, replace, write_all
+
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_write",
+    "free_bytes",
+    "fsync_dir",
+    "fsync_fd",
+    "move",
+    "read_file",
+    "remove_file",
+    "remove_tree",
+    "rename_dir",
+    "replace",
+    "truncate",
+]
+
 TMP_SUFFIX = ".tmp"
-
-
-def fsync_fd(fd: int) -> None:
-    """Flush one open file to stable storage."""
-    os.fsync(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (creations, renames, unlinks) to stable storage."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes, sync: bool = True) -> None:
@@ -45,30 +54,18 @@ def atomic_write(path: Path, data: bytes, sync: bool = True) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, (data,))
             if sync:
-                os.fsync(fd)
+                fsync_fd(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        replace(tmp, path, sync=False)  # the directory fsync follows, outside the cleanup
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     if sync:
         fsync_dir(path.parent)
-
-
-def replace(src: Path, dst: Path, sync: bool = True) -> None:
-    """Rename ``src`` over ``dst`` and make the rename durable."""
-    os.replace(src, dst)
-    if sync:
-        fsync_dir(dst.parent)
-        if src.parent != dst.parent:
-            fsync_dir(src.parent)
 
 
 def move(src: Path, dst: Path) -> Path:
@@ -125,7 +122,7 @@ def truncate(path: Path, length: int) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
         os.ftruncate(fd, length)
-        os.fsync(fd)
+        fsync_fd(fd)
     finally:
         os.close(fd)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.engine import fileio
+from backends import fileio as backends_fileio
 
 
 def test_fileio_atomic_write_replaces_and_leaves_no_tmp(tmp_path: Path) -> None:
@@ -79,13 +80,32 @@ def test_fileio_truncate_remove_and_tree(tmp_path: Path) -> None:
 
 
 def test_fileio_is_the_only_module_calling_fsync_or_rename() -> None:
-    engine = Path(fileio.__file__).parent
+    """``backends/fileio.py`` is the one caller of the durability syscalls in the code base."""
+    root = Path(backends_fileio.__file__).parent.parent
+    allowed = {Path("backends/fileio.py")}
     offenders = []
-    for module in engine.glob("*.py"):
-        if module.name == "fileio.py":
-            continue
-        text = module.read_text()
-        for call in ("os.fsync(", "os.rename(", "os.replace(", ".rename(", ".replace(Path"):
-            if call in text:
-                offenders.append(f"{module.name}: {call}")
+    for package in ("appliance", "backends", "provisioning"):
+        for module in sorted((root / package).rglob("*.py")):
+            relative = module.relative_to(root)
+            if relative in allowed:
+                continue
+            text = module.read_text()
+            for call in (
+                "os.fsync(",
+                "os.fdatasync(",
+                "os.rename(",
+                "os.replace(",
+                "os.link(",
+                ".rename(",
+                ".replace(Path",
+            ):
+                if call in text:
+                    offenders.append(f"{relative}: {call}")
     assert not offenders
+
+
+def test_fileio_engine_shares_the_backends_primitives() -> None:
+    """The engine re-exports the backends' flush and rename, it does not keep a second copy."""
+    assert fileio.fsync_fd is backends_fileio.fsync_fd
+    assert fileio.fsync_dir is backends_fileio.fsync_dir
+    assert fileio.replace is backends_fileio.replace
