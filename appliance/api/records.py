@@ -13,6 +13,7 @@ from appliance.api.access import read_access, services, write_access
 from appliance.api.response import ApiResponse as Response
 from appliance.api.streaming import (
     abort_writer,
+    hop,
     payload_stream,
     read_any_body,
     read_small_body,
@@ -102,7 +103,7 @@ async def write(bucket: str, entry: str) -> Response:
     timeout = svc.settings.io_operation_timeout
     if length <= SMALL_RECORD_BYTES:
         data = await read_small_body(length, timeout)
-        await svc.run(_write_small, storage, bucket, entry, ts, data, ctype, labels)
+        await hop(svc, _write_small, storage, bucket, entry, ts, data, ctype, labels)
         return Response(b"", status=200)
     writer = await run_through(
         svc, _begin, storage, bucket, entry, ts, length, ctype, labels, on_cancel=abort_writer

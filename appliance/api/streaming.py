@@ -29,6 +29,42 @@ BIGGER_MESSAGE = "Content is bigger than in content-length"
 SMALLER_MESSAGE = "Content is smaller than in content-length"
 
 
+def _deliver(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if not fut.done():
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _work(
+    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], fn: Callable[..., Any], args: Any
+) -> None:
+    try:
+        result = fn(*args)
+    except BaseException as exc:  # handed to the awaiting task, like run_in_executor does
+        loop.call_soon_threadsafe(_deliver, fut, False, exc)
+    else:
+        loop.call_soon_threadsafe(_deliver, fut, True, result)
+
+
+async def hop(services: Services, fn: Callable[..., T], *args: Any) -> T:
+    """``services.run`` for the hot paths: one worker-thread hop with less machinery.
+
+    The worker hands its result straight to an asyncio future (no concurrent-future chaining
+    and one loop callback less per hop). As with ``run_in_executor``, a cancelled caller
+    stops a call that has not started yet; one already running finishes in its thread.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+    job = services.executor.submit(_work, loop, fut, fn, args)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        job.cancel()
+        raise
+
+
 async def run_through(
     services: Services,
     fn: Callable[..., T],
