@@ -99,16 +99,20 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
             try:
                 await svc.fence_write()
             except ApplianceError as exc:
-                return error_response(exc.status, exc.message, body=request.method != "HEAD")
+                return error_response(exc.status, exc.public_message, body=request.method != "HEAD")
         return response
 
     @app.errorhandler(ApplianceError)
     async def appliance_error(error: ApplianceError) -> Response:
+        """The one mapping of the error tree to HTTP: the log gets ``message`` (with file and
+        offset for corruption), the client ``public_message`` (never a server path)."""
         if isinstance(error, CorruptionError):
-            log.error("corruption: %s", error.message, extra={"key": error.path})
+            log.error(
+                "corruption: %s", error.message, extra={"file": error.path, "offset": error.offset}
+            )
         elif error.status >= 500 and not isinstance(error, ServiceUnavailable):
             log.error("request failed: %s", error.message)
-        return error_response(error.status, error.message, body=request.method != "HEAD")
+        return error_response(error.status, error.public_message, body=request.method != "HEAD")
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

@@ -15,9 +15,13 @@
     ├── ServiceUnavailable (503)   not ready / lease not held
     └── InsufficientStorage (507)  not enough free disk
 
-Every class carries the HTTP ``status`` and a stable machine ``code``; the message is what the
-client sees in ``x-reduct-error`` and ``{"detail": ...}``. No caller outside ``backends/`` ever
-sees an ``OSError`` or a botocore error for a storage failure: they are translated at the boundary.
+Every class carries the HTTP ``status`` and a stable machine ``code``. ``public_message`` is what
+the client sees in ``x-reduct-error`` and ``{"detail": ...}``; for every class but
+``CorruptionError`` it is the message itself. A ``CorruptionError``'s ``message`` is the
+operator's text (logged, shown by ``appliance check``) and names the file and offset; its
+``public_message`` names only bucket/entry/block/record and the kind of damage, never a server
+path. No caller outside ``backends/`` ever sees an ``OSError`` or a botocore error for a storage
+failure: they are translated at the boundary.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ class ApplianceError(Exception):
         self.message = message
 
     def __str__(self) -> str:
+        return self.message
+
+    @property
+    def public_message(self) -> str:
+        """What a client is told (``x-reduct-error``, ``detail``); the log may say more."""
         return self.message
 
 
@@ -99,11 +108,17 @@ class InternalError(ApplianceError):
     status, code = 500, "internal"
 
 
+# What a client sees for a corruption whose raiser gave no client-safe description.
+UNDESCRIBED_CORRUPTION = "Stored data is corrupted (details in the server log)"
+
+
 class CorruptionError(InternalError):
     """A checksum or decode failure in a file on disk.
 
     ``path`` and ``offset`` say where the damage is; ``recoverable`` tells whether startup
     recovery can repair it (a torn WAL tail can be truncated; a bad descriptor cannot).
+    ``message`` (the log's and ``check``'s text) may name the file; ``public_detail``, when the
+    raiser gives one, is the client-safe description (bucket/entry/block/record, kind of damage).
     """
 
     code = "corruption"
@@ -115,11 +130,18 @@ class CorruptionError(InternalError):
         path: str | None = None,
         offset: int | None = None,
         recoverable: bool = False,
+        public_detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.path = path
         self.offset = offset
         self.recoverable = recoverable
+        self.public_detail = public_detail
+
+    @property
+    def public_message(self) -> str:
+        """The client-safe description, or a generic one: never a server path."""
+        return self.public_detail if self.public_detail is not None else UNDESCRIBED_CORRUPTION
 
 
 class ServiceUnavailable(ApplianceError):

@@ -102,7 +102,7 @@ class BlockSet:
         try:
             descriptor, crc = self.files.load_descriptor(block_id, self.entry)
         except CorruptionError as exc:
-            raise self.hide(block_id, exc.path, exc.offset, str(exc)) from exc
+            raise self.hide(block_id, exc.path, exc.offset, str(exc), exc.public_detail) from exc
         item = self.items.get(block_id)
         if item is not None and item.descriptor_crc != crc:
             # An intact descriptor newer than the index: a crash fell between the two writes.
@@ -138,16 +138,32 @@ class BlockSet:
         return block, record
 
     def hide(
-        self, block_id: int, path: str | None, offset: int | None, detail: str
+        self,
+        block_id: int,
+        path: str | None,
+        offset: int | None,
+        detail: str,
+        public_detail: str | None = None,
     ) -> CorruptionError:
-        """Take a damaged block out of service until restart; return the error to raise."""
-        message = (
-            f"Block {self.bucket}/{self.entry}/{block_id} is corrupted: {detail} "
-            f"(file {path}, offset {offset})"
+        """Take a damaged block out of service until restart; return the error to raise.
+
+        ``detail`` goes to the log and may name files; ``public_detail`` is the client-safe kind
+        of damage (without one, the client is pointed at the log).
+        """
+        block = f"Block {self.bucket}/{self.entry}/{block_id}"
+        error = CorruptionError(
+            f"{block} is corrupted: {detail} (file {path}, offset {offset})",
+            path=path,
+            offset=offset,
+            public_detail=(
+                f"{block} is corrupted: {public_detail}"
+                if public_detail is not None
+                else f"{block} is corrupted (details in the server log)"
+            ),
         )
         log.error(
             "corrupt block taken out of service: %s",
-            message,
+            error.message,
             extra={"file": path, "offset": offset},
         )
         if block_id in self.items or block_id in self.live:
@@ -160,7 +176,7 @@ class BlockSet:
             self.live.pop(block_id, None)
             self.ctx.blocks.pop((self.uid, block_id))
             self.ids.remove(block_id)
-        return CorruptionError(message, path=path, offset=offset)
+        return error
 
     # --- writes ---------------------------------------------------------------------------------
 

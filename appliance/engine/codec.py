@@ -145,7 +145,10 @@ class WalSegment:
 def _corrupt(what: str, source: str | None, offset: int, detail: str) -> CorruptionError:
     where = source or "<bytes>"
     return CorruptionError(
-        f"{what} {where} is corrupted at offset {offset}: {detail}", path=source, offset=offset
+        f"{what} {where} is corrupted at offset {offset}: {detail}",
+        path=source,
+        offset=offset,
+        public_detail=f"{what} is corrupted at offset {offset}: {detail}",
     )
 
 

@@ -145,8 +145,11 @@ class EntryFiles:
         try:
             data = fileio.read_file(path)
         except OSError as exc:
+            reason = exc.strerror or type(exc).__name__  # str(exc) would name the file
             raise CorruptionError(
-                f"block descriptor {path} can't be read: {exc}", path=str(path)
+                f"block descriptor {path} can't be read: {exc}",
+                path=str(path),
+                public_detail=f"block descriptor can't be read: {reason}",
             ) from exc
         return decode_descriptor(data, entry, str(path)), descriptor_crc(data)
 
