@@ -13,7 +13,7 @@ from appliance.api.access import read_access, services, write_access
 from appliance.api.connection import RawResponse
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
-from appliance.api.streaming import payload_stream, read_any_body
+from appliance.api.streaming import hop, payload_stream, read_any_body
 from appliance.errors import NoContent, UnprocessableEntity
 from appliance.query.registry import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
 
@@ -86,7 +86,7 @@ async def collect(
     limits = limits_for(svc, query)
     if limit:
         limits = BatchLimits(limit, limits.max_size, limits.max_metadata, limits.timeout)
-    batch = await svc.run(query.next_batch, storage, limits, head=head, cut_interleaved=v2)
+    batch = await hop(svc, query.collect_batch, storage, limits, head, v2)
     if not batch.records:
         raise NoContent(NO_CONTENT)
     return batch

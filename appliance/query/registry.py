@@ -135,6 +135,13 @@ class Query:
         with self.lock:
             return self._collect(storage, limits, head, cut_interleaved)
 
+    def collect_batch(
+        self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
+    ) -> ReadBatch:
+        """``next_batch`` with positional arguments (for ``streaming.hop``)."""
+        with self.lock:
+            return self._collect(storage, limits, head, cut_interleaved)
+
     def _collect(
         self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
     ) -> ReadBatch:
