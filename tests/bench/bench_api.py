@@ -5,8 +5,12 @@ Usage: ``python tests/bench/bench_api.py [--seconds 3] [--quick]``
 Measures, for 1 KiB, 100 KiB and 1 MiB records: single writes, batched writes and batched reads
 (records/s and MB/s) against ``python -m appliance``, beside two ceilings measured in the same
 run: the same reduct-py single writes against a Quart+Hypercorn app whose handlers do nothing
-(``empty_app.py``), and raw sequential disk writes in the same folder. Every loop is bounded by
-a record count and a time budget. Client and server share this machine's cores.
+(``empty_app.py``), and raw sequential disk writes in the same folder, measured before and again
+after the cases (on a VM the first touch of page-cache memory can cost far more than a rewrite
+of memory the guest used before, so the two may differ a lot). Every loop is bounded by a record
+count and a time budget. Client and server share this machine's cores. Both servers run on the
+event loop ``appliance.server.run`` picks (uvloop when installed; ``APPLIANCE_EVENT_LOOP=asyncio``
+forces the standard loop for both).
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ def raw_disk_mb_per_s(folder: Path, total: int = 256 * MIB) -> float:
     return total / elapsed / 1e6
 
 
-async def single_writes(bucket: Bucket, entry: str, size: int, seconds: float, limit: int) -> tuple[int, float]:
+async def single_writes(
+    bucket: Bucket, entry: str, size: int, seconds: float, limit: int
+) -> tuple[int, float]:
     """Sequential single-record writes until the time or count budget runs out."""
     data = os.urandom(size)
     ts = 1_000_000
@@ -59,7 +65,9 @@ async def single_writes(bucket: Bucket, entry: str, size: int, seconds: float, l
     return count, time.perf_counter() - start
 
 
-async def batched_writes(bucket: Bucket, entry: str, size: int, seconds: float, limit: int) -> tuple[int, float]:
+async def batched_writes(
+    bucket: Bucket, entry: str, size: int, seconds: float, limit: int
+) -> tuple[int, float]:
     """Batches of up to 8 MB / 1000 records until the time or count budget runs out."""
     data = os.urandom(size)
     per_batch = max(1, min(BATCH_RECORDS_MAX, BATCH_BYTES // size))
@@ -94,7 +102,9 @@ def row(name: str, size: int, count: int, elapsed: float) -> tuple[str, str, str
     return name, str(count), f"{rate:,.0f}", f"{rate * size / 1e6:,.1f}"
 
 
-async def run(args: argparse.Namespace, url: str, ceiling_url: str) -> list[tuple[str, str, str, str]]:
+async def run(
+    args: argparse.Namespace, url: str, ceiling_url: str
+) -> list[tuple[str, str, str, str]]:
     """Every case against the appliance, then the empty-handler ceiling."""
     rows = []
     limit = 2_000 if args.quick else 200_000
@@ -136,6 +146,7 @@ def main() -> None:
             ceiling.proc = empty
             ceiling.wait_ready(path="/api/v1/alive")
             rows = asyncio.run(run(args, server.url, ceiling.url))
+            disk_after = raw_disk_mb_per_s(folder)
         finally:
             empty.terminate()
             empty.wait(timeout=10)
@@ -146,6 +157,7 @@ def main() -> None:
     for r in rows:
         table.add_row(*r)
     table.add_row("ceiling: raw sequential disk writes (1 MiB chunks)", "-", "-", f"{disk:,.1f}")
+    table.add_row("  the same, measured again after all cases", "-", "-", f"{disk_after:,.1f}")
     Console().print(table)
 
 
