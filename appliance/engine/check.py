@@ -43,15 +43,17 @@ class CheckReport(RecoveryReport):
     repaired: bool = False
 
     def render(self) -> str:
-        """One line per problem, then a summary line."""
+        """One line per problem, the crash-leftover summary if any, then a summary line."""
         lines = [p.render() for p in self.problems]
+        leftovers = self.leftover_summary()
+        if leftovers:
+            lines.append(leftovers)
         scanned = (
             f"{self.buckets} bucket(s), {self.entries} entr(ies), {self.blocks} block(s), "
             f"{self.records} record(s), {self.payload_bytes} payload byte(s) checked"
         )
-        verdict = "OK" if self.ok else f"{len(self.problems)} problem(s)"
         suffix = " after repair" if self.repaired else ""
-        lines.append(f"{verdict}{suffix}: {scanned}")
+        lines.append(f"{self.verdict()}{suffix}: {scanned}")
         return "\n".join(lines)
 
 

@@ -25,7 +25,9 @@ max_block_size u64 | max_block_records u64 | crc32c``.
 WAL segment ``.wal/<block_id>.wal``: header ``"RSWL" v1 flags u16 | block_id u64 | generation u64
 | crc32c``, then frames ``kind u8 | length u32 | payload | crc32c(kind|length|payload)``; payload =
 ``generation u64`` + a record (WRITE, UPDATE) or a ``ts u64`` (REMOVE). A frame is only valid
-whole, so a torn tail is detected and cut at the last good frame.
+whole, so a torn tail is detected and cut at the last good frame. A segment that ends inside its
+header or a frame is *torn* (``CorruptionError.recoverable``: an append cut short by a crash);
+a wrong magic, version or checksum is damage.
 """
 
 from __future__ import annotations
@@ -142,12 +144,16 @@ class WalSegment:
     error: CorruptionError | None
 
 
-def _corrupt(what: str, source: str | None, offset: int, detail: str) -> CorruptionError:
+def _corrupt(
+    what: str, source: str | None, offset: int, detail: str, torn: bool = False
+) -> CorruptionError:
+    """``torn``: the bytes end inside a header or frame, as an append cut short leaves them."""
     where = source or "<bytes>"
     return CorruptionError(
         f"{what} {where} is corrupted at offset {offset}: {detail}",
         path=source,
         offset=offset,
+        recoverable=torn,
         public_detail=f"{what} is corrupted at offset {offset}: {detail}",
     )
 
@@ -410,7 +416,7 @@ def encode_wal_remove(generation: int, timestamp: int) -> bytes:
 def decode_wal(data: bytes, entry: str = "", source: str | None = None) -> WalSegment:
     """Decode a WAL segment, stopping (not failing) at the first torn or corrupt frame."""
     if len(data) < WAL_HEADER_SIZE:
-        return WalSegment(0, 0, (), 0, _corrupt("WAL", source, 0, "header is torn"))
+        return WalSegment(0, 0, (), 0, _corrupt("WAL", source, 0, "header is torn", torn=True))
     try:
         _check_file(data[:WAL_HEADER_SIZE], WAL_MAGIC, _WAL, "WAL", source)
     except CorruptionError as exc:
@@ -436,11 +442,11 @@ def _frame_len(data: bytes, pos: int) -> int:
 
 def _decode_frame(data: bytes, pos: int, entry: str, source: str | None) -> WalFrame:
     if pos + _FRAME.size > len(data):
-        raise _corrupt("WAL", source, pos, "frame header is torn")
+        raise _corrupt("WAL", source, pos, "frame header is torn", torn=True)
     kind, length = _FRAME.unpack_from(data, pos)
     end = pos + _FRAME.size + length
     if end + _CRC.size > len(data):
-        raise _corrupt("WAL", source, pos, "frame is torn")
+        raise _corrupt("WAL", source, pos, "frame is torn", torn=True)
     (stored,) = _CRC.unpack_from(data, end)
     if crc32c(data[pos:end]) != stored:
         raise _corrupt("WAL", source, pos, "frame checksum mismatch")

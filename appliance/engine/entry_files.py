@@ -286,6 +286,7 @@ class EntryFiles:
                 marker,
                 "committed data rewrite was interrupted",
                 "rolled forward" if repair else "none",
+                crash_leftover=True,
             )
             if repair:
                 if tmp.exists():
@@ -297,6 +298,7 @@ class EntryFiles:
                 tmp,
                 "uncommitted data rewrite",
                 "discarded" if repair else "none",
+                crash_leftover=True,
             )
             if repair:
                 fileio.remove_file(tmp)

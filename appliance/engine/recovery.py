@@ -10,6 +10,8 @@ finds; ``repair=False`` (``check``) only reports, touching nothing. Steps:
    index disagrees with the descriptors (missing, extra, different), it is rebuilt from them.
 4. Replay every WAL segment over its block's descriptor: a torn or corrupt tail is cut at the
    last good frame (never fatal), the result becomes the descriptor, the segment is deleted.
+   A segment that merely ends early is ``wal_torn`` (a crash leftover); a checksum, magic or
+   frame-length failure is ``wal_corrupt`` (damage), wherever it sits.
    A lease holder (``options.wal_fence``) replays only the frames the generation fence accepts
    (``appliance.roles.fencing``: nothing a lower generation wrote after a higher one began);
    the others are reported as ``wal_fenced`` (they were never acknowledged).
@@ -22,6 +24,8 @@ A lease holder (generation > 0) always reads the descriptor headers, so an index
 ex-holder clobbered (older than a descriptor it indexes) is rebuilt (``index_stale``).
 
 Every anomaly becomes a ``Problem`` in the report (and a log line); a clean folder reports none.
+What an ordinary crash leaves behind is marked ``crash_leftover`` (see ``report.py`` for the
+evidence each kind needs), so an operator can tell a crash from damage.
 """
 
 from __future__ import annotations
@@ -84,6 +88,10 @@ class EntryRecovery:
         self.quarantined: set[int] = set()
         self.dirty = False
         self.index_generation = 0
+        # Block ids of the intact index as loaded (None: missing or corrupt): the evidence that
+        # tells a crash leftover (a file the index never listed) from damage.
+        self.indexed: frozenset[int] | None = None
+        self.damaged_wals: set[int] = set()  # blocks whose WAL was corrupt, not merely torn
 
     def _action(self, action: str) -> str:
         return action if self.repair else "none"
@@ -92,6 +100,7 @@ class EntryRecovery:
         """Recover the entry; return its index items."""
         self.files.roll_rewrites(self.report, self.repair)
         loaded = self._load_index()
+        self.indexed = frozenset(loaded) if loaded is not None else None
         if loaded is None or self.integrity or self.ctx.generation > 0:
             self._check_descriptors(loaded)
         else:
@@ -172,11 +181,13 @@ class EntryRecovery:
                 )
                 mismatch = True
             elif block_id not in loaded:
+                # Intact index, intact descriptor: the index lags (crash between the two writes).
                 self.report.add(
                     "descriptor_extra",
                     self.files.meta_path(block_id),
                     "descriptor is not in the block index",
                     self._action("index rebuilt"),
+                    crash_leftover=True,
                 )
                 mismatch = True
             elif loaded[block_id] != on_disk[block_id]:
@@ -185,6 +196,7 @@ class EntryRecovery:
                     index_path,
                     f"index item of block {block_id} disagrees with its descriptor",
                     self._action("index rebuilt"),
+                    crash_leftover=True,
                 )
                 mismatch = True
         self.dirty = self.dirty or mismatch
@@ -217,10 +229,17 @@ class EntryRecovery:
             data = fileio.read_file(path)
             segment = decode_wal(data, self.entry, str(path))
             if segment.error is not None:
-                kind = "wal_torn" if segment.good_end else "wal_corrupt"
+                torn = segment.error.recoverable  # ends early: an append cut short by a crash
+                if not torn:
+                    self.damaged_wals.add(file_id)
                 action = f"truncated at {segment.good_end}" if segment.good_end else "deleted"
                 self.report.add(
-                    kind, path, str(segment.error), self._action(action), segment.error.offset
+                    "wal_torn" if torn else "wal_corrupt",
+                    path,
+                    str(segment.error),
+                    self._action(action),
+                    segment.error.offset,
+                    crash_leftover=torn,
                 )
             frames = self._fenced(path, segment, data)
             if not self.repair:
@@ -312,8 +331,21 @@ class EntryRecovery:
                 continue
             if not path.exists():
                 continue  # removed above with its last records
+            # Never listed by an intact index, WAL not damaged: a new block whose first write
+            # never reached the WAL (or only a torn one), or a dropped block whose files were
+            # being deleted. Listed: its descriptor is lost; WAL corrupt: its records are lost;
+            # no readable index: no evidence either way. Those three are damage.
+            never_indexed = (
+                self.indexed is not None
+                and block_id not in self.indexed
+                and block_id not in self.damaged_wals
+            )
             self.report.add(
-                "data_orphan", path, "data file has no descriptor", self._action("quarantined")
+                "data_orphan",
+                path,
+                "data file has no descriptor",
+                self._action("quarantined"),
+                crash_leftover=never_indexed,
             )
             if self.repair:
                 fileio.move(path, self.ctx.quarantine_path(self.bucket, self.entry) / path.name)

@@ -75,8 +75,11 @@ class Storage:
                 report.add(
                     "bucket_failed", bucket_path, f"bucket can't be opened: {exc}", "skipped"
                 )
-        if report.problems:
-            log.warning("startup recovery found %d problem(s)", len(report.problems))
+        leftovers = report.leftover_summary()
+        if leftovers:
+            log.info("startup %s", leftovers)  # an ordinary crash: nothing was damaged
+        if report.damaged:
+            log.warning("startup recovery found %d problem(s) (damage)", len(report.damage))
         return cls(ctx, buckets, report)
 
     @property

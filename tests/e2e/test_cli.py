@@ -46,3 +46,43 @@ def test_cli_check_reports_missing_folder(tmp_path: Path) -> None:
 def test_cli_check_on_empty_folder_is_clean(tmp_path: Path) -> None:
     result = run_cli("check", "--data", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _crashed_folder(data: Path) -> Path:
+    """A folder as a SIGKILL leaves it: the last WAL frame is torn. Returns the WAL."""
+    from appliance.engine import Storage
+    from appliance.engine.models import EngineOptions
+
+    storage = Storage.open(EngineOptions(data_path=data))
+    bucket = storage.create_bucket("b")
+    for ts in (1, 2, 3):
+        bucket.write_record("e", ts, b"x" * 10, "application/octet-stream", {})
+    storage.abandon()  # close the files without flushing: the records live only in the WAL
+    wal = next((data / "b" / "e" / ".wal").glob("*.wal"))
+    with wal.open("r+b") as handle:
+        handle.truncate(wal.stat().st_size - 3)
+    return wal
+
+
+def test_cli_check_crash_leftovers_fail_only_without_repair(tmp_path: Path) -> None:
+    _crashed_folder(tmp_path)
+    result = run_cli("check", "--data", str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "wal_torn (crash leftover)" in result.stdout
+    assert "left by an unclean shutdown" in result.stdout and "(damage)" not in result.stdout
+    result = run_cli("check", "--data", str(tmp_path), "--repair")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "recovered after an unclean shutdown: 1 torn WAL tail truncated" in result.stdout
+    assert run_cli("check", "--data", str(tmp_path)).returncode == 0
+
+
+def test_cli_check_damage_fails_even_with_repair(tmp_path: Path) -> None:
+    wal = _crashed_folder(tmp_path)
+    blob = bytearray(wal.read_bytes())
+    blob[0] ^= 0xFF  # a bad WAL header: damage, not a torn append
+    wal.write_bytes(bytes(blob))
+    result = run_cli("check", "--data", str(tmp_path), "--repair")
+    assert result.returncode == 1, result.stdout + result.stderr
+    # The WAL and the data file it left without metadata: both damage, nothing a crash leaves.
+    assert "2 problem(s) (damage) after repair" in result.stdout
+    assert "crash leftover" not in result.stdout

@@ -64,4 +64,11 @@ def test_check_reports_pending_wal_damage(tmp_path: Path) -> None:
         f.truncate(wal.stat().st_size - 1)
     report = check(tmp_path)
     assert [p.kind for p in report.problems] == ["wal_torn"]
+    assert report.problems[0].crash_leftover and not report.damaged
+    lines = report.render().splitlines()
+    assert lines[1] == (
+        "left by an unclean shutdown (startup or check --repair recovers them): "
+        "1 torn WAL tail to truncate"
+    )
+    assert lines[2].startswith("no damage: ")
     storage.close()

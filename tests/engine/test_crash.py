@@ -13,6 +13,8 @@ it with SIGKILL after a random delay of 0.05–0.6 s, and then, in this process:
   FINISHED, listed by ``iter_records``, same size, same SHA-256 as acknowledged (and the writer's
   hash matches the payload regenerated from the seed);
 - close the engine; ``check(data)`` must then report no problem.
+- whatever recovery (startup or ``check --repair``) found on a SIGKILLed folder must be crash
+  leftovers only (torn WAL tails, lagging indexes, unfinished files), never reported as damage.
 
 About one round in six kills the writer during its startup instead (delay counted from the spawn,
 not from ``READY``), which crashes it during imports or during recovery itself.
@@ -130,6 +132,9 @@ def verify_acknowledged(
     storage = Storage.open(EngineOptions(data_path=data))
     try:
         recovery = summary(storage.recovery)
+        assert not storage.recovery.damaged, (
+            f"{label}: a SIGKILL's debris reported as damage:\n{storage.recovery.render()}"
+        )
         if not acked:
             return recovery
         bucket = storage.get_bucket(BUCKET)
@@ -201,7 +206,9 @@ def test_crash_acknowledged_records_survive_sigkill(tmp_path: Path) -> None:
             continue
         repaired = "-"
         if round_no % 2 == 1 and data.exists():
-            repaired = summary(check(data, repair=True))
+            report = check(data, repair=True)
+            assert not report.damaged, f"{label}: debris reported as damage:\n{report.render()}"
+            repaired = summary(report)
         recovery = verify_acknowledged(data, acked, label)
         after = check(data)
         assert after.ok, f"{label}: check after recovery found problems:\n{after.render()}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def test_recovery_torn_wal_tail_is_truncated_not_fatal(tmp_path: Path) -> None:
     assert timestamps(storage) == [1, 2]
     problems = storage.recovery.problems
     assert [p.kind for p in problems] == ["wal_torn"]
+    assert problems[0].crash_leftover and not storage.recovery.damaged
     assert problems[0].path == str(wal) and problems[0].offset is not None
     assert problems[0].offset < size and problems[0].action.startswith("truncated")
     assert not wal.exists()  # replayed into a descriptor, then dropped
@@ -92,6 +94,7 @@ def test_recovery_stale_index_is_cross_checked(tmp_path: Path) -> None:
     storage = Storage.open(EngineOptions(data_path=tmp_path))
     assert timestamps(storage) == list(range(1, 9))
     assert "descriptor_extra" in storage.recovery.kinds()
+    assert not storage.recovery.damaged  # an intact index behind intact descriptors
     storage.close()
 
 
@@ -158,7 +161,18 @@ def test_recovery_orphan_data_file_is_quarantined(tmp_path: Path) -> None:
     (tmp_path / "b" / "e" / "77.blk").write_bytes(b"lost bytes")
     storage = Storage.open(EngineOptions(data_path=tmp_path))
     assert storage.recovery.kinds() == {"data_orphan"}
+    # The intact index never listed block 77: what a crash before its first WAL frame leaves.
+    assert storage.recovery.problems[0].crash_leftover
     assert (tmp_path / ".quarantine" / "b" / "e" / "77.blk").read_bytes() == b"lost bytes"
+    storage.close()
+
+
+def test_recovery_orphan_of_an_indexed_block_is_damage(tmp_path: Path) -> None:
+    crashed_store(tmp_path, compacted=8, in_wal=0)
+    (tmp_path / "b" / "e" / "5.meta").unlink()  # the index still lists block 5
+    storage = Storage.open(EngineOptions(data_path=tmp_path))
+    assert storage.recovery.kinds() == {"descriptor_missing", "data_orphan"}
+    assert [p.crash_leftover for p in storage.recovery.problems] == [False, False]
     storage.close()
 
 
@@ -171,8 +185,66 @@ def test_recovery_wal_with_broken_header_is_dropped(tmp_path: Path, cut: int) ->
     storage = Storage.open(EngineOptions(data_path=tmp_path))
     assert timestamps(storage) == [1, 2, 3, 4]
     # The lost block's payload bytes have no metadata left: moved aside, not deleted.
-    assert storage.recovery.kinds() == {"wal_corrupt", "data_orphan"}
+    assert storage.recovery.kinds() == {"wal_torn", "data_orphan"}
+    # A header cut short is what a crash while starting a segment leaves: no damage.
+    assert all(p.crash_leftover for p in storage.recovery.problems)
     storage.close()
+
+
+def test_recovery_wal_with_corrupt_header_is_damage(tmp_path: Path) -> None:
+    crashed_store(tmp_path, compacted=4, in_wal=1)
+    wal = next((tmp_path / "b" / "e" / ".wal").glob("*.wal"))
+    blob = bytearray(wal.read_bytes())
+    blob[0] ^= 0xFF  # bad magic, full length: not an append cut short
+    wal.write_bytes(bytes(blob))
+    storage = Storage.open(EngineOptions(data_path=tmp_path))
+    assert timestamps(storage) == [1, 2, 3, 4]
+    assert storage.recovery.kinds() == {"wal_corrupt", "data_orphan"}
+    assert not any(p.crash_leftover for p in storage.recovery.problems)
+    storage.close()
+
+
+def test_recovery_wal_checksum_mismatch_is_damage_even_at_the_end(tmp_path: Path) -> None:
+    crashed_store(tmp_path, compacted=0, in_wal=3)
+    wal = next((tmp_path / "b" / "e" / ".wal").glob("*.wal"))
+    blob = bytearray(wal.read_bytes())
+    blob[-2] ^= 0xFF  # inside the last frame's CRC: complete, but wrong
+    wal.write_bytes(bytes(blob))
+    storage = Storage.open(EngineOptions(data_path=tmp_path))
+    assert timestamps(storage) == [1, 2]
+    problems = storage.recovery.problems
+    assert [(p.kind, p.crash_leftover) for p in problems] == [("wal_corrupt", False)]
+    assert problems[0].action.startswith("truncated")
+    storage.close()
+
+
+def test_recovery_logs_crash_leftovers_at_info_and_damage_at_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crashed_store(tmp_path, compacted=0, in_wal=3)
+    wal = next((tmp_path / "b" / "e" / ".wal").glob("*.wal"))
+    with wal.open("r+b") as f:
+        f.truncate(wal.stat().st_size - 3)
+    (tmp_path / "b" / "e" / "77.blk").write_bytes(b"never indexed")
+    with caplog.at_level(logging.INFO, logger="appliance.engine"):
+        Storage.open(EngineOptions(data_path=tmp_path)).close()
+    levels = {r.getMessage(): r.levelno for r in caplog.records}
+    summary_line = (
+        "startup recovered after an unclean shutdown: 1 torn WAL tail truncated, "
+        "1 unfinished data file set aside"
+    )
+    assert levels[summary_line] == logging.INFO
+    assert all(level == logging.INFO for level in levels.values()), levels
+    assert not any("damage" in message for message in levels)
+
+    crashed_store(tmp_path / "2", compacted=8, in_wal=0)
+    (tmp_path / "2" / "b" / "e" / "blocks.idx").write_bytes(b"garbage")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="appliance.engine"):
+        Storage.open(EngineOptions(data_path=tmp_path / "2")).close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "startup recovery found 1 problem(s) (damage)" in warnings
+    assert any(m.startswith("storage problem: index_corrupt: ") for m in warnings)
 
 
 def test_recovery_parent_entry_without_index_is_still_found(tmp_path: Path) -> None:
