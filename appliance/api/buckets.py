@@ -51,6 +51,18 @@ def refuse_if_provisioned(name: str, action: str) -> None:
         raise Conflict(f"Can't {action} provisioned bucket '{name}'")
 
 
+def check_change(name: str, action: str, new: str | None = None) -> None:
+    """The checks before changing bucket ``name`` (settings, removal, rename), in this order:
+    full access (401/403), valid names (422), a writable instance (403/503), not provisioned
+    (409)."""
+    full_access()
+    bucket_name(name)
+    if new is not None:
+        bucket_name(new)
+    services().check_writable()
+    refuse_if_provisioned(name, action)
+
+
 def _full_info(storage: Storage, name: str, is_provisioned: bool) -> dict[str, Any]:
     bucket = storage.get_bucket(name)
     info = bucket.info()
@@ -118,10 +130,8 @@ async def update(name: str) -> Response:
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
     fields = parse_settings(body)
-    full_access()
-    bucket_name(name)
-    svc.check_writable()  # ReductStore leaves this unguarded on a replica; we refuse (403)
-    refuse_if_provisioned(name, "change settings of")
+    # ReductStore leaves a settings change unguarded on a replica; we refuse it (403).
+    check_change(name, "change settings of")
     await svc.run(_update, svc.engine, name, fields)
     return Response(b"", status=200)
 
@@ -129,11 +139,8 @@ async def update(name: str) -> Response:
 @blueprint.route("/b/<name>", methods=["DELETE"])
 async def remove(name: str) -> Response:
     """Remove a bucket and strip it from token permissions."""
-    full_access()
-    bucket_name(name)
+    check_change(name, "remove")
     svc = services()
-    svc.check_writable()
-    refuse_if_provisioned(name, "remove")
     await svc.run(svc.engine.remove_bucket, name)
     await svc.run(svc.tokens.remove_bucket, name)
     return Response(b"", status=200)
@@ -145,11 +152,7 @@ async def rename(name: str) -> Response:
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
     new = new_name(body)
-    full_access()
-    bucket_name(name)
-    bucket_name(new)
-    svc.check_writable()
-    refuse_if_provisioned(name, "rename")
+    check_change(name, "rename", new)
     await svc.run(svc.engine.rename_bucket, name, new)
     await svc.run(svc.tokens.rename_bucket, name, new)
     return Response(b"", status=200)
