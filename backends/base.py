@@ -128,6 +128,16 @@ def validate_prefix(prefix: str, *, backend: str) -> str:
     return prefix
 
 
+def refuse_empty_prefix(prefix: str, *, backend: str) -> None:
+    """``delete_prefix``'s guard: an empty prefix would delete everything (InvalidKey)."""
+    if not prefix:
+        raise InvalidKey(
+            "delete_prefix needs a non-empty prefix (refusing to delete everything)",
+            backend=backend,
+            key=prefix,
+        )
+
+
 def _key_problem(key: str, *, partial: bool = False) -> str | None:
     """Say what is wrong with ``key`` (None if nothing), the rules shared by keys and prefixes."""
     if not isinstance(key, str):

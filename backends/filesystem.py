@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from backends.base import ObjectInfo, validate_key, validate_prefix
-from backends.errors import BackendError, InvalidKey, ObjectNotFound, PreconditionFailed
+from backends.base import ObjectInfo, refuse_empty_prefix, validate_key, validate_prefix
+from backends.errors import BackendError, ObjectNotFound, PreconditionFailed
 from backends.fileio import (
     NS_PER_SECOND,
     TempFile,
@@ -283,12 +283,7 @@ class FilesystemBackend:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every listed file under ``prefix``; an empty prefix is refused."""
-        if not prefix:
-            raise InvalidKey(
-                "delete_prefix needs a non-empty prefix (refusing to delete everything)",
-                backend=self.name,
-                key=prefix,
-            )
+        refuse_empty_prefix(prefix, backend=self.name)
         keys = [info.key for info in self.list(prefix)]  # materialise: we prune as we go
         for key in keys:
             self.delete(key)

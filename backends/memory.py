@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from backends.base import ObjectInfo, validate_key, validate_prefix
-from backends.errors import InvalidKey, ObjectNotFound, PreconditionFailed
+from backends.base import ObjectInfo, refuse_empty_prefix, validate_key, validate_prefix
+from backends.errors import ObjectNotFound, PreconditionFailed
 from backends.fileio import CHUNK_BYTES, file_chunks, local_file_error, write_local_file
 
 
@@ -90,12 +90,7 @@ class MemoryBackend:
     def delete_prefix(self, prefix: str) -> int:
         """Forget every object under a non-empty prefix; return how many."""
         validate_prefix(prefix, backend=self.name)
-        if not prefix:
-            raise InvalidKey(
-                "delete_prefix needs a non-empty prefix (refusing to delete everything)",
-                backend=self.name,
-                key=prefix,
-            )
+        refuse_empty_prefix(prefix, backend=self.name)
         with self._lock:
             doomed = [key for key in self._objects if key.startswith(prefix)]
             for key in doomed:

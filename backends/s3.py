@@ -42,11 +42,10 @@ from botocore.config import Config
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from backends.base import ObjectInfo, validate_key, validate_prefix
+from backends.base import ObjectInfo, refuse_empty_prefix, validate_key, validate_prefix
 from backends.errors import (
     BackendError,
     BackendUnavailable,
-    InvalidKey,
     ObjectNotFound,
     PreconditionFailed,
 )
@@ -313,12 +312,7 @@ class S3Backend:
 
     def delete_prefix(self, prefix: str) -> int:
         """List, then DeleteObjects in batches of 1000; an empty prefix is refused."""
-        if not prefix:
-            raise InvalidKey(
-                "delete_prefix needs a non-empty prefix (refusing to delete everything)",
-                backend=self.name,
-                key=prefix,
-            )
+        refuse_empty_prefix(prefix, backend=self.name)
         keys = [info.key for info in self.list(prefix)]
         for start in range(0, len(keys), DELETE_BATCH_COUNT):
             batch = keys[start : start + DELETE_BATCH_COUNT]
