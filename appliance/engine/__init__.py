@@ -42,13 +42,13 @@ Behaviour worth knowing:
   limits) so every block holds exactly ``[id, next_id)``; ReductStore would start a new block.
 
 Modules, bottom up: ``names`` (name validation), ``sizing`` (ReductStore's record metadata
-size), ``codec`` (sans-I/O formats), ``fileio`` (the engine's
-atomic writes and renames, on ``backends.fileio``'s fsync/rename), ``files`` (fd
-cache), ``commit`` (group commit), ``block`` (a block in memory, block LRU), ``context``
-(shared caches and options), ``entry_files``
-(files of one entry folder), ``blockset`` (block index in memory and block choice), ``entry``,
+size), ``codec`` (sans-I/O formats), ``fileio`` (the engine's atomic writes and renames, on
+``backends.fileio``'s fsync/rename), ``files`` (fd cache), ``commit`` (group commit), ``block``
+(a block in memory, block LRU), ``context`` (shared caches and options), ``entry_files`` (files
+of one entry folder), ``blockset`` (block index in memory and block choice), ``entry``,
 ``writer`` (``RecordWriter``), ``recovery`` (startup recovery of an entry), ``scan`` (finding
-buckets and entries), ``bucket``, ``storage``, ``report`` (``RecoveryReport``), ``check``.
+buckets and entries), ``quota`` (write admission of a bucket), ``bucket``, ``storage``,
+``report`` (``RecoveryReport``), ``check``.
 """
 
 from appliance.engine.bucket import Bucket

@@ -1,12 +1,11 @@
-"""One bucket: settings, its entries (nested names, auto-created parents) and write admission.
+"""One bucket: settings, its entries (nested names, auto-created parents) and its writes.
 
 Folder ``<data>/<bucket>/`` holds ``bucket.settings`` (codec, written atomically) and one folder
 per entry; entry ``a/b`` lives in ``<bucket>/a/b/`` so a rename or removal of ``a`` carries its
-descendants. Before anything of a write touches the disk, ``_admit`` applies ReductStore's checks
-in its order (spec engine §5): ``max_storage_size`` (500), quota (§11: HARD -> 400, FIFO drops
-the oldest blocks of non-``$meta`` entries or fails with 500), free disk (507); ``$meta`` rules
-(key label required, ``remove=true`` refused, upsert by key) come first since they are pure
-validation.
+descendants. Before anything of a write touches the disk, the bucket's ``Quota`` (``quota.py``)
+applies ReductStore's admission checks in its order (spec engine §5: storage limit, quota, free
+disk); ``$meta`` rules (key label required, ``remove=true`` refused, upsert by key) come first
+since they are pure validation.
 """
 
 from __future__ import annotations
@@ -36,17 +35,15 @@ from appliance.engine.names import (
     parents,
     validate_entry_name,
 )
+from appliance.engine.quota import Quota
 from appliance.engine.recovery import recover_entry
 from appliance.engine.report import RecoveryReport
 from appliance.engine.scan import scan_entries
 from appliance.engine.writer import RecordWriter
 from appliance.errors import (
     ApplianceError,
-    BadRequest,
     Conflict,
     CorruptionError,
-    InsufficientStorage,
-    InternalError,
     NotFound,
     UnprocessableEntity,
 )
@@ -73,7 +70,7 @@ class Bucket:
         self._settings = settings
         self._entries = entries
         self._lock = threading.RLock()
-        self._quota_lock = threading.Lock()
+        self._quota = Quota(ctx, name, lambda: self.size, self._evictable_entries)
         self.removed = False
         for entry in entries.values():
             self._apply_limits(entry)
@@ -284,15 +281,15 @@ class Bucket:
         _check_timestamp(ts)
         if size < 0:
             raise UnprocessableEntity("content-length must be a number")
-        self._check_storage_limit(size, 0)
+        self._quota.check_storage_limit(size, 0)
         target = self._entries.get(entry)
         if target is None:
             validate_entry_name(entry)  # an existing entry's name was validated already
         is_meta = target.is_meta if target is not None else is_meta_entry(entry)
         if is_meta:
             self._check_meta_labels(entry, labels)
-        with self._quota_guard():
-            self._admit(size, 0, self._ctx.disk.free(size))
+        with self._quota.guard(self._settings):
+            self._quota.admit(self._settings, size, 0, self._ctx.disk.free(size))
             target = self.get_or_create_entry(entry)
             if is_meta:
                 self._upsert(target, ts, size, labels)
@@ -321,14 +318,14 @@ class Bucket:
         errors: dict[int, ApplianceError] = {}
         accepted: list[NewRecord] = []
         pending = 0
-        with self._quota_guard():
+        with self._quota.guard(self._settings):
             free = self._ctx.disk.free(sum(len(r.data) for r in records))
             for record in records:
                 size = len(record.data)
                 try:
                     _check_timestamp(record.timestamp)
-                    self._check_storage_limit(size, pending)
-                    self._admit(size, pending, free)
+                    self._quota.check_storage_limit(size, pending)
+                    self._quota.admit(self._settings, size, pending, free)
                 except ApplianceError as exc:
                     errors[record.timestamp] = exc
                     continue
@@ -349,38 +346,10 @@ class Bucket:
                 errors[record.timestamp] = exc
         return errors
 
-    def _quota_guard(self) -> threading.Lock | _NoLock:
-        """Serialise check-and-reserve when a quota is enforced (two writers can't both fit)."""
-        return self._quota_lock if self._settings.quota_type != QuotaType.NONE else _NO_LOCK
-
-    def _check_storage_limit(self, size: int, pending: int) -> None:
-        limit = self._ctx.options.max_storage_size
-        if limit is not None and self._ctx.storage_usage() + pending + size > limit:
-            raise InternalError("storage limit exceeded")
-
-    def _admit(self, size: int, pending: int, free: int) -> None:
-        """Quota (HARD refuses, FIFO evicts) and free-disk checks for ``size`` more bytes."""
-        settings = self._settings
-        if settings.quota_type == QuotaType.HARD:
-            if self.size + pending + size > settings.quota_size:
-                raise BadRequest(f"Quota of '{self._name}' exceeded")
-        elif settings.quota_type == QuotaType.FIFO:
-            while self.size + pending + size > settings.quota_size:
-                if not self._evict_oldest_block():
-                    raise InternalError(f"Failed to keep quota of '{self._name}'")
-        if free - pending - size < self._ctx.options.min_free_space:
-            raise InsufficientStorage(
-                f"Not enough disk space to write {size} bytes into bucket '{self._name}'"
-            )
-        self._ctx.disk.consume(size)
-
-    def _evict_oldest_block(self) -> bool:
+    def _evictable_entries(self) -> list[Entry]:
+        """The entries FIFO may drop blocks from (never ``$meta``)."""
         with self._lock:
-            candidates = [e for e in self._entries.values() if not e.is_meta]
-        for entry in sorted(candidates, key=lambda e: e.oldest_record):
-            if entry.remove_oldest_block():
-                return True
-        return False
+            return [e for e in self._entries.values() if not e.is_meta]
 
     def _check_meta_labels(self, entry: str, labels: Mapping[str, str]) -> None:
         if META_KEY_LABEL not in labels:
@@ -425,19 +394,6 @@ class Bucket:
             for entry in self._entries.values():
                 entry.retire()
             self._entries.clear()
-
-
-class _NoLock:
-    """A do-nothing context manager standing in for the quota lock."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
 
 
 def _open_entry(
