@@ -116,6 +116,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
+        """Quart/werkzeug HTTP errors (unknown path, bad method) in ReductStore's shape."""
         status = error.code or 500
         if status == 404 and request.method not in ("GET", "HEAD"):
             status = 405  # ReductStore answers other methods on unknown paths with a bare 405
@@ -127,11 +128,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
+        """Anything else: logged with its traceback, answered 500 without one."""
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(500, f"Internal server error: {type(error).__name__}")
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:
+        """Start the services when serving begins, stop them when it ends."""
         await svc.start()
         try:
             yield
