@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from quart import request
 
+from appliance.api.connection import BoundedBody
 from appliance.errors import BadRequest
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ async def next_chunk(it: AsyncIterator[bytes], timeout_seconds: float) -> bytes 
 async def read_small_body(length: int, timeout_seconds: float) -> bytes:
     """The whole request body, which must be exactly ``length`` bytes (400 otherwise)."""
     body = request.body
-    if getattr(body, "complete", False):  # usual for small bodies: no waiting at all
+    if isinstance(body, BoundedBody) and body.complete:  # usual for small bodies: no waiting
         data = body.take_all()
         if len(data) > length:
             raise BadRequest(BIGGER_MESSAGE)
@@ -132,7 +133,7 @@ async def read_small_body(length: int, timeout_seconds: float) -> bytes:
 async def read_any_body(timeout_seconds: float) -> bytes:
     """The whole (small) request body, whatever its length (JSON bodies)."""
     body = request.body
-    if getattr(body, "complete", False):
+    if isinstance(body, BoundedBody) and body.complete:
         return body.take_all()
     it = body.__aiter__()
     parts: list[bytes] = []
