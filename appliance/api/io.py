@@ -7,7 +7,7 @@ Python client fails without them) plus ``x-reduct-error-<index>-<delta>`` per fa
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from quart import Blueprint, request
 
@@ -39,9 +39,9 @@ LENGTH_MISMATCH = (
 
 def _respond(req: V2Request, errors: dict[Hashable, ApplianceError]) -> Response:
     headers = encode_v2_echo(req)
-    for key in sorted(errors):  # type: ignore[type-var]
-        index, delta = key  # type: ignore[misc]
-        name, value = encode_v2_error(index, delta, errors[key])
+    keyed = cast("dict[tuple[int, int], ApplianceError]", errors)  # keys: (index, delta)
+    for (index, delta), error in sorted(keyed.items()):
+        name, value = encode_v2_error(index, delta, error)
         headers[name] = value
     return Response(b"", status=200, headers=headers)
 
