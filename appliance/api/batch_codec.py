@@ -108,7 +108,8 @@ def _format_label_value(value: str) -> str:
 
 
 def _error_value(err: ApplianceError) -> str:
-    return f"{err.status},{err.message}"
+    # The client-safe text: a corruption error's full message names server paths.
+    return f"{err.status},{err.public_message}"
 
 
 def _resolve_label(raw: str, label_names: list[str] | None) -> str:

@@ -179,12 +179,13 @@ class Entry:
     def _damaged(self, block_id: int, record: StoredRecord, detail: str) -> CorruptionError:
         """A payload failed its checksum: fail this read only (the block's metadata is sound)."""
         path = str(self.files.data_path(block_id))
-        message = (
+        public = (
             f"Record {record.timestamp} in block {self.bucket}/{self.name}/{block_id} is "
-            f"corrupted: {detail} (file {path}, offset {record.offset})"
+            f"corrupted: {detail}"
         )
+        message = f"{public} (file {path}, offset {record.offset})"
         log.error("corrupt payload: %s", message, extra={"file": path, "offset": record.offset})
-        return CorruptionError(message, path=path, offset=record.offset)
+        return CorruptionError(message, path=path, offset=record.offset, public_detail=public)
 
     def read_payload(self, meta: RecordMeta) -> bytes:
         """The whole payload, checksum verified (CorruptionError on mismatch)."""

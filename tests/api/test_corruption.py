@@ -12,7 +12,6 @@ import pytest
 
 from appliance.engine import Storage
 from appliance.engine.models import BucketSettings, EngineOptions
-from appliance.errors import UNDESCRIBED_CORRUPTION
 from tests.api.conftest import Harness
 
 API = "/api/v1"
@@ -57,9 +56,9 @@ async def test_corruption_payload_message_hides_server_path(
     # The log keeps what an operator needs to find the damage: file and offset.
     assert f"file {block_file}, offset 0" in caplog.text
     assert "payload checksum mismatch" in caplog.text
-    # Entry._damaged (appliance/engine/entry.py) passes no ``public_detail`` yet, so the client
-    # gets the generic text; once it does, assert "Record 21 in block demo/sensor/21 ..." here.
-    assert header == UNDESCRIBED_CORRUPTION
+    # The client learns which record of which block is damaged and how, nothing about files.
+    assert header == "Record 21 in block demo/sensor/21 is corrupted: payload checksum mismatch"
+
 
 
 async def test_corruption_block_message_names_block_and_damage_only(
