@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING
 from quart import request
 
 from appliance.api import params
-from appliance.api.access import read_access, services, write_access
+from appliance.api.access import services, write_access
 from appliance.api.batch_codec import (
     encode_v1_error,
-    encode_v1_record_header,
     parse_v1_headers,
     parse_v1_timestamps,
 )
 from appliance.api.ingest import Incoming, write_records
-from appliance.api.queries import batch_response, collect, query_id
+from appliance.api.queries import query_id, read_batch
 from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, UnprocessableEntity
 
@@ -47,16 +46,7 @@ async def read(bucket: str, entry: str) -> Response:
     if raw is None:
         raise UnprocessableEntity("'q' parameter is required for batched reads")
     qid = query_id(raw, "'q' must be a number")
-    read_access(bucket)
-    svc = services()
-    storage = svc.engine
-    head = request.method == "HEAD"
-    query = svc.queries.get(qid, bucket, entry)
-    batch = await collect(svc, storage, query, head=head, v2=False)
-    headers = dict(encode_v1_record_header(meta) for _, meta in batch.records)
-    return batch_response(
-        svc, storage, bucket, batch, headers, head=head, only_metadata=query.spec.only_metadata
-    )
+    return await read_batch(bucket, entry, qid, v2=False)
 
 
 async def write(bucket: str, entry: str) -> Response:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 from quart import Blueprint, request
 
 from appliance.api import params
-from appliance.api.access import read_access, services, write_access
+from appliance.api.access import services, write_access
 from appliance.api.batch_codec import (
     V2Request,
     encode_v2_echo,
@@ -20,11 +20,10 @@ from appliance.api.batch_codec import (
     parse_v2_remove,
     parse_v2_request,
     parse_v2_update,
-    v2_read_batch_headers,
 )
 from appliance.api.batch_v1 import header_map
 from appliance.api.ingest import Incoming, write_records
-from appliance.api.queries import batch_response, collect, query_id
+from appliance.api.queries import query_id, read_batch
 from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, NotFound, UnprocessableEntity
 
@@ -59,16 +58,7 @@ async def read(bucket: str) -> Response:
     if raw is None:
         raise UnprocessableEntity("x-reduct-query-id header is required for batched reads")
     qid = query_id(raw, "Invalid query id")
-    read_access(bucket)
-    svc = services()
-    storage = svc.engine
-    head = request.method == "HEAD"
-    query = svc.queries.get(qid, bucket, None)
-    batch = await collect(svc, storage, query, head=head, v2=True)
-    headers = v2_read_batch_headers([meta for _, meta in batch.records])
-    return batch_response(
-        svc, storage, bucket, batch, headers, head=head, only_metadata=query.spec.only_metadata
-    )
+    return await read_batch(bucket, None, qid, v2=True)
 
 
 @blueprint.route("/io/<bucket>/write", methods=["POST"])

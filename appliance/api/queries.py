@@ -10,6 +10,7 @@ from quart import Blueprint, request
 
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
+from appliance.api.batch_codec import encode_v1_record_header, v2_read_batch_headers
 from appliance.api.connection import RawResponse
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
@@ -90,6 +91,24 @@ async def collect(
     if not batch.records:
         raise NoContent(NO_CONTENT)
     return batch
+
+
+async def read_batch(bucket: str, entry: str | None, qid: int, *, v2: bool) -> Response:
+    """The next batch of query ``qid`` as a batched-read response (protocol v1 or v2).
+
+    ``entry`` is the entry of an entry-level query (v1) or None for a bucket-level one (v2).
+    """
+    read_access(bucket)
+    svc = services()
+    storage = svc.engine
+    head = request.method == "HEAD"
+    query = svc.queries.get(qid, bucket, entry)
+    batch = await collect(svc, storage, query, head=head, v2=v2)
+    metas = [meta for _, meta in batch.records]
+    headers = v2_read_batch_headers(metas) if v2 else [encode_v1_record_header(m) for m in metas]
+    return batch_response(
+        svc, storage, bucket, batch, headers, head=head, only_metadata=query.spec.only_metadata
+    )
 
 
 def batch_body(
