@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ from appliance.errors import (
 CT = "application/octet-stream"
 MIB = 1024 * 1024
 U64_MAX = 2**64 - 1
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    storage = Storage.open(EngineOptions(data_path=tmp_path / "data"))
-    yield storage
-    storage.close()
 
 
 @pytest.fixture

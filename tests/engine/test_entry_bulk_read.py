@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 import appliance.engine.entry as entry_module
 from appliance.engine import Bucket, Entry, Storage
-from appliance.engine.models import BucketSettings, EngineOptions, RecordMeta
+from appliance.engine.models import BucketSettings, RecordMeta
 from appliance.errors import CorruptionError, InternalError, NotFound, TooEarly
 
 U64_MAX = 2**64 - 1
 CT = "application/octet-stream"
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    storage = Storage.open(EngineOptions(data_path=tmp_path / "data"))
-    yield storage
-    storage.close()
 
 
 @pytest.fixture

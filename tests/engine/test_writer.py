@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ from appliance.engine.models import EngineOptions, RecordState
 from appliance.errors import BadRequest, Conflict
 
 CT = "application/octet-stream"
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    storage = Storage.open(EngineOptions(data_path=tmp_path / "data"))
-    yield storage
-    storage.close()
 
 
 @pytest.fixture
