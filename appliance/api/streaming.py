@@ -114,20 +114,21 @@ async def read_small_body(length: int, timeout_seconds: float) -> bytes:
         if len(data) < length:
             raise BadRequest(SMALLER_MESSAGE)
         return data
-    it = body.__aiter__()
-    parts: list[bytes] = []
+    parts = [chunk async for chunk in exact_chunks(length, timeout_seconds)]
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def exact_chunks(length: int, timeout_seconds: float) -> AsyncIterator[bytes]:
+    """The request body's chunks as they arrive; 400 once it passes ``length`` or ends short."""
+    it = request.body.__aiter__()
     received = 0
-    while True:
-        chunk = await next_chunk(it, timeout_seconds)
-        if chunk is None:
-            break
+    while (chunk := await next_chunk(it, timeout_seconds)) is not None:
         received += len(chunk)
         if received > length:
             raise BadRequest(BIGGER_MESSAGE)
-        parts.append(chunk)
+        yield chunk
     if received < length:
         raise BadRequest(SMALLER_MESSAGE)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def read_any_body(timeout_seconds: float) -> bytes:
@@ -148,16 +149,9 @@ async def stream_body(
     services: Services, length: int, sink: Callable[[bytes], Any], timeout_seconds: float
 ) -> None:
     """Feed exactly ``length`` body bytes to ``sink`` in a worker thread, ~1 MiB per hop."""
-    it = request.body.__aiter__()
     parts: list[bytes] = []
-    buffered = received = 0
-    while True:
-        chunk = await next_chunk(it, timeout_seconds)
-        if chunk is None:
-            break
-        received += len(chunk)
-        if received > length:
-            raise BadRequest(BIGGER_MESSAGE)
+    buffered = 0
+    async for chunk in exact_chunks(length, timeout_seconds):
         parts.append(chunk)
         buffered += len(chunk)
         if buffered >= WRITE_CHUNK_BYTES:
@@ -165,8 +159,6 @@ async def stream_body(
             parts.clear()
             buffered = 0
             await run_through(services, sink, data)
-    if received < length:
-        raise BadRequest(SMALLER_MESSAGE)
     if parts:
         await run_through(services, sink, b"".join(parts))
 
