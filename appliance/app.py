@@ -123,7 +123,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         if status == 404:
             return error_response(404, "Not found", body=request.method != "HEAD")
         if status == 405:
-            return Response(b"", status=405)
+            # ReductStore's framework answers a bare 405; clients then show an empty message,
+            # so ours says what happened (issue 13), still without a body.
+            return error_response(405, "Method not allowed", body=False)
         return error_response(status, error.description or error.name)
 
     @app.errorhandler(Exception)

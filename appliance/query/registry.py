@@ -11,6 +11,7 @@ entry-level (``/b/{b}/{e}/q``) and bucket-level (``/io/{b}/q``) ids are separate
 from __future__ import annotations
 
 import heapq
+from collections import deque
 import itertools
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from appliance.engine.models import RecordMeta
+from appliance.query.context import RecordShaper, shaper_for
 from appliance.errors import NotFound, UnprocessableEntity
 
 if TYPE_CHECKING:
@@ -111,11 +113,19 @@ class Query:
         self.positions = {name: start for name in entries}
         self.done: set[str] = set()
         self.pending: tuple[str, RecordMeta] | None = None
+        self.backlog: deque[tuple[str, RecordMeta]] = deque()
         self.finished = False
         self.last_access = 0.0
         self.lock = threading.Lock()
         first = next(iter(conditions.values()), None)
         self.directives: Any = getattr(first, "directives", None)
+        # #ctx_before/#ctx_after/#select_labels: one shaper per entry (their windows are
+        # per entry), None when the query has none of them.
+        self.shapers: dict[str, RecordShaper] = {}
+        for name, cond in conditions.items():
+            shaper = shaper_for(getattr(cond, "directives", None))
+            if shaper is not None:
+                self.shapers[name] = shaper
 
     def _passes(self, name: str, meta: RecordMeta) -> bool:
         if meta.labels.get("remove") == "true" and is_meta_entry(name):
@@ -165,16 +175,18 @@ class Query:
                 heap.append((first.timestamp, name, first))
                 iters[name] = (entry, it)
         pending, self.pending = self.pending, None
-        if len(heap) == 1 and pending is None:
+        if len(heap) == 1 and pending is None and not self.backlog:
             _, name, first = heap[0]
             exhausted = self._collect_single(name, first, iters[name][1], limits, head, batch)
         else:
             heapq.heapify(heap)
             exhausted = self._collect_merged(heap, iters, pending, limits, head, cut_interleaved,
                                              batch)
-        if exhausted and not self.spec.continuous:
-            self.finished = True
+        if exhausted:
+            # ReductStore flags the batch that ran the query dry as last, continuous or not
+            # (its reader sees "no content" after the records); a continuous query goes on.
             batch.last = True
+            self.finished = not self.spec.continuous
         if not head and not self.spec.only_metadata:
             batch.payloads = _preload(bucket, batch.records, iters)
         return batch
@@ -188,6 +200,7 @@ class Query:
         body = metadata = 0
         max_records, max_size, max_meta = limits.max_records, limits.max_size, limits.max_metadata
         cond = self.conditions.get(name)
+        shaper = self.shapers.get(name)
         hide = is_meta_entry(name)
         done = self.done
         deadline = time.monotonic() + limits.timeout
@@ -204,13 +217,17 @@ class Query:
                 ok = bool(cond.evaluate(rec.timestamp, labels))
                 if cond.exhausted:
                     done.add(name)
-            if ok:
-                if rec.entry != name:
-                    rec = replace(rec, entry=name)
-                out.append((name, rec))
-                body += rec.size
-                metadata += 32 + len(rec.content_type)
-                for k, v in labels.items():
+            if shaper is not None:
+                emit = shaper.feed(rec, ok)
+            else:
+                emit = (rec,) if ok else ()
+            for item in emit:
+                if item.entry != name:
+                    item = replace(item, entry=name)
+                out.append((name, item))
+                body += item.size
+                metadata += 32 + len(item.content_type)
+                for k, v in item.labels.items():
                     metadata += len(k) + len(v) + 2
             if name in done:
                 return True
@@ -243,6 +260,8 @@ class Query:
             if pending is not None:
                 name, meta = pending
                 pending = None
+            elif self.backlog:  # context records a shaper emitted together with a match
+                name, meta = self.backlog.popleft()
             else:
                 if not heap:
                     break
@@ -253,7 +272,14 @@ class Query:
                 nxt = next(iters[name][1], None)
                 if nxt is not None:
                     heapq.heappush(heap, (nxt.timestamp, name, nxt))
-                if not self._passes(name, meta):
+                shaper = self.shapers.get(name)
+                if shaper is not None:
+                    emitted = shaper.feed(meta, self._passes(name, meta))
+                    if not emitted:
+                        continue
+                    meta = emitted[0]
+                    self.backlog.extend((name, m) for m in emitted[1:])
+                elif not self._passes(name, meta):
                     continue
             if cut_interleaved and name != run_entry and name in seen:
                 # Spec §8.3: never let an entry re-appear after another one started in this
@@ -269,7 +295,9 @@ class Query:
             metadata += 32 + len(meta.content_type) + sum(
                 len(k) + len(v) + 2 for k, v in meta.labels.items()
             )
-        return self.pending is None and not any(n not in self.done for _, n, _ in heap)
+        if self.pending is not None or self.backlog:
+            return False
+        return not any(n not in self.done for _, n, _ in heap)
 
 
 def _preload(
