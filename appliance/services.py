@@ -61,6 +61,8 @@ STARTING_MESSAGE = "The server is starting up, please try again later"
 # Enough threads that a slow disk write does not stall reads of other entries, few enough
 # that a 2-core edge box does not thrash.
 ENGINE_THREADS = 8
+# Token last_access times reach the .auth file at most this often (and at shutdown).
+LAST_ACCESS_FLUSH_SECONDS = 30.0
 EXIT_RUNTIME = 1  # exit codes of `appliance serve` (cli/main.py)
 EXIT_CONFIG = 2
 
@@ -174,6 +176,7 @@ class Services:
         self._started_at = clock()
         self._tasks: list[asyncio.Task[None]] = []
         self._compaction: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closed = False
 
@@ -303,6 +306,9 @@ class Services:
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
         await provisioner.start()  # the watcher (boot already ran)
+        if self._housekeeping is None:
+            self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="tokens")
+            self._tasks.append(self._housekeeping)
         if self.settings.engine_compaction_interval > 0 and self._compaction is None:
             self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
             self._tasks.append(self._compaction)  # one loop, kept across a rejoin
@@ -345,6 +351,20 @@ class Services:
                 log.exception("compaction failed")
 
     # --- role changes -----------------------------------------------------------------------
+
+    async def _housekeeping_loop(self) -> None:
+        """Persist token ``last_access`` times, throttled (never a write per request)."""
+        while True:
+            await asyncio.sleep(LAST_ACCESS_FLUSH_SECONDS)
+            await self._flush_last_access()
+
+    async def _flush_last_access(self) -> None:
+        if self.storage is None or self.role.read_only:
+            return  # a replica or a holder that stepped down writes nothing
+        try:
+            await self.run(self.tokens.flush_last_access)
+        except Exception:  # noqa: BLE001 - a failed write is retried at the next tick
+            log.exception("saving token last_access failed")
 
     def _role_changed(self, status: RoleStatus) -> None:
         """Role listener (any thread): a holder that stepped down stops writing at once."""
@@ -404,6 +424,7 @@ class Services:
                 pass
         self._tasks.clear()
         self.queries.clear()
+        await self._flush_last_access()
         storage, self.storage = self.storage, None
         if storage is not None:
             try:

@@ -10,6 +10,11 @@ Provisioning (``provision``/``unprovision``) creates or replaces tokens declared
 or YAML and persists them *with* their ``is_provisioned`` flag: API remove/rotate answer 409, and
 a token that leaves the provisioning is kept as an ordinary token, never deleted.
 
+Each token's ``last_access`` is kept in memory on the hot path and written with the file at most
+once per ``flush_last_access`` call (the services call it every ``LAST_ACCESS_FLUSH_SECONDS`` and
+at shutdown), so a token's inactivity ``ttl`` survives a restart without a write per request.
+The init-token's ``last_access`` is not saved (it is never written to disk).
+
 The file is JSON ``{"version": 1, "tokens": [...]}`` replaced atomically with
 ``appliance.engine.fileio.atomic_write`` (tmp, fsync, rename, fsync dir).
 """
@@ -66,6 +71,7 @@ class TokenStore:
         self._lock = threading.Lock()
         self._tokens: dict[str, Token] = {}
         self._cache: dict[bytes, str] = {}  # sha256(value) -> token name
+        self._access_dirty = False  # some last_access changed since the file was written
         self.started_at = clock()
 
     def now(self) -> float:
@@ -115,8 +121,20 @@ class TokenStore:
         if token.is_expired(now):
             raise Unauthorized("Token has expired")
         token.allows_ip(client_ip)
-        token.last_access = now
+        if token.last_access != now:
+            token.last_access = now
+            # Persisted later by ``flush_last_access`` (throttled): never a write per request.
+            self._access_dirty = True
         return token
+
+    def flush_last_access(self) -> bool:
+        """Write the ``last_access`` times gathered since the last write; True if it wrote."""
+        with self._lock:
+            if not self._access_dirty:
+                return False
+            self._access_dirty = False
+            self._save()
+            return True
 
     def _verify(self, value: str, key: bytes) -> Token:
         # First sight of this value: compare against every salted hash (constant-time each).
