@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from appliance.auth import Permissions, TokenStore
 from appliance.engine.models import BucketSettings, EngineOptions
 from appliance.errors import ConfigError, ServiceUnavailable
+from appliance.lifecycle import LifecycleManager
 from appliance.query.registry import QueryRegistry
 from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
@@ -152,6 +153,8 @@ class Services:
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self.tokens = TokenStore(settings.data_path, token)
         self.queries = QueryRegistry(clock=clock)
+        self._booting_storage: Storage | None = None  # the engine provisioning boots against
+        self.lifecycles = LifecycleManager(settings.data_path, self.run, self._lifecycle_storage)
         self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
         self.open_error: BaseException | None = None
@@ -199,6 +202,13 @@ class Services:
     def uptime_seconds(self) -> int:
         """Seconds since the services were built."""
         return int(self._clock() - self._started_at)
+
+    def _lifecycle_storage(self) -> Storage:
+        # Provisioning applies lifecycles before the engine is published (bucket checks).
+        storage = self.storage or self._booting_storage
+        if storage is None:
+            raise ServiceUnavailable(STARTING_MESSAGE)
+        return storage
 
     def check_writable(self) -> None:
         """Raise if this instance may not accept mutations: 403 replica, 503 not the holder.
@@ -260,7 +270,17 @@ class Services:
             initial=self._desired,
             state=self.provisioning,
             watch_enabled=self._watch_provisioning,
+            on_applied=self._provision_lifecycles,
         )
+
+    def _provision_lifecycles(self, desired: DesiredState) -> list[str]:
+        """Provisioning hook (worker thread): apply the provisioned lifecycle policies."""
+        policies = {name: spec.policy() for name, spec in desired.lifecycles.items()}
+        problems = self.lifecycles.provision(policies)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.lifecycles.sync_tasks)
+        return problems
 
     async def _open(self) -> None:
         try:
@@ -288,6 +308,8 @@ class Services:
             await self._serve_replica(storage)
             return
         provisioner = self._make_provisioner(storage)
+        self._booting_storage = storage
+        await self.run(self.lifecycles.load)
         boot = asyncio.ensure_future(self.run(provisioner.boot))
         try:
             await asyncio.shield(boot)
@@ -306,6 +328,7 @@ class Services:
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
         await provisioner.start()  # the watcher (boot already ran)
+        self.lifecycles.start()
         if self._housekeeping is None:
             self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="tokens")
             self._tasks.append(self._housekeeping)
@@ -412,6 +435,7 @@ class Services:
         if self._closed:
             return
         self._closed = True
+        await self.lifecycles.stop()  # before the engine closes: a run may be removing records
         provisioner, self.provisioner = self.provisioner, None
         if provisioner is not None:
             await provisioner.stop()  # before the engine closes: a reload may be running

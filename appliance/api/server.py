@@ -1,5 +1,5 @@
 """Server endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
-empty ``/replications`` and ``/lifecycles`` lists reduct-py's fixtures call."""
+empty ``/replications`` list reduct-py's fixtures call (lifecycles: ``api/lifecycles.py``)."""
 
 from __future__ import annotations
 
@@ -138,9 +138,3 @@ async def replications() -> Response:
     full_access()
     return json_response({"replications": []})
 
-
-@blueprint.route("/lifecycles", methods=["GET"])
-async def lifecycles() -> Response:
-    """Lifecycle policies (none yet)."""
-    full_access()
-    return json_response({"lifecycles": []})
