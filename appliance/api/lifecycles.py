@@ -14,6 +14,7 @@ from appliance.api.server import json_response
 from appliance.api.streaming import read_any_body
 from appliance.errors import Forbidden, UnprocessableEntity
 from appliance.lifecycle import LifecycleManager, LifecyclePolicy, parse_policy
+from appliance.lifecycle.policy import parse_mode
 
 blueprint = Blueprint("lifecycles", __name__)
 
@@ -78,7 +79,8 @@ async def set_lifecycle_mode(name: str) -> Response:
     obj = params.json_object(body)
     if "mode" not in obj:
         raise UnprocessableEntity("Invalid JSON: missing field `mode`")
-    await services().run(manager.set_mode, name, obj["mode"])
+    mode = parse_mode(obj["mode"])  # the body is checked first, as ReductStore's extractor does
+    await services().run(manager.set_mode, name, mode)
     return Response(b"", status=200)
 
 
