@@ -3,14 +3,17 @@
 A run looks, per selected entry, at the records of one window of record time: from where the
 previous run stopped (or the entry's oldest record) up to ``processing_interval`` later, never
 past ``now - older_than``. Records in the window that match ``when`` (all of them without one)
-are removed, ``REMOVE_CHUNK`` timestamps per entry-lock hold, so a writer of the same entry
-waits for at most one small chunk, never for the whole run. In ``dry_run`` mode the matching
-records are only counted.
+are removed one block at a time (at most ``REMOVE_CHUNK`` timestamps per entry-lock hold): a
+writer of the same entry waits for one block's removal at most, never for the whole run, and
+each block's files are rewritten once (chunks that split a block rewrite it once per chunk,
+which made runs ~8× slower in ``tests/bench/bench_lifecycle.py``). In ``dry_run`` mode the
+matching records are only counted.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,9 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["REMOVE_CHUNK", "RunReport", "run_policy"]
 
-# Records removed per entry-lock hold: small enough that a concurrent write of the same entry
-# waits a few milliseconds at most (measured by tests/bench/bench_lifecycle.py).
-REMOVE_CHUNK = 256
+# Upper bound of records removed per entry-lock hold (a block of the default 1024-record size
+# takes ~15 ms on a small VM: tests/bench/bench_lifecycle.py).
+REMOVE_CHUNK = 4096
 
 
 @dataclass
@@ -51,9 +54,19 @@ class RunReport:
         }
 
 
-def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _chunks(items: list[int], block_ids: list[int], size: int) -> Iterable[list[int]]:
+    """``items`` (ascending) cut at block boundaries and at ``size``."""
+    chunk: list[int] = []
+    block = -1
+    for ts in items:
+        owner = block_ids[max(bisect_right(block_ids, ts) - 1, 0)] if block_ids else 0
+        if chunk and (owner != block or len(chunk) >= size):
+            yield chunk
+            chunk = []
+        block = owner
+        chunk.append(ts)
+    if chunk:
+        yield chunk
 
 
 def run_policy(
@@ -100,7 +113,7 @@ def run_policy(
         report.matched += len(doomed)
         if not dry_run:
             try:
-                for chunk in _chunks(doomed, REMOVE_CHUNK):
+                for chunk in _chunks(doomed, entry.block_ids(), REMOVE_CHUNK):
                     failed = entry.remove_unchecked(chunk)
                     report.removed += len(chunk) - len(failed)
                     time.sleep(0)  # let a waiting writer take the entry lock between chunks
