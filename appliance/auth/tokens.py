@@ -21,6 +21,7 @@ The file is JSON ``{"version": 1, "tokens": [...]}`` replaced atomically with
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -135,6 +136,26 @@ class TokenStore:
             self._access_dirty = False
             self._save()
             return True
+
+    def link_secret(self, name: str) -> bytes:
+        """The stored secret query links of token ``name`` are sealed with (404 if removed);
+        empty while authentication is disabled, as in ReductStore."""
+        if self._api_token is None:
+            return b""
+        token = self._get(name)
+        if name == INIT_TOKEN_NAME:
+            # Rebuilt with a fresh salt at every start: key its links to RS_API_TOKEN itself.
+            return hashlib.sha256(b"init-token:" + self._api_token.encode()).digest()
+        return token.salt + token.digest  # changes on rotate, gone on remove
+
+    def issuer(self, name: str) -> Token:
+        """The token that issued a query link, as it is now (404 removed, 401 expired)."""
+        if self._api_token is None:
+            return DISABLED_TOKEN
+        token = self._get(name)
+        if token.is_expired(self._clock()):
+            raise Unauthorized("Token has expired")
+        return token
 
     def _verify(self, value: str, key: bytes) -> Token:
         # First sight of this value: compare against every salted hash (constant-time each).
