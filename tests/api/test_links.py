@@ -149,7 +149,7 @@ async def test_create_errors(hl: Harness) -> None:
     assert r.status_code == 422 and r.headers["x-reduct-error"] == "Invalid base URL 'ftp:/nowhere'"
     r = await create(hl, link_body(bucket="missing"))
     assert r.status_code == 404
-    r = await create(hl, link_body(query=QueryEntry(query_type=QueryType.REMOVE)))
+    r = await create(hl, link_body(query=QueryEntry(query_type=QueryType.REMOVE, entries=["cam"])))
     assert r.status_code == 422
     r = await create(hl, link_body(base_url="http://cdn.local:9000"))
     assert (await r.get_json())["link"].startswith("http://cdn.local:9000/api/v1/links/cam_2000.bin?")
