@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 
-from quart import Quart, request
+from quart import Quart, g, request
 from werkzeug.exceptions import HTTPException
 
 from appliance import API_VERSION, REDUCTSTORE_VERSION
 from appliance.api import buckets, entries, io, lifecycles, links, queries, server, tokens
-from appliance.api.access import SERVICES_KEY
+from appliance.api.access import SERVICES_KEY, client_ip
 from appliance.api.connection import POLICY_KEY, ApplianceConnection, ApplianceRequest, HttpPolicy
 from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, CorruptionError, NoContent, ServiceUnavailable
@@ -44,6 +45,18 @@ def error_response(status: int, message: str, *, body: bool = True) -> Response:
         response = Response(payload, status=status, content_type="application/json")
     response.headers["x-reduct-error"] = header
     return response
+
+
+def _egress(response: Response) -> int:
+    """Bytes a response sends (its Content-Length; 0 when streamed without one)."""
+    raw = getattr(response, "raw_headers", None)
+    if raw is not None:
+        for name, value in raw:
+            if name == b"content-length":
+                return int(value)
+        return 0
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else 0
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Quart:
@@ -100,6 +113,25 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
                 await svc.fence_write()
             except ApplianceError as exc:
                 return error_response(exc.status, exc.public_message, body=request.method != "HEAD")
+        return response
+
+    @app.before_request
+    async def note_start() -> None:
+        """Start time of the request, for its audit record."""
+        g.started = time.perf_counter()
+
+    @app.after_request
+    async def record_event(response: Response) -> Response:
+        """Audit and usage of this request go to the ``$system`` queue (never fails it)."""
+        if svc.events.enabled:
+            try:
+                svc.events.request_done(
+                    g.get("token_name"), request.method, request.path, response.status_code,
+                    client_ip(), request.content_length or 0, _egress(response),
+                    time.perf_counter() - g.get("started", time.perf_counter()),
+                )
+            except Exception:  # noqa: BLE001 - an event must never fail the request
+                log.debug("audit event not recorded", exc_info=True)
         return response
 
     @app.errorhandler(ApplianceError)

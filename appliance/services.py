@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from appliance.auth import Permissions, TokenStore
 from appliance.engine.models import BucketSettings, EngineOptions
 from appliance.errors import ConfigError, ServiceUnavailable
+from appliance.events import SystemEvents
 from appliance.lifecycle import LifecycleManager
+from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
 from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
@@ -154,7 +156,20 @@ class Services:
         self.tokens = TokenStore(settings.data_path, token)
         self.queries = QueryRegistry(clock=clock)
         self._booting_storage: Storage | None = None  # the engine provisioning boots against
-        self.lifecycles = LifecycleManager(settings.data_path, self.run, self._lifecycle_storage)
+        # $system: audit, usage, own log lines, diagnostics; queued, flushed in the background.
+        self.events = SystemEvents(
+            enabled=settings.system_events_enabled,
+            instance=settings.effective_instance_name,
+            quota_size=settings.system_events_quota_size,
+            log_level=settings.system_events_log_level,
+            flush_interval=settings.system_events_flush_interval,
+            storage=lambda: self.storage,
+            run_blocking=self.run,
+            writable=lambda: self.ready and not self.role.read_only,
+        )
+        self.lifecycles = LifecycleManager(
+            settings.data_path, self.run, self._lifecycle_storage, on_run=self._lifecycle_ran
+        )
         self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
         self.open_error: BaseException | None = None
@@ -202,6 +217,12 @@ class Services:
     def uptime_seconds(self) -> int:
         """Seconds since the services were built."""
         return int(self._clock() - self._started_at)
+
+    def _lifecycle_ran(self, name: str, report: RunReport) -> None:
+        """Each lifecycle run's report goes to ``$system`` (lifecycle diagnostics)."""
+        policy = self.lifecycles.policy(name)
+        labels = {"mode": policy.mode if policy else "", "removed": str(report.removed)}
+        self.events.diagnostic("lifecycles", name, report.to_json(), labels)
 
     def _lifecycle_storage(self) -> Storage:
         # Provisioning applies lifecycles before the engine is published (bucket checks).
@@ -325,10 +346,17 @@ class Services:
             return
         self.storage = storage
         self.provisioner = provisioner
+        self.events.start()  # capture from the first served request on
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
         await provisioner.start()  # the watcher (boot already ran)
         self.lifecycles.start()
+        if self.events.enabled:
+            try:
+                # The quota is re-applied at every start (the bucket is created lazily).
+                await self.run(functools.partial(self.events.ensure_bucket, create=False))
+            except Exception:  # noqa: BLE001 - events are best effort; the instance serves
+                log.exception("preparing the $system bucket failed")
         if self._housekeeping is None:
             self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="tokens")
             self._tasks.append(self._housekeeping)
@@ -436,6 +464,7 @@ class Services:
             return
         self._closed = True
         await self.lifecycles.stop()  # before the engine closes: a run may be removing records
+        await self.events.stop()  # the last events, while the engine is still open
         provisioner, self.provisioner = self.provisioner, None
         if provisioner is not None:
             await provisioner.stop()  # before the engine closes: a reload may be running

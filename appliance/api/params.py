@@ -23,15 +23,25 @@ ENTRY_CHARS_MESSAGE = (
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 LABEL_PREFIX = b"x-reduct-label-"
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+SYSTEM_BUCKET = "$system"  # the instance's own events (appliance.events); protected
 U64_MAX = 2**64 - 1
 
 
 @lru_cache(maxsize=4096)
 def bucket_name(name: str) -> str:
-    """``name`` if it is a valid bucket name, else 422."""
+    """``name`` if it is a valid bucket name (or ``$system``, readable), else 422."""
+    if name == SYSTEM_BUCKET:
+        return name
     if not _SEGMENT.fullmatch(name):
         raise UnprocessableEntity(BUCKET_NAME_MESSAGE)
     return name
+
+
+def user_bucket_name(name: str) -> str:
+    """A name a client may create or rename a bucket to: ``$system`` is the instance's, 422."""
+    if name == SYSTEM_BUCKET:
+        raise UnprocessableEntity(BUCKET_NAME_MESSAGE)
+    return bucket_name(name)
 
 
 @lru_cache(maxsize=8192)

@@ -23,10 +23,14 @@ ENTRY_CHARS_MESSAGE = (
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _BUCKET = re.compile(r"[A-Za-z0-9_-]+")
+# Buckets the instance itself owns (``$system``: events); never creatable through the API.
+INTERNAL_BUCKETS = frozenset({"$system"})
 
 
 def validate_bucket_name(name: str) -> str:
     """Return ``name`` if it is a valid user bucket name, else raise 422."""
+    if name in INTERNAL_BUCKETS:
+        return name
     if not isinstance(name, str) or _BUCKET.fullmatch(name) is None:
         raise UnprocessableEntity(BUCKET_NAME_MESSAGE)
     return name
@@ -34,7 +38,7 @@ def validate_bucket_name(name: str) -> str:
 
 def is_bucket_name(name: str) -> bool:
     """True if ``name`` is a valid bucket folder name (used when scanning the data path)."""
-    return _BUCKET.fullmatch(name) is not None
+    return name in INTERNAL_BUCKETS or _BUCKET.fullmatch(name) is not None
 
 
 def validate_entry_name(name: str) -> str:

@@ -139,6 +139,11 @@ class LifecycleManager:
             "diagnostics": {"last_run": None if report is None else report.to_json()},
         }
 
+    def policy(self, name: str) -> LifecyclePolicy | None:
+        """The current settings of ``name`` (None if it was removed)."""
+        e = self._items.get(name)
+        return None if e is None else e.policy
+
     def names(self) -> list[str]:
         """Names of every policy."""
         return sorted(self._items)
