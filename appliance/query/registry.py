@@ -183,9 +183,11 @@ class Query:
             exhausted = self._collect_merged(heap, iters, pending, limits, head, cut_interleaved,
                                              batch)
         if exhausted:
-            # ReductStore flags the batch that ran the query dry as last, continuous or not
-            # (its reader sees "no content" after the records); a continuous query goes on.
-            batch.last = True
+            # As ReductStore 1.21: an entry-level (v1) read flags the batch that ran the query
+            # dry as last, continuous or not (its reader sees "no content" after the records);
+            # a bucket-level (v2, ``cut_interleaved``) continuous query never says last — its
+            # aggregator keeps polling, and reduct-js ends a subscription on a last record.
+            batch.last = not (self.spec.continuous and cut_interleaved)
             self.finished = not self.spec.continuous
         if not head and not self.spec.only_metadata:
             batch.payloads = _preload(bucket, batch.records, iters)

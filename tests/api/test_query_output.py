@@ -92,19 +92,34 @@ async def test_ctx_over_two_entries_keeps_windows_per_entry(h10: Harness) -> Non
     assert [ts for ts, _ in got] == [2500, 3500, 4000, 5000, 8000, 9000]
 
 
-async def test_continuous_first_batch_with_every_record_is_last(h10: Harness) -> None:
+async def test_continuous_v2_batches_never_say_last(h10: Harness) -> None:
+    # ReductStore 1.21's multi-entry aggregator keeps polling a continuous query, so no v2
+    # batch is last; reduct-js would end the subscription on a last record.
     r = await h10.client.post(API + "/io/bkt/q", json={"query_type": "QUERY", "entries": ["e"],
                                                        "continuous": True, "ttl": 5})
     qid = (await r.get_json())["id"]
     hdr = {"x-reduct-query-id": str(qid)}
     status, headers, body = await asgi_call(h10.app, "GET", API + "/io/bkt/read", headers=hdr)
-    assert status == 200 and headers["x-reduct-last"] == "true"
+    assert status == 200 and headers["x-reduct-last"] == "false"
     assert body.startswith(b"p1p2")
     status, _, _ = await asgi_call(h10.app, "GET", API + "/io/bkt/read", headers=hdr)
     assert status == 204  # still alive: nothing new yet
     await h10.client.post(API + "/b/bkt/e?ts=20000", data=b"n", headers={"Content-Length": "1"})
     status, headers, body = await asgi_call(h10.app, "GET", API + "/io/bkt/read", headers=hdr)
-    assert status == 200 and body == b"n" and headers["x-reduct-last"] == "true"
+    assert status == 200 and body == b"n" and headers["x-reduct-last"] == "false"
+
+
+async def test_continuous_v1_first_batch_with_every_record_is_last(h10: Harness) -> None:
+    # The entry-level reader sees "no content" after the last current record: last = true.
+    r = await h10.client.post(API + "/b/bkt/e/q", json={"query_type": "QUERY", "continuous": True})
+    qid = (await r.get_json())["id"]
+    r = await h10.client.get(API + f"/b/bkt/e/batch?q={qid}")
+    assert r.status_code == 200 and r.headers["x-reduct-last"] == "true"
+    assert len([k for k, _ in r.headers.items() if k.lower().startswith("x-reduct-time-")]) == 10
+    assert (await h10.client.get(API + f"/b/bkt/e/batch?q={qid}")).status_code == 204
+    await h10.client.post(API + "/b/bkt/e?ts=20000", data=b"n", headers={"Content-Length": "1"})
+    r = await h10.client.get(API + f"/b/bkt/e/batch?q={qid}")
+    assert r.status_code == 200 and await r.get_data() == b"n"
 
 
 async def test_continuous_batch_cut_by_limit_is_not_last(harness_factory: Any) -> None:
