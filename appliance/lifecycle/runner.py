@@ -116,7 +116,9 @@ def run_policy(
                 for chunk in _chunks(doomed, entry.block_ids(), REMOVE_CHUNK):
                     failed = entry.remove_unchecked(chunk)
                     report.removed += len(chunk) - len(failed)
-                    time.sleep(0)  # let a waiting writer take the entry lock between chunks
+                    # Python locks are not fair: a short sleep lets a waiting writer in between
+                    # two blocks (the run takes ~0.1 s longer per 100 blocks).
+                    time.sleep(0.001)
             except ApplianceError as exc:
                 report.errors.append(f"{policy.bucket}/{name}: {exc.message}")
                 continue
