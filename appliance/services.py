@@ -297,7 +297,8 @@ class Services:
     def _provision_lifecycles(self, desired: DesiredState) -> list[str]:
         """Provisioning hook (worker thread): apply the provisioned lifecycle policies."""
         policies = {name: spec.policy() for name, spec in desired.lifecycles.items()}
-        problems = self.lifecycles.provision(policies)
+        keep_mode = frozenset(n for n, spec in desired.lifecycles.items() if spec.mode is None)
+        problems = self.lifecycles.provision(policies, keep_mode)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self.lifecycles.sync_tasks)
@@ -340,11 +341,13 @@ class Services:
             await self.run(storage.close)
             raise
         except Exception as exc:  # noqa: BLE001 - refused provisioning stops startup
+            self._booting_storage = None
             await self.run(storage.close)
             code = EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_RUNTIME
             self._fail(f"provisioning refused, not starting: {exc}", exc, code)
             return
         self.storage = storage
+        self._booting_storage = None  # from now on only `storage` (None after a step-down)
         self.provisioner = provisioner
         self.events.start()  # capture from the first served request on
         self._opened.set()

@@ -11,7 +11,8 @@ Entries, all under ``<instance>`` = ``RS_INSTANCE_NAME`` (or the host name):
 
 ``audit/<instance>/<token>``   one record per token and flush: JSON list of the requests
                                (method, path, status, client IP, duration); 401s under
-                               ``unauthorized``; ``/alive`` and ``/ready`` are not audited
+                               ``unauthorized``, link downloads under ``anonymous``;
+                               ``/alive`` and ``/ready`` are not audited
 ``usage/<instance>[/<bucket>]`` one record per flush with traffic: requests, ingress and
                                egress bytes (instance total, and per bucket touched)
 ``logs/<instance>/messages``   one record per own log line at ``RS_SYSTEM_EVENTS_LOG_LEVEL``
@@ -48,6 +49,7 @@ SYSTEM_BUCKET = "$system"
 MAX_QUEUED = 50_000
 MAX_AUDIT_PER_RECORD = 2_000
 UNAUTHORIZED = "unauthorized"
+ANONYMOUS = "anonymous"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40}
 _BUCKET_PATH = re.compile(r"/api/v1/(?:b|io)/([^/]+)")
@@ -132,7 +134,8 @@ class SystemEvents:
         """Account one answered request (audit + usage)."""
         if not self.enabled or path.endswith(("/alive", "/ready")):
             return
-        name = token if token is not None else UNAUTHORIZED
+        # No token: a 401, or an anonymous endpoint (a query link download).
+        name = token if token is not None else ANONYMOUS
         if status == 401:
             name = UNAUTHORIZED
         event = {"ts": time.time_ns() // 1000, "method": method, "path": path,

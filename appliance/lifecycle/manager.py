@@ -196,12 +196,15 @@ class LifecycleManager:
 
     # --- provisioning -----------------------------------------------------------------------
 
-    def provision(self, desired: Mapping[str, LifecyclePolicy]) -> list[str]:
+    def provision(
+        self, desired: Mapping[str, LifecyclePolicy], mode_unset: frozenset[str] = frozenset()
+    ) -> list[str]:
         """Make the provisioned policies equal ``desired`` (blocking); returns problems.
 
-        New names are created, existing ones replaced (their mode is kept unless the
-        provisioning sets one — ReductStore's rule); policies no longer provisioned stay as
-        ordinary ones. A policy whose bucket is missing is skipped with a problem line.
+        New names are created, existing ones replaced; an existing policy named in
+        ``mode_unset`` (its provisioning sets no mode) keeps its current mode, as ReductStore
+        does. Policies no longer provisioned stay as ordinary ones. A policy whose bucket is
+        missing is skipped with a problem line.
         """
         problems: list[str] = []
         storage = self._storage()
@@ -216,6 +219,8 @@ class LifecycleManager:
                 if e is None:
                     self._items[name] = _Entry(policy, is_provisioned=True)
                 else:
+                    if name in mode_unset:
+                        policy = policy.with_mode(e.policy.mode)
                     if e.policy != policy:
                         e.cursors.clear()
                     e.policy, e.is_provisioned = policy, True
@@ -265,7 +270,10 @@ class LifecycleManager:
             if self._items.get(name) is not e:
                 return
             if e.policy.mode != "disabled":
-                await self.run_now(name)
+                try:
+                    await self.run_now(name)
+                except Exception as exc:  # noqa: BLE001 - not serving (503) or a bug: next time
+                    log.warning("lifecycle '%s' did not run: %s", name, exc)
             delay = e.policy.interval_seconds
 
     async def run_now(self, name: str) -> RunReport:

@@ -220,6 +220,9 @@ async def test_provisioned_by_env_and_yaml_answer_409(harness_factory: Any, tmp_
         # The YAML drops the policy: it stays, as an ordinary one (no data loss).
         yaml_file.write_text("buckets:\n  bkt: {}\n")
         services.provisioner.reload_once()
+        # A reload keeps a mode the provisioning does not set (RS_LIFECYCLE_X_MODE is unset).
+        env_info = (await (await client.get(API + "/lifecycles/from-env")).get_json())["info"]
+        assert env_info["mode"] == "disabled" and env_info["is_provisioned"] is True
         info = await (await client.get(API + "/lifecycles/from-yaml")).get_json()
         assert info["info"]["is_provisioned"] is False
         assert (await client.delete(API + "/lifecycles/from-yaml")).status_code == 200
