@@ -23,14 +23,13 @@ ENTRY_CHARS_MESSAGE = (
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _BUCKET = re.compile(r"[A-Za-z0-9_-]+")
-# Buckets the instance itself owns (``$system``: events); never creatable through the API.
+# Buckets the instance itself owns (``$system``: events): created only with
+# ``Storage.create_bucket(..., internal=True)``, never by a client name; loaded at startup.
 INTERNAL_BUCKETS = frozenset({"$system"})
 
 
 def validate_bucket_name(name: str) -> str:
     """Return ``name`` if it is a valid user bucket name, else raise 422."""
-    if name in INTERNAL_BUCKETS:
-        return name
     if not isinstance(name, str) or _BUCKET.fullmatch(name) is None:
         raise UnprocessableEntity(BUCKET_NAME_MESSAGE)
     return name

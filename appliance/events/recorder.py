@@ -248,7 +248,7 @@ class SystemEvents:
         except NotFound:
             if not create:
                 return
-            storage.create_bucket(SYSTEM_BUCKET, BucketSettings(**settings))
+            storage.create_bucket(SYSTEM_BUCKET, BucketSettings(**settings), internal=True)
         self._bucket_ready = True
 
     def _write(self, items: list[tuple[str, int, bytes, dict[str, str], str]]) -> int:

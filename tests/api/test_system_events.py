@@ -152,3 +152,18 @@ async def test_disabled_events_create_nothing(harness_factory: Any) -> None:
     await h.client.post(API + "/b/data", headers=AUTH)
     assert await h.services.events.flush() == 0
     assert (await h.client.get(API + SYS, headers=AUTH)).status_code == 404
+
+
+async def test_bucket_survives_restart_and_quota_is_reapplied(harness_factory: Any,
+                                                              tmp_path: Any) -> None:
+    data = tmp_path / "sys-restart"
+    h = await harness_factory(api_token=TOKEN, data_path=data, system_events_quota_size="5MB",
+                              system_events_flush_interval=3600)
+    await h.client.get(API + "/info", headers=AUTH)
+    assert await h.services.events.flush() > 0
+    await h.services.stop()
+    h2 = await harness_factory(api_token=TOKEN, data_path=data, system_events_quota_size="7MB",
+                               system_events_flush_interval=3600)
+    r = await h2.client.get(API + SYS, headers=AUTH)
+    assert r.status_code == 200
+    assert (await r.get_json())["settings"]["quota_size"] == 7_000_000
