@@ -21,7 +21,7 @@ from quart import Blueprint, request
 from appliance.api import params
 from appliance.api.access import read_access, services
 from appliance.api.queries import parse_query
-from appliance.api.records import check_state, record_headers
+from appliance.api.record_response import check_state, record_headers
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
 from appliance.api.streaming import payload_stream, read_any_body
