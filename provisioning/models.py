@@ -283,5 +283,6 @@ class DesiredState:
         return self.origins.get((kind, name), "?")
 
     def summary(self) -> str:
-        """``N buckets, M tokens`` for logs and the CLI."""
-        return f"{len(self.buckets)} buckets, {len(self.tokens)} tokens"
+        """``N buckets, M tokens[, K lifecycles]`` for logs and the CLI."""
+        text = f"{len(self.buckets)} buckets, {len(self.tokens)} tokens"
+        return text + (f", {len(self.lifecycles)} lifecycles" if self.lifecycles else "")
