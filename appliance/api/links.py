@@ -216,6 +216,7 @@ async def get_link(file_name: str) -> Response:
     span = _byte_range(range_header, meta.size)
     if span is None:
         response = Response(b"", status=416, headers=headers)
+        response.headers["x-reduct-error"] = "Range not satisfiable"  # every error says why
         response.headers["Content-Range"] = f"bytes */{meta.size}"
         response.headers["Content-Length"] = "0"
         return response

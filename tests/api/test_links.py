@@ -78,6 +78,7 @@ async def test_link_url_params_pick_another_record_and_ranges(hl: Harness) -> No
     assert r.status_code == 206 and await r.get_data() == b"789"
     r = await fetch(hl, link, {"Range": "bytes=20-30"})
     assert r.status_code == 416 and r.headers["Content-Range"] == "bytes */10"
+    assert r.headers["x-reduct-error"] == "Range not satisfiable"
 
 
 async def test_link_respects_the_query(hl: Harness) -> None:

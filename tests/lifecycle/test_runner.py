@@ -1,4 +1,4 @@
-"""Unit tests of the lifecycle runner and policy parsing (engine on tmp_path, no HTTP)."""
+"""Unit tests of the lifecycle runner, policy parsing and provisioning merge (no HTTP)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,16 @@ def test_run_on_a_missing_bucket_reports_it(storage: Storage) -> None:
     policy = parse_policy({"type": "delete", "bucket": "gone", "older_than": "1h"})
     report = runner.run_policy(storage, policy, {}, NOW)
     assert report.errors == ["Bucket 'gone' is not found"]
+
+
+def test_lifecycle_defined_by_env_and_yaml_is_refused(tmp_path: Path) -> None:
+    from appliance.errors import ConfigError
+    from provisioning import load_desired
+
+    path = tmp_path / "p.yaml"
+    path.write_text("lifecycles:\n  x: {type: delete, bucket: b, older_than: 2d}\n")
+    environ = {"RS_LIFECYCLE_A_NAME": "x", "RS_LIFECYCLE_A_TYPE": "delete",
+               "RS_LIFECYCLE_A_BUCKET": "b", "RS_LIFECYCLE_A_OLDER_THAN": "1d"}
+    with pytest.raises(ConfigError) as info:
+        load_desired(environ, path)
+    assert str(info.value) == f"lifecycle 'x' is defined by RS_LIFECYCLE_A_NAME and by {path}:2"
