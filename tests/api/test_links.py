@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 from reduct.msg.bucket import CreateQueryLinkRequest, QueryEntry, QueryType
 
-from tests.api.conftest import AUTH, Harness
+from tests.api.conftest import AUTH, Harness, asgi_call
 
 API = "/api/v1"
 
@@ -62,6 +62,10 @@ async def test_link_downloads_the_record_without_a_token(hl: Harness) -> None:
     assert await r.get_data() == b"0123456789"
     assert r.headers["x-reduct-time"] == "2000" and r.headers["x-reduct-label-tag"] == "b"
     assert r.headers["Accept-Ranges"] == "bytes" and r.headers["Content-Type"] == "text/plain"
+    parts = urlsplit(link)
+    status, headers, body = await asgi_call(hl.app, "HEAD", parts.path.removeprefix("/reduct"),
+                                            query=parts.query)
+    assert (status, headers["content-length"], body) == (200, "10", b"")
 
 
 async def test_link_url_params_pick_another_record_and_ranges(hl: Harness) -> None:

@@ -129,6 +129,8 @@ async def test_query_links_with_reduct_py(client: Client, rest_server: ServerPro
         r = await http.get(link)  # no token
         assert r.status_code == 200 and r.content == b"PNGDATA123"
         assert r.headers["x-reduct-label-cam"] == "front" and r.headers["accept-ranges"] == "bytes"
+        r = await http.head(link)
+        assert (r.status_code, r.headers["content-length"], r.content) == (200, "10", b"")
         r = await http.get(link, headers={"Range": "bytes=3-"})
         assert r.status_code == 206 and r.content == b"DATA123"
         # A token's links die with it.
