@@ -9,9 +9,10 @@ payloads streamed through, so no record is ever held whole in memory twice.
 Re-running is safe: a record the destination already has answers 409 and is counted as
 skipped. ``from_last`` starts each entry after the newest record the destination has.
 A transient failure (connection lost, 5xx, 429) resumes the entry after the last record the
-destination acknowledged, up to ``retries`` times; records an interrupted request had stored
-come back as skipped. A record the source cannot read (checksum) counts as failed and the
-copy goes on after it. Anything failed makes ``CopyStats.ok`` false.
+destination acknowledged, up to ``retries`` times; the records of the write that broke off
+are sent again, and a 409 for one of them counts as copied (that write stored it). A record
+the source cannot read (checksum) counts as failed, the write it was part of is redone
+without it, and the copy goes on. Anything failed makes ``Copier.ok`` false.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from appliance.hotcopy.filters import CopyFilter
 from appliance.hotcopy.model import CopyError, EntryStat, RecordHeader, Source, SourceBatch
@@ -59,6 +60,9 @@ class _EntryPlan:
     copied: int = 0
     skipped: int = 0
     failed: int = 0
+    sending: list[RecordHeader] = field(default_factory=list)  # the write in progress
+    unconfirmed: set[int] = field(default_factory=set)  # sent by a write that broke off
+    unreadable: set[int] = field(default_factory=set)  # failed at the source: not again
 
 
 def write_groups(records: Sequence[RecordHeader]) -> list[list[RecordHeader]]:
@@ -179,11 +183,15 @@ class Copier:
                     await self._copy_pass(plan)
                     break
                 except CopyError as exc:
+                    # Records of a write that broke off may be stored: the next pass re-sends
+                    # them from the last acknowledged one, and a 409 then means "copied".
+                    plan.unconfirmed.update(r.timestamp for r in plan.sending)
+                    plan.sending = []
                     if exc.timestamp is not None:  # one record the source can't read
                         self.stats.failed += 1
                         plan.failed += 1
+                        plan.unreadable.add(exc.timestamp)
                         self._error(exc.message)
-                        plan.next_start = exc.timestamp + 1
                         continue
                     if exc.transient and attempts < self.options.retries:
                         delay = RETRY_BACKOFF_SECONDS[min(attempts, len(RETRY_BACKOFF_SECONDS) - 1)]
@@ -216,11 +224,17 @@ class Copier:
         reader = self.source.read(name, plan.next_start, flt.stop, flt.when)
         async with contextlib.aclosing(reader) as batches:  # type: ignore[type-var]
             async for batch in batches:
-                keep = [r for r in batch.records if flt.accepts(r.labels)]
+                keep = [
+                    r
+                    for r in batch.records
+                    if flt.accepts(r.labels) and r.timestamp not in plan.unreadable
+                ]
                 if flt.limit is not None:
                     keep = keep[: flt.limit - plan.kept]
                 for group in write_groups(keep):
+                    plan.sending = group
                     errors = await self.destination.write(name, group, _body(batch, group))
+                    plan.sending = []
                     self._account(plan, group, errors)
                     plan.next_start = group[-1].timestamp + 1
                     self._advance(plan, group[-1].timestamp)
@@ -236,6 +250,8 @@ class Copier:
     ) -> None:
         for record in group:
             error = errors.get(record.timestamp)
+            if error is not None and error[0] == 409 and record.timestamp in plan.unconfirmed:
+                error = None  # stored by the write that broke off: copied, not skipped
             if error is None:
                 plan.copied += 1
                 self.stats.copied += 1
