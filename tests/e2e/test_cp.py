@@ -293,3 +293,55 @@ async def test_cp_from_a_stopped_data_folder_and_from_a_backup_folder(
     assert result.returncode == 0, result.stdout + result.stderr
     odd = {k: v for k, v in records.items() if v[1]["parity"] == "odd"}
     assert await dump(pair[1].url, DST_TOKEN, "from-backup") == odd
+
+
+MAXRSS = re.compile(r"maxrss_kib (\d+)")
+PEAK_PROBE = (
+    "import resource, sys\n"
+    "from appliance.cli.main import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def cp_peak_kib(*args: str, env: dict[str, str]) -> int:
+    """Run ``appliance cp ARGS`` in a fresh interpreter; its peak resident memory in KiB."""
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("RS_")}
+    base.update(env)
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_PROBE, "cp", *args], env=base, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = MAXRSS.search(result.stderr)
+    assert match, result.stderr
+    return int(match.group(1))
+
+
+@pytest.mark.slow
+def test_cp_streams_a_large_record_without_holding_it(
+    pair: tuple[ServerProcess, ServerProcess], config: dict[str, str]
+) -> None:
+    import hashlib
+
+    import httpx
+
+    size = 96 * 1024 * 1024
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    src = httpx.Client(base_url=pair[0].url + "/api/v1", headers={"Authorization": f"Bearer {SRC_TOKEN}"}, timeout=120)
+    with src:
+        src.post("/b/huge").raise_for_status()
+        src.post("/b/huge/e", params={"ts": 1}, content=iter([chunk] * (size // len(chunk))),
+                 headers={"content-length": str(size)}).raise_for_status()
+        src.post("/b/huge/e", params={"ts": 2}, content=b"tiny").raise_for_status()
+    small = cp_peak_kib("src/huge", "dst/huge-baseline", "--start", "2", env=config)  # "tiny" only
+    peak = cp_peak_kib("src/huge", "dst/huge", env=config)
+    # Held whole even once, the record alone would add 96 MiB to the peak.
+    assert peak - small < 32 * 1024, (small, peak)
+    digest = hashlib.sha256()
+    dst = httpx.Client(base_url=pair[1].url + "/api/v1", headers={"Authorization": f"Bearer {DST_TOKEN}"}, timeout=120)
+    with dst, dst.stream("GET", "/b/huge/e", params={"ts": 1}) as answer:
+        assert answer.status_code == 200
+        for part in answer.iter_bytes():
+            digest.update(part)
+    assert digest.hexdigest() == hashlib.sha256(chunk * (size // len(chunk))).hexdigest()
