@@ -39,18 +39,27 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "segment, ** across segments), !exclusions (default: all)",
     )
     parser.add_argument(
-        "--include", action="append", default=[], metavar="LABEL=VALUE",
+        "--include",
+        action="append",
+        default=[],
+        metavar="LABEL=VALUE",
         help="copy only records with this label value (repeat: all must match)",
     )
     parser.add_argument(
-        "--exclude", action="append", default=[], metavar="LABEL=VALUE",
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="LABEL=VALUE",
         help="skip records with this label value (repeat: skipped when all match)",
     )
     parser.add_argument("--when", help="conditional query (JSON), evaluated by the source")
     parser.add_argument("--limit", type=int, help="at most this many records per entry")
-    parser.add_argument("--parallel", type=int, default=4, help="entries copied at once (default 4)")
     parser.add_argument(
-        "--from-last", action="store_true",
+        "--parallel", type=int, default=4, help="entries copied at once (default 4)"
+    )
+    parser.add_argument(
+        "--from-last",
+        action="store_true",
         help="start each entry after the newest record the destination already has",
     )
     parser.add_argument("--src-token", help="token for a SRC URL (overrides an alias's)")

@@ -30,7 +30,9 @@ from appliance.query.patterns import select_entries
 from appliance.units import KIB
 
 WRITE_MAX_RECORDS = 1000
-WRITE_MAX_HEADER_BYTES = 64 * KIB  # servers cap a request head (ours: RS_IO_BATCH_MAX_METADATA_SIZE)
+WRITE_MAX_HEADER_BYTES = (
+    64 * KIB
+)  # servers cap a request head (ours: RS_IO_BATCH_MAX_METADATA_SIZE)
 MAX_ERRORS_KEPT = 20
 COALESCE_BYTES = 256 * KIB
 RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -71,8 +73,14 @@ def write_groups(records: Sequence[RecordHeader]) -> list[list[RecordHeader]]:
     current: list[RecordHeader] = []
     header_bytes = 0
     for record in records:
-        size = 40 + len(record.content_type) + sum(len(k) + len(v) + 4 for k, v in record.labels.items())
-        if current and (len(current) >= WRITE_MAX_RECORDS or header_bytes + size > WRITE_MAX_HEADER_BYTES):
+        size = (
+            40
+            + len(record.content_type)
+            + sum(len(k) + len(v) + 4 for k, v in record.labels.items())
+        )
+        if current and (
+            len(current) >= WRITE_MAX_RECORDS or header_bytes + size > WRITE_MAX_HEADER_BYTES
+        ):
             groups.append(current)
             current, header_bytes = [], 0
         current.append(record)
@@ -196,7 +204,9 @@ class Copier:
                     if exc.transient and attempts < self.options.retries:
                         delay = RETRY_BACKOFF_SECONDS[min(attempts, len(RETRY_BACKOFF_SECONDS) - 1)]
                         attempts += 1
-                        self.reporter.note(f"retrying entry {plan.stat.name!r} in {delay} s: {exc.message}")
+                        self.reporter.note(
+                            f"retrying entry {plan.stat.name!r} in {delay} s: {exc.message}"
+                        )
                         await asyncio.sleep(delay)
                         continue
                     self._error(exc.message)

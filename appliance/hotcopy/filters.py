@@ -65,7 +65,7 @@ def parse_when(text: str | None) -> dict[str, Any] | None:
     except json.JSONDecodeError as exc:
         raise FilterError(f"--when is not valid JSON: {exc}") from None
     if not isinstance(when, dict):
-        raise FilterError("--when must be a JSON object, e.g. '{\"&score\": {\"$gt\": 10}}'")
+        raise FilterError('--when must be a JSON object, e.g. \'{"&score": {"$gt": 10}}\'')
     return when
 
 

@@ -153,9 +153,7 @@ class LocalSource:
         """Every entry with its statistics (``$meta`` entries included)."""
         bucket = await self._bucket()
         infos = await self.run(bucket.entries)
-        return [
-            EntryStat(i.name, i.record_count, i.oldest_record, i.latest_record) for i in infos
-        ]
+        return [EntryStat(i.name, i.record_count, i.oldest_record, i.latest_record) for i in infos]
 
     async def read(
         self, entry: str, start: int | None, stop: int | None, when: Mapping[str, Any] | None

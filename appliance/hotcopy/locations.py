@@ -25,7 +25,9 @@ class Location:
     folder: Path | None = None
 
 
-def resolve(text: str, aliases: AliasStore, *, allow_folder: bool, token: str | None = None) -> Location:
+def resolve(
+    text: str, aliases: AliasStore, *, allow_folder: bool, token: str | None = None
+) -> Location:
     """Resolve ``text``; AliasError with a clear message when it names nothing usable.
 
     ``token`` (from ``--src-token``/``--dst-token``) overrides the alias's token.

@@ -38,7 +38,12 @@ class CopyError(Exception):
     """
 
     def __init__(
-        self, message: str, *, status: int = 0, transient: bool = False, timestamp: int | None = None
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        transient: bool = False,
+        timestamp: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message

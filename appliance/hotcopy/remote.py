@@ -148,7 +148,9 @@ class Remote:
         """The bucket's settings (CopyError when it does not exist)."""
         info = await self.bucket_info()
         if info is None:
-            raise CopyError(f"{self.description}: bucket {self.bucket!r} does not exist", status=404)
+            raise CopyError(
+                f"{self.description}: bucket {self.bucket!r} does not exist", status=404
+            )
         settings: dict[str, Any] = info["settings"]
         return settings
 
@@ -156,7 +158,9 @@ class Remote:
         """Every entry with its statistics (CopyError when the bucket does not exist)."""
         info = await self.bucket_info()
         if info is None:
-            raise CopyError(f"{self.description}: bucket {self.bucket!r} does not exist", status=404)
+            raise CopyError(
+                f"{self.description}: bucket {self.bucket!r} does not exist", status=404
+            )
         return [
             EntryStat(e["name"], e["record_count"], e["oldest_record"], e["latest_record"])
             for e in info.get("entries") or []
@@ -192,11 +196,15 @@ class Remote:
         query_id = response.json()["id"]
         doing = f"reading entry {entry!r}"
         while True:
-            request = self._client.build_request("GET", self._path(entry, "/batch"), params={"q": query_id})
+            request = self._client.build_request(
+                "GET", self._path(entry, "/batch"), params={"q": query_id}
+            )
             try:
                 answer = await self._send(request)
             except httpx.HTTPError as exc:
-                raise CopyError(f"{self.description}: {doing} failed: {exc}", transient=True) from exc
+                raise CopyError(
+                    f"{self.description}: {doing} failed: {exc}", transient=True
+                ) from exc
             try:
                 if answer.status_code == 204:
                     return
@@ -206,7 +214,9 @@ class Remote:
                 try:
                     headers = parse_v1_headers(answer.headers)
                 except UnprocessableEntity as exc:
-                    raise CopyError(f"{self.description}: {doing}: bad batch header: {exc}") from exc
+                    raise CopyError(
+                        f"{self.description}: {doing}: bad batch header: {exc}"
+                    ) from exc
                 records = [
                     RecordHeader(entry, h.timestamp, h.content_length, h.content_type, h.labels)
                     for h in headers

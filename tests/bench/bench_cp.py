@@ -48,10 +48,17 @@ def fill(url: str, bucket: str, size: int, count: int) -> None:
             ts = 1_000_000
             while todo > 0:
                 n = min(per_batch, todo)
-                headers = {f"x-reduct-time-{ts + i}": f"{size},application/octet-stream,k={i % 7}" for i in range(n)}
-                answer = client.post(f"/b/{bucket}/entry-{index}/batch", headers=headers, content=payload * n)
+                headers = {
+                    f"x-reduct-time-{ts + i}": f"{size},application/octet-stream,k={i % 7}"
+                    for i in range(n)
+                }
+                answer = client.post(
+                    f"/b/{bucket}/entry-{index}/batch", headers=headers, content=payload * n
+                )
                 answer.raise_for_status()
-                assert not any(h.startswith("x-reduct-error") for h in answer.headers), answer.headers
+                assert not any(h.startswith("x-reduct-error") for h in answer.headers), (
+                    answer.headers
+                )
                 ts += n
                 todo -= n
 
@@ -62,7 +69,10 @@ def run_cp(src: str, dst: str, parallel: int) -> tuple[int, int, int, float, flo
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "cp", src, dst, "--parallel", str(parallel)],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     wall = time.perf_counter() - started
     match = SUMMARY.search(result.stdout)
@@ -81,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     table = Table(title=f"appliance cp between two local instances (--parallel {args.parallel})")
     for column in ("records", "run", "copied", "skipped", "copy s", "records/s", "MB/s", "wall s"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     with tempfile.TemporaryDirectory(prefix="bench-cp-") as tmp:
         root = Path(tmp)
         (root / "src").mkdir()
@@ -98,14 +108,21 @@ def main() -> None:
                     )
                     moved = copied + skipped
                     table.add_row(
-                        f"{count:,} x {label}", run, f"{copied:,}", f"{skipped:,}", f"{seconds:.2f}",
-                        f"{moved / seconds:,.0f}", f"{moved * size / seconds / 1e6:,.1f}", f"{wall:.2f}",
+                        f"{count:,} x {label}",
+                        run,
+                        f"{copied:,}",
+                        f"{skipped:,}",
+                        f"{seconds:.2f}",
+                        f"{moved / seconds:,.0f}",
+                        f"{moved * size / seconds / 1e6:,.1f}",
+                        f"{wall:.2f}",
                     )
         finally:
             src.stop()
             dst.stop()
-    Console().print(table)
-    print("records/s and MB/s count copied + skipped records over the copy's own time")
+    Console(width=120).print(table)
+    print("records/s and MB/s count copied + skipped records over the copy's own time;")
+    print(f"load average after the run: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -48,12 +48,20 @@ def model() -> dict[tuple[str, int], Record]:
     data: dict[tuple[str, int], Record] = {}
     for entry in ENTRIES:
         for i in range(COUNT):
-            labels = {"i": str(i), "parity": "even" if i % 2 == 0 else "odd", "kind": entry.split("/")[0]}
+            labels = {
+                "i": str(i),
+                "parity": "even" if i % 2 == 0 else "odd",
+                "kind": entry.split("/")[0],
+            }
             if i % 5 == 0:
                 labels["note"] = "a,b"  # a value with a comma travels quoted
             ctype = "text/plain" if entry == "logs" else "application/octet-stream"
             data[(entry, BASE_TS + i * STEP_US)] = (payload(entry, i), labels, ctype)
-    data[("cam/front", BIG_TS)] = (bytes(range(256)) * (BIG_SIZE // 256) + b"x" * (BIG_SIZE % 256), {"big": "yes"}, "image/raw")
+    data[("cam/front", BIG_TS)] = (
+        bytes(range(256)) * (BIG_SIZE // 256) + b"x" * (BIG_SIZE % 256),
+        {"big": "yes"},
+        "image/raw",
+    )
     return data
 
 
@@ -76,7 +84,9 @@ async def dump(url: str, token: str, bucket: str) -> dict[tuple[str, int], Recor
         for info in await target.get_entry_list():
             async for record in target.query(info.name):
                 found[(info.name, record.timestamp)] = (
-                    await record.read_all(), dict(record.labels), record.content_type
+                    await record.read_all(),
+                    dict(record.labels),
+                    record.content_type,
                 )
     return found
 
@@ -106,8 +116,14 @@ def source(pair: tuple[ServerProcess, ServerProcess]) -> dict[tuple[str, int], R
 def config(tmp_path: Path, pair: tuple[ServerProcess, ServerProcess]) -> dict[str, str]:
     """An environment whose config folder has the aliases ``src`` and ``dst``."""
     env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
-    assert cli("alias", "add", "src", "--url", pair[0].url, "--token", SRC_TOKEN, env=env).returncode == 0
-    assert cli("alias", "add", "dst", "--url", pair[1].url, "--token", DST_TOKEN, env=env).returncode == 0
+    assert (
+        cli("alias", "add", "src", "--url", pair[0].url, "--token", SRC_TOKEN, env=env).returncode
+        == 0
+    )
+    assert (
+        cli("alias", "add", "dst", "--url", pair[1].url, "--token", DST_TOKEN, env=env).returncode
+        == 0
+    )
     return env
 
 
@@ -116,7 +132,11 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("RS_")}
     base.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "appliance", *args], env=base, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "appliance", *args],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -129,7 +149,9 @@ def summary(result: subprocess.CompletedProcess[str]) -> tuple[int, int, int]:
 
 
 async def test_cp_copies_everything_identically_and_a_rerun_copies_nothing(
-    pair: tuple[ServerProcess, ServerProcess], source: dict[tuple[str, int], Record], config: dict[str, str]
+    pair: tuple[ServerProcess, ServerProcess],
+    source: dict[tuple[str, int], Record],
+    config: dict[str, str],
 ) -> None:
     result = cli("cp", "src/data", "dst/full", "--parallel", "3", env=config)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -139,7 +161,9 @@ async def test_cp_copies_everything_identically_and_a_rerun_copies_nothing(
     async with Client(pair[1].url, api_token=DST_TOKEN) as client:
         settings = await (await client.get_bucket("full")).get_settings()
     assert (settings.quota_type, settings.quota_size, settings.max_block_records) == (
-        QuotaType.FIFO, 500_000_000, 16
+        QuotaType.FIFO,
+        500_000_000,
+        16,
     )
     again = cli("cp", "src/data", "dst/full", env=config)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -181,7 +205,10 @@ FILTERS = {
 
 @pytest.mark.parametrize("name", sorted(FILTERS))
 async def test_cp_filters_select_exactly_the_matching_records(
-    name: str, pair: tuple[ServerProcess, ServerProcess], source: dict[tuple[str, int], Record], config: dict[str, str]
+    name: str,
+    pair: tuple[ServerProcess, ServerProcess],
+    source: dict[tuple[str, int], Record],
+    config: dict[str, str],
 ) -> None:
     args, keep = FILTERS[name]
     bucket = "f-" + name
@@ -194,13 +221,19 @@ async def test_cp_filters_select_exactly_the_matching_records(
 
 
 async def test_cp_limit_counts_per_entry_after_label_filters(
-    pair: tuple[ServerProcess, ServerProcess], source: dict[tuple[str, int], Record], config: dict[str, str]
+    pair: tuple[ServerProcess, ServerProcess],
+    source: dict[tuple[str, int], Record],
+    config: dict[str, str],
 ) -> None:
-    result = cli("cp", "src/data", "dst/limited", "--limit", "4", "--include", "parity=odd", env=config)
+    result = cli(
+        "cp", "src/data", "dst/limited", "--limit", "4", "--include", "parity=odd", env=config
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     got = await dump(pair[1].url, DST_TOKEN, "limited")
     for entry in ENTRIES:
-        odd = sorted(ts for (e, ts), v in source.items() if e == entry and v[1].get("parity") == "odd")
+        odd = sorted(
+            ts for (e, ts), v in source.items() if e == entry and v[1].get("parity") == "odd"
+        )
         assert sorted(ts for e, ts in got if e == entry) == odd[:4]
 
 
@@ -220,10 +253,14 @@ async def test_cp_from_last_continues_after_the_newest_destination_record(
 
 
 async def test_cp_counts_records_the_destination_refuses_and_exits_1(
-    pair: tuple[ServerProcess, ServerProcess], source: dict[tuple[str, int], Record], config: dict[str, str]
+    pair: tuple[ServerProcess, ServerProcess],
+    source: dict[tuple[str, int], Record],
+    config: dict[str, str],
 ) -> None:
     async with Client(pair[1].url, api_token=DST_TOKEN) as client:
-        await client.create_bucket("tiny", BucketSettings(quota_type=QuotaType.HARD, quota_size=4000))
+        await client.create_bucket(
+            "tiny", BucketSettings(quota_type=QuotaType.HARD, quota_size=4000)
+        )
     result = cli("cp", "src/data", "dst/tiny", "--entries", "imu", env=config)
     assert result.returncode == 1, result.stdout + result.stderr
     copied, skipped, failed = summary(result)
@@ -231,7 +268,9 @@ async def test_cp_counts_records_the_destination_refuses_and_exits_1(
     assert "Quota of 'tiny' exceeded" in result.stderr
 
 
-def test_cp_with_a_bad_token_fails_clearly(pair: tuple[ServerProcess, ServerProcess], config: dict[str, str]) -> None:
+def test_cp_with_a_bad_token_fails_clearly(
+    pair: tuple[ServerProcess, ServerProcess], config: dict[str, str]
+) -> None:
     result = cli("cp", f"{pair[0].url}/data", "dst/x", "--src-token", "wrong", env=config)
     assert result.returncode == 1
     assert "401" in result.stderr and "Invalid token" in result.stderr
@@ -251,7 +290,19 @@ def test_cp_unknown_alias_and_unreachable_url(config: dict[str, str]) -> None:
 
 def test_alias_file_is_private_and_tokens_are_masked(tmp_path: Path) -> None:
     env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg")}
-    assert cli("alias", "add", "edge", "--url", "http://127.0.0.1:8383/", "--token", "very-secret-token", env=env).returncode == 0
+    assert (
+        cli(
+            "alias",
+            "add",
+            "edge",
+            "--url",
+            "http://127.0.0.1:8383/",
+            "--token",
+            "very-secret-token",
+            env=env,
+        ).returncode
+        == 0
+    )
     path = tmp_path / "cfg" / "appliance" / "aliases.toml"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -310,7 +361,11 @@ def cp_peak_kib(*args: str, env: dict[str, str]) -> int:
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("RS_")}
     base.update(env)
     result = subprocess.run(
-        [sys.executable, "-c", PEAK_PROBE, "cp", *args], env=base, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", PEAK_PROBE, "cp", *args],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     match = MAXRSS.search(result.stderr)
@@ -328,18 +383,30 @@ def test_cp_streams_a_large_record_without_holding_it(
 
     size = 96 * 1024 * 1024
     chunk = bytes(range(256)) * 4096  # 1 MiB
-    src = httpx.Client(base_url=pair[0].url + "/api/v1", headers={"Authorization": f"Bearer {SRC_TOKEN}"}, timeout=120)
+    src = httpx.Client(
+        base_url=pair[0].url + "/api/v1",
+        headers={"Authorization": f"Bearer {SRC_TOKEN}"},
+        timeout=120,
+    )
     with src:
         src.post("/b/huge").raise_for_status()
-        src.post("/b/huge/e", params={"ts": 1}, content=iter([chunk] * (size // len(chunk))),
-                 headers={"content-length": str(size)}).raise_for_status()
+        src.post(
+            "/b/huge/e",
+            params={"ts": 1},
+            content=iter([chunk] * (size // len(chunk))),
+            headers={"content-length": str(size)},
+        ).raise_for_status()
         src.post("/b/huge/e", params={"ts": 2}, content=b"tiny").raise_for_status()
     small = cp_peak_kib("src/huge", "dst/huge-baseline", "--start", "2", env=config)  # "tiny" only
     peak = cp_peak_kib("src/huge", "dst/huge", env=config)
     # Held whole even once, the record alone would add 96 MiB to the peak.
     assert peak - small < 32 * 1024, (small, peak)
     digest = hashlib.sha256()
-    dst = httpx.Client(base_url=pair[1].url + "/api/v1", headers={"Authorization": f"Bearer {DST_TOKEN}"}, timeout=120)
+    dst = httpx.Client(
+        base_url=pair[1].url + "/api/v1",
+        headers={"Authorization": f"Bearer {DST_TOKEN}"},
+        timeout=120,
+    )
     with dst, dst.stream("GET", "/b/huge/e", params={"ts": 1}) as answer:
         assert answer.status_code == 200
         for part in answer.iter_bytes():

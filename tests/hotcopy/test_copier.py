@@ -23,7 +23,7 @@ from appliance.hotcopy.filters import CopyFilter
 from appliance.hotcopy.local import LocalSource
 from appliance.hotcopy.progress import PlainReporter
 from appliance.hotcopy.remote import Remote
-from tests.api.conftest import Harness, harness_factory  # noqa: F401 - fixture
+from tests.api.conftest import Harness
 
 COUNT = 120
 
@@ -31,7 +31,9 @@ COUNT = 120
 class Faulty(httpx.AsyncBaseTransport):
     """Forwards to an app; ``fail(method, path_suffix)`` decides a fault per request."""
 
-    def __init__(self, app: Any, fail: Callable[[httpx.Request, int], httpx.Response | Exception | None]):
+    def __init__(
+        self, app: Any, fail: Callable[[httpx.Request, int], httpx.Response | Exception | None]
+    ):
         self.inner = httpx.ASGITransport(app=app)
         self.fail = fail
         self.calls = 0
@@ -54,7 +56,9 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def apps(harness_factory: Callable[..., Awaitable[Harness]]) -> AsyncIterator[tuple[Harness, Harness]]:  # noqa: F811
+async def apps(
+    harness_factory: Callable[..., Awaitable[Harness]],
+) -> AsyncIterator[tuple[Harness, Harness]]:
     """A source app with bucket ``b`` (entries e0..e2, COUNT records each) and an empty one."""
     src = await harness_factory()
     dst = await harness_factory()
@@ -62,7 +66,9 @@ async def apps(harness_factory: Callable[..., Awaitable[Harness]]) -> AsyncItera
     bucket = storage.create_bucket("b")
     for entry in ("e0", "e1", "e2"):
         for ts in range(1, COUNT + 1):
-            bucket.write_record(entry, ts, f"{entry}-{ts}".encode() * 30, "text/plain", {"n": str(ts % 4)})
+            bucket.write_record(
+                entry, ts, f"{entry}-{ts}".encode() * 30, "text/plain", {"n": str(ts % 4)}
+            )
     yield src, dst
 
 
@@ -92,7 +98,9 @@ def remote(harness: Harness, role: str, fail: Any = None) -> Remote:
     return Remote("http://test", "", "b", role, transport=transport)
 
 
-async def test_copier_resumes_after_lost_connections_without_duplicates(apps: tuple[Harness, Harness]) -> None:
+async def test_copier_resumes_after_lost_connections_without_duplicates(
+    apps: tuple[Harness, Harness],
+) -> None:
     src, dst = apps
     writes = {"n": 0}
 
@@ -143,7 +151,9 @@ async def test_copier_refusal_stops_only_its_entry(apps: tuple[Harness, Harness]
 
     def fail(request: httpx.Request, n: int) -> httpx.Response | None:
         if request.method == "POST" and request.url.path.endswith("/e0/batch"):
-            return httpx.Response(403, headers={"x-reduct-error": "Token 'x' doesn't have write access to bucket 'b'"})
+            return httpx.Response(
+                403, headers={"x-reduct-error": "Token 'x' doesn't have write access to bucket 'b'"}
+            )
         return None
 
     copier = await copy(remote(src, "source"), remote(dst, "destination", fail), retries=5)
@@ -161,7 +171,8 @@ async def test_copier_limit_and_labels_in_process(apps: tuple[Harness, Harness])
 
 
 async def test_copier_never_sends_a_corrupt_local_record(
-    tmp_path: Path, harness_factory: Callable[..., Awaitable[Harness]]  # noqa: F811
+    tmp_path: Path,
+    harness_factory: Callable[..., Awaitable[Harness]],
 ) -> None:
     folder = tmp_path / "edge"
     storage = Storage.open(EngineOptions(data_path=folder))

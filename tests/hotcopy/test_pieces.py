@@ -106,7 +106,10 @@ def test_write_groups_respect_the_header_budget() -> None:
     assert [r for g in groups for r in g] == records
     assert len(groups) > 1
     for group in groups:
-        assert sum(len(k) + len(v) + 60 for r in group for k, v in r.labels.items()) <= WRITE_MAX_HEADER_BYTES * 1.1
+        assert (
+            sum(len(k) + len(v) + 60 for r in group for k, v in r.labels.items())
+            <= WRITE_MAX_HEADER_BYTES * 1.1
+        )
 
 
 def test_plain_reporter_prints_counts_rates_and_eta() -> None:
