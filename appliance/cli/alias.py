@@ -10,6 +10,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.hotcopy.aliases import AliasStore
 
 
 def config_folder() -> Path:
@@ -39,7 +43,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     rm.set_defaults(handler=run_rm)
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> AliasStore:
     from appliance.hotcopy.aliases import AliasStore
 
     return AliasStore(config_folder())

@@ -12,6 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.hotcopy.copier import CopyOptions
+    from appliance.hotcopy.filters import CopyFilter
+    from appliance.hotcopy.locations import Location
+    from appliance.hotcopy.model import Source
+    from appliance.hotcopy.progress import Reporter
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -67,7 +75,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.set_defaults(handler=run)
 
 
-def _filter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _filter(args: argparse.Namespace) -> CopyFilter:
     from appliance.hotcopy.filters import CopyFilter, parse_labels, parse_time, parse_when
 
     entries = tuple(p.strip() for item in args.entries for p in item.split(",") if p.strip())
@@ -109,27 +117,36 @@ def run(args: argparse.Namespace) -> int:
         logs.stop()
 
 
-async def _copy(src, dst, options) -> int:  # type: ignore[no-untyped-def]
-    from appliance.hotcopy.copier import Copier
+def _open_source(src: Location, reporter: Reporter) -> Source:
+    """The source end: a local folder read-only (warning about WALs), or a Remote."""
     from appliance.hotcopy.local import LocalSource
+    from appliance.hotcopy.remote import Remote
+
+    if src.folder is None:
+        assert src.url is not None
+        return Remote(src.url, src.token, src.bucket, "source")
+    local = LocalSource(src.folder, src.bucket)
+    if local.uncompacted_wals:
+        reporter.note(
+            f"warning: {local.uncompacted_wals} WAL segment(s) in {local.folder} were not "
+            "compacted (unclean stop, or a running instance): records only in a WAL are not "
+            "copied; `appliance check --repair` on a stopped folder folds them in"
+        )
+    return local
+
+
+async def _copy(src: Location, dst: Location, options: CopyOptions) -> int:
+    from appliance.hotcopy.copier import Copier
     from appliance.hotcopy.model import CopyError
     from appliance.hotcopy.progress import make_reporter
     from appliance.hotcopy.remote import Remote
 
     reporter = make_reporter()
-    source = None
+    assert dst.url is not None
     destination = Remote(dst.url, dst.token, dst.bucket, "destination")
+    source: Source | None = None
     try:
-        if src.folder is not None:
-            source = LocalSource(src.folder, src.bucket)
-            if source.uncompacted_wals:
-                reporter.note(
-                    f"warning: {source.uncompacted_wals} WAL segment(s) in {source.folder} were "
-                    "not compacted (unclean stop, or a running instance): records only in a WAL "
-                    "are not copied; `appliance check --repair` on a stopped folder folds them in"
-                )
-        else:
-            source = Remote(src.url, src.token, src.bucket, "source")
+        source = _open_source(src, reporter)
         copier = Copier(source, destination, options, reporter)
         stats = await copier.run()
     except CopyError as exc:

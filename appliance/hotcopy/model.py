@@ -55,7 +55,10 @@ class CopyError(Exception):
 class SourceBatch(Protocol):
     """Records read together; their payloads are consumed in order, each at most once."""
 
-    records: Sequence[RecordHeader]
+    @property
+    def records(self) -> Sequence[RecordHeader]:
+        """The batch's records in ascending timestamp order."""
+        ...
 
     def payload(self, record: RecordHeader) -> AsyncIterator[bytes]:
         """The payload of ``record`` in chunks; records before it that were not asked for

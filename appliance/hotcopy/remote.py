@@ -178,7 +178,12 @@ class Remote:
         self, entry: str, start: int | None, stop: int | None, when: Mapping[str, Any] | None
     ) -> AsyncIterator[_Body]:
         """Batches of one entry's records (ascending); each batch's body is read lazily."""
-        body = {"query_type": "QUERY", "start": start, "stop": stop, "ttl": QUERY_TTL_SECONDS}
+        body: dict[str, Any] = {
+            "query_type": "QUERY",
+            "start": start,
+            "stop": stop,
+            "ttl": QUERY_TTL_SECONDS,
+        }
         # Bigger read batches than the server's default (85 records) halve the round trips
         # for small records; a server that doesn't know the directive gets the query without.
         condition = {**BATCH_DIRECTIVES, **(when or {})}
