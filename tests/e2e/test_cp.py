@@ -112,19 +112,22 @@ def source(pair: tuple[ServerProcess, ServerProcess]) -> dict[tuple[str, int], R
     return records
 
 
-@pytest.fixture
-def config(tmp_path: Path, pair: tuple[ServerProcess, ServerProcess]) -> dict[str, str]:
-    """An environment whose config folder has the aliases ``src`` and ``dst``."""
-    env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
-    assert (
-        cli("alias", "add", "src", "--url", pair[0].url, "--token", SRC_TOKEN, env=env).returncode
-        == 0
-    )
-    assert (
-        cli("alias", "add", "dst", "--url", pair[1].url, "--token", DST_TOKEN, env=env).returncode
-        == 0
-    )
-    return env
+@pytest.fixture(scope="module")
+def config(
+    tmp_path_factory: pytest.TempPathFactory, pair: tuple[ServerProcess, ServerProcess]
+) -> dict[str, str]:
+    """An environment whose config folder has the aliases ``src`` and ``dst``.
+
+    Written through the library (the ``alias`` CLI has its own test): one interpreter start
+    less per alias and test.
+    """
+    from appliance.hotcopy.aliases import AliasStore
+
+    folder = tmp_path_factory.mktemp("config")
+    store = AliasStore(folder / "appliance")
+    store.add("src", pair[0].url, SRC_TOKEN)
+    store.add("dst", pair[1].url, DST_TOKEN)
+    return {"XDG_CONFIG_HOME": str(folder)}
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
