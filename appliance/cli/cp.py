@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_copy(src, dst, options))
+    except KeyboardInterrupt:
+        # Safe to stop at any point: a re-run skips what arrived (or use --from-last).
+        print("appliance cp: interrupted; re-run the same command to finish", file=sys.stderr)
+        return 130
     finally:
         logs.stop()
 

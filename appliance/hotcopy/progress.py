@@ -52,6 +52,17 @@ class CopyStats:
             f"{self.bytes / MB:,.2f} MB"
         )
 
+    def short(self) -> tuple[str, str]:
+        """Counts and rates in few characters, for a bar on an 80-column terminal."""
+        seconds = max(self.seconds, 1e-6)
+        counts = f"{self.copied:,} rec {self.bytes / MB:,.1f} MB"
+        if self.skipped:
+            counts += f" {self.skipped:,} skipped"
+        if self.failed:
+            counts += f" {self.failed:,} FAILED"
+        rates = f"{self.copied / seconds:,.0f} rec/s {self.bytes / MB / seconds:,.1f} MB/s"
+        return counts, rates
+
     def fraction(self) -> float:
         """How much of the time span is covered (0..1)."""
         return min(self.covered / self.span, 1.0) if self.span else 1.0
@@ -117,10 +128,11 @@ class RichReporter:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.progress = Progress(
-            TextColumn("[bold]copying"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             TaskProgressColumn(),
-            TextColumn("{task.fields[counts]} · {task.fields[rates]}"),
+            TextColumn("{task.fields[counts]}"),
+            TextColumn("[cyan]{task.fields[rates]}"),
+            TextColumn("ETA"),
             TimeRemainingColumn(),
             console=self.console,
             transient=False,
@@ -138,11 +150,9 @@ class RichReporter:
     def update(self) -> None:
         """Move the bar (rich redraws at its own pace)."""
         stats = self.stats
+        counts, rates = stats.short()
         self.progress.update(
-            self._task,
-            completed=min(stats.covered, max(stats.span, 1)),
-            counts=stats.counts(),
-            rates=stats.rates(),
+            self._task, completed=min(stats.covered, max(stats.span, 1)), counts=counts, rates=rates
         )
 
     def note(self, line: str) -> None:

@@ -126,7 +126,7 @@ def test_plain_reporter_prints_counts_rates_and_eta() -> None:
 
 def test_rich_reporter_draws_a_bar_on_a_terminal() -> None:
     out = io.StringIO()
-    reporter = RichReporter(Console(file=out, force_terminal=True, width=160))
+    reporter = RichReporter(Console(file=out, force_terminal=True, width=80))
     stats = CopyStats(span=10)
     reporter.start(stats)
     stats.copied, stats.skipped, stats.covered = 3, 1, 5
@@ -134,5 +134,5 @@ def test_rich_reporter_draws_a_bar_on_a_terminal() -> None:
     reporter.note("entry e: done")
     reporter.stop()
     text = out.getvalue()
-    assert "copying" in text and "3 copied, 1 skipped" in text and "records/s" in text
+    assert "3 rec 0.0 MB 1 skipped" in text and "rec/s" in text and "ETA" in text
     assert "entry e: done" in text
