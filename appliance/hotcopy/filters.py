@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.errors import ApplianceError
+from appliance.query.condition import compile_when
 from appliance.units import US_PER_SECOND
 
 
@@ -57,7 +59,7 @@ def parse_labels(items: Sequence[str], option: str) -> dict[str, str]:
 
 
 def parse_when(text: str | None) -> dict[str, Any] | None:
-    """The ``--when`` JSON object (validated by the source when the query is created)."""
+    """The ``--when`` JSON object, validated as the server would (FilterError if not)."""
     if text is None:
         return None
     try:
@@ -66,6 +68,12 @@ def parse_when(text: str | None) -> dict[str, Any] | None:
         raise FilterError(f"--when is not valid JSON: {exc}") from None
     if not isinstance(when, dict):
         raise FilterError('--when must be a JSON object, e.g. \'{"&score": {"$gt": 10}}\'')
+    try:
+        # Checked here with the server's own compiler, so a typo stops the copy before the
+        # destination bucket is created, with one message instead of one per entry.
+        compile_when(when)
+    except ApplianceError as exc:
+        raise FilterError(f"--when is not a valid condition: {exc.public_message}") from None
     return when
 
 

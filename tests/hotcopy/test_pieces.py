@@ -83,6 +83,8 @@ def test_filters_parse_times_labels_and_when() -> None:
     assert parse_when('{"&a": {"$gt": 1}}') == {"&a": {"$gt": 1}}
     with pytest.raises(FilterError, match="JSON object"):
         parse_when("[1]")
+    with pytest.raises(FilterError, match="Operator '\\$bogus' not supported"):
+        parse_when('{"$bogus": 1}')
     with pytest.raises(FilterError, match="before --stop"):
         CopyFilter(start=5, stop=5)
     with pytest.raises(FilterError, match="at least 1"):
