@@ -33,7 +33,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add = actions.add_parser("add", help="remember an instance under a name")
     add.add_argument("name")
     add.add_argument("--url", required=True, help="http(s)://host:port of the instance")
-    add.add_argument("--token", default="", help="API token (empty: authentication off)")
+    add.add_argument(
+        "--token",
+        default="",
+        help="API token (empty: authentication off; '-' reads it from stdin, out of the "
+        "shell history)",
+    )
     add.add_argument("--force", action="store_true", help="replace an alias of that name")
     add.set_defaults(handler=run_add)
     ls = actions.add_parser("ls", help="list aliases (tokens masked)")
@@ -53,8 +58,9 @@ def run_add(args: argparse.Namespace) -> int:
     """Store the alias."""
     from appliance.hotcopy.aliases import AliasError
 
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
     try:
-        alias = _store().add(args.name, args.url, args.token, replace_existing=args.force)
+        alias = _store().add(args.name, args.url, token, replace_existing=args.force)
     except (AliasError, OSError) as exc:
         print(f"appliance alias add: {exc}", file=sys.stderr)
         return 2

@@ -173,6 +173,11 @@ class Copier:
         plans = self._plan(entries, latest)
         self.stats.entries = len(plans)
         self.stats.span = sum(p.high - p.low + 1 for p in plans)
+        upper = sum(p.stat.record_count for p in plans)
+        self.reporter.note(
+            f"copying {len(plans)} entr(ies), at most {upper:,} record(s), from "
+            f"{self.source.description} to {self.destination.description}"
+        )
         self.reporter.start(self.stats)
         semaphore = asyncio.Semaphore(max(1, self.options.parallel))
         try:

@@ -160,6 +160,7 @@ async def test_cp_copies_everything_identically_and_a_rerun_copies_nothing(
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary(result) == (len(source), 0, 0)
     assert "with the source's settings" in result.stderr
+    assert f"copying 4 entr(ies), at most {len(source)} record(s)" in result.stderr
     assert await dump(pair[1].url, DST_TOKEN, "full") == source
     async with Client(pair[1].url, api_token=DST_TOKEN) as client:
         settings = await (await client.get_bucket("full")).get_settings()
@@ -318,6 +319,27 @@ def test_alias_file_is_private_and_tokens_are_masked(tmp_path: Path) -> None:
     assert "edge" not in cli("alias", "ls", env=env).stdout
     missing = cli("alias", "rm", "edge", env=env)
     assert missing.returncode == 2 and "unknown alias 'edge'" in missing.stderr
+    piped = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "alias",
+            "add",
+            "lab",
+            "--url",
+            "http://h:1",
+            "--token",
+            "-",
+        ],
+        input="from-stdin\n",
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert 'token = "from-stdin"' in path.read_text()
 
 
 async def test_cp_from_a_stopped_data_folder_and_from_a_backup_folder(
