@@ -215,7 +215,11 @@ class Remote:
                     return
                 if answer.status_code != 200:
                     await answer.aread()
-                    raise self._error(answer, doing)
+                    error = self._error(answer, doing)
+                    # 404 here is the query, not the entry: it expired while a slow
+                    # destination kept us busy. A new query resumes where we were.
+                    error.transient = error.transient or answer.status_code == 404
+                    raise error
                 try:
                     headers = parse_v1_headers(answer.headers)
                 except UnprocessableEntity as exc:

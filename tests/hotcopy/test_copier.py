@@ -194,3 +194,22 @@ async def test_copier_never_sends_a_corrupt_local_record(
     assert copier.stats.failed == 2 and copier.stats.copied == 2
     assert timestamps(dst) == {"e": [1, 4]}
     assert any("record 2 of entry 'e'" in e and "checksum" in e for e in copier.stats.errors)
+
+
+async def test_copier_recreates_an_expired_query(apps: tuple[Harness, Harness]) -> None:
+    src, dst = apps
+    reads = {"n": 0}
+
+    def fail(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.endswith("/batch"):
+            reads["n"] += 1
+            if reads["n"] == 2:
+                message = (
+                    "Query 7 not found and it might have expired. Check TTL in your query request."
+                )
+                return httpx.Response(404, headers={"x-reduct-error": message})
+        return None
+
+    copier = await copy(remote(src, "source", fail), remote(dst, "destination"), parallel=1)
+    assert copier.ok, copier.stats.errors
+    assert copier.stats.copied == 3 * COUNT
