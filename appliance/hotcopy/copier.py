@@ -251,9 +251,9 @@ class Copier:
                     errors = await self.destination.write(name, group, _body(batch, group))
                     plan.sending = []
                     self._account(plan, group, errors)
+                    plan.kept += len(group)  # per group: a retry resumes after the last one
                     plan.next_start = group[-1].timestamp + 1
                     self._advance(plan, group[-1].timestamp)
-                plan.kept += len(keep)
                 if batch.records:
                     plan.next_start = batch.records[-1].timestamp + 1
                     self._advance(plan, batch.records[-1].timestamp)
