@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     parser.add_argument("--src-token", help="token for a SRC URL (overrides an alias's)")
     parser.add_argument("--dst-token", help="token for a DST URL (overrides an alias's)")
+    parser.add_argument(
+        "--ca-cert",
+        metavar="PEM",
+        help="trust this CA certificate for https:// ends (e.g. an instance's self-signed "
+        "RS_CERT_PATH); default: the system's CAs",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -111,8 +118,11 @@ def run(args: argparse.Namespace) -> int:
     except (AliasError, FilterError) as exc:
         print(f"appliance cp: {exc}", file=sys.stderr)
         return 2
+    if args.ca_cert and not os.path.isfile(args.ca_cert):
+        print(f"appliance cp: --ca-cert {args.ca_cert!r} is not a file", file=sys.stderr)
+        return 2
     try:
-        return asyncio.run(_copy(src, dst, options))
+        return asyncio.run(_copy(src, dst, options, args.ca_cert))
     except KeyboardInterrupt:
         # Safe to stop at any point: a re-run skips what arrived (or use --from-last).
         print("appliance cp: interrupted; re-run the same command to finish", file=sys.stderr)
@@ -121,14 +131,14 @@ def run(args: argparse.Namespace) -> int:
         logs.stop()
 
 
-def _open_source(src: Location, reporter: Reporter) -> Source:
+def _open_source(src: Location, reporter: Reporter, ca_cert: str | None) -> Source:
     """The source end: a local folder read-only (warning about WALs), or a Remote."""
     from appliance.hotcopy.local import LocalSource
     from appliance.hotcopy.remote import Remote
 
     if src.folder is None:
         assert src.url is not None
-        return Remote(src.url, src.token, src.bucket, "source")
+        return Remote(src.url, src.token, src.bucket, "source", ca_cert=ca_cert)
     local = LocalSource(src.folder, src.bucket)
     if local.uncompacted_wals:
         reporter.note(
@@ -139,7 +149,9 @@ def _open_source(src: Location, reporter: Reporter) -> Source:
     return local
 
 
-async def _copy(src: Location, dst: Location, options: CopyOptions) -> int:
+async def _copy(
+    src: Location, dst: Location, options: CopyOptions, ca_cert: str | None = None
+) -> int:
     from appliance.hotcopy.copier import Copier
     from appliance.hotcopy.model import CopyError
     from appliance.hotcopy.progress import make_reporter
@@ -147,10 +159,10 @@ async def _copy(src: Location, dst: Location, options: CopyOptions) -> int:
 
     reporter = make_reporter()
     assert dst.url is not None
-    destination = Remote(dst.url, dst.token, dst.bucket, "destination")
+    destination = Remote(dst.url, dst.token, dst.bucket, "destination", ca_cert=ca_cert)
     source: Source | None = None
     try:
-        source = _open_source(src, reporter)
+        source = _open_source(src, reporter, ca_cert)
         copier = Copier(source, destination, options, reporter)
         stats = await copier.run()
     except CopyError as exc:

@@ -95,11 +95,14 @@ class Remote:
         bucket: str,
         role: str,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_cert: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.bucket = bucket
         self.description = f"{role} {self.url}/{bucket}"
-        self._transport = transport or httpx.AsyncHTTPTransport()
+        # ``ca_cert``: a PEM file to trust (a self-signed RS_CERT_PATH); else the system's CAs
+        # (and SSL_CERT_FILE/SSL_CERT_DIR, as httpx reads them).
+        self._transport = transport or httpx.AsyncHTTPTransport(verify=ca_cert or True)
         self._client = make_client(url, token, self._transport)  # builds requests, owns the pool
 
     def _path(self, entry: str | None = None, suffix: str = "") -> str:

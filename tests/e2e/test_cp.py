@@ -437,3 +437,44 @@ def test_cp_streams_a_large_record_without_holding_it(
         for part in answer.iter_bytes():
             digest.update(part)
     assert digest.hexdigest() == hashlib.sha256(chunk * (size // len(chunk))).hexdigest()
+
+
+def test_cp_from_an_https_instance_with_its_self_signed_certificate(
+    tmp_path: Path, pair: tuple[ServerProcess, ServerProcess], config: dict[str, str]
+) -> None:
+    import time
+
+    import httpx
+
+    from tests.e2e.test_tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "tls").mkdir()
+    tls = ServerProcess(
+        tmp_path / "tls" / "data", env={"RS_CERT_PATH": str(cert), "RS_CERT_KEY_PATH": str(key)}
+    ).start(wait_ready=False)
+    url = f"https://127.0.0.1:{tls.port}"
+    try:
+        with httpx.Client(base_url=url + "/api/v1", verify=str(cert), timeout=5) as https:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if https.get("/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, tls.logs()
+                time.sleep(0.1)
+            https.post("/b/tls").raise_for_status()
+            for ts in (1, 2, 3):
+                https.post(
+                    "/b/tls/e", params={"ts": ts}, content=b"secret-%d" % ts
+                ).raise_for_status()
+        refused = cli("cp", f"{url}/tls", "dst/over-tls", env=config)
+        assert refused.returncode == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr
+        result = cli("cp", f"{url}/tls", "dst/over-tls", "--ca-cert", str(cert), env=config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert summary(result) == (3, 0, 0)
+    finally:
+        tls.kill()
