@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         store = AliasStore(config_folder())
         src = resolve(args.source, store, allow_folder=True, token=args.src_token)
         dst = resolve(args.destination, store, allow_folder=False, token=args.dst_token)
+        if src.url is not None and (src.url, src.bucket) == (dst.url, dst.bucket):
+            raise FilterError("source and destination are the same bucket")
         options = CopyOptions(_filter(args), parallel=args.parallel, from_last=args.from_last)
         if args.parallel < 1:
             raise FilterError("--parallel must be at least 1")

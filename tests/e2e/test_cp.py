@@ -287,6 +287,8 @@ def test_cp_unknown_alias_and_unreachable_url(config: dict[str, str]) -> None:
     result = cli("cp", "nowhere/data", "dst/x", env=config)
     assert result.returncode == 2
     assert "unknown alias 'nowhere'" in result.stderr and "dst, src" in result.stderr
+    same = cli("cp", "dst/x", "dst/x", env=config)
+    assert same.returncode == 2 and "the same bucket" in same.stderr
     result = cli("cp", f"http://127.0.0.1:{free_port()}/data", "dst/x", env=config)
     assert result.returncode == 1
     assert "source http://127.0.0.1" in result.stderr and "ConnectError" in result.stderr
