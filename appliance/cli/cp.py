@@ -71,6 +71,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         action="store_true",
         help="start each entry after the newest record the destination already has",
     )
+    parser.add_argument(
+        "--no-attachments",
+        action="store_true",
+        help="don't copy the attachments ($meta) of the copied entries",
+    )
     parser.add_argument("--src-token", help="token for a SRC URL (overrides an alias's)")
     parser.add_argument("--dst-token", help="token for a DST URL (overrides an alias's)")
     parser.add_argument(
@@ -114,7 +119,12 @@ def run(args: argparse.Namespace) -> int:
         dst = resolve(args.destination, store, allow_folder=False, token=args.dst_token)
         if src.url is not None and (src.url, src.bucket) == (dst.url, dst.bucket):
             raise FilterError("source and destination are the same bucket")
-        options = CopyOptions(_filter(args), parallel=args.parallel, from_last=args.from_last)
+        options = CopyOptions(
+            _filter(args),
+            parallel=args.parallel,
+            from_last=args.from_last,
+            attachments=not args.no_attachments,
+        )
         if args.parallel < 1:
             raise FilterError("--parallel must be at least 1")
     except (AliasError, FilterError) as exc:

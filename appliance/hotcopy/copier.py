@@ -26,7 +26,7 @@ from appliance.hotcopy.filters import CopyFilter
 from appliance.hotcopy.model import CopyError, EntryStat, RecordHeader, Source, SourceBatch
 from appliance.hotcopy.progress import CopyStats, Reporter
 from appliance.hotcopy.remote import Remote
-from appliance.query.patterns import select_entries
+from appliance.query.patterns import META_ENTRY, is_meta_entry, select_entries
 from appliance.units import KIB
 
 WRITE_MAX_RECORDS = 1000
@@ -46,6 +46,7 @@ class CopyOptions:
     parallel: int = 4
     from_last: bool = False
     retries: int = 3
+    attachments: bool = True
 
 
 @dataclass(slots=True)
@@ -65,6 +66,7 @@ class _EntryPlan:
     sending: list[RecordHeader] = field(default_factory=list)  # the write in progress
     unconfirmed: set[int] = field(default_factory=set)  # sent by a write that broke off
     unreadable: set[int] = field(default_factory=set)  # failed at the source: not again
+    attachments: bool = False  # ``<entry>/$meta``: copied whole, unfiltered, may not exist
 
 
 def write_groups(records: Sequence[RecordHeader]) -> list[list[RecordHeader]]:
@@ -153,7 +155,12 @@ class Copier:
         chosen = set(select_entries(list(flt.entries) or None, [e.name for e in entries]))
         plans = []
         for stat in entries:
-            if stat.name not in chosen or stat.record_count == 0:
+            if stat.name not in chosen or is_meta_entry(stat.name):
+                continue
+            if self.options.attachments:
+                meta = EntryStat(f"{stat.name}/{META_ENTRY}", 0, 0, 0)
+                plans.append(_EntryPlan(meta, None, 0, -1, attachments=True))
+            if stat.record_count == 0:
                 continue
             start = flt.start
             if self.options.from_last and stat.name in latest:
@@ -171,11 +178,12 @@ class Copier:
         entries = await self.source.entries()
         latest = await self._destination_latest(settings)
         plans = self._plan(entries, latest)
-        self.stats.entries = len(plans)
-        self.stats.span = sum(p.high - p.low + 1 for p in plans)
+        self.stats.entries = sum(1 for p in plans if not p.attachments)
+        self.stats.span = sum(p.high - p.low + 1 for p in plans if not p.attachments)
         upper = sum(p.stat.record_count for p in plans)
+        entries_count = sum(1 for p in plans if not p.attachments)
         self.reporter.note(
-            f"copying {len(plans)} entr(ies), at most {upper:,} record(s), from "
+            f"copying {entries_count} entr(ies), at most {upper:,} record(s), from "
             f"{self.source.description} to {self.destination.description}"
         )
         self.reporter.start(self.stats)
@@ -196,6 +204,8 @@ class Copier:
                     await self._copy_pass(plan)
                     break
                 except CopyError as exc:
+                    if plan.attachments and exc.status == 404 and not exc.transient:
+                        return  # the entry has no attachments (a missing query is transient)
                     # Records of a write that broke off may be stored: the next pass re-sends
                     # them from the last acknowledged one, and a 409 then means "copied".
                     plan.unconfirmed.update(r.timestamp for r in plan.sending)
@@ -219,6 +229,8 @@ class Copier:
                     failed = True
                     break
             self._advance(plan, plan.high)
+            if plan.attachments and not (failed or plan.copied + plan.skipped + plan.failed):
+                return
             verdict = "FAILED" if failed else "done"
             self.reporter.note(
                 f"entry {plan.stat.name}: {verdict}: {plan.copied} copied, {plan.skipped} "
@@ -226,6 +238,9 @@ class Copier:
             )
 
     def _advance(self, plan: _EntryPlan, timestamp: int) -> None:
+        if plan.attachments:
+            self.reporter.update()
+            return
         covered = min(timestamp, plan.high) - plan.low + 1
         if covered > plan.covered:
             self.stats.covered += covered - plan.covered
@@ -234,7 +249,8 @@ class Copier:
 
     async def _copy_pass(self, plan: _EntryPlan) -> None:
         """Copy from ``plan.next_start`` to the end; ``next_start`` follows the acknowledgements."""
-        flt = self.options.filter
+        # Attachments are an entry's metadata, not time series: no filter applies to them.
+        flt = CopyFilter() if plan.attachments else self.options.filter
         name = plan.stat.name
         reader = self.source.read(name, plan.next_start, flt.stop, flt.when)
         async with contextlib.aclosing(reader) as batches:  # type: ignore[type-var]

@@ -21,7 +21,8 @@ from appliance.engine import Entry, Storage
 from appliance.engine.models import U64_MAX, EngineOptions, RecordMeta
 from appliance.errors import ApplianceError, NotFound
 from appliance.hotcopy.model import CopyError, EntryStat, RecordHeader
-from appliance.query.condition import compile_when
+from appliance.query.condition import compile_when, hide_tombstones
+from appliance.query.patterns import is_meta_entry
 from appliance.units import KIB, MIB
 
 BATCH_RECORDS = 512
@@ -164,7 +165,10 @@ class LocalSource:
             handle: Entry = bucket.get_entry(entry)
             condition = compile_when(dict(when) if when else None)
         except ApplianceError as exc:
-            raise CopyError(f"{self.description}: entry {entry!r}: {exc.public_message}") from exc
+            message = f"{self.description}: entry {entry!r}: {exc.public_message}"
+            raise CopyError(message, status=exc.status) from exc
+        if is_meta_entry(entry):
+            condition = hide_tombstones(condition)  # removed attachments, as queries hide them
         records = handle.iter_records(start or 0, U64_MAX if stop is None else stop)
 
         def next_batch(it: Iterator[RecordMeta]) -> list[RecordMeta]:

@@ -480,3 +480,25 @@ def test_cp_from_an_https_instance_with_its_self_signed_certificate(
         assert summary(result) == (3, 0, 0)
     finally:
         tls.kill()
+
+
+async def test_cp_copies_the_attachments_of_copied_entries(
+    pair: tuple[ServerProcess, ServerProcess], config: dict[str, str]
+) -> None:
+    async with Client(pair[0].url, api_token=SRC_TOKEN) as client:
+        bucket = await client.create_bucket("att", exist_ok=True)
+        await bucket.write("cam", b"frame", timestamp=BASE_TS)
+        await bucket.write("imu", b"sample", timestamp=BASE_TS)
+        await bucket.write_attachments("cam", {"calibration": {"fx": 1.5}, "model": "v2"})
+        await bucket.remove_attachments("cam", ["model"])  # a tombstone: not copied
+        await bucket.write_attachments("imu", {"axes": ["x", "y"]})
+    result = cli("cp", "src/att", "dst/att", "--entries", "cam", env=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary(result) == (2, 0, 0)  # the record and the live attachment
+    async with Client(pair[1].url, api_token=DST_TOKEN) as client:
+        copied = await client.get_bucket("att")
+        assert await copied.read_attachments("cam") == {"calibration": {"fx": 1.5}}
+        assert [e.name for e in await copied.get_entry_list()] == ["cam"]
+    assert summary(cli("cp", "src/att", "dst/att", "--entries", "cam", env=config)) == (0, 2, 0)
+    plain = cli("cp", "src/att", "dst/att-plain", "--no-attachments", env=config)
+    assert summary(plain) == (2, 0, 0)  # cam and imu records, no attachments

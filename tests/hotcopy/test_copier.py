@@ -213,3 +213,24 @@ async def test_copier_recreates_an_expired_query(apps: tuple[Harness, Harness]) 
     copier = await copy(remote(src, "source", fail), remote(dst, "destination"), parallel=1)
     assert copier.ok, copier.stats.errors
     assert copier.stats.copied == 3 * COUNT
+
+
+async def test_copier_copies_live_attachments_from_a_local_folder(
+    tmp_path: Path, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    folder = tmp_path / "edge"
+    storage = Storage.open(EngineOptions(data_path=folder))
+    bucket = storage.create_bucket("b")
+    bucket.write_record("e", 1, b"record", "application/octet-stream", {})
+    bucket.write_record("e/$meta", 10, b'{"a": 1}', "application/json", {"key": "calib"})
+    bucket.write_record("e/$meta", 11, b'"v2"', "application/json", {"key": "model"})
+    bucket.get_entry("e/$meta").update_labels(11, {"remove": "true"}, set())
+    storage.close()
+    dst = await harness_factory()
+    copier = await copy(LocalSource(folder, "b"), remote(dst, "destination"))
+    assert copier.ok, copier.stats.errors
+    assert timestamps(dst) == {"e": [1]}  # $meta entries are not listed
+    meta = dst.services.storage.get_bucket("b").get_entry("e/$meta")
+    assert [(m.timestamp, dict(m.labels)) for m in meta.iter_records(0, 2**63)] == [
+        (10, {"key": "calib"})
+    ]  # the removed attachment (remove=true) stayed behind
