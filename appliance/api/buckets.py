@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from appliance.engine import Storage
 
 blueprint = Blueprint("buckets", __name__)
+# Every numeric setting is a u64 (opt_u64); a block must hold at least one byte and one record
+# (0 would make every write start a new block, or none fit).
+SETTING_MINIMUMS = {"quota_size": 0, "max_block_size": 1, "max_block_records": 1}
 
 
 def parse_settings(body: bytes) -> dict[str, Any]:
@@ -38,9 +41,13 @@ def parse_settings(body: bytes) -> dict[str, Any]:
             raise UnprocessableEntity(
                 f"Invalid JSON: unknown variant `{quota}`, expected one of `NONE`, `FIFO`, `HARD`"
             ) from None
-    for key in ("quota_size", "max_block_size", "max_block_records"):
+    for key, minimum in SETTING_MINIMUMS.items():
         value = opt_u64(obj, key)
         if value is not None:
+            if value < minimum:
+                raise UnprocessableEntity(
+                    f"Invalid JSON: invalid value {value} for `{key}`, expected at least {minimum}"
+                )
             fields[key] = value
     return fields
 
