@@ -119,12 +119,17 @@ def batch_body(
         return b"".join(batch.payloads)  # type: ignore[arg-type]
 
     async def stream() -> AsyncIterator[bytes]:
-        for (entry, meta), payload in zip(batch.records, batch.payloads, strict=True):
+        for i, ((entry, meta), payload) in enumerate(
+            zip(batch.records, batch.payloads, strict=True)
+        ):
             if payload is not None:
                 yield payload
                 continue
+            opened = batch.streams.get(i)
 
-            def open_iter(entry: str = entry, meta: Any = meta) -> Any:
+            def open_iter(entry: str = entry, meta: Any = meta, opened: Any = opened) -> Any:
+                if opened is not None:  # opened while collecting: a removal since can't cut it
+                    return opened
                 return iter(storage.get_bucket(bucket).get_entry(entry).iter_payload(meta))
 
             async for chunk in payload_stream(svc, open_iter):
@@ -182,7 +187,8 @@ async def read_one(
     query = svc.queries.get(qid, bucket, entry)
     batch = await collect(svc, storage, query, head=head, v2=False, limit=1)
     (name, meta), payload = batch.records[0], (batch.payloads or [None])[0]
-    response = record_response(svc, storage, bucket, name, meta, payload, head)
+    opened = batch.streams.get(0)
+    response = record_response(svc, storage, bucket, name, meta, payload, head, opened)
     response.headers["x-reduct-last"] = "true" if batch.last else "false"
     return response
 
