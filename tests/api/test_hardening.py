@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from appliance.engine import Entry
+from appliance.query.registry import Query
 MAX_NAME_BYTES = 255  # the limits chosen in appliance/engine/names.py
 MAX_ENTRY_SEGMENTS = 32
 from tests.api.conftest import AUTH, Harness
@@ -299,18 +300,28 @@ async def test_batch_whose_records_are_all_removed_continues_with_the_next(
     assert [ts for ts, _ in got] == list(range(86, 201))  # the first batch (85) was removed
 
 
-async def test_big_payload_removed_after_collection_is_still_sent_whole(hb: Harness) -> None:
-    size = 3 * 1024 * 1024  # streamed, not preloaded
+async def test_big_payload_removed_after_collection_is_still_sent_whole(
+    hb: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payloads too big to preload stream after the headers are sent; removing the entry in
+    between (here: right after the batch is collected) must not cut the body short."""
+    size = 3 * 1024 * 1024
     for ts in (1, 2):
-        assert (await hb.client.post(API + f"/b/bkt/big?ts={ts}", data=bytes([ts]) * size, headers=cl(bytes([ts]) * size))).status_code == 200
+        data = bytes([ts]) * size
+        assert (await hb.client.post(API + f"/b/bkt/big?ts={ts}", data=data, headers=cl(data))).status_code == 200
+    original = Query.collect_batch
+
+    def collect_then_remove(self: Query, *args: Any) -> Any:
+        batch = original(self, *args)
+        hb.services.engine.get_bucket("bkt").remove_entry("big")
+        return batch
+
+    monkeypatch.setattr(Query, "collect_batch", collect_then_remove)
     r = await hb.client.post(API + "/b/bkt/big/q", json={"query_type": "QUERY"})
     qid = (await r.get_json())["id"]
     r = await hb.client.get(API + f"/b/bkt/big/batch?q={qid}")
-    # The response is built; removing its records now must not cut the body short.
-    await hb.services.run(lambda: hb.services.engine.get_bucket("bkt").remove_entry("big"))
-    body = await r.get_data()
     assert r.status_code == 200
-    assert body == b"\x01" * size + b"\x02" * size
+    assert await r.get_data() == b"\x01" * size + b"\x02" * size
 
 
 async def test_batched_read_headers_stay_within_the_metadata_limit(harness_factory: Any) -> None:
