@@ -149,7 +149,7 @@ def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
             continue
         if depth > limit:
             raise UnprocessableEntity(JSON_TOO_DEEP)
-        stack.extend((child, depth + 1) for child in children)
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
 
 def check_json_nesting(body: bytes) -> None:
