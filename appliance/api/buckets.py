@@ -15,7 +15,7 @@ from appliance.api.access import authenticate, full_access, read_access, service
 from appliance.api.params import bucket_name, is_meta_entry, json_object, new_name, opt_u64
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import bucket_info_json, json_response
-from appliance.api.streaming import read_any_body
+from appliance.api.streaming import parse_body, read_any_body
 from appliance.engine.models import BucketSettings, QuotaType
 from appliance.errors import Conflict, UnprocessableEntity
 
@@ -100,7 +100,7 @@ async def create(name: str) -> Response:
     """Create a bucket; missing settings come from ``RS_DEFAULTS_BUCKET_*``."""
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
-    fields = parse_settings(body)
+    fields = await parse_body(svc, parse_settings, body)
     full_access()
     bucket_name(name)
     svc.check_writable()
@@ -135,7 +135,7 @@ async def update(name: str) -> Response:
     """Partial settings update: null/missing fields keep their current values."""
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
-    fields = parse_settings(body)
+    fields = await parse_body(svc, parse_settings, body)
     # ReductStore leaves a settings change unguarded on a replica; we refuse it (403).
     check_change(name, "change settings of")
     await svc.run(_update, svc.engine, name, fields)
@@ -157,7 +157,7 @@ async def rename(name: str) -> Response:
     """Rename a bucket; token permission lists follow."""
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
-    new = new_name(body)
+    new = await parse_body(svc, new_name, body)
     check_change(name, "rename", new)
     await svc.run(svc.engine.rename_bucket, name, new)
     await svc.run(svc.tokens.rename_bucket, name, new)

@@ -15,7 +15,7 @@ from appliance.api.connection import RawResponse
 from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
-from appliance.api.streaming import hop, payload_stream, read_any_body
+from appliance.api.streaming import hop, parse_body, payload_stream, read_any_body
 from appliance.errors import NoContent, UnprocessableEntity
 from appliance.query.registry import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
 
@@ -212,7 +212,7 @@ async def _create_or_remove(
 async def post_entry_query(bucket: str, entry: str) -> Response:
     """``POST /b/{bucket}/{entry}/q``: entry-level QUERY or REMOVE."""
     body = await read_any_body(services().settings.io_operation_timeout)
-    query_type, spec = parse_query(body)
+    query_type, spec = await parse_body(services(), parse_query, body)
     return await _create_or_remove(bucket, entry, query_type, spec)
 
 
@@ -220,7 +220,7 @@ async def post_entry_query(bucket: str, entry: str) -> Response:
 async def post_bucket_query(bucket: str) -> Response:
     """``POST /io/{bucket}/q``: multi-entry QUERY or REMOVE."""
     body = await read_any_body(services().settings.io_operation_timeout)
-    query_type, spec = parse_query(body)
+    query_type, spec = await parse_body(services(), parse_query, body)
     params.bucket_name(bucket)
     return await _create_or_remove(bucket, None, query_type, spec)
 

@@ -27,6 +27,8 @@ WRITE_CHUNK_BYTES = 256 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 # JSON bodies (settings, queries, tokens, renames) are small; bigger ones are refused with 413.
 MAX_SMALL_BODY_BYTES = 1024 * 1024
+# JSON bodies up to this size are decoded on the event loop; bigger ones in a worker thread.
+INLINE_PARSE_BYTES = 64 * 1024
 TIMEOUT_MESSAGE = "Timeout while receiving data"
 BIGGER_MESSAGE = "Content is bigger than in content-length"
 SMALLER_MESSAGE = "Content is smaller than in content-length"
@@ -156,6 +158,14 @@ async def read_any_body(timeout_seconds: float, limit: int = MAX_SMALL_BODY_BYTE
         if size > limit:
             raise PayloadTooLarge(f"Request body is too large: at most {limit} bytes")
         parts.append(chunk)
+
+
+async def parse_body(services: Services, parse: Callable[[bytes], T], body: bytes) -> T:
+    """``parse(body)`` for a JSON body: inline when small, in a worker thread when big, so a
+    1 MiB body of a hundred thousand nested arrays never holds the event loop."""
+    if len(body) <= INLINE_PARSE_BYTES:
+        return parse(body)
+    return await services.run(parse, body)
 
 
 async def stream_body(

@@ -201,6 +201,14 @@ def test_hostile_batches_are_refused_up_front_and_alive_answers_within_a_second(
             )
             assert status.startswith(b"HTTP/1.1 413"), status
             assert b"RS_IO_BATCH_MAX_WRITE_RECORDS" in reply[b"x-reduct-error"]
+        # JSON bodies just under the 1 MiB limit, built to be slow to decode and check.
+        for body in (b"[" + b"[0]," * 200_000 + b"0]", b'{"query_type":"QUERY","when":{"$in":["&a",' + b"1," * 400_000 + b"1]}}"):
+            for target in (b"/api/v1/b/batch", b"/api/v1/b/batch/e/q"):
+                status, _ = raw_request(
+                    server.port,
+                    b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+                )
+                assert status[9:10] == b"4" or status.startswith(b"HTTP/1.1 200"), status
         # A batch at the limit is written while /alive keeps answering.
         limit = 4096
         headers = b"".join(b"x-reduct-time-%d: 1,text/plain\r\n" % ts for ts in range(1, limit + 1))
