@@ -165,10 +165,25 @@ class HttpPolicy:
         return headers
 
 
+def _declares_body(scope: dict[str, Any]) -> bool:
+    """True if the request announces a body (a non-zero length, or chunked)."""
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
+            name == b"transfer-encoding"
+        ):
+            return True
+    return False
+
+
 async def _respond(
-    send: ASGISendCallable, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    send: ASGISendCallable, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+    scope: dict[str, Any],
 ) -> None:
+    """An answer given before routing. Its request body is never read, so a request that has
+    one gets ``Connection: close`` (the unread bytes must not pass for the next request)."""
     headers = [*headers, (b"content-length", str(len(body)).encode())]
+    if _declares_body(scope):
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[typeddict-item]
     await send({"type": "http.response.body", "body": body, "more_body": False})  # type: ignore[typeddict-item]
 
@@ -239,10 +254,10 @@ class ApplianceConnection(ASGIHTTPConnection):
                 (b"content-type", b"application/json"),
             ]
             body = b"" if scope["method"] == "HEAD" else json.dumps({"detail": message}).encode()
-            await _respond(send, 503, headers, body)
+            await _respond(send, 503, headers, body, scope)  # type: ignore[arg-type]
             return
         if scope["method"] == "OPTIONS" and (policy.origins or policy.allow_all_origins):
-            await _respond(send, 200, extra, b"")
+            await _respond(send, 200, extra, b"", scope)  # type: ignore[arg-type]
             return
         await super().__call__(receive, send_with_headers)
 

@@ -351,3 +351,26 @@ async def test_batched_read_headers_stay_within_the_metadata_limit(harness_facto
             if r.headers["x-reduct-last"] == "true":
                 break
         assert seen == 40
+
+
+# --- item 8: what an early answer does with the unread body --------------------------------------
+
+
+def test_unread_body_decides_between_draining_and_closing() -> None:
+    from appliance.api.connection import BoundedBody, _declares_body, _unread_body
+
+    def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+        return {"headers": list(headers)}
+
+    body = BoundedBody(None, None)
+    body.append(b"x" * 100)
+    assert _unread_body(scope((b"content-length", b"1000")), body) == 900
+    assert _unread_body(scope((b"transfer-encoding", b"chunked")), body) is None
+    assert _unread_body(scope((b"content-length", b"1000"), (b"expect", b"100-continue")), body) is None
+    assert _unread_body(scope(), body) == 0  # no length, not chunked: no body at all
+    body.set_complete()
+    assert _unread_body(scope((b"content-length", b"1000")), body) == 0
+    assert _declares_body(scope((b"content-length", b"5")))
+    assert _declares_body(scope((b"transfer-encoding", b"chunked")))
+    assert not _declares_body(scope((b"content-length", b"0")))
+    assert not _declares_body(scope())
