@@ -198,6 +198,20 @@ def test_fuzz_single_record_writes_and_reads(server: ServerProcess, bucket: str,
 
 
 @FUZZ
+@given(raw=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=4),
+       method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+       query=st.binary(max_size=60))
+def test_fuzz_raw_path_bytes(server: ServerProcess, raw: list[bytes], method: str,
+                             query: bytes) -> None:
+    """Arbitrary bytes (non-UTF-8, NUL, ``..``, ``%``) percent-encoded into the path and query."""
+    segments = "/".join(quote(part, safe="") for part in raw)
+    target = f"{API}/b/scratch/{segments}?{quote(query, safe='=&')}"
+    send(server, method, target, {}, b"abc" if method in ("POST", "PUT", "PATCH") else b"")
+    send(server, method, f"{API}/b/{segments}", {})
+    send(server, "GET", f"{API}/b/seed/{segments}?ts={quote(query, safe='')}", {})
+
+
+@FUZZ
 @given(entry=names, stamps=st.lists(numbers, max_size=6),
        values=st.lists(header_text, min_size=6, max_size=6), v2=st.booleans(),
        extra=st.dictionaries(st.sampled_from(["x-reduct-entries", "x-reduct-start-ts",
