@@ -107,6 +107,11 @@ class Entry:
             ids = self._blocks.ids
             return self._blocks.first_ts(ids[0]) if ids else 0
 
+    def block_ids(self) -> list[int]:
+        """Ids of the entry's blocks, ascending (a block holds timestamps from its id on)."""
+        with self._lock:
+            return list(self._blocks.ids)
+
     def _check_alive(self) -> None:
         if self.removed:
             raise NotFound(f"Entry '{self.name}' not found in bucket '{self.bucket}'")

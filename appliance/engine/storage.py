@@ -24,7 +24,7 @@ from appliance.engine import fileio
 from appliance.engine.bucket import Bucket
 from appliance.engine.context import EngineContext
 from appliance.engine.models import U64_MAX, BucketSettings, EngineOptions, StorageInfo
-from appliance.engine.names import validate_bucket_name
+from appliance.engine.names import INTERNAL_BUCKETS, validate_bucket_name
 from appliance.engine.replica import ReplicaView
 from appliance.engine.report import RecoveryReport
 from appliance.engine.scan import scan_buckets
@@ -177,10 +177,14 @@ class Storage:
         with self._lock:
             return sorted(self._buckets)
 
-    def create_bucket(self, name: str, settings: BucketSettings | None = None) -> Bucket:
-        """A new bucket (409 if it exists, 422 for a bad name)."""
+    def create_bucket(
+        self, name: str, settings: BucketSettings | None = None, *, internal: bool = False
+    ) -> Bucket:
+        """A new bucket (409 if it exists, 422 for a bad name; ``internal``: one of the
+        instance's own ``$`` buckets, e.g. ``$system``)."""
         self._ctx.check_writable()
-        validate_bucket_name(name)
+        if not (internal and name in INTERNAL_BUCKETS):
+            validate_bucket_name(name)
         with self._lock:
             if name in self._buckets:
                 raise Conflict(f"Bucket '{name}' already exists")
