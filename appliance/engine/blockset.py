@@ -253,6 +253,27 @@ class BlockSet:
         block.encoded[ts] = (final, encoded)
         return encode_wal_frame(WalKind.WRITE, self.ctx.generation, final, encoded)
 
+    def unlog(self, block_id: int, timestamps: list[int]) -> None:
+        """Make finalized records whose WAL frames could not be written ERRORED (not stored)."""
+        block = self.live.get(block_id)
+        if block is None:
+            return
+        for ts in timestamps:
+            record = block.records.get(ts)
+            block.encoded.pop(ts, None)
+            if record is not None:
+                block.records[ts] = StoredRecord(
+                    ts,
+                    record.size,
+                    record.content_type,
+                    record.labels,
+                    _ERRORED,
+                    self.entry,
+                    record.offset,
+                    record.crc,
+                    record.meta_size,
+                )
+
     def append_wal(self, block: Block, frames: bytes) -> FileHandle:
         """Append frames to the block's WAL; the block becomes dirty. Returns a pinned handle."""
         handle = self.files.append_wal(block.block_id, frames, fresh=not block.wal_open)

@@ -12,7 +12,7 @@ from pathlib import Path
 from appliance.engine import fileio
 from appliance.engine.block import BlockCache
 from appliance.engine.commit import GroupCommitter
-from appliance.engine.files import FileCache
+from appliance.engine.files import FileCache, fd_budget
 from appliance.engine.models import EngineOptions
 from appliance.errors import Forbidden, ServiceUnavailable
 
@@ -67,7 +67,9 @@ class EngineContext:
         """A context for ``options`` (committer only when writes are synced)."""
         return cls(
             options=options,
-            files=FileCache(sync_on_close=options.sync_writes, read_only=options.read_only),
+            files=FileCache(
+                capacity=fd_budget(),
+                sync_on_close=options.sync_writes, read_only=options.read_only),
             blocks=BlockCache(),
             committer=GroupCommitter() if options.sync_writes else None,
             disk=DiskSpace(options.data_path, options.min_free_space),

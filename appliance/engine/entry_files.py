@@ -168,9 +168,14 @@ class EntryFiles:
             self.wal_dir.mkdir(parents=True, exist_ok=True)
             handle = self.ctx.files.acquire(path, create=True, append=True)
         try:
-            view = memoryview(frames)
-            while view:
-                view = view[os.write(handle.fd, view) :]
+            before = 0 if fresh else os.fstat(handle.fd).st_size
+            try:
+                fileio.write_all(handle.fd, (frames,))
+            except OSError:
+                # A torn tail would be replayed up to its last whole frame, bringing back
+                # records the caller reports as failed: cut the append off (needs no space).
+                os.ftruncate(handle.fd, before)
+                raise
             handle.dirty = True
         except BaseException:
             self.ctx.files.release(handle)

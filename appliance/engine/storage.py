@@ -23,6 +23,7 @@ import threading
 from appliance.engine import fileio
 from appliance.engine.bucket import Bucket
 from appliance.engine.context import EngineContext
+from appliance.engine.ioerrors import boundary
 from appliance.engine.models import U64_MAX, BucketSettings, EngineOptions, StorageInfo
 from appliance.engine.names import validate_bucket_name
 from appliance.engine.replica import ReplicaView
@@ -138,6 +139,7 @@ class Storage:
         if self._ctx.committer is not None:
             self._ctx.committer.close()
 
+    @boundary("compact")
     def compact(self) -> None:
         """One compaction step: WAL entries become block descriptors and block indexes."""
         if self._ctx.options.read_only:
@@ -177,6 +179,7 @@ class Storage:
         with self._lock:
             return sorted(self._buckets)
 
+    @boundary("create the bucket")
     def create_bucket(self, name: str, settings: BucketSettings | None = None) -> Bucket:
         """A new bucket (409 if it exists, 422 for a bad name)."""
         self._ctx.check_writable()
@@ -201,6 +204,7 @@ class Storage:
             raise NotFound(f"Bucket '{name}' is not found")
         return bucket
 
+    @boundary("remove the bucket")
     def remove_bucket(self, name: str) -> None:
         """Remove a bucket and all its data (synchronously)."""
         self._ctx.check_writable()
@@ -211,6 +215,7 @@ class Storage:
             self._ctx.files.invalidate_under(bucket.path)
             fileio.remove_tree(bucket.path)
 
+    @boundary("rename the bucket")
     def rename_bucket(self, old: str, new: str) -> None:
         """Rename a bucket (404 / 409 / 422 as ReductStore)."""
         self._ctx.check_writable()
