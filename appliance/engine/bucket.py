@@ -232,7 +232,10 @@ class Bucket:
                 raise self._entry_not_found(name)
             for doomed in [n for n in self._entries if is_same_or_descendant(n, name)]:
                 self._entries.pop(doomed).retire()
-            fileio.remove_tree(self.path / name)
+            # One durable rename makes the removal all-or-nothing across a crash (issue 8).
+            moved = fileio.retire_dir(self.path / name, self._ctx.data_path)
+        if moved is not None:
+            fileio.remove_tree(moved)
 
     @boundary("rename the entry")
     def rename_entry(self, old: str, new: str) -> None:

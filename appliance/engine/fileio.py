@@ -14,6 +14,11 @@ fsynced, the machine may lose power and drop anything not yet on stable storage.
   backends' unique temp names) lets entry recovery sweep leftovers by suffix.
 - ``replace`` / ``move``: rename plus a directory fsync (both directories when they differ).
 - ``fsync_fd`` / ``fsync_dir``: explicit flushes for the group committer and for close().
+- ``retire_dir``: a bucket or entry removal first renames its folder into ``<data>/.removing/``
+  (one durable rename: the removal has happened, all or nothing, as seen after any crash), then
+  deletes it; startup finishes deletions a crash interrupted (``purge_removing``).
+- ``make_dirs``: ``mkdir -p`` that, when syncing, fsyncs the parent of every folder it made, so a
+  new bucket or entry folder survives power loss along with the files in it.
 
 Errors are ``OSError`` here; the engine translates them at its boundary.
 """
@@ -23,14 +28,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from backends.fileio import fsync_dir, fsync_fd, replace, write_all
 
 __all__ = [
+    "REMOVING_DIR",
     "TMP_SUFFIX",
     "atomic_write",
     "free_bytes",
+    "make_dirs",
+    "purge_removing",
+    "retire_dir",
     "fsync_dir",
     "fsync_fd",
     "move",
@@ -43,6 +53,8 @@ __all__ = [
 ]
 
 TMP_SUFFIX = ".tmp"
+# Folders being deleted: a removal is one rename into here (never a bucket name: it starts with .)
+REMOVING_DIR = ".removing"
 
 
 def atomic_write(path: Path, data: bytes, sync: bool = True) -> None:
@@ -131,3 +143,48 @@ def free_bytes(path: Path) -> int:
     """Bytes available to unprivileged writers on the filesystem holding ``path``."""
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
+
+
+def make_dirs(path: Path, sync: bool) -> None:
+    """``mkdir -p``; with ``sync`` fsync the parent of each folder made (durable names)."""
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue  # made by a concurrent caller: its parent is synced by that caller
+        if sync:
+            fsync_dir(folder.parent)
+
+
+def retire_dir(path: Path, data_path: Path) -> Path | None:
+    """Atomically take ``path`` out of the data (rename into ``.removing``); its new place.
+
+    Needs no free space. None if ``path`` does not exist.
+    """
+    trash = data_path / REMOVING_DIR
+    make_dirs(trash, sync=True)
+    target = trash / uuid.uuid4().hex
+    try:
+        replace(path, target)  # fsyncs both folders: the removal is durable from here on
+    except FileNotFoundError:
+        return None
+    return target
+
+
+def purge_removing(data_path: Path) -> list[Path]:
+    """Delete what removals left in ``.removing`` (a crash cut them short); what was there."""
+    trash = data_path / REMOVING_DIR
+    if not trash.is_dir():
+        return []
+    found = sorted(trash.iterdir())
+    for leftover in found:
+        if leftover.is_dir() and not leftover.is_symlink():
+            remove_tree(leftover)
+        else:
+            remove_file(leftover)
+    return found

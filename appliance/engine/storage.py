@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 
 from appliance.engine import fileio
 from appliance.engine.bucket import Bucket
@@ -32,6 +33,23 @@ from appliance.engine.scan import scan_buckets
 from appliance.errors import Conflict, Forbidden, InternalError, NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def finish_removals(path: Path, report: RecoveryReport, repair: bool) -> None:
+    """Report (and with ``repair`` delete) bucket/entry removals a crash interrupted."""
+    trash = path / fileio.REMOVING_DIR
+    if not trash.is_dir():
+        return
+    for leftover in sorted(trash.iterdir()):
+        report.add(
+            "removal_pending",
+            leftover,
+            "removed bucket or entry not yet deleted",
+            "deleted" if repair else "none",
+            crash_leftover=True,
+        )
+    if repair:
+        fileio.purge_removing(path)
 
 
 class Storage:
@@ -66,6 +84,7 @@ class Storage:
         report = RecoveryReport()
         repair = not options.read_only
         integrity = options.integrity_checks and repair
+        finish_removals(path, report, repair=True)
         buckets: dict[str, Bucket] = {}
         for name, bucket_path in scan_buckets(path, report):
             try:
@@ -213,7 +232,10 @@ class Storage:
             del self._buckets[name]
             bucket.retire()
             self._ctx.files.invalidate_under(bucket.path)
-            fileio.remove_tree(bucket.path)
+            # One durable rename makes the removal all-or-nothing across a crash (issue 8).
+            moved = fileio.retire_dir(bucket.path, self._ctx.data_path)
+        if moved is not None:
+            fileio.remove_tree(moved)
 
     @boundary("rename the bucket")
     def rename_bucket(self, old: str, new: str) -> None:

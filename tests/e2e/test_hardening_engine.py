@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -71,3 +72,82 @@ def test_tiny_blocks_batch_with_1024_open_files_stores_everything(tmp_path: Path
         server.stop()
     result = run_cli("check", "--data", str(tmp_path / "data"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+ENTRIES = 100
+RECORDS_PER_ENTRY = 24
+
+
+def _fill(http: httpx.Client, bucket: str) -> None:
+    """``ENTRIES`` entries (one a sub-entry of another) of ``RECORDS_PER_ENTRY`` records."""
+    assert http.post(f"/api/v1/b/{bucket}", json={"max_block_records": 1}).status_code == 200
+    for e in range(ENTRIES):
+        name = f"e{e}" if e % 10 else f"e{e + 1}/sub"
+        headers = {f"x-reduct-time-{ts}": "3,text/plain" for ts in range(1, RECORDS_PER_ENTRY + 1)}
+        r = http.post(
+            f"/api/v1/b/{bucket}/{name}/batch", content=b"abc" * RECORDS_PER_ENTRY, headers=headers
+        )
+        assert r.status_code == 200 and not [h for h in r.headers if "error" in h], r.headers
+
+
+def _records(http: httpx.Client, bucket: str) -> tuple[int, int] | None:
+    """(entry count, record count) of a bucket, None if it does not exist."""
+    r = http.get(f"/api/v1/b/{bucket}")
+    if r.status_code == 404:
+        return None
+    assert r.status_code == 200
+    entries = r.json()["entries"]
+    return len(entries), sum(e["record_count"] for e in entries)
+
+
+@pytest.mark.parametrize("target", ["bucket", "entry"])
+def test_removal_killed_midway_is_all_or_nothing(tmp_path: Path, target: str) -> None:
+    """SIGKILL as soon as the folder of a bucket (or parent entry) being removed starts to
+    change: after restart the object is either whole or gone, and ``check`` right after the
+    kill calls the rest an unfinished removal (a crash leftover), never damage, every time."""
+    data = tmp_path / "data"
+    bucket = "doomed"
+    server = ServerProcess(data).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            _fill(http, bucket)
+            whole = _records(http, bucket)
+        watched = data / bucket if target == "bucket" else data / bucket / "e1"
+        before = len(os.listdir(watched))
+        path = f"/api/v1/b/{bucket}" if target == "bucket" else f"/api/v1/b/{bucket}/e1"
+        sender = threading.Thread(target=_quiet_delete, args=(server.url, path), daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if len(os.listdir(watched)) < before:
+                    break  # the removal is under way: kill it now
+            except FileNotFoundError:
+                break
+        server.kill()
+        sender.join(timeout=10)
+    finally:
+        server.kill()
+    first = run_cli("check", "--data", str(data))
+    second = run_cli("check", "--data", str(data))
+    assert first.stdout == second.stdout
+    assert "(damage)" not in first.stdout, first.stdout
+    server = ServerProcess(data).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            after = _records(http, bucket)
+        if target == "bucket":
+            assert after in (whole, None), after
+        else:
+            gone = (ENTRIES - 2, (ENTRIES - 2) * RECORDS_PER_ENTRY)  # e1 and e1/sub went
+            assert after in (whole, gone), after
+    finally:
+        server.stop()
+    assert run_cli("check", "--data", str(data)).returncode == 0
+
+
+def _quiet_delete(url: str, path: str) -> None:
+    try:
+        httpx.delete(url + path, timeout=10)
+    except httpx.HTTPError:
+        pass  # killed mid-request
