@@ -78,9 +78,18 @@ class Bucket:
 
     @classmethod
     def create(cls, ctx: EngineContext, name: str, path: Path, settings: BucketSettings) -> Bucket:
-        """A new, empty bucket folder."""
-        path.mkdir(parents=True, exist_ok=True)
-        fileio.atomic_write(path / SETTINGS_FILE, encode_settings(settings))
+        """A new, empty bucket folder, made whole in a staging folder and renamed into place.
+
+        A failure (a full disk) or a crash leaves no bucket behind, never one with default
+        settings; the rename is fsynced, so an acknowledged bucket survives power loss.
+        """
+        staging = fileio.staging_dir(ctx.data_path)
+        try:
+            fileio.atomic_write(staging / SETTINGS_FILE, encode_settings(settings))
+            fileio.rename_dir(staging, path)
+        except BaseException:
+            fileio.remove_tree(staging)
+            raise
         return cls(ctx, name, path, settings, {})
 
     @classmethod

@@ -70,6 +70,7 @@ class EntryFiles:
         self.wal_dir = path / WAL_DIR
         self.index_path = path / INDEX_FILE
         self._own_data: set[int] = set()  # data files this lease generation has its own inode of
+        self._named: set[int] = set()  # data files whose name this process made durable
 
     def meta_path(self, block_id: int) -> Path:
         """Descriptor of a block."""
@@ -92,8 +93,12 @@ class EntryFiles:
         return f"{self._dir}/{WAL_DIR}/{block_id}{WAL_SUFFIX}"
 
     def create(self) -> None:
-        """Make the folder, its WAL folder and an empty index (a new entry)."""
-        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        """Make the folder, its WAL folder and an empty index (a new entry).
+
+        With synced writes every new folder is made durable in its parent (issue 8 item 7):
+        a record acknowledged in a new entry must not lose its folder at a power loss.
+        """
+        fileio.make_dirs(self.wal_dir, sync=self.ctx.sync)
         if not self.index_path.exists():
             self.save_index([])
 
@@ -165,8 +170,14 @@ class EntryFiles:
         try:
             handle = self.ctx.files.acquire(path, create=True, append=True)
         except FileNotFoundError:
-            self.wal_dir.mkdir(parents=True, exist_ok=True)
+            fileio.make_dirs(self.wal_dir, sync=self.ctx.sync)
             handle = self.ctx.files.acquire(path, create=True, append=True)
+        if fresh and self.ctx.sync:
+            try:
+                fileio.fsync_dir(self.wal_dir)  # the new segment's name, before its first 200
+            except BaseException:
+                self.ctx.files.release(handle)
+                raise
         try:
             before = 0 if fresh else os.fstat(handle.fd).st_size
             try:
@@ -185,7 +196,8 @@ class EntryFiles:
     def drop_wal(self, block_id: int) -> None:
         """Delete a block's WAL segment (its changes are in the descriptor now)."""
         self.ctx.files.invalidate(self.wal_key(block_id))
-        fileio.remove_file(self.wal_path(block_id))
+        # Synced: a segment that came back after a power loss would replay records removed since.
+        fileio.remove_file(self.wal_path(block_id), sync=self.ctx.sync)
 
     # --- data -----------------------------------------------------------------------------------
 
@@ -194,7 +206,16 @@ class EntryFiles:
         if create and self.ctx.generation > 0 and block_id not in self._own_data:
             self._own_data.add(block_id)
             self._take_over_data(block_id)
-        return self.ctx.files.acquire(self.data_key(block_id), create=create)
+        handle = self.ctx.files.acquire(self.data_key(block_id), create=create)
+        if create and self.ctx.sync and block_id not in self._named:
+            # A new data file's name must be durable before a record in it is acknowledged.
+            try:
+                fileio.fsync_dir(self.path)
+            except BaseException:
+                self.ctx.files.release(handle)
+                raise
+            self._named.add(block_id)
+        return handle
 
     def _take_over_data(self, block_id: int) -> None:
         """Give this lease generation its own inode of a data file it is about to append to.

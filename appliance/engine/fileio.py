@@ -48,6 +48,7 @@ __all__ = [
     "remove_file",
     "remove_tree",
     "rename_dir",
+    "staging_dir",
     "replace",
     "truncate",
 ]
@@ -82,7 +83,7 @@ def atomic_write(path: Path, data: bytes, sync: bool = True) -> None:
 
 def move(src: Path, dst: Path) -> Path:
     """Move a file or folder to ``dst`` (parents created; ``.1``, ``.2``... if taken)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(dst.parent, sync=True)
     target = dst
     counter = 0
     while target.exists():
@@ -96,7 +97,7 @@ def rename_dir(src: Path, dst: Path) -> None:
     """Rename a folder (bucket or entry) whose target must not exist; durable."""
     if dst.exists():
         raise FileExistsError(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(dst.parent, sync=True)
     replace(src, dst)
 
 
@@ -159,6 +160,18 @@ def make_dirs(path: Path, sync: bool) -> None:
             continue  # made by a concurrent caller: its parent is synced by that caller
         if sync:
             fsync_dir(folder.parent)
+
+
+def staging_dir(data_path: Path) -> Path:
+    """A new empty folder in ``.removing`` to build a folder in before renaming it into place.
+
+    Startup deletes whatever is left in ``.removing``, so a crash mid-creation leaves no trace.
+    """
+    trash = data_path / REMOVING_DIR
+    make_dirs(trash, sync=True)
+    folder = trash / f"new-{uuid.uuid4().hex}"
+    os.mkdir(folder)
+    return folder
 
 
 def retire_dir(path: Path, data_path: Path) -> Path | None:

@@ -44,7 +44,7 @@ def finish_removals(path: Path, report: RecoveryReport, repair: bool) -> None:
         report.add(
             "removal_pending",
             leftover,
-            "removed bucket or entry not yet deleted",
+            "folder of an interrupted removal (or creation), never visible",
             "deleted" if repair else "none",
             crash_leftover=True,
         )
