@@ -216,14 +216,36 @@ class Bucket:
             if entry is None:
                 self._check_alive()
                 self._ctx.check_writable()
-                for missing in [*parents(name), name]:
-                    if missing not in self._entries:
-                        self._entries[missing] = entry = self._new_entry(missing)
+                self._create_entries([*parents(name), name])
             return self._entries[name]
+
+    def _create_entries(self, names: list[str]) -> None:
+        """Create the missing ones of ``names`` (in order), all or none (lock held).
+
+        A failure (a full disk) removes the entries this call made, folders included: a
+        write answered 507 must not leave empty entries behind.
+        """
+        made: list[str] = []
+        try:
+            for name in names:
+                if name not in self._entries:
+                    self._entries[name] = self._new_entry(name)
+                    made.append(name)
+        except BaseException:
+            for name in reversed(made):
+                self._entries.pop(name).retire()
+                moved = fileio.retire_dir(self.path / name, self._ctx.data_path)
+                if moved is not None:
+                    fileio.remove_tree(moved)
+            raise
 
     def _new_entry(self, name: str) -> Entry:
         files = EntryFiles(self._ctx, self.path / name)
-        files.create()
+        try:
+            files.create()
+        except BaseException:
+            fileio.remove_tree(files.path)  # only its own folder: parents are other entries
+            raise
         entry = Entry(self._ctx, self._name, name, files, [])
         self._apply_limits(entry)
         return entry
@@ -258,14 +280,14 @@ class Bucket:
                 raise Conflict(f"Entry '{new}' already exists in bucket '{self._name}'")
             moved = sorted(n for n in self._entries if is_same_or_descendant(n, old))
             for name in moved:
-                entry = self._entries.pop(name)
-                entry.compact()  # the folder must be self-contained (no WAL) when it moves
-                entry.retire()
+                # The folder must be self-contained (no WAL) when it moves; a failure here
+                # (a full disk) leaves every entry as it was.
+                self._entries[name].compact()
+            for name in moved:
+                self._entries.pop(name).retire()
             reopen = {name: name for name in moved}
             try:
-                for parent in parents(new):
-                    if parent not in self._entries:
-                        self._entries[parent] = self._new_entry(parent)
+                self._create_entries(parents(new))
                 fileio.rename_dir(self.path / old, self.path / new)
                 reopen = {name: new + name[len(old) :] for name in moved}
             except FileExistsError as exc:

@@ -563,9 +563,10 @@ class Entry:
                 record.crc,
                 record.meta_size,
             )
-            block.records[ts] = new
             frame = encode_wal_frame(WalKind.UPDATE, self._ctx.generation, new)
+            # Logged first: an update the WAL could not take (a full disk) changes nothing.
             handle = self._blocks.append_wal(block, frame)
+            block.records[ts] = new
         self._commit_and_release([handle])
         return new
 
@@ -598,7 +599,7 @@ class Entry:
         """Remove records (also from ``$meta`` entries: the upsert-by-key path)."""
         self._ctx.check_writable()
         errors: dict[int, ApplianceError] = {}
-        with self._lock:
+        with self._ctx.removing(), self._lock:
             self._check_alive()
             by_block: dict[int, list[int]] = {}
             for ts in timestamps:

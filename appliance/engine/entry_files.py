@@ -273,8 +273,15 @@ class EntryFiles:
             finally:
                 os.close(out)
         except (OSError, EOFError) as exc:
-            log.warning("record removal left block %s uncompacted: %s", block_id, exc)
             fileio.remove_file(tmp)
+            # No room for the copy (a full disk): free the removed ranges in place instead.
+            punched = _punch_gaps(source.fd, descriptor)
+            log.warning(
+                "record removal left block %s uncompacted (%s); removed ranges %s",
+                block_id,
+                exc,
+                "punched out" if punched else "kept (no hole punching here)",
+            )
             return None
         finally:
             self.ctx.files.release(source)
@@ -344,3 +351,17 @@ def _copy_range(src: int, dst: int, src_offset: int, dst_offset: int, count: int
         src_offset += written
         dst_offset += written
         count -= written
+
+
+def _punch_gaps(fd: int, descriptor: Descriptor) -> bool:
+    """Punch out every byte of a data file no record of ``descriptor`` occupies; success."""
+    position = 0
+    ok = True
+    for record in sorted(descriptor.records, key=lambda r: r.offset):
+        if record.offset > position:
+            ok = fileio.punch_hole(fd, position, record.offset - position) and ok
+        position = max(position, record.offset + record.size)
+    end = os.fstat(fd).st_size
+    if end > position:
+        ok = fileio.punch_hole(fd, position, end - position) and ok
+    return ok

@@ -26,6 +26,8 @@ Errors are ``OSError`` here; the engine translates them at its boundary.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import uuid
@@ -35,10 +37,12 @@ from backends.fileio import fsync_dir, fsync_fd, replace, write_all
 
 __all__ = [
     "REMOVING_DIR",
+    "allocate",
     "TMP_SUFFIX",
     "atomic_write",
     "free_bytes",
     "make_dirs",
+    "punch_hole",
     "purge_removing",
     "retire_dir",
     "fsync_dir",
@@ -201,3 +205,39 @@ def purge_removing(data_path: Path) -> list[Path]:
         else:
             remove_file(leftover)
     return found
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc: ctypes.CDLL | None = None
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Free the disk blocks of ``[offset, offset + length)`` (reads give zeros); needs no space.
+
+    False where the file system or platform cannot (the caller then keeps the bytes).
+    """
+    global _libc
+    if length <= 0:
+        return True
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    fallocate = getattr(_libc, "fallocate64", None) or getattr(_libc, "fallocate", None)
+    if fallocate is None:
+        return False
+    fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    return fallocate(fd, mode, offset, length) == 0
+
+
+def allocate(path: Path, size: int) -> None:
+    """Create ``path`` with ``size`` bytes really allocated (the removal reserve)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)

@@ -100,6 +100,8 @@ class Storage:
             log.info("startup %s", leftovers)  # an ordinary crash: nothing was damaged
         if report.damaged:
             log.warning("startup recovery found %d problem(s) (damage)", len(report.damage))
+        if ctx.reserve is not None:
+            ctx.reserve.refill()
         return cls(ctx, buckets, report)
 
     @property
@@ -193,6 +195,20 @@ class Storage:
             latest_record=max(info.latest_record for info in infos),
         )
 
+    def disk_info(self) -> dict[str, int]:
+        """Free bytes of the data file system, the free space writes keep (507 below it) and
+        the removal reserve held now (0 once a removal on a full disk used it)."""
+        reserve = self._ctx.reserve
+        try:
+            free = fileio.free_bytes(self._ctx.data_path)
+        except OSError:
+            free = 0
+        return {
+            "free_space": free,
+            "min_free_space": self._ctx.options.min_free_space,
+            "removal_reserve": reserve.held if reserve is not None else 0,
+        }
+
     def bucket_names(self) -> list[str]:
         """Names of every bucket, sorted."""
         with self._lock:
@@ -227,15 +243,16 @@ class Storage:
     def remove_bucket(self, name: str) -> None:
         """Remove a bucket and all its data (synchronously)."""
         self._ctx.check_writable()
-        with self._lock:
-            bucket = self.get_bucket(name)
-            del self._buckets[name]
-            bucket.retire()
-            self._ctx.files.invalidate_under(bucket.path)
-            # One durable rename makes the removal all-or-nothing across a crash (issue 8).
-            moved = fileio.retire_dir(bucket.path, self._ctx.data_path)
-        if moved is not None:
-            fileio.remove_tree(moved)
+        with self._ctx.removing():
+            with self._lock:
+                bucket = self.get_bucket(name)
+                del self._buckets[name]
+                bucket.retire()
+                self._ctx.files.invalidate_under(bucket.path)
+                # One durable rename makes the removal all-or-nothing across a crash (issue 8).
+                moved = fileio.retire_dir(bucket.path, self._ctx.data_path)
+            if moved is not None:
+                fileio.remove_tree(moved)  # outside the lock: other buckets stay usable
 
     @boundary("rename the bucket")
     def rename_bucket(self, old: str, new: str) -> None:
