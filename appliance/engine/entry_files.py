@@ -43,6 +43,7 @@ from appliance.engine.codec import (
 )
 from appliance.engine.context import EngineContext
 from appliance.engine.files import FileHandle
+from appliance.engine.ioerrors import RESOURCE_ERRNOS
 from appliance.engine.report import RecoveryReport
 from appliance.errors import CorruptionError, ServiceUnavailable
 from appliance.roles.fencing import may_replace
@@ -150,6 +151,8 @@ class EntryFiles:
         try:
             data = fileio.read_file(path)
         except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:
+                raise  # out of descriptors or memory: not damage (the I/O boundary maps it)
             reason = exc.strerror or type(exc).__name__  # str(exc) would name the file
             raise CorruptionError(
                 f"block descriptor {path} can't be read: {exc}",

@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+# errnos that say the process ran short of something, never that a file is damaged.
+RESOURCE_ERRNOS = DESCRIPTOR_ERRNOS | {errno.ENOMEM, errno.EINTR, errno.EAGAIN}
 # errnos that say a file is not there (or not a file): damage when the index promised it.
 MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
 
