@@ -58,7 +58,8 @@ class GroupCommitter:
             cause = failure[2]
             # Keep the errno (ENOSPC, EIO...): the engine's I/O boundary maps it to a status.
             code = cause.errno if isinstance(cause, OSError) else None
-            raise OSError(code, f"group commit failed: {getattr(cause, 'strerror', None) or cause}") from cause
+            reason = getattr(cause, "strerror", None) or cause
+            raise OSError(code, f"group commit failed: {reason}") from cause
 
     def _lead_round_locked(self) -> None:
         """Flush everything queued so far; called with the condition held, releases it meanwhile."""

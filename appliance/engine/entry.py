@@ -499,11 +499,12 @@ class Entry:
             try:
                 self._commit_and_release(handles)
             except OSError as exc:
-                problem = translate(exc, "write the records")
+                # Not made durable as promised (sync writes): nothing of this step is acked.
+                unsynced = translate(exc, "write the records")
                 for _, record, _ in placed:
-                    errors.setdefault(record.timestamp, problem)
-        for ts, problem in failed.items():
-            errors[ts] = translate(problem, f"write record {ts}")
+                    errors.setdefault(record.timestamp, unsynced)
+        for ts, cause in failed.items():
+            errors[ts] = translate(cause, f"write record {ts}")
         return i
 
     @staticmethod

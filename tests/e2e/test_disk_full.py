@@ -115,7 +115,8 @@ def test_every_mutation_at_full_disk_completes_or_leaves_no_trace(small_fs: Path
                 )
                 assert r.status_code == 200, r.headers
         for ts in range(1, 11):
-            assert http.post(f"/api/v1/b/gone/x?ts={ts}", content=payload("x", ts)).status_code == 200
+            r = http.post(f"/api/v1/b/gone/x?ts={ts}", content=payload("x", ts))
+            assert r.status_code == 200
         assert http.post("/api/v1/tokens/t0", json={"full_access": False}).status_code == 200
         assert disk(http)["removal_reserve"] > 0
 
@@ -190,7 +191,8 @@ def test_every_mutation_at_full_disk_completes_or_leaves_no_trace(small_fs: Path
         assert "gone" not in buckets
         other = "renamed" if answers["rename_bucket"] == 200 else "other"
         expected_records = 5 if answers["settings"] == 200 else 8
-        assert seen[f"settings:{other}"]["max_block_records"] == expected_records  # type: ignore[index]
+        settings = seen[f"settings:{other}"]
+        assert settings["max_block_records"] == expected_records  # type: ignore[index]
         tokens = seen["tokens"]
         assert ("t1" in tokens) == (answers["create_token"] == 200)  # type: ignore[operator]
         assert ("t0" in tokens) == (answers["remove_token"] != 200)  # type: ignore[operator]
