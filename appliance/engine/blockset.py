@@ -292,7 +292,11 @@ class BlockSet:
         for block in blocks:
             descriptor = block.to_descriptor(self.ctx.generation)
             if descriptor.records:
-                self.items[block.block_id] = self.files.save_descriptor(descriptor, block.encoded)
+                # No folder fsync per descriptor: save_index below renames in the same folder
+                # and fsyncs it once for all of them, before any WAL segment is deleted.
+                self.items[block.block_id] = self.files.save_descriptor(
+                    descriptor, block.encoded, sync_dir=False
+                )
             elif self.items.pop(block.block_id, None) is not None:
                 # Only writers in flight are left: the block has nothing to persist yet.
                 self.files.remove_descriptor(block.block_id)

@@ -137,12 +137,14 @@ class EntryFiles:
         self,
         descriptor: Descriptor,
         encoded: Mapping[int, tuple[StoredRecord, bytes]] | None = None,
+        sync_dir: bool = True,
     ) -> IndexItem:
-        """Write a descriptor atomically; return its index item."""
+        """Write a descriptor atomically; return its index item (``sync_dir``: see
+        ``fileio.atomic_write``; the index write that follows fsyncs the same folder)."""
         data = encode_descriptor(descriptor, encoded)
         path = self.meta_path(descriptor.block_id)
         self.guard_replace(path)
-        fileio.atomic_write(path, data)
+        fileio.atomic_write(path, data, sync_dir=sync_dir)
         return index_item(descriptor, descriptor_crc(data))
 
     def load_descriptor(self, block_id: int, entry: str) -> tuple[Descriptor, int]:

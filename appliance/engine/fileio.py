@@ -62,10 +62,11 @@ TMP_SUFFIX = ".tmp"
 REMOVING_DIR = ".removing"
 
 
-def atomic_write(path: Path, data: bytes, sync: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, sync: bool = True, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (tmp, write, fsync, rename, fsync dir).
 
     ``sync=False`` skips both fsyncs: still atomic against a process crash, not power loss.
+    ``sync_dir=False`` leaves the folder's fsync to the caller (one for many files).
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -81,7 +82,7 @@ def atomic_write(path: Path, data: bytes, sync: bool = True) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync:
+    if sync and sync_dir:
         fsync_dir(path.parent)
 
 
