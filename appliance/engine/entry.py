@@ -397,7 +397,14 @@ class Entry:
             with self._lock:
                 frame = self._blocks.finalize(block_id, ts, state, crc)
                 if frame is not None and not self.removed:
-                    handles.append(self._blocks.append_wal(self._blocks.live[block_id], frame))
+                    try:
+                        handles.append(
+                            self._blocks.append_wal(self._blocks.live[block_id], frame)
+                        )
+                    except OSError:
+                        # Not logged, so not stored: the record must not be served either.
+                        self._blocks.unlog(block_id, [ts])
+                        raise
         except BaseException:
             self._release_all(handles)
             raise

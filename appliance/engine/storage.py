@@ -73,11 +73,14 @@ class Storage:
             return storage
         path = options.data_path
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            # Durable from the start: every bucket's survival hangs on this folder's name.
+            fileio.make_dirs(path, sync=True)
             if not os.access(path, os.R_OK | os.X_OK) or (
                 not options.read_only and not os.access(path, os.W_OK)
             ):
                 raise PermissionError(f"no read/write access to {path}")
+            # Made while there is room: removals rename into it even on a full disk.
+            fileio.make_dirs(path / fileio.REMOVING_DIR, sync=True)
         except OSError as exc:
             raise InternalError(f"Data path {path} is not usable: {exc}") from exc
         ctx = EngineContext.create(options)
