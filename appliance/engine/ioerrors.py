@@ -91,10 +91,15 @@ def boundary(operation: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
 
 def guarded_iter(iterator: Iterator[T], operation: str) -> Iterator[T]:
     """Wrap a generator so that every step runs inside ``io_boundary``."""
-    while True:
-        with io_boundary(operation):
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-        yield item
+    try:
+        while True:
+            with io_boundary(operation):
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()  # an abandoned read releases its descriptor now, not at garbage collection
