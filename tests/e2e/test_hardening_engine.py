@@ -76,13 +76,14 @@ def test_tiny_blocks_batch_with_1024_open_files_stores_everything(tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-ENTRIES = 100
-RECORDS_PER_ENTRY = 24
+ENTRIES = 60
+RECORDS_PER_ENTRY = 12
+E1_EXTRA = 400
 
 
 def _fill(http: httpx.Client, bucket: str) -> None:
     """``ENTRIES`` entries (one a sub-entry of another) of ``RECORDS_PER_ENTRY`` records."""
-    assert http.post(f"/api/v1/b/{bucket}", json={"max_block_records": 1}).status_code == 200
+    assert http.post(f"/api/v1/b/{bucket}", json={"max_block_records": 2}).status_code == 200
     for e in range(ENTRIES):
         name = f"e{e}" if e % 10 else f"e{e + 1}/sub"
         headers = {f"x-reduct-time-{ts}": "3,text/plain" for ts in range(1, RECORDS_PER_ENTRY + 1)}
@@ -90,6 +91,11 @@ def _fill(http: httpx.Client, bucket: str) -> None:
             f"/api/v1/b/{bucket}/{name}/batch", content=b"abc" * RECORDS_PER_ENTRY, headers=headers
         )
         assert r.status_code == 200 and not [h for h in r.headers if "error" in h], r.headers
+    # e1 (the parent entry the entry test removes) gets many files, so a kill lands mid-way.
+    extra = range(1000, 1000 + E1_EXTRA)
+    headers = {f"x-reduct-time-{ts}": "3,text/plain" for ts in extra}
+    r = http.post(f"/api/v1/b/{bucket}/e1/batch", content=b"abc" * E1_EXTRA, headers=headers)
+    assert r.status_code == 200 and not [h for h in r.headers if "error" in h], r.headers
 
 
 def _records(http: httpx.Client, bucket: str) -> tuple[int, int] | None:
@@ -145,6 +151,7 @@ def test_removal_killed_midway_is_all_or_nothing(tmp_path: Path, target: str) ->
             assert after in (whole, None), after
         else:
             gone = (ENTRIES - 2, (ENTRIES - 2) * RECORDS_PER_ENTRY)  # e1 and e1/sub went
+            assert whole == (ENTRIES, ENTRIES * RECORDS_PER_ENTRY + E1_EXTRA)
             assert after in (whole, gone), after
     finally:
         server.stop()
