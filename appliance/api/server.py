@@ -98,6 +98,7 @@ async def info() -> Response:
             "license": None,
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
+            "disk": await svc.run(storage.disk_info),
         }
     )
 

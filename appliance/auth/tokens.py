@@ -45,7 +45,8 @@ from appliance.auth.token import (
     parse_time,
     quick,
 )
-from appliance.engine.fileio import atomic_write
+from appliance.engine.fileio import atomic_write, make_dirs
+from appliance.engine.ioerrors import io_boundary
 from appliance.errors import BadRequest, Conflict, NotFound, Unauthorized, UnprocessableEntity
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class TokenStore:
         self._tokens: dict[str, Token] = {}
         self._cache: dict[bytes, str] = {}  # sha256(value) -> token name
         self._access_dirty = False  # some last_access changed since the file was written
+        # The state as last saved: a save that fails (a full disk) puts it back, so a change
+        # answered 507 leaves no trace, not even until the next restart.
+        self._saved: tuple[dict[str, Token], dict[bytes, str]] = ({}, {})
         self.started_at = clock()
 
     def now(self) -> float:
@@ -103,6 +107,7 @@ class TokenStore:
         with self._lock:
             self._tokens = tokens
             self._cache = {}
+            self._saved = (dict(tokens), {})
 
     # --- hot path -----------------------------------------------------------------------
 
@@ -134,7 +139,11 @@ class TokenStore:
             if not self._access_dirty:
                 return False
             self._access_dirty = False
-            self._save()
+            try:
+                self._save()
+            except BaseException:
+                self._access_dirty = True  # a full disk: try again at the next flush
+                raise
             return True
 
     def link_secret(self, name: str) -> bytes:
@@ -315,8 +324,14 @@ class TokenStore:
             if not (t.name == INIT_TOKEN_NAME and self._api_token is not None)
         ]
         data = json.dumps({"version": FILE_VERSION, "tokens": items}, indent=1).encode()
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._path, data)
+        try:
+            with io_boundary("save the tokens"):
+                make_dirs(self._path.parent, sync=True)
+                atomic_write(self._path, data)
+        except BaseException:
+            self._tokens, self._cache = dict(self._saved[0]), dict(self._saved[1])
+            raise
+        self._saved = (dict(self._tokens), dict(self._cache))
 
 
 def _parse_create_body(
