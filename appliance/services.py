@@ -26,14 +26,13 @@ the standby takes over within one polling interval.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from appliance.auth import Permissions, TokenStore
 from appliance.engine.models import BucketSettings, EngineOptions
@@ -46,6 +45,7 @@ from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
 from appliance.roles.role import LeaseRole, RoleManager, RoleStatus
 from appliance.settings import Settings
+from appliance.workers import Workers
 from provisioning import (
     DesiredState,
     Provisioner,
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 STARTING_MESSAGE = "The server is starting up, please try again later"
 # Enough threads that a slow disk write does not stall reads of other entries, few enough
 # that a 2-core edge box does not thrash.
@@ -157,6 +156,8 @@ class Services:
         self.queries = QueryRegistry(clock=clock)
         self._booting_storage: Storage | None = None  # the engine provisioning boots against
         # $system: audit, usage, own log lines, diagnostics; queued, flushed in the background.
+        # The one way into the engine threads (run / run_through): see workers.py.
+        self.workers = Workers(ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine"))
         self.events = SystemEvents(
             enabled=settings.system_events_enabled,
             instance=settings.effective_instance_name,
@@ -164,13 +165,12 @@ class Services:
             log_level=settings.system_events_log_level,
             flush_interval=settings.system_events_flush_interval,
             storage=lambda: self.storage,
-            run_blocking=self.run,
+            run_blocking=self.workers.run,
             writable=lambda: self.ready and not self.role.read_only,
         )
         self.lifecycles = LifecycleManager(
-            settings.data_path, self.run, self._lifecycle_storage, on_run=self._lifecycle_ran
+            settings.data_path, self.workers.run, self._lifecycle_storage, on_run=self._lifecycle_ran
         )
-        self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
         self.open_error: BaseException | None = None
         # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
@@ -244,18 +244,6 @@ class Services:
         if self.fences_writes:
             await self.role.check_writable_async()
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking ``fn`` in the engine thread pool and await its result."""
-        loop = asyncio.get_running_loop()
-        if kwargs:
-            fn = functools.partial(fn, **kwargs)
-        return await loop.run_in_executor(self.executor, fn, *args)
-
-    async def run_ctx(self, fn: Callable[..., T], *args: Any) -> T:
-        """Like ``run`` but keeps context variables (for code that logs with request context)."""
-        ctx = contextvars.copy_context()
-        return await self.run(ctx.run, fn, *args)
-
     # --- lifespan ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -313,9 +301,9 @@ class Services:
             return  # lost while recording (proceed): the role listener rejoins
         try:
             started = time.perf_counter()
-            await self.run(self.tokens.load)
-            options = await self.run(self._role_options, generation)
-            storage = await self.run(self._open_storage, options)
+            await self.workers.run(self.tokens.load)
+            options = await self.workers.run(self._role_options, generation)
+            storage = await self.workers.run(self._open_storage, options)
         except LeaseLost as exc:  # a newer generation began before we could open
             self.role.deposed(str(exc))
             return
@@ -324,25 +312,25 @@ class Services:
             self._fail(f"cannot open the storage at {path}: {exc}", exc, EXIT_RUNTIME)
             return
         if self._closed or (generation and self.role.generation != generation):
-            await self.run(storage.abandon if generation else storage.close)
+            await self.workers.run(storage.abandon if generation else storage.close)
             return  # stopped, or stepped down while recovering
         if self.role.read_only:
             await self._serve_replica(storage)
             return
         provisioner = self._make_provisioner(storage)
         self._booting_storage = storage
-        await self.run(self.lifecycles.load)
-        boot = asyncio.ensure_future(self.run(provisioner.boot))
+        await self.workers.run(self.lifecycles.load)
+        boot = asyncio.ensure_future(self.workers.run(provisioner.boot))
         try:
             await asyncio.shield(boot)
         except asyncio.CancelledError:
             # Stopped while booting: boot still uses the engine in its thread; close after it.
             await asyncio.wait([boot])
-            await self.run(storage.close)
+            await self.workers.run(storage.close)
             raise
         except Exception as exc:  # noqa: BLE001 - refused provisioning stops startup
             self._booting_storage = None
-            await self.run(storage.close)
+            await self.workers.run(storage.close)
             code = EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_RUNTIME
             self._fail(f"provisioning refused, not starting: {exc}", exc, code)
             return
@@ -357,7 +345,7 @@ class Services:
         if self.events.enabled:
             try:
                 # The quota is re-applied at every start (the bucket is created lazily).
-                await self.run(functools.partial(self.events.ensure_bucket, create=False))
+                await self.workers.run(functools.partial(self.events.ensure_bucket, create=False))
             except Exception:  # noqa: BLE001 - events are best effort; the instance serves
                 log.exception("preparing the $system bucket failed")
         if self._housekeeping is None:
@@ -398,7 +386,7 @@ class Services:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.run(self.compact_step)
+                await self.workers.run(self.compact_step)
             except ServiceUnavailable as exc:
                 log.warning("compaction skipped: %s", exc.message)
             except Exception:  # noqa: BLE001 - a failed pass must not stop the loop
@@ -416,7 +404,7 @@ class Services:
         if self.storage is None or self.role.read_only:
             return  # a replica or a holder that stepped down writes nothing
         try:
-            await self.run(self.tokens.flush_last_access)
+            await self.workers.run(self.tokens.flush_last_access)
         except Exception:  # noqa: BLE001 - a failed write is retried at the next tick
             log.exception("saving token last_access failed")
 
@@ -442,7 +430,7 @@ class Services:
         if provisioner is not None:
             await provisioner.stop()
         if storage is not None:
-            await self.run(storage.abandon)
+            await self.workers.run(storage.abandon)
         self.queries.clear()
         code = self.role.must_exit
         if code is not None:
@@ -485,11 +473,11 @@ class Services:
         if storage is not None:
             try:
                 # Flushes only while the lease is still ours (the engine checks the fence).
-                await self.run(storage.close)
+                await self.workers.run(storage.close)
             except Exception:  # noqa: BLE001 - shutdown must finish
                 log.exception("closing the storage failed")
         try:
             await self.role.close()  # release the lease last: the standby recovers our WAL
         except Exception:  # noqa: BLE001 - shutdown must finish
             log.exception("releasing the role failed")
-        self.executor.shutdown(wait=True)
+        self.workers.shutdown()

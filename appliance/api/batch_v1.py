@@ -116,7 +116,7 @@ async def update(bucket: str, entry: str) -> Response:
         change = r.label_update()
         updates.append((r.timestamp, dict(change.set), set(change.remove)))
     svc = services()
-    errors = await svc.run(_update, svc.engine, bucket, entry, updates)
+    errors = await svc.workers.run(_update, svc.engine, bucket, entry, updates)
     return Response(b"", status=200, headers=error_headers(errors))
 
 
@@ -135,5 +135,5 @@ async def remove(bucket: str, entry: str) -> Response:
     stamps = parse_v1_timestamps(batch_header_map())
     write_access(bucket)
     svc = services()
-    errors = await svc.run(_remove, svc.engine, bucket, entry, stamps)
+    errors = await svc.workers.run(_remove, svc.engine, bucket, entry, stamps)
     return Response(b"", status=200, headers=error_headers(errors))

@@ -106,7 +106,7 @@ async def create(name: str) -> Response:
     params.user_bucket_name(name)
     svc.check_writable()
     settings: BucketSettings = svc.defaults.merged(**fields)
-    await svc.run(svc.engine.create_bucket, name, settings)
+    await svc.workers.run(svc.engine.create_bucket, name, settings)
     return Response(b"", status=200)
 
 
@@ -119,7 +119,7 @@ async def get(name: str) -> Response:
     read_access(name)
     svc = services()
     provisioned = svc.provisioning.is_bucket_provisioned(name)
-    return json_response(await svc.run(_full_info, svc.engine, name, provisioned))
+    return json_response(await svc.workers.run(_full_info, svc.engine, name, provisioned))
 
 
 async def head(name: str) -> Response:
@@ -127,7 +127,7 @@ async def head(name: str) -> Response:
     bucket_name(name)
     authenticate()
     svc = services()
-    await svc.run(svc.engine.get_bucket, name)
+    await svc.workers.run(svc.engine.get_bucket, name)
     return Response(b"", status=200)
 
 
@@ -139,7 +139,7 @@ async def update(name: str) -> Response:
     fields = await parse_body(svc, parse_settings, body)
     # ReductStore leaves a settings change unguarded on a replica; we refuse it (403).
     check_change(name, "change settings of")
-    await svc.run(_update, svc.engine, name, fields)
+    await svc.workers.run(_update, svc.engine, name, fields)
     return Response(b"", status=200)
 
 
@@ -148,8 +148,8 @@ async def remove(name: str) -> Response:
     """Remove a bucket and strip it from token permissions."""
     check_change(name, "remove")
     svc = services()
-    await svc.run(svc.engine.remove_bucket, name)
-    await svc.run(svc.tokens.remove_bucket, name)
+    await svc.workers.run(svc.engine.remove_bucket, name)
+    await svc.workers.run(svc.tokens.remove_bucket, name)
     return Response(b"", status=200)
 
 
@@ -160,6 +160,6 @@ async def rename(name: str) -> Response:
     body = await read_any_body(svc.settings.io_operation_timeout)
     new = await parse_body(svc, new_name, body)
     check_change(name, "rename", new)
-    await svc.run(svc.engine.rename_bucket, name, new)
-    await svc.run(svc.tokens.rename_bucket, name, new)
+    await svc.workers.run(svc.engine.rename_bucket, name, new)
+    await svc.workers.run(svc.tokens.rename_bucket, name, new)
     return Response(b"", status=200)

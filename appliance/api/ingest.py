@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import request
 
-from appliance.api.streaming import WRITE_CHUNK_BYTES, abort_writer, next_chunk, run_through
+from appliance.api.streaming import WRITE_CHUNK_BYTES, abort_writer, next_chunk
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
 
@@ -105,7 +105,7 @@ async def write_records(
     total = sum(item.length for item in items)
     if total <= IN_MEMORY_BYTES:
         body = await reader.read(total)
-        return await svc.run(_write_in_memory, storage, bucket, items, body)
+        return await svc.workers.run(_write_in_memory, storage, bucket, items, body)
     errors: dict[Hashable, ApplianceError] = {}
     for item in items:
         await _stream_one(svc, storage, bucket, item, reader, errors)
@@ -123,7 +123,7 @@ async def _stream_one(
     errors: dict[Hashable, ApplianceError],
 ) -> None:
     try:
-        writer = await run_through(svc, _begin, storage, bucket, item, on_cancel=abort_writer)
+        writer = await svc.workers.run_through(_begin, storage, bucket, item, on_cancel=abort_writer)
     except ApplianceError as exc:
         errors[item.key] = exc
         async for _ in reader.chunks(item.length):  # skip this record's bytes
@@ -138,19 +138,19 @@ async def _stream_one(
             parts.append(piece)
             buffered += len(piece)
             if buffered >= WRITE_CHUNK_BYTES:
-                await run_through(svc, writer.write, b"".join(parts))
+                await svc.workers.run_through(writer.write, b"".join(parts))
                 parts.clear()
                 buffered = 0
         if parts:
-            await run_through(svc, writer.write, b"".join(parts))
-        await run_through(svc, writer.finish)
+            await svc.workers.run_through(writer.write, b"".join(parts))
+        await svc.workers.run_through(writer.finish)
     except ApplianceError as exc:
-        await asyncio.shield(svc.run(writer.abort, str(exc)))
+        await asyncio.shield(svc.workers.run(writer.abort, str(exc)))
         if isinstance(exc, BadRequest):
             raise
         errors[item.key] = exc
         async for _ in reader.chunks(item.length - consumed):  # keep the body aligned
             pass
     except BaseException:
-        await asyncio.shield(svc.run(writer.abort, "client disconnected"))
+        await asyncio.shield(svc.workers.run(writer.abort, "client disconnected"))
         raise

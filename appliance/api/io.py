@@ -108,7 +108,7 @@ async def update(bucket: str) -> Response:
     _check_entries(req)
     write_access(bucket)
     svc = services()
-    errors = await svc.run(_update, svc.engine, bucket, req)
+    errors = await svc.workers.run(_update, svc.engine, bucket, req)
     return _respond(req, errors)
 
 
@@ -143,5 +143,5 @@ async def remove(bucket: str) -> Response:
             )
     write_access(bucket)
     svc = services()
-    errors = await svc.run(_remove, svc.engine, bucket, req)
+    errors = await svc.workers.run(_remove, svc.engine, bucket, req)
     return _respond(req, errors)

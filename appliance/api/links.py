@@ -91,7 +91,7 @@ async def create_link(file_name: str) -> Response:
     base = _base_url(body.get("base_url"))
     token = read_access(bucket)
     svc = services()
-    await svc.run(svc.engine.get_bucket, bucket)  # 404 for a missing bucket, now, not later
+    await svc.workers.run(svc.engine.get_bucket, bucket)  # 404 for a missing bucket, now, not later
     payload = {
         "bucket": bucket,
         "entry": body.get("entry") or "",
@@ -197,7 +197,7 @@ async def get_link(file_name: str) -> Response:
     issuer = svc.tokens.issuer(issuer_name)
     require_read(issuer.name, issuer.permissions, bucket)
     storage = svc.engine
-    name, meta = await svc.run(_find, svc.queries, storage, payload, _spec(payload), entry, ts,
+    name, meta = await svc.workers.run(_find, svc.queries, storage, payload, _spec(payload), entry, ts,
                                index)
     check_state(bucket, name, meta)
     headers = record_headers(name, meta)

@@ -15,7 +15,7 @@ from appliance.api.connection import RawResponse
 from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
-from appliance.api.streaming import hop, parse_body, payload_stream, read_any_body
+from appliance.api.streaming import parse_body, payload_stream, read_any_body
 from appliance.errors import NoContent, UnprocessableEntity
 from appliance.query.registry import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
 
@@ -88,7 +88,7 @@ async def collect(
     limits = limits_for(svc, query)
     if limit:
         limits = BatchLimits(limit, limits.max_size, limits.max_metadata, limits.timeout)
-    batch = await hop(svc, query.collect_batch, storage, limits, head, v2)
+    batch = await svc.workers.run(query.collect_batch, storage, limits, head, v2)
     if not batch.records:
         raise NoContent(NO_CONTENT)
     return batch
@@ -202,10 +202,10 @@ async def _create_or_remove(
     storage = svc.engine
     if query_type == "QUERY":
         read_access(bucket)
-        qid = await svc.run(svc.queries.create, storage, bucket, entry, spec)
+        qid = await svc.workers.run(svc.queries.create, storage, bucket, entry, spec)
         return json_response({"id": qid})
     write_access(bucket)
-    removed = await svc.run(svc.queries.remove, storage, bucket, entry, spec)
+    removed = await svc.workers.run(svc.queries.remove, storage, bucket, entry, spec)
     return json_response({"removed_records": removed})
 
 

@@ -80,7 +80,7 @@ async def info() -> Response:
     authenticate()
     svc = services()
     storage = svc.engine
-    infos = await svc.run(_bucket_infos, storage)
+    infos = await svc.workers.run(_bucket_infos, storage)
     settings = svc.settings
     oldest = min((i.oldest_record for i in infos), default=U64_MAX)
     latest = max((i.latest_record for i in infos), default=0)
@@ -98,7 +98,7 @@ async def info() -> Response:
             "license": None,
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
-            "disk": await svc.run(storage.disk_info),
+            "disk": await svc.workers.run(storage.disk_info),
         }
     )
 
@@ -119,7 +119,7 @@ async def list_buckets() -> Response:
     """Buckets the caller may read, sorted by name."""
     token = authenticate()
     svc = services()
-    infos = await svc.run(_bucket_infos, svc.engine)
+    infos = await svc.workers.run(_bucket_infos, svc.engine)
     provisioned = svc.provisioning.is_bucket_provisioned
     visible = [
         bucket_info_json(i, is_provisioned=provisioned(i.name))

@@ -41,7 +41,7 @@ async def create_token(name: str) -> Response:
     validate_token_name(name)
     await parse_body(svc, check_json_nesting, body)
     svc.check_writable()
-    return json_response(await svc.run(svc.tokens.create, name, body))
+    return json_response(await svc.workers.run(svc.tokens.create, name, body))
 
 
 @blueprint.route("/tokens/<name>", methods=["DELETE"])
@@ -50,7 +50,7 @@ async def remove_token(name: str) -> Response:
     full_access()
     svc = services()
     svc.check_writable()
-    await svc.run(svc.tokens.remove, name)
+    await svc.workers.run(svc.tokens.remove, name)
     return Response(b"", status=200)
 
 
@@ -60,4 +60,4 @@ async def rotate_token(name: str) -> Response:
     full_access()
     svc = services()
     svc.check_writable()
-    return json_response(await svc.run(svc.tokens.rotate, name))
+    return json_response(await svc.workers.run(svc.tokens.rotate, name))

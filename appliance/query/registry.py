@@ -180,7 +180,7 @@ class Query:
     def collect_batch(
         self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
     ) -> ReadBatch:
-        """``next_batch`` with positional arguments (for ``streaming.hop``).
+        """``next_batch`` with positional arguments (for ``Workers.run``).
 
         A batch whose every record was removed before its payload was read is collected
         again from where it ended; each round consumes records, so this ends.

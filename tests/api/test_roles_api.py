@@ -97,7 +97,7 @@ async def test_replica_refuses_every_write_with_403(
     writer = await harness_factory(data_path=tmp_path / "shared")
     await writer.client.post("/api/v1/b/bk")
     await writer.client.post("/api/v1/b/bk/e?ts=1", data=b"x", headers=ONE)
-    await writer.services.run(writer.services.engine.compact)
+    await writer.services.workers.run(writer.services.engine.compact)
     replica = await harness_factory(
         data_path=tmp_path / "shared",
         instance_role="REPLICA",
@@ -118,7 +118,7 @@ async def test_replica_refuses_every_write_with_403(
         assert response.status_code == 403
         assert "read-only replica" in response.headers["x-reduct-error"]
     await writer.client.post("/api/v1/b/bk/e?ts=3", data=b"z", headers=ONE)
-    await writer.services.run(writer.services.engine.compact)
+    await writer.services.workers.run(writer.services.engine.compact)
     await wait_for(
         lambda: replica.services.engine.get_bucket("bk").get_entry("e").info().record_count == 2
     )
