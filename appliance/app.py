@@ -100,17 +100,17 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
 
     @app.before_request
     async def fence_before_mutation() -> None:
-        """A lease holder checks its lease before a mutation (slow path off the loop)."""
-        if svc.fences_writes and request.method in MUTATING_METHODS:
-            await svc.fence_write()
+        """A lease holder checks its lease before a mutation (early answer: roles/write_fence.py)."""
+        if svc.fence.timed and request.method in MUTATING_METHODS:
+            await svc.fence.check_async()
 
     @app.after_request
     async def fence_before_acknowledging(response: Response) -> Response:
         """...and again before a mutation's 2xx leaves: the write happened before any
         takeover, or the client gets 503 instead of an acknowledgement (issue #5)."""
-        if svc.fences_writes and request.method in MUTATING_METHODS and response.status_code < 300:
+        if svc.fence.timed and request.method in MUTATING_METHODS and response.status_code < 300:
             try:
-                await svc.fence_write()
+                await svc.fence.check_async()
             except ApplianceError as exc:
                 return error_response(exc.status, exc.public_message, body=request.method != "HEAD")
         return response

@@ -43,7 +43,8 @@ from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
 from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
-from appliance.roles.role import LeaseRole, RoleManager, RoleStatus
+from appliance.roles.role import RoleManager, RoleStatus
+from appliance.roles.write_fence import WriteFence
 from appliance.settings import Settings
 from appliance.workers import Workers
 from provisioning import (
@@ -177,8 +178,8 @@ class Services:
         self.lease_backend = wiring.lease_backend(settings)
         self.role: RoleManager = wiring.build_role(settings, self.lease_backend)
         self.role.add_listener(self._role_changed)
-        # Only a lease holder fences its writes (the app's request hooks skip the rest).
-        self.fences_writes = isinstance(self.role, LeaseRole)
+        # May this process write? One fence, argued in roles/write_fence.py.
+        self.fence = WriteFence(self.role)
         self._loop: asyncio.AbstractEventLoop | None = None
         # What is provisioned (API 409s, is_provisioned, /info); filled by the provisioner.
         self.provisioning = ProvisioningState()
@@ -230,19 +231,6 @@ class Services:
         if storage is None:
             raise ServiceUnavailable(STARTING_MESSAGE)
         return storage
-
-    def check_writable(self) -> None:
-        """Raise if this instance may not accept mutations: 403 replica, 503 not the holder.
-
-        No I/O (event loop): the timing part of the lease fence runs in ``fence_write``
-        before and after the request, and in the engine before every mutation.
-        """
-        self.role.check_writable_nowait()
-
-    async def fence_write(self) -> None:
-        """The lease fence with its slow path off the loop (503 when we may not write)."""
-        if self.fences_writes:
-            await self.role.check_writable_async()
 
     # --- lifespan ---------------------------------------------------------------------------
 
@@ -363,7 +351,7 @@ class Services:
             return engine_options(self.settings)
         wal_fence = wiring.load_wal_fence(self.lease_backend, generation)  # LeaseLost if stale
         return engine_options(
-            self.settings, generation=generation, fence=self.role, wal_fence=wal_fence
+            self.settings, generation=generation, fence=self.fence, wal_fence=wal_fence
         )
 
     async def _serve_replica(self, storage: Storage) -> None:

@@ -66,7 +66,7 @@ def check_change(name: str, action: str, new: str | None = None) -> None:
     bucket_name(name)
     if new is not None:
         params.user_bucket_name(new)
-    services().check_writable()
+    services().fence.check(io=False)
     refuse_if_provisioned(name, action)
 
 
@@ -104,7 +104,7 @@ async def create(name: str) -> Response:
     fields = await parse_body(svc, parse_settings, body)
     full_access()
     params.user_bucket_name(name)
-    svc.check_writable()
+    svc.fence.check(io=False)
     settings: BucketSettings = svc.defaults.merged(**fields)
     await svc.workers.run(svc.engine.create_bucket, name, settings)
     return Response(b"", status=200)

@@ -40,7 +40,7 @@ async def create_token(name: str) -> Response:
     full_access()
     validate_token_name(name)
     await parse_body(svc, check_json_nesting, body)
-    svc.check_writable()
+    svc.fence.check(io=False)
     return json_response(await svc.workers.run(svc.tokens.create, name, body))
 
 
@@ -49,7 +49,7 @@ async def remove_token(name: str) -> Response:
     """Remove a token (provisioned ones and the last full-access one stay)."""
     full_access()
     svc = services()
-    svc.check_writable()
+    svc.fence.check(io=False)
     await svc.workers.run(svc.tokens.remove, name)
     return Response(b"", status=200)
 
@@ -59,5 +59,5 @@ async def rotate_token(name: str) -> Response:
     """Give a token a new secret value."""
     full_access()
     svc = services()
-    svc.check_writable()
+    svc.fence.check(io=False)
     return json_response(await svc.workers.run(svc.tokens.rotate, name))

@@ -5,7 +5,9 @@ Public surface (ARCHITECTURE §5, ``spec/leases.md`` §3.3/§3.4):
     build_role_manager(settings, backend) -> RoleManager      role.py
         StandaloneRole | LeaseRole (PRIMARY/SECONDARY) | ReplicaRole
     LeaseManager(backend, LeaseConfig, clock=, owner=)        standby.py: step(), run(stop),
-        check_writable(), check_writable_async(), wait_holding(), release(), rejoin()
+        confirm(), surely_holding(), wait_holding(), release(), rejoin()
+    WriteFence(role): check(io=), check_async(), timed    write_fence.py: THE write fence,
+        its safety argument written once (the engine's WriteFence)
     LeaseConfig, LeaseState, LeaseTimeout                     policy.py: settings, intervals
     Lease(backend, OwnerId, ttl_s=, clock=)                   lease.py: observe(), acquire(),
         renew(), release()  over create_if_absent / replace_if_unchanged only

@@ -50,9 +50,9 @@ async def test_write_is_not_acknowledged_when_the_fence_fails_after_it(
 ) -> None:
     h = await harness_factory(instance_role="PRIMARY", **LEASE)
     await h.client.post("/api/v1/b/bk")
-    role: Any = h.services.role
+    fence: Any = h.services.fence
     calls = 0
-    passing = role.check_writable_async
+    passing = fence.check_async
 
     async def fence_fails_second_time() -> None:
         nonlocal calls
@@ -61,7 +61,7 @@ async def test_write_is_not_acknowledged_when_the_fence_fails_after_it(
             raise ServiceUnavailable("lease lost meanwhile")
         await passing()
 
-    monkeypatch.setattr(role, "check_writable_async", fence_fails_second_time)
+    monkeypatch.setattr(fence, "check_async", fence_fails_second_time)
     response = await h.client.post("/api/v1/b/bk/e?ts=1", data=b"x", headers=ONE)
     assert response.status_code == 503 and calls == 2
     assert response.headers["x-reduct-error"] == "lease lost meanwhile"

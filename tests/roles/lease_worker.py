@@ -23,6 +23,7 @@ from typing import Any
 
 from appliance.errors import ServiceUnavailable
 from appliance.roles.standby import LeaseConfig, LeaseManager, LeaseState
+from appliance.roles.write_fence import confirm_off_loop
 from appliance.settings import InstanceRole, LockFailureAction
 from backends.filesystem import FilesystemBackend
 
@@ -62,7 +63,7 @@ async def main(root: str, name: str, role: str, ttl_s: float, poll_s: float) -> 
         while not stop.is_set():
             started = time.monotonic()
             try:
-                await manager.check_writable_async()
+                await confirm_off_loop(manager)
             except ServiceUnavailable as exc:
                 emit(event="refused", name=name, t_start=started, error=str(exc))
             else:
