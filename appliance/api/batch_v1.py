@@ -20,6 +20,7 @@ from appliance.api.batch_codec import (
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import query_id, read_batch
 from appliance.api.response import ApiResponse as Response
+from appliance.engine import names
 from appliance.errors import ApplianceError, PayloadTooLarge, UnprocessableEntity
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def _remove(
 
 async def remove(bucket: str, entry: str) -> Response:
     """``DELETE /b/{bucket}/{entry}/batch``: remove the listed records."""
-    if params.is_meta_entry(entry):
+    if names.is_meta_entry(entry):
         raise UnprocessableEntity(
             f"Can't delete records from system entry '{entry}'; use label update with remove=true"
         )

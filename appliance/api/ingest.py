@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from quart import request
 
-from appliance.api.streaming import WRITE_CHUNK_BYTES, abort_writer, next_chunk
+from appliance.api.streaming import abort_writer, next_chunk
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
+from appliance.sizes import IN_MEMORY_BYTES, WRITE_CHUNK_BYTES
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
     from appliance.services import Services
 
-IN_MEMORY_BYTES = 16 * 1024 * 1024
 SHORT_BODY = "Content is shorter than expected: no more data to read"
 
 
@@ -123,7 +123,9 @@ async def _stream_one(
     errors: dict[Hashable, ApplianceError],
 ) -> None:
     try:
-        writer = await svc.workers.run_through(_begin, storage, bucket, item, on_cancel=abort_writer)
+        writer = await svc.workers.run_through(
+            _begin, storage, bucket, item, on_cancel=abort_writer
+        )
     except ApplianceError as exc:
         errors[item.key] = exc
         async for _ in reader.chunks(item.length):  # skip this record's bytes

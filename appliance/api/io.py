@@ -25,6 +25,7 @@ from appliance.api.batch_v1 import batch_header_map
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import query_id, read_batch
 from appliance.api.response import ApiResponse as Response
+from appliance.engine import names
 from appliance.errors import ApplianceError, NotFound, UnprocessableEntity
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ async def remove(bucket: str) -> Response:
     req = parse_v2_remove(batch_header_map())
     _check_entries(req)
     for name in req.entries:
-        if params.is_meta_entry(name):
+        if names.is_meta_entry(name):
             raise UnprocessableEntity(
                 f"Can't delete records from system entry '{name}'; "
                 "use label update with remove=true"

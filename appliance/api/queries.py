@@ -16,6 +16,7 @@ from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
 from appliance.api.streaming import parse_body, payload_stream, read_any_body
+from appliance.engine import names
 from appliance.errors import NoContent, UnprocessableEntity
 from appliance.query.registry import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
 
@@ -225,7 +226,7 @@ async def post_bucket_query(bucket: str) -> Response:
     return await _create_or_remove(bucket, None, query_type, spec)
 
 
-def _legacy_spec(args: Any, *, removal: bool) -> QuerySpec:
+def _legacy_spec(args: Any) -> QuerySpec:
     start = params.optional_timestamp(args, "start")
     stop = params.optional_timestamp(args, "stop")
     ttl_raw = args.get("ttl")
@@ -246,13 +247,13 @@ def _legacy_spec(args: Any, *, removal: bool) -> QuerySpec:
 
 async def legacy_create(bucket: str, entry: str) -> Response:
     """``GET /b/{bucket}/{entry}/q?start&stop&ttl&continuous``: create an entry query."""
-    spec = _legacy_spec(request.args, removal=False)
+    spec = _legacy_spec(request.args)
     return await _create_or_remove(bucket, entry, "QUERY", spec)
 
 
 async def legacy_remove(bucket: str, entry: str) -> Response:
     """``DELETE /b/{bucket}/{entry}/q?start&stop``: remove records by query."""
-    if params.is_meta_entry(entry):
+    if names.is_meta_entry(entry):
         raise UnprocessableEntity(f"Can't delete records from system entry '{entry}'")
-    spec = _legacy_spec(request.args, removal=True)
+    spec = _legacy_spec(request.args)
     return await _create_or_remove(bucket, entry, "REMOVE", spec)

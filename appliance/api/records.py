@@ -20,16 +20,14 @@ from appliance.api.streaming import (
     read_small_body,
     stream_body,
 )
+from appliance.engine import names
 from appliance.engine.models import RecordMeta
 from appliance.errors import UnprocessableEntity
+from appliance.sizes import INLINE_READ_BYTES, SMALL_RECORD_BYTES
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
 
-# Bodies up to this size are received whole and written in a single thread hop.
-SMALL_RECORD_BYTES = 256 * 1024
-# Payloads up to this size are read in the same hop as the metadata; bigger ones stream.
-INLINE_READ_BYTES = 2 * 1024 * 1024
 
 
 # --- write ----------------------------------------------------------------------------------
@@ -137,7 +135,7 @@ async def remove_record(bucket: str, entry: str) -> Response:
     """``DELETE /b/{bucket}/{entry}?ts=``: remove one record."""
     ts = params.timestamp(request.args)
     write_access(bucket)
-    if params.is_meta_entry(entry):
+    if names.is_meta_entry(entry):
         raise UnprocessableEntity(
             f"Can't delete records from system entry '{entry}'; use label update with remove=true"
         )
@@ -148,7 +146,7 @@ async def remove_record(bucket: str, entry: str) -> Response:
 
 async def remove_entry(bucket: str, entry: str) -> Response:
     """``DELETE /b/{bucket}/{entry}``: remove an entry and its descendants."""
-    if params.is_meta_entry(entry):
+    if names.is_meta_entry(entry):
         raise UnprocessableEntity(f"Can't remove system entry '{entry}'")
     write_access(bucket)
     svc = services()

@@ -12,7 +12,9 @@ from appliance import REDUCTSTORE_VERSION
 from appliance.api.access import authenticate, full_access, services
 from appliance.api.response import ApiResponse as Response
 from appliance.auth import can_read
+from appliance.engine.models import U64_MAX
 from appliance.errors import ServiceUnavailable
+from appliance.events import SYSTEM_BUCKET
 from appliance.services import STARTING_MESSAGE
 
 if TYPE_CHECKING:
@@ -21,8 +23,6 @@ if TYPE_CHECKING:
     from appliance.services import Services
 
 blueprint = Blueprint("server", __name__)
-SYSTEM_BUCKET = "$system"
-U64_MAX = 2**64 - 1
 
 
 def json_response(value: Any) -> Response:

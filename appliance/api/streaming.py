@@ -16,19 +16,17 @@ from quart import request
 
 from appliance.api.connection import BoundedBody
 from appliance.errors import BadRequest, PayloadTooLarge
+from appliance.sizes import (
+    INLINE_PARSE_BYTES,
+    MAX_SMALL_BODY_BYTES,
+    READ_CHUNK_BYTES,
+    WRITE_CHUNK_BYTES,
+)
 
 if TYPE_CHECKING:
     from appliance.services import Services
 
 T = TypeVar("T")
-# Chunks handed to the engine are coalesced to about this size (one thread hop each).
-WRITE_CHUNK_BYTES = 256 * 1024
-# Pulled from a record's payload iterator per thread hop when streaming a response.
-READ_CHUNK_BYTES = 1024 * 1024
-# JSON bodies (settings, queries, tokens, renames) are small; bigger ones are refused with 413.
-MAX_SMALL_BODY_BYTES = 1024 * 1024
-# JSON bodies up to this size are decoded on the event loop; bigger ones in a worker thread.
-INLINE_PARSE_BYTES = 64 * 1024
 TIMEOUT_MESSAGE = "Timeout while receiving data"
 BIGGER_MESSAGE = "Content is bigger than in content-length"
 SMALLER_MESSAGE = "Content is smaller than in content-length"

@@ -18,10 +18,10 @@ from typing import Any
 
 from appliance.engine import Entry, Storage
 from appliance.engine.models import U64_MAX, EngineOptions, RecordMeta
+from appliance.engine.names import is_meta_entry
 from appliance.errors import ApplianceError, NotFound
 from appliance.hotcopy.model import CopyError, EntryStat, RecordHeader
 from appliance.query.condition import compile_when, hide_tombstones
-from appliance.query.patterns import is_meta_entry
 from appliance.units import KIB, MIB
 from appliance.workers import Workers
 

@@ -3,8 +3,8 @@
 A ``Query`` remembers, per selected entry, the next timestamp to read. Each read re-opens the
 entries' record iterators at those positions and merges them by (timestamp, entry name), so a
 continuous query sees records written since the last read and nothing is held open between
-requests. All of ``create``/``next_batch``/``remove`` run in an engine worker thread: one thread
-hop collects a whole batch (metadata and small payloads). Ids come from one global counter;
+requests. All of ``create``/``collect_batch``/``remove`` run in an engine worker thread: one
+thread hop collects a whole batch (metadata and small payloads). Ids come from one global counter;
 entry-level (``/b/{b}/{e}/q``) and bucket-level (``/io/{b}/q``) ids are separate namespaces.
 
 Records may be removed while a query reads them (by another client, a REMOVE query or the FIFO
@@ -30,24 +30,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from appliance.engine.models import RecordMeta
+from appliance.engine.models import U64_MAX, RecordMeta
+from appliance.engine.names import is_meta_entry
 from appliance.query.context import RecordShaper, shaper_for
 from appliance.errors import NotFound, UnprocessableEntity
+from appliance.sizes import PRELOAD_BATCH_BYTES, PRELOAD_RECORD_BYTES
 
 if TYPE_CHECKING:
     from appliance.engine import Entry, Storage
 
 DEFAULT_TTL_SECONDS = 60.0
-U64_MAX = 2**64 - 1
-META_SEGMENT = "$meta"
-# Payloads up to this size are read inside the collecting thread hop; bigger ones stream.
-PRELOAD_RECORD_BYTES = 1024 * 1024
-PRELOAD_BATCH_BYTES = 16 * 1024 * 1024
-
-
-def is_meta_entry(name: str) -> bool:
-    """True for attachment entries (``$meta`` and ``<parent>/$meta``)."""
-    return name == META_SEGMENT or name.endswith("/" + META_SEGMENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,16 +163,10 @@ class Query:
             self.done.add(name)
         return ok
 
-    def next_batch(
-        self, storage: Storage, limits: BatchLimits, *, head: bool, cut_interleaved: bool
-    ) -> ReadBatch:
-        """Collect the next batch (blocking: call from a worker thread)."""
-        return self.collect_batch(storage, limits, head, cut_interleaved)
-
     def collect_batch(
         self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
     ) -> ReadBatch:
-        """``next_batch`` with positional arguments (for ``Workers.run``).
+        """Collect the next batch (blocking: call from a worker thread, ``Workers.run``).
 
         A batch whose every record was removed before its payload was read is collected
         again from where it ended; each round consumes records, so this ends.
