@@ -3,7 +3,7 @@ the background loops.
 
 ``create_app`` owns one ``Services``. The engine opens in a background task started when the
 app starts serving, so HTTP answers at once (``/alive`` 200, everything else 503 until open).
-Every engine call goes through ``run`` (a dedicated thread pool): the engine is blocking code and
+Every engine call goes through ``workers`` (``workers.py``, a dedicated thread pool): the engine is blocking code and
 nothing may block the event loop (ARCHITECTURE §3 "Concurrency").
 
 Startup order in that task: the role (a PRIMARY/SECONDARY waits for the lease and records
@@ -17,7 +17,7 @@ Roles (``appliance.roles``, ARCHITECTURE §5): ``ready`` needs the role's consen
 or the replica's first refresh). A REPLICA opens the engine read-only, refreshes it every
 ``RS_ENGINE_REPLICA_UPDATE_INTERVAL`` and runs neither compaction nor provisioning. A lease
 holder that steps down (lost or tampered lease, a newer generation's file) abandons the engine
-without writing anything; with ``RS_LOCK_FILE_FAILURE_ACTION=abort`` the process exits 1, with
+without writing anything (``roles/step_down.py`` decides, the hooks below act); with ``RS_LOCK_FILE_FAILURE_ACTION=abort`` the process exits 1, with
 ``proceed`` it competes for the lease again and re-opens (recovering) once it holds it. On
 shutdown the holder flushes the engine while it still holds the lease, then releases it, so
 the standby takes over within one polling interval.
@@ -29,7 +29,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,8 @@ from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
 from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
-from appliance.roles.role import RoleManager, RoleStatus
+from appliance.roles.role import RoleManager
+from appliance.roles.step_down import StepDown
 from appliance.roles.write_fence import WriteFence
 from appliance.settings import Settings
 from appliance.workers import Workers
@@ -177,7 +178,6 @@ class Services:
         # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
         self.lease_backend = wiring.lease_backend(settings)
         self.role: RoleManager = wiring.build_role(settings, self.lease_backend)
-        self.role.add_listener(self._role_changed)
         # May this process write? One fence, argued in roles/write_fence.py.
         self.fence = WriteFence(self.role)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,6 +198,8 @@ class Services:
         self._housekeeping: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closed = False
+        # A holder that steps down stops writing, then exits or rejoins (roles/step_down.py).
+        self.step_down = StepDown(self.role, self)
 
     # --- state ------------------------------------------------------------------------------
 
@@ -239,6 +241,7 @@ class Services:
         if not self.tokens.enabled:
             log.warning("authentication is disabled: set RS_API_TOKEN")
         self._loop = asyncio.get_running_loop()
+        self.step_down.bind(self._loop)
         await self.role.start()
         self._tasks.append(asyncio.create_task(self._open(), name="engine-open"))
 
@@ -396,23 +399,21 @@ class Services:
         except Exception:  # noqa: BLE001 - a failed write is retried at the next tick
             log.exception("saving token last_access failed")
 
-    def _role_changed(self, status: RoleStatus) -> None:
-        """Role listener (any thread): a holder that stepped down stops writing at once."""
-        if status.state != "STEPPED_DOWN" or self._closed:
-            return
+    # --- the step-down hooks (roles/step_down.py decides when and in which order) ----------
+
+    @property
+    def closed(self) -> bool:
+        """True once ``stop`` began."""
+        return self._closed
+
+    def halt(self) -> None:
+        """Stop the engine writing (any thread): only a flag, safe under any lock."""
         storage = self.storage
         if storage is not None:
-            storage.mark_abandoned()  # only a flag: safe from any thread, under any lock
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._schedule_step_down)
+            storage.mark_abandoned()
 
-    def _schedule_step_down(self) -> None:
-        if not self._closed:
-            self._tasks.append(asyncio.create_task(self._step_down(), name="step-down"))
-
-    async def _step_down(self) -> None:
-        """Abandon the engine; exit (abort) or compete for the lease again (proceed)."""
+    async def teardown(self) -> None:
+        """Stop provisioning, abandon the engine (no flush), drop open queries."""
         storage, self.storage = self.storage, None
         provisioner, self.provisioner = self.provisioner, None
         if provisioner is not None:
@@ -420,17 +421,22 @@ class Services:
         if storage is not None:
             await self.workers.run(storage.abandon)
         self.queries.clear()
-        code = self.role.must_exit
-        if code is not None:
-            detail = self.role.status().detail
-            self._fail(f"storage lease lost, exiting: {detail}", LeaseLost(detail), code)
-            return
-        if self._closed:
-            return
-        log.warning("storage lease lost; waiting to take it again (failure action proceed)")
+
+    def fail(self, message: str, exc: BaseException, code: int) -> None:
+        """Give up serving with exit ``code``."""
+        self._fail(message, exc, code)
+
+    def suspend(self) -> None:
+        """Not open any more (until ``reopen`` succeeds)."""
         self._opened.clear()
-        await self.role.rejoin()
-        self._tasks.append(asyncio.create_task(self._open(), name="engine-reopen"))
+
+    def reopen(self) -> None:
+        """Open (recover) the engine again, in a task."""
+        self.spawn(self._open(), "engine-reopen")
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` as a task that ``stop`` cancels."""
+        self._tasks.append(asyncio.create_task(coro, name=name))
 
     def compact_step(self) -> None:
         """One compaction pass (WAL → descriptors and index); no-op until the engine is open."""
