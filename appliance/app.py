@@ -17,7 +17,16 @@ from quart import Quart, g, request
 from werkzeug.exceptions import HTTPException
 
 from appliance import API_VERSION, REDUCTSTORE_VERSION
-from appliance.api import buckets, entries, io, lifecycles, links, queries, server, tokens
+from appliance.api import (
+    batch_v2,
+    buckets,
+    entries,
+    instance,
+    lifecycles,
+    links,
+    queries,
+    tokens,
+)
 from appliance.api.access import SERVICES_KEY, client_ip
 from appliance.api.connection import POLICY_KEY, ApplianceConnection, ApplianceRequest, HttpPolicy
 from appliance.api.response import ApiResponse as Response
@@ -78,7 +87,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
 
     base = settings.api_base_path
     prefix = base + "api/v1"
-    for module in (server, buckets, tokens, lifecycles, links, io, queries, entries):
+    for module in (instance, buckets, tokens, lifecycles, links, batch_v2, queries, entries):
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 
     origins = settings.cors_origins
@@ -100,7 +109,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
 
     @app.before_request
     async def fence_before_mutation() -> None:
-        """A lease holder checks its lease before a mutation (early answer: roles/write_fence.py)."""
+        """A lease holder checks its lease before a mutation (why: ``roles/write_fence.py``)."""
         if svc.fence.timed and request.method in MUTATING_METHODS:
             await svc.fence.check_async()
 

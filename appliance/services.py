@@ -3,8 +3,8 @@ the background loops.
 
 ``create_app`` owns one ``Services``. The engine opens in a background task started when the
 app starts serving, so HTTP answers at once (``/alive`` 200, everything else 503 until open).
-Every engine call goes through ``workers`` (``workers.py``, a dedicated thread pool): the engine is blocking code and
-nothing may block the event loop (ARCHITECTURE §3 "Concurrency").
+Every engine call goes through ``workers`` (``workers.py``, a dedicated thread pool): the
+engine is blocking code and nothing may block the event loop (ARCHITECTURE §3 "Concurrency").
 
 Startup order in that task: the role (a PRIMARY/SECONDARY waits for the lease and records
 "generation N began"), token store, engine, provisioning ``boot()`` (buckets, then tokens),
@@ -17,8 +17,8 @@ Roles (``appliance.roles``, ARCHITECTURE §5): ``ready`` needs the role's consen
 or the replica's first refresh). A REPLICA opens the engine read-only, refreshes it every
 ``RS_ENGINE_REPLICA_UPDATE_INTERVAL`` and runs neither compaction nor provisioning. A lease
 holder that steps down (lost or tampered lease, a newer generation's file) abandons the engine
-without writing anything (``roles/step_down.py`` decides, the hooks below act); with ``RS_LOCK_FILE_FAILURE_ACTION=abort`` the process exits 1, with
-``proceed`` it competes for the lease again and re-opens (recovering) once it holds it. On
+without writing anything (``roles/step_down.py`` decides, the hooks below act); with
+``RS_LOCK_FILE_FAILURE_ACTION=abort`` the process exits 1, with ``proceed`` it competes for the lease again and re-opens (recovering) once it holds it. On
 shutdown the holder flushes the engine while it still holds the lease, then releases it, so
 the standby takes over within one polling interval.
 """
@@ -41,13 +41,15 @@ from appliance.events import SystemEvents
 from appliance.lifecycle import LifecycleManager
 from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
-from appliance.roles import wiring
+from appliance.roles.fencing import load_wal_fence
 from appliance.roles.lease import LeaseError, LeaseLost
-from appliance.roles.role import RoleManager
+from appliance.roles.role import RoleManager, build_role_manager
 from appliance.roles.step_down import StepDown
 from appliance.roles.write_fence import WriteFence
 from appliance.settings import Settings
 from appliance.workers import Workers
+from backends.base import Backend
+from backends.filesystem import FilesystemBackend
 from provisioning import (
     DesiredState,
     Provisioner,
@@ -69,6 +71,18 @@ ENGINE_THREADS = 8
 LAST_ACCESS_FLUSH_SECONDS = 30.0
 EXIT_RUNTIME = 1  # exit codes of `appliance serve` (cli/main.py)
 EXIT_CONFIG = 2
+# A lease CAS waits at most this long for another writer's key lock (a stopped holder's
+# lock is taken over sooner, see ``backends.fileio.key_lock``); the next poll retries.
+MAX_LOCK_WAIT_SECONDS = 5.0
+
+
+def lease_backend(settings: Settings) -> Backend:
+    """The backend holding ``.lock``, ``.generation`` and ``.generations``: the data folder."""
+    ttl = settings.lock_file_ttl
+    bound = min(settings.lock_file_polling_interval, ttl / 4 if ttl > 0 else MAX_LOCK_WAIT_SECONDS)
+    return FilesystemBackend(
+        settings.data_path, lock_timeout_seconds=max(0.05, min(bound, MAX_LOCK_WAIT_SECONDS))
+    )
 
 
 def engine_options(settings: Settings, **role: Any) -> EngineOptions:
@@ -171,13 +185,16 @@ class Services:
             writable=lambda: self.ready and not self.role.read_only,
         )
         self.lifecycles = LifecycleManager(
-            settings.data_path, self.workers.run, self._lifecycle_storage, on_run=self._lifecycle_ran
+            settings.data_path,
+            self.workers.run,
+            self._lifecycle_storage,
+            on_run=self._lifecycle_ran,
         )
         self.storage: Storage | None = None
         self.open_error: BaseException | None = None
         # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
-        self.lease_backend = wiring.lease_backend(settings)
-        self.role: RoleManager = wiring.build_role(settings, self.lease_backend)
+        self.lease_backend = lease_backend(settings)
+        self.role: RoleManager = build_role_manager(settings, self.lease_backend)
         # May this process write? One fence, argued in roles/write_fence.py.
         self.fence = WriteFence(self.role)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -352,7 +369,7 @@ class Services:
             return engine_options(self.settings, read_only=True)
         if not generation:
             return engine_options(self.settings)
-        wal_fence = wiring.load_wal_fence(self.lease_backend, generation)  # LeaseLost if stale
+        wal_fence = load_wal_fence(self.lease_backend, generation)  # LeaseLost if stale
         return engine_options(
             self.settings, generation=generation, fence=self.fence, wal_fence=wal_fence
         )

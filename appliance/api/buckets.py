@@ -15,7 +15,7 @@ from appliance.api import params
 from appliance.api.access import authenticate, full_access, read_access, services
 from appliance.api.params import bucket_name, json_object, new_name, opt_u64
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import bucket_info_json, json_response
+from appliance.api.instance import bucket_info_json, json_response
 from appliance.api.streaming import parse_body, read_any_body
 from appliance.engine.models import BucketSettings, QuotaType
 from appliance.engine.names import is_meta_entry

@@ -10,7 +10,7 @@ from quart import Blueprint
 from appliance.api import params
 from appliance.api.access import full_access, services
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
+from appliance.api.instance import json_response
 from appliance.api.streaming import read_any_body
 from appliance.errors import Forbidden, UnprocessableEntity
 from appliance.lifecycle import LifecycleManager, LifecyclePolicy, parse_policy

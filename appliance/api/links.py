@@ -23,7 +23,7 @@ from appliance.api.access import read_access, services
 from appliance.api.queries import parse_query
 from appliance.api.record_response import check_state, record_headers
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
+from appliance.api.instance import json_response
 from appliance.api.streaming import payload_stream, read_any_body
 from appliance.auth import require_read
 from appliance.auth.links import link_issuer, open_link, seal_link
@@ -197,8 +197,9 @@ async def get_link(file_name: str) -> Response:
     issuer = svc.tokens.issuer(issuer_name)
     require_read(issuer.name, issuer.permissions, bucket)
     storage = svc.engine
-    name, meta = await svc.workers.run(_find, svc.queries, storage, payload, _spec(payload), entry, ts,
-                               index)
+    name, meta = await svc.workers.run(
+        _find, svc.queries, storage, payload, _spec(payload), entry, ts, index
+    )
     check_state(bucket, name, meta)
     headers = record_headers(name, meta)
     headers["Accept-Ranges"] = "bytes"

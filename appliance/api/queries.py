@@ -14,7 +14,7 @@ from appliance.api.batch_codec import encode_v1_record_header, v2_read_batch_hea
 from appliance.api.connection import RawResponse
 from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
+from appliance.api.instance import json_response
 from appliance.api.streaming import parse_body, payload_stream, read_any_body
 from appliance.engine import names
 from appliance.errors import NoContent, UnprocessableEntity

@@ -7,7 +7,7 @@ from quart import Blueprint
 from appliance.api.access import full_access, services
 from appliance.api.params import check_json_nesting
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
+from appliance.api.instance import json_response
 from appliance.api.streaming import parse_body, read_any_body
 from appliance.engine.names import validate_token_name
 from appliance.errors import NotFound

@@ -32,7 +32,7 @@ from appliance.roles.clock import SYSTEM_CLOCK, Clock
 from appliance.roles.fencing import GenerationLog, SegmentBoundary, snapshot_wal
 from appliance.roles.lease import LeaseLost
 from appliance.roles.replica import ReplicaRefresher
-from appliance.roles.standby import (
+from appliance.roles.lease_manager import (
     LeaseConfig,
     LeaseManager,
     LeaseState,

@@ -32,7 +32,7 @@ import asyncio
 from appliance.errors import Forbidden, ServiceUnavailable
 from appliance.roles.replica import REPLICA_MESSAGE
 from appliance.roles.role import LeaseRole, RoleManager
-from appliance.roles.standby import NOT_HOLDER_MESSAGE, LeaseManager
+from appliance.roles.lease_manager import NOT_HOLDER_MESSAGE, LeaseManager
 
 
 async def confirm_off_loop(manager: LeaseManager) -> None:

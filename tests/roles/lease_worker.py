@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from appliance.errors import ServiceUnavailable
-from appliance.roles.standby import LeaseConfig, LeaseManager, LeaseState
+from appliance.roles.lease_manager import LeaseConfig, LeaseManager, LeaseState
 from appliance.roles.write_fence import confirm_off_loop
 from appliance.settings import InstanceRole, LockFailureAction
 from backends.filesystem import FilesystemBackend

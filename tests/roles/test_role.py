@@ -18,7 +18,7 @@ from appliance.roles.role import (
     StandaloneRole,
     build_role_manager,
 )
-from appliance.roles.standby import LeaseState, LeaseTimeout
+from appliance.roles.lease_manager import LeaseState, LeaseTimeout
 from appliance.roles.write_fence import WriteFence
 from appliance.settings import InstanceRole, Settings
 from backends.base import Backend

@@ -10,7 +10,7 @@ import pytest
 from appliance.errors import ServiceUnavailable
 from appliance.roles.clock import ManualClock, SystemClock
 from appliance.roles.lease import LOCK_KEY, LeaseLost, LeaseRecord
-from appliance.roles.standby import LeaseConfig, LeaseState, LeaseTimeout
+from appliance.roles.lease_manager import LeaseConfig, LeaseState, LeaseTimeout
 from appliance.roles.write_fence import confirm_off_loop
 from appliance.settings import InstanceRole, LockFailureAction, load_settings
 from backends.base import Backend
@@ -422,7 +422,7 @@ async def test_standby_wait_holding_raises_when_stepped_down(
 
 
 async def test_standby_run_loop_acquires_renews_and_stops(backend: Backend) -> None:
-    from appliance.roles.standby import LeaseManager
+    from appliance.roles.lease_manager import LeaseManager
 
     config = LeaseConfig(P, ttl_s=0.3, poll_s=0.02, timeout_s=0)
     a = LeaseManager(backend, config, clock=SystemClock(), owner=owner("a"))
@@ -440,7 +440,7 @@ async def test_standby_run_loop_acquires_renews_and_stops(backend: Backend) -> N
 
 
 async def test_standby_run_loop_ends_on_failure(backend: Backend) -> None:
-    from appliance.roles.standby import LeaseManager
+    from appliance.roles.lease_manager import LeaseManager
 
     holder = LeaseManager(backend, LeaseConfig(P, ttl_s=30, poll_s=1), owner=owner("a"))
     holder.step()

@@ -1,5 +1,6 @@
-"""Server endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
-empty ``/replications`` list reduct-py's fixtures call (lifecycles: ``api/lifecycles.py``)."""
+"""Instance endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
+empty ``/replications`` list reduct-py's fixtures call (lifecycles: ``api/lifecycles.py``).
+The HTTP server process itself is ``appliance/server.py``."""
 
 from __future__ import annotations
 

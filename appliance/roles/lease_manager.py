@@ -30,13 +30,10 @@ HOLDING: renew every ``min(poll, ttl/3)``, so the fence below stays on its fast 
 that finds a foreign owner, or no lock, steps down within that one poll (tamper detection);
 a transient backend error keeps HOLDING and lets the fence decide.
 
-The fence, ``confirm()`` (argued once in ``write_fence.py``), runs before any write is acknowledged. If the last successful
-renewal was *sent* less than ``ttl/2`` ago (monotonic), the lease cannot have been broken: a
-contender breaks only after seeing that very version unchanged for ``ttl``. That is the fast
-path, no I/O. Otherwise the fence renews (a CAS on the etag we last wrote, which proves nobody
-changed ``.lock``); if the lease is gone it steps down, notifies listeners and raises
-``ServiceUnavailable`` (503). A process resuming from SIGSTOP always takes the slow path,
-because its monotonic clock kept running while it was stopped.
+The lease side of the write fence is ``confirm()``: no I/O while the last renewal was sent
+less than ``ttl/2`` ago (``surely_holding``), else a renewal by CAS; if the lease is gone it
+steps down, notifies listeners and raises ``ServiceUnavailable`` (503). Why that is safe, and
+where it is checked: ``appliance/roles/write_fence.py`` (the argument is written there once).
 """
 
 from __future__ import annotations
