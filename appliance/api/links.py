@@ -28,7 +28,7 @@ from appliance.api.streaming import payload_stream, read_any_body
 from appliance.auth import require_read
 from appliance.auth.links import link_issuer, open_link, seal_link
 from appliance.errors import NotFound, UnprocessableEntity
-from appliance.query.registry import BatchLimits, QuerySpec
+from appliance.query.handle import BatchLimits, QuerySpec
 
 if TYPE_CHECKING:
     from appliance.engine import Storage

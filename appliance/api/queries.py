@@ -18,7 +18,7 @@ from appliance.api.instance import json_response
 from appliance.api.streaming import parse_body, payload_stream, read_any_body
 from appliance.engine import names
 from appliance.errors import NoContent, UnprocessableEntity
-from appliance.query.registry import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
+from appliance.query.handle import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
