@@ -147,8 +147,11 @@ class Services:
         """
         self.settings = settings
         self.defaults = bucket_defaults(settings)
-        token = settings.api_token.get_secret_value() if settings.api_token else None
-        self.tokens = TokenStore(settings.data_path, token)
+        self.tokens = TokenStore(
+            settings.data_path,
+            settings.api_token_value,
+            init_token=settings.init_api_token_value,
+        )
         self.queries = QueryRegistry(clock=clock)
         self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
@@ -227,7 +230,10 @@ class Services:
     async def start(self) -> None:
         """Start the role, begin opening the engine in the background, start the loops."""
         if not self.tokens.enabled:
-            log.warning("authentication is disabled: set RS_API_TOKEN")
+            log.warning(
+                "authentication is disabled: every client has full access "
+                "(set RS_API_TOKEN or RS_INIT_API_TOKEN to require a token)"
+            )
         self._loop = asyncio.get_running_loop()
         await self.role.start()
         self._tasks.append(asyncio.create_task(self._open(), name="engine-open"))

@@ -195,4 +195,4 @@ async def test_tokens_auth_disabled_warning_logged(
     harness_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     await harness_factory()
-    assert "authentication is disabled: set RS_API_TOKEN" in caplog.text
+    assert "authentication is disabled: every client has full access" in caplog.text
