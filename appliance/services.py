@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from appliance import metrics
 from appliance.auth import Permissions, TokenStore
 from appliance.engine.models import BucketSettings, EngineOptions
 from appliance.errors import ConfigError, ServiceUnavailable
@@ -306,6 +307,7 @@ class Services:
             return
         self.storage = storage
         self.provisioner = provisioner
+        metrics.corruption("recovery", len(storage.recovery.damage))
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
         await provisioner.start()  # the watcher (boot already ran)
@@ -391,7 +393,34 @@ class Services:
     def compact_step(self) -> None:
         """One compaction pass (WAL → descriptors and index); no-op until the engine is open."""
         if self.storage is not None:
+            started = time.perf_counter()
             self.storage.compact()
+            metrics.compaction_seconds(time.perf_counter() - started)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The per-instance values ``/metrics`` reports (blocking: reads bucket sizes)."""
+        status = self.role.status()
+        manager = getattr(self.role, "manager", None)
+        snap: dict[str, Any] = {
+            "ready": self.ready,
+            "uptime": self.uptime_seconds,
+            "role": self.settings.instance_role.value,
+            "state": status.state,
+            "generation": status.generation,
+            "renewal_age": getattr(manager, "renewal_age_s", None),
+        }
+        storage = self.storage
+        if storage is not None:
+            buckets = []
+            for name in storage.bucket_names():
+                try:
+                    info = storage.get_bucket(name).info()
+                except Exception:  # noqa: BLE001 - removed concurrently
+                    continue
+                buckets.append((name, info.size, info.entry_count))
+            snap["buckets"] = buckets
+            snap["cache_hits"], snap["cache_misses"] = storage.cache_stats()
+        return snap
 
     async def stop(self) -> None:
         """Stop the loops and close the engine (flushes the WAL); safe to call twice."""
