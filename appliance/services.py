@@ -39,6 +39,7 @@ from appliance import metrics
 from appliance.auth import Permissions, TokenStore
 from appliance.engine.models import BucketSettings, EngineOptions
 from appliance.errors import ConfigError, ServiceUnavailable
+from appliance.inuse import FolderInUse, InUseLock, identity
 from appliance.query.registry import QueryRegistry
 from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
@@ -156,6 +157,7 @@ class Services:
         self.queries = QueryRegistry(clock=clock)
         self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
+        self.in_use = InUseLock(settings.data_path)
         self.open_error: BaseException | None = None
         # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
         self.lease_backend = wiring.lease_backend(settings)
@@ -275,11 +277,17 @@ class Services:
             return  # lost while recording (proceed): the role listener rejoins
         try:
             started = time.perf_counter()
+            await self.run(self._mark_in_use)
             await self.run(self.tokens.load)
             options = await self.run(self._role_options, generation)
             storage = await self.run(self._open_storage, options)
         except LeaseLost as exc:  # a newer generation began before we could open
+            self.in_use.release()
             self.role.deposed(str(exc))
+            return
+        except FolderInUse as exc:
+            path = self.settings.data_path
+            self._fail(f"cannot open the storage at {path}: it is locked by {exc}", exc, EXIT_RUNTIME)
             return
         except Exception as exc:  # noqa: BLE001 - the instance cannot serve: exit
             path = self.settings.data_path
@@ -314,6 +322,17 @@ class Services:
         if self.settings.engine_compaction_interval > 0 and self._compaction is None:
             self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
             self._tasks.append(self._compaction)  # one loop, kept across a rejoin
+
+    def _mark_in_use(self) -> None:
+        """Hold ``<data>/.in-use`` (shared) while the storage is open: ``appliance check``
+        refuses to repair under a running instance, and we do not open under a repair."""
+        if not self.role.read_only:
+            try:
+                self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # Storage.open reports an unusable folder with the full reason
+        what = f"appliance serve ({self.settings.instance_role.value}, port {self.settings.port})"
+        self.in_use.acquire(exclusive=False, who=identity(what))
 
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
@@ -377,6 +396,7 @@ class Services:
             await provisioner.stop()
         if storage is not None:
             await self.run(storage.abandon)
+        self.in_use.release()
         self.queries.clear()
         code = self.role.must_exit
         if code is not None:
@@ -446,6 +466,7 @@ class Services:
                 await self.run(storage.close)
             except Exception:  # noqa: BLE001 - shutdown must finish
                 log.exception("closing the storage failed")
+        self.in_use.release()
         try:
             await self.role.close()  # release the lease last: the standby recovers our WAL
         except Exception:  # noqa: BLE001 - shutdown must finish
