@@ -132,7 +132,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if kind.startswith("text/"):
             kind += "; charset=utf-8"
-        response = Response(b"" if request.method == "HEAD" else data, status=200, content_type=kind)
+        body = b"" if request.method == "HEAD" else data
+        response = Response(body, status=200, content_type=kind)
         response.headers["Content-Length"] = str(len(data))
         response.headers["Cache-Control"] = "no-cache"
         response.headers["Content-Security-Policy"] = CONSOLE_CSP

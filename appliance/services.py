@@ -287,7 +287,8 @@ class Services:
             return
         except FolderInUse as exc:
             path = self.settings.data_path
-            self._fail(f"cannot open the storage at {path}: it is locked by {exc}", exc, EXIT_RUNTIME)
+            message = f"cannot open the storage at {path}: it is locked by {exc}"
+            self._fail(message, exc, EXIT_RUNTIME)
             return
         except Exception as exc:  # noqa: BLE001 - the instance cannot serve: exit
             path = self.settings.data_path

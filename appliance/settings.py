@@ -380,7 +380,9 @@ def _field_kind(field: str) -> str:
     return "plain"
 
 
-def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+def describe(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, str, str]]:
     """Rows ``(RS_NAME, value, source)`` of the effective configuration, secrets masked; sizes
     and durations in the literal form an operator writes, the instance name as ``/info`` has it."""
     env = {k.upper() for k in (os.environ if environ is None else environ)}

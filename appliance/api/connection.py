@@ -205,7 +205,8 @@ class ApplianceConnection(ASGIHTTPConnection):
                     (b"x-reduct-log-hint", b"skip-error-log"),
                     (b"content-type", b"application/json"),
                 ]
-                body = b"" if scope["method"] == "HEAD" else json.dumps({"detail": message}).encode()
+                head = scope["method"] == "HEAD"
+                body = b"" if head else json.dumps({"detail": message}).encode()
                 await _respond(counted, 503, headers, body)
                 return
             if scope["method"] == "OPTIONS" and (policy.origins or policy.allow_all_origins):

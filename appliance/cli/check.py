@@ -69,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     lock = InUseLock(data)
     try:
-        lock.acquire(exclusive=True, who=identity("appliance check" + (" --repair" if args.repair else "")))
+        what = "appliance check" + (" --repair" if args.repair else "")
+        lock.acquire(exclusive=True, who=identity(what))
     except FolderInUse as exc:
         if args.repair and not args.force:
             print(
-                f"appliance check: refusing to repair {str(data)!r}: the folder is in use by {exc}; "
+                f"appliance check: refusing to repair {str(data)!r}: "
+                f"the folder is in use by {exc}; "
                 "stop it first (or pass --force)",
                 file=sys.stderr,
             )

@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from appliance import metrics
-
 from appliance.engine.files import FileHandle
 
 WAL_SUFFIX = ".wal"

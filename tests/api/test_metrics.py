@@ -66,9 +66,17 @@ async def test_engine_counters_buckets_and_cache(harness_factory: Factory) -> No
         assert r.status_code == 200
     assert (await h.client.get("/api/v1/b/m1/e?ts=2")).status_code == 200
     after = (await (await h.client.get("/metrics")).get_data()).decode()
-    assert value(after, "reduct_records_written_total") - value(before, "reduct_records_written_total") == 3
-    assert value(after, "reduct_bytes_written_total") - value(before, "reduct_bytes_written_total") == 300
-    assert value(after, "reduct_records_read_total") - value(before, "reduct_records_read_total") == 1
+    assert (
+        value(after, "reduct_records_written_total") - value(before, "reduct_records_written_total")
+        == 3
+    )
+    assert (
+        value(after, "reduct_bytes_written_total") - value(before, "reduct_bytes_written_total")
+        == 300
+    )
+    assert (
+        value(after, "reduct_records_read_total") - value(before, "reduct_records_read_total") == 1
+    )
     assert value(after, "reduct_bytes_read_total") - value(before, "reduct_bytes_read_total") == 100
     assert value(after, "reduct_buckets") == 1
     assert value(after, "reduct_bucket_usage_bytes", bucket="m1") >= 300
@@ -92,18 +100,31 @@ async def test_http_requests_by_route_template_and_status() -> None:
     found = [k for k in samples(after) if k[0] == "reduct_http_requests_total"]
     routes = {dict(labels)["route"] for _, labels in found}
     assert not any("routes" in r for r in routes), routes  # templates, never concrete names
-    written = [k for k in found if dict(k[1])["method"] == "POST" and "path:" in dict(k[1])["route"]]
+    written = [
+        k for k in found if dict(k[1])["method"] == "POST" and "path:" in dict(k[1])["route"]
+    ]
     assert written, routes
-    delta = sum(value(after, n, **dict(lb)) - value(before, n, **dict(lb)) for n, lb in written if dict(lb)["status"] == "200")
+    delta = sum(
+        value(after, n, **dict(lb)) - value(before, n, **dict(lb))
+        for n, lb in written
+        if dict(lb)["status"] == "200"
+    )
     assert delta >= 5
     assert any(dict(lb)["status"] == "404" for _, lb in found)
-    assert value(after, "reduct_http_requests_total", method="GET", route="(unmatched)", status="404") >= 1
-    assert value(after, "reduct_batch_records_count", direction="write") - value(
-        before, "reduct_batch_records_count", direction="write"
-    ) == 1
-    assert value(after, "reduct_batch_records_sum", direction="write") - value(
-        before, "reduct_batch_records_sum", direction="write"
-    ) == 7
+    assert (
+        value(after, "reduct_http_requests_total", method="GET", route="(unmatched)", status="404")
+        >= 1
+    )
+    assert (
+        value(after, "reduct_batch_records_count", direction="write")
+        - value(before, "reduct_batch_records_count", direction="write")
+        == 1
+    )
+    assert (
+        value(after, "reduct_batch_records_sum", direction="write")
+        - value(before, "reduct_batch_records_sum", direction="write")
+        == 7
+    )
     counted = [k for k in samples(after) if k[0] == "reduct_http_request_duration_seconds_count"]
     assert counted
 
@@ -116,10 +137,16 @@ def test_subsystem_api_replication_backup_s3() -> None:
     metrics.s3_request("PutObject")
     metrics.s3_request("PutObject", ok=False)
     metrics.set_s3_unsynced_bytes(4096)
-    registry = metrics.instance_registry(lambda: {
-        "ready": True, "uptime": 5, "role": "PRIMARY", "state": "HOLDING", "generation": 7,
-        "renewal_age": 0.25,
-    })
+    registry = metrics.instance_registry(
+        lambda: {
+            "ready": True,
+            "uptime": 5,
+            "role": "PRIMARY",
+            "state": "HOLDING",
+            "generation": 7,
+            "renewal_age": 0.25,
+        }
+    )
     text = metrics.render(registry).decode()
     assert value(text, "reduct_replication_pending_records", task="to-cloud") == 12
     assert value(text, "reduct_replication_lag_seconds", task="to-cloud") == 3.5
@@ -138,11 +165,24 @@ def test_subsystem_api_replication_backup_s3() -> None:
 
 def test_free_form_labels_are_capped() -> None:
     cap = metrics.LabelCap(3)
-    assert [cap(n) for n in ("a", "b", "c", "d", "a", "e")] == ["a", "b", "c", "_other", "a", "_other"]
-    registry = metrics.instance_registry(lambda: {
-        "ready": True, "uptime": 1, "role": "STANDALONE", "state": "READY", "generation": 0,
-        "buckets": [(f"b{i:03d}", 10, 1) for i in range(metrics.MAX_NAMED + 20)],
-    })
+    assert [cap(n) for n in ("a", "b", "c", "d", "a", "e")] == [
+        "a",
+        "b",
+        "c",
+        "_other",
+        "a",
+        "_other",
+    ]
+    registry = metrics.instance_registry(
+        lambda: {
+            "ready": True,
+            "uptime": 1,
+            "role": "STANDALONE",
+            "state": "READY",
+            "generation": 0,
+            "buckets": [(f"b{i:03d}", 10, 1) for i in range(metrics.MAX_NAMED + 20)],
+        }
+    )
     text = metrics.render(registry).decode()
     buckets = [dict(k[1])["bucket"] for k in samples(text) if k[0] == "reduct_bucket_usage_bytes"]
     assert len(buckets) == metrics.MAX_NAMED + 1

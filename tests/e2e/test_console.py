@@ -45,8 +45,15 @@ def browser(downloads: Path, *, insecure: bool = False) -> Any:
     """Headless Chromium saving downloads into ``downloads``."""
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(arg)
     if insecure:
         options.add_argument("--ignore-certificate-errors")  # the test's self-signed certificate
@@ -77,7 +84,9 @@ def wait_for(driver: Any, css: str, timeout: float = WAIT_S) -> WebElement:
 
 def wait_text(driver: Any, css: str, text: str, timeout: float = WAIT_S) -> None:
     """Wait until the element at ``css`` contains ``text``."""
-    WebDriverWait(driver, timeout).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+    WebDriverWait(driver, timeout).until(
+        ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text)
+    )
 
 
 def sign_in(driver: Any, url: str, token: str) -> None:
@@ -89,8 +98,12 @@ def sign_in(driver: Any, url: str, token: str) -> None:
 
 
 def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: Any) -> None:
-    env = {"RS_API_TOKEN": TOKEN, "RS_API_BASE_PATH": "/base/", "RS_INSTANCE_NAME": "edge-7",
-           "RS_ACCESS_LOG": "true"}
+    env = {
+        "RS_API_TOKEN": TOKEN,
+        "RS_API_BASE_PATH": "/base/",
+        "RS_INSTANCE_NAME": "edge-7",
+        "RS_ACCESS_LOG": "true",
+    }
     server = ServerProcess(tmp_path / "data", env=env).start(wait_ready=False)
     try:
         server.wait_ready(path="/base/api/v1/ready")
@@ -115,7 +128,9 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
         # Create a bucket in the console.
         chrome.find_element(By.CSS_SELECTOR, 'a[data-view="buckets"]').click()
         wait_for(chrome, "#new-bucket-name").send_keys("console-test")
-        chrome.find_element(By.CSS_SELECTOR, "#create-bucket [name=quota_type] option[value=FIFO]").click()
+        chrome.find_element(
+            By.CSS_SELECTOR, "#create-bucket [name=quota_type] option[value=FIFO]"
+        ).click()
         chrome.find_element(By.CSS_SELECTOR, "#create-bucket [name=quota_size]").send_keys("10MB")
         chrome.find_element(By.CSS_SELECTOR, "#create-bucket-button").click()
         wait_text(chrome, "#main h1", "console-test")
@@ -128,7 +143,11 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
         r = httpx.post(
             f"{api}/b/console-test/sensors/room-1?ts={ts}",
             content=payload,
-            headers={**auth, "Content-Type": "application/json", "x-reduct-label-site": "lab, north"},
+            headers={
+                **auth,
+                "Content-Type": "application/json",
+                "x-reduct-label-site": "lab, north",
+            },
         )
         assert r.status_code == 200
         chrome.refresh()
@@ -185,13 +204,17 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
         chrome.get(server.url + "/base/ui/#/replications")
         wait_text(chrome, "#main", "Replication")
         wait_for(chrome, "#replications-empty, #replications-absent, #replications")
-        shown_errors = "return [...document.querySelectorAll('#main .error')].map(e => e.textContent).join('')"
+        shown_errors = (
+            "return [...document.querySelectorAll('#main .error')].map(e => e.textContent).join('')"
+        )
         assert chrome.execute_script(shown_errors) == ""
 
         # Tokens: created, its value shown once, then listed with its permissions.
         chrome.find_element(By.CSS_SELECTOR, 'a[data-view="tokens"]').click()
         wait_for(chrome, "#new-token-name").send_keys("reader")
-        chrome.find_element(By.CSS_SELECTOR, "#create-token [name=read]").send_keys("logs, sensor-*")
+        chrome.find_element(By.CSS_SELECTOR, "#create-token [name=read]").send_keys(
+            "logs, sensor-*"
+        )
         chrome.find_element(By.CSS_SELECTOR, "#create-token button").click()
         value = wait_for(chrome, "#token-value").text
         assert value.startswith("reader-")

@@ -18,11 +18,16 @@ pytestmark = pytest.mark.integration
 CHOICE = "set RS_API_TOKEN, RS_INIT_API_TOKEN or RS_DISABLE_AUTH=true"
 
 
-def appliance(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def appliance(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """``python -m appliance ARGS`` with exactly ``env`` as its RS_* environment."""
     return subprocess.run(
         [sys.executable, "-m", "appliance", *args],
-        env=server_environ(env, choose_auth=False), capture_output=True, text=True, timeout=timeout,
+        env=server_environ(env, choose_auth=False),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -42,18 +47,28 @@ def one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
         ({}, f"appliance: authentication is not configured: {CHOICE}"),
         ({"RS_API_TOKEN": "a", "RS_INIT_API_TOKEN": "b"}, "must not both be set"),
         ({"RS_API_TOKEN": "change-me"}, "RS_API_TOKEN: 'change-me' is the example placeholder"),
-        ({"RS_INIT_API_TOKEN": "change-me"}, "RS_INIT_API_TOKEN: 'change-me' is the example placeholder"),
+        (
+            {"RS_INIT_API_TOKEN": "change-me"},
+            "RS_INIT_API_TOKEN: 'change-me' is the example placeholder",
+        ),
         ({"RS_DISABLE_AUTH": "maybe"}, "invalid setting RS_DISABLE_AUTH='maybe'"),
-        ({"RS_DISABLE_AUTH": "true", "RS_CERT_PATH": "/nope.pem"}, "RS_CERT_PATH and RS_CERT_KEY_PATH must be set together"),
+        (
+            {"RS_DISABLE_AUTH": "true", "RS_CERT_PATH": "/nope.pem"},
+            "RS_CERT_PATH and RS_CERT_KEY_PATH must be set together",
+        ),
     ],
 )
-def test_refused_start_is_one_line_and_exit_2(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+def test_refused_start_is_one_line_and_exit_2(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
     line = one_line_exit_2(appliance(env={**env, "RS_DATA_PATH": str(tmp_path / "data")}))
     assert expected in line
     assert not (tmp_path / "data").exists()  # refused before anything was opened
 
 
-def test_first_run_table_warnings_reason_phrase_access_log_metrics_and_check(tmp_path: Path) -> None:
+def test_first_run_table_warnings_reason_phrase_access_log_metrics_and_check(
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "data"
     env = {
         "RS_INIT_API_TOKEN": "first-secret",
@@ -66,7 +81,7 @@ def test_first_run_table_warnings_reason_phrase_access_log_metrics_and_check(tmp
     try:
         auth = {"Authorization": "Bearer first-secret"}
         logs = server.logs()
-        table = logs[logs.index("effective configuration"):]
+        table = logs[logs.index("effective configuration") :]
         assert "| RS_ENGINE_MIN_FREE_SPACE" in table and "64MiB" in table
         assert "64MB " in table  # RS_DEFAULTS_BUCKET_MAX_BLOCK_SIZE, not 64000000
         assert f"{socket.gethostname()} (host name)" in table
@@ -90,7 +105,9 @@ def test_first_run_table_warnings_reason_phrase_access_log_metrics_and_check(tmp
         # /metrics: protected like /info.
         assert httpx.get(server.url + "/metrics").status_code == 401
         text = httpx.get(server.url + "/metrics", headers=auth).text
-        assert 'reduct_http_requests_total{method="GET",route="/api/v1/info",status="401"} 1.0' in text
+        assert (
+            'reduct_http_requests_total{method="GET",route="/api/v1/info",status="401"} 1.0' in text
+        )
 
         # The access log: one line per request.
         assert '"GET /api/v1/info HTTP/1.1" 401' in server.logs()
@@ -100,7 +117,10 @@ def test_first_run_table_warnings_reason_phrase_access_log_metrics_and_check(tmp
         result = appliance("check", "--data", str(data), "--repair", env=check_env)
         assert result.returncode == 2
         assert "refusing to repair" in result.stderr
-        assert f"appliance serve (STANDALONE, port {server.port}) pid {server.proc.pid}" in result.stderr  # type: ignore[union-attr]
+        assert (
+            f"appliance serve (STANDALONE, port {server.port}) pid {server.proc.pid}"
+            in result.stderr
+        )  # type: ignore[union-attr]
         result = appliance("check", "--data", str(data), env=check_env)
         assert "the report may be inconsistent" in result.stderr
         assert result.returncode == 0, result.stdout + result.stderr
