@@ -19,7 +19,9 @@ How a subsystem reports (all calls are cheap, thread-safe and never raise):
   absent until a backup succeeded in this process or ``backup_finished`` was told an older
   success with ``when``).
 - S3: ``s3_request(operation, ok)`` per request, ``set_s3_unsynced_bytes(n)`` whenever the
-  amount of data not yet uploaded changes.
+  amount of data not yet uploaded changes. ``backends/`` may not import ``appliance`` (the
+  import-direction test): the code that builds a backend hands it these two functions as
+  callbacks.
 
 Cardinality stays bounded: labels take values from closed sets (methods, route templates,
 status codes, operation names from code) and every free-form name (bucket, replication task) goes
