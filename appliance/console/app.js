@@ -252,7 +252,11 @@ async function viewDashboard(main) {
 async function bucketRows() {
   const list = (await api("GET", "/list")).buckets || [];
   const detailed = await Promise.all(list.slice(0, 100).map(async (b) => {
-    try { return Object.assign({}, b, { settings: (await api("GET", `/b/${enc(b.name)}`)).settings }); }
+    try {
+      const full = await api("GET", `/b/${enc(b.name)}`);
+      const records = (full.entries || []).reduce((n, e) => n + (e.record_count || 0), 0);
+      return Object.assign({}, b, { settings: full.settings, records });
+    }
     catch (exc) { return b; }
   }));
   return detailed.concat(list.slice(100));
@@ -303,11 +307,12 @@ async function viewBuckets(main) {
     h("button", { class: "primary", type: "submit", id: "create-bucket-button" }, "Create bucket"),
     h("p", { class: "error" }));
   const table = h("table", { id: "buckets" },
-    h("thead", {}, h("tr", {}, ["Name", "Entries", "Size", "Oldest", "Latest", "Quota", ""].map(
-      (t, i) => h("th", { class: i === 1 || i === 2 ? "num" : "" }, t)))),
+    h("thead", {}, h("tr", {}, ["Name", "Entries", "Records", "Size", "Oldest", "Latest", "Quota", ""].map(
+      (t, i) => h("th", { class: i >= 1 && i <= 3 ? "num" : "" }, t)))),
     h("tbody", {}, rows.map((b) => h("tr", { "data-bucket": b.name },
       h("td", {}, h("a", { href: `#/b/${enc(b.name)}` }, b.name), b.is_provisioned ? badge("provisioned", "prov") : null),
       h("td", { class: "num" }, b.entry_count),
+      h("td", { class: "num" }, b.records ?? "–"),
       h("td", { class: "num" }, fmtBytes(b.size)),
       h("td", {}, fmtTs(b.oldest_record)),
       h("td", {}, fmtTs(b.latest_record)),

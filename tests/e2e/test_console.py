@@ -150,7 +150,11 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
             },
         )
         assert r.status_code == 200
-        chrome.refresh()
+        chrome.find_element(By.CSS_SELECTOR, 'a[data-view="buckets"]').click()
+        row = wait_for(chrome, 'tr[data-bucket="console-test"]')
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        assert cells[2] == "1" and cells[6] == "FIFO 10 MB"  # records; size counts metadata too
+        row.find_element(By.CSS_SELECTOR, "a").click()
         link = wait_for(chrome, 'tr[data-entry="sensors/room-1"] a')
         link.click()
         row = wait_for(chrome, f'tr[data-ts="{ts}"]')
