@@ -9,7 +9,8 @@ How a subsystem reports (all calls are cheap, thread-safe and never raise):
 - HTTP (``api/connection.py``): ``observe_request(method, route, status, seconds)``; ``route``
   is the URL rule template (``/api/v1/b/<bucket>``), never the concrete path.
 - Engine: ``records_written(count, nbytes)``, ``records_read(count, nbytes)``,
-  ``batch_records(direction, count)``, ``wal_sync_seconds(s)``, ``compaction_seconds(s)``,
+  ``batch_records(direction, count)``, ``wal_append_seconds(s)``, ``wal_sync_seconds(s)``,
+  ``compaction_seconds(s)``,
   ``corruption(source)``. The block cache keeps plain hit/miss integers read at scrape time.
 - Replication: ``set_replication(task, pending_records=, lag_seconds=)`` whenever a task's
   state is known, ``replication_error(task)`` per failed attempt, ``remove_replication(task)``
@@ -46,7 +47,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -134,6 +135,14 @@ class _Tally(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.values = dict.fromkeys(self.NAMES, 0)
+        self.wal = [0, 0.0]  # appends, seconds
+
+    def wal_append(self, seconds: float) -> None:
+        """One WAL append took ``seconds``."""
+        with self._lock:
+            wal = self.wal
+            wal[0] += 1
+            wal[1] += seconds
 
     def add(self, records_key: str, bytes_key: str, count: int, nbytes: int) -> None:
         """Add ``count`` records and ``nbytes`` bytes."""
@@ -150,10 +159,17 @@ class _Tally(Collector):
         """The counters now."""
         with self._lock:
             values = dict(self.values)
+            appends, seconds = self.wal
         for key, (name, documentation) in self.NAMES.items():
             family = CounterMetricFamily(name, documentation)
             family.add_metric([], values[key])
             yield family
+        yield SummaryMetricFamily(
+            "reduct_wal_append_duration_seconds",
+            "WAL appends (one framed write per record or batch) and the time they took",
+            count_value=appends,
+            sum_value=seconds,
+        )
 
 
 TALLY = _Tally()
@@ -195,6 +211,11 @@ def records_written(count: int, nbytes: int) -> None:
 def records_read(count: int, nbytes: int) -> None:
     """``count`` payloads with ``nbytes`` in total were read (checksums verified)."""
     TALLY.add("records_read", "bytes_read", count, nbytes)
+
+
+def wal_append_seconds(seconds: float) -> None:
+    """One WAL append (a framed ``write``, no fsync) took ``seconds``."""
+    TALLY.wal_append(seconds)
 
 
 def batch_records(direction: str, count: int) -> None:

@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from appliance import metrics
 from appliance.engine import fileio
 from appliance.engine.block import index_item
 from appliance.engine.codec import (
@@ -168,10 +170,12 @@ class EntryFiles:
             self.wal_dir.mkdir(parents=True, exist_ok=True)
             handle = self.ctx.files.acquire(path, create=True, append=True)
         try:
+            started = time.perf_counter()
             view = memoryview(frames)
             while view:
                 view = view[os.write(handle.fd, view) :]
             handle.dirty = True
+            metrics.wal_append_seconds(time.perf_counter() - started)
         except BaseException:
             self.ctx.files.release(handle)
             raise

@@ -81,6 +81,11 @@ async def test_engine_counters_buckets_and_cache(harness_factory: Factory) -> No
     assert value(after, "reduct_buckets") == 1
     assert value(after, "reduct_bucket_usage_bytes", bucket="m1") >= 300
     assert ("reduct_block_cache_hits_total", ()) in samples(after)
+    appends = value(after, "reduct_wal_append_duration_seconds_count") - value(
+        before, "reduct_wal_append_duration_seconds_count"
+    )
+    assert appends >= 3  # one framed WAL write per record (and per finish)
+    assert value(after, "reduct_wal_append_duration_seconds_sum") > 0
 
 
 async def test_http_requests_by_route_template_and_status() -> None:
