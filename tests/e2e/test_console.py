@@ -136,6 +136,14 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
         wait_text(chrome, "#main h1", "console-test")
         settings = httpx.get(api + "/b/console-test", headers=auth).json()["settings"]
         assert settings["quota_type"] == "FIFO" and settings["quota_size"] == 10_000_000
+        # Change a setting on the bucket's page.
+        records = chrome.find_element(By.CSS_SELECTOR, "#bucket-settings [name=max_block_records]")
+        records.clear()
+        records.send_keys("500")
+        chrome.find_element(By.CSS_SELECTOR, "#bucket-settings button[type=submit]").click()
+        wait_text(chrome, "#bucket-settings .msg", "saved")
+        settings = httpx.get(api + "/b/console-test", headers=auth).json()["settings"]
+        assert settings["max_block_records"] == 500 and settings["quota_size"] == 10_000_000
 
         # Write a record through the API and find it in the console.
         payload = json.dumps({"temperature": 21.5, "unit": "C"}).encode()
