@@ -43,7 +43,9 @@ class InUseLock:
 
         Returns False (and holds nothing) when the file cannot be opened at all (read-only
         folder); ``who`` is written into the file when it can be (the holder's identity).
+        Taking it again first drops the lock held so far (a lease holder re-opening).
         """
+        self.release()
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             writable = True
