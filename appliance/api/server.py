@@ -95,6 +95,9 @@ async def info() -> Response:
             "license": None,
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
+            # Where the data lives, for the console's dashboard (a remote backend adds
+            # `unsynced_bytes`); never a server path.
+            "storage": {"backend": "folder"},
         }
     )
 

@@ -223,7 +223,7 @@ async function viewDashboard(main) {
   if (role.detail) roleCards.push(stat("Detail", role.detail));
   let backend = "local folder";
   if (storage) {
-    backend = storage.backend || "local folder";
+    backend = !storage.backend || storage.backend === "folder" ? "local folder" : storage.backend;
     if (storage.unsynced_bytes !== undefined) backend += ` · ${fmtBytes(storage.unsynced_bytes)} unsynced`;
   }
   main.replaceChildren(

@@ -44,3 +44,13 @@ async def test_console_refuses_anything_outside_its_folder(harness_factory: Fact
 async def test_console_is_served_while_the_storage_opens(harness_factory: Factory) -> None:
     h = await harness_factory(wait=False)
     assert (await h.client.get("/ui/")).status_code == 200
+
+
+async def test_info_carries_what_the_dashboard_shows(harness_factory: Factory) -> None:
+    h = await harness_factory()
+    info = await (await h.client.get("/api/v1/info")).get_json()
+    for key in ("instance_name", "version", "uptime", "usage", "bucket_count", "instance_role"):
+        assert key in info, key
+    assert set(info["role"]) >= {"state", "generation", "detail", "owner", "renewal_age_s"}
+    assert set(info["provisioning"]) >= {"ok", "source", "last_reload", "last_error"}
+    assert info["storage"] == {"backend": "folder"}
