@@ -38,15 +38,17 @@ class InUseLock:
         self.path = data_path / IN_USE_FILE
         self._fd: int | None = None
 
-    def acquire(self, *, exclusive: bool, who: str) -> bool:
+    def acquire(self, *, exclusive: bool, who: str, read_only: bool = False) -> bool:
         """Take the lock without waiting; FolderInUse if it is held incompatibly.
 
         Returns False (and holds nothing) when the file cannot be opened at all (read-only
-        folder); ``who`` is written into the file when it can be (the holder's identity).
+        folder, or ``read_only`` and no server made it yet); ``who`` is written into the file when it can be (the holder's identity).
         Taking it again first drops the lock held so far (a lease holder re-opening).
         """
         self.release()
         try:
+            if read_only:  # a replica never creates or writes anything in the folder
+                raise PermissionError
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             writable = True
         except OSError:

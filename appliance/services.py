@@ -333,7 +333,7 @@ class Services:
             except OSError:
                 pass  # Storage.open reports an unusable folder with the full reason
         what = f"appliance serve ({self.settings.instance_role.value}, port {self.settings.port})"
-        self.in_use.acquire(exclusive=False, who=identity(what))
+        self.in_use.acquire(exclusive=False, who=identity(what), read_only=self.role.read_only)
 
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
