@@ -189,7 +189,12 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
         deadline = time.monotonic() + WAIT_S
         files: list[Path] = []
         while time.monotonic() < deadline:
-            files = [f for f in downloads.iterdir() if not f.name.endswith(".crdownload")]
+            # Chromium writes a hidden temporary file (or *.crdownload) and renames it at the end.
+            files = [
+                f
+                for f in downloads.iterdir()
+                if not f.name.startswith(".") and not f.name.endswith(".crdownload")
+            ]
             if files:
                 break
             time.sleep(0.1)
