@@ -9,7 +9,9 @@ from tests.api.conftest import TOKEN, Harness
 Factory = Callable[..., Awaitable[Harness]]
 
 
-async def test_console_files_are_served_with_their_types_and_policy(harness_factory: Factory) -> None:
+async def test_console_files_are_served_with_their_types_and_policy(
+    harness_factory: Factory,
+) -> None:
     h = await harness_factory(api_token=TOKEN, api_base_path="/edge/")
     r = await h.client.get("/edge/")
     assert r.status_code == 302 and r.headers["Location"] == "/edge/ui/"
@@ -34,7 +36,13 @@ async def test_console_files_are_served_with_their_types_and_policy(harness_fact
 
 async def test_console_refuses_anything_outside_its_folder(harness_factory: Factory) -> None:
     h = await harness_factory()
-    for path in ("/ui/../app.py", "/ui/__init__.py/..", "/ui/.hidden", "/ui/nope.js", "/ui/%2e%2e/app.py"):
+    for path in (
+        "/ui/../app.py",
+        "/ui/__init__.py/..",
+        "/ui/.hidden",
+        "/ui/nope.js",
+        "/ui/%2e%2e/app.py",
+    ):
         r = await h.client.get(path)
         assert r.status_code == 404, path
         assert r.headers["x-reduct-error"] == "Not found"

@@ -6,6 +6,7 @@ installs Debian's `chromium` and `chromium-driver`.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import time
@@ -24,6 +25,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 TOKEN = "console-secret"
+PNG_1X1 = (  # a valid 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
 WAIT_S = 15.0
 
 if CHROMIUM is None or CHROMEDRIVER is None:
@@ -158,10 +162,17 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
             },
         )
         assert r.status_code == 200
+        png = base64.b64decode(PNG_1X1)
+        r = httpx.post(
+            f"{api}/b/console-test/sensors/room-1?ts={ts + 1}",
+            content=png,
+            headers={**auth, "Content-Type": "image/png"},
+        )
+        assert r.status_code == 200
         chrome.find_element(By.CSS_SELECTOR, 'a[data-view="buckets"]').click()
         row = wait_for(chrome, 'tr[data-bucket="console-test"]')
         cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
-        assert cells[2] == "1" and cells[6] == "FIFO 10 MB"  # records; size counts metadata too
+        assert cells[2] == "2" and cells[6] == "FIFO 10 MB"  # records; size counts metadata too
         row.find_element(By.CSS_SELECTOR, "a").click()
         link = wait_for(chrome, 'tr[data-entry="sensors/room-1"] a')
         link.click()
@@ -182,6 +193,11 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
         chrome.find_element(By.CSS_SELECTOR, "#range button").click()
         wait_for(chrome, f'button[data-preview="{ts}"]').click()
         wait_text(chrome, "#preview-text", '"temperature": 21.5')
+        chrome.find_element(By.CSS_SELECTOR, f'button[data-preview="{ts + 1}"]').click()
+        image = wait_for(chrome, "#preview img.preview")
+        WebDriverWait(chrome, WAIT_S).until(
+            lambda d: d.execute_script("return arguments[0].naturalWidth", image) == 1
+        )
 
         # Download it: the file holds exactly the stored bytes.
         chrome.find_element(By.CSS_SELECTOR, f'button[data-download="{ts}"]').click()

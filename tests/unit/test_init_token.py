@@ -12,7 +12,9 @@ from appliance.errors import Unauthorized
 
 def store(data: Path, **kwargs: str | None) -> TokenStore:
     """A loaded store over ``data``."""
-    tokens = TokenStore(data, kwargs.pop("api_token", None), init_token=kwargs.pop("init_token", None))
+    tokens = TokenStore(
+        data, kwargs.pop("api_token", None), init_token=kwargs.pop("init_token", None)
+    )
     tokens.load()
     return tokens
 
