@@ -107,6 +107,7 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
         "RS_API_BASE_PATH": "/base/",
         "RS_INSTANCE_NAME": "edge-7",
         "RS_ACCESS_LOG": "true",
+        "RS_BUCKET_1_NAME": "provisioned",  # shown read-only
     }
     server = ServerProcess(tmp_path / "data", env=env).start(wait_ready=False)
     try:
@@ -228,8 +229,14 @@ def test_console_sign_in_bucket_record_download_remove(tmp_path: Path, chrome: A
         confirm.send_keys("t")
         assert ok.is_enabled()
         ok.click()
-        wait_text(chrome, "#main", "No buckets yet")
+        WebDriverWait(chrome, WAIT_S).until(
+            lambda d: not d.find_elements(By.CSS_SELECTOR, 'tr[data-bucket="console-test"]')
+        )
         assert httpx.get(api + "/b/console-test", headers=auth).status_code == 404
+        # The provisioned bucket is listed read-only: no Remove button.
+        row = wait_for(chrome, 'tr[data-bucket="provisioned"]')
+        assert "provisioned" in row.text and "read-only" in row.text
+        assert not row.find_elements(By.CSS_SELECTOR, "button")
 
         # Panels for endpoints this server may not have degrade to a sentence.
         chrome.get(server.url + "/base/ui/#/backups")
