@@ -159,6 +159,13 @@ class Settings(BaseSettings):
     # --- provisioning (used by provisioning/)
     provisioning_path: Path | None = None
 
+    # --- query links and the $system bucket (spec reductstore-config §2.1, §2.7)
+    public_url: str = ""
+    system_events_enabled: bool = True
+    system_events_log_level: Annotated[str, BeforeValidator(_upper)] = "WARN"
+    system_events_quota_size: Bytes = 10_000_000_000
+    system_events_flush_interval: Seconds = 5.0
+
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str) -> str:
@@ -224,6 +231,17 @@ class Settings(BaseSettings):
         return self.init_api_token.get_secret_value()
 
     @property
+    def public_base_url(self) -> str:
+        """``RS_PUBLIC_URL`` with a trailing ``/``, else ``http(s)://host[:port]{base}``."""
+        if self.public_url.strip():
+            url = self.public_url.strip()
+            return url if url.endswith("/") else url + "/"
+        scheme = "https" if self.cert_path is not None else "http"
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        port = "" if self.port in (80, 443) else f":{self.port}"
+        return f"{scheme}://{host}{port}{self.api_base_path}"
+
+    @property
     def cors_origins(self) -> list[str]:
         """``RS_CORS_ALLOW_ORIGIN`` as a list (``*`` allows every origin)."""
         return [o.strip() for o in self.cors_allow_origin.split(",") if o.strip()]
@@ -286,7 +304,6 @@ AUTH_CHOICE = "RS_API_TOKEN, RS_INIT_API_TOKEN or RS_DISABLE_AUTH=true"
 # ReductStore settings this appliance knows but does not implement: named as such, not as typos.
 UNSUPPORTED_ENV_NAMES = {
     "RS_EXT_PATH": "IO extensions are not supported",
-    "RS_PUBLIC_URL": "query links are not supported",
     "RS_PRIMARY_URL": "system events are not forwarded",
     "RS_SECONDARY_URL": "system events are not forwarded",
     "RS_IO_MAX_WRITERS_IN_FLIGHT": "writers are not limited",
@@ -295,12 +312,9 @@ UNSUPPORTED_ENV_NAMES = {
     "RS_RATE_LIMIT_EGRESS": "rate limits are not supported",
     "RS_RWLOCK_TIMEOUT": "the engine uses no timed locks",
     "RS_RWLOCK_FAILURE_ACTION": "the engine uses no timed locks",
-    "RS_SYSTEM_EVENTS_ENABLED": "the $system bucket is not supported",
-    "RS_SYSTEM_EVENTS_LOG_LEVEL": "the $system bucket is not supported",
-    "RS_SYSTEM_EVENTS_QUOTA_SIZE": "the $system bucket is not supported",
-    "RS_SYSTEM_EVENTS_REMOTE_VERIFY_SSL": "the $system bucket is not supported",
-    "RS_SYSTEM_EVENTS_REMOTE_CA_PATH": "the $system bucket is not supported",
-    "RS_SYSTEM_EVENTS_REMOTE_TIMEOUT": "the $system bucket is not supported",
+    "RS_SYSTEM_EVENTS_REMOTE_VERIFY_SSL": "events are not forwarded from a replica",
+    "RS_SYSTEM_EVENTS_REMOTE_CA_PATH": "events are not forwarded from a replica",
+    "RS_SYSTEM_EVENTS_REMOTE_TIMEOUT": "events are not forwarded from a replica",
     "RS_LICENSE_PATH": "there is no commercial licence",
     "RS_REMOTE_BACKEND_TYPE": "ReductStore's remote backend settings are not read",
     "RS_REMOTE_BUCKET": "ReductStore's remote backend settings are not read",
