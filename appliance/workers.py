@@ -10,6 +10,10 @@ call from async code into the engine goes through one ``Workers`` object, modell
   The caller waits for the thread even when cancelled, so its clean-up never races the
   still-running call; ``on_cancel`` receives the result the caller will never see (e.g. a
   just-opened record writer to abort).
+
+Not through here, on purpose: the lease's own I/O (``appliance.roles``) uses
+``asyncio.to_thread``, so a pool saturated by slow engine calls never delays a lease renewal
+or the fence; and ``appliance cp``'s local source has its own small ``Workers``.
 """
 
 from __future__ import annotations
