@@ -19,6 +19,7 @@ from appliance.engine.codec import decode_settings, encode_settings
 from appliance.engine.context import EngineContext
 from appliance.engine.entry import Entry
 from appliance.engine.entry_files import EntryFiles
+from appliance.engine.gate import gated
 from appliance.engine.models import (
     META_ENTRY_MAX_BLOCK_SIZE,
     U64_MAX,
@@ -128,6 +129,7 @@ class Bucket:
         max_size = META_ENTRY_MAX_BLOCK_SIZE if entry.is_meta else self._settings.max_block_size
         entry.set_limits(max_size, self._settings.max_block_records)
 
+    @gated
     def update_settings(
         self,
         quota_type: QuotaType | None = None,
@@ -193,6 +195,7 @@ class Bucket:
             raise self._entry_not_found(name)
         return entry
 
+    @gated
     def get_or_create_entry(self, name: str) -> Entry:
         """The entry, created with its missing parents if needed (422 on a bad name)."""
         entry = self._entries.get(name)
@@ -220,6 +223,7 @@ class Bucket:
         if self.removed:
             raise NotFound(f"Bucket '{self._name}' is not found")
 
+    @gated
     def remove_entry(self, name: str) -> None:
         """Remove an entry and all its descendants (``$meta`` included) with their files."""
         self._ctx.check_writable()
@@ -230,6 +234,7 @@ class Bucket:
                 self._entries.pop(doomed).retire()
             fileio.remove_tree(self.path / name)
 
+    @gated
     def rename_entry(self, old: str, new: str) -> None:
         """Rename an entry and its descendants (404 / 409 / 422 as ReductStore)."""
         self._ctx.check_writable()
@@ -273,6 +278,7 @@ class Bucket:
 
     # --- writes ---------------------------------------------------------------------------------
 
+    @gated
     def begin_write(
         self, entry: str, ts: int, size: int, content_type: str, labels: Mapping[str, str]
     ) -> RecordWriter:
@@ -309,6 +315,7 @@ class Bucket:
             raise
         writer.finish()
 
+    @gated
     def write_batch(self, entry: str, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:
         """Write in-memory records; errors by timestamp (one WAL append for the batch)."""
         self._ctx.check_writable()

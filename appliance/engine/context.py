@@ -13,6 +13,7 @@ from appliance.engine import fileio
 from appliance.engine.block import BlockCache
 from appliance.engine.commit import GroupCommitter
 from appliance.engine.files import FileCache
+from appliance.engine.gate import WriteGate
 from appliance.engine.models import EngineOptions
 from appliance.errors import Forbidden, ServiceUnavailable
 
@@ -61,6 +62,8 @@ class EngineContext:
     storage_usage: Callable[[], int] = field(default=lambda: 0)
     # Set when a lease holder stepped down: nothing of this storage may touch the disk again.
     abandoned: bool = False
+    # Every mutation passes it; a backup closes it for its snapshot (``gate.py``).
+    gate: WriteGate = field(default_factory=WriteGate)
 
     @classmethod
     def create(cls, options: EngineOptions) -> EngineContext:

@@ -28,6 +28,7 @@ from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_files import EntryFiles
 from appliance.engine.files import FileHandle
+from appliance.engine.gate import gated
 from appliance.engine.models import EntryInfo, NewRecord, RecordMeta, RecordState
 from appliance.engine.names import is_meta_entry
 from appliance.errors import (
@@ -367,6 +368,7 @@ class Entry:
                 raise
             return block.block_id, record, handle
 
+    @gated
     def finish(
         self, block_id: int, ts: int, state: RecordState, crc: int, data: FileHandle | None
     ) -> None:
@@ -474,6 +476,7 @@ class Entry:
 
     # --- label updates and removal --------------------------------------------------------------
 
+    @gated
     def update_labels(
         self, ts: int, update: Mapping[str, str], remove: Iterable[str]
     ) -> RecordMeta:
@@ -525,6 +528,7 @@ class Entry:
                 "use label update with remove=true"
             )
 
+    @gated
     def remove_unchecked(self, timestamps: Iterable[int]) -> dict[int, ApplianceError]:
         """Remove records (also from ``$meta`` entries: the upsert-by-key path)."""
         self._ctx.check_writable()
@@ -550,6 +554,7 @@ class Entry:
                 blocks.persist_removal(block)
         return errors
 
+    @gated
     def remove_oldest_block(self) -> int:
         """Drop the oldest block (FIFO quota); return the bytes freed, 0 if none could go."""
         with self._lock:
@@ -577,6 +582,7 @@ class Entry:
 
     # --- maintenance ----------------------------------------------------------------------------
 
+    @gated
     def compact(self) -> bool:
         """Move WAL contents into descriptors and the index; return whether anything changed."""
         with self._lock:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import AbstractContextManager
 
 from appliance.engine import fileio
 from appliance.engine.bucket import Bucket
 from appliance.engine.context import EngineContext
+from appliance.engine.gate import gated
 from appliance.engine.models import U64_MAX, BucketSettings, EngineOptions, StorageInfo
 from appliance.engine.names import validate_bucket_name
 from appliance.engine.replica import ReplicaView
@@ -116,6 +118,10 @@ class Storage:
             ctx.files.sync_dirty()
         self._close_files()
 
+    def pause_writes(self, timeout: float) -> AbstractContextManager[float]:
+        """Close the write gate (backup snapshot): yields the seconds in-flight writes took."""
+        return self._ctx.gate.exclusive(timeout)
+
     def mark_abandoned(self) -> None:
         """Refuse every later mutation with 503 (only a flag: safe from any thread)."""
         self._ctx.abandoned = True
@@ -177,6 +183,7 @@ class Storage:
         with self._lock:
             return sorted(self._buckets)
 
+    @gated
     def create_bucket(self, name: str, settings: BucketSettings | None = None) -> Bucket:
         """A new bucket (409 if it exists, 422 for a bad name)."""
         self._ctx.check_writable()
@@ -201,6 +208,7 @@ class Storage:
             raise NotFound(f"Bucket '{name}' is not found")
         return bucket
 
+    @gated
     def remove_bucket(self, name: str) -> None:
         """Remove a bucket and all its data (synchronously)."""
         self._ctx.check_writable()
@@ -211,6 +219,7 @@ class Storage:
             self._ctx.files.invalidate_under(bucket.path)
             fileio.remove_tree(bucket.path)
 
+    @gated
     def rename_bucket(self, old: str, new: str) -> None:
         """Rename a bucket (404 / 409 / 422 as ReductStore)."""
         self._ctx.check_writable()
