@@ -36,8 +36,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.auth import Permissions, TokenStore
+from appliance.backup import instance as backup_instance
+from appliance.backup.service import BackupService
 from appliance.engine.models import BucketSettings, EngineOptions
-from appliance.errors import ConfigError, ServiceUnavailable
+from appliance.errors import ConfigError, Forbidden, ServiceUnavailable
 from appliance.query.registry import QueryRegistry
 from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
@@ -176,6 +178,9 @@ class Services:
         self._compaction: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closed = False
+        # Backups (issue 12): snapshots, retention, schedule, the restored read-only mark.
+        self.backups = BackupService(settings, lambda: self.engine, lambda: self.role.generation)
+        self._instance_lock: int | None = None
 
     # --- state ------------------------------------------------------------------------------
 
@@ -204,6 +209,9 @@ class Services:
         before and after the request, and in the engine before every mutation.
         """
         self.role.check_writable_nowait()
+        restored = self.backups.restored_from
+        if restored is not None:
+            raise Forbidden(backup_instance.read_only_message(restored))
 
     async def fence_write(self) -> None:
         """The lease fence with its slow path off the loop (503 when we may not write)."""
@@ -268,6 +276,7 @@ class Services:
             return  # lost while recording (proceed): the role listener rejoins
         try:
             started = time.perf_counter()
+            await self.run(self._hold_data_folder)
             await self.run(self.tokens.load)
             options = await self.run(self._role_options, generation)
             storage = await self.run(self._open_storage, options)
@@ -303,9 +312,26 @@ class Services:
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
         await provisioner.start()  # the watcher (boot already ran)
+        self._start_backup_schedule()
         if self.settings.engine_compaction_interval > 0 and self._compaction is None:
             self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
             self._tasks.append(self._compaction)  # one loop, kept across a rejoin
+
+    def _hold_data_folder(self) -> None:
+        """Take the shared instance lock (offline restore refuses a held folder), clear backup
+        staging leftovers and read the restored read-only mark (blocking)."""
+        if self._instance_lock is None and not self.role.read_only:
+            self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            self._instance_lock = backup_instance.hold(self.settings.data_path)
+        if not self.role.read_only:
+            self.backups.prepare()
+
+    def _start_backup_schedule(self) -> None:
+        """The scheduled backups of ``RS_BACKUP_INTERVAL`` (once, kept across a rejoin)."""
+        if any(t.get_name() == "backup-schedule" for t in self._tasks):
+            return
+        if self.settings.backup_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.schedule(), name="backup-schedule"))
 
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
@@ -404,6 +430,7 @@ class Services:
                 pass
         self._tasks.clear()
         self.queries.clear()
+        await asyncio.to_thread(self.backups.close)  # a backup in progress still uses the engine
         storage, self.storage = self.storage, None
         if storage is not None:
             try:
@@ -416,3 +443,5 @@ class Services:
         except Exception:  # noqa: BLE001 - shutdown must finish
             log.exception("releasing the role failed")
         self.executor.shutdown(wait=True)
+        backup_instance.release(self._instance_lock)
+        self._instance_lock = None

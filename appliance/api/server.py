@@ -95,6 +95,7 @@ async def info() -> Response:
             "license": None,
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
+            "backup": svc.backups.info(),
         }
     )
 
