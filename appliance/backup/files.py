@@ -74,3 +74,21 @@ def sync_tree(root: Path) -> None:
 def tree_bytes(root: Path) -> int:
     """Bytes of the regular files under ``root`` (links counted each time)."""
     return sum(path.stat().st_size for _, path in walk_files(root))
+
+
+def digest_prefix(path: Path, size: int) -> tuple[int, str]:
+    """CRC32C and SHA-256 (hex) of the first ``size`` bytes of ``path``."""
+    import hashlib
+
+    crc = 0
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        left = size
+        while left:
+            chunk = handle.read(min(CHUNK_BYTES, left))
+            if not chunk:
+                raise EOFError(f"{path} is shorter than {size} bytes")
+            crc = google_crc32c.extend(crc, chunk)
+            sha.update(chunk)
+            left -= len(chunk)
+    return crc, sha.hexdigest()

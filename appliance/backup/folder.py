@@ -203,16 +203,13 @@ def remove_folder(folder: Path) -> None:
     fileio.remove_tree(folder)
 
 
-def apply_retention(
-    target: Path, keep_last: int, max_age: float, now_us: int | None = None, keep: str = ""
-) -> list[str]:
-    """Drop complete backups beyond the newest ``keep_last`` or older than ``max_age`` seconds,
-    and incomplete leftovers; the newest complete backup and ``keep`` always stay. Call with
-    the target lock held. Returns the ids removed."""
-    now_us = now_us if now_us is not None else time.time_ns() // 1000
-    infos = list_backups(target)
+def retention_victims(
+    infos: list[BackupInfo], keep_last: int, max_age: float, now_us: int, keep: str = ""
+) -> set[str]:
+    """Complete backups beyond the newest ``keep_last`` or older than ``max_age`` seconds; the
+    newest complete backup and ``keep`` always stay."""
     complete = [i for i in infos if i.complete]
-    doomed: set[str] = {i.id for i in infos if not i.complete}
+    doomed: set[str] = set()
     if keep_last > 0:
         doomed.update(i.id for i in complete[:-keep_last])
     if max_age > 0:
@@ -220,6 +217,18 @@ def apply_retention(
     if complete:
         doomed.discard(complete[-1].id)
     doomed.discard(keep)
+    return doomed
+
+
+def apply_retention(
+    target: Path, keep_last: int, max_age: float, now_us: int | None = None, keep: str = ""
+) -> list[str]:
+    """Apply ``retention_victims`` and drop incomplete leftovers (a crashed backup: the caller
+    holds the target lock, so none is in progress). Returns the ids removed."""
+    now_us = now_us if now_us is not None else time.time_ns() // 1000
+    infos = list_backups(target)
+    doomed = retention_victims(infos, keep_last, max_age, now_us, keep)
+    doomed.update(i.id for i in infos if not i.complete and i.id != keep)
     for backup in sorted(doomed):
         remove_folder(target / backup)
     return sorted(doomed)

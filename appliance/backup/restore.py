@@ -18,14 +18,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.backup import instance
 from appliance.backup import manifest as mf
-from appliance.backup.files import copy_prefix, crc_prefix, sync_tree, walk_files
+from appliance.backup.files import crc_prefix, sync_tree, walk_files
 from appliance.backup.snapshot import AUTH_FILE
 from appliance.engine import fileio
 from appliance.engine.bucket import SETTINGS_FILE
 from appliance.errors import Conflict, CorruptionError, NotFound
+
+if TYPE_CHECKING:
+    from appliance.backup.targets import Target
 
 RESTORE_TMP = ".restore-tmp"
 
@@ -64,13 +68,21 @@ def _scope(found: mf.Manifest, bucket: str | None, entry: str | None) -> tuple[s
     return prefix, files
 
 
+def _target(target: Target | Path) -> Target:
+    from appliance.backup.targets import FolderTarget
+
+    return FolderTarget(target) if isinstance(target, Path) else target
+
+
 def plan(
-    target: Path, backup: str, data: Path, bucket: str | None = None, entry: str | None = None
+    target: Target | Path,
+    backup: str,
+    data: Path,
+    bucket: str | None = None,
+    entry: str | None = None,
 ) -> Plan:
     """What ``restore`` would do (nothing is changed)."""
-    from appliance.backup import folder as ft
-
-    _, found = ft.load(target, backup)
+    found = _target(target).load(backup)
     prefix, files = _scope(found, bucket, entry)
     result = Plan(found.id)
     if bucket is None:
@@ -103,14 +115,17 @@ def plan(
 
 
 def restore(
-    target: Path, backup: str, data: Path, bucket: str | None = None, entry: str | None = None
+    target: Target | Path,
+    backup: str,
+    data: Path,
+    bucket: str | None = None,
+    entry: str | None = None,
 ) -> Plan:
     """Restore ``backup`` (or one bucket / entry of it) into ``data``; marks it read-only."""
-    from appliance.backup import folder as ft
-
+    target = _target(target)
     with instance.stopped(data):
         result = plan(target, backup, data, bucket, entry)
-        folder, found = ft.load(target, backup)
+        found = target.load(backup)
         prefix, files = _scope(found, bucket, entry)
         instance.mark_restored(data, found.id)
         tmp = data / RESTORE_TMP
@@ -123,13 +138,14 @@ def restore(
         for record in wanted:
             dst = tmp / record.path
             dst.parent.mkdir(parents=True, exist_ok=True)
-            crc = copy_prefix(folder / mf.DATA_DIR / record.path, dst)
-            if crc != record.crc32c or dst.stat().st_size != record.size:
+            target.fetch(found, record, dst)
+            size = dst.stat().st_size
+            if size != record.size or crc_prefix(dst, size) != record.crc32c:
                 fileio.remove_tree(tmp)
                 raise CorruptionError(
                     f"backup {found.id} is damaged: file {record.path} does not match its "
                     "manifest; restore stopped (run `appliance backup verify`)",
-                    path=str(folder / mf.DATA_DIR / record.path),
+                    path=f"{target.name}:{record.path}",
                 )
         sync_tree(tmp)
         _swap_in(tmp, data, prefix)

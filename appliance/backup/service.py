@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.backup import folder as ft
+from appliance.backup.targets import Target, open_target
 from appliance.backup import instance, snapshot
 from appliance.backup import manifest as mf
-from appliance.errors import UnprocessableEntity
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -51,16 +50,9 @@ class BackupResult:
         }
 
 
-def resolve_target(value: str | None, default: str) -> Path:
-    """The folder target named by a request or ``RS_BACKUP_TARGET`` (422 if neither)."""
-    raw = (value or default or "").strip()
-    if not raw:
-        raise UnprocessableEntity("No backup target: set RS_BACKUP_TARGET or give a target")
-    if raw.startswith("s3://"):
-        raise UnprocessableEntity(f"Backup target {raw}: S3 targets are not supported yet")
-    if "://" in raw:
-        raise UnprocessableEntity(f"Backup target {raw} is not a folder path")
-    return Path(raw)
+def resolve_target(value: str | None, default: str) -> Target:
+    """The target named by a request or ``RS_BACKUP_TARGET`` (422 if neither)."""
+    return open_target(value or default or "")
 
 
 class BackupService:
@@ -87,62 +79,72 @@ class BackupService:
         if self.restored_from is not None:
             log.warning("%s", instance.read_only_message(self.restored_from))
 
-    def _create(self, target: Path, buckets: list[str] | None) -> BackupResult:
+    def _create(self, target: Target, buckets: list[str] | None) -> BackupResult:
         storage = self._storage()
         data = self.settings.data_path
-        with ft.locked(target):
-            staged = snapshot.stage(storage, data, buckets)
-            try:
-                made = snapshot.publish(
-                    staged,
-                    target,
-                    instance=self.settings.effective_instance_name,
-                    generation=self._generation(),
-                    buckets=buckets,
+        try:
+            with target.locked():
+                staged = snapshot.stage(storage, data, buckets)
+                try:
+                    made = target.publish(
+                        staged,
+                        instance=self.settings.effective_instance_name,
+                        generation=self._generation(),
+                        buckets=buckets,
+                    )
+                except BaseException:
+                    snapshot.clear_staging(data)
+                    raise
+                removed = target.apply_retention(
+                    self.settings.backup_keep_last, self.settings.backup_max_age, made.id
                 )
-            except BaseException:
-                snapshot.clear_staging(data)
-                raise
-            removed = ft.apply_retention(
-                target, self.settings.backup_keep_last, self.settings.backup_max_age, keep=made.id
-            )
+        finally:
+            target.close()
         log.info(
             "backup %s written to %s: %d file(s), %d byte(s), %d new, pause %.1f ms%s",
-            made.id, target, len(made.files), made.bytes, made.new_bytes, made.pause_ms,
+            made.id, target.name, len(made.files), made.bytes, made.new_bytes, made.pause_ms,
             f", retention removed {', '.join(removed)}" if removed else "",
         )
         return BackupResult(made, removed)
 
     async def create(self, target: str | None = None, buckets: list[str] | None = None) -> BackupResult:
         """Take a backup now; finishes even if the caller is cancelled."""
-        path = resolve_target(target, self.settings.backup_target)
         self._storage()  # 503 while starting, before queueing
-        task = asyncio.ensure_future(self._create_locked(path, buckets))
+        chosen = resolve_target(target, self.settings.backup_target)
+        task = asyncio.ensure_future(self._create_locked(chosen, buckets))
         return await asyncio.shield(task)
 
-    async def _create_locked(self, path: Path, buckets: list[str] | None) -> BackupResult:
+    async def _create_locked(self, target: Target, buckets: list[str] | None) -> BackupResult:
         async with self._lock:
             try:
-                result = await self._run(self._create, path, buckets)
+                result = await self._run(self._create, target, buckets)
             except Exception as exc:
                 self.last_error = str(exc)
                 raise
             self.last, self.last_error = result, None
             return result
 
+    def _on_target(self, raw: str | None, fn: Callable[..., T], *args: Any) -> T:
+        target = resolve_target(raw, self.settings.backup_target)
+        try:
+            return fn(target, *args)
+        finally:
+            target.close()
+
     async def list(self, target: str | None) -> list[ft.BackupInfo]:
         """Backups in the target."""
-        return await self._run(ft.list_backups, resolve_target(target, self.settings.backup_target))
+        return await self._run(self._on_target, target, lambda t: t.list_backups())
 
     async def verify(self, backup: str, target: str | None) -> ft.VerifyReport:
         """Verify one backup (manifest and scrub)."""
-        path = resolve_target(target, self.settings.backup_target)
-        return await self._run(ft.verify, path, mf.check_id(backup))
+        mf.check_id(backup)
+        return await self._run(self._on_target, target, lambda t: t.verify(backup))
 
     async def delete(self, backup: str, target: str | None) -> None:
         """Delete one backup."""
-        path = resolve_target(target, self.settings.backup_target)
-        await self._run(ft.delete, path, mf.check_id(backup))
+        mf.check_id(backup)
+
+        await self._run(self._on_target, target, lambda t: t.delete(backup))
 
     async def set_read_write(self) -> bool:
         """Lift the restored read-only mark; whether the instance was read-only."""

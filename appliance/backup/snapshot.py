@@ -132,7 +132,8 @@ def _previous(target: Path) -> tuple[Path, dict[str, mf.FileRecord]] | None:
     return None
 
 
-def _is_wal(rel: str) -> bool:
+def is_wal(rel: str) -> bool:
+    """True for a WAL segment (always copied: recovery may truncate it)."""
     return "/.wal/" in rel
 
 
@@ -163,7 +164,7 @@ def publish(
         dst = data / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         old = previous[1].get(rel) if previous is not None else None
-        if old is not None and old.size == size and not _is_wal(rel):
+        if old is not None and old.size == size and not is_wal(rel):
             base = previous[0] / mf.DATA_DIR / rel  # type: ignore[index]
             if crc_prefix(src, size) == old.crc32c:
                 try:

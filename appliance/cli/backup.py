@@ -24,12 +24,11 @@ def _env(name: str, default: str = "") -> str:
     return next((v for k, v in os.environ.items() if k.upper() == name), default)
 
 
-def _target_arg(parser: argparse.ArgumentParser, required: bool = False) -> None:
+def _target_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
         default=None,
-        required=False,
-        help="backup folder (default: RS_BACKUP_TARGET)",
+        help="backup folder or s3://bucket/prefix[?endpoint=URL&region=R] (default: RS_BACKUP_TARGET)",
     )
 
 
@@ -80,15 +79,20 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     rw.set_defaults(handler=run_set_read_write)
 
 
-def _target(args: argparse.Namespace) -> Path | None:
+def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The target of ``--target`` or ``RS_BACKUP_TARGET`` (None after a message on stderr)."""
+    from appliance.backup.targets import open_target
+    from appliance.errors import ApplianceError
+
     raw = args.target or _env("RS_BACKUP_TARGET")
     if not raw:
         print("appliance: no backup target: pass --target or set RS_BACKUP_TARGET", file=sys.stderr)
         return None
-    if "://" in raw:
-        print(f"appliance: backup target {raw}: only folder targets are supported", file=sys.stderr)
+    try:
+        return open_target(raw)
+    except ApplianceError as exc:
+        print(f"appliance: {exc.message}", file=sys.stderr)
         return None
-    return Path(raw)
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -136,14 +140,16 @@ def run_create(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print the backups of the target, oldest first."""
-    from appliance.backup import folder as ft
     from appliance.backup import manifest as mf
 
     target = _target(args)
     if target is None:
         return EXIT_USAGE
+    found, code = _offline(target.list_backups)
+    if found is None:
+        return code
     print(f"{'id':<24} {'cut time (UTC)':<32} {'bytes':>14} {'new bytes':>14}  state")
-    for b in ft.list_backups(target):
+    for b in found:
         when = mf.iso(b.cut_us) if b.cut_us else "-"
         state = "complete" if b.complete else (b.problem or "incomplete")
         print(f"{b.id:<24} {when:<32} {b.bytes:>14} {b.new_bytes:>14}  {state}")
@@ -164,14 +170,13 @@ def _offline(fn, *args):  # type: ignore[no-untyped-def]
 def run_verify(args: argparse.Namespace) -> int:
     """Verify one backup; exit 1 when anything is wrong."""
     from appliance import logs
-    from appliance.backup import folder as ft
     from appliance.settings import LogLevel
 
     logs.configure(LogLevel.ERROR)
     target = _target(args)
     if target is None:
         return EXIT_USAGE
-    report, code = _offline(ft.verify, target, args.id)
+    report, code = _offline(target.verify, args.id)
     if report is None:
         return code
     print(report.render())
@@ -180,12 +185,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_delete(args: argparse.Namespace) -> int:
     """Delete one backup."""
-    from appliance.backup import folder as ft
-
     target = _target(args)
     if target is None:
         return EXIT_USAGE
-    _, code = _offline(ft.delete, target, args.id)
+    _, code = _offline(target.delete, args.id)
     if code == EXIT_OK:
         print(f"deleted {args.id}")
     return code

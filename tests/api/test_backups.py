@@ -8,6 +8,7 @@ from pathlib import Path
 
 from appliance.backup import restore
 from tests.api.conftest import AUTH, TOKEN, Harness
+from tests.backends.test_s3 import moto_endpoint  # noqa: F401 - the moto server fixture
 
 API = "/api/v1"
 
@@ -88,3 +89,20 @@ async def test_restored_instance_is_read_only_until_set_read_write(
     info = (await (await r2.client.get(f"{API}/info")).get_json())["backup"]
     assert not info["read_only"]
     assert not (restored / ".restored").exists()
+
+
+async def test_backup_to_s3_through_the_api(h: Harness, moto_endpoint: str) -> None:  # noqa: F811
+    import uuid
+
+    from tests.backends.test_s3 import BUCKET, REGION
+
+    url = f"s3://{BUCKET}/api-{uuid.uuid4().hex}?endpoint={moto_endpoint}&region={REGION}"
+    await h.client.post(f"{API}/b/one")
+    assert await _write(h, "one", 1) == 200
+    r = await h.client.post(f"{API}/backups", json={"target": url})
+    assert r.status_code == 200, r.headers.get("x-reduct-error")
+    made = await r.get_json()
+    listed = await (await h.client.get(f"{API}/backups", query_string={"target": url})).get_json()
+    assert [b["id"] for b in listed["backups"]] == [made["id"]]
+    r = await h.client.post(f"{API}/backups/{made['id']}/verify", query_string={"target": url})
+    assert (await r.get_json())["ok"]
