@@ -182,7 +182,7 @@ class S3Target:
             if not is_wal(rel):
                 crc, sha = digest_prefix(src, size)
                 if sha in present:
-                    os.link(src, dst)  # never uploaded; finalize writes no data file
+                    fileio.hard_link(src, dst)  # never uploaded; finalize writes no data file
                     known[rel] = (dst.stat().st_ino, size, crc, sha)
                     continue
             copy_prefix(src, dst, size)

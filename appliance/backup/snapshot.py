@@ -88,7 +88,7 @@ def _link_tree(data_path: Path, root: Path, buckets: list[str] | None) -> list[t
             dst = root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.link(path, dst)
+                fileio.hard_link(path, dst)
             except FileNotFoundError:
                 continue  # removed by an in-flight removal that finished before the gate closed
             files.append((rel, dst.stat().st_size))
@@ -168,7 +168,7 @@ def publish(
             base = previous[0] / mf.DATA_DIR / rel  # type: ignore[index]
             if crc_prefix(src, size) == old.crc32c:
                 try:
-                    os.link(base, dst)
+                    fileio.hard_link(base, dst)
                     shared[rel] = (old, dst.stat().st_ino)
                     continue
                 except OSError:

@@ -143,6 +143,8 @@ class Bucket:
             new = self._settings.merged(quota_type, quota_size, max_block_size, max_block_records)
             fileio.atomic_write(self.path / SETTINGS_FILE, encode_settings(new))
             self.apply_settings(new)
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("bucket_settings", encode_settings(new), b=self._name)
             return new
 
     def apply_settings(self, settings: BucketSettings) -> None:
@@ -233,6 +235,8 @@ class Bucket:
             for doomed in [n for n in self._entries if is_same_or_descendant(n, name)]:
                 self._entries.pop(doomed).retire()
             fileio.remove_tree(self.path / name)
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("entry_remove", b=self._name, e=name)
 
     @gated
     def rename_entry(self, old: str, new: str) -> None:
@@ -256,6 +260,8 @@ class Bucket:
                         self._entries[parent] = self._new_entry(parent)
                 fileio.rename_dir(self.path / old, self.path / new)
                 reopen = {name: new + name[len(old) :] for name in moved}
+                if self._ctx.journal is not None:
+                    self._ctx.journal.append("entry_rename", b=self._name, e=old, n=new)
             except FileExistsError as exc:
                 raise Conflict(f"Entry '{new}' already exists in bucket '{self._name}'") from exc
             finally:

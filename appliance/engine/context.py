@@ -14,6 +14,7 @@ from appliance.engine.block import BlockCache
 from appliance.engine.commit import GroupCommitter
 from appliance.engine.files import FileCache
 from appliance.engine.gate import WriteGate
+from appliance.engine.journal import JOURNAL_DIR, Journal
 from appliance.engine.models import EngineOptions
 from appliance.errors import Forbidden, ServiceUnavailable
 
@@ -64,6 +65,8 @@ class EngineContext:
     abandoned: bool = False
     # Every mutation passes it; a backup closes it for its snapshot (``gate.py``).
     gate: WriteGate = field(default_factory=WriteGate)
+    # The mutation journal of point-in-time recovery (None unless archiving is on).
+    journal: Journal | None = None
 
     @classmethod
     def create(cls, options: EngineOptions) -> EngineContext:
@@ -74,6 +77,11 @@ class EngineContext:
             blocks=BlockCache(),
             committer=GroupCommitter() if options.sync_writes else None,
             disk=DiskSpace(options.data_path, options.min_free_space),
+            journal=(
+                Journal(options.data_path / JOURNAL_DIR)
+                if options.journal and not options.read_only
+                else None
+            ),
         )
 
     @property

@@ -381,11 +381,33 @@ class Entry:
             with self._lock:
                 frame = self._blocks.finalize(block_id, ts, state, crc)
                 if frame is not None and not self.removed:
-                    handles.append(self._blocks.append_wal(self._blocks.live[block_id], frame))
+                    block = self._blocks.live[block_id]
+                    handles.append(self._blocks.append_wal(block, frame))
+                    if state is _FINISHED and self._ctx.journal is not None:
+                        self._journal_write(block.records[ts], data)
         except BaseException:
             self._release_all(handles)
             raise
         self._commit_and_release(handles)
+
+    def _journal_write(self, record: StoredRecord, data: FileHandle | None) -> None:
+        """Journal a finished streamed record with its payload (read back from its block)."""
+        journal = self._ctx.journal
+        assert journal is not None
+        fields = self._journal_fields(record)
+        if data is None or record.size == 0:
+            journal.append("write", b"", **fields)
+        else:
+            journal.append_from_file("write", data.fd, record.offset, record.size, **fields)
+
+    def _journal_fields(self, record: StoredRecord) -> dict[str, object]:
+        return {
+            "b": self.bucket,
+            "e": self.name,
+            "ts": record.timestamp,
+            "ct": record.content_type,
+            "l": dict(record.labels),
+        }
 
     def _release_all(self, handles: list[FileHandle]) -> None:
         for handle in handles:
@@ -438,6 +460,11 @@ class Entry:
                 for block_id, block_frames in frames.items():
                     block = self._blocks.live[block_id]
                     wal_handles.append(self._blocks.append_wal(block, b"".join(block_frames)))
+                journal = self._ctx.journal
+                if journal is not None:
+                    for _, record, data in placed:
+                        if record.timestamp not in failed:
+                            journal.append("write", data, **self._journal_fields(record))
         self._commit_and_release([*data_handles.values(), *wal_handles])
         for ts, problem in failed.items():
             errors[ts] = InternalError(f"Failed to write record {ts}: {problem}")
@@ -503,6 +530,8 @@ class Entry:
             block.records[ts] = new
             frame = encode_wal_frame(WalKind.UPDATE, self._ctx.generation, new)
             handle = self._blocks.append_wal(block, frame)
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("labels", b=self.bucket, e=self.name, ts=ts, l=labels)
         self._commit_and_release([handle])
         return new
 
@@ -544,6 +573,7 @@ class Entry:
                     continue
                 by_block.setdefault(block.block_id, []).append(ts)
             blocks = self._blocks
+            gone: list[int] = []
             for block_id, doomed in by_block.items():
                 block = blocks.make_live(block_id)
                 for ts in doomed:
@@ -551,7 +581,10 @@ class Entry:
                     if old is not None:
                         blocks.size -= old.size + old.meta_size
                         blocks.count -= 1
+                        gone.append(ts)
                 blocks.persist_removal(block)
+            if gone and self._ctx.journal is not None:
+                self._ctx.journal.append("remove", b=self.bucket, e=self.name, tss=gone)
         return errors
 
     @gated
@@ -566,7 +599,10 @@ class Entry:
             if live is not None and live.pending:
                 return 0  # a writer is streaming into it
             freed, _ = blocks.totals(block_id)
+            doomed = list(blocks.get(block_id).records) if self._ctx.journal is not None else []
             blocks.drop(block_id)
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("remove", b=self.bucket, e=self.name, tss=doomed)
             log.info("fifo quota removed block %s/%s/%s", self.bucket, self.name, block_id)
             return freed
 

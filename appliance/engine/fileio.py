@@ -25,7 +25,7 @@ import os
 import shutil
 from pathlib import Path
 
-from backends.fileio import fsync_dir, fsync_fd, replace, write_all
+from backends.fileio import fsync_dir, fsync_fd, hard_link, replace, write_all
 
 __all__ = [
     "TMP_SUFFIX",
@@ -33,6 +33,7 @@ __all__ = [
     "free_bytes",
     "fsync_dir",
     "fsync_fd",
+    "hard_link",
     "move",
     "read_file",
     "remove_file",

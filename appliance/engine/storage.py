@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager
 
 from appliance.engine import fileio
 from appliance.engine.bucket import Bucket
+from appliance.engine.codec import encode_settings
 from appliance.engine.context import EngineContext
 from appliance.engine.gate import gated
 from appliance.engine.models import U64_MAX, BucketSettings, EngineOptions, StorageInfo
@@ -140,6 +141,8 @@ class Storage:
         self._close_files()
 
     def _close_files(self) -> None:
+        if self._ctx.journal is not None:
+            self._ctx.journal.close()
         self._ctx.files.close()
         if self._ctx.committer is not None:
             self._ctx.committer.close()
@@ -198,6 +201,8 @@ class Storage:
                 settings if settings is not None else self._ctx.options.bucket_defaults,
             )
             self._buckets[name] = bucket
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("bucket_create", encode_settings(bucket.settings), b=name)
             return bucket
 
     def get_bucket(self, name: str) -> Bucket:
@@ -218,6 +223,8 @@ class Storage:
             bucket.retire()
             self._ctx.files.invalidate_under(bucket.path)
             fileio.remove_tree(bucket.path)
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("bucket_remove", b=name)
 
     @gated
     def rename_bucket(self, old: str, new: str) -> None:
@@ -236,6 +243,8 @@ class Storage:
             bucket.retire()
             try:
                 fileio.rename_dir(bucket.path, target)
+                if self._ctx.journal is not None:
+                    self._ctx.journal.append("bucket_rename", b=old, n=new)
             except OSError:
                 target = bucket.path
                 new = old
