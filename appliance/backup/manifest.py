@@ -48,11 +48,17 @@ def iso(us: int) -> str:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """One file of a backup: path relative to ``data/``, size and CRC32C."""
+    """One file of a backup: path relative to ``data/``, size, CRC32C and SHA-256.
+
+    The SHA-256 decides whether a later backup may share the file: the engine's metadata files
+    end with their own CRC32C, and every such file of one length has the *same* CRC32C over
+    its whole content (the CRC residue), so the CRC cannot tell two descriptors apart.
+    """
 
     path: str
     size: int
     crc32c: int
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ class Manifest:
             "pause_ms": self.pause_ms,
             "bytes": self.bytes,
             "new_bytes": self.new_bytes,
-            "files": [[f.path, f.size, f.crc32c] for f in self.files],
+            "files": [[f.path, f.size, f.crc32c, f.sha256] for f in self.files],
             **self.extra,
         }
 
@@ -117,7 +123,7 @@ def decode(data: bytes, source: str) -> Manifest:
             instance=body["instance"],
             generation=int(body["generation"]),
             buckets=None if body["buckets"] is None else tuple(body["buckets"]),
-            files=tuple(FileRecord(p, int(s), int(c)) for p, s, c in body["files"]),
+            files=tuple(FileRecord(f[0], int(f[1]), int(f[2]), str(f[3])) for f in body["files"]),
             new_bytes=int(body["new_bytes"]),
             pause_ms=float(body.get("pause_ms", 0.0)),
             extra={k: v for k, v in body.items() if k not in known},

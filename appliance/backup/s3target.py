@@ -37,6 +37,7 @@ from backends.s3 import S3Backend
 
 OBJECTS = "objects/"
 BACKUPS = "backups/"
+ARCHIVE = "archive/"
 
 
 class S3Target:
@@ -202,7 +203,7 @@ class S3Target:
                     self._call(lambda: backend.upload(OBJECTS + sha, path))  # noqa: B023
                     present.add(sha)
                     new_bytes += size
-            records.append(mf.FileRecord(rel, size, crc))
+            records.append(mf.FileRecord(rel, size, crc, sha))
             objects[rel] = sha
         # A deletion running meanwhile may have collected an object we rely on: re-check.
         now = {i.key[len(OBJECTS) :] for i in self._call(lambda: list(backend.list(OBJECTS)))}
@@ -222,7 +223,7 @@ class S3Target:
             files=tuple(records),
             new_bytes=new_bytes,
             pause_ms=round(staged.pause_ms, 3),
-            extra={"objects": objects},
+            extra={"objects": objects, **staged.extra},
         )
         self._call(lambda: backend.write(f"{BACKUPS}{staged.id}/{mf.MANIFEST_NAME}", result.encode()))
         fileio.remove_tree(out)
@@ -274,6 +275,18 @@ class S3Target:
         if doomed:
             self._collect()
         return sorted(doomed)
+
+    def put_archive(self, name: str, path: Path) -> None:
+        """Store one journal segment under ``archive/``."""
+        self._call(lambda: self.backend.upload(ARCHIVE + name, path))
+
+    def list_archive(self) -> list[str]:
+        """Names of the archived journal segments."""
+        return [i.key[len(ARCHIVE) :] for i in self._call(lambda: list(self.backend.list(ARCHIVE)))]
+
+    def get_archive(self, name: str) -> bytes:
+        """The bytes of one archived segment."""
+        return self._call(lambda: self.backend.read(ARCHIVE + name))  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Close the S3 client."""

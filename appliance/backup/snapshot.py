@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance.backup import manifest as mf
-from appliance.backup.files import copy_prefix, crc_prefix, sync_tree, walk_files
+from appliance.backup.files import copy_prefix, digest_prefix, sync_tree, walk_files
 from appliance.engine import fileio
 from appliance.engine.models import EngineOptions
 
@@ -53,6 +53,12 @@ class Staged:
     root: Path
     files: list[tuple[str, int]]
     pause_ms: float
+    journal_seq: int | None = None  # first journal frame not in the cut (archiving on)
+
+    @property
+    def extra(self) -> dict[str, object]:
+        """Manifest fields beyond the common ones."""
+        return {} if self.journal_seq is None else {"journal_seq": self.journal_seq}
 
 
 def clear_staging(data_path: Path) -> None:
@@ -109,13 +115,19 @@ def stage(
     started = time.perf_counter()
     with storage.pause_writes(timeout):
         cut_us = time.time_ns() // 1000
+        position = storage.journal_position()
+        journal_seq = None
+        if position is not None:
+            # Every frame in the cut is at or before the cut's instant (frame times are
+            # bumped to stay strictly increasing, so they may run a few µs ahead of the clock).
+            journal_seq, cut_us = position[0], max(cut_us, position[1])
         bid = mf.backup_id(cut_us)
         root = staging / bid
         root.mkdir()
         files = _link_tree(data_path, root, buckets)
     pause_ms = (time.perf_counter() - started) * 1000
     log.info("backup %s: cut taken, writes paused %.1f ms (%d files)", bid, pause_ms, len(files))
-    return Staged(bid, cut_us, root, files, pause_ms)
+    return Staged(bid, cut_us, root, files, pause_ms, journal_seq)
 
 
 def _previous(target: Path) -> tuple[Path, dict[str, mf.FileRecord]] | None:
@@ -141,7 +153,8 @@ def finalize(data: Path) -> None:
     """Run the engine's startup recovery on a backup copy and close it: no WAL is left."""
     from appliance.engine import Storage  # late: keeps `import appliance.backup` cheap
 
-    storage = Storage.open(EngineOptions(data_path=data, integrity_checks=False, min_free_space=0))
+    # Integrity checks on: the live index may lag its descriptors (a normal crash state).
+    storage = Storage.open(EngineOptions(data_path=data, integrity_checks=True, min_free_space=0))
     storage.close()
 
 
@@ -166,7 +179,7 @@ def publish(
         old = previous[1].get(rel) if previous is not None else None
         if old is not None and old.size == size and not is_wal(rel):
             base = previous[0] / mf.DATA_DIR / rel  # type: ignore[index]
-            if crc_prefix(src, size) == old.crc32c:
+            if digest_prefix(src, size)[1] == old.sha256:
                 try:
                     fileio.hard_link(base, dst)
                     shared[rel] = (old, dst.stat().st_ino)
@@ -183,7 +196,8 @@ def publish(
         if known is not None and known[1] == st.st_ino:
             records.append(known[0])  # the very inode of the base backup: unchanged
             continue
-        records.append(mf.FileRecord(rel, st.st_size, crc_prefix(path, st.st_size)))
+        crc, sha = digest_prefix(path, st.st_size)
+        records.append(mf.FileRecord(rel, st.st_size, crc, sha))
         new_bytes += st.st_size
     sync_tree(folder)
     result = mf.Manifest(
@@ -195,6 +209,7 @@ def publish(
         files=tuple(records),
         new_bytes=new_bytes,
         pause_ms=round(staged.pause_ms, 3),
+        extra=staged.extra,
     )
     mf.write(folder, result)
     fileio.remove_tree(staged.root)

@@ -17,7 +17,10 @@ from appliance.backup import folder as ft
 from appliance.backup import manifest as mf
 from appliance.backup.files import copy_prefix
 from appliance.backup.snapshot import Staged, publish
+from appliance.engine import fileio
 from appliance.errors import UnprocessableEntity
+
+ARCHIVE_DIR = "archive"
 
 
 class Target(Protocol):
@@ -50,6 +53,15 @@ class Target(Protocol):
 
     def fetch(self, manifest: mf.Manifest, record: mf.FileRecord, dst: Path) -> None:
         """Copy one file of a backup to the new local file ``dst``."""
+
+    def put_archive(self, name: str, path: Path) -> None:
+        """Store one journal segment of the continuous archive."""
+
+    def list_archive(self) -> list[str]:
+        """Names of the archived journal segments."""
+
+    def get_archive(self, name: str) -> bytes:
+        """The bytes of one archived segment."""
 
     def close(self) -> None:
         """Release clients."""
@@ -97,6 +109,26 @@ class FolderTarget:
     def fetch(self, manifest: mf.Manifest, record: mf.FileRecord, dst: Path) -> None:
         """Copy (never link) one file out of the backup."""
         copy_prefix(self.path / manifest.id / mf.DATA_DIR / record.path, dst)
+
+    def put_archive(self, name: str, path: Path) -> None:
+        """Store one journal segment in ``<folder>/archive/`` (copied, fsynced, renamed)."""
+        folder = self.path / ARCHIVE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (name + fileio.TMP_SUFFIX)
+        fileio.remove_file(tmp)
+        copy_prefix(path, tmp)
+        fileio.replace(tmp, folder / name)
+
+    def list_archive(self) -> list[str]:
+        """Names of the archived journal segments."""
+        folder = self.path / ARCHIVE_DIR
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.endswith(fileio.TMP_SUFFIX))
+
+    def get_archive(self, name: str) -> bytes:
+        """The bytes of one archived segment."""
+        return fileio.read_file(self.path / ARCHIVE_DIR / name)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from contextlib import AbstractContextManager
 
 from appliance.engine import fileio
@@ -122,6 +123,16 @@ class Storage:
     def pause_writes(self, timeout: float) -> AbstractContextManager[float]:
         """Close the write gate (backup snapshot): yields the seconds in-flight writes took."""
         return self._ctx.gate.exclusive(timeout)
+
+    def journal_position(self) -> tuple[int, int] | None:
+        """Next journal sequence number and the time of the last frame (None: no journal)."""
+        journal = self._ctx.journal
+        return None if journal is None else (journal.next_seq, journal.last_time_us)
+
+    def rotate_journal(self) -> list[Path]:
+        """Close the open journal segment; every closed segment (empty without a journal)."""
+        journal = self._ctx.journal
+        return [] if journal is None else journal.rotate()
 
     def mark_abandoned(self) -> None:
         """Refuse every later mutation with 503 (only a flag: safe from any thread)."""
