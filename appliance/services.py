@@ -76,6 +76,7 @@ def engine_options(settings: Settings, **role: Any) -> EngineOptions:
         min_free_space=settings.engine_min_free_space,
         max_storage_size=settings.engine_max_storage_size,
         bucket_defaults=bucket_defaults(settings),
+        journal=settings.backup_archive_interval > 0,
         **role,
     )
 
@@ -332,6 +333,8 @@ class Services:
             return
         if self.settings.backup_interval > 0 and self.settings.backup_target:
             self._tasks.append(asyncio.create_task(self.backups.schedule(), name="backup-schedule"))
+        if self.settings.backup_archive_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.archive(), name="backup-archive"))
 
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""

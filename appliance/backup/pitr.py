@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from appliance.backup import instance, restore
@@ -31,6 +31,7 @@ from appliance.engine.models import EngineOptions
 from appliance.errors import ApplianceError, NotFound, UnprocessableEntity
 
 log = logging.getLogger(__name__)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ARCHIVE_NAME = re.compile(r"^(\d{20})-(\d{20})\.jnl$")
 
 
@@ -51,10 +52,9 @@ def parse_time(value: str) -> int:
             f"'{value}' is not a time: give µs since the epoch or ISO 8601"
         ) from None
     if when.tzinfo is None:
-        from datetime import timezone
-
         when = when.replace(tzinfo=timezone.utc)
-    return int(when.timestamp() * 1_000_000)
+    # Exact integer arithmetic: a float timestamp can be off by a µs at today's magnitudes.
+    return (when - EPOCH) // timedelta(microseconds=1)
 
 
 def ship(segments: list[Path], target) -> int:  # type: ignore[no-untyped-def]
@@ -67,6 +67,24 @@ def ship(segments: list[Path], target) -> int:  # type: ignore[no-untyped-def]
             shipped += len(frames)
         path.unlink()
     return shipped
+
+
+def check_archive(target, start_seq: int) -> None:  # type: ignore[no-untyped-def]
+    """Refuse before anything is restored when the archive does not continue ``start_seq``."""
+    expected = start_seq
+    for name in sorted(target.list_archive()):
+        match = ARCHIVE_NAME.match(name)
+        if match is None:
+            continue
+        first, last = int(match.group(1)), int(match.group(2))
+        if last < expected:
+            continue
+        if first > expected:
+            raise NotFound(
+                f"the archive has a gap: frames {expected}..{first - 1} are missing "
+                "(archiving was off or a segment was lost)"
+            )
+        expected = last + 1
 
 
 def archived_frames(target, start_seq: int) -> Iterator[Frame]:  # type: ignore[no-untyped-def]
@@ -162,6 +180,7 @@ def apply(storage: Storage, frame: Frame) -> None:
 def restore_to_time(target, to_us: int, data: Path) -> PitrResult:  # type: ignore[no-untyped-def]
     """Rebuild in ``data`` (empty) the state the instance had at ``to_us``; read-only after."""
     base = choose_base(target, to_us)
+    check_archive(target, int(base.extra["journal_seq"]))  # type: ignore[arg-type]
     frames = archived_frames(target, int(base.extra["journal_seq"]))  # type: ignore[arg-type]
     restore.restore(target, base.id, data)
     result = PitrResult(base.id, to_us)

@@ -67,6 +67,8 @@ class BackupService:
         self.restored_from: str | None = None
         self.last: BackupResult | None = None
         self.last_error: str | None = None
+        self.archived_until_us: int | None = None
+        self.archive_error: str | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -168,6 +170,30 @@ class BackupService:
             else:
                 log.info("scheduled backup took %.1f s", time.monotonic() - started)
 
+    def _ship(self) -> int:
+        """Close the open journal segment and ship every closed one (blocking)."""
+        from appliance.backup import pitr
+
+        target = resolve_target(None, self.settings.backup_target)
+        try:
+            shipped = pitr.ship(self._storage().rotate_journal(), target)
+        finally:
+            target.close()
+        self.archived_until_us = time.time_ns() // 1000
+        return shipped
+
+    async def archive(self) -> None:
+        """Continuous archiving: ship the journal every ``RS_BACKUP_ARCHIVE_INTERVAL``."""
+        interval = self.settings.backup_archive_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self._ship)  # not behind a long backup
+                self.archive_error = None
+            except Exception as exc:  # noqa: BLE001 - segments stay local; retried next time
+                self.archive_error = str(exc)
+                log.error("archiving the journal failed (will retry): %s", exc)
+
     def info(self) -> dict[str, object]:
         """The ``backup`` object of ``/api/v1/info``."""
         last = self.last.manifest if self.last is not None else None
@@ -179,6 +205,9 @@ class BackupService:
             "last_backup": None if last is None else last.id,
             "last_pause_ms": None if last is None else last.pause_ms,
             "last_error": self.last_error,
+            "archive_interval": self.settings.backup_archive_interval,
+            "archived_until_us": self.archived_until_us,
+            "archive_error": self.archive_error,
         }
 
     def close(self) -> None:

@@ -69,6 +69,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     restore.add_argument("--bucket", default=None, help="restore only this bucket")
     restore.add_argument("--entry", default=None, help="restore only this entry (needs --bucket)")
     restore.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    restore.add_argument(
+        "--to-time",
+        default=None,
+        help="point-in-time recovery (no ID): the state at this instant (µs or ISO 8601), "
+        "from the newest backup before it plus the archived journal",
+    )
     restore.set_defaults(handler=run_restore)
 
     rw = commands.add_parser(
@@ -208,8 +214,13 @@ def run_restore(args: argparse.Namespace) -> int:
     target = _target(args)
     if target is None:
         return EXIT_USAGE
+    if args.to_time is not None:
+        return _restore_to_time(args, target)
     if args.id is None:
-        print("appliance restore: give a backup id (see `appliance backup list`)", file=sys.stderr)
+        print(
+            "appliance restore: give a backup id (see `appliance backup list`) or --to-time",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.entry and not args.bucket:
         print("appliance restore: --entry needs --bucket", file=sys.stderr)
@@ -227,6 +238,34 @@ def run_restore(args: argparse.Namespace) -> int:
             "`appliance set-read-write`"
         )
     return EXIT_OK
+
+
+def _restore_to_time(args: argparse.Namespace, target) -> int:  # type: ignore[no-untyped-def]
+    """``restore --to-time``: base backup + archived journal up to the instant."""
+    from appliance.backup import pitr
+    from appliance.backup import manifest as mf
+
+    if args.id is not None or args.bucket or args.entry:
+        print("appliance restore: --to-time restores everything; give no ID, --bucket or --entry",
+              file=sys.stderr)
+        return EXIT_USAGE
+    at, code = _offline(pitr.parse_time, args.to_time)
+    if at is None:
+        return EXIT_USAGE
+    if args.dry_run:
+        base, code = _offline(pitr.choose_base, target, at)
+        if base is None:
+            return code
+        print(f"would restore backup {base.id} (cut {mf.iso(base.cut_us)}) and replay the "
+              f"archived journal up to {mf.iso(at)}\ndry run: nothing was changed")
+        return EXIT_OK
+    result, code = _offline(pitr.restore_to_time, target, at, _data(args))
+    if result is None:
+        return code
+    print(result.render())
+    print(f"restored into {_data(args)}; the instance starts read-only until "
+          "`appliance set-read-write`")
+    return EXIT_OK if not result.failed else EXIT_FAILED
 
 
 def run_set_read_write(args: argparse.Namespace) -> int:

@@ -179,3 +179,10 @@ def test_parse_time() -> None:
     assert pitr.parse_time("2023-11-14T22:13:20") == 1_700_000_000_000_000
     with pytest.raises(Exception, match="not a time"):
         pitr.parse_time("yesterday")
+
+
+def test_parse_time_is_exact_to_the_microsecond() -> None:
+    from appliance.backup.manifest import iso
+
+    for us in (1_796_574_281_547_066, 1_700_000_000_000_001, 1_999_999_999_999_999):
+        assert pitr.parse_time(iso(us)) == us
