@@ -8,8 +8,11 @@ reduct-py writer writes 1 KiB records back to back while ``POST /api/v1/backups`
 table shows the pause the server measured (gate closed → links made → gate open), the longest
 write latency the concurrent writer saw during the backup (what a client experiences), the
 median one (for comparison), the backup's wall time, the second backup's cost after a known
-delta, and the time of an offline restore (RTO part of restoring a snapshot). Every loop is
-bounded by count and time; the temp folder is removed at the end.
+delta, the time of an offline restore of the first backup (the RTO of a snapshot restore, before
+the server starts), and of a point-in-time restore to an instant after a further 16.8 MB of
+journaled writes (newest backup + archived journal). Continuous archiving is on
+(``RS_BACKUP_ARCHIVE_INTERVAL=1s``), so every write is also journaled. Every loop is bounded by
+count and time; the temp folder is removed at the end.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from appliance.backup import restore  # noqa: E402
+from appliance.backup import pitr, restore  # noqa: E402
+from appliance.backup.targets import FolderTarget  # noqa: E402
 from tests.e2e.server import ServerProcess  # noqa: E402
 
 KIB = 1024
@@ -89,7 +93,8 @@ async def case(root: Path, label: str, size: int, count: int, table: Table) -> N
     """Fill, back up twice (with a delta between), restore; one table row."""
     data = root / f"data-{label}"
     target = root / f"backups-{label}"
-    server = ServerProcess(data).start()
+    env = {"RS_BACKUP_TARGET": str(target), "RS_BACKUP_ARCHIVE_INTERVAL": "1s"}
+    server = ServerProcess(data, env=env).start()
     try:
         started = time.perf_counter()
         await fill(server.url, "bench", size, count)
@@ -98,12 +103,19 @@ async def case(root: Path, label: str, size: int, count: int, table: Table) -> N
         delta = 16 * MIB
         await fill_delta(server.url, delta)
         second = httpx.post(f"{server.url}/api/v1/backups", json={"target": str(target)}, timeout=600).json()
+        await fill_delta(server.url, delta, start=2 * 10**15)
+        at_us = time.time_ns() // 1000
+        await asyncio.sleep(2.5)  # > the archive interval: the journal is shipped
     finally:
         server.stop()
     restored = root / f"restored-{label}"
     started = time.perf_counter()
     restore.restore(target, first["id"], restored)
     restore_s = time.perf_counter() - started
+    shutil.rmtree(restored)
+    started = time.perf_counter()
+    result = pitr.restore_to_time(FolderTarget(target), at_us, restored)
+    pitr_s = time.perf_counter() - started
     table.add_row(
         label,
         f"{first['bytes'] / 1e6:.0f} MB / {first['files']}",
@@ -113,17 +125,18 @@ async def case(root: Path, label: str, size: int, count: int, table: Table) -> N
         f"{wall:.2f}",
         f"{delta / 1e6:.1f} MB → {second['new_bytes'] / 1e6:.1f} MB",
         f"{restore_s:.2f}",
+        f"{pitr_s:.2f} ({result.applied} changes)",
     )
     for folder in (data, target, restored):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def fill_delta(url: str, total: int) -> None:
+async def fill_delta(url: str, total: int, start: int = 10**15) -> None:
     """``total`` bytes of new 256 KiB records in a fresh entry."""
     payload = os.urandom(256 * KIB)
     async with Client(url, timeout=300) as client:
         b = await client.get_bucket("bench")
-        ts = 10**15
+        ts = start
         for _ in range(total // len(payload)):
             await b.write("delta", payload, timestamp=ts)
             ts += 1
@@ -139,6 +152,7 @@ async def main() -> None:
     for column in (
         "data set", "backup size / files", "fill s", "pause ms (server)",
         "longest write ms during backup", "backup s", "2nd backup: delta → new", "restore s",
+        "PITR restore s (2nd backup + 16.8 MB journal)",
     ):
         table.add_column(column)
     with tempfile.TemporaryDirectory(prefix="bench-backup-", dir=os.environ.get("BENCH_DIR")) as tmp:
