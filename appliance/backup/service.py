@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.backup import folder as ft
 from appliance.backup.targets import Target, open_target
+from appliance.errors import Forbidden
 from appliance.backup import instance, snapshot
 from appliance.backup import manifest as mf
 
@@ -111,7 +112,8 @@ class BackupService:
 
     async def create(self, target: str | None = None, buckets: list[str] | None = None) -> BackupResult:
         """Take a backup now; finishes even if the caller is cancelled."""
-        self._storage()  # 503 while starting, before queueing
+        if self._storage().options.read_only:  # 503 while starting, before queueing
+            raise Forbidden("a read-only replica takes no backups: back up the instance that writes")
         chosen = resolve_target(target, self.settings.backup_target)
         task = asyncio.ensure_future(self._create_locked(chosen, buckets))
         return await asyncio.shield(task)

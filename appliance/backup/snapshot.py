@@ -23,7 +23,6 @@ Two phases, so writes are paused only for the cheap one:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

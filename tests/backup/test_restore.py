@@ -89,3 +89,23 @@ def test_a_folder_held_by_a_running_instance_is_refused(
         instance.release(fd)
     restore.restore(target, made.id, other)  # stopped now: allowed
     assert os.path.exists(other / "b1")
+
+
+def test_set_read_write_on_a_stopped_folder_and_refused_on_a_running_one(
+    storage: Storage, data: Path, target: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli.main import main
+
+    write(storage, "b1", "e", 1)
+    made = backup(storage, data, target)
+    restored = tmp_path / "restored"
+    assert main(["restore", made.id, "--target", str(target), "--data", str(restored)]) == 0
+    assert instance.restored_from(restored) == made.id
+    fd = instance.hold(restored)
+    try:
+        assert main(["set-read-write", "--data", str(restored)]) == 1
+        assert "in use by a running instance" in capsys.readouterr().err
+    finally:
+        instance.release(fd)
+    assert main(["set-read-write", "--data", str(restored)]) == 0
+    assert instance.restored_from(restored) is None

@@ -82,3 +82,23 @@ def test_s3_incomplete_backup_is_listed_and_retention_keeps_last(
     assert not infos["20300101T000000000000Z"].complete
     assert s3_target.apply_retention(keep_last=1, max_age=0, keep="") == ids[:2]
     assert s3_target.verify(ids[2]).ok
+
+
+def test_point_in_time_restore_from_an_s3_archive(s3_target: S3Target, tmp_path: Path) -> None:
+    from appliance.backup import pitr
+    from appliance.engine.models import EngineOptions
+
+    data = tmp_path / "live"
+    store = Storage.open(EngineOptions(data_path=data, min_free_space=0, journal=True))
+    store.create_bucket("b")
+    base = s3_target.publish(snapshot.stage(store, data, None), instance="t", generation=0, buckets=None)
+    for ts in range(1, 11):
+        store.get_bucket("b").write_record("e", ts, b"p%d" % ts, "x", {})
+    _, at = store.journal_position()  # type: ignore[misc]
+    store.get_bucket("b").remove_entry("e")
+    pitr.ship(store.rotate_journal(), s3_target)
+    store.close()
+    assert s3_target.list_archive()
+    result = pitr.restore_to_time(s3_target, at, tmp_path / "r")
+    assert result.base == base.id and result.applied == 10 and not result.failed
+    assert {k[2] for k in read_all(tmp_path / "r")} == set(range(1, 11))
