@@ -434,6 +434,8 @@ class Services:
         self._tasks.clear()
         self.queries.clear()
         await asyncio.to_thread(self.backups.close)  # a backup in progress still uses the engine
+        if self.storage is not None and not self.role.read_only:
+            await self.backups.ship_on_stop()
         storage, self.storage = self.storage, None
         if storage is not None:
             try:

@@ -112,6 +112,27 @@ def archived_frames(target, start_seq: int) -> Iterator[Frame]:  # type: ignore[
             yield frame
 
 
+def prune_archive(target) -> list[str]:  # type: ignore[no-untyped-def]
+    """Delete archived segments no remaining full backup needs (all frames before the oldest
+    one's ``journal_seq``); nothing while no full backup was taken with archiving on."""
+    starts = []
+    for info in target.list_backups():
+        if info.complete and info.buckets is None:
+            seq = target.load(info.id).extra.get("journal_seq")
+            if isinstance(seq, int):
+                starts.append(seq)
+    if not starts:
+        return []
+    oldest = min(starts)
+    doomed = []
+    for name in target.list_archive():
+        match = ARCHIVE_NAME.match(name)
+        if match is not None and int(match.group(2)) < oldest:
+            target.delete_archive(name)
+            doomed.append(name)
+    return doomed
+
+
 @dataclass
 class PitrResult:
     """What a point-in-time restore did."""

@@ -287,6 +287,10 @@ class S3Target:
         """The bytes of one archived segment."""
         return self._call(lambda: self.backend.read(ARCHIVE + name))  # type: ignore[no-any-return]
 
+    def delete_archive(self, name: str) -> None:
+        """Remove one archived segment."""
+        self._call(lambda: self.backend.delete(ARCHIVE + name))
+
     def close(self) -> None:
         """Close the S3 client."""
         self.backend.close()

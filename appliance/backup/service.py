@@ -101,6 +101,10 @@ class BackupService:
                 removed = target.apply_retention(
                     self.settings.backup_keep_last, self.settings.backup_max_age, made.id
                 )
+                if removed:
+                    from appliance.backup import pitr
+
+                    pitr.prune_archive(target)  # journal only dropped backups needed
         finally:
             target.close()
         log.info(
@@ -183,6 +187,14 @@ class BackupService:
             target.close()
         self.archived_until_us = time.time_ns() // 1000
         return shipped
+
+    async def ship_on_stop(self) -> None:
+        """A clean stop ships what is journaled, so it loses nothing (best effort)."""
+        if self.settings.backup_archive_interval > 0 and self.settings.backup_target:
+            try:
+                await asyncio.to_thread(self._ship)
+            except Exception as exc:  # noqa: BLE001 - shipped at the next start instead
+                log.error("archiving the journal at shutdown failed: %s", exc)
 
     async def archive(self) -> None:
         """Continuous archiving: ship the journal every ``RS_BACKUP_ARCHIVE_INTERVAL``."""

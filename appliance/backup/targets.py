@@ -63,6 +63,9 @@ class Target(Protocol):
     def get_archive(self, name: str) -> bytes:
         """The bytes of one archived segment."""
 
+    def delete_archive(self, name: str) -> None:
+        """Remove one archived segment."""
+
     def close(self) -> None:
         """Release clients."""
 
@@ -129,6 +132,10 @@ class FolderTarget:
     def get_archive(self, name: str) -> bytes:
         """The bytes of one archived segment."""
         return fileio.read_file(self.path / ARCHIVE_DIR / name)
+
+    def delete_archive(self, name: str) -> None:
+        """Remove one archived segment."""
+        fileio.remove_file(self.path / ARCHIVE_DIR / name)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -87,10 +87,12 @@ class World:
             by_entry: dict[tuple[str, str], list[int]] = {}
             for b, e, ts in doomed:
                 by_entry.setdefault((b, e), []).append(ts)
-            for (b, e), tss in by_entry.items():
+            for (b, e), tss in by_entry.items():  # one journal frame per entry: one state each
                 self.storage.get_bucket(b).get_entry(e).remove_records(tss)
                 for ts in tss:
                     del self.records[(b, e, ts)]
+                self._committed()
+            return
         elif roll < 0.88 and keys:
             b, e, _ = rng.choice(keys)
             self.storage.get_bucket(b).remove_entry(e)
@@ -141,7 +143,7 @@ def test_restore_to_random_instants_matches_the_model(tmp_path: Path, seed: int)
         out = tmp_path / f"restored-{n}"
         result = pitr.restore_to_time(target, at, out)
         assert not result.failed, result.failed
-        assert observe(out) == history[i][1], f"state at {at} (step {i})"
+        assert observe(out) == history[i][1], f"state at {at} (step {i}, base {result.base})"
     # The first backup's own instant: its state, with nothing replayed after it.
     before = [h for h in world.history if h[0] <= first.cut_us][-1][1]
     assert observe_restored(target, first.cut_us, tmp_path / "at-cut") == before
@@ -186,3 +188,25 @@ def test_parse_time_is_exact_to_the_microsecond() -> None:
 
     for us in (1_796_574_281_547_066, 1_700_000_000_000_001, 1_999_999_999_999_999):
         assert pitr.parse_time(iso(us)) == us
+
+
+def test_archive_segments_no_backup_needs_are_pruned(tmp_path: Path) -> None:
+    target = FolderTarget(tmp_path / "backups")
+    data = tmp_path / "data"
+    storage = Storage.open(EngineOptions(data_path=data, min_free_space=0, journal=True))
+    storage.create_bucket("b")
+    ids = []
+    for round_ in range(3):
+        ids.append(target.publish(snapshot.stage(storage, data, None), instance="t", generation=0, buckets=None).id)
+        storage.get_bucket("b").write_record("e", round_ + 1, b"x", "x", {})
+        pitr.ship(storage.rotate_journal(), target)
+    storage.close()
+    assert len(target.list_archive()) == 3
+    assert pitr.prune_archive(target) == []  # the oldest backup needs them all
+    from appliance.backup import folder as ft
+
+    ft.delete(target.path, ids[0])
+    assert len(pitr.prune_archive(target)) == 1
+    assert len(target.list_archive()) == 2
+    pitr.restore_to_time(target, 4_000_000_000_000_000, tmp_path / "r")  # continuous from ids[1]
+    assert len(observe(tmp_path / "r")[1]) == 3
