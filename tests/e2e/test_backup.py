@@ -88,6 +88,14 @@ async def test_backup_under_load_incremental_verify_restore_read_only(tmp_path: 
         print(f"second backup after {delta} new bytes: {made['new_bytes']} new bytes")
         assert delta <= made["new_bytes"] < delta + 2 * 256 * KIB + 64 * KIB
 
+        # `appliance cp` reads a complete backup as a source (the contract with issue 12 §3).
+        result = run_cli("cp", f"{target / first}/load", f"{server.url}/from-backup")
+        assert result.returncode == 0, result.stdout + result.stderr
+        async with Client(server.url) as client:
+            copied = await client.get_bucket("from-backup")
+            counts = {e.name: e.record_count for e in await copied.get_entry_list()}
+            assert counts["base"] == 300 and counts.get("stream", 0) > 0
+
         # The CLI refuses to restore into the folder the running server holds.
         result = run_cli("restore", first, "--target", str(target), "--data", str(server.data_path),
                          "--bucket", "load")
