@@ -31,13 +31,14 @@ from pydantic import ValidationError
 
 from appliance.engine.models import QuotaType
 from appliance.units import SIZE_FORM, parse_size
+from provisioning.lifecycles import LifecycleSpec, load_lifecycle_env
 from provisioning.models import BucketSpec, TokenSpec, check_bucket_name, check_token_name
 
 BUCKET_FIELDS = ("NAME", "QUOTA_TYPE", "QUOTA_SIZE", "MAX_BLOCK_SIZE", "MAX_BLOCK_RECORDS")
 TOKEN_FIELDS = ("NAME", "VALUE", "FULL_ACCESS", "READ", "WRITE", "EXPIRES_AT")
 _BUCKET_GROUP = re.compile(r"RS_BUCKET_(.*)_NAME")
 _TOKEN_GROUP = re.compile(r"RS_TOKEN_(.*)_NAME")
-_UNSUPPORTED_GROUP = re.compile(r"^RS_(REPLICATION|LIFECYCLE)_(.*)_NAME$")
+_UNSUPPORTED_GROUP = re.compile(r"^RS_(REPLICATION)_(.*)_NAME$")
 _U64 = re.compile(r"^\+?[0-9]+$")  # Rust's u64::from_str
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _QUOTA_TYPES = {q.value: q for q in QuotaType}
@@ -51,11 +52,12 @@ class EnvGroups:
     tokens: Mapping[str, TokenSpec] = field(default_factory=dict)
     origins: Mapping[tuple[str, str], str] = field(default_factory=dict)  # -> "RS_..._NAME"
     problems: tuple[str, ...] = ()
+    lifecycles: Mapping[str, LifecycleSpec] = field(default_factory=dict)  # provisioning.lifecycles
 
     @property
     def group_count(self) -> int:
         """How many groups were accepted."""
-        return len(self.buckets) + len(self.tokens)
+        return len(self.buckets) + len(self.tokens) + len(self.lifecycles)
 
 
 def load_env_groups(environ: Mapping[str, str]) -> EnvGroups:
@@ -70,7 +72,8 @@ def load_env_groups(environ: Mapping[str, str]) -> EnvGroups:
         match = _UNSUPPORTED_GROUP.match(name)
         if match:
             problems.append(f"{name}: {match.group(1).lower()} provisioning is not supported yet")
-    return EnvGroups(buckets, tokens, origins, tuple(problems))
+    lifecycles = load_lifecycle_env(environ, origins, problems)
+    return EnvGroups(buckets, tokens, origins, tuple(problems), lifecycles)
 
 
 def _groups(environ: Mapping[str, str], pattern: re.Pattern[str]) -> list[tuple[str, str, str]]:

@@ -36,6 +36,7 @@ from pydantic import (
 from appliance.engine.models import BucketSettings, QuotaType
 from appliance.settings import InstanceRole, LockFailureAction
 from appliance.units import DURATION_FORM, SIZE_FORM, parse_duration, parse_size
+from provisioning.lifecycles import LifecycleSpec
 
 INIT_TOKEN_NAME = "init-token"  # RS_API_TOKEN's token (spec reductstore-api §6.3): never ours
 
@@ -260,6 +261,9 @@ class ProvisioningFile(_Strict):
     tokens: Annotated[dict[TokenName, TokenSpec], BeforeValidator(_none_is_empty)] = Field(
         default_factory=dict
     )
+    lifecycles: Annotated[dict[str, LifecycleSpec], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=dict
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -274,6 +278,7 @@ class DesiredState:
     buckets: Mapping[str, BucketSpec] = field(default_factory=dict)
     tokens: Mapping[str, TokenSpec] = field(default_factory=dict)
     instance: InstanceSpec = InstanceSpec()
+    lifecycles: Mapping[str, LifecycleSpec] = field(default_factory=dict)  # after buckets
     # Reserved for the replication issue: name -> ReplicationSpec, applied after buckets.
     replications: Mapping[str, Any] = field(default_factory=dict)
     # ("bucket" | "token", name) -> "RS_BUCKET_A_NAME" or "/etc/appliance/prov.yaml:3"
@@ -290,5 +295,6 @@ class DesiredState:
         return self.origins.get((kind, name), "?")
 
     def summary(self) -> str:
-        """``N buckets, M tokens`` for logs and the CLI."""
-        return f"{len(self.buckets)} buckets, {len(self.tokens)} tokens"
+        """``N buckets, M tokens[, K lifecycles]`` for logs and the CLI."""
+        text = f"{len(self.buckets)} buckets, {len(self.tokens)} tokens"
+        return text + (f", {len(self.lifecycles)} lifecycles" if self.lifecycles else "")

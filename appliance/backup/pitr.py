@@ -184,7 +184,8 @@ def apply(storage: Storage, frame: Frame) -> None:
     elif op == "entry_rename":
         storage.get_bucket(f["b"]).rename_entry(f["e"], f["n"])
     elif op == "bucket_create":
-        storage.create_bucket(f["b"], decode_settings(frame.payload))
+        # ``$system`` and the other ``$`` buckets are the instance's own (internal).
+        storage.create_bucket(f["b"], decode_settings(frame.payload), internal=f["b"].startswith("$"))
     elif op == "bucket_settings":
         s = decode_settings(frame.payload)
         storage.get_bucket(f["b"]).update_settings(

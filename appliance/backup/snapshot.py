@@ -32,6 +32,7 @@ from appliance.backup import manifest as mf
 from appliance.backup.files import copy_prefix, digest_prefix, sync_tree, walk_files
 from appliance.engine import fileio
 from appliance.engine.models import EngineOptions
+from appliance.engine.reserve import RESERVE_FILE
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -155,6 +156,10 @@ def finalize(data: Path) -> None:
     # Integrity checks on: the live index may lag its descriptors (a normal crash state).
     storage = Storage.open(EngineOptions(data_path=data, integrity_checks=True, min_free_space=0))
     storage.close()
+    # The engine's own housekeeping files are not data: the free-space reserve (recreated by
+    # any instance that opens the folder) and emptied removals.
+    fileio.remove_file(data / RESERVE_FILE)
+    fileio.remove_tree(data / fileio.REMOVING_DIR)
 
 
 def publish(
