@@ -37,8 +37,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance import metrics
 from appliance.auth import Permissions, TokenStore
+from appliance.backup import instance as backup_instance
+from appliance.backup.service import BackupService
 from appliance.engine.models import BucketSettings, EngineOptions
-from appliance.errors import ConfigError, ServiceUnavailable
+from appliance.errors import ConfigError, Forbidden, ServiceUnavailable
 from appliance.events import SystemEvents
 from appliance.inuse import FolderInUse, InUseLock, identity
 from appliance.lifecycle import LifecycleManager
@@ -81,6 +83,7 @@ def engine_options(settings: Settings, **role: Any) -> EngineOptions:
         min_free_space=settings.engine_min_free_space,
         max_storage_size=settings.engine_max_storage_size,
         bucket_defaults=bucket_defaults(settings),
+        journal=settings.backup_archive_interval > 0,
         **role,
     )
 
@@ -203,6 +206,9 @@ class Services:
         self._housekeeping: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closed = False
+        # Backups (issue 12): snapshots, retention, schedule, the restored read-only mark.
+        self.backups = BackupService(settings, lambda: self.engine, lambda: self.role.generation)
+        self._instance_lock: int | None = None
 
     # --- state ------------------------------------------------------------------------------
 
@@ -244,6 +250,9 @@ class Services:
         before and after the request, and in the engine before every mutation.
         """
         self.role.check_writable_nowait()
+        restored = self.backups.restored_from
+        if restored is not None:
+            raise Forbidden(backup_instance.read_only_message(restored))
 
     async def fence_write(self) -> None:
         """The lease fence with its slow path off the loop (503 when we may not write)."""
@@ -323,6 +332,7 @@ class Services:
         try:
             started = time.perf_counter()
             await self.run(self._mark_in_use)
+            await self.run(self._hold_data_folder)
             await self.run(self.tokens.load)
             options = await self.run(self._role_options, generation)
             storage = await self.run(self._open_storage, options)
@@ -380,6 +390,7 @@ class Services:
         if self._housekeeping is None:
             self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="tokens")
             self._tasks.append(self._housekeeping)
+        self._start_backup_schedule()
         if self.settings.engine_compaction_interval > 0 and self._compaction is None:
             self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
             self._tasks.append(self._compaction)  # one loop, kept across a rejoin
@@ -394,6 +405,23 @@ class Services:
                 pass  # Storage.open reports an unusable folder with the full reason
         what = f"appliance serve ({self.settings.instance_role.value}, port {self.settings.port})"
         self.in_use.acquire(exclusive=False, who=identity(what), read_only=self.role.read_only)
+    def _hold_data_folder(self) -> None:
+        """Take the shared instance lock (offline restore refuses a held folder), clear backup
+        staging leftovers and read the restored read-only mark (blocking)."""
+        if self._instance_lock is None and not self.role.read_only:
+            self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            self._instance_lock = backup_instance.hold(self.settings.data_path)
+        if not self.role.read_only:
+            self.backups.prepare()
+
+    def _start_backup_schedule(self) -> None:
+        """The scheduled backups of ``RS_BACKUP_INTERVAL`` (once, kept across a rejoin)."""
+        if any(t.get_name() == "backup-schedule" for t in self._tasks):
+            return
+        if self.settings.backup_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.schedule(), name="backup-schedule"))
+        if self.settings.backup_archive_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.archive(), name="backup-archive"))
 
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
@@ -537,6 +565,9 @@ class Services:
         self._tasks.clear()
         self.queries.clear()
         await self._flush_last_access()
+        await asyncio.to_thread(self.backups.close)  # a backup in progress still uses the engine
+        if self.storage is not None and not self.role.read_only:
+            await self.backups.ship_on_stop()
         storage, self.storage = self.storage, None
         if storage is not None:
             try:
@@ -550,3 +581,5 @@ class Services:
         except Exception:  # noqa: BLE001 - shutdown must finish
             log.exception("releasing the role failed")
         self.executor.shutdown(wait=True)
+        backup_instance.release(self._instance_lock)
+        self._instance_lock = None
