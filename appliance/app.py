@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from appliance import API_VERSION, REDUCTSTORE_VERSION, metrics
 from appliance.api import (
+    backups,
     batch_v2,
     buckets,
     entries,
@@ -116,7 +117,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
 
     base = settings.api_base_path
     prefix = base + "api/v1"
-    for module in (instance, buckets, tokens, lifecycles, links, batch_v2, queries, entries):
+    for module in (
+        instance, buckets, tokens, lifecycles, links, batch_v2, queries, entries, backups
+    ):
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 
     origins = settings.cors_origins

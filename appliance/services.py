@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from appliance import metrics
 from appliance.auth import Permissions, TokenStore
+from appliance.backup import instance as backup_instance
+from appliance.backup.service import BackupService
 from appliance.engine.models import BucketSettings, EngineOptions
 from appliance.errors import ConfigError, ServiceUnavailable
 from appliance.events import SystemEvents
@@ -96,6 +98,7 @@ def engine_options(settings: Settings, **role: Any) -> EngineOptions:
         min_free_space=settings.engine_min_free_space,
         max_storage_size=settings.engine_max_storage_size,
         bucket_defaults=bucket_defaults(settings),
+        journal=settings.backup_archive_interval > 0,
         **role,
     )
 
@@ -201,8 +204,6 @@ class Services:
         # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
         self.lease_backend = lease_backend(settings)
         self.role: RoleManager = build_role_manager(settings, self.lease_backend)
-        # May this process write? One fence, argued in roles/write_fence.py.
-        self.fence = WriteFence(self.role)
         self._loop: asyncio.AbstractEventLoop | None = None
         # What is provisioned (API 409s, is_provisioned, /info); filled by the provisioner.
         self.provisioning = ProvisioningState()
@@ -221,6 +222,11 @@ class Services:
         self._housekeeping: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closed = False
+        # Backups (issue 12): snapshots, retention, schedule, the restored read-only mark.
+        self.backups = BackupService(settings, lambda: self.engine, lambda: self.role.generation)
+        # May this process write? One fence, argued in roles/write_fence.py.
+        self.fence = WriteFence(self.role, self._restored_reason)
+        self._instance_lock: int | None = None
         # A holder that steps down stops writing, then exits or rejoins (roles/step_down.py).
         self.step_down = StepDown(self.role, self)
 
@@ -319,6 +325,7 @@ class Services:
         try:
             started = time.perf_counter()
             await self.workers.run(self._mark_in_use)
+            await self.workers.run(self._hold_data_folder)
             await self.workers.run(self.tokens.load)
             options = await self.workers.run(self._role_options, generation)
             storage = await self.workers.run(self._open_storage, options)
@@ -376,6 +383,7 @@ class Services:
         if self._housekeeping is None:
             self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="tokens")
             self._tasks.append(self._housekeeping)
+        self._start_backup_schedule()
         if self.settings.engine_compaction_interval > 0 and self._compaction is None:
             self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
             self._tasks.append(self._compaction)  # one loop, kept across a rejoin
@@ -390,6 +398,23 @@ class Services:
                 pass  # Storage.open reports an unusable folder with the full reason
         what = f"appliance serve ({self.settings.instance_role.value}, port {self.settings.port})"
         self.in_use.acquire(exclusive=False, who=identity(what), read_only=self.role.read_only)
+    def _hold_data_folder(self) -> None:
+        """Take the shared instance lock (offline restore refuses a held folder), clear backup
+        staging leftovers and read the restored read-only mark (blocking)."""
+        if self._instance_lock is None and not self.role.read_only:
+            self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            self._instance_lock = backup_instance.hold(self.settings.data_path)
+        if not self.role.read_only:
+            self.backups.prepare()
+
+    def _start_backup_schedule(self) -> None:
+        """The scheduled backups of ``RS_BACKUP_INTERVAL`` (once, kept across a rejoin)."""
+        if any(t.get_name() == "backup-schedule" for t in self._tasks):
+            return
+        if self.settings.backup_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.schedule(), name="backup-schedule"))
+        if self.settings.backup_archive_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.archive(), name="backup-archive"))
 
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
@@ -443,6 +468,11 @@ class Services:
             await self.workers.run(self.tokens.flush_last_access)
         except Exception:  # noqa: BLE001 - a failed write is retried at the next tick
             log.exception("saving token last_access failed")
+
+    def _restored_reason(self) -> str | None:
+        """Clients may not write a data folder restored from a backup until it is accepted."""
+        restored = self.backups.restored_from
+        return None if restored is None else backup_instance.read_only_message(restored)
 
     # --- the step-down hooks (roles/step_down.py decides when and in which order) ----------
 
@@ -536,6 +566,9 @@ class Services:
         self._tasks.clear()
         self.queries.clear()
         await self._flush_last_access()
+        await asyncio.to_thread(self.backups.close)  # a backup in progress still uses the engine
+        if self.storage is not None and not self.role.read_only:
+            await self.backups.ship_on_stop()
         storage, self.storage = self.storage, None
         if storage is not None:
             try:
@@ -549,3 +582,5 @@ class Services:
         except Exception:  # noqa: BLE001 - shutdown must finish
             log.exception("releasing the role failed")
         self.workers.shutdown()
+        backup_instance.release(self._instance_lock)
+        self._instance_lock = None

@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         LockFailureAction.ABORT
     )
 
+    # --- backups (used by appliance/backup; issue 12)
+    backup_target: str = ""
+    backup_interval: Seconds = 0.0
+    backup_keep_last: int = Field(0, ge=0)
+    backup_max_age: Seconds = 0.0
+    backup_archive_interval: Seconds = 0.0
+
     # --- provisioning (used by provisioning/)
     provisioning_path: Path | None = None
 

@@ -13,7 +13,9 @@ call from async code into the engine goes through one ``Workers`` object, modell
 
 Not through here, on purpose: the lease's own I/O (``appliance.roles``) uses
 ``asyncio.to_thread``, so a pool saturated by slow engine calls never delays a lease renewal
-or the fence; and ``appliance cp``'s local source has its own small ``Workers``.
+or the fence. ``appliance cp``'s local source and the backups have their own small
+``Workers`` (a long backup must not starve requests); the journal shipping of continuous
+archiving uses ``asyncio.to_thread`` so it never waits behind a backup.
 """
 
 from __future__ import annotations

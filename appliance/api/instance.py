@@ -99,6 +99,7 @@ async def info() -> Response:
             "license": None,
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
+            "backup": svc.backups.info(),
             # Where the data lives, for the console's dashboard (a remote backend adds
             # `unsynced_bytes`); never a server path.
             "storage": {"backend": "folder"},

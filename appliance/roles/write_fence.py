@@ -19,7 +19,9 @@ argument needs exactly these:
 3. **Before a mutating request** (``await check_async()`` in the before-request hook, and the
    no-I/O ``check(io=False)`` in the handlers). Not needed for safety, (1) and (2) are: it
    answers early and in a fixed order (auth 401/403, names 422, then 403 replica / 503 not the
-   holder, then 409 provisioned) before a body is read, and gives a replica its 403.
+   holder / 403 restored backup, then 409 provisioned) before a body is read, and gives a
+   replica its 403. A data folder restored from a backup and not yet accepted refuses client
+   writes here too (``read_only_reason``); the instance's own writers are not fenced by it.
 
 ``check_async`` keeps the renewal's I/O off the event loop (fast path inline, slow path in a
 thread). Only a lease holder has a timing part (``timed``): the hooks skip the other roles.
@@ -28,11 +30,12 @@ thread). Only a lease holder has a timing part (``timed``): the hooks skip the o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from appliance.errors import Forbidden, ServiceUnavailable
+from appliance.roles.lease_manager import NOT_HOLDER_MESSAGE, LeaseManager
 from appliance.roles.replica import REPLICA_MESSAGE
 from appliance.roles.role import LeaseRole, RoleManager
-from appliance.roles.lease_manager import NOT_HOLDER_MESSAGE, LeaseManager
 
 
 async def confirm_off_loop(manager: LeaseManager) -> None:
@@ -44,8 +47,12 @@ async def confirm_off_loop(manager: LeaseManager) -> None:
 class WriteFence:
     """The fence of one role (see the module doc for where and why it is checked)."""
 
-    def __init__(self, role: RoleManager) -> None:
+    def __init__(
+        self, role: RoleManager, read_only_reason: Callable[[], str | None] = lambda: None
+    ) -> None:
         self.role = role
+        # Why clients may not write for a reason outside the role (a restored backup), or None.
+        self.read_only_reason = read_only_reason
 
     @property
     def timed(self) -> bool:
@@ -55,17 +62,21 @@ class WriteFence:
     def check(self, *, io: bool = True) -> None:
         """Raise unless a write may happen: 403 replica, 503 not (surely) the lease holder.
 
-        ``io=False`` (event loop, handlers) skips the timing part and never does I/O.
+        ``io=False`` (event loop, handlers) skips the timing part and never does I/O, and adds
+        the client-only refusal of a restored backup (403).
         """
         role = self.role
         if role.read_only:
             raise Forbidden(REPLICA_MESSAGE)
-        if not isinstance(role, LeaseRole):
-            return
-        if not role.generation:
-            raise ServiceUnavailable(NOT_HOLDER_MESSAGE if io else role.manager.refusal())
-        if io:
-            role.manager.confirm()
+        if isinstance(role, LeaseRole):
+            if not role.generation:
+                raise ServiceUnavailable(NOT_HOLDER_MESSAGE if io else role.manager.refusal())
+            if io:
+                role.manager.confirm()
+        if not io:
+            reason = self.read_only_reason()
+            if reason is not None:
+                raise Forbidden(reason)
 
     async def check_async(self) -> None:
         """``check()`` with the lease renewal (if needed) in a thread, off the event loop."""
