@@ -16,7 +16,7 @@ from quart import Quart, request
 from werkzeug.exceptions import HTTPException
 
 from appliance import API_VERSION, REDUCTSTORE_VERSION
-from appliance.api import buckets, entries, io, queries, server, tokens
+from appliance.api import buckets, entries, io, queries, replications, server, tokens
 from appliance.api.access import SERVICES_KEY
 from appliance.api.connection import POLICY_KEY, ApplianceConnection, ApplianceRequest, HttpPolicy
 from appliance.api.response import ApiResponse as Response
@@ -65,7 +65,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
 
     base = settings.api_base_path
     prefix = base + "api/v1"
-    for module in (server, buckets, tokens, io, queries, entries):
+    for module in (server, buckets, tokens, replications, io, queries, entries):
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 
     origins = settings.cors_origins

@@ -46,15 +46,18 @@ def merge(env: EnvGroups, yaml: YamlProvisioning | None) -> DesiredState:
     """One desired state from env groups and (optionally) YAML; ConfigError on a conflict."""
     buckets = dict(env.buckets)
     tokens = dict(env.tokens)
+    replications = dict(env.replications)
     origins = dict(env.origins)
     instance = InstanceSpec()
     if yaml is not None:
         _unite("bucket", buckets, yaml.document.buckets, origins, yaml.origins)
         _unite("token", tokens, yaml.document.tokens, origins, yaml.origins)
+        _unite("replication", replications, yaml.document.replications, origins, yaml.origins)
         instance = yaml.document.instance
     return DesiredState(
         buckets=buckets,
         tokens=tokens,
+        replications=replications,
         instance=instance,
         origins=origins,
         source=describe_source(env, yaml),

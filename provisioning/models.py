@@ -7,8 +7,8 @@ names are the ``RS_*`` names in YAML form (``RS_BUCKET_<ID>_QUOTA_SIZE`` → ``q
 ``RS_*`` variables (``appliance.units``). Every model forbids unknown keys: a typo in a file must
 be an error with a line number, not a silently ignored setting.
 
-Replications join later as a third kind of object: a ``ReplicationSpec`` model, a
-``replications`` field on ``ProvisioningFile`` and the reserved ``DesiredState.replications``.
+Replication tasks are the third kind of object: ``ReplicationSpec`` (``provisioning.replications``),
+the ``replications`` section of ``ProvisioningFile`` and ``DesiredState.replications``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pydantic import (
 from appliance.engine.models import BucketSettings, QuotaType
 from appliance.settings import InstanceRole, LockFailureAction
 from appliance.units import DURATION_FORM, SIZE_FORM, parse_duration, parse_size
+from provisioning.replications import ReplicationSpec
 
 INIT_TOKEN_NAME = "init-token"  # RS_API_TOKEN's token (spec reductstore-api §6.3): never ours
 
@@ -248,6 +249,9 @@ class ProvisioningFile(_Strict):
     tokens: Annotated[dict[TokenName, TokenSpec], BeforeValidator(_none_is_empty)] = Field(
         default_factory=dict
     )
+    replications: Annotated[
+        dict[str, ReplicationSpec], BeforeValidator(lambda v: {} if v is None else v)
+    ] = Field(default_factory=dict, description="replication tasks, by name")
 
     @model_validator(mode="before")
     @classmethod
@@ -262,8 +266,8 @@ class DesiredState:
     buckets: Mapping[str, BucketSpec] = field(default_factory=dict)
     tokens: Mapping[str, TokenSpec] = field(default_factory=dict)
     instance: InstanceSpec = InstanceSpec()
-    # Reserved for the replication issue: name -> ReplicationSpec, applied after buckets.
-    replications: Mapping[str, Any] = field(default_factory=dict)
+    # name -> ReplicationSpec, applied after buckets (origins key: ("replication", name)).
+    replications: Mapping[str, ReplicationSpec] = field(default_factory=dict)
     # ("bucket" | "token", name) -> "RS_BUCKET_A_NAME" or "/etc/appliance/prov.yaml:3"
     origins: Mapping[tuple[str, str], str] = field(default_factory=dict)
     source: str = "none"
@@ -279,4 +283,5 @@ class DesiredState:
 
     def summary(self) -> str:
         """``N buckets, M tokens`` for logs and the CLI."""
-        return f"{len(self.buckets)} buckets, {len(self.tokens)} tokens"
+        text = f"{len(self.buckets)} buckets, {len(self.tokens)} tokens"
+        return text + (f", {len(self.replications)} replications" if self.replications else "")

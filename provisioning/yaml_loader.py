@@ -32,7 +32,7 @@ from provisioning.models import InstanceSpec, ProvisioningFile
 YAML_SUFFIXES = (".yaml", ".yml")
 _REF = re.compile(r"\$(\$?)\{([^}]*)(\}?)")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_FIELDS = frozenset({"value"})
+_SECRET_FIELDS = frozenset({"value", "dst_token"})
 
 Path_ = tuple[str | int, ...]
 
@@ -112,8 +112,12 @@ def parse_text(
     except ValidationError as exc:
         raise ConfigError(_describe(exc, filename, lines)) from None
     origins: dict[tuple[str, str], str] = {}
-    for kind, section in (("bucket", document.buckets), ("token", document.tokens)):
-        key = "buckets" if kind == "bucket" else "tokens"
+    for kind, section in (
+        ("bucket", document.buckets),
+        ("token", document.tokens),
+        ("replication", document.replications),
+    ):
+        key = kind + "s"
         for name in section:
             origins[(kind, name)] = f"{filename}:{lines.get((key, name), 1)}"
     return document, origins
@@ -355,12 +359,14 @@ def _merge_files(
 ) -> YamlProvisioning:
     buckets: dict[str, Any] = {}
     tokens: dict[str, Any] = {}
+    replications: dict[str, Any] = {}
     instance: dict[str, Any] = {}
     origins: dict[tuple[str, str], str] = {}
     for document, doc_origins in parsed:
         for kind, target, section in (
             ("bucket", buckets, document.buckets),
             ("token", tokens, document.tokens),
+            ("replication", replications, document.replications),
         ):
             for name, spec in section.items():
                 if name in target:
@@ -372,7 +378,10 @@ def _merge_files(
                 origins[(kind, name)] = doc_origins[(kind, name)]
         _deep_update(instance, document.instance.model_dump(exclude_none=True))
     merged = ProvisioningFile.model_construct(
-        instance=InstanceSpec.model_validate(instance), buckets=buckets, tokens=tokens
+        instance=InstanceSpec.model_validate(instance),
+        buckets=buckets,
+        tokens=tokens,
+        replications=replications,
     )
     return YamlProvisioning(merged, origins, files, root)
 

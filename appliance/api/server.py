@@ -1,5 +1,5 @@
 """Server endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
-empty ``/replications`` and ``/lifecycles`` lists reduct-py's fixtures call."""
+empty ``/lifecycles`` list reduct-py's fixtures call (replications: ``api/replications.py``)."""
 
 from __future__ import annotations
 
@@ -130,13 +130,6 @@ async def me() -> Response:
     """The caller's token (value blanked)."""
     token = authenticate()
     return json_response(token.to_json(services().tokens.now()))
-
-
-@blueprint.route("/replications", methods=["GET"])
-async def replications() -> Response:
-    """Replication tasks (none yet: a later issue adds replication)."""
-    full_access()
-    return json_response({"replications": []})
 
 
 @blueprint.route("/lifecycles", methods=["GET"])

@@ -1,0 +1,266 @@
+"""The destination of a task, spoken to only through ReductStore's public HTTP API.
+
+``RemoteBucket`` finds or creates the destination bucket (``GET``, then ``POST`` on 404, as
+ReductStore 1.21), learns the destination's API version from ``x-reduct-api``, and sends
+batches: protocol v2 (``POST /io/{bucket}/write``) when the destination speaks it (API ≥ 1.18)
+and the body is not compressed, else v1 (``POST /b/{bucket}/{entry}/batch``). v2 requires a
+``Content-Length`` equal to the records' sum, which a compressed body cannot honour, so a task
+with compression always uses v1 (as ReductStore's own sender does). Label updates go as v1
+``PATCH .../batch`` with the record's current labels.
+
+Failures are split the way the task needs them:
+
+- ``Unavailable``: the destination cannot take anything right now (connection refused or reset,
+  timeout, 401/403 from the bucket check, 404 bucket gone, 429, 5xx). Nothing is consumed; the
+  task backs off and retries the same batch.
+- ``Rejected``: the destination refused the request as such (another 4xx); the records are
+  counted as errors and dropped (retrying cannot succeed).
+- per-record errors from ``x-reduct-error-*`` headers are returned as a map; 409 ("already
+  exists") is how a resent record that arrived before a crash shows up and counts as delivered.
+
+The token is sent as ``Authorization: Bearer`` and appears in no message or log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import zlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from appliance.api.batch_codec import encode_v1_record_header, v2_read_batch_headers
+from appliance.replication.models import Compression
+
+log = logging.getLogger(__name__)
+# httpx logs every request at INFO: one line per batch is noise in the server log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+V2_MIN_API = (1, 18)
+COMPRESSION_MIN_API = (1, 21)
+UNAVAILABLE_STATUSES = frozenset({401, 403, 404, 408, 425, 429})
+CONNECTION_ERROR = -3  # ReductStore's codes for transport failures
+TIMEOUT_ERROR = -2
+
+
+class Unavailable(Exception):  # noqa: N818 - a state of the destination
+    """The destination cannot take records now; keep them and retry later."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class Rejected(Exception):  # noqa: N818
+    """The destination refused the whole request; retrying the same records cannot help."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record to send: its metadata (the payload travels in the body stream)."""
+
+    entry: str  # destination entry name
+    timestamp: int
+    size: int
+    content_type: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def _version(value: str | None) -> tuple[int, int]:
+    try:
+        major, minor, *_ = (value or "").split(".")
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
+def _error(response: httpx.Response) -> str:
+    return response.headers.get("x-reduct-error") or f"HTTP {response.status_code}"
+
+
+def _record_errors(headers: httpx.Headers, prefix: str) -> dict[str, tuple[int, str]]:
+    """``{suffix: (status, message)}`` from ``x-reduct-error-<suffix>`` headers."""
+    out = {}
+    for name, value in headers.items():
+        name = name.lower()
+        if name.startswith(prefix):
+            code, _, message = value.partition(",")
+            try:
+                out[name[len(prefix) :]] = (int(code), message)
+            except ValueError:
+                out[name[len(prefix) :]] = (500, value)
+    return out
+
+
+class _Compressor:
+    def __init__(self, kind: Compression) -> None:
+        if kind is Compression.GZIP:
+            self._c: Any = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip container
+        else:
+            import zstandard
+
+            self._c = zstandard.ZstdCompressor(level=3).compressobj()
+
+    def feed(self, data: bytes) -> bytes:
+        return self._c.compress(data)  # type: ignore[no-any-return]
+
+    def end(self) -> bytes:
+        return self._c.flush()  # type: ignore[no-any-return]
+
+
+async def _compressed(body: AsyncIterator[bytes], kind: Compression) -> AsyncIterator[bytes]:
+    compressor = _Compressor(kind)
+    async for chunk in body:
+        out = compressor.feed(chunk)
+        if out:
+            yield out
+    tail = compressor.end()
+    if tail:
+        yield tail
+
+
+class RemoteBucket:
+    """The destination bucket of one task (one HTTP connection pool)."""
+
+    def __init__(
+        self,
+        host: str,
+        bucket: str,
+        token: str | None,
+        *,
+        compression: Compression = Compression.NONE,
+        timeout: float = 5.0,
+        verify_ssl: bool = True,
+        ca_path: str | None = None,
+    ) -> None:
+        self.host = host
+        self.bucket = bucket
+        self.compression = compression
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify: Any = verify_ssl
+        if verify_ssl and ca_path:
+            verify = ssl.create_default_context(cafile=ca_path)
+        self._client = httpx.AsyncClient(
+            base_url=host,
+            headers=headers,
+            verify=verify,
+            timeout=httpx.Timeout(connect=timeout, read=max(30.0, timeout), write=30.0, pool=30.0),
+        )
+        self.available = False
+        self.api: tuple[int, int] = (0, 0)
+
+    @property
+    def uses_v2(self) -> bool:
+        """True when batches go as protocol v2."""
+        return self.api >= V2_MIN_API and self.effective_compression is Compression.NONE
+
+    @property
+    def effective_compression(self) -> Compression:
+        """The compression really used (none for a destination older than 1.21)."""
+        return self.compression if self.api >= COMPRESSION_MIN_API else Compression.NONE
+
+    def _path(self, *parts: str) -> str:
+        return "api/v1/" + "/".join(quote(p, safe="/$") for p in parts)
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._client.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            self.available = False
+            raise Unavailable(TIMEOUT_ERROR, f"Timeout: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            self.available = False
+            raise Unavailable(CONNECTION_ERROR, f"Connection error: {exc}") from None
+
+    async def ensure(self) -> None:
+        """Find or create the destination bucket; Unavailable if that fails."""
+        if self.available:
+            return
+        url = self._path("b", self.bucket)
+        response = await self._request("GET", url)
+        if response.status_code == 404:
+            response = await self._request("POST", url)
+            if response.status_code == 409:  # created by someone else meanwhile
+                response = await self._request("GET", url)
+        if response.status_code != 200:
+            raise Unavailable(response.status_code, _error(response))
+        self.api = _version(response.headers.get("x-reduct-api"))
+        if self.compression is not Compression.NONE and self.api < COMPRESSION_MIN_API:
+            log.warning(
+                "destination %s speaks API %d.%d: sending without compression", self.host, *self.api
+            )
+        self.available = True
+
+    def _check(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if status == 200:
+            return
+        if status in UNAVAILABLE_STATUSES or status >= 500:
+            self.available = False  # re-check (and re-create) the bucket next time
+            raise Unavailable(status, _error(response))
+        raise Rejected(status, _error(response))
+
+    async def write(
+        self, records: Sequence[Outgoing], body: AsyncIterator[bytes]
+    ) -> dict[int, tuple[int, str]]:
+        """Send one batch of one entry (body = payloads in timestamp order); per-record errors."""
+        await self.ensure()
+        total = sum(r.size for r in records)
+        encoding = self.effective_compression
+        if self.uses_v2:
+            header_list = v2_read_batch_headers(records)
+            url = self._path("io", self.bucket, "write")
+        else:
+            header_list = [encode_v1_record_header(r) for r in records]  # type: ignore[arg-type]
+            url = self._path("b", self.bucket, records[0].entry, "batch")
+        headers = dict(header_list)
+        headers["Content-Type"] = "application/octet-stream"
+        content: AsyncIterator[bytes] = body
+        if encoding is Compression.NONE:
+            headers["Content-Length"] = str(total)
+        else:
+            headers["Content-Encoding"] = encoding.value
+            content = _compressed(body, encoding)
+        response = await self._request("POST", url, headers=headers, content=content)
+        self._check(response)
+        if self.uses_v2:
+            start = int(headers.get("x-reduct-start-ts", "0"))
+            errors = _record_errors(response.headers, "x-reduct-error-")
+            out = {}
+            for key, value in errors.items():
+                _, _, delta = key.rpartition("-")
+                out[start + int(delta)] = value
+            return out
+        return {int(k): v for k, v in _record_errors(response.headers, "x-reduct-error-").items()}
+
+    async def update(self, entry: str, records: Sequence[Outgoing]) -> dict[int, tuple[int, str]]:
+        """Send label updates (current labels) of one entry; per-record errors (404 = missing)."""
+        await self.ensure()
+        headers = {}
+        for record in records:
+            labels = sorted(
+                f'{k}="{v}"' if "," in v else f"{k}={v}" for k, v in record.labels.items()
+            )
+            headers[f"x-reduct-time-{record.timestamp}"] = ",".join(["0", "", *labels])
+        headers["Content-Length"] = "0"
+        url = self._path("b", self.bucket, entry, "batch")
+        response = await self._request("PATCH", url, headers=headers)
+        if response.status_code == 404:  # the entry does not exist there yet: send whole records
+            return {r.timestamp: (404, _error(response)) for r in records}
+        self._check(response)
+        return {int(k): v for k, v in _record_errors(response.headers, "x-reduct-error-").items()}
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+__all__ = ["Outgoing", "Rejected", "RemoteBucket", "Unavailable"]
