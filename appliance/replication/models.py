@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from appliance.errors import UnprocessableEntity
 from appliance.query.condition import compile_when
+from appliance.query.values import parse_label_value
 
 LEGACY_KEYS = ("include", "exclude", "each_n", "each_s")
 
@@ -80,6 +81,16 @@ def host_port(host: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or default
 
 
+def _typed(value: str) -> Any:
+    """The literal a stored label ``value`` compares equal to.
+
+    Labels are typed when a condition reads them (``"4"`` is the number 4, and a number never
+    equals a string), so ``include: {n: "4"}`` becomes ``$eq [&n, 4]``. ReductStore emits the
+    string and such a filter then never matches; old scripts must keep working here.
+    """
+    return parse_label_value(value)
+
+
 def legacy_when(
     when: Mapping[str, Any] | None,
     include: Mapping[str, str] | None = None,
@@ -94,10 +105,11 @@ def legacy_when(
     if each_n:
         result = {**(result or {}), "$each_n": each_n}
     conditions: list[Any] = [
-        {"$and": [{"$has": k}, {"$eq": [f"&{k}", v]}]} for k, v in (include or {}).items()
+        {"$and": [{"$has": k}, {"$eq": [f"&{k}", _typed(v)]}]} for k, v in (include or {}).items()
     ]
     excludes = [
-        {"$or": [{"$not": [{"$has": k}]}, {"$ne": [f"&{k}", v]}]} for k, v in (exclude or {}).items()
+        {"$or": [{"$not": [{"$has": k}]}, {"$ne": [f"&{k}", _typed(v)]}]}
+        for k, v in (exclude or {}).items()
     ]
     if excludes:
         # A record is dropped only when *every* exclude label matches (ReductStore).
