@@ -253,3 +253,95 @@ async def test_wrong_token_shows_401_and_keeps_the_records(
         await ca.set_replication_mode("r", ReplicationMode.PAUSED)
         assert (await ca.get_replication_detail("r")).info.mode == ReplicationMode.PAUSED
     assert "wrong-token" not in a.logs()
+
+
+async def wait_for(check: Any, timeout: float = 15.0) -> None:
+    """Poll the async ``check`` until it returns true."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.2)
+
+
+async def test_provisioning_from_env_and_yaml_with_live_edits(
+    procs: list[ServerProcess], tmp_path: Path
+) -> None:
+    b = spawn(procs, tmp_path / "b", env={"RS_API_TOKEN": "central-secret"})
+    yaml_path = tmp_path / "prov.yaml"
+
+    def write_yaml(entries: str, with_task: bool = True) -> None:
+        task = f"""
+replications:
+  to-central:
+    src_bucket: src
+    dst_bucket: central
+    dst_host: {b.url}
+    dst_token: ${{CENTRAL_TOKEN}}
+    entries: {entries}
+    compression: gzip
+""" if with_task else ""
+        yaml_path.write_text("buckets:\n  src: {}\n" + task)
+
+    write_yaml("[cam-1]")
+    env = {
+        "RS_PROVISIONING_PATH": str(yaml_path),
+        "CENTRAL_TOKEN": "central-secret",
+        "RS_REPLICATION_E_NAME": "from-env",
+        "RS_REPLICATION_E_SRC_BUCKET": "src",
+        "RS_REPLICATION_E_DST_BUCKET": "envdst",
+        "RS_REPLICATION_E_DST_HOST": b.url,
+        "RS_REPLICATION_E_DST_TOKEN": "central-secret",
+        "RS_REPLICATION_E_ENTRIES": "cam-2",
+        "RS_REPLICATION_E_EACH_N": "5",
+        "RS_REPLICATION_E_MODE": "enabled",
+    }
+    a = spawn(procs, tmp_path / "a", env=env)
+    async with Client(a.url) as ca, Client(b.url, api_token="central-secret") as cb:
+        infos = {r.name: r for r in await ca.get_replications()}
+        assert set(infos) == {"to-central", "from-env"}
+        assert all(r.is_provisioned for r in infos.values())
+        assert (await ca.get_replication_detail("from-env")).settings.when == {"$each_n": 5}
+        settings = ReplicationSettings(src_bucket="src", dst_bucket="x", dst_host=b.url)
+        r = httpx.put(f"{a.url}/api/v1/replications/to-central", json=settings.model_dump())
+        assert r.status_code == 409
+        assert r.headers["x-reduct-error"] == "Can't update provisioned replication 'to-central'"
+        r = httpx.delete(f"{a.url}/api/v1/replications/from-env")
+        assert r.status_code == 409
+        assert r.headers["x-reduct-error"] == "Can't remove provisioned replication 'from-env'"
+
+        await write_many(ca, "src", "cam-1", 1, 20)
+        await write_many(ca, "src", "cam-2", 1, 20)
+        await drained(ca, "to-central")
+        await drained(ca, "from-env")
+        assert await count(cb, "central", "cam-1") == 20
+        assert await timestamps(cb, "envdst", "cam-2") == [5, 10, 15, 20]
+
+        # the mode of a provisioned task may change, and it is persisted
+        await ca.set_replication_mode("to-central", ReplicationMode.PAUSED)
+
+        # live edit: the task now replicates cam-2 (the paused mode is kept: YAML sets none)
+        write_yaml("[cam-2]")
+
+        async def edited() -> bool:
+            detail = await ca.get_replication_detail("to-central")
+            return bool(detail.settings.entries == ["cam-2"])
+
+        await wait_for(edited)
+        detail = await ca.get_replication_detail("to-central")
+        assert detail.info.mode == ReplicationMode.PAUSED
+        await ca.set_replication_mode("to-central", ReplicationMode.ENABLED)
+        await write_many(ca, "src", "cam-2", 100, 10)
+        await drained(ca, "to-central")
+        assert await count(cb, "central", "cam-2") == 10
+
+        # removed from the YAML: kept, no longer provisioned (no data or backlog lost)
+        write_yaml("[]", with_task=False)
+
+        async def unprovisioned() -> bool:
+            infos = {r.name: r for r in await ca.get_replications()}
+            return not infos["to-central"].is_provisioned
+
+        await wait_for(unprovisioned)
+        r = httpx.delete(f"{a.url}/api/v1/replications/to-central")
+        assert r.status_code == 200
+    assert "central-secret" not in a.logs()
