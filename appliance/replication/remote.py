@@ -116,6 +116,11 @@ class _Compressor:
         return self._c.flush()  # type: ignore[no-any-return]
 
 
+def _compress_all(body: bytes, kind: Compression) -> bytes:
+    compressor = _Compressor(kind)
+    return compressor.feed(body) + compressor.end()
+
+
 async def _compressed(body: AsyncIterator[bytes], kind: Compression) -> AsyncIterator[bytes]:
     compressor = _Compressor(kind)
     async for chunk in body:
@@ -209,9 +214,10 @@ class RemoteBucket:
         raise Rejected(status, _error(response))
 
     async def write(
-        self, records: Sequence[Outgoing], body: AsyncIterator[bytes]
+        self, records: Sequence[Outgoing], body: bytes | AsyncIterator[bytes]
     ) -> dict[int, tuple[int, str]]:
-        """Send one batch of one entry (body = payloads in timestamp order); per-record errors."""
+        """Send one batch of one entry (body = payloads in timestamp order, whole or streamed);
+        per-record errors."""
         await self.ensure()
         total = sum(r.size for r in records)
         encoding = self.effective_compression
@@ -223,9 +229,12 @@ class RemoteBucket:
             url = self._path("b", self.bucket, records[0].entry, "batch")
         headers = dict(header_list)
         headers["Content-Type"] = "application/octet-stream"
-        content: AsyncIterator[bytes] = body
+        content: bytes | AsyncIterator[bytes] = body
         if encoding is Compression.NONE:
             headers["Content-Length"] = str(total)
+        elif isinstance(body, bytes):
+            headers["Content-Encoding"] = encoding.value
+            content = _compress_all(body, encoding)
         else:
             headers["Content-Encoding"] = encoding.value
             content = _compressed(body, encoding)

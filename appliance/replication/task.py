@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IDLE_SECONDS = 0.25
+PIPELINE_DEPTH = 3  # batches of one entry in flight at once
+PIPELINE_BATCHES = 64  # then the next entry gets its turn
 INLINE_RECORD_BYTES = 1024 * 1024  # bigger payloads stream from disk in chunks
 LOG_FULL_CODE = 507
 LOG_FULL_MESSAGE = "Transaction log is full (RS_REPLICATION_LOG_SIZE): oldest records dropped"
@@ -312,19 +314,59 @@ class ReplicationTask:
         return records, size
 
     async def _send_entry(self, entry: str) -> bool:
+        """Send the entry's backlog, up to ``PIPELINE_BATCHES`` batches, ``PIPELINE_DEPTH`` in
+        flight: the next batch is read from disk while earlier ones travel. The log is popped
+        strictly in order, only past batches that were delivered (or counted as failed)."""
         txlog = self._logs[entry]
         max_records, max_size = self._limits(entry)
+        inflight: list[tuple[asyncio.Task[None], int]] = []
+        offset = sent = 0
+        unavailable: Unavailable | None = None
+
+        async def settle_oldest() -> None:
+            nonlocal unavailable
+            task, consumed = inflight.pop(0)
+            try:
+                await task
+            except Unavailable as exc:
+                unavailable = unavailable or exc
+            if unavailable is None:  # in order: nothing is popped past a batch still owed
+                await self._run(txlog.pop, consumed)
+
         try:
-            batch = await self._run(self._prepare, txlog, entry, max_records, max_size)
+            while sent < PIPELINE_BATCHES and unavailable is None and not self._stopping:
+                batch = await self._run(
+                    self._prepare, txlog, entry, offset, max_records, max_size
+                )
+                if batch.consumed == 0:
+                    break  # nothing more, or the next record is still being written
+                offset += batch.consumed
+                sent += 1
+                task = asyncio.create_task(self._process(entry, batch))
+                inflight.append((task, batch.consumed))
+                if len(inflight) >= PIPELINE_DEPTH:
+                    await settle_oldest()
+            while inflight:
+                await settle_oldest()
         except BrokenLog as exc:
+            for task, _ in inflight:
+                task.cancel()
             log.error("replication '%s': %s; the log is recreated empty", self.name, exc)
             self.diagnostics.error(500, str(exc), len(txlog))
             with self._lock:
                 txlog.remove()
                 self._logs[entry] = TransactionLog(txlog.path, self.options.log_size)
             return True
-        if not batch.consumed:
-            return False  # the first record is still being written: next pass
+        except BaseException:
+            for task, _ in inflight:
+                task.cancel()
+            raise
+        if unavailable is not None:
+            raise unavailable
+        return sent > 0
+
+    async def _process(self, entry: str, batch: _Batch) -> None:
+        """Deliver one batch and count it; Unavailable if it must be sent again later."""
         count = len(batch.writes) + len(batch.updates)
         try:
             failed = await self._deliver(entry, batch)
@@ -344,13 +386,13 @@ class ReplicationTask:
         for code, message in failed.values():
             self.diagnostics.error(code, message)
         self.diagnostics.ok(count - len(failed))
-        await self._run(txlog.pop, batch.consumed)
-        return True
 
-    def _prepare(self, txlog: TransactionLog, entry: str, max_records: int, max_size: int) -> _Batch:
-        """Read the front of the log and the records it names (blocking)."""
+    def _prepare(
+        self, txlog: TransactionLog, entry: str, skip: int, max_records: int, max_size: int
+    ) -> _Batch:
+        """Read the log after ``skip`` transactions and the records it names (blocking)."""
         batch = _Batch()
-        txs = txlog.front(max_records)
+        txs = txlog.front(max_records, skip)
         if not txs:
             return batch
         storage = self._storage()
@@ -413,9 +455,13 @@ class ReplicationTask:
                     retry.add(meta.timestamp)
             writes.sort(key=lambda m: m.timestamp)
         if writes:
-            errors = await self.remote.write(
-                self._outgoing(entry, writes), self._body(entry, writes, batch.payloads)
-            )
+            payloads = batch.payloads
+            body: bytes | AsyncIterator[bytes]
+            if all(m.timestamp in payloads for m in writes):
+                body = b"".join([payloads[m.timestamp] for m in writes])  # one send, not 85
+            else:
+                body = self._body(entry, writes, payloads)
+            errors = await self.remote.write(self._outgoing(entry, writes), body)
             if errors and all(code == 404 for code, _ in errors.values()):
                 self.remote.available = False  # the bucket vanished there: recreate, resend
                 raise Unavailable(404, next(iter(errors.values()))[1])
@@ -427,18 +473,23 @@ class ReplicationTask:
     async def _body(
         self, entry: str, metas: Sequence[RecordMeta], payloads: dict[int, bytes]
     ) -> AsyncIterator[bytes]:
+        pending: list[bytes] = []  # small payloads go out together, not one send each
         for meta in metas:
             data = payloads.get(meta.timestamp)
             if data is not None:
-                if data:
-                    yield data
+                pending.append(data)
                 continue
+            if pending:
+                yield b"".join(pending)
+                pending.clear()
             chunks = await self._run(self._open_payload, entry, meta)
             while True:
                 chunk = await self._run(next, chunks, None)
                 if chunk is None:
                     break
                 yield chunk
+        if pending:
+            yield b"".join(pending)
 
     def _open_payload(self, entry: str, meta: RecordMeta) -> Iterator[bytes]:
         storage = self._storage()

@@ -124,13 +124,14 @@ class TransactionLog:
                 os.pwrite(self._fd, _U64.pack(self._write), 0)
             return dropped + overflow
 
-    def front(self, n: int) -> list[tuple[int, int]]:
-        """Up to ``n`` oldest transactions, not consumed; BrokenLog for a bad slot."""
+    def front(self, n: int, skip: int = 0) -> list[tuple[int, int]]:
+        """Up to ``n`` oldest transactions after the first ``skip``, not consumed; BrokenLog
+        for a bad slot."""
         with self._lock:
-            count = min(n, len(self))
-            if not count:
+            count = min(n, len(self) - skip)
+            if count <= 0:
                 return []
-            pos = self._read
+            pos = HEADER + (self._read - HEADER + skip * SLOT) % (self._end - HEADER)
             first = min(count * SLOT, self._end - pos)
             data = os.pread(self._fd, first, pos)
             if first < count * SLOT:
