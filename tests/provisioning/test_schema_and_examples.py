@@ -16,7 +16,7 @@ from provisioning.schema import render, schema
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "provisioning" / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
-SECRETS = {"INGEST_TOKEN": "i", "DASHBOARD_TOKEN": "d", "READER_TOKEN": "r"}
+SECRETS = {"INGEST_TOKEN": "i", "DASHBOARD_TOKEN": "d", "READER_TOKEN": "r", "CENTRAL_TOKEN": "c"}
 
 
 def test_schema_is_json_with_every_section() -> None:

@@ -217,3 +217,32 @@ async def test_bad_compressed_bodies_are_422_and_write_nothing(
     assert r.status_code == 422
     assert message in r.headers["x-reduct-error"]
     assert (await hs.client.get(API + "/b/src/e?ts=1")).status_code == 404
+
+
+LEASE = {"lock_file_ttl": "2s", "lock_file_polling_interval": "100ms", "lock_file_timeout": 0}
+
+
+async def test_standby_runs_no_task_until_it_holds_the_lease(
+    harness_factory: Any, tmp_path: Any
+) -> None:
+    primary = await harness_factory(data_path=tmp_path / "shared", instance_role="PRIMARY", **LEASE)
+    await primary.client.post(API + "/b/src")
+    assert (await create(primary, "r", mode="paused")).status_code == 200
+    await primary.client.post(API + "/b/src/e?ts=1", data=b"x", headers=label("1"))
+    manager = primary.services.replications
+    assert manager is not None and manager.started
+    standby = await harness_factory(
+        data_path=tmp_path / "shared", instance_role="SECONDARY", wait=False, **LEASE
+    )
+    await asyncio.sleep(0.5)
+    assert standby.services.replications is None  # waiting for the lease: no sender
+    await primary.test_app.__aexit__(None, None, None)  # the primary shuts down, releasing it
+    for _ in range(200):
+        if standby.services.replications is not None:
+            break
+        await asyncio.sleep(0.05)
+    taken = standby.services.replications
+    assert taken is not None and taken.started
+    # the new holder took over the task and its backlog from the shared folder
+    assert taken.get("r").settings.mode.value == "paused"
+    assert taken.get("r").pending_records == 1
