@@ -13,6 +13,7 @@ starts them, and a holder that steps down stops them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -200,12 +201,16 @@ class ReplicationManager:
             raise Conflict(f"Can't update provisioned replication '{name}'")
         settings = settings.keeping_token(old.settings)
         self._validate(name, settings)
-        await old.stop()
-        if old.settings.src_bucket != settings.src_bucket:
-            await self._run(old.remove_logs)  # the old source's backlog means nothing now
         task = self._new_task(name, settings)
+        same_source = old.settings.src_bucket == settings.src_bucket
+        if same_source:
+            task.adopt_logs(old)  # the backlog survives the update (ReductStore)
         self._tasks[name] = task
-        self._reindex()
+        self._reindex()  # writers now reach the new task
+        await old.stop(close_logs=not same_source)
+        if not same_source:
+            # the old source's backlog means nothing now
+            await self._run(functools.partial(old.remove_logs, every_source=False))
         await self._run(self.save)
         if self.started:
             await task.start()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -165,7 +166,7 @@ class ReplicationTask:
 
     def notify(self, entry: str, items: Sequence[tuple[int, int, Mapping[str, str]]]) -> None:
         """Log ``(kind, ts, labels)`` items of ``entry`` that pass the filter; wake the sender."""
-        if self.settings.mode is Mode.DISABLED or self._stopping:
+        if self.settings.mode is Mode.DISABLED:
             return
         with self._lock:
             if entry not in self._filters:
@@ -223,8 +224,15 @@ class ReplicationTask:
         await self._run(self.open_existing_logs)
         self._worker = asyncio.create_task(self._loop_forever(), name=f"replication-{self.name}")
 
-    async def stop(self) -> None:
-        """Stop the sender (a batch in flight is abandoned: it stays in the log) and close."""
+    def adopt_logs(self, old: ReplicationTask) -> None:
+        """Take over the open logs of the task this one replaces (same source bucket), so a
+        writer racing with the update appends to the very file the new sender reads."""
+        with old._lock:  # noqa: SLF001 - same class
+            self._logs.update(old._logs)  # noqa: SLF001
+
+    async def stop(self, *, close_logs: bool = True) -> None:
+        """Stop the sender (a batch in flight is abandoned: it stays in the log); close the
+        logs unless a replacing task adopted them."""
         self._stopping = True
         worker, self._worker = self._worker, None
         if worker is not None:
@@ -234,19 +242,20 @@ class ReplicationTask:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         await self.remote.close()
-        with self._lock:
-            for txlog in self._logs.values():
-                txlog.close()
+        if close_logs:
+            with self._lock:
+                for txlog in self._logs.values():
+                    txlog.close()
 
-    def remove_logs(self) -> None:
-        """Delete every log of this task (after ``stop``)."""
-        import shutil
-
+    def remove_logs(self, *, every_source: bool = True) -> None:
+        """Delete this task's logs (after ``stop``): of its source bucket only, or of every
+        source the task name ever had (a removed task)."""
         with self._lock:
             for txlog in self._logs.values():
                 txlog.close()
             self._logs.clear()
-        shutil.rmtree(self.options.data_path / ".replication" / self.name, ignore_errors=True)
+        folder = self.folder.parent if every_source else self.folder
+        shutil.rmtree(folder, ignore_errors=True)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, woken early by a notification or a mode change."""
