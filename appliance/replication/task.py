@@ -333,7 +333,7 @@ class ReplicationTask:
         unavailable: Unavailable | None = None
 
         async def settle_oldest() -> None:
-            nonlocal unavailable
+            nonlocal unavailable, offset
             task, consumed = inflight.pop(0)
             try:
                 await task
@@ -341,6 +341,7 @@ class ReplicationTask:
                 unavailable = unavailable or exc
             if unavailable is None:  # in order: nothing is popped past a batch still owed
                 await self._run(txlog.pop, consumed)
+                offset -= consumed  # ``offset`` counts from the front, which just moved
 
         try:
             while sent < PIPELINE_BATCHES and unavailable is None and not self._stopping:
