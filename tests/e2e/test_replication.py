@@ -246,6 +246,7 @@ async def test_wrong_token_shows_401_and_keeps_the_records(
         detail = await ca.get_replication_detail("r")
         assert 401 in detail.diagnostics.hourly.errors or "401" in detail.diagnostics.hourly.errors
         assert detail.info.pending_records == 10 and not detail.info.is_active
+        assert "unavailable (401: " in a.logs()  # the operator sees it in the log too
         # fixing the token (PUT) delivers the backlog
         await ca.update_replication("r", ReplicationSettings(
             src_bucket="src", dst_bucket="dst", dst_host=b.url, dst_token="right"))
