@@ -23,6 +23,8 @@ import struct
 import threading
 from pathlib import Path
 
+from appliance.engine.fileio import fsync_fd
+
 log = logging.getLogger(__name__)
 
 HEADER = 16
@@ -84,7 +86,7 @@ class TransactionLog:
         os.ftruncate(self._fd, 0)
         os.ftruncate(self._fd, self._end)  # sparse: no blocks until slots are written
         os.pwrite(self._fd, _POS.pack(HEADER, HEADER), 0)
-        os.fsync(self._fd)
+        fsync_fd(self._fd)
 
     @property
     def capacity(self) -> int:
