@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from appliance.engine.models import QuotaType
 from appliance.errors import ConfigError
 from appliance.units import DURATION_FORM, MIB, SIZE_FORM, parse_duration, parse_size
 
@@ -36,14 +37,6 @@ class InstanceRole(str, Enum):
     PRIMARY = "PRIMARY"
     SECONDARY = "SECONDARY"
     REPLICA = "REPLICA"
-
-
-class QuotaType(str, Enum):
-    """Bucket quota policy: none, drop oldest blocks (FIFO), or refuse writes (HARD)."""
-
-    NONE = "NONE"
-    FIFO = "FIFO"
-    HARD = "HARD"
 
 
 class LockFailureAction(str, Enum):

@@ -16,9 +16,8 @@ from appliance.api.params import bucket_name, is_meta_entry, json_object, new_na
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import bucket_info_json, json_response
 from appliance.api.streaming import read_any_body
-from appliance.engine.models import BucketSettings
+from appliance.engine.models import BucketSettings, QuotaType
 from appliance.errors import Conflict, UnprocessableEntity
-from appliance.settings import QuotaType
 
 if TYPE_CHECKING:
     from appliance.engine import Storage

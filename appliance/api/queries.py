@@ -12,6 +12,7 @@ from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.batch_codec import encode_v1_record_header, v2_read_batch_headers
 from appliance.api.connection import RawResponse
+from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
 from appliance.api.streaming import hop, payload_stream, read_any_body
@@ -176,8 +177,6 @@ async def read_one(
     svc: Services, storage: Storage, bucket: str, entry: str, raw_id: str, head: bool
 ) -> Response:
     """``GET /b/{bucket}/{entry}?q=``: the next record of an entry-level query."""
-    from appliance.api.records import record_response
-
     qid = query_id(raw_id, "'query' must be a number")
     query = svc.queries.get(qid, bucket, entry)
     batch = await collect(svc, storage, query, head=head, v2=False, limit=1)

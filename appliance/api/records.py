@@ -10,18 +10,19 @@ from quart import request
 
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
+from appliance.api.queries import read_one
+from appliance.api.record_response import check_state, record_response
 from appliance.api.response import ApiResponse as Response
 from appliance.api.streaming import (
     abort_writer,
     hop,
-    payload_stream,
     read_any_body,
     read_small_body,
     run_through,
     stream_body,
 )
-from appliance.engine.models import RecordMeta, RecordState
-from appliance.errors import InternalError, TooEarly, UnprocessableEntity
+from appliance.engine.models import RecordMeta
+from appliance.errors import UnprocessableEntity
 from appliance.replication import UPDATE, WRITE
 
 if TYPE_CHECKING:
@@ -32,46 +33,6 @@ if TYPE_CHECKING:
 SMALL_RECORD_BYTES = 256 * 1024
 # Payloads up to this size are read in the same hop as the metadata; bigger ones stream.
 INLINE_READ_BYTES = 2 * 1024 * 1024
-
-
-def record_headers(entry: str, meta: RecordMeta) -> dict[str, str]:
-    """Headers of a single-record response (Content-Length is set by the caller)."""
-    headers = {
-        "Content-Type": meta.content_type,
-        "Content-Disposition": "attachment",
-        "x-reduct-time": str(meta.timestamp),
-        "x-reduct-entry": entry,
-    }
-    for name, value in meta.labels.items():
-        headers["x-reduct-label-" + name] = value
-    return headers
-
-
-def check_state(bucket: str, entry: str, meta: RecordMeta) -> None:
-    """Raise 425 for a record still being written and 500 for a broken one."""
-    if meta.state == RecordState.STARTED:
-        raise TooEarly(f"Record {meta.timestamp} in entry {bucket}/{entry} is still being written")
-    if meta.state == RecordState.ERRORED:
-        raise InternalError(f"Record {meta.timestamp} in entry {bucket}/{entry} is broken")
-
-
-def record_response(
-    svc: Services, storage: Storage, bucket: str, entry: str, meta: RecordMeta,
-    payload: bytes | None, head: bool,
-) -> Response:
-    """A single-record response; streams the payload when it was not read inline."""
-    headers = record_headers(entry, meta)
-    if head:
-        response = Response(b"", status=200, headers=headers)
-    elif payload is not None:
-        response = Response(payload, status=200, headers=headers)
-    else:
-        def open_iter() -> Any:
-            return iter(storage.get_bucket(bucket).get_entry(entry).iter_payload(meta))
-
-        response = Response(payload_stream(svc, open_iter), status=200, headers=headers)
-    response.headers["Content-Length"] = str(meta.size)
-    return response
 
 
 # --- write ----------------------------------------------------------------------------------
@@ -149,8 +110,6 @@ async def read(bucket: str, entry: str) -> Response:
     svc = services()
     storage = svc.engine
     if q is not None:
-        from appliance.api.queries import read_one  # the query reading lives with queries
-
         return await read_one(svc, storage, bucket, entry, q, head)
     meta, payload = await svc.run(_fetch, storage, bucket, entry, ts, head)
     return record_response(svc, storage, bucket, entry, meta, payload, head)

@@ -42,7 +42,8 @@ Behaviour worth knowing:
   limits) so every block holds exactly ``[id, next_id)``; ReductStore would start a new block.
 
 Modules, bottom up: ``names`` (name validation), ``sizing`` (ReductStore's record metadata
-size), ``codec`` (sans-I/O formats), ``fileio`` (the engine's atomic writes and renames, on
+size), ``models`` (value types and enums), ``generations`` (generation fencing rules for WAL
+replay and file replacement), ``codec`` (sans-I/O formats), ``fileio`` (the engine's atomic writes and renames, on
 ``backends.fileio``'s fsync/rename), ``files`` (fd cache), ``commit`` (group commit), ``block``
 (a block in memory, block LRU), ``context`` (shared caches and options), ``entry_files`` (files
 of one entry folder), ``blockset`` (block index in memory and block choice), ``entry``,

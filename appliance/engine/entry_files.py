@@ -43,9 +43,9 @@ from appliance.engine.codec import (
 )
 from appliance.engine.context import EngineContext
 from appliance.engine.files import FileHandle
+from appliance.engine.generations import may_replace
 from appliance.engine.report import RecoveryReport
 from appliance.errors import CorruptionError, ServiceUnavailable
-from appliance.roles.fencing import may_replace
 
 INDEX_FILE = "blocks.idx"
 WAL_DIR = ".wal"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
+from enum import Enum, IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from appliance.settings import QuotaType
 from appliance.units import MIB
 
 if TYPE_CHECKING:
-    from appliance.roles.fencing import Fence
+    from appliance.engine.generations import Fence
 
 __all__ = [
     "BucketInfo",
@@ -26,6 +25,14 @@ __all__ = [
     "StorageInfo",
     "WriteFence",
 ]
+
+class QuotaType(str, Enum):
+    """Bucket quota policy: none, drop oldest blocks (FIFO), or refuse writes (HARD)."""
+
+    NONE = "NONE"
+    FIFO = "FIFO"
+    HARD = "HARD"
+
 
 DEFAULT_MAX_BLOCK_SIZE = 64_000_000
 DEFAULT_MAX_BLOCK_RECORDS = 1024

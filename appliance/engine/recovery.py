@@ -45,10 +45,10 @@ from appliance.engine.codec import (
 )
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_files import DATA_SUFFIX, META_SUFFIX, WAL_SUFFIX, EntryFiles
+from appliance.engine.generations import index_is_stale
 from appliance.engine.models import RecordState
 from appliance.engine.report import RecoveryReport
 from appliance.errors import CorruptionError
-from appliance.roles.fencing import index_is_stale
 
 
 def _block_ids(folder: Path, suffix: str) -> dict[int, Path]:

@@ -10,7 +10,7 @@ Public surface (ARCHITECTURE §5, ``spec/leases.md`` §3.3/§3.4):
     Lease(backend, OwnerId, ttl_s=, clock=)                   lease.py: observe(), acquire(),
         renew(), release()  over create_if_absent / replace_if_unchanged only
     LeaseRecord, OwnerId, LeaseHeld, LeaseLost                record.py: .lock content, errors
-    GenerationLog, Fence, accept(), may_replace(), index_is_stale()    fencing.py
+    GenerationLog, Fence (+ check_current), snapshot_wal       fencing.py (rules: engine/generations.py)
     ReplicaRefresher(refresh, interval_s=)                    replica.py: step(), run(stop)
     Clock, SystemClock, ManualClock                           clock.py
     lease_backend(settings), build_role, load_wal_fence       wiring.py (for the services)
