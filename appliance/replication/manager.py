@@ -137,6 +137,7 @@ class ReplicationManager:
         ]
         data = json.dumps({"version": 1, "replications": items}, indent=1).encode()
         atomic_write(self.path, data)
+        self.path.chmod(0o600)  # it holds the destination tokens
 
     def load(self) -> None:
         """Load the stored tasks (blocking); invalid ones are dropped with an error line."""

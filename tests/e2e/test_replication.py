@@ -227,6 +227,19 @@ async def test_chain_a_to_b_to_c(procs: list[ServerProcess], tmp_path: Path) -> 
         await drained(ca, "ab")
         await drained(cb, "bc")
         assert await timestamps(cc, "end", "s") == list(range(1, 501))
+        # a label update travels down the chain; a label removal does not (as ReductStore)
+        r = httpx.patch(f"{a.url}/api/v1/b/src/s?ts=7",
+                        headers={"x-reduct-label-state": "checked", "x-reduct-label-i": ""})
+        assert r.status_code == 200
+
+        async def updated() -> bool:
+            got = httpx.get(f"{c.url}/api/v1/b/end/s?ts=7",
+                            headers={"Authorization": "Bearer c-secret"})
+            return got.headers.get("x-reduct-label-state") == "checked"
+
+        await wait_for(updated)
+        got = httpx.get(f"{c.url}/api/v1/b/end/s?ts=7", headers={"Authorization": "Bearer c-secret"})
+        assert got.headers["x-reduct-label-i"] == "7"  # removed at the source, kept here
         # the token never comes back from the API
         assert (await cb.get_replication_detail("bc")).settings.dst_token is None
     assert "c-secret" not in b.logs()

@@ -246,3 +246,21 @@ async def test_standby_runs_no_task_until_it_holds_the_lease(
     # the new holder took over the task and its backlog from the shared folder
     assert taken.get("r").settings.mode.value == "paused"
     assert taken.get("r").pending_records == 1
+
+
+async def test_a_full_log_drops_the_oldest_and_counts_them_as_errors(
+    harness_factory: Any,
+) -> None:
+    h = await harness_factory(replication_log_size=5)  # holds 4 per entry
+    await h.client.post(API + "/b/src")
+    assert (await create(h, "r", mode="paused")).status_code == 200
+    headers = {f"x-reduct-time-{ts}": "1,," for ts in range(1, 11)}
+    await h.client.post(API + "/b/src/e/batch", data=b"x" * 10, headers=headers)
+    detail = await (await h.client.get(API + "/replications/r")).get_json()
+    assert detail["info"]["pending_records"] == 4
+    errors = detail["diagnostics"]["hourly"]["errors"]
+    assert errors["507"]["count"] == 6
+    assert "Transaction log is full" in errors["507"]["last_message"]
+    manager = h.services.replications
+    assert manager is not None
+    assert manager.get("r")._logs["e"].front(10) == [(WRITE, t) for t in range(7, 11)]  # noqa: SLF001
