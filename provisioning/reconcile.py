@@ -211,7 +211,7 @@ def reconcile(
         result.unprovisioned_buckets.append(name)
         log.warning("bucket '%s' is no longer provisioned; its data is kept", name)
 
-    _reconcile_replications(desired, replications, result)
+    provisioned_tasks = _reconcile_replications(desired, replications, result)
 
     digests: dict[str, str] = {}
     marked = set(tokens.provisioned_token_names())
@@ -258,6 +258,7 @@ def reconcile(
         token_digests=digests,
         source=desired.source,
         errors=result.errors,
+        replications=provisioned_tasks,
     )
     return result
 
@@ -300,18 +301,20 @@ def _plan_buckets(
 
 def _reconcile_replications(
     desired: DesiredState, replications: ReplicationProvisioner | None, result: ReconcileResult
-) -> None:
-    """After buckets (a task's source must exist), before tokens, as in ReductStore."""
+) -> list[str]:
+    """After buckets (a task's source must exist), before tokens, as in ReductStore; returns
+    the names now provisioned."""
     if replications is None:
         for name in sorted(desired.replications):
             result.errors.append(f"replication '{name}': this instance runs no replication tasks")
-        return
+        return []
     origins = {name: desired.origin("replication", name) for name in desired.replications}
     outcome = replications.provision_replications(desired_tasks(desired.replications), origins)
     result.created_replications += outcome.created
     result.updated_replications += outcome.updated
     result.unprovisioned_replications += outcome.unprovisioned
     result.errors += outcome.errors
+    return [*outcome.created, *outcome.updated, *outcome.unchanged]
 
 
 def _failed(result: ReconcileResult, what: str, exc: Exception) -> None:

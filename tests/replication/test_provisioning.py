@@ -141,6 +141,8 @@ async def test_provisioned_task_in_app_409_mode_allowed_kept_on_removal(
     c = h.client
     info = (await (await c.get(API + "/replications/r")).get_json())["info"]
     assert info["is_provisioned"] is True
+    status = (await (await c.get(API + "/info")).get_json())["provisioning"]
+    assert status["replications"] == ["r"] and status["ok"] is True
     body = {"src_bucket": "src", "dst_bucket": "x", "dst_host": "http://127.0.0.1:9"}
     r = await c.put(API + "/replications/r", json=body)
     assert (r.status_code, r.headers["x-reduct-error"]) == (
