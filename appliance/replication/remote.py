@@ -145,7 +145,9 @@ class RemoteBucket:
         timeout: float = 5.0,
         verify_ssl: bool = True,
         ca_path: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``transport``: for tests (an ``httpx.MockTransport``); None opens real sockets."""
         self.host = host
         self.bucket = bucket
         self.compression = compression
@@ -158,6 +160,7 @@ class RemoteBucket:
             headers=headers,
             verify=verify,
             timeout=httpx.Timeout(connect=timeout, read=max(30.0, timeout), write=30.0, pool=30.0),
+            transport=transport,
         )
         self.available = False
         self.api: tuple[int, int] = (0, 0)
