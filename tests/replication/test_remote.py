@@ -1,57 +1,98 @@
-"""The sender's wire protocol against a scripted destination (httpx.MockTransport): bucket
-creation, protocol choice, compression, and how failures are classified."""
+"""The sender's wire protocol against a scripted destination (an aiohttp test server on
+127.0.0.1): bucket creation, protocol choice, compression, and how failures are classified."""
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
-import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from appliance.replication.models import Compression
 from appliance.replication.remote import Outgoing, Rejected, RemoteBucket, Unavailable
+from tests.e2e.server import free_port
 
-Handler = Callable[[httpx.Request], httpx.Response]
+
+@dataclass
+class Seen:
+    """One request the scripted destination received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    content: bytes
 
 
-def remote(handler: Handler, compression: Compression = Compression.NONE) -> RemoteBucket:
-    """A RemoteBucket for ``dst`` at a fake host, answered by ``handler``."""
-    return RemoteBucket("http://dest:8383/prefix/", "dst", "tok", compression=compression,
-                        transport=httpx.MockTransport(handler))
+class Response:
+    """A scripted answer."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status, self.headers = status, headers or {}
+
+
+Handler = Callable[[Seen], Response]
+SERVERS: list[TestServer] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_servers() -> AsyncIterator[None]:
+    yield
+    while SERVERS:
+        await SERVERS.pop().close()
+
+
+async def remote(handler: Handler, compression: Compression = Compression.NONE) -> RemoteBucket:
+    """A RemoteBucket for ``dst`` at a local server (under ``/prefix/``) run by ``handler``."""
+
+    async def serve(request: web.Request) -> web.Response:
+        seen = Seen(request.method, request.path,
+                    {k.lower(): v for k, v in request.headers.items()}, await request.read())
+        answer = handler(seen)
+        return web.Response(status=answer.status, headers=answer.headers)
+
+    app = web.Application(handler_args={"auto_decompress": False})  # see the wire bytes
+    app.router.add_route("*", "/{tail:.*}", serve)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    SERVERS.append(server)
+    return RemoteBucket(f"http://127.0.0.1:{server.port}/prefix/", "dst", "tok",
+                        compression=compression)
 
 
 RECORDS = [Outgoing("cam/1", ts, 3, "text/plain", {"a": "x,y"}) for ts in (1000, 1001)]
 
 
-async def body() -> object:
+async def body() -> AsyncIterator[bytes]:
     yield b"abc"
     yield b"def"
 
 
-def bucket_then(api: str, write: Handler, seen: list[httpx.Request]) -> Handler:
+def bucket_then(api: str, write: Handler, seen: list[Seen]) -> Handler:
     """GET bucket → 404, POST → 200 (created), then ``write`` for everything else."""
 
-    def handle(request: httpx.Request) -> httpx.Response:
+    def handle(request: Seen) -> Response:
         seen.append(request)
-        path = request.url.path
+        path = request.path
         if path == "/prefix/api/v1/b/dst":
             status = 404 if request.method == "GET" and len(seen) == 1 else 200
-            return httpx.Response(status, headers={"x-reduct-api": api})
+            return Response(status, headers={"x-reduct-api": api})
         return write(request)
 
     return handle
 
 
 async def test_creates_the_bucket_and_sends_v2_with_the_token() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[Seen] = []
 
-    def write(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"x-reduct-error-0-1": "500,disk on fire"})
+    def write(request: Seen) -> Response:
+        return Response(200, headers={"x-reduct-error-0-1": "500,disk on fire"})
 
-    r = remote(bucket_then("1.21", write, seen))
+    r = await remote(bucket_then("1.21", write, seen))
     errors = await r.write(RECORDS, b"abcdef")
-    assert [(q.method, q.url.path) for q in seen] == [
+    assert [(q.method, q.path) for q in seen] == [
         ("GET", "/prefix/api/v1/b/dst"), ("POST", "/prefix/api/v1/b/dst"),
         ("POST", "/prefix/api/v1/io/dst/write")]
     sent = seen[-1]
@@ -63,24 +104,24 @@ async def test_creates_the_bucket_and_sends_v2_with_the_token() -> None:
 
 
 async def test_old_destination_gets_v1_and_no_compression() -> None:
-    seen: list[httpx.Request] = []
-    r = remote(bucket_then("1.17", lambda q: httpx.Response(200), seen), Compression.GZIP)
+    seen: list[Seen] = []
+    r = await remote(bucket_then("1.17", lambda q: Response(200), seen), Compression.GZIP)
     await r.write(RECORDS, body())
     sent = seen[-1]
-    assert sent.url.path == "/prefix/api/v1/b/dst/cam/1/batch"
+    assert sent.path == "/prefix/api/v1/b/dst/cam/1/batch"
     assert "content-encoding" not in sent.headers
     assert sent.headers["x-reduct-time-1000"] == '3,text/plain,a="x,y"'
     await r.close()
 
 
 async def test_compressed_batches_use_v1_with_content_encoding() -> None:
-    seen: list[httpx.Request] = []
-    r = remote(bucket_then("1.21", lambda q: httpx.Response(200), seen), Compression.GZIP)
+    seen: list[Seen] = []
+    r = await remote(bucket_then("1.21", lambda q: Response(200), seen), Compression.GZIP)
     await r.write(RECORDS, body())
     sent = seen[-1]
-    assert sent.url.path == "/prefix/api/v1/b/dst/cam/1/batch"
+    assert sent.path == "/prefix/api/v1/b/dst/cam/1/batch"
     assert sent.headers["content-encoding"] == "gzip"
-    assert gzip.decompress(sent.read()) == b"abcdef"
+    assert gzip.decompress(sent.content) == b"abcdef"
     await r.close()
 
 
@@ -90,9 +131,9 @@ async def test_compressed_batches_use_v1_with_content_encoding() -> None:
      (404, Unavailable), (422, Rejected), (400, Rejected)],
 )
 async def test_whole_batch_failures_are_classified(status: int, kind: type) -> None:
-    seen: list[httpx.Request] = []
-    write = lambda q: httpx.Response(status, headers={"x-reduct-error": "nope"})  # noqa: E731
-    r = remote(bucket_then("1.21", write, seen))
+    seen: list[Seen] = []
+    write = lambda q: Response(status, headers={"x-reduct-error": "nope"})  # noqa: E731
+    r = await remote(bucket_then("1.21", write, seen))
     with pytest.raises(kind) as exc:
         await r.write(RECORDS, b"abcdef")
     assert (exc.value.code, exc.value.message) == (status, "nope")
@@ -100,15 +141,12 @@ async def test_whole_batch_failures_are_classified(status: int, kind: type) -> N
 
 
 async def test_wrong_token_and_dead_host_are_unavailable_not_dropped() -> None:
-    r = remote(lambda q: httpx.Response(401, headers={"x-reduct-error": "Invalid token"}))
+    r = await remote(lambda q: Response(401, headers={"x-reduct-error": "Invalid token"}))
     with pytest.raises(Unavailable) as exc:
         await r.write(RECORDS, b"abcdef")
     assert (exc.value.code, exc.value.message) == (401, "Invalid token")
 
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused")
-
-    dead = remote(refuse)
+    dead = RemoteBucket(f"http://127.0.0.1:{free_port()}/", "dst", None)  # nobody listens
     with pytest.raises(Unavailable) as exc:
         await dead.ensure()
     assert exc.value.code == -3
@@ -117,8 +155,8 @@ async def test_wrong_token_and_dead_host_are_unavailable_not_dropped() -> None:
 
 
 async def test_update_of_a_missing_entry_asks_for_whole_records() -> None:
-    seen: list[httpx.Request] = []
-    r = remote(bucket_then("1.21", lambda q: httpx.Response(404), seen))
+    seen: list[Seen] = []
+    r = await remote(bucket_then("1.21", lambda q: Response(404), seen))
     errors = await r.update("cam/1", RECORDS)
     assert set(errors) == {1000, 1001}
     assert seen[-1].method == "PATCH"
