@@ -46,6 +46,7 @@ INLINE_RECORD_BYTES = 1024 * 1024  # bigger payloads stream from disk in chunks
 LOG_FULL_CODE = 507
 LOG_FULL_MESSAGE = "Transaction log is full (RS_REPLICATION_LOG_SIZE): oldest records dropped"
 WARN_EVERY_SECONDS = 60.0
+TOO_LARGE = frozenset({413, 431})  # request or its headers too large for the destination
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class ReplicationTask:
         self._worker: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_warning = 0.0
+        self._shrunk: dict[str, int] = {}  # entry -> records per batch the destination takes
         self.remote = self._make_remote()
 
     def _make_remote(self) -> RemoteBucket:
@@ -320,7 +322,7 @@ class ReplicationTask:
         filt = self._filters.get(entry)
         records = (filt.batch_records if filt else None) or self.options.batch_records
         size = (filt.batch_size if filt else None) or self.options.batch_size
-        return records, size
+        return min(records, self._shrunk.get(entry, records)), size
 
     async def _send_entry(self, entry: str) -> bool:
         """Send the entry's backlog, up to ``PIPELINE_BATCHES`` batches, ``PIPELINE_DEPTH`` in
@@ -381,6 +383,16 @@ class ReplicationTask:
         try:
             failed = await self._deliver(entry, batch)
         except Rejected as exc:
+            if exc.code in TOO_LARGE and count > 1:
+                # The destination's limits are smaller than ours: resend in halves, drop nothing.
+                self._shrunk[entry] = max(1, count // 2)
+                log.warning(
+                    "replication '%s': destination refused %d records of %s as too large (%s); "
+                    "sending at most %d per batch", self.name, count, entry, exc.code,
+                    self._shrunk[entry],
+                )
+                self.diagnostics.error(exc.code, exc.message, count)
+                raise Unavailable(exc.code, exc.message) from None
             log.error(
                 "replication '%s': destination refused a batch of %d record(s) of %s: %s %s",
                 self.name, count, entry, exc.code, exc.message,

@@ -162,3 +162,45 @@ async def test_update_of_a_missing_entry_asks_for_whole_records() -> None:
     assert seen[-1].method == "PATCH"
     assert seen[-1].headers["x-reduct-time-1001"] == '0,,a="x,y"'
     await r.close()
+
+
+async def test_a_destination_with_smaller_limits_gets_smaller_batches_nothing_dropped(
+    harness_factory: object,
+) -> None:
+    import asyncio
+
+    delivered: list[int] = []
+
+    def destination(seen: Seen) -> Response:
+        if seen.path == "/prefix/api/v1/b/dst":
+            return Response(200, {"x-reduct-api": "1.21"})
+        records = [k for k in seen.headers if k.startswith("x-reduct-0-")]
+        if len(records) > 2:
+            return Response(413, {"x-reduct-error": "Payload too large"})
+        start = int(seen.headers["x-reduct-start-ts"])
+        errors = {}
+        for key in records:  # as a real destination: a timestamp it has is a 409
+            delta = key.rpartition("-")[2]
+            if start + int(delta) in delivered:
+                errors[f"x-reduct-error-0-{delta}"] = "409,exists"
+            else:
+                delivered.append(start + int(delta))
+        return Response(200, errors)
+
+    probe = await remote(destination)
+    host = probe.host
+    h = await harness_factory(replication_timeout=0.05)  # type: ignore[operator]
+    await h.client.post("/api/v1/b/src")
+    body = {"src_bucket": "src", "dst_bucket": "dst", "dst_host": host}
+    assert (await h.client.post("/api/v1/replications/r", json=body)).status_code == 200
+    headers = {f"x-reduct-time-{ts}": "1,," for ts in range(1, 8)}
+    await h.client.post("/api/v1/b/src/e/batch", data=b"x" * 7, headers=headers)
+    for _ in range(200):
+        detail = await (await h.client.get("/api/v1/replications/r")).get_json()
+        if detail["info"]["pending_records"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert detail["info"]["pending_records"] == 0
+    assert sorted(delivered) == list(range(1, 8))
+    errors = detail["diagnostics"]["hourly"]["errors"]
+    assert "413" in errors and "409" not in errors  # a resent record is delivered, not an error
