@@ -97,11 +97,13 @@ async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
                 str(backlog) if task else "-", pending)
 
 
-async def run(seconds: float, quick: bool) -> None:
+async def run(seconds: float, quick: bool, batch_records: int | None) -> None:
     """Start a source and a destination, run the cases, print the table."""
     with tempfile.TemporaryDirectory(prefix="bench-repl-") as tmp:
         root = Path(tmp)
         env = {"RS_LOG_LEVEL": "WARNING", "RS_REPLICATION_TIMEOUT": "1"}
+        if batch_records:
+            env["RS_IO_BATCH_MAX_RECORDS"] = str(batch_records)
         src = ServerProcess(root / "src", env=env).start()
         dst = ServerProcess(root / "dst", env=env).start()
         dead = f"http://127.0.0.1:{free_port()}"
@@ -120,7 +122,9 @@ async def run(seconds: float, quick: bool) -> None:
         finally:
             src.stop()
             dst.stop()
-    table = Table(title=f"Replication, batched writes for {seconds:g} s per case")
+    limit = batch_records or 85
+    table = Table(title=f"Replication, batched writes for {seconds:g} s per case, "
+                  f"RS_IO_BATCH_MAX_RECORDS={limit}")
     for column in ("case", "record", "records", "source write rec/s", "source MB/s",
                    "replicated rec/s (end to end)", "max backlog while writing",
                    "pending at end of writing"):
@@ -136,8 +140,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--batch-records", type=int, default=None,
+                        help="RS_IO_BATCH_MAX_RECORDS of both instances (default: theirs, 85)")
     args = parser.parse_args()
-    asyncio.run(run(args.seconds, args.quick))
+    asyncio.run(run(args.seconds, args.quick, args.batch_records))
 
 
 if __name__ == "__main__":
