@@ -68,6 +68,7 @@ class _Batch:
     """What one pass read from the log of one entry."""
 
     consumed: int = 0
+    start: int = 0  # log position of the first transaction (for an exact pop)
     writes: list[RecordMeta] = field(default_factory=list)
     updates: list[RecordMeta] = field(default_factory=list)
     payloads: dict[int, bytes] = field(default_factory=dict)
@@ -75,6 +76,10 @@ class _Batch:
 
 
 Runner = Callable[..., Awaitable[Any]]
+
+
+class _Replaced(Exception):  # noqa: N818 - a control-flow signal
+    """The log front moved under a pipeline (a replaced sender's late pop): re-read it."""
 
 
 class ReplicationTask:
@@ -330,20 +335,21 @@ class ReplicationTask:
         strictly in order, only past batches that were delivered (or counted as failed)."""
         txlog = self._logs[entry]
         max_records, max_size = self._limits(entry)
-        inflight: list[tuple[asyncio.Task[None], int]] = []
+        inflight: list[tuple[asyncio.Task[None], _Batch]] = []
         offset = sent = 0
         unavailable: Unavailable | None = None
 
         async def settle_oldest() -> None:
             nonlocal unavailable, offset
-            task, consumed = inflight.pop(0)
+            task, done = inflight.pop(0)
             try:
                 await task
             except Unavailable as exc:
                 unavailable = unavailable or exc
             if unavailable is None:  # in order: nothing is popped past a batch still owed
-                await self._run(txlog.pop, consumed)
-                offset -= consumed  # ``offset`` counts from the front, which just moved
+                if not await self._run(txlog.pop, done.consumed, done.start):
+                    raise _Replaced  # someone else moved the front: start the pass again
+                offset -= done.consumed  # ``offset`` counts from the front, which just moved
 
         try:
             while sent < PIPELINE_BATCHES and unavailable is None and not self._stopping:
@@ -355,7 +361,7 @@ class ReplicationTask:
                 offset += batch.consumed
                 sent += 1
                 task = asyncio.create_task(self._process(entry, batch))
-                inflight.append((task, batch.consumed))
+                inflight.append((task, batch))
                 if len(inflight) >= PIPELINE_DEPTH:
                     await settle_oldest()
             while inflight:
@@ -368,6 +374,10 @@ class ReplicationTask:
             with self._lock:
                 txlog.remove()
                 self._logs[entry] = TransactionLog(txlog.path, self.options.log_size)
+            return True
+        except _Replaced:
+            for task, _ in inflight:
+                task.cancel()
             return True
         except BaseException:
             for task, _ in inflight:
@@ -414,7 +424,7 @@ class ReplicationTask:
     ) -> _Batch:
         """Read the log after ``skip`` transactions and the records it names (blocking)."""
         batch = _Batch()
-        txs = txlog.front(max_records, skip)
+        batch.start, txs = txlog.peek(max_records, skip)
         if not txs:
             return batch
         storage = self._storage()

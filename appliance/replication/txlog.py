@@ -129,11 +129,16 @@ class TransactionLog:
     def front(self, n: int, skip: int = 0) -> list[tuple[int, int]]:
         """Up to ``n`` oldest transactions after the first ``skip``, not consumed; BrokenLog
         for a bad slot."""
+        return self.peek(n, skip)[1]
+
+    def peek(self, n: int, skip: int = 0) -> tuple[int, list[tuple[int, int]]]:
+        """``front`` with the position of its first slot (``pop``'s ``start``)."""
         with self._lock:
             count = min(n, len(self) - skip)
-            if count <= 0:
-                return []
             pos = HEADER + (self._read - HEADER + skip * SLOT) % (self._end - HEADER)
+            if count <= 0:
+                return pos, []
+            start = pos
             first = min(count * SLOT, self._end - pos)
             data = os.pread(self._fd, first, pos)
             if first < count * SLOT:
@@ -144,14 +149,19 @@ class TransactionLog:
             if kind not in (WRITE, UPDATE):
                 raise BrokenLog(f"{self.path}: bad transaction type {kind}")
             out.append((kind, ts))
-        return out
+        return start, out
 
-    def pop(self, n: int) -> None:
-        """Consume the ``n`` oldest transactions."""
+    def pop(self, n: int, start: int | None = None) -> bool:
+        """Consume the ``n`` oldest transactions; with ``start`` (from ``peek``) only if they
+        are still the oldest, so a late pop of a sender being replaced cannot consume records
+        another sender has not delivered yet. True if popped."""
         with self._lock:
+            if start is not None and start != self._read:
+                return False
             n = min(n, len(self))
             self._read = HEADER + (self._read - HEADER + n * SLOT) % (self._end - HEADER)
             os.pwrite(self._fd, _U64.pack(self._read), 8)
+            return True
 
     def close(self) -> None:
         """Close the file (the positions are already on disk)."""

@@ -205,3 +205,15 @@ def test_diagnostics_extrapolate_during_the_first_hour() -> None:
     now[0] = 122 + 3 * 3600
     d.ok(6)
     assert d.to_json() == {"ok": 6, "errored": 0, "errors": {}}  # an hour later: only new
+
+
+def test_pop_with_a_stale_start_consumes_nothing(tmp_path: Path) -> None:
+    log = TransactionLog(tmp_path / "t.log", 10)
+    log.push([(WRITE, t) for t in range(6)])
+    start_a, first = log.peek(2)
+    start_b, second = log.peek(2, skip=2)
+    assert first == [(WRITE, 0), (WRITE, 1)] and second == [(WRITE, 2), (WRITE, 3)]
+    assert log.pop(2, start_a) and log.pop(2, start_b)  # in order: both apply
+    assert not log.pop(2, start_a)  # a late pop of a replaced sender: ignored
+    assert log.front(10) == [(WRITE, 4), (WRITE, 5)]
+    log.close()
