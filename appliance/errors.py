@@ -84,6 +84,12 @@ class Conflict(ApplianceError):
     status, code = 409, "conflict"
 
 
+class PayloadTooLarge(ApplianceError):
+    """A request exceeds a size limit (batch records, batch header bytes, JSON body)."""
+
+    status, code = 413, "payload_too_large"
+
+
 class UnprocessableEntity(ApplianceError):
     """Input failed validation (names, timestamps, headers, JSON)."""
 

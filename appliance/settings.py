@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     io_batch_max_size: Bytes = 8_000_000
     io_batch_max_records: int = Field(85, ge=1)
     io_batch_max_metadata_size: Bytes = 512_000
+    io_batch_max_write_records: int = Field(4096, ge=1)
     io_batch_timeout: Seconds = 5.0
     io_batch_records_timeout: Seconds = 1.0
     io_operation_timeout: Seconds = 30.0

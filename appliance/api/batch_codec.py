@@ -57,6 +57,7 @@ START_TS_HEADER = "x-reduct-start-ts"
 LABELS_HEADER = "x-reduct-labels"
 
 U64_LIMIT = 2**64
+_U64_DIGITS = len(str(U64_LIMIT - 1))
 _UINT = re.compile(r"\+?[0-9]+")  # Rust's unsigned `parse` grammar (a leading '+' is allowed)
 _TCHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -99,7 +100,11 @@ class LabelUpdate:
 def _parse_uint(text: str) -> int | None:
     if not _UINT.fullmatch(text):
         return None
-    number = int(text)
+    # A u64 has at most 20 significant digits; int() of a 45,000-digit header would raise.
+    digits = text.lstrip("+").lstrip("0") or "0"
+    if len(digits) > _U64_DIGITS:
+        return None
+    number = int(digits)
     return number if number < U64_LIMIT else None
 
 

@@ -22,7 +22,7 @@ from appliance.api.encoding import content_encoding
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import query_id, read_batch
 from appliance.api.response import ApiResponse as Response
-from appliance.errors import ApplianceError, UnprocessableEntity
+from appliance.errors import ApplianceError, PayloadTooLarge, UnprocessableEntity
 from appliance.replication import UPDATE
 
 if TYPE_CHECKING:
@@ -37,6 +37,34 @@ LENGTH_MISMATCH = (
 def header_map() -> dict[str, str]:
     """The request headers as ``{lower-case name: value}`` (what the batch codec takes)."""
     return {k.decode("latin1").lower(): params.decode_value(v) for k, v in request.scope["headers"]}
+
+
+def batch_header_map() -> dict[str, str]:
+    """``header_map`` of a batch write, update or removal, after its size limits.
+
+    413 when the request announces more records than ``RS_IO_BATCH_MAX_WRITE_RECORDS`` or
+    more record-header bytes than ``RS_IO_BATCH_MAX_METADATA_SIZE`` (Σ len(name)+len(value)+2,
+    as for batched reads): refused before any parsing, so a request with thousands of headers
+    costs one cheap pass and never reaches the engine.
+    """
+    settings = services().settings
+    count = size = 0
+    for name, value in request.scope["headers"]:
+        # v1 `x-reduct-time-<ts>` and v2 `x-reduct-<index>-<delta>`: names ending in digits.
+        if name[:9].lower() == b"x-reduct-" and name[-1:].isdigit():
+            count += 1
+            size += len(name) + len(value) + 2
+    if count > settings.io_batch_max_write_records:
+        raise PayloadTooLarge(
+            f"Too many records in batch: {count}, at most "
+            f"{settings.io_batch_max_write_records} (RS_IO_BATCH_MAX_WRITE_RECORDS)"
+        )
+    if size > settings.io_batch_max_metadata_size:
+        raise PayloadTooLarge(
+            f"Batch headers are too large: {size} bytes, at most "
+            f"{settings.io_batch_max_metadata_size} (RS_IO_BATCH_MAX_METADATA_SIZE)"
+        )
+    return header_map()
 
 
 def error_headers(errors: dict[int, ApplianceError]) -> dict[str, str]:
@@ -55,7 +83,7 @@ async def read(bucket: str, entry: str) -> Response:
 
 async def write(bucket: str, entry: str) -> Response:
     """``POST /b/{bucket}/{entry}/batch``: write records given in ascending ts order."""
-    headers = header_map()
+    headers = batch_header_map()
     records = parse_v1_headers(headers)
     write_access(bucket)
     encoding = content_encoding(headers)
@@ -96,7 +124,7 @@ def _update(
 
 async def update(bucket: str, entry: str) -> Response:
     """``PATCH /b/{bucket}/{entry}/batch``: label updates; an empty value removes a label."""
-    records = parse_v1_headers(header_map())
+    records = parse_v1_headers(batch_header_map())
     write_access(bucket)
     updates = []
     for r in records:
@@ -119,7 +147,7 @@ async def remove(bucket: str, entry: str) -> Response:
         raise UnprocessableEntity(
             f"Can't delete records from system entry '{entry}'; use label update with remove=true"
         )
-    stamps = parse_v1_timestamps(header_map())
+    stamps = parse_v1_timestamps(batch_header_map())
     write_access(bucket)
     svc = services()
     errors = await svc.run(_remove, svc.engine, bucket, entry, stamps)

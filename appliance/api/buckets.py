@@ -15,7 +15,7 @@ from appliance.api.access import authenticate, full_access, read_access, service
 from appliance.api.params import bucket_name, is_meta_entry, json_object, new_name, opt_u64
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import bucket_info_json, json_response
-from appliance.api.streaming import read_any_body
+from appliance.api.streaming import parse_body, read_any_body
 from appliance.engine.models import BucketSettings, QuotaType
 from appliance.errors import Conflict, UnprocessableEntity
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from appliance.engine import Storage
 
 blueprint = Blueprint("buckets", __name__)
+# Every numeric setting is a u64 (opt_u64); a block must hold at least one byte and one record
+# (0 would make every write start a new block, or none fit).
+SETTING_MINIMUMS = {"quota_size": 0, "max_block_size": 1, "max_block_records": 1}
 
 
 def parse_settings(body: bytes) -> dict[str, Any]:
@@ -37,9 +40,13 @@ def parse_settings(body: bytes) -> dict[str, Any]:
             raise UnprocessableEntity(
                 f"Invalid JSON: unknown variant `{quota}`, expected one of `NONE`, `FIFO`, `HARD`"
             ) from None
-    for key in ("quota_size", "max_block_size", "max_block_records"):
+    for key, minimum in SETTING_MINIMUMS.items():
         value = opt_u64(obj, key)
         if value is not None:
+            if value < minimum:
+                raise UnprocessableEntity(
+                    f"Invalid JSON: invalid value {value} for `{key}`, expected at least {minimum}"
+                )
             fields[key] = value
     return fields
 
@@ -93,7 +100,7 @@ async def create(name: str) -> Response:
     """Create a bucket; missing settings come from ``RS_DEFAULTS_BUCKET_*``."""
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
-    fields = parse_settings(body)
+    fields = await parse_body(svc, parse_settings, body)
     full_access()
     bucket_name(name)
     svc.check_writable()
@@ -128,7 +135,7 @@ async def update(name: str) -> Response:
     """Partial settings update: null/missing fields keep their current values."""
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
-    fields = parse_settings(body)
+    fields = await parse_body(svc, parse_settings, body)
     # ReductStore leaves a settings change unguarded on a replica; we refuse it (403).
     check_change(name, "change settings of")
     await svc.run(_update, svc.engine, name, fields)
@@ -150,7 +157,7 @@ async def rename(name: str) -> Response:
     """Rename a bucket; token permission lists follow."""
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
-    new = new_name(body)
+    new = await parse_body(svc, new_name, body)
     check_change(name, "rename", new)
     await svc.run(svc.engine.rename_bucket, name, new)
     await svc.run(svc.tokens.rename_bucket, name, new)

@@ -13,6 +13,13 @@ Quart's connection copies every received chunk into the request ``Body`` as fast
 delivers, so a 1 GiB upload to a slower disk would pile up in RAM. ``ApplianceConnection``
 stops pulling from the server once ``HIGH_WATER_BYTES`` are buffered and resumes when the
 handler drains the body; Hypercorn's bounded app queue then pushes back on the TCP socket.
+
+A response may leave before the request body was read (401/403/404/409/422/507 refusing a
+write). HTTP/1.1 then must not simply reuse the connection: the unread body would be parsed as
+the next request, and Hypercorn closes such a connection silently, so a client that reused it
+lost its next request. A body of up to ``DRAIN_LIMIT_BYTES`` still to come is read and dropped
+after the response (the connection stays usable); a bigger or chunked one gets
+``Connection: close`` on the response, so the client knows not to reuse the connection.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from appliance.api.response import ApiResponse
 
 HIGH_WATER_BYTES = 4 * 1024 * 1024
+# An unread request body up to this size is drained after an early response (keep-alive
+# kept); a bigger one closes the connection instead of costing the bandwidth.
+DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 POLICY_KEY = "appliance.http_policy"
 
 
@@ -48,6 +58,7 @@ class BoundedBody(Body):
         super().__init__(expected_content_length, max_content_length)
         self._parts: list[bytes] = []
         self._size = 0
+        self.received = 0  # every byte appended so far, consumed or not
         self.drained = asyncio.Event()
 
     def _take(self) -> bytes:
@@ -83,6 +94,7 @@ class BoundedBody(Body):
             return
         self._parts.append(data if type(data) is bytes else bytes(data))
         self._size += len(data)
+        self.received += len(data)
         self._has_data.set()
         if self._max_content_length is not None and self._size > self._max_content_length:
             self._must_raise = RequestEntityTooLarge()
@@ -153,24 +165,83 @@ class HttpPolicy:
         return headers
 
 
+def _declares_body(scope: dict[str, Any]) -> bool:
+    """True if the request announces a body (a non-zero length, or chunked)."""
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
+            name == b"transfer-encoding"
+        ):
+            return True
+    return False
+
+
 async def _respond(
-    send: ASGISendCallable, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    send: ASGISendCallable, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+    scope: dict[str, Any],
 ) -> None:
+    """An answer given before routing. Its request body is never read, so a request that has
+    one gets ``Connection: close`` (the unread bytes must not pass for the next request)."""
     headers = [*headers, (b"content-length", str(len(body)).encode())]
+    if _declares_body(scope):
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[typeddict-item]
     await send({"type": "http.response.body", "body": body, "more_body": False})  # type: ignore[typeddict-item]
+
+
+def _unread_body(scope: dict[str, Any], body: Body | None) -> int | None:
+    """Bytes of the request body not received yet: 0 when complete, None when unknown
+    (chunked, or a client waiting for ``100 Continue`` that may never send it)."""
+    if body is None or body._complete.is_set():  # noqa: SLF001 - Quart's own flag
+        return 0
+    declared: int | None = None
+    chunked = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                return None
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"expect":
+            return None
+    if declared is None:
+        return None if chunked else 0  # neither header: HTTP/1.1 says there is no body
+    received = body.received if isinstance(body, BoundedBody) else 0
+    return max(declared - received, 0)
 
 
 class ApplianceConnection(ASGIHTTPConnection):
     """Quart's ASGI HTTP connection with the policy above and back-pressure on bodies."""
 
+    _request: Request | None = None
+
+    def _create_request_from_scope(self, send: ASGISendCallable) -> Request:
+        self._request = super()._create_request_from_scope(send)
+        return self._request
+
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         policy: HttpPolicy = self.app.extensions[POLICY_KEY]
         extra = policy.extra_headers(self.scope)  # type: ignore[arg-type]
+        drain = False
 
         async def send_with_headers(message: Any) -> None:
+            nonlocal drain
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message["headers"], *extra]}
+                headers = [*message["headers"], *extra]
+                if self.scope["http_version"] == "1.1":
+                    body = self._request.body if self._request is not None else None
+                    unread = _unread_body(self.scope, body)  # type: ignore[arg-type]
+                    if unread is None or unread > DRAIN_LIMIT_BYTES:
+                        headers.append((b"connection", b"close"))
+                    elif body is not None and not body._complete.is_set():  # noqa: SLF001
+                        drain = True
+                message = {**message, "headers": headers}
+            elif drain and not message.get("more_body", False):
+                # Before the response ends: Hypercorn decides at its end whether the
+                # connection can serve another request (only if the body was read).
+                drain = False
+                await self._drain()
             await send(message)
 
         scope = self.scope
@@ -183,12 +254,26 @@ class ApplianceConnection(ASGIHTTPConnection):
                 (b"content-type", b"application/json"),
             ]
             body = b"" if scope["method"] == "HEAD" else json.dumps({"detail": message}).encode()
-            await _respond(send, 503, headers, body)
+            await _respond(send, 503, headers, body, scope)  # type: ignore[arg-type]
             return
         if scope["method"] == "OPTIONS" and (policy.origins or policy.allow_all_origins):
-            await _respond(send, 200, extra, b"")
+            await _respond(send, 200, extra, b"", scope)  # type: ignore[arg-type]
             return
         await super().__call__(receive, send_with_headers)
+
+    async def _drain(self) -> None:
+        """Read and drop the rest of the request body, so the connection can serve the next
+        request; gives up (Hypercorn then closes the connection) if the client stalls."""
+        request = self._request
+        if request is None:
+            return
+        it = request.body.__aiter__()
+        timeout = self.app.config["BODY_TIMEOUT"]
+        while True:
+            try:
+                await asyncio.wait_for(it.__anext__(), timeout)
+            except (StopAsyncIteration, TimeoutError, RequestEntityTooLarge):
+                return
 
     async def _send_response(self, send: ASGISendCallable, response: ResponseTypes) -> None:
         if type(response) is not RawResponse:

@@ -21,7 +21,7 @@ from appliance.api.batch_codec import (
     parse_v2_request,
     parse_v2_update,
 )
-from appliance.api.batch_v1 import header_map
+from appliance.api.batch_v1 import batch_header_map
 from appliance.api.encoding import content_encoding
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import query_id, read_batch
@@ -68,7 +68,7 @@ async def read(bucket: str) -> Response:
 async def write(bucket: str) -> Response:
     """Write records of several entries; body in (entry_index, delta) order."""
     params.bucket_name(bucket)
-    headers = header_map()
+    headers = batch_header_map()
     req = parse_v2_request(headers)
     _check_entries(req)
     write_access(bucket)
@@ -117,7 +117,7 @@ def _update(
 async def update(bucket: str) -> Response:
     """Update labels of records of several entries."""
     params.bucket_name(bucket)
-    req = parse_v2_update(header_map())
+    req = parse_v2_update(batch_header_map())
     _check_entries(req)
     write_access(bucket)
     svc = services()
@@ -146,7 +146,7 @@ def _remove(storage: Storage, bucket: str, req: V2Request) -> dict[Hashable, App
 async def remove(bucket: str) -> Response:
     """Remove records of several entries (``$meta`` entries are refused)."""
     params.bucket_name(bucket)
-    req = parse_v2_remove(header_map())
+    req = parse_v2_remove(batch_header_map())
     _check_entries(req)
     for name in req.entries:
         if params.is_meta_entry(name):

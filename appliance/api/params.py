@@ -1,66 +1,55 @@
 """Parsing and validation of request parameters: names, timestamps, lengths, labels, JSON.
 
-The API validates names itself (spec §0.2) before anything reaches the engine, so ``..``,
-``%2e%2e`` (decoded by the server before routing), NUL and ``$`` are refused with 422 here even
-if a later engine change loosened its own checks.
+The API validates names (spec §0.2) before anything reaches the engine, so ``..``, ``%2e%2e``
+(decoded by the server before routing), NUL, ``$`` and over-long names are refused with 422
+before any work is done; the rules themselves live once, in ``appliance.engine.names``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
+from appliance.engine import names
 from appliance.errors import UnprocessableEntity
 
-BUCKET_NAME_MESSAGE = "Bucket or entry name can contain only letters, digests and [-,_] symbols"
-ENTRY_EMPTY_MESSAGE = "Entry name must be non-empty and must not contain empty path segments"
-ENTRY_CHARS_MESSAGE = (
-    "Entry name can contain only letters, digits and [-,_,/] symbols or end with '/$meta'"
-)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 LABEL_PREFIX = b"x-reduct-label-"
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 U64_MAX = 2**64 - 1
+U64_DIGITS = len(str(U64_MAX))
+# serde_json's recursion limit: ReductStore refuses deeper JSON bodies the same way.
+MAX_JSON_DEPTH = 128
+_CONTAINERS = frozenset({dict, list})
+JSON_TOO_DEEP = f"Invalid JSON: recursion limit exceeded (at most {MAX_JSON_DEPTH} levels)"
 
 
 @lru_cache(maxsize=4096)
 def bucket_name(name: str) -> str:
-    """``name`` if it is a valid bucket name, else 422."""
-    if not _SEGMENT.fullmatch(name):
-        raise UnprocessableEntity(BUCKET_NAME_MESSAGE)
-    return name
+    """``name`` if it is a valid bucket name, else 422 (``engine.names`` decides, cached)."""
+    return names.validate_bucket_name(name)
 
 
 @lru_cache(maxsize=8192)
 def entry_name(name: str) -> str:
-    """``name`` if it is a valid entry name (``a/b`` or ``[a/]$meta``), else 422."""
-    if not name:
-        raise UnprocessableEntity(ENTRY_EMPTY_MESSAGE)
-    segments = name.split("/")
-    if "" in segments:
-        raise UnprocessableEntity(ENTRY_EMPTY_MESSAGE)
-    last = len(segments) - 1
-    for i, segment in enumerate(segments):
-        if i == last and segment == "$meta":
-            continue
-        if not _SEGMENT.fullmatch(segment):
-            raise UnprocessableEntity(ENTRY_CHARS_MESSAGE)
-    return name
+    """``name`` if it is a valid entry name (``a/b`` or ``[a/]$meta``), else 422 (cached)."""
+    return names.validate_entry_name(name)
 
 
-def is_meta_entry(name: str) -> bool:
-    """True for attachment entries (``$meta`` and ``<parent>/$meta``)."""
-    return name == "$meta" or name.endswith("/$meta")
+is_meta_entry = names.is_meta_entry
 
 
 def parse_u64(value: str) -> int | None:
     """``value`` as an unsigned 64-bit integer, or None."""
     if not value.isdigit() or not value.isascii():
         return None
-    number = int(value)
+    # int() of thousands of digits is slow and past 4,300 digits a ValueError: a u64 has
+    # at most 20 significant digits, leading zeros aside.
+    digits = value.lstrip("0") or "0"
+    if len(digits) > U64_DIGITS:
+        return None
+    number = int(digits)
     return number if number <= U64_MAX else None
 
 
@@ -134,13 +123,46 @@ def content_type(raw_headers: Iterable[tuple[bytes, bytes]]) -> str:
 
 
 def json_body(body: bytes, *, allow_empty: bool = False) -> Any:
-    """Decode a JSON body; 422 ``Invalid JSON: ...`` when malformed."""
+    """Decode a JSON body; 422 ``Invalid JSON: ...`` when malformed or nested too deep."""
     if allow_empty and not body.strip():
         return None
     try:
-        return json.loads(body)
+        value = json.loads(body)
+    except RecursionError:
+        raise UnprocessableEntity(JSON_TOO_DEEP) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UnprocessableEntity(f"Invalid JSON: {exc}") from None
+    check_depth(value)
+    return value
+
+
+def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """422 if ``value`` nests arrays/objects deeper than ``limit`` (checked without recursion,
+    so the check itself cannot overflow the stack that a deep tree would later). A container
+    holding only scalars costs one C-level pass, so a flat 1 MiB array is cheap."""
+    if type(value) not in _CONTAINERS:
+        return
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if type(item) is dict else item
+        kinds = set(map(type, children))
+        if dict in kinds or list in kinds:
+            if depth >= limit:
+                raise UnprocessableEntity(JSON_TOO_DEEP)
+            stack.extend((c, depth + 1) for c in children if type(c) in _CONTAINERS)
+
+
+def check_json_nesting(body: bytes) -> None:
+    """422 if ``body`` is JSON nested too deep; other JSON errors are left to the
+    caller's own parser (which words them its own way)."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise UnprocessableEntity(JSON_TOO_DEEP) from None
+    except (ValueError, UnicodeDecodeError):
+        return
+    check_depth(value)
 
 
 def json_object(body: bytes, *, allow_empty: bool = False) -> dict[str, Any]:

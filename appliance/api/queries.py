@@ -15,7 +15,7 @@ from appliance.api.connection import RawResponse
 from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
-from appliance.api.streaming import hop, payload_stream, read_any_body
+from appliance.api.streaming import hop, parse_body, payload_stream, read_any_body
 from appliance.errors import NoContent, UnprocessableEntity
 from appliance.query.registry import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
 
@@ -120,12 +120,17 @@ def batch_body(
         return b"".join(batch.payloads)  # type: ignore[arg-type]
 
     async def stream() -> AsyncIterator[bytes]:
-        for (entry, meta), payload in zip(batch.records, batch.payloads, strict=True):
+        for i, ((entry, meta), payload) in enumerate(
+            zip(batch.records, batch.payloads, strict=True)
+        ):
             if payload is not None:
                 yield payload
                 continue
+            opened = batch.streams.get(i)
 
-            def open_iter(entry: str = entry, meta: Any = meta) -> Any:
+            def open_iter(entry: str = entry, meta: Any = meta, opened: Any = opened) -> Any:
+                if opened is not None:  # opened while collecting: a removal since can't cut it
+                    return opened
                 return iter(storage.get_bucket(bucket).get_entry(entry).iter_payload(meta))
 
             async for chunk in payload_stream(svc, open_iter):
@@ -181,7 +186,8 @@ async def read_one(
     query = svc.queries.get(qid, bucket, entry)
     batch = await collect(svc, storage, query, head=head, v2=False, limit=1)
     (name, meta), payload = batch.records[0], (batch.payloads or [None])[0]
-    response = record_response(svc, storage, bucket, name, meta, payload, head)
+    opened = batch.streams.get(0)
+    response = record_response(svc, storage, bucket, name, meta, payload, head, opened)
     response.headers["x-reduct-last"] = "true" if batch.last else "false"
     return response
 
@@ -206,7 +212,7 @@ async def _create_or_remove(
 async def post_entry_query(bucket: str, entry: str) -> Response:
     """``POST /b/{bucket}/{entry}/q``: entry-level QUERY or REMOVE."""
     body = await read_any_body(services().settings.io_operation_timeout)
-    query_type, spec = parse_query(body)
+    query_type, spec = await parse_body(services(), parse_query, body)
     return await _create_or_remove(bucket, entry, query_type, spec)
 
 
@@ -214,7 +220,7 @@ async def post_entry_query(bucket: str, entry: str) -> Response:
 async def post_bucket_query(bucket: str) -> Response:
     """``POST /io/{bucket}/q``: multi-entry QUERY or REMOVE."""
     body = await read_any_body(services().settings.io_operation_timeout)
-    query_type, spec = parse_query(body)
+    query_type, spec = await parse_body(services(), parse_query, body)
     params.bucket_name(bucket)
     return await _create_or_remove(bucket, None, query_type, spec)
 

@@ -41,9 +41,10 @@ def check_state(bucket: str, entry: str, meta: RecordMeta) -> None:
 
 def record_response(
     svc: Services, storage: Storage, bucket: str, entry: str, meta: RecordMeta,
-    payload: bytes | None, head: bool,
+    payload: bytes | None, head: bool, opened: Any = None,
 ) -> Response:
-    """A single-record response; streams the payload when it was not read inline."""
+    """A single-record response; streams the payload when it was not read inline (from
+    ``opened``, an iterator opened while collecting, when given)."""
     headers = record_headers(entry, meta)
     if head:
         response = Response(b"", status=200, headers=headers)
@@ -51,6 +52,8 @@ def record_response(
         response = Response(payload, status=200, headers=headers)
     else:
         def open_iter() -> Any:
+            if opened is not None:
+                return opened
             return iter(storage.get_bucket(bucket).get_entry(entry).iter_payload(meta))
 
         response = Response(payload_stream(svc, open_iter), status=200, headers=headers)

@@ -16,6 +16,7 @@ from appliance.api.response import ApiResponse as Response
 from appliance.api.streaming import (
     abort_writer,
     hop,
+    parse_body,
     read_any_body,
     read_small_body,
     run_through,
@@ -172,7 +173,7 @@ async def rename_entry(bucket: str, entry: str) -> Response:
     """``PUT /b/{bucket}/{entry}/rename``: rename an entry and its descendants."""
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
-    new = params.new_name(body)
+    new = await parse_body(svc, params.new_name, body)
     params.entry_name(new)
     write_access(bucket)
     storage = svc.engine

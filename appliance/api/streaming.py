@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from quart import request
 
 from appliance.api.connection import BoundedBody
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, PayloadTooLarge
 
 if TYPE_CHECKING:
     from appliance.services import Services
@@ -25,6 +25,10 @@ T = TypeVar("T")
 WRITE_CHUNK_BYTES = 256 * 1024
 # Pulled from a record's payload iterator per thread hop when streaming a response.
 READ_CHUNK_BYTES = 1024 * 1024
+# JSON bodies (settings, queries, tokens, renames) are small; bigger ones are refused with 413.
+MAX_SMALL_BODY_BYTES = 1024 * 1024
+# JSON bodies up to this size are decoded on the event loop; bigger ones in a worker thread.
+INLINE_PARSE_BYTES = 64 * 1024
 TIMEOUT_MESSAGE = "Timeout while receiving data"
 BIGGER_MESSAGE = "Content is bigger than in content-length"
 SMALLER_MESSAGE = "Content is smaller than in content-length"
@@ -131,18 +135,37 @@ async def exact_chunks(length: int, timeout_seconds: float) -> AsyncIterator[byt
         raise BadRequest(SMALLER_MESSAGE)
 
 
-async def read_any_body(timeout_seconds: float) -> bytes:
-    """The whole (small) request body, whatever its length (JSON bodies)."""
+async def read_any_body(timeout_seconds: float, limit: int = MAX_SMALL_BODY_BYTES) -> bytes:
+    """The whole (small) request body, whatever its declared length (JSON bodies); 413 when
+    it is, or turns out to be, bigger than ``limit`` (checked before buffering it)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"Request body is too large: at most {limit} bytes")
     body = request.body
     if isinstance(body, BoundedBody) and body.complete:
-        return body.take_all()
+        data = body.take_all()
+        if len(data) > limit:
+            raise PayloadTooLarge(f"Request body is too large: at most {limit} bytes")
+        return data
     it = body.__aiter__()
     parts: list[bytes] = []
+    size = 0
     while True:
         chunk = await next_chunk(it, timeout_seconds)
         if chunk is None:
             return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body is too large: at most {limit} bytes")
         parts.append(chunk)
+
+
+async def parse_body(services: Services, parse: Callable[[bytes], T], body: bytes) -> T:
+    """``parse(body)`` for a JSON body: inline when small, in a worker thread when big, so a
+    1 MiB body of a hundred thousand nested arrays never holds the event loop."""
+    if len(body) <= INLINE_PARSE_BYTES:
+        return parse(body)
+    return await services.run(parse, body)
 
 
 async def stream_body(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from quart import Blueprint
 
 from appliance.api.access import full_access, services
+from appliance.api.params import check_json_nesting
 from appliance.api.response import ApiResponse as Response
 from appliance.api.server import json_response
-from appliance.api.streaming import read_any_body
+from appliance.api.streaming import parse_body, read_any_body
+from appliance.engine.names import validate_token_name
 from appliance.errors import NotFound
 
 blueprint = Blueprint("tokens", __name__)
@@ -36,6 +38,8 @@ async def create_token(name: str) -> Response:
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
     full_access()
+    validate_token_name(name)
+    await parse_body(svc, check_json_nesting, body)
     svc.check_writable()
     return json_response(await svc.run(svc.tokens.create, name, body))
 

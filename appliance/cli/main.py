@@ -1,7 +1,8 @@
 """The ``appliance`` command: parse arguments, dispatch to a subcommand module.
 
-Subcommands: ``serve`` (the default: ``python -m appliance`` and ``appliance`` alone serve) and
-``check``. Exit codes: 0 ok, 1 problems found / runtime failure, 2 bad configuration or usage.
+Subcommands: ``serve`` (the default: ``python -m appliance`` and ``appliance`` alone serve),
+``check``, ``provision``, ``alias`` and ``cp``. Exit codes: 0 ok, 1 problems found / runtime
+failure, 2 bad configuration or usage.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from appliance import __version__
-from appliance.cli import check, provision, serve
+from appliance.cli import alias, check, cp, provision, serve
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(commands)
     check.register(commands)
     provision.register(commands)
+    alias.register(commands)
+    cp.register(commands)
     return parser
 
 

@@ -5,6 +5,14 @@ of the same alphabet, optionally ending in the system segment ``$meta`` (attachm
 spec api §11). Anything else — ``..``, ``.``-prefixed segments, absolute paths, NUL, empty
 segments, ``$``-prefixed user buckets — is refused with 422 and ReductStore's messages, so a
 validated name can be joined to the data path without escaping it (spec api §0.2).
+
+Names also have size limits, checked before anything touches the disk: every name and path
+segment is at most ``MAX_NAME_BYTES`` (the file system's NAME_MAX), an entry has at most
+``MAX_ENTRY_SEGMENTS`` segments and ``MAX_ENTRY_BYTES`` in all (so data path + bucket + entry +
+file name stays far below PATH_MAX). Scanning the data folder checks the alphabet only, so an
+entry created before a limit existed is still found.
+
+This module is the only implementation: ``appliance/api/params.py`` calls it.
 """
 
 from __future__ import annotations
@@ -16,9 +24,21 @@ from appliance.errors import UnprocessableEntity
 META_SEGMENT = "$meta"
 
 BUCKET_NAME_MESSAGE = "Bucket or entry name can contain only letters, digests and [-,_] symbols"
+TOKEN_NAME_MESSAGE = "Token name can contain only letters, digests and [-,_] symbols"
 ENTRY_EMPTY_MESSAGE = "Entry name must be non-empty and must not contain empty path segments"
 ENTRY_CHARS_MESSAGE = (
     "Entry name can contain only letters, digits and [-,_,/] symbols or end with '/$meta'"
+)
+
+MAX_NAME_BYTES = 255
+MAX_ENTRY_SEGMENTS = 32
+MAX_ENTRY_BYTES = 1024
+NAME_TOO_LONG_MESSAGE = (
+    f"Bucket or entry name is too long: at most {MAX_NAME_BYTES} bytes per name or path segment"
+)
+ENTRY_TOO_LONG_MESSAGE = (
+    f"Entry name is too long: at most {MAX_ENTRY_BYTES} bytes "
+    f"and {MAX_ENTRY_SEGMENTS} path segments"
 )
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
@@ -26,9 +46,20 @@ _BUCKET = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def validate_bucket_name(name: str) -> str:
-    """Return ``name`` if it is a valid user bucket name, else raise 422."""
+    """Return ``name`` if it is a valid user bucket name (alphabet and length), else raise 422."""
     if not isinstance(name, str) or _BUCKET.fullmatch(name) is None:
         raise UnprocessableEntity(BUCKET_NAME_MESSAGE)
+    if len(name) > MAX_NAME_BYTES:  # the alphabet is ASCII: characters are bytes
+        raise UnprocessableEntity(NAME_TOO_LONG_MESSAGE)
+    return name
+
+
+def validate_token_name(name: str) -> str:
+    """Return ``name`` if it can name a new API token (a bucket name's rules), else 422."""
+    if not isinstance(name, str) or _BUCKET.fullmatch(name) is None:
+        raise UnprocessableEntity(TOKEN_NAME_MESSAGE)
+    if len(name) > MAX_NAME_BYTES:
+        raise UnprocessableEntity(f"Token name is too long: at most {MAX_NAME_BYTES} bytes")
     return name
 
 
@@ -37,8 +68,8 @@ def is_bucket_name(name: str) -> bool:
     return _BUCKET.fullmatch(name) is not None
 
 
-def validate_entry_name(name: str) -> str:
-    """Return ``name`` if it is a valid entry name (``a/b/c`` or ``[parent/]$meta``), else 422."""
+def _check_entry_alphabet(name: str) -> list[str]:
+    """The segments of ``name`` if its alphabet and structure are valid, else 422."""
     if not isinstance(name, str) or not name:
         raise UnprocessableEntity(ENTRY_EMPTY_MESSAGE)
     segments = name.split("/")
@@ -50,13 +81,28 @@ def validate_entry_name(name: str) -> str:
             continue
         if _SEGMENT.fullmatch(segment) is None:
             raise UnprocessableEntity(ENTRY_CHARS_MESSAGE)
+    return segments
+
+
+def validate_entry_name(name: str) -> str:
+    """Return ``name`` if it is a valid entry name (``a/b/c`` or ``[parent/]$meta``) within the
+    size limits, else 422."""
+    # The cheap size checks first: a 5,000-segment name must not cost a regex per segment.
+    if isinstance(name, str) and (
+        len(name) > MAX_ENTRY_BYTES or name.count("/") >= MAX_ENTRY_SEGMENTS
+    ):
+        raise UnprocessableEntity(ENTRY_TOO_LONG_MESSAGE)
+    segments = _check_entry_alphabet(name)
+    if any(len(segment) > MAX_NAME_BYTES for segment in segments):
+        raise UnprocessableEntity(NAME_TOO_LONG_MESSAGE)
     return name
 
 
 def is_entry_name(name: str) -> bool:
-    """True if ``name`` is a valid entry name (used when scanning a bucket folder)."""
+    """True if ``name`` is an entry name by alphabet and structure (used when scanning a bucket
+    folder: an entry stored before the size limits existed must still be found)."""
     try:
-        validate_entry_name(name)
+        _check_entry_alphabet(name)
     except UnprocessableEntity:
         return False
     return True

@@ -214,10 +214,12 @@ def _aggregation(name: str, build: Callable[..., Node], arity: int) -> Builder:
     def builder(operands: list[Node]) -> Node:
         if len(operands) != arity:
             raise UnprocessableEntity(f"{name} requires {_plural(arity)}")
-        if name == "$each_n" and operands[0].is_constant():
-            # Fail at creation rather than on every record (spec: "N=0 -> 422").
-            if v.as_int(operands[0].apply(Context(0, {}))) == 0:
-                raise UnprocessableEntity("Value '0' is not a valid operand for $each_n")
+        if name in ("$each_n", "$limit") and operands[0].is_constant():
+            # Fail at creation rather than on every record (spec: "N=0 -> 422"); a negative
+            # count means nothing either (it would pass every record or none).
+            n = v.as_int(operands[0].apply(Context(0, {})))
+            if n < 0 or (n == 0 and name == "$each_n"):
+                raise UnprocessableEntity(f"Value '{n}' is not a valid operand for {name}")
         return build(*operands)
 
     return builder

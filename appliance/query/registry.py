@@ -6,6 +6,17 @@ continuous query sees records written since the last read and nothing is held op
 requests. All of ``create``/``next_batch``/``remove`` run in an engine worker thread: one thread
 hop collects a whole batch (metadata and small payloads). Ids come from one global counter;
 entry-level (``/b/{b}/{e}/q``) and bucket-level (``/io/{b}/q``) ids are separate namespaces.
+
+Records may be removed while a query reads them (by another client, a REMOVE query or the FIFO
+quota). A record that is gone by the time its payload is read is skipped, never an error: the
+batch goes out without it, and if nothing of the batch is left the next records are collected
+instead (a 204 would end the client's query early). Payloads too big to preload are opened in
+the collecting hop (``ReadBatch.streams``), so a removal after the headers are decided cannot
+cut a response short: the open descriptor keeps the record's bytes readable.
+
+A batch's headers stay within ``max_metadata`` (``RS_IO_BATCH_MAX_METADATA_SIZE``): each
+record's header size is bounded from above before it joins the batch, and a record that would
+cross the limit waits for the next batch (only a batch's first record may exceed it alone).
 """
 
 from __future__ import annotations
@@ -68,11 +79,33 @@ class BatchLimits:
 
 @dataclass(slots=True)
 class ReadBatch:
-    """One batch: records in emission order, their payloads (None = stream it), last flag."""
+    """One batch: records in emission order, their payloads (None = stream it), last flag.
+
+    ``streams`` holds, by record index, the payload iterators of records that were too big to
+    preload, already opened (first chunk read) so the record cannot vanish before it is sent.
+    """
 
     records: list[tuple[str, RecordMeta]] = field(default_factory=list)
     payloads: list[bytes | None] = field(default_factory=list)
     last: bool = False
+    streams: dict[int, Iterator[bytes]] = field(default_factory=dict)
+
+
+def header_cost(rec: RecordMeta, name: str) -> int:
+    """An upper bound of the header bytes ``rec`` adds to a batched-read response (v1 or v2:
+    header name, size, content type, labels quoted and percent-encoded at worst)."""
+    cost = 64 + len(rec.content_type) + 3 * len(name)
+    for key, value in rec.labels.items():
+        cost += 3 * len(key) + len(value) + 8
+    return cost
+
+
+def _next(it: Iterator[RecordMeta]) -> RecordMeta | None:
+    """The next record of an entry's iterator; None at its end or if the entry was removed."""
+    try:
+        return next(it, None)
+    except NotFound:
+        return None
 
 
 def _default_compile(when: dict[str, Any], strict: bool) -> Any:
@@ -132,23 +165,29 @@ class Query:
         self, storage: Storage, limits: BatchLimits, *, head: bool, cut_interleaved: bool
     ) -> ReadBatch:
         """Collect the next batch (blocking: call from a worker thread)."""
-        with self.lock:
-            return self._collect(storage, limits, head, cut_interleaved)
+        return self.collect_batch(storage, limits, head, cut_interleaved)
 
     def collect_batch(
         self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
     ) -> ReadBatch:
-        """``next_batch`` with positional arguments (for ``streaming.hop``)."""
+        """``next_batch`` with positional arguments (for ``streaming.hop``).
+
+        A batch whose every record was removed before its payload was read is collected
+        again from where it ended; each round consumes records, so this ends.
+        """
         with self.lock:
-            return self._collect(storage, limits, head, cut_interleaved)
+            while True:
+                batch, dropped = self._collect(storage, limits, head, cut_interleaved)
+                if batch.records or batch.last or not dropped:
+                    return batch
 
     def _collect(
         self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
-    ) -> ReadBatch:
+    ) -> tuple[ReadBatch, bool]:
         batch = ReadBatch()
         if self.finished:
             batch.last = True
-            return batch
+            return batch, False
         bucket = storage.get_bucket(self.bucket)
         heap: list[tuple[int, str, RecordMeta]] = []
         iters: dict[str, tuple[Entry, Iterator[RecordMeta]]] = {}
@@ -160,7 +199,7 @@ class Query:
             except NotFound:
                 continue
             it = iter(entry.iter_records(self.positions[name], self.stops.get(name, U64_MAX)))
-            first = next(it, None)
+            first = _next(it)
             if first is not None:
                 heap.append((first.timestamp, name, first))
                 iters[name] = (entry, it)
@@ -175,9 +214,10 @@ class Query:
         if exhausted and not self.spec.continuous:
             self.finished = True
             batch.last = True
+        dropped = False
         if not head and not self.spec.only_metadata:
-            batch.payloads = _preload(bucket, batch.records, iters)
-        return batch
+            dropped = _load(bucket, batch, iters)
+        return batch, dropped
 
     def _collect_single(
         self, name: str, first: RecordMeta, it: Iterator[RecordMeta], limits: BatchLimits,
@@ -193,7 +233,7 @@ class Query:
         deadline = time.monotonic() + limits.timeout
         rec: RecordMeta | None = first
         while rec is not None:
-            if len(out) >= max_records or metadata > max_meta or (not head and body > max_size):
+            if len(out) >= max_records or (not head and body > max_size):
                 return False
             if out and not len(out) % 16 and time.monotonic() > deadline:
                 return False
@@ -207,14 +247,16 @@ class Query:
             if ok:
                 if rec.entry != name:
                     rec = replace(rec, entry=name)
+                cost = header_cost(rec, name)
+                if out and metadata + cost > max_meta:
+                    self.pending = (name, rec)  # first of the next batch, not re-evaluated
+                    return False
                 out.append((name, rec))
                 body += rec.size
-                metadata += 32 + len(rec.content_type)
-                for k, v in labels.items():
-                    metadata += len(k) + len(v) + 2
+                metadata += cost
             if name in done:
                 return True
-            rec = next(it, None)
+            rec = _next(it)
         return True
 
     def _collect_merged(
@@ -234,7 +276,7 @@ class Query:
         seen: set[str] = set()
         deadline = time.monotonic() + limits.timeout
         while True:
-            if len(out) >= limits.max_records or metadata > limits.max_metadata:
+            if len(out) >= limits.max_records:
                 break
             if not head and body > limits.max_size:
                 break
@@ -250,7 +292,7 @@ class Query:
                 self.positions[name] = ts + 1
                 if name in self.done:
                     continue
-                nxt = next(iters[name][1], None)
+                nxt = _next(iters[name][1])
                 if nxt is not None:
                     heapq.heappush(heap, (nxt.timestamp, name, nxt))
                 if not self._passes(name, meta):
@@ -262,25 +304,82 @@ class Query:
                 break
             if meta.entry != name:
                 meta = replace(meta, entry=name)
+            cost = header_cost(meta, name)
+            if out and metadata + cost > limits.max_metadata:
+                self.pending = (name, meta)
+                break
             out.append((name, meta))
             seen.add(name)
             run_entry = name
             body += meta.size
-            metadata += 32 + len(meta.content_type) + sum(
-                len(k) + len(v) + 2 for k, v in meta.labels.items()
-            )
+            metadata += cost
         return self.pending is None and not any(n not in self.done for _, n, _ in heap)
 
 
+def _load(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]]) -> bool:
+    """Fill ``batch.payloads`` (preloaded small ones) and ``batch.streams`` (opened big ones);
+    drop the records removed meanwhile. True if any record was dropped."""
+    records = batch.records
+    payloads: list[bytes | None] = [None] * len(records)
+    gone: set[int] = set()
+    _preload(bucket, records, iters, payloads, gone)
+    for i, (name, meta) in enumerate(records):
+        if payloads[i] is None and i not in gone:
+            stream = _open_stream(bucket, iters, name, meta)
+            if stream is None:
+                gone.add(i)
+            else:
+                batch.streams[i] = stream
+    if gone:
+        keep = [i for i in range(len(records)) if i not in gone]
+        batch.records = [records[i] for i in keep]
+        batch.streams = {n: batch.streams[i] for n, i in enumerate(keep) if i in batch.streams}
+        payloads = [payloads[i] for i in keep]
+    batch.payloads = payloads
+    return bool(gone)
+
+
+def _entry(bucket: Any, iters: Mapping[str, tuple[Any, Any]], name: str) -> Any:
+    pair = iters.get(name)
+    return pair[0] if pair is not None else bucket.get_entry(name)
+
+
+def _open_stream(
+    bucket: Any, iters: Mapping[str, tuple[Any, Any]], name: str, meta: RecordMeta
+) -> Iterator[bytes] | None:
+    """The record's payload iterator with its first chunk already read (its file is open from
+    here on), or None if the record or its entry is gone."""
+    try:
+        it = iter(_entry(bucket, iters, name).iter_payload(meta))
+        first = next(it, None)
+    except NotFound:
+        return None
+    return _resumed(first, it)
+
+
+def _resumed(first: bytes | None, it: Iterator[bytes]) -> Iterator[bytes]:
+    """``first`` then the rest of ``it``; closing this closes ``it`` (and its descriptor)."""
+    try:
+        if first is not None:
+            yield first
+        yield from it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
 def _preload(
-    bucket: Any, records: list[tuple[str, RecordMeta]], iters: Mapping[str, tuple[Any, Any]]
-) -> list[bytes | None]:
-    """Payloads of the records small enough to travel in this hop (None: stream it later).
+    bucket: Any, records: list[tuple[str, RecordMeta]], iters: Mapping[str, tuple[Any, Any]],
+    payloads: list[bytes | None], gone: set[int],
+) -> None:
+    """Payloads of the records small enough to travel in this hop (None: stream it later);
+    indexes of records removed since they were listed go to ``gone``.
 
     One ``Entry.read_payloads`` per entry: the entry lock is taken once and records lying
-    back to back in a block file are read with a single pread.
+    back to back in a block file are read with a single pread. If some record of the entry is
+    gone, its records are read one by one to tell which.
     """
-    payloads: list[bytes | None] = [None] * len(records)
     loaded = 0
     wanted: dict[str, list[int]] = {}
     for i, (name, meta) in enumerate(records):
@@ -289,12 +388,25 @@ def _preload(
             wanted.setdefault(name, []).append(i)
             loaded += size
     for name, indexes in wanted.items():
-        pair = iters.get(name)
-        entry = pair[0] if pair is not None else bucket.get_entry(name)
-        data = entry.read_payloads([records[i][1] for i in indexes])
+        try:
+            entry = _entry(bucket, iters, name)
+        except NotFound:  # the whole entry was removed
+            gone.update(indexes)
+            continue
+        try:
+            data: list[bytes | None] = list(
+                entry.read_payloads([records[i][1] for i in indexes])
+            )
+        except NotFound:
+            data = []
+            for i in indexes:
+                try:
+                    data.append(entry.read_payload(records[i][1]))
+                except NotFound:
+                    data.append(None)
+                    gone.add(i)
         for i, payload in zip(indexes, data, strict=True):
             payloads[i] = payload
-    return payloads
 
 
 class QueryRegistry:

@@ -80,7 +80,9 @@ Value = bool | int | float | str
 
 
 def _parse_i64(text: str) -> int | None:
-    if not _INT.fullmatch(text):
+    # An i64 has at most 19 digits: refuse longer strings before int() (which raises past
+    # 4,300 digits and is quadratic below that).
+    if len(text) > 40 or not _INT.fullmatch(text):
         return None
     number = int(text)
     return number if I64_MIN <= number <= I64_MAX else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -25,8 +26,15 @@ def free_port() -> int:
 class ServerProcess:
     """One appliance process with its own data folder, log file and port."""
 
-    def __init__(self, data_path: Path, env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(
+        self,
+        data_path: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        max_open_files: int | None = None,
+    ):
         self.data_path = data_path
+        self.max_open_files = max_open_files  # `ulimit -n` of the process, when given
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_path.parent / f"appliance-{self.port}.log"
@@ -47,12 +55,23 @@ class ServerProcess:
         env.update(self.extra_env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "appliance"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_open_files if self.max_open_files else None,
         )
         log.close()
         if wait_ready:
             self.wait_ready()
         return self
+
+    def _limit_open_files(self) -> None:
+        """In the child before exec: soft and hard RLIMIT_NOFILE = ``max_open_files``."""
+        limit = int(self.max_open_files or 0)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    def open_files(self) -> int:
+        """How many file descriptors the process holds right now (Linux /proc)."""
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS, path: str = "/api/v1/ready") -> None:
         """Poll until ``path`` answers 200; fail with the log if the process dies or times out."""
