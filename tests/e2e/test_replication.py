@@ -168,7 +168,8 @@ async def test_source_sigkilled_mid_stream_resumes_from_its_log(
     procs: list[ServerProcess], tmp_path: Path
 ) -> None:
     total = 10_000
-    a = spawn(procs, tmp_path / "a")
+    small = {"RS_IO_BATCH_MAX_RECORDS": "20"}  # a slower sender: the writer surely outruns it
+    a = spawn(procs, tmp_path / "a", env=small)
     b = spawn(procs, tmp_path / "b")
     async with Client(a.url) as ca:
         await ca.create_bucket("src")
@@ -181,7 +182,7 @@ async def test_source_sigkilled_mid_stream_resumes_from_its_log(
     async with Client(b.url) as cb:
         before = await count(cb, "dst", "s")
     assert before < total
-    a = spawn(procs, tmp_path / "a", port=a.port)
+    a = spawn(procs, tmp_path / "a", env=small, port=a.port)
     async with Client(a.url) as ca:
         await drained(ca, "r", timeout=60)
     async with Client(b.url) as cb:
