@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = ".replications"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0"})
+MAX_NAME = 128
 
 __all__ = ["UPDATE", "WRITE", "ReplicationManager"]
 
@@ -152,6 +153,7 @@ class ReplicationManager:
         for item in items:
             name = item.get("name", "?") if isinstance(item, dict) else "?"
             try:
+                check_name(name)
                 settings = ReplicationSettings.from_json(item["settings"])
                 self._validate(name, settings)
             except Exception as exc:  # noqa: BLE001 - one bad task must not stop the others
@@ -184,6 +186,7 @@ class ReplicationManager:
 
     async def create(self, name: str, settings: ReplicationSettings) -> None:
         """Create task ``name``; 409 if it exists, 404/422 for bad settings."""
+        check_name(name)
         if name in self._tasks:
             raise Conflict(f"Replication '{name}' already exists")
         self._validate(name, settings)
@@ -236,6 +239,13 @@ class ReplicationManager:
         task.set_mode(mode)
         await self._run(self.save)
         log.info("replication '%s' mode: %s", name, mode.value)
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a task (it names a folder of logs too), else 422."""
+    if not isinstance(name, str) or name.strip() in ("", ".", "..") or len(name) > MAX_NAME:
+        raise UnprocessableEntity(f"Invalid replication name '{name}'")
+    return name
 
 
 def _target(settings: ReplicationSettings) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from appliance.engine.names import validate_bucket_name
 from appliance.errors import UnprocessableEntity
 from appliance.query.condition import compile_when
 from appliance.query.values import parse_label_value
@@ -180,6 +181,10 @@ class ReplicationSettings:
         for key in ("src_bucket", "dst_bucket"):
             if not isinstance(data[key], str) or not data[key]:
                 raise UnprocessableEntity(f"Invalid JSON: '{key}' must be a non-empty string")
+        try:
+            validate_bucket_name(data["dst_bucket"])  # the destination would refuse it forever
+        except UnprocessableEntity as exc:
+            raise UnprocessableEntity(f"Invalid destination bucket: {exc.message}") from None
         entries = data.get("entries") or []
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
             raise UnprocessableEntity("Invalid JSON: 'entries' must be a list of strings")

@@ -130,7 +130,10 @@ class ReplicationTask:
     @property
     def folder(self) -> Path:
         """Where this task's logs live (outside the engine's bucket folders)."""
-        return self.options.data_path / ".replication" / self.name / self.settings.src_bucket
+        # The name is percent-encoded ("/" and the like never reach the path; "." and ".."
+        # are refused at create), so a task's folder is always inside .replication/.
+        name = encode_name(self.name)
+        return self.options.data_path / ".replication" / name / self.settings.src_bucket
 
     @property
     def is_active(self) -> bool:

@@ -59,6 +59,8 @@ async def test_create_list_detail_exact_json(hs: Harness) -> None:
         ("x", {"when": {"$bad": []}}, 422, "Invalid replication condition: "),
         ("x", {"mode": "later"}, 422, "Invalid JSON: mode must be one of"),
         ("x", {"dst_bucket": None}, 422, "Invalid JSON: missing field `dst_bucket`"),
+        ("x", {"dst_bucket": "a b"}, 422, "Invalid destination bucket: "),
+        ("..", {}, 422, "Invalid replication name '..'"),
     ],
 )
 async def test_create_refuses_bad_input(
