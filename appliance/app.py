@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 
-from quart import Quart, request
+from quart import Quart, g, request
 from werkzeug.exceptions import HTTPException
 
 from appliance import API_VERSION, REDUCTSTORE_VERSION
-from appliance.api import buckets, entries, io, queries, replications, server, tokens
-from appliance.api.access import SERVICES_KEY
+from appliance.api import (
+    buckets,
+    entries,
+    io,
+    lifecycles,
+    links,
+    queries,
+    replications,
+    server,
+    tokens,
+)
+from appliance.api.access import SERVICES_KEY, client_ip
 from appliance.api.connection import POLICY_KEY, ApplianceConnection, ApplianceRequest, HttpPolicy
 from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, CorruptionError, NoContent, ServiceUnavailable
@@ -46,6 +57,18 @@ def error_response(status: int, message: str, *, body: bool = True) -> Response:
     return response
 
 
+def _egress(response: Response) -> int:
+    """Bytes a response sends (its Content-Length; 0 when streamed without one)."""
+    raw = getattr(response, "raw_headers", None)
+    if raw is not None:
+        for name, value in raw:
+            if name == b"content-length":
+                return int(value)
+        return 0
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else 0
+
+
 def create_app(settings: Settings, services: Services | None = None) -> Quart:
     """Build the app for ``settings`` (and the services it serves, built if not given)."""
     svc = services if services is not None else Services(settings)
@@ -65,7 +88,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
 
     base = settings.api_base_path
     prefix = base + "api/v1"
-    for module in (server, buckets, tokens, replications, io, queries, entries):
+    for module in (server, buckets, tokens, replications, lifecycles, links, io, queries, entries):
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 
     origins = settings.cors_origins
@@ -102,6 +125,25 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
                 return error_response(exc.status, exc.public_message, body=request.method != "HEAD")
         return response
 
+    @app.before_request
+    async def note_start() -> None:
+        """Start time of the request, for its audit record."""
+        g.started = time.perf_counter()
+
+    @app.after_request
+    async def record_event(response: Response) -> Response:
+        """Audit and usage of this request go to the ``$system`` queue (never fails it)."""
+        if svc.events.enabled:
+            try:
+                svc.events.request_done(
+                    g.get("token_name"), request.method, request.path, response.status_code,
+                    client_ip(), request.content_length or 0, _egress(response),
+                    time.perf_counter() - g.get("started", time.perf_counter()),
+                )
+            except Exception:  # noqa: BLE001 - an event must never fail the request
+                log.debug("audit event not recorded", exc_info=True)
+        return response
+
     @app.errorhandler(ApplianceError)
     async def appliance_error(error: ApplianceError) -> Response:
         """The one mapping of the error tree to HTTP: the log gets ``message`` (with file and
@@ -123,7 +165,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         if status == 404:
             return error_response(404, "Not found", body=request.method != "HEAD")
         if status == 405:
-            return Response(b"", status=405)
+            # ReductStore's framework answers a bare 405; clients then show an empty message,
+            # so ours says what happened (issue 13), still without a body.
+            return error_response(405, "Method not allowed", body=False)
         return error_response(status, error.description or error.name)
 
     @app.errorhandler(Exception)

@@ -21,7 +21,7 @@ the client sees in ``x-reduct-error`` and ``{"detail": ...}``; for every class b
 operator's text (logged, shown by ``appliance check``) and names the file and offset; its
 ``public_message`` names only bucket/entry/block/record and the kind of damage, never a server
 path. No caller outside ``backends/`` ever sees an ``OSError`` or a botocore error for a storage
-failure: they are translated at the boundary.
+failure: they are translated at the boundary (for the engine: ``engine/ioerrors.py``).
 """
 
 from __future__ import annotations

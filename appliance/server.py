@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +23,9 @@ from hypercorn.config import Config
 from appliance.errors import ConfigError
 from appliance.settings import Settings
 from appliance.units import KIB
+
+# Soft limit to use when the hard limit is unlimited (a kernel still caps it at nr_open).
+OPEN_FILES_WITHOUT_LIMIT = 65536
 
 if TYPE_CHECKING:
     from provisioning import DesiredState
@@ -127,6 +131,24 @@ async def _first_of(*waits: Awaitable[object]) -> None:
             task.cancel()
 
 
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (issue 8); return (soft, hard) after.
+
+    Sockets and the engine's file cache share the limit; the cache sizes itself from it
+    (``engine.files.fd_budget``), so this runs before the engine opens.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, OPEN_FILES_WITHOUT_LIMIT)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("can't raise the open-file limit from %d to %d: %s", soft, target, exc)
+    log.info("open-file limit %d (hard %d)", soft, hard)
+    return soft, hard
+
+
 async def serve(
     settings: Settings,
     *,
@@ -141,6 +163,7 @@ async def serve(
     from appliance.app import create_app  # imported late: the CLI's `check` needs no Quart
     from appliance.services import Services
 
+    raise_open_file_limit()
     config = hypercorn_config(settings)
     release_closed_connections()
     services = Services(settings, desired=desired, environ=environ)

@@ -38,6 +38,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from appliance.auth import Permissions, TokenStore
 from appliance.engine.models import BucketSettings, EngineOptions
 from appliance.errors import ConfigError, ServiceUnavailable
+from appliance.events import SystemEvents
+from appliance.lifecycle import LifecycleManager
+from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
 from appliance.replication import ReplicationManager, TaskOptions
 from appliance.replication import provision as provision_replications
@@ -63,6 +66,8 @@ STARTING_MESSAGE = "The server is starting up, please try again later"
 # Enough threads that a slow disk write does not stall reads of other entries, few enough
 # that a 2-core edge box does not thrash.
 ENGINE_THREADS = 8
+# Token last_access times reach the .auth file at most this often (and at shutdown).
+LAST_ACCESS_FLUSH_SECONDS = 30.0
 EXIT_RUNTIME = 1  # exit codes of `appliance serve` (cli/main.py)
 EXIT_CONFIG = 2
 
@@ -129,9 +134,13 @@ class ProvisionedReplications:
         self._loop = loop
 
     def provision_replications(self, desired: Mapping[str, Any], origins: Mapping[str, str]) -> Any:
-        """Apply the provisioned tasks; waits for the loop to do it."""
-        coro = provision_replications(self._manager, desired, origins)
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        """Apply the provisioned tasks (blocking, any thread, the loop's own included: senders
+        are started and stopped on the loop without waiting for them)."""
+
+        def schedule(coro: Any) -> None:
+            asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+        return provision_replications(self._manager, desired, origins, schedule)
 
 
 def _open_storage(options: EngineOptions) -> Storage:
@@ -168,6 +177,21 @@ class Services:
         self.queries = QueryRegistry(clock=clock)
         # Replication tasks: built when the engine opens on a writable node, None otherwise.
         self.replications: ReplicationManager | None = None
+        self._booting_storage: Storage | None = None  # the engine provisioning boots against
+        # $system: audit, usage, own log lines, diagnostics; queued, flushed in the background.
+        self.events = SystemEvents(
+            enabled=settings.system_events_enabled,
+            instance=settings.effective_instance_name,
+            quota_size=settings.system_events_quota_size,
+            log_level=settings.system_events_log_level,
+            flush_interval=settings.system_events_flush_interval,
+            storage=lambda: self.storage,
+            run_blocking=self.run,
+            writable=lambda: self.ready and not self.role.read_only,
+        )
+        self.lifecycles = LifecycleManager(
+            settings.data_path, self.run, self._lifecycle_storage, on_run=self._lifecycle_ran
+        )
         self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
         self.open_error: BaseException | None = None
@@ -192,6 +216,7 @@ class Services:
         self._started_at = clock()
         self._tasks: list[asyncio.Task[None]] = []
         self._compaction: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closed = False
 
@@ -214,6 +239,19 @@ class Services:
     def uptime_seconds(self) -> int:
         """Seconds since the services were built."""
         return int(self._clock() - self._started_at)
+
+    def _lifecycle_ran(self, name: str, report: RunReport) -> None:
+        """Each lifecycle run's report goes to ``$system`` (lifecycle diagnostics)."""
+        policy = self.lifecycles.policy(name)
+        labels = {"mode": policy.mode if policy else "", "removed": str(report.removed)}
+        self.events.diagnostic("lifecycles", name, report.to_json(), labels)
+
+    def _lifecycle_storage(self) -> Storage:
+        # Provisioning applies lifecycles before the engine is published (bucket checks).
+        storage = self.storage or self._booting_storage
+        if storage is None:
+            raise ServiceUnavailable(STARTING_MESSAGE)
+        return storage
 
     def check_writable(self) -> None:
         """Raise if this instance may not accept mutations: 403 replica, 503 not the holder.
@@ -309,11 +347,22 @@ class Services:
             replications=None if replications is None else ProvisionedReplications(
                 replications, self._loop_or_raise()
             ),
+            on_applied=self._provision_lifecycles,
         )
 
     def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None, "start() sets the loop before the engine opens"
         return self._loop
+
+    def _provision_lifecycles(self, desired: DesiredState) -> list[str]:
+        """Provisioning hook (worker thread): apply the provisioned lifecycle policies."""
+        policies = {name: spec.policy() for name, spec in desired.lifecycles.items()}
+        keep_mode = frozenset(n for n, spec in desired.lifecycles.items() if spec.mode is None)
+        problems = self.lifecycles.provision(policies, keep_mode)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.lifecycles.sync_tasks)
+        return problems
 
     async def _open(self) -> None:
         try:
@@ -343,6 +392,8 @@ class Services:
         replications = self._make_replications(storage)
         await self.run(replications.load)
         provisioner = self._make_provisioner(storage, replications)
+        self._booting_storage = storage
+        await self.run(self.lifecycles.load)
         boot = asyncio.ensure_future(self.run(provisioner.boot))
         try:
             await asyncio.shield(boot)
@@ -352,17 +403,30 @@ class Services:
             await self.run(storage.close)
             raise
         except Exception as exc:  # noqa: BLE001 - refused provisioning stops startup
+            self._booting_storage = None
             await self.run(storage.close)
             code = EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_RUNTIME
             self._fail(f"provisioning refused, not starting: {exc}", exc, code)
             return
         self.storage = storage
+        self._booting_storage = None  # from now on only `storage` (None after a step-down)
         self.provisioner = provisioner
         self.replications = replications
+        self.events.start()  # capture from the first served request on
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
         await provisioner.start()  # the watcher (boot already ran)
+        self.lifecycles.start()
         await replications.start()  # standalone or lease holder: this node sends
+        if self.events.enabled:
+            try:
+                # The quota is re-applied at every start (the bucket is created lazily).
+                await self.run(functools.partial(self.events.ensure_bucket, create=False))
+            except Exception:  # noqa: BLE001 - events are best effort; the instance serves
+                log.exception("preparing the $system bucket failed")
+        if self._housekeeping is None:
+            self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="tokens")
+            self._tasks.append(self._housekeeping)
         if self.settings.engine_compaction_interval > 0 and self._compaction is None:
             self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
             self._tasks.append(self._compaction)  # one loop, kept across a rejoin
@@ -405,6 +469,20 @@ class Services:
                 log.exception("compaction failed")
 
     # --- role changes -----------------------------------------------------------------------
+
+    async def _housekeeping_loop(self) -> None:
+        """Persist token ``last_access`` times, throttled (never a write per request)."""
+        while True:
+            await asyncio.sleep(LAST_ACCESS_FLUSH_SECONDS)
+            await self._flush_last_access()
+
+    async def _flush_last_access(self) -> None:
+        if self.storage is None or self.role.read_only:
+            return  # a replica or a holder that stepped down writes nothing
+        try:
+            await self.run(self.tokens.flush_last_access)
+        except Exception:  # noqa: BLE001 - a failed write is retried at the next tick
+            log.exception("saving token last_access failed")
 
     def _role_changed(self, status: RoleStatus) -> None:
         """Role listener (any thread): a holder that stepped down stops writing at once."""
@@ -455,6 +533,8 @@ class Services:
         if self._closed:
             return
         self._closed = True
+        await self.lifecycles.stop()  # before the engine closes: a run may be removing records
+        await self.events.stop()  # the last events, while the engine is still open
         provisioner, self.provisioner = self.provisioner, None
         if provisioner is not None:
             await provisioner.stop()  # before the engine closes: a reload may be running
@@ -473,6 +553,7 @@ class Services:
                 pass
         self._tasks.clear()
         self.queries.clear()
+        await self._flush_last_access()
         storage, self.storage = self.storage, None
         if storage is not None:
             try:

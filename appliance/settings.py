@@ -153,6 +153,13 @@ class Settings(BaseSettings):
     # --- provisioning (used by provisioning/)
     provisioning_path: Path | None = None
 
+    # --- query links and the $system bucket (spec reductstore-config §2.1, §2.7)
+    public_url: str = ""
+    system_events_enabled: bool = True
+    system_events_log_level: Annotated[str, BeforeValidator(_upper)] = "WARN"
+    system_events_quota_size: Bytes = 10_000_000_000
+    system_events_flush_interval: Seconds = 5.0
+
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str) -> str:
@@ -200,6 +207,17 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         """Auth is on exactly when ``RS_API_TOKEN`` is set and non-empty."""
         return self.api_token is not None
+
+    @property
+    def public_base_url(self) -> str:
+        """``RS_PUBLIC_URL`` with a trailing ``/``, else ``http(s)://host[:port]{base}``."""
+        if self.public_url.strip():
+            url = self.public_url.strip()
+            return url if url.endswith("/") else url + "/"
+        scheme = "https" if self.cert_path is not None else "http"
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        port = "" if self.port in (80, 443) else f":{self.port}"
+        return f"{scheme}://{host}{port}{self.api_base_path}"
 
     @property
     def cors_origins(self) -> list[str]:

@@ -36,6 +36,7 @@ from appliance.engine.models import BucketSettings, QuotaType
 from appliance.settings import InstanceRole, LockFailureAction
 from appliance.units import DURATION_FORM, SIZE_FORM, parse_duration, parse_size
 from provisioning.replications import ReplicationSpec
+from provisioning.lifecycles import LifecycleSpec
 
 INIT_TOKEN_NAME = "init-token"  # RS_API_TOKEN's token (spec reductstore-api §6.3): never ours
 
@@ -252,6 +253,9 @@ class ProvisioningFile(_Strict):
     replications: Annotated[
         dict[str, ReplicationSpec], BeforeValidator(lambda v: {} if v is None else v)
     ] = Field(default_factory=dict, description="replication tasks, by name")
+    lifecycles: Annotated[dict[str, LifecycleSpec], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=dict
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -266,6 +270,7 @@ class DesiredState:
     buckets: Mapping[str, BucketSpec] = field(default_factory=dict)
     tokens: Mapping[str, TokenSpec] = field(default_factory=dict)
     instance: InstanceSpec = InstanceSpec()
+    lifecycles: Mapping[str, LifecycleSpec] = field(default_factory=dict)  # after buckets
     # name -> ReplicationSpec, applied after buckets (origins key: ("replication", name)).
     replications: Mapping[str, ReplicationSpec] = field(default_factory=dict)
     # ("bucket" | "token", name) -> "RS_BUCKET_A_NAME" or "/etc/appliance/prov.yaml:3"
@@ -282,6 +287,8 @@ class DesiredState:
         return self.origins.get((kind, name), "?")
 
     def summary(self) -> str:
-        """``N buckets, M tokens`` for logs and the CLI."""
+        """``N buckets, M tokens[, K replications][, L lifecycles]`` for logs and the CLI."""
         text = f"{len(self.buckets)} buckets, {len(self.tokens)} tokens"
-        return text + (f", {len(self.replications)} replications" if self.replications else "")
+        if self.replications:
+            text += f", {len(self.replications)} replications"
+        return text + (f", {len(self.lifecycles)} lifecycles" if self.lifecycles else "")

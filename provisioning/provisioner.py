@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,13 @@ class Provisioner:
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         force_polling: bool | None = None,
         replications: ReplicationProvisioner | None = None,
+        on_applied: Callable[[DesiredState], list[str]] | None = None,
     ) -> None:
         """``initial``: the state already loaded to build Settings (avoids a second read); its
         warnings and env overrides were reported by whoever loaded it, so boot does not repeat
-        them."""
+        them. ``on_applied(desired)`` runs after every successful reconcile (lifecycles are
+        applied there) and returns problems to log."""
+        self._on_applied = on_applied
         self._environ = dict(environ)
         self._path = path
         self._storage = storage
@@ -177,6 +180,10 @@ class Provisioner:
         )
         self._desired = desired
         self._fingerprint = desired.fingerprint
+        if self._on_applied is not None:
+            for problem in self._on_applied(desired):  # objects kept outside reconcile
+                log.error("provisioning: %s", problem)
+                self.state.record_rejected(problem)
         return result
 
     def _report_instance_changes(self, desired: DesiredState) -> None:

@@ -43,8 +43,9 @@ class ProvisioningState:
     # --- read side (API) ----------------------------------------------------------------
 
     def is_bucket_provisioned(self, name: str) -> bool:
-        """True if bucket ``name`` is provisioned (API update/remove/rename → 409)."""
-        return name in self._buckets
+        """True if bucket ``name`` is provisioned (API update/remove/rename → 409); the
+        instance's own ``$system`` bucket always is (spec §14: it cannot be removed)."""
+        return name in self._buckets or name == "$system"
 
     def is_token_provisioned(self, name: str) -> bool:
         """True if token ``name`` is provisioned (API remove/rotate → 409)."""

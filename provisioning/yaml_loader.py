@@ -112,11 +112,11 @@ def parse_text(
     except ValidationError as exc:
         raise ConfigError(_describe(exc, filename, lines)) from None
     origins: dict[tuple[str, str], str] = {}
-    for kind, section in (
-        ("bucket", document.buckets),
-        ("token", document.tokens),
-        ("replication", document.replications),
-    ):
+    sections = (
+        ("bucket", document.buckets), ("token", document.tokens),
+        ("replication", document.replications), ("lifecycle", document.lifecycles),
+    )
+    for kind, section in sections:
         key = kind + "s"
         for name in section:
             origins[(kind, name)] = f"{filename}:{lines.get((key, name), 1)}"
@@ -360,6 +360,7 @@ def _merge_files(
     buckets: dict[str, Any] = {}
     tokens: dict[str, Any] = {}
     replications: dict[str, Any] = {}
+    lifecycles: dict[str, Any] = {}
     instance: dict[str, Any] = {}
     origins: dict[tuple[str, str], str] = {}
     for document, doc_origins in parsed:
@@ -367,6 +368,7 @@ def _merge_files(
             ("bucket", buckets, document.buckets),
             ("token", tokens, document.tokens),
             ("replication", replications, document.replications),
+            ("lifecycle", lifecycles, document.lifecycles),
         ):
             for name, spec in section.items():
                 if name in target:
@@ -378,10 +380,8 @@ def _merge_files(
                 origins[(kind, name)] = doc_origins[(kind, name)]
         _deep_update(instance, document.instance.model_dump(exclude_none=True))
     merged = ProvisioningFile.model_construct(
-        instance=InstanceSpec.model_validate(instance),
-        buckets=buckets,
-        tokens=tokens,
-        replications=replications,
+        instance=InstanceSpec.model_validate(instance), buckets=buckets, tokens=tokens,
+        replications=replications, lifecycles=lifecycles,
     )
     return YamlProvisioning(merged, origins, files, root)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
-from quart import current_app, request
+from quart import current_app, g, request
 
 from appliance.auth import Token, require_full, require_read, require_write
 
@@ -60,8 +60,11 @@ def authenticate() -> Token:
     """The caller's token (401 if missing or invalid); any valid token passes."""
     tokens = services().tokens
     if not tokens.enabled:
-        return tokens.authenticate(None)
-    return tokens.authenticate(request.headers.get("Authorization"), client_ip())
+        token = tokens.authenticate(None)
+    else:
+        token = tokens.authenticate(request.headers.get("Authorization"), client_ip())
+    g.token_name = token.name  # for the audit record of this request ($system)
+    return token
 
 
 def full_access() -> Token:

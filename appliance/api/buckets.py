@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, request
 
+from appliance.api import params
 from appliance.api.access import authenticate, full_access, read_access, services
 from appliance.api.params import bucket_name, is_meta_entry, json_object, new_name, opt_u64
 from appliance.api.response import ApiResponse as Response
@@ -64,7 +65,7 @@ def check_change(name: str, action: str, new: str | None = None) -> None:
     full_access()
     bucket_name(name)
     if new is not None:
-        bucket_name(new)
+        params.user_bucket_name(new)
     services().check_writable()
     refuse_if_provisioned(name, action)
 
@@ -102,7 +103,7 @@ async def create(name: str) -> Response:
     body = await read_any_body(svc.settings.io_operation_timeout)
     fields = await parse_body(svc, parse_settings, body)
     full_access()
-    bucket_name(name)
+    params.user_bucket_name(name)
     svc.check_writable()
     settings: BucketSettings = svc.defaults.merged(**fields)
     await svc.run(svc.engine.create_bucket, name, settings)

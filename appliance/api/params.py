@@ -17,6 +17,7 @@ from appliance.errors import UnprocessableEntity
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 LABEL_PREFIX = b"x-reduct-label-"
+SYSTEM_BUCKET = "$system"  # the instance's own events (appliance.events); protected
 U64_MAX = 2**64 - 1
 U64_DIGITS = len(str(U64_MAX))
 # serde_json's recursion limit: ReductStore refuses deeper JSON bodies the same way.
@@ -27,8 +28,18 @@ JSON_TOO_DEEP = f"Invalid JSON: recursion limit exceeded (at most {MAX_JSON_DEPT
 
 @lru_cache(maxsize=4096)
 def bucket_name(name: str) -> str:
-    """``name`` if it is a valid bucket name, else 422 (``engine.names`` decides, cached)."""
+    """``name`` if it is a valid bucket name (or ``$system``, readable), else 422
+    (``engine.names`` decides, cached)."""
+    if name == SYSTEM_BUCKET:
+        return name
     return names.validate_bucket_name(name)
+
+
+def user_bucket_name(name: str) -> str:
+    """A name a client may create or rename a bucket to: ``$system`` is the instance's, 422."""
+    if name == SYSTEM_BUCKET:
+        raise UnprocessableEntity(names.BUCKET_NAME_MESSAGE)
+    return bucket_name(name)
 
 
 @lru_cache(maxsize=8192)

@@ -1,5 +1,6 @@
 """Server endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
-empty ``/lifecycles`` list reduct-py's fixtures call (replications: ``api/replications.py``)."""
+empty list reduct-py's fixtures used to call (replications: ``api/replications.py``, lifecycles:
+``api/lifecycles.py``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from appliance.services import Services
 
 blueprint = Blueprint("server", __name__)
+SYSTEM_BUCKET = "$system"
 U64_MAX = 2**64 - 1
 
 
@@ -45,8 +47,10 @@ def bucket_info_json(info: BucketInfo, *, is_provisioned: bool) -> dict[str, Any
 
 
 def _bucket_infos(storage: Storage) -> list[BucketInfo]:
+    # `$system` is the instance's own (appliance.events): reachable by name, never listed or
+    # counted, so "remove every listed bucket" scripts and bucket counts keep working.
     infos = []
-    for name in sorted(storage.bucket_names()):
+    for name in sorted(n for n in storage.bucket_names() if n != SYSTEM_BUCKET):
         try:
             infos.append(storage.get_bucket(name).info())
         except Exception:  # noqa: BLE001 - removed concurrently; skip it
@@ -95,6 +99,7 @@ async def info() -> Response:
             "license": None,
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
+            "disk": await svc.run(storage.disk_info),
         }
     )
 
@@ -132,8 +137,3 @@ async def me() -> Response:
     return json_response(token.to_json(services().tokens.now()))
 
 
-@blueprint.route("/lifecycles", methods=["GET"])
-async def lifecycles() -> Response:
-    """Lifecycle policies (none yet)."""
-    full_access()
-    return json_response({"lifecycles": []})

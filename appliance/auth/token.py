@@ -139,6 +139,7 @@ class Token:
             "expires_at": self.expires_at,
             "ttl": self.ttl,
             "ip_allowlist": list(self.ip_allowlist),
+            "last_access": self.last_access,
         }
 
     @classmethod
@@ -154,6 +155,7 @@ class Token:
             expires_at=item.get("expires_at"),
             ttl=item.get("ttl"),
             ip_allowlist=tuple(item.get("ip_allowlist", [])),
+            last_access=item.get("last_access"),
         )
         token.networks = networks(token.ip_allowlist)
         return token

@@ -10,12 +10,18 @@ Provisioning (``provision``/``unprovision``) creates or replaces tokens declared
 or YAML and persists them *with* their ``is_provisioned`` flag: API remove/rotate answer 409, and
 a token that leaves the provisioning is kept as an ordinary token, never deleted.
 
+Each token's ``last_access`` is kept in memory on the hot path and written with the file at most
+once per ``flush_last_access`` call (the services call it every ``LAST_ACCESS_FLUSH_SECONDS`` and
+at shutdown), so a token's inactivity ``ttl`` survives a restart without a write per request.
+The init-token's ``last_access`` is not saved (it is never written to disk).
+
 The file is JSON ``{"version": 1, "tokens": [...]}`` replaced atomically with
 ``appliance.engine.fileio.atomic_write`` (tmp, fsync, rename, fsync dir).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -39,7 +45,8 @@ from appliance.auth.token import (
     parse_time,
     quick,
 )
-from appliance.engine.fileio import atomic_write
+from appliance.engine.fileio import atomic_write, make_dirs
+from appliance.engine.ioerrors import io_boundary
 from appliance.errors import BadRequest, Conflict, NotFound, Unauthorized, UnprocessableEntity
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,10 @@ class TokenStore:
         self._lock = threading.Lock()
         self._tokens: dict[str, Token] = {}
         self._cache: dict[bytes, str] = {}  # sha256(value) -> token name
+        self._access_dirty = False  # some last_access changed since the file was written
+        # The state as last saved: a save that fails (a full disk) puts it back, so a change
+        # answered 507 leaves no trace, not even until the next restart.
+        self._saved: tuple[dict[str, Token], dict[bytes, str]] = ({}, {})
         self.started_at = clock()
 
     def now(self) -> float:
@@ -96,6 +107,7 @@ class TokenStore:
         with self._lock:
             self._tokens = tokens
             self._cache = {}
+            self._saved = (dict(tokens), {})
 
     # --- hot path -----------------------------------------------------------------------
 
@@ -115,7 +127,43 @@ class TokenStore:
         if token.is_expired(now):
             raise Unauthorized("Token has expired")
         token.allows_ip(client_ip)
-        token.last_access = now
+        if token.last_access != now:
+            token.last_access = now
+            # Persisted later by ``flush_last_access`` (throttled): never a write per request.
+            self._access_dirty = True
+        return token
+
+    def flush_last_access(self) -> bool:
+        """Write the ``last_access`` times gathered since the last write; True if it wrote."""
+        with self._lock:
+            if not self._access_dirty:
+                return False
+            self._access_dirty = False
+            try:
+                self._save()
+            except BaseException:
+                self._access_dirty = True  # a full disk: try again at the next flush
+                raise
+            return True
+
+    def link_secret(self, name: str) -> bytes:
+        """The stored secret query links of token ``name`` are sealed with (404 if removed);
+        empty while authentication is disabled, as in ReductStore."""
+        if self._api_token is None:
+            return b""
+        token = self._get(name)
+        if name == INIT_TOKEN_NAME:
+            # Rebuilt with a fresh salt at every start: key its links to RS_API_TOKEN itself.
+            return hashlib.sha256(b"init-token:" + self._api_token.encode()).digest()
+        return token.salt + token.digest  # changes on rotate, gone on remove
+
+    def issuer(self, name: str) -> Token:
+        """The token that issued a query link, as it is now (404 removed, 401 expired)."""
+        if self._api_token is None:
+            return DISABLED_TOKEN
+        token = self._get(name)
+        if token.is_expired(self._clock()):
+            raise Unauthorized("Token has expired")
         return token
 
     def _verify(self, value: str, key: bytes) -> Token:
@@ -276,8 +324,14 @@ class TokenStore:
             if not (t.name == INIT_TOKEN_NAME and self._api_token is not None)
         ]
         data = json.dumps({"version": FILE_VERSION, "tokens": items}, indent=1).encode()
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._path, data)
+        try:
+            with io_boundary("save the tokens"):
+                make_dirs(self._path.parent, sync=True)
+                atomic_write(self._path, data)
+        except BaseException:
+            self._tokens, self._cache = dict(self._saved[0]), dict(self._saved[1])
+            raise
+        self._saved = (dict(self._tokens), dict(self._cache))
 
 
 def _parse_create_body(

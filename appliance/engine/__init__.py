@@ -28,7 +28,9 @@ No asyncio and no Quart here: the API layer calls into it from worker threads. P
     engine.check.check(data_path, repair=False) -> CheckReport     offline scrub (CLI `check`)
 
 Errors are ``appliance.errors`` classes with ReductStore's messages. Every method is
-thread-safe (one lock per entry; payload bytes move outside it).
+thread-safe (one lock per entry; payload bytes move outside it). No ``OSError`` leaves the
+public methods above: ``ioerrors.io_boundary`` maps it once, at these entry points (full disk
+-> 507, out of descriptors -> 503, name too long -> 422, else 500 naming the operation).
 
 Behaviour worth knowing:
 
@@ -44,7 +46,8 @@ Behaviour worth knowing:
 Modules, bottom up: ``names`` (name validation), ``sizing`` (ReductStore's record metadata
 size), ``models`` (value types and enums), ``generations`` (generation fencing rules for WAL
 replay and file replacement), ``codec`` (sans-I/O formats), ``fileio`` (the engine's atomic writes and renames, on
-``backends.fileio``'s fsync/rename), ``files`` (fd cache), ``commit`` (group commit), ``block``
+``backends.fileio``'s fsync/rename), ``ioerrors`` (the OSError boundary), ``reserve`` (the
+removal reserve for a full disk), ``files`` (fd cache), ``commit`` (group commit), ``block``
 (a block in memory, block LRU), ``context`` (shared caches and options), ``entry_files`` (files
 of one entry folder), ``blockset`` (block index in memory and block choice), ``entry``,
 ``writer`` (``RecordWriter``), ``recovery`` (startup recovery of an entry), ``scan`` (finding

@@ -253,6 +253,27 @@ class BlockSet:
         block.encoded[ts] = (final, encoded)
         return encode_wal_frame(WalKind.WRITE, self.ctx.generation, final, encoded)
 
+    def unlog(self, block_id: int, timestamps: list[int]) -> None:
+        """Make finalized records whose WAL frames could not be written ERRORED (not stored)."""
+        block = self.live.get(block_id)
+        if block is None:
+            return
+        for ts in timestamps:
+            record = block.records.get(ts)
+            block.encoded.pop(ts, None)
+            if record is not None:
+                block.records[ts] = StoredRecord(
+                    ts,
+                    record.size,
+                    record.content_type,
+                    record.labels,
+                    _ERRORED,
+                    self.entry,
+                    record.offset,
+                    record.crc,
+                    record.meta_size,
+                )
+
     def append_wal(self, block: Block, frames: bytes) -> FileHandle:
         """Append frames to the block's WAL; the block becomes dirty. Returns a pinned handle."""
         handle = self.files.append_wal(block.block_id, frames, fresh=not block.wal_open)
@@ -271,7 +292,11 @@ class BlockSet:
         for block in blocks:
             descriptor = block.to_descriptor(self.ctx.generation)
             if descriptor.records:
-                self.items[block.block_id] = self.files.save_descriptor(descriptor, block.encoded)
+                # No folder fsync per descriptor: save_index below renames in the same folder
+                # and fsyncs it once for all of them, before any WAL segment is deleted.
+                self.items[block.block_id] = self.files.save_descriptor(
+                    descriptor, block.encoded, sync_dir=False
+                )
             elif self.items.pop(block.block_id, None) is not None:
                 # Only writers in flight are left: the block has nothing to persist yet.
                 self.files.remove_descriptor(block.block_id)

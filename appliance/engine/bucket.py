@@ -19,6 +19,7 @@ from appliance.engine.codec import decode_settings, encode_settings
 from appliance.engine.context import EngineContext
 from appliance.engine.entry import Entry
 from appliance.engine.entry_files import EntryFiles
+from appliance.engine.ioerrors import boundary
 from appliance.engine.models import (
     META_ENTRY_MAX_BLOCK_SIZE,
     U64_MAX,
@@ -77,9 +78,18 @@ class Bucket:
 
     @classmethod
     def create(cls, ctx: EngineContext, name: str, path: Path, settings: BucketSettings) -> Bucket:
-        """A new, empty bucket folder."""
-        path.mkdir(parents=True, exist_ok=True)
-        fileio.atomic_write(path / SETTINGS_FILE, encode_settings(settings))
+        """A new, empty bucket folder, made whole in a staging folder and renamed into place.
+
+        A failure (a full disk) or a crash leaves no bucket behind, never one with default
+        settings; the rename is fsynced, so an acknowledged bucket survives power loss.
+        """
+        staging = fileio.staging_dir(ctx.data_path)
+        try:
+            fileio.atomic_write(staging / SETTINGS_FILE, encode_settings(settings))
+            fileio.rename_dir(staging, path)
+        except BaseException:
+            fileio.remove_tree(staging)
+            raise
         return cls(ctx, name, path, settings, {})
 
     @classmethod
@@ -128,6 +138,7 @@ class Bucket:
         max_size = META_ENTRY_MAX_BLOCK_SIZE if entry.is_meta else self._settings.max_block_size
         entry.set_limits(max_size, self._settings.max_block_records)
 
+    @boundary("change the bucket settings")
     def update_settings(
         self,
         quota_type: QuotaType | None = None,
@@ -193,6 +204,7 @@ class Bucket:
             raise self._entry_not_found(name)
         return entry
 
+    @boundary("create the entry")
     def get_or_create_entry(self, name: str) -> Entry:
         """The entry, created with its missing parents if needed (422 on a bad name)."""
         entry = self._entries.get(name)
@@ -204,14 +216,36 @@ class Bucket:
             if entry is None:
                 self._check_alive()
                 self._ctx.check_writable()
-                for missing in [*parents(name), name]:
-                    if missing not in self._entries:
-                        self._entries[missing] = entry = self._new_entry(missing)
+                self._create_entries([*parents(name), name])
             return self._entries[name]
+
+    def _create_entries(self, names: list[str]) -> None:
+        """Create the missing ones of ``names`` (in order), all or none (lock held).
+
+        A failure (a full disk) removes the entries this call made, folders included: a
+        write answered 507 must not leave empty entries behind.
+        """
+        made: list[str] = []
+        try:
+            for name in names:
+                if name not in self._entries:
+                    self._entries[name] = self._new_entry(name)
+                    made.append(name)
+        except BaseException:
+            for name in reversed(made):
+                self._entries.pop(name).retire()
+                moved = fileio.retire_dir(self.path / name, self._ctx.data_path)
+                if moved is not None:
+                    fileio.remove_tree(moved)
+            raise
 
     def _new_entry(self, name: str) -> Entry:
         files = EntryFiles(self._ctx, self.path / name)
-        files.create()
+        try:
+            files.create()
+        except BaseException:
+            fileio.remove_tree(files.path)  # only its own folder: parents are other entries
+            raise
         entry = Entry(self._ctx, self._name, name, files, [])
         self._apply_limits(entry)
         return entry
@@ -220,6 +254,7 @@ class Bucket:
         if self.removed:
             raise NotFound(f"Bucket '{self._name}' is not found")
 
+    @boundary("remove the entry")
     def remove_entry(self, name: str) -> None:
         """Remove an entry and all its descendants (``$meta`` included) with their files."""
         self._ctx.check_writable()
@@ -228,8 +263,12 @@ class Bucket:
                 raise self._entry_not_found(name)
             for doomed in [n for n in self._entries if is_same_or_descendant(n, name)]:
                 self._entries.pop(doomed).retire()
-            fileio.remove_tree(self.path / name)
+            # One durable rename makes the removal all-or-nothing across a crash (issue 8).
+            moved = fileio.retire_dir(self.path / name, self._ctx.data_path)
+        if moved is not None:
+            fileio.remove_tree(moved)
 
+    @boundary("rename the entry")
     def rename_entry(self, old: str, new: str) -> None:
         """Rename an entry and its descendants (404 / 409 / 422 as ReductStore)."""
         self._ctx.check_writable()
@@ -241,14 +280,14 @@ class Bucket:
                 raise Conflict(f"Entry '{new}' already exists in bucket '{self._name}'")
             moved = sorted(n for n in self._entries if is_same_or_descendant(n, old))
             for name in moved:
-                entry = self._entries.pop(name)
-                entry.compact()  # the folder must be self-contained (no WAL) when it moves
-                entry.retire()
+                # The folder must be self-contained (no WAL) when it moves; a failure here
+                # (a full disk) leaves every entry as it was.
+                self._entries[name].compact()
+            for name in moved:
+                self._entries.pop(name).retire()
             reopen = {name: name for name in moved}
             try:
-                for parent in parents(new):
-                    if parent not in self._entries:
-                        self._entries[parent] = self._new_entry(parent)
+                self._create_entries(parents(new))
                 fileio.rename_dir(self.path / old, self.path / new)
                 reopen = {name: new + name[len(old) :] for name in moved}
             except FileExistsError as exc:
@@ -273,6 +312,7 @@ class Bucket:
 
     # --- writes ---------------------------------------------------------------------------------
 
+    @boundary("write the record")
     def begin_write(
         self, entry: str, ts: int, size: int, content_type: str, labels: Mapping[str, str]
     ) -> RecordWriter:
@@ -296,6 +336,7 @@ class Bucket:
             block_id, record, handle = target.begin(ts, size, content_type, labels)
         return RecordWriter(target, block_id, record, handle)
 
+    @boundary("write the record")
     def write_record(
         self, entry: str, ts: int, data: bytes, content_type: str, labels: Mapping[str, str]
     ) -> None:
@@ -309,6 +350,7 @@ class Bucket:
             raise
         writer.finish()
 
+    @boundary("write the records")
     def write_batch(self, entry: str, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:
         """Write in-memory records; errors by timestamp (one WAL append for the batch)."""
         self._ctx.check_writable()

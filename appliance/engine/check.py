@@ -63,14 +63,16 @@ def check(data_path: Path, repair: bool = False) -> CheckReport:
     if not data_path.is_dir():
         report.add("data_missing", data_path, "data path is not a folder")
         return report
-    if repair:
-        from appliance.engine.storage import Storage  # storage imports check's siblings only
+    # Imported here: storage imports this module's siblings, never the other way round.
+    from appliance.engine.storage import Storage, finish_removals
 
+    if repair:
         storage = Storage.open(EngineOptions(data_path=data_path, integrity_checks=True))
         storage.close()
         report.problems.extend(storage.recovery.problems)
     ctx = EngineContext.create(EngineOptions(data_path=data_path, read_only=True))
     scrub = RecoveryReport()
+    finish_removals(data_path, scrub, repair=False)
     for bucket, bucket_path in scan_buckets(data_path, scrub):
         report.buckets += 1
         load_settings(bucket_path / SETTINGS_FILE, ctx.options.bucket_defaults, scrub, False)

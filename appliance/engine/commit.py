@@ -55,7 +55,11 @@ class GroupCommitter:
                 self._lead_round_locked()
             failure = self._failure
         if failure is not None and failure[0] <= ticket <= failure[1]:
-            raise OSError(f"group commit failed: {failure[2]}") from failure[2]
+            cause = failure[2]
+            # Keep the errno (ENOSPC, EIO...): the engine's I/O boundary maps it to a status.
+            code = cause.errno if isinstance(cause, OSError) else None
+            reason = getattr(cause, "strerror", None) or cause
+            raise OSError(code, f"group commit failed: {reason}") from cause
 
     def _lead_round_locked(self) -> None:
         """Flush everything queued so far; called with the condition held, releases it meanwhile."""

@@ -5,15 +5,17 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.engine import fileio
 from appliance.engine.block import BlockCache
 from appliance.engine.commit import GroupCommitter
-from appliance.engine.files import FileCache
+from appliance.engine.files import FileCache, fd_budget
 from appliance.engine.models import EngineOptions
+from appliance.engine.reserve import RESERVE_BYTES, RemovalReserve
 from appliance.errors import Forbidden, ServiceUnavailable
 
 QUARANTINE_DIR = ".quarantine"
@@ -44,6 +46,10 @@ class DiskSpace:
             self._read_at = now
         return self._free
 
+    def invalidate(self) -> None:
+        """Re-read free space at the next ``free`` (space was freed: a removal)."""
+        self._read_at = -FREE_SPACE_REFRESH_SECONDS
+
     def consume(self, size: int) -> None:
         """Account for bytes admitted since the last statvfs."""
         self._free -= size
@@ -58,6 +64,7 @@ class EngineContext:
     blocks: BlockCache
     committer: GroupCommitter | None
     disk: DiskSpace
+    reserve: RemovalReserve | None = None
     storage_usage: Callable[[], int] = field(default=lambda: 0)
     # Set when a lease holder stepped down: nothing of this storage may touch the disk again.
     abandoned: bool = False
@@ -67,11 +74,30 @@ class EngineContext:
         """A context for ``options`` (committer only when writes are synced)."""
         return cls(
             options=options,
-            files=FileCache(sync_on_close=options.sync_writes, read_only=options.read_only),
+            files=FileCache(
+                capacity=fd_budget(),
+                sync_on_close=options.sync_writes,
+                read_only=options.read_only,
+            ),
             blocks=BlockCache(),
             committer=GroupCommitter() if options.sync_writes else None,
             disk=DiskSpace(options.data_path, options.min_free_space),
+            reserve=None
+            if options.read_only
+            else RemovalReserve(options.data_path, RESERVE_BYTES, options.min_free_space),
         )
+
+    @contextmanager
+    def removing(self) -> Iterator[None]:
+        """Around a removal: free the reserve first on a full disk, refill it afterwards."""
+        if self.reserve is not None:
+            self.reserve.make_room()
+        try:
+            yield
+        finally:
+            self.disk.invalidate()
+            if self.reserve is not None:
+                self.reserve.refill()
 
     @property
     def data_path(self) -> Path:

@@ -28,6 +28,7 @@ from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_files import EntryFiles
 from appliance.engine.files import FileHandle
+from appliance.engine.ioerrors import boundary, guarded_iter, is_missing, translate
 from appliance.engine.models import EntryInfo, NewRecord, RecordMeta, RecordState
 from appliance.engine.names import is_meta_entry
 from appliance.errors import (
@@ -50,6 +51,9 @@ crc32c = google_crc32c.value
 # ones the copy out of the run costs more than the pread it saves.
 JOIN_RECORD_BYTES = 32 * KIB
 RUN_BYTES = 256 * KIB
+# Blocks one step of ``write_batch`` writes into: it holds a data and a WAL file of each open,
+# so this bounds a batch's descriptors however small the blocks (``max_block_records: 1``).
+MAX_BATCH_BLOCKS = 32
 # A run of ``read_payloads``: block id, pinned data handle (None: empty payload), first
 # offset, and the records lying back to back from there.
 _Run = tuple[int, "FileHandle | None", int, list[StoredRecord]]
@@ -107,18 +111,25 @@ class Entry:
             ids = self._blocks.ids
             return self._blocks.first_ts(ids[0]) if ids else 0
 
+    def block_ids(self) -> list[int]:
+        """Ids of the entry's blocks, ascending (a block holds timestamps from its id on)."""
+        with self._lock:
+            return list(self._blocks.ids)
+
     def _check_alive(self) -> None:
         if self.removed:
             raise NotFound(f"Entry '{self.name}' not found in bucket '{self.bucket}'")
 
     # --- reads ----------------------------------------------------------------------------------
 
+    @boundary("read the record")
     def get_record(self, ts: int) -> RecordMeta:
         """The record at ``ts`` in any state; 404 if absent."""
         with self._lock:
             self._check_alive()
             return self._blocks.locate(ts)[1]
 
+    @boundary("read the record")
     def latest_record(self) -> RecordMeta:
         """The latest FINISHED record; 404 when there is none."""
         with self._lock:
@@ -133,6 +144,9 @@ class Entry:
 
     def iter_records(self, start: int, stop: int) -> Iterator[RecordMeta]:
         """FINISHED records with start <= ts < stop, ascending; one block per lock hold."""
+        return guarded_iter(self._iter_records(start, stop), "read the records")
+
+    def _iter_records(self, start: int, stop: int) -> Iterator[RecordMeta]:
         cursor = start
         while cursor < stop:
             batch: list[StoredRecord] | None = None
@@ -171,6 +185,8 @@ class Entry:
             try:
                 return record, block.block_id, self.files.pin_data(block.block_id)
             except OSError as exc:
+                if not is_missing(exc):
+                    raise  # out of descriptors, I/O error...: not damage (the boundary maps it)
                 path = str(self.files.data_path(block.block_id))
                 raise self._blocks.hide(
                     block.block_id, path, None, f"data file can't be opened: {exc}"
@@ -187,6 +203,7 @@ class Entry:
         log.error("corrupt payload: %s", message, extra={"file": path, "offset": record.offset})
         return CorruptionError(message, path=path, offset=record.offset, public_detail=public)
 
+    @boundary("read the record")
     def read_payload(self, meta: RecordMeta) -> bytes:
         """The whole payload, checksum verified (CorruptionError on mismatch)."""
         record, block_id, handle = self._open_payload(meta)
@@ -207,6 +224,7 @@ class Entry:
             raise self._damaged(block_id, record, "payload checksum mismatch")
         return data
 
+    @boundary("read the records")
     def read_payloads(self, metas: Sequence[RecordMeta]) -> list[bytes]:
         """Whole payloads of ``metas`` (records of this entry), checksums verified.
 
@@ -286,6 +304,8 @@ class Entry:
                     try:
                         handle = self.files.pin_data(block_id)
                     except OSError as exc:
+                        if not is_missing(exc):
+                            raise  # not damage: the boundary maps it (EMFILE -> 503...)
                         path = str(self.files.data_path(block_id))
                         raise blocks.hide(
                             block_id, path, None, f"data file can't be opened: {exc}"
@@ -324,6 +344,9 @@ class Entry:
 
     def iter_payload(self, meta: RecordMeta, chunk_size: int = 512 * KIB) -> Iterator[bytes]:
         """Stream a payload in chunks; CorruptionError after the last chunk on a bad checksum."""
+        return guarded_iter(self._iter_payload(meta, chunk_size), "read the record")
+
+    def _iter_payload(self, meta: RecordMeta, chunk_size: int) -> Iterator[bytes]:
         record, block_id, handle = self._open_payload(meta)
         if handle is None:
             return
@@ -379,7 +402,14 @@ class Entry:
             with self._lock:
                 frame = self._blocks.finalize(block_id, ts, state, crc)
                 if frame is not None and not self.removed:
-                    handles.append(self._blocks.append_wal(self._blocks.live[block_id], frame))
+                    try:
+                        handles.append(
+                            self._blocks.append_wal(self._blocks.live[block_id], frame)
+                        )
+                    except OSError:
+                        # Not logged, so not stored: the record must not be served either.
+                        self._blocks.unlog(block_id, [ts])
+                        raise
         except BaseException:
             self._release_all(handles)
             raise
@@ -398,13 +428,37 @@ class Entry:
             self._release_all(handles)
 
     def write_batch(self, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:
-        """Write whole in-memory records: one pwrite per block run, one WAL append per block."""
+        """Write whole in-memory records: one pwrite per block run, one WAL append per block.
+
+        The records go in steps touching at most ``MAX_BATCH_BLOCKS`` blocks each, so a batch
+        never holds more than that many data and WAL files open at once, however small the
+        blocks are (issue 8 item 1). Every record gets the truth: either it is stored (no
+        entry in the result) or it carries its own error and is not stored, not even after a
+        restart; an I/O failure of one step fails that step's records only.
+        """
         errors: dict[int, ApplianceError] = {}
+        i = 0
+        while i < len(records):
+            try:
+                i = self._write_step(records, i, errors)
+            except ApplianceError as exc:  # e.g. the entry was removed meanwhile
+                for new in records[i:]:
+                    errors.setdefault(new.timestamp, exc)
+                break
+        return errors
+
+    def _write_step(
+        self, records: Sequence[NewRecord], start: int, errors: dict[int, ApplianceError]
+    ) -> int:
+        """Write records from ``start`` on, into at most MAX_BATCH_BLOCKS blocks; next index."""
         placed: list[tuple[int, StoredRecord, bytes]] = []
         data_handles: dict[int, FileHandle] = {}
+        i = start
         with self._lock:
             self._check_alive()
-            for new in records:
+            while i < len(records) and len(data_handles) < MAX_BATCH_BLOCKS:
+                new = records[i]
+                i += 1
                 data = new.data if type(new.data) is bytes else bytes(new.data)
                 try:
                     block, record = self._blocks.reserve(
@@ -413,6 +467,9 @@ class Entry:
                 except ApplianceError as exc:
                     errors[new.timestamp] = exc
                     continue
+                except OSError as exc:  # finishing the previous (full) block failed
+                    errors[new.timestamp] = translate(exc, "write the record")
+                    continue
                 if block.block_id not in data_handles:
                     try:
                         data_handles[block.block_id] = self.files.pin_data(
@@ -420,26 +477,47 @@ class Entry:
                         )
                     except OSError as exc:
                         self._blocks.finalize(block.block_id, new.timestamp, _ERRORED, 0)
-                        errors[new.timestamp] = InternalError(f"Failed to write record: {exc}")
+                        errors[new.timestamp] = translate(exc, "write the record")
                         continue
                 placed.append((block.block_id, record, data))
         failed = self._write_runs(placed, data_handles)
         wal_handles: list[FileHandle] = []
-        with self._lock:
-            frames: dict[int, list[bytes]] = {}
-            for block_id, record, _ in placed:
-                state = _ERRORED if record.timestamp in failed else _FINISHED
-                frame = self._blocks.finalize(block_id, record.timestamp, state, record.crc)
-                if frame is not None:
-                    frames.setdefault(block_id, []).append(frame)
-            if not self.removed:
-                for block_id, block_frames in frames.items():
-                    block = self._blocks.live[block_id]
-                    wal_handles.append(self._blocks.append_wal(block, b"".join(block_frames)))
-        self._commit_and_release([*data_handles.values(), *wal_handles])
-        for ts, problem in failed.items():
-            errors[ts] = InternalError(f"Failed to write record {ts}: {problem}")
-        return errors
+        try:
+            with self._lock:
+                frames: dict[int, list[bytes]] = {}
+                logged: dict[int, list[int]] = {}
+                for block_id, record, _ in placed:
+                    ts = record.timestamp
+                    state = _ERRORED if ts in failed else _FINISHED
+                    frame = self._blocks.finalize(block_id, ts, state, record.crc)
+                    if frame is not None:
+                        frames.setdefault(block_id, []).append(frame)
+                        logged.setdefault(block_id, []).append(ts)
+                if not self.removed:
+                    for block_id, block_frames in frames.items():
+                        block = self._blocks.live[block_id]
+                        try:
+                            handle = self._blocks.append_wal(block, b"".join(block_frames))
+                        except OSError as exc:
+                            # Not logged, so not stored: never report or serve these records.
+                            self._blocks.unlog(block_id, logged[block_id])
+                            problem = translate(exc, "write the records")
+                            for ts in logged[block_id]:
+                                errors[ts] = problem
+                            continue
+                        wal_handles.append(handle)
+        finally:
+            handles = [*data_handles.values(), *wal_handles]
+            try:
+                self._commit_and_release(handles)
+            except OSError as exc:
+                # Not made durable as promised (sync writes): nothing of this step is acked.
+                unsynced = translate(exc, "write the records")
+                for _, record, _ in placed:
+                    errors.setdefault(record.timestamp, unsynced)
+        for ts, cause in failed.items():
+            errors[ts] = translate(cause, f"write record {ts}")
+        return i
 
     @staticmethod
     def _write_runs(
@@ -474,6 +552,7 @@ class Entry:
 
     # --- label updates and removal --------------------------------------------------------------
 
+    @boundary("update the labels")
     def update_labels(
         self, ts: int, update: Mapping[str, str], remove: Iterable[str]
     ) -> RecordMeta:
@@ -497,17 +576,20 @@ class Entry:
                 record.crc,
                 record.meta_size,
             )
-            block.records[ts] = new
             frame = encode_wal_frame(WalKind.UPDATE, self._ctx.generation, new)
+            # Logged first: an update the WAL could not take (a full disk) changes nothing.
             handle = self._blocks.append_wal(block, frame)
+            block.records[ts] = new
         self._commit_and_release([handle])
         return new
 
+    @boundary("remove the records")
     def remove_records(self, timestamps: Iterable[int]) -> dict[int, ApplianceError]:
         """Remove records by timestamp; per-timestamp errors (404). 422 for ``$meta`` entries."""
         self._refuse_meta()
         return self.remove_unchecked(timestamps)
 
+    @boundary("remove the records")
     def remove_where(
         self, start: int, stop: int, predicate: Callable[[RecordMeta], bool] | None
     ) -> int:
@@ -525,11 +607,12 @@ class Entry:
                 "use label update with remove=true"
             )
 
+    @boundary("remove the records")
     def remove_unchecked(self, timestamps: Iterable[int]) -> dict[int, ApplianceError]:
         """Remove records (also from ``$meta`` entries: the upsert-by-key path)."""
         self._ctx.check_writable()
         errors: dict[int, ApplianceError] = {}
-        with self._lock:
+        with self._ctx.removing(), self._lock:
             self._check_alive()
             by_block: dict[int, list[int]] = {}
             for ts in timestamps:

@@ -44,6 +44,7 @@ from appliance.engine.codec import (
 from appliance.engine.context import EngineContext
 from appliance.engine.files import FileHandle
 from appliance.engine.generations import may_replace
+from appliance.engine.ioerrors import RESOURCE_ERRNOS
 from appliance.engine.report import RecoveryReport
 from appliance.errors import CorruptionError, ServiceUnavailable
 
@@ -70,6 +71,7 @@ class EntryFiles:
         self.wal_dir = path / WAL_DIR
         self.index_path = path / INDEX_FILE
         self._own_data: set[int] = set()  # data files this lease generation has its own inode of
+        self._named: set[int] = set()  # data files whose name this process made durable
 
     def meta_path(self, block_id: int) -> Path:
         """Descriptor of a block."""
@@ -92,8 +94,12 @@ class EntryFiles:
         return f"{self._dir}/{WAL_DIR}/{block_id}{WAL_SUFFIX}"
 
     def create(self) -> None:
-        """Make the folder, its WAL folder and an empty index (a new entry)."""
-        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        """Make the folder, its WAL folder and an empty index (a new entry).
+
+        With synced writes every new folder is made durable in its parent (issue 8 item 7):
+        a record acknowledged in a new entry must not lose its folder at a power loss.
+        """
+        fileio.make_dirs(self.wal_dir, sync=self.ctx.sync)
         if not self.index_path.exists():
             self.save_index([])
 
@@ -131,12 +137,14 @@ class EntryFiles:
         self,
         descriptor: Descriptor,
         encoded: Mapping[int, tuple[StoredRecord, bytes]] | None = None,
+        sync_dir: bool = True,
     ) -> IndexItem:
-        """Write a descriptor atomically; return its index item."""
+        """Write a descriptor atomically; return its index item (``sync_dir``: see
+        ``fileio.atomic_write``; the index write that follows fsyncs the same folder)."""
         data = encode_descriptor(descriptor, encoded)
         path = self.meta_path(descriptor.block_id)
         self.guard_replace(path)
-        fileio.atomic_write(path, data)
+        fileio.atomic_write(path, data, sync_dir=sync_dir)
         return index_item(descriptor, descriptor_crc(data))
 
     def load_descriptor(self, block_id: int, entry: str) -> tuple[Descriptor, int]:
@@ -145,6 +153,8 @@ class EntryFiles:
         try:
             data = fileio.read_file(path)
         except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:
+                raise  # out of descriptors or memory: not damage (the I/O boundary maps it)
             reason = exc.strerror or type(exc).__name__  # str(exc) would name the file
             raise CorruptionError(
                 f"block descriptor {path} can't be read: {exc}",
@@ -165,12 +175,23 @@ class EntryFiles:
         try:
             handle = self.ctx.files.acquire(path, create=True, append=True)
         except FileNotFoundError:
-            self.wal_dir.mkdir(parents=True, exist_ok=True)
+            fileio.make_dirs(self.wal_dir, sync=self.ctx.sync)
             handle = self.ctx.files.acquire(path, create=True, append=True)
+        if fresh and self.ctx.sync:
+            try:
+                fileio.fsync_dir(self.wal_dir)  # the new segment's name, before its first 200
+            except BaseException:
+                self.ctx.files.release(handle)
+                raise
         try:
-            view = memoryview(frames)
-            while view:
-                view = view[os.write(handle.fd, view) :]
+            before = 0 if fresh else os.fstat(handle.fd).st_size
+            try:
+                fileio.write_all(handle.fd, (frames,))
+            except OSError:
+                # A torn tail would be replayed up to its last whole frame, bringing back
+                # records the caller reports as failed: cut the append off (needs no space).
+                os.ftruncate(handle.fd, before)
+                raise
             handle.dirty = True
         except BaseException:
             self.ctx.files.release(handle)
@@ -180,7 +201,8 @@ class EntryFiles:
     def drop_wal(self, block_id: int) -> None:
         """Delete a block's WAL segment (its changes are in the descriptor now)."""
         self.ctx.files.invalidate(self.wal_key(block_id))
-        fileio.remove_file(self.wal_path(block_id))
+        # Synced: a segment that came back after a power loss would replay records removed since.
+        fileio.remove_file(self.wal_path(block_id), sync=self.ctx.sync)
 
     # --- data -----------------------------------------------------------------------------------
 
@@ -189,7 +211,16 @@ class EntryFiles:
         if create and self.ctx.generation > 0 and block_id not in self._own_data:
             self._own_data.add(block_id)
             self._take_over_data(block_id)
-        return self.ctx.files.acquire(self.data_key(block_id), create=create)
+        handle = self.ctx.files.acquire(self.data_key(block_id), create=create)
+        if create and self.ctx.sync and block_id not in self._named:
+            # A new data file's name must be durable before a record in it is acknowledged.
+            try:
+                fileio.fsync_dir(self.path)
+            except BaseException:
+                self.ctx.files.release(handle)
+                raise
+            self._named.add(block_id)
+        return handle
 
     def _take_over_data(self, block_id: int) -> None:
         """Give this lease generation its own inode of a data file it is about to append to.
@@ -247,8 +278,15 @@ class EntryFiles:
             finally:
                 os.close(out)
         except (OSError, EOFError) as exc:
-            log.warning("record removal left block %s uncompacted: %s", block_id, exc)
             fileio.remove_file(tmp)
+            # No room for the copy (a full disk): free the removed ranges in place instead.
+            punched = _punch_gaps(source.fd, descriptor)
+            log.warning(
+                "record removal left block %s uncompacted (%s); removed ranges %s",
+                block_id,
+                exc,
+                "punched out" if punched else "kept (no hole punching here)",
+            )
             return None
         finally:
             self.ctx.files.release(source)
@@ -318,3 +356,17 @@ def _copy_range(src: int, dst: int, src_offset: int, dst_offset: int, count: int
         src_offset += written
         dst_offset += written
         count -= written
+
+
+def _punch_gaps(fd: int, descriptor: Descriptor) -> bool:
+    """Punch out every byte of a data file no record of ``descriptor`` occupies; success."""
+    position = 0
+    ok = True
+    for record in sorted(descriptor.records, key=lambda r: r.offset):
+        if record.offset > position:
+            ok = fileio.punch_hole(fd, position, record.offset - position) and ok
+        position = max(position, record.offset + record.size)
+    end = os.fstat(fd).st_size
+    if end > position:
+        ok = fileio.punch_hole(fd, position, end - position) and ok
+    return ok

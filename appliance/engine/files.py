@@ -12,6 +12,7 @@ Dirty handles are flushed before they are closed when the cache runs in ``sync_o
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -19,6 +20,18 @@ from pathlib import Path
 from appliance.engine import fileio
 
 DEFAULT_CAPACITY = 256
+# Descriptors the cache may keep open: at most this share of RLIMIT_NOFILE, so sockets, the
+# pinned handles of requests in flight and the rest of the process always have room.
+LIMIT_SHARE = 4
+MIN_CAPACITY = 16
+
+
+def fd_budget(capacity: int = DEFAULT_CAPACITY) -> int:
+    """``capacity``, but at most a quarter of the soft open-file limit (never below 16)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return capacity
+    return max(MIN_CAPACITY, min(capacity, soft // LIMIT_SHARE))
 
 
 class FileHandle:

@@ -43,6 +43,9 @@ ENTRY_TOO_LONG_MESSAGE = (
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _BUCKET = re.compile(r"[A-Za-z0-9_-]+")
+# Buckets the instance itself owns (``$system``: events): created only with
+# ``Storage.create_bucket(..., internal=True)``, never by a client name; loaded at startup.
+INTERNAL_BUCKETS = frozenset({"$system"})
 
 
 def validate_bucket_name(name: str) -> str:
@@ -65,7 +68,7 @@ def validate_token_name(name: str) -> str:
 
 def is_bucket_name(name: str) -> bool:
     """True if ``name`` is a valid bucket folder name (used when scanning the data path)."""
-    return _BUCKET.fullmatch(name) is not None
+    return name in INTERNAL_BUCKETS or _BUCKET.fullmatch(name) is not None
 
 
 def _check_entry_alphabet(name: str) -> list[str]:

@@ -6,7 +6,7 @@ collect the same ``Problem`` records, so the operator sees one vocabulary of ``k
     settings_missing, settings_corrupt, not_a_bucket, not_an_entry, index_missing,
     index_corrupt, index_mismatch, wal_corrupt, wal_torn, descriptor_missing,
     descriptor_corrupt, descriptor_extra, data_missing, data_short, data_orphan,
-    rewrite_pending, payload_corrupt, entry_failed, bucket_failed
+    rewrite_pending, removal_pending, payload_corrupt, entry_failed, bucket_failed
 
 Each problem is either *damage* or a *crash leftover* (``Problem.crash_leftover``): what an
 ordinary crash (SIGKILL, OOM kill) leaves behind and recovery is designed to clean up, judged
@@ -22,6 +22,8 @@ from evidence in the files, never from the kind alone:
   no readable index: damage.
 - ``rewrite_pending``: a record-removal rewrite interrupted midway (an unreadable commit
   marker is damage).
+- ``removal_pending``: a bucket or entry folder in ``.removing`` (its removal was committed by
+  a rename; deleting the files was cut short). Never visible as a bucket or entry.
 
 Leftovers are logged at INFO, damage at WARNING, and the summary line keeps them apart.
 """
@@ -44,6 +46,7 @@ _LEFTOVER_CATEGORY = {
     "descriptor_extra": "index",
     "data_orphan": "orphan",
     "rewrite_pending": "rewrite",
+    "removal_pending": "removal",
 }
 # category -> (singular, plural, what repair did, what repair would do)
 _LEFTOVER_PHRASES = {
@@ -51,6 +54,7 @@ _LEFTOVER_PHRASES = {
     "index": ("index", "indexes", "rebuilt", "to rebuild"),
     "orphan": ("unfinished data file", "unfinished data files", "set aside", "to set aside"),
     "rewrite": ("interrupted rewrite", "interrupted rewrites", "completed", "to complete"),
+    "removal": ("unfinished removal", "unfinished removals", "finished", "to finish"),
 }
 
 

@@ -19,18 +19,37 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 
 from appliance.engine import fileio
 from appliance.engine.bucket import Bucket
 from appliance.engine.context import EngineContext
+from appliance.engine.ioerrors import boundary
 from appliance.engine.models import U64_MAX, BucketSettings, EngineOptions, StorageInfo
-from appliance.engine.names import validate_bucket_name
+from appliance.engine.names import INTERNAL_BUCKETS, validate_bucket_name
 from appliance.engine.replica import ReplicaView
 from appliance.engine.report import RecoveryReport
 from appliance.engine.scan import scan_buckets
 from appliance.errors import Conflict, Forbidden, InternalError, NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def finish_removals(path: Path, report: RecoveryReport, repair: bool) -> None:
+    """Report (and with ``repair`` delete) bucket/entry removals a crash interrupted."""
+    trash = path / fileio.REMOVING_DIR
+    if not trash.is_dir():
+        return
+    for leftover in sorted(trash.iterdir()):
+        report.add(
+            "removal_pending",
+            leftover,
+            "folder of an interrupted removal (or creation), never visible",
+            "deleted" if repair else "none",
+            crash_leftover=True,
+        )
+    if repair:
+        fileio.purge_removing(path)
 
 
 class Storage:
@@ -54,17 +73,21 @@ class Storage:
             return storage
         path = options.data_path
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            # Durable from the start: every bucket's survival hangs on this folder's name.
+            fileio.make_dirs(path, sync=True)
             if not os.access(path, os.R_OK | os.X_OK) or (
                 not options.read_only and not os.access(path, os.W_OK)
             ):
                 raise PermissionError(f"no read/write access to {path}")
+            # Made while there is room: removals rename into it even on a full disk.
+            fileio.make_dirs(path / fileio.REMOVING_DIR, sync=True)
         except OSError as exc:
             raise InternalError(f"Data path {path} is not usable: {exc}") from exc
         ctx = EngineContext.create(options)
         report = RecoveryReport()
         repair = not options.read_only
         integrity = options.integrity_checks and repair
+        finish_removals(path, report, repair=True)
         buckets: dict[str, Bucket] = {}
         for name, bucket_path in scan_buckets(path, report):
             try:
@@ -80,6 +103,8 @@ class Storage:
             log.info("startup %s", leftovers)  # an ordinary crash: nothing was damaged
         if report.damaged:
             log.warning("startup recovery found %d problem(s) (damage)", len(report.damage))
+        if ctx.reserve is not None:
+            ctx.reserve.refill()
         return cls(ctx, buckets, report)
 
     @property
@@ -138,6 +163,7 @@ class Storage:
         if self._ctx.committer is not None:
             self._ctx.committer.close()
 
+    @boundary("compact")
     def compact(self) -> None:
         """One compaction step: WAL entries become block descriptors and block indexes."""
         if self._ctx.options.read_only:
@@ -172,15 +198,34 @@ class Storage:
             latest_record=max(info.latest_record for info in infos),
         )
 
+    def disk_info(self) -> dict[str, int]:
+        """Free bytes of the data file system, the free space writes keep (507 below it) and
+        the removal reserve held now (0 once a removal on a full disk used it)."""
+        reserve = self._ctx.reserve
+        try:
+            free = fileio.free_bytes(self._ctx.data_path)
+        except OSError:
+            free = 0
+        return {
+            "free_space": free,
+            "min_free_space": self._ctx.options.min_free_space,
+            "removal_reserve": reserve.held if reserve is not None else 0,
+        }
+
     def bucket_names(self) -> list[str]:
         """Names of every bucket, sorted."""
         with self._lock:
             return sorted(self._buckets)
 
-    def create_bucket(self, name: str, settings: BucketSettings | None = None) -> Bucket:
-        """A new bucket (409 if it exists, 422 for a bad name)."""
+    @boundary("create the bucket")
+    def create_bucket(
+        self, name: str, settings: BucketSettings | None = None, *, internal: bool = False
+    ) -> Bucket:
+        """A new bucket (409 if it exists, 422 for a bad name; ``internal``: one of the
+        instance's own ``$`` buckets, e.g. ``$system``)."""
         self._ctx.check_writable()
-        validate_bucket_name(name)
+        if not (internal and name in INTERNAL_BUCKETS):
+            validate_bucket_name(name)
         with self._lock:
             if name in self._buckets:
                 raise Conflict(f"Bucket '{name}' already exists")
@@ -201,16 +246,22 @@ class Storage:
             raise NotFound(f"Bucket '{name}' is not found")
         return bucket
 
+    @boundary("remove the bucket")
     def remove_bucket(self, name: str) -> None:
         """Remove a bucket and all its data (synchronously)."""
         self._ctx.check_writable()
-        with self._lock:
-            bucket = self.get_bucket(name)
-            del self._buckets[name]
-            bucket.retire()
-            self._ctx.files.invalidate_under(bucket.path)
-            fileio.remove_tree(bucket.path)
+        with self._ctx.removing():
+            with self._lock:
+                bucket = self.get_bucket(name)
+                del self._buckets[name]
+                bucket.retire()
+                self._ctx.files.invalidate_under(bucket.path)
+                # One durable rename makes the removal all-or-nothing across a crash (issue 8).
+                moved = fileio.retire_dir(bucket.path, self._ctx.data_path)
+            if moved is not None:
+                fileio.remove_tree(moved)  # outside the lock: other buckets stay usable
 
+    @boundary("rename the bucket")
     def rename_bucket(self, old: str, new: str) -> None:
         """Rename a bucket (404 / 409 / 422 as ReductStore)."""
         self._ctx.check_writable()

@@ -12,7 +12,6 @@ rewritten with a body of the same size.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from types import TracebackType
@@ -22,8 +21,9 @@ import google_crc32c
 from appliance.engine.codec import StoredRecord
 from appliance.engine.entry import Entry
 from appliance.engine.files import FileHandle
+from appliance.engine.ioerrors import boundary, translate
 from appliance.engine.models import RecordMeta, RecordState
-from appliance.errors import ApplianceError, BadRequest, InsufficientStorage, InternalError
+from appliance.errors import ApplianceError, BadRequest, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class RecordWriter:
         """Payload bytes accepted so far."""
         return self._written
 
+    @boundary("write the record")
     def write(self, chunk: bytes) -> None:
         """Write the next chunk at the reserved offset; BadRequest when over the declared size."""
         if self._done:
@@ -72,13 +73,12 @@ class RecordWriter:
                 view = view[written:]
                 position += written
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                self._fail(InsufficientStorage(f"No space left to write record: {exc}"))
-            self._fail(InternalError(f"Failed to write record: {exc}"))
+            self._fail(translate(exc, "write the record"))
         handle.dirty = True
         self._crc = google_crc32c.extend(self._crc, chunk)
         self._written += size
 
+    @boundary("write the record")
     def finish(self) -> None:
         """Complete the record (FINISHED); BadRequest if fewer bytes came than declared."""
         if self._done:
@@ -93,6 +93,7 @@ class RecordWriter:
             self._block_id, self._record.timestamp, RecordState.FINISHED, self._crc, handle
         )
 
+    @boundary("abort the record")
     def abort(self, reason: str) -> None:
         """The body will not arrive (client went away): the record becomes ERRORED."""
         if self._done:

@@ -22,6 +22,7 @@ cross the limit waits for the next batch (only a batch's first record may exceed
 from __future__ import annotations
 
 import heapq
+from collections import deque
 import itertools
 import threading
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from appliance.engine.models import RecordMeta
+from appliance.query.context import RecordShaper, shaper_for
 from appliance.errors import NotFound, UnprocessableEntity
 
 if TYPE_CHECKING:
@@ -144,11 +146,19 @@ class Query:
         self.positions = {name: start for name in entries}
         self.done: set[str] = set()
         self.pending: tuple[str, RecordMeta] | None = None
+        self.backlog: deque[tuple[str, RecordMeta]] = deque()
         self.finished = False
         self.last_access = 0.0
         self.lock = threading.Lock()
         first = next(iter(conditions.values()), None)
         self.directives: Any = getattr(first, "directives", None)
+        # #ctx_before/#ctx_after/#select_labels: one shaper per entry (their windows are
+        # per entry), None when the query has none of them.
+        self.shapers: dict[str, RecordShaper] = {}
+        for name, cond in conditions.items():
+            shaper = shaper_for(getattr(cond, "directives", None))
+            if shaper is not None:
+                self.shapers[name] = shaper
 
     def _passes(self, name: str, meta: RecordMeta) -> bool:
         if meta.labels.get("remove") == "true" and is_meta_entry(name):
@@ -204,16 +214,20 @@ class Query:
                 heap.append((first.timestamp, name, first))
                 iters[name] = (entry, it)
         pending, self.pending = self.pending, None
-        if len(heap) == 1 and pending is None:
+        if len(heap) == 1 and pending is None and not self.backlog:
             _, name, first = heap[0]
             exhausted = self._collect_single(name, first, iters[name][1], limits, head, batch)
         else:
             heapq.heapify(heap)
             exhausted = self._collect_merged(heap, iters, pending, limits, head, cut_interleaved,
                                              batch)
-        if exhausted and not self.spec.continuous:
-            self.finished = True
-            batch.last = True
+        if exhausted:
+            # As ReductStore 1.21: an entry-level (v1) read flags the batch that ran the query
+            # dry as last, continuous or not (its reader sees "no content" after the records);
+            # a bucket-level (v2, ``cut_interleaved``) continuous query never says last — its
+            # aggregator keeps polling, and reduct-js ends a subscription on a last record.
+            batch.last = not (self.spec.continuous and cut_interleaved)
+            self.finished = not self.spec.continuous
         dropped = False
         if not head and not self.spec.only_metadata:
             dropped = _load(bucket, batch, iters)
@@ -228,6 +242,7 @@ class Query:
         body = metadata = 0
         max_records, max_size, max_meta = limits.max_records, limits.max_size, limits.max_metadata
         cond = self.conditions.get(name)
+        shaper = self.shapers.get(name)
         hide = is_meta_entry(name)
         done = self.done
         deadline = time.monotonic() + limits.timeout
@@ -244,15 +259,20 @@ class Query:
                 ok = bool(cond.evaluate(rec.timestamp, labels))
                 if cond.exhausted:
                     done.add(name)
-            if ok:
-                if rec.entry != name:
-                    rec = replace(rec, entry=name)
-                cost = header_cost(rec, name)
+            if shaper is not None:
+                emit = shaper.feed(rec, ok)
+            else:
+                emit = [rec] if ok else []
+            for i, item in enumerate(emit):
+                if item.entry != name:
+                    item = replace(item, entry=name)
+                cost = header_cost(item, name)
                 if out and metadata + cost > max_meta:
-                    self.pending = (name, rec)  # first of the next batch, not re-evaluated
+                    self.pending = (name, item)  # first of the next batch, not re-evaluated
+                    self.backlog.extend((name, m) for m in emit[i + 1 :])  # its context
                     return False
-                out.append((name, rec))
-                body += rec.size
+                out.append((name, item))
+                body += item.size
                 metadata += cost
             if name in done:
                 return True
@@ -285,6 +305,8 @@ class Query:
             if pending is not None:
                 name, meta = pending
                 pending = None
+            elif self.backlog:  # context records a shaper emitted together with a match
+                name, meta = self.backlog.popleft()
             else:
                 if not heap:
                     break
@@ -295,7 +317,14 @@ class Query:
                 nxt = _next(iters[name][1])
                 if nxt is not None:
                     heapq.heappush(heap, (nxt.timestamp, name, nxt))
-                if not self._passes(name, meta):
+                shaper = self.shapers.get(name)
+                if shaper is not None:
+                    emitted = shaper.feed(meta, self._passes(name, meta))
+                    if not emitted:
+                        continue
+                    meta = emitted[0]
+                    self.backlog.extend((name, m) for m in emitted[1:])
+                elif not self._passes(name, meta):
                     continue
             if cut_interleaved and name != run_entry and name in seen:
                 # Spec §8.3: never let an entry re-appear after another one started in this
@@ -313,7 +342,9 @@ class Query:
             run_entry = name
             body += meta.size
             metadata += cost
-        return self.pending is None and not any(n not in self.done for _, n, _ in heap)
+        if self.pending is not None or self.backlog:
+            return False
+        return not any(n not in self.done for _, n, _ in heap)
 
 
 def _load(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]]) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from appliance.engine.fileio import atomic_write
@@ -184,8 +184,8 @@ class ReplicationManager:
 
     # --- changes (event loop) ----------------------------------------------------------------
 
-    async def create(self, name: str, settings: ReplicationSettings) -> None:
-        """Create task ``name``; 409 if it exists, 404/422 for bad settings."""
+    def create_now(self, name: str, settings: ReplicationSettings) -> ReplicationTask:
+        """The blocking part of ``create`` (checks, insert, save); the caller starts the task."""
         check_name(name)
         if name in self._tasks:
             raise Conflict(f"Replication '{name}' already exists")
@@ -193,32 +193,49 @@ class ReplicationManager:
         task = self._new_task(name, settings)
         self._tasks[name] = task
         self._reindex()
-        await self._run(self.save)
+        self.save()
+        log.info("replication '%s' created: %s -> %s", name, settings.src_bucket, _target(settings))
+        return task
+
+    async def create(self, name: str, settings: ReplicationSettings) -> None:
+        """Create task ``name``; 409 if it exists, 404/422 for bad settings."""
+        task = self.create_now(name, settings)
         if self.started:
             await task.start()
-        log.info("replication '%s' created: %s -> %s", name, settings.src_bucket, _target(settings))
 
-    async def update(self, name: str, settings: ReplicationSettings, *, force: bool = False) -> None:
-        """Replace the settings (token kept when none is given); 409 for a provisioned task."""
+    def update_now(
+        self, name: str, settings: ReplicationSettings, *, force: bool = False
+    ) -> tuple[ReplicationTask, ReplicationTask]:
+        """The blocking part of ``update``: the new task is in place and saved; the caller
+        finishes with ``finish_update(old, new)``."""
         old = self.get(name)
         if name in self.provisioned and not force:
             raise Conflict(f"Can't update provisioned replication '{name}'")
         settings = settings.keeping_token(old.settings)
         self._validate(name, settings)
         task = self._new_task(name, settings)
-        same_source = old.settings.src_bucket == settings.src_bucket
-        if same_source:
+        if old.settings.src_bucket == settings.src_bucket:
             task.adopt_logs(old)  # the backlog survives the update (ReductStore)
         self._tasks[name] = task
         self._reindex()  # writers now reach the new task
+        self.save()
+        log.info("replication '%s' updated: %s -> %s", name, settings.src_bucket, _target(settings))
+        return old, task
+
+    async def finish_update(self, old: ReplicationTask, new: ReplicationTask) -> None:
+        """Stop the replaced sender and start the new one."""
+        same_source = old.settings.src_bucket == new.settings.src_bucket
         await old.stop(close_logs=not same_source)
         if not same_source:
             # the old source's backlog means nothing now
             await self._run(functools.partial(old.remove_logs, every_source=False))
-        await self._run(self.save)
         if self.started:
-            await task.start()
-        log.info("replication '%s' updated: %s -> %s", name, settings.src_bucket, _target(settings))
+            await new.start()
+
+    async def update(self, name: str, settings: ReplicationSettings, *, force: bool = False) -> None:
+        """Replace the settings (token kept when none is given); 409 for a provisioned task."""
+        old, new = self.update_now(name, settings, force=force)
+        await self.finish_update(old, new)
 
     async def remove(self, name: str, *, force: bool = False) -> None:
         """Remove the task and its logs; 409 for a provisioned task."""
@@ -264,16 +281,19 @@ class ProvisionOutcome:
         self.errors: list[str] = []
 
 
-async def provision(
+def provision(
     manager: ReplicationManager,
     desired: Mapping[str, tuple[ReplicationSettings, bool]],
     origins: Mapping[str, str],
+    schedule: Callable[[Coroutine[Any, Any, None]], object],
 ) -> ProvisionOutcome:
     """Make the provisioned tasks match ``desired`` (name -> (settings, mode given)).
 
-    A task that exists (from the file or an earlier provisioning) is updated, keeping its
-    persisted mode unless the provisioning sets one; tasks that leave the provisioning are only
-    unmarked (kept, and their backlog with them).
+    Blocking and callable from any thread: task senders are started and stopped through
+    ``schedule`` (which hands a coroutine to the event loop without waiting for it). A task
+    that exists (from the file or an earlier provisioning) is updated, keeping its persisted
+    mode unless the provisioning sets one; tasks that leave the provisioning are only unmarked
+    (kept, and their backlog with them).
     """
     outcome = ProvisionOutcome()
     marked = set()
@@ -281,13 +301,16 @@ async def provision(
         try:
             current = manager._tasks.get(name)  # noqa: SLF001 - same package
             if current is None:
-                await manager.create(name, settings)
+                task = manager.create_now(name, settings)
+                if manager.started:
+                    schedule(task.start())
                 outcome.created.append(name)
             else:
                 if not mode_given:
                     settings = settings.with_mode(current.settings.mode)
                 if settings != current.settings:
-                    await manager.update(name, settings, force=True)
+                    old, new = manager.update_now(name, settings, force=True)
+                    schedule(manager.finish_update(old, new))
                     outcome.updated.append(name)
                 else:
                     outcome.unchanged.append(name)

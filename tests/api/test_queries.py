@@ -147,7 +147,7 @@ async def test_queries_continuous_picks_up_new_records(hq: Harness) -> None:
                                           "start": 3000, "continuous": True}))
     status, headers, body = await asgi_call(hq.app, "GET", API + "/io/bkt/read",
                                             headers={"x-reduct-query-id": str(qid)})
-    assert status == 200 and headers["x-reduct-last"] == "false"
+    assert status == 200 and headers["x-reduct-last"] == "false"  # v2 continuous: never
     assert body == b"xxx" + b"xxxx"
     status, _, _ = await asgi_call(hq.app, "GET", API + "/io/bkt/read",
                                    headers={"x-reduct-query-id": str(qid)})

@@ -3,6 +3,7 @@ wildcards, ``$`` buckets, write without read, auth disabled, persistence as salt
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -196,3 +197,18 @@ async def test_tokens_auth_disabled_warning_logged(
 ) -> None:
     await harness_factory()
     assert "authentication is disabled: set RS_API_TOKEN" in caplog.text
+
+
+async def test_shutdown_persists_last_access(harness_factory: Any) -> None:
+    h: Harness = await harness_factory(api_token="init-secret")
+    auth = {"Authorization": "Bearer init-secret"}
+    r = await h.client.post(API + "/tokens/reader", headers=auth,
+                            json={"permissions": {"full_access": False, "read": ["*"]}})
+    value = (await r.get_json())["value"]
+    r = await h.client.get(API + "/list", headers={"Authorization": f"Bearer {value}"})
+    assert r.status_code == 200
+    await h.services.stop()  # a graceful stop flushes (the fixture's second stop is a no-op)
+    raw = json.loads((h.services.settings.data_path / ".auth").read_text())
+    item = next(t for t in raw["tokens"] if t["name"] == "reader")
+    assert isinstance(item["last_access"], float)
+

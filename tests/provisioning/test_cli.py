@@ -29,6 +29,19 @@ def test_cli_provision_validate_ok(
     assert capsys.readouterr().out == "ok: 3 buckets, 1 tokens\n"
 
 
+def test_cli_provision_validate_counts_lifecycles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "prov.yaml"
+    path.write_text("buckets:\n  a: {}\nlifecycles:\n  l: {type: delete, bucket: a, "
+                    "older_than: 2d}\n")
+    for key, value in {"RS_LIFECYCLE_E_NAME": "e", "RS_LIFECYCLE_E_TYPE": "delete",
+                       "RS_LIFECYCLE_E_BUCKET": "a", "RS_LIFECYCLE_E_OLDER_THAN": "1d"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["provision", "validate", str(path)]) == 0
+    assert capsys.readouterr().out == "ok: 1 buckets, 0 tokens, 2 lifecycles\n"
+
+
 def test_cli_provision_validate_error_is_one_line_and_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

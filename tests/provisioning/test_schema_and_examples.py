@@ -22,7 +22,8 @@ SECRETS = {"INGEST_TOKEN": "i", "DASHBOARD_TOKEN": "d", "READER_TOKEN": "r", "CE
 def test_schema_is_json_with_every_section() -> None:
     document = json.loads(render())
     assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(document["properties"]) == {"version", "instance", "buckets", "tokens", "replications"}
+    assert set(document["properties"]) == {
+        "version", "instance", "buckets", "tokens", "replications", "lifecycles"}
     assert document["additionalProperties"] is False
     bucket = document["$defs"]["BucketSpec"]
     assert bucket["additionalProperties"] is False
