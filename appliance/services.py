@@ -35,10 +35,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from appliance import metrics
 from appliance.auth import Permissions, TokenStore
+from appliance.backup import instance as backup_instance
+from appliance.backup.service import BackupService
 from appliance.engine.models import BucketSettings, EngineOptions
-from appliance.errors import ConfigError, ServiceUnavailable
+from appliance.errors import ConfigError, Forbidden, ServiceUnavailable
 from appliance.events import SystemEvents
+from appliance.inuse import FolderInUse, InUseLock, identity
 from appliance.lifecycle import LifecycleManager
 from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
@@ -81,6 +85,7 @@ def engine_options(settings: Settings, **role: Any) -> EngineOptions:
         min_free_space=settings.engine_min_free_space,
         max_storage_size=settings.engine_max_storage_size,
         bucket_defaults=bucket_defaults(settings),
+        journal=settings.backup_archive_interval > 0,
         **role,
     )
 
@@ -172,8 +177,11 @@ class Services:
         """
         self.settings = settings
         self.defaults = bucket_defaults(settings)
-        token = settings.api_token.get_secret_value() if settings.api_token else None
-        self.tokens = TokenStore(settings.data_path, token)
+        self.tokens = TokenStore(
+            settings.data_path,
+            settings.api_token_value,
+            init_token=settings.init_api_token_value,
+        )
         self.queries = QueryRegistry(clock=clock)
         # Replication tasks: built when the engine opens on a writable node, None otherwise.
         self.replications: ReplicationManager | None = None
@@ -194,6 +202,7 @@ class Services:
         )
         self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
+        self.in_use = InUseLock(settings.data_path)
         self.open_error: BaseException | None = None
         # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
         self.lease_backend = wiring.lease_backend(settings)
@@ -219,6 +228,9 @@ class Services:
         self._housekeeping: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closed = False
+        # Backups (issue 12): snapshots, retention, schedule, the restored read-only mark.
+        self.backups = BackupService(settings, lambda: self.engine, lambda: self.role.generation)
+        self._instance_lock: int | None = None
 
     # --- state ------------------------------------------------------------------------------
 
@@ -260,6 +272,9 @@ class Services:
         before and after the request, and in the engine before every mutation.
         """
         self.role.check_writable_nowait()
+        restored = self.backups.restored_from
+        if restored is not None:
+            raise Forbidden(backup_instance.read_only_message(restored))
 
     async def fence_write(self) -> None:
         """The lease fence with its slow path off the loop (503 when we may not write)."""
@@ -283,7 +298,10 @@ class Services:
     async def start(self) -> None:
         """Start the role, begin opening the engine in the background, start the loops."""
         if not self.tokens.enabled:
-            log.warning("authentication is disabled: set RS_API_TOKEN")
+            log.warning(
+                "authentication is disabled: every client has full access "
+                "(set RS_API_TOKEN or RS_INIT_API_TOKEN to require a token)"
+            )
         self._loop = asyncio.get_running_loop()
         await self.role.start()
         self._tasks.append(asyncio.create_task(self._open(), name="engine-open"))
@@ -373,11 +391,19 @@ class Services:
             return  # lost while recording (proceed): the role listener rejoins
         try:
             started = time.perf_counter()
+            await self.run(self._mark_in_use)
+            await self.run(self._hold_data_folder)
             await self.run(self.tokens.load)
             options = await self.run(self._role_options, generation)
             storage = await self.run(self._open_storage, options)
         except LeaseLost as exc:  # a newer generation began before we could open
+            self.in_use.release()
             self.role.deposed(str(exc))
+            return
+        except FolderInUse as exc:
+            path = self.settings.data_path
+            message = f"cannot open the storage at {path}: it is locked by {exc}"
+            self._fail(message, exc, EXIT_RUNTIME)
             return
         except Exception as exc:  # noqa: BLE001 - the instance cannot serve: exit
             path = self.settings.data_path
@@ -412,6 +438,7 @@ class Services:
         self._booting_storage = None  # from now on only `storage` (None after a step-down)
         self.provisioner = provisioner
         self.replications = replications
+        metrics.corruption("recovery", len(storage.recovery.damage))
         self.events.start()  # capture from the first served request on
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
@@ -427,9 +454,38 @@ class Services:
         if self._housekeeping is None:
             self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="tokens")
             self._tasks.append(self._housekeeping)
+        self._start_backup_schedule()
         if self.settings.engine_compaction_interval > 0 and self._compaction is None:
             self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
             self._tasks.append(self._compaction)  # one loop, kept across a rejoin
+
+    def _mark_in_use(self) -> None:
+        """Hold ``<data>/.in-use`` (shared) while the storage is open: ``appliance check``
+        refuses to repair under a running instance, and we do not open under a repair."""
+        if not self.role.read_only:
+            try:
+                self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # Storage.open reports an unusable folder with the full reason
+        what = f"appliance serve ({self.settings.instance_role.value}, port {self.settings.port})"
+        self.in_use.acquire(exclusive=False, who=identity(what), read_only=self.role.read_only)
+    def _hold_data_folder(self) -> None:
+        """Take the shared instance lock (offline restore refuses a held folder), clear backup
+        staging leftovers and read the restored read-only mark (blocking)."""
+        if self._instance_lock is None and not self.role.read_only:
+            self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            self._instance_lock = backup_instance.hold(self.settings.data_path)
+        if not self.role.read_only:
+            self.backups.prepare()
+
+    def _start_backup_schedule(self) -> None:
+        """The scheduled backups of ``RS_BACKUP_INTERVAL`` (once, kept across a rejoin)."""
+        if any(t.get_name() == "backup-schedule" for t in self._tasks):
+            return
+        if self.settings.backup_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.schedule(), name="backup-schedule"))
+        if self.settings.backup_archive_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.archive(), name="backup-archive"))
 
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
@@ -510,6 +566,7 @@ class Services:
             await replications.stop()  # the new holder sends from the shared logs
         if storage is not None:
             await self.run(storage.abandon)
+        self.in_use.release()
         self.queries.clear()
         code = self.role.must_exit
         if code is not None:
@@ -526,7 +583,34 @@ class Services:
     def compact_step(self) -> None:
         """One compaction pass (WAL → descriptors and index); no-op until the engine is open."""
         if self.storage is not None:
+            started = time.perf_counter()
             self.storage.compact()
+            metrics.compaction_seconds(time.perf_counter() - started)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The per-instance values ``/metrics`` reports (blocking: reads bucket sizes)."""
+        status = self.role.status()
+        manager = getattr(self.role, "manager", None)
+        snap: dict[str, Any] = {
+            "ready": self.ready,
+            "uptime": self.uptime_seconds,
+            "role": self.settings.instance_role.value,
+            "state": status.state,
+            "generation": status.generation,
+            "renewal_age": getattr(manager, "renewal_age_s", None),
+        }
+        storage = self.storage
+        if storage is not None:
+            buckets = []
+            for name in storage.bucket_names():
+                try:
+                    info = storage.get_bucket(name).info()
+                except Exception:  # noqa: BLE001 - removed concurrently
+                    continue
+                buckets.append((name, info.size, info.entry_count))
+            snap["buckets"] = buckets
+            snap["cache_hits"], snap["cache_misses"] = storage.cache_stats()
+        return snap
 
     async def stop(self) -> None:
         """Stop the loops and close the engine (flushes the WAL); safe to call twice."""
@@ -554,6 +638,9 @@ class Services:
         self._tasks.clear()
         self.queries.clear()
         await self._flush_last_access()
+        await asyncio.to_thread(self.backups.close)  # a backup in progress still uses the engine
+        if self.storage is not None and not self.role.read_only:
+            await self.backups.ship_on_stop()
         storage, self.storage = self.storage, None
         if storage is not None:
             try:
@@ -561,8 +648,11 @@ class Services:
                 await self.run(storage.close)
             except Exception:  # noqa: BLE001 - shutdown must finish
                 log.exception("closing the storage failed")
+        self.in_use.release()
         try:
             await self.role.close()  # release the lease last: the standby recovers our WAL
         except Exception:  # noqa: BLE001 - shutdown must finish
             log.exception("releasing the role failed")
         self.executor.shutdown(wait=True)
+        backup_instance.release(self._instance_lock)
+        self._instance_lock = None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    NonNegativeInt,
     AfterValidator,
     AwareDatetime,
     BaseModel,
@@ -209,6 +210,16 @@ class DefaultsSpec(_Strict):
     bucket: BucketDefaultsSpec | None = None
 
 
+class BackupSpec(_Strict):
+    """``RS_BACKUP_*``: scheduled backups, retention and continuous archiving (issue 12)."""
+
+    target: str | None = Field(default=None, description="folder of the backups")
+    interval: Duration | None = Field(default=None, description="0 disables scheduled backups")
+    keep_last: NonNegativeInt | None = Field(default=None, description="0 keeps every backup")
+    max_age: Duration | None = Field(default=None, description="0 keeps backups of any age")
+    archive_interval: Duration | None = Field(default=None, description="0 disables archiving")
+
+
 class InstanceSpec(_Strict):
     """Instance settings; an explicit ``RS_*`` variable wins over each of them."""
 
@@ -217,6 +228,7 @@ class InstanceSpec(_Strict):
     lock_file: LockFileSpec | None = None
     engine: EngineSpec | None = None
     defaults: DefaultsSpec | None = None
+    backup: BackupSpec | None = None
 
 
 def _none_is_empty(value: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import request
 
+from appliance import metrics
 from appliance.api.encoding import decoded
 from appliance.api.streaming import WRITE_CHUNK_BYTES, abort_writer, next_chunk, run_through
 from appliance.engine.models import NewRecord
@@ -121,6 +122,7 @@ async def write_records(
 
     ``encoding``: the ``Content-Encoding`` (gzip, zstd) the body is decoded from."""
     timeout = svc.settings.io_operation_timeout
+    metrics.batch_records("write", len(items))
     total = sum(item.length for item in items)
     reader = BodyReader(timeout, encoding, total)
     if total <= IN_MEMORY_BYTES:

@@ -99,6 +99,10 @@ async def info() -> Response:
             "license": None,
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
+            "backup": svc.backups.info(),
+            # Where the data lives, for the console's dashboard (a remote backend adds
+            # `unsynced_bytes`); never a server path.
+            "storage": {"backend": "folder"},
             "disk": await svc.run(storage.disk_info),
         }
     )
@@ -107,11 +111,15 @@ async def info() -> Response:
 def role_json(svc: Services) -> dict[str, Any]:
     """The role's state for operators: lease state and generation, or replica staleness."""
     status = svc.role.status()
+    manager = getattr(svc.role, "manager", None)  # a PRIMARY/SECONDARY's lease manager
+    age = getattr(manager, "renewal_age_s", None)
     return {
         "state": status.state,
         "ready": status.ready,
         "generation": status.generation,
         "detail": status.detail,
+        "owner": getattr(manager, "owner", None),
+        "renewal_age_s": None if age is None else round(age, 3),
     }
 
 

@@ -173,3 +173,5 @@ class EngineOptions:
     generation: int = 0
     fence: WriteFence | None = None
     wal_fence: Fence | None = None
+    # Journal every mutation for point-in-time recovery (continuous archiving on).
+    journal: bool = False

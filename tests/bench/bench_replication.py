@@ -19,6 +19,7 @@ destination share this machine's cores.
 from __future__ import annotations
 
 import argparse
+import re
 import asyncio
 import os
 import sys
@@ -72,7 +73,7 @@ async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
                seconds: float, limit: int) -> tuple[str, ...]:
     """One row: write, then wait for the destination, and measure both."""
     async with Client(src) as client:
-        slug = f"{name}-{size}".replace(" ", "-").replace("#", "")
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{name}-{size}")
         bucket = f"b-{slug}"
         await client.create_bucket(bucket)
         task = None
@@ -112,9 +113,9 @@ async def run(seconds: float, quick: bool, batch_records: int | None) -> None:
             rows = []
             # Alternated, twice: on a shared machine the load drifts between cases.
             for run_no in (1, 2):
-                rows.append(await case(src.url, None, f"no task #{run_no}", KIB, BATCH, seconds,
+                rows.append(await case(src.url, None, f"no task, run {run_no}", KIB, BATCH, seconds,
                                        limit_small))
-                rows.append(await case(src.url, dead, f"dead destination #{run_no}", KIB, BATCH,
+                rows.append(await case(src.url, dead, f"dead destination, run {run_no}", KIB, BATCH,
                                        seconds, limit_small))
             rows.append(await case(src.url, dst.url, "live", KIB, BATCH, seconds, limit_small))
             rows.append(await case(src.url, dst.url, "live", MIB, 4, seconds,
