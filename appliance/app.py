@@ -28,6 +28,7 @@ from appliance.api import (
     lifecycles,
     links,
     queries,
+    replications,
     tokens,
 )
 from appliance.api.access import SERVICES_KEY, authenticate, client_ip
@@ -118,7 +119,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
     base = settings.api_base_path
     prefix = base + "api/v1"
     for module in (
-        instance, buckets, tokens, lifecycles, links, batch_v2, queries, entries, backups
+        instance, buckets, tokens, replications, lifecycles, links, batch_v2, queries, entries,
+        backups,
     ):
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 

@@ -45,6 +45,8 @@ from appliance.inuse import FolderInUse, InUseLock, identity
 from appliance.lifecycle import LifecycleManager
 from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
+from appliance.replication import ReplicationManager, TaskOptions
+from appliance.replication import provision as provision_replications
 from appliance.roles.fencing import load_wal_fence
 from appliance.roles.lease import LeaseError, LeaseLost
 from appliance.roles.role import RoleManager, build_role_manager
@@ -143,6 +145,24 @@ class ProvisionedTokens:
         return self._store.provisioned_names()
 
 
+class ProvisionedReplications:
+    """The replication manager as provisioning's ``ReplicationProvisioner`` (called from the
+    provisioning thread; the work runs on the event loop that owns the tasks)."""
+
+    def __init__(self, manager: ReplicationManager, loop: asyncio.AbstractEventLoop) -> None:
+        self._manager = manager
+        self._loop = loop
+
+    def provision_replications(self, desired: Mapping[str, Any], origins: Mapping[str, str]) -> Any:
+        """Apply the provisioned tasks (blocking, any thread, the loop's own included: senders
+        are started and stopped on the loop without waiting for them)."""
+
+        def schedule(coro: Any) -> None:
+            asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+        return provision_replications(self._manager, desired, origins, schedule)
+
+
 def _open_storage(options: EngineOptions) -> Storage:
     from appliance.engine import Storage  # late: keeps `import appliance.app` cheap
 
@@ -178,6 +198,8 @@ class Services:
             init_token=settings.init_api_token_value,
         )
         self.queries = QueryRegistry(clock=clock)
+        # Replication tasks: built when the engine opens on a writable node, None otherwise.
+        self.replications: ReplicationManager | None = None
         self._booting_storage: Storage | None = None  # the engine provisioning boots against
         # $system: audit, usage, own log lines, diagnostics; queued, flushed in the background.
         # The one way into the engine threads (run / run_through): see workers.py.
@@ -292,7 +314,40 @@ class Services:
         self._opened.set()
         self._failed.set()
 
-    def _make_provisioner(self, storage: Storage) -> Provisioner:
+    def _make_replications(self, storage: Storage) -> ReplicationManager:
+        s = self.settings
+        options = TaskOptions(
+            data_path=s.data_path,
+            log_size=s.replication_log_size,
+            timeout=s.replication_timeout,
+            verify_ssl=s.replication_verify_ssl,
+            ca_path=str(s.replication_ca_path) if s.replication_ca_path else None,
+            batch_records=s.io_batch_max_records,
+            batch_size=s.io_batch_max_size,
+            batch_metadata=s.io_batch_max_metadata_size,
+        )
+        return ReplicationManager(
+            options, storage=lambda: storage, run=self.workers.run, own_port=s.port
+        )
+
+    def replicates(self, bucket: str) -> bool:
+        """True if a replication task watches ``bucket`` (writers notify only then)."""
+        manager = self.replications
+        return manager is not None and manager.watches(bucket)
+
+    def notify_records(
+        self, bucket: str, entry: str, items: list[tuple[int, int, Mapping[str, str]]]
+    ) -> None:
+        """Hand written/updated records ``(kind, ts, labels)`` to the replication tasks.
+
+        Called in the writer's worker thread before the 200 leaves; never raises."""
+        manager = self.replications
+        if manager is not None:
+            manager.notify(bucket, entry, items)
+
+    def _make_provisioner(
+        self, storage: Storage, replications: ReplicationManager | None = None
+    ) -> Provisioner:
         return Provisioner(
             environ=self._environ,
             path=self.settings.provisioning_path,
@@ -302,8 +357,15 @@ class Services:
             initial=self._desired,
             state=self.provisioning,
             watch_enabled=self._watch_provisioning,
+            replications=None if replications is None else ProvisionedReplications(
+                replications, self._loop_or_raise()
+            ),
             on_applied=self._provision_lifecycles,
         )
+
+    def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "start() sets the loop before the engine opens"
+        return self._loop
 
     def _provision_lifecycles(self, desired: DesiredState) -> list[str]:
         """Provisioning hook (worker thread): apply the provisioned lifecycle policies."""
@@ -348,7 +410,9 @@ class Services:
         if self.role.read_only:
             await self._serve_replica(storage)
             return
-        provisioner = self._make_provisioner(storage)
+        replications = self._make_replications(storage)
+        await self.workers.run(replications.load)
+        provisioner = self._make_provisioner(storage, replications)
         self._booting_storage = storage
         await self.workers.run(self.lifecycles.load)
         boot = asyncio.ensure_future(self.workers.run(provisioner.boot))
@@ -368,12 +432,14 @@ class Services:
         self.storage = storage
         self._booting_storage = None  # from now on only `storage` (None after a step-down)
         self.provisioner = provisioner
+        self.replications = replications
         metrics.corruption("recovery", len(storage.recovery.damage))
         self.events.start()  # capture from the first served request on
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
         await provisioner.start()  # the watcher (boot already ran)
         self.lifecycles.start()
+        await replications.start()  # standalone or lease holder: this node sends
         if self.events.enabled:
             try:
                 # The quota is re-applied at every start (the bucket is created lazily).
@@ -493,6 +559,9 @@ class Services:
         provisioner, self.provisioner = self.provisioner, None
         if provisioner is not None:
             await provisioner.stop()
+        replications, self.replications = self.replications, None
+        if replications is not None:
+            await replications.stop()  # the new holder sends from the shared logs
         if storage is not None:
             await self.workers.run(storage.abandon)
         self.in_use.release()
@@ -556,6 +625,12 @@ class Services:
         provisioner, self.provisioner = self.provisioner, None
         if provisioner is not None:
             await provisioner.stop()  # before the engine closes: a reload may be running
+        replications, self.replications = self.replications, None
+        if replications is not None:
+            try:
+                await replications.stop()  # the logs keep the backlog for the next start
+            except Exception:  # noqa: BLE001 - shutdown must finish
+                log.exception("stopping the replication tasks failed")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
         LockFailureAction.ABORT
     )
 
+    # --- replication tasks (used by appliance/replication, spec reductstore-config §2.6)
+    replication_timeout: Seconds = 5.0
+    replication_log_size: int = Field(1_000_000, ge=2)
+    replication_verify_ssl: bool = True
+    replication_ca_path: Path | None = None
+
     # --- backups (used by appliance/backup; issue 12)
     backup_target: str = ""
     backup_interval: Seconds = 0.0
@@ -202,7 +208,9 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("provisioning_path", "cert_path", "cert_key_path", mode="before")
+    @field_validator(
+        "provisioning_path", "cert_path", "cert_key_path", "replication_ca_path", mode="before"
+    )
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() == "":

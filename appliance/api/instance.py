@@ -1,6 +1,6 @@
 """Instance endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
-empty ``/replications`` list reduct-py's fixtures call (lifecycles: ``api/lifecycles.py``).
-The HTTP server process itself is ``appliance/server.py``."""
+empty list reduct-py's fixtures used to call (replications: ``api/replications.py``, lifecycles:
+``api/lifecycles.py``). The HTTP server process itself is ``appliance/server.py``."""
 
 from __future__ import annotations
 
@@ -144,10 +144,4 @@ async def me() -> Response:
     token = authenticate()
     return json_response(token.to_json(services().tokens.now()))
 
-
-@blueprint.route("/replications", methods=["GET"])
-async def replications() -> Response:
-    """Replication tasks (none yet: a later issue adds replication)."""
-    full_access()
-    return json_response({"replications": []})
 

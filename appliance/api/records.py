@@ -23,10 +23,12 @@ from appliance.api.streaming import (
 from appliance.engine import names
 from appliance.engine.models import RecordMeta
 from appliance.errors import UnprocessableEntity
+from appliance.replication import UPDATE, WRITE
 from appliance.sizes import INLINE_READ_BYTES, SMALL_RECORD_BYTES
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
+    from appliance.services import Services
 
 
 
@@ -34,10 +36,12 @@ if TYPE_CHECKING:
 
 
 def _write_small(
-    storage: Storage, bucket: str, entry: str, ts: int, data: bytes, ctype: str,
+    svc: Services, storage: Storage, bucket: str, entry: str, ts: int, data: bytes, ctype: str,
     labels: dict[str, str],
 ) -> None:
     storage.get_bucket(bucket).write_record(entry, ts, data, ctype, labels)
+    if svc.replicates(bucket):  # logged before the 200: a crash cannot lose the notification
+        svc.notify_records(bucket, entry, [(WRITE, ts, labels)])
 
 
 def _begin(
@@ -60,7 +64,7 @@ async def write(bucket: str, entry: str) -> Response:
     timeout = svc.settings.io_operation_timeout
     if length <= SMALL_RECORD_BYTES:
         data = await read_small_body(length, timeout)
-        await svc.workers.run(_write_small, storage, bucket, entry, ts, data, ctype, labels)
+        await svc.workers.run(_write_small, svc, storage, bucket, entry, ts, data, ctype, labels)
         return Response(b"", status=200)
     writer = await svc.workers.run_through(
         _begin, storage, bucket, entry, ts, length, ctype, labels, on_cancel=abort_writer
@@ -68,6 +72,8 @@ async def write(bucket: str, entry: str) -> Response:
     try:
         await stream_body(svc, length, writer.write, timeout)
         await svc.workers.run_through(writer.finish)
+        if svc.replicates(bucket):
+            await svc.workers.run(svc.notify_records, bucket, entry, [(WRITE, ts, labels)])
     except BaseException as exc:
         # Client gone, short body or engine failure: the record must end ERRORED, never
         # FINISHED, and the entry must stay writable. Shielded: we may be cancelled already.
@@ -109,10 +115,14 @@ async def read(bucket: str, entry: str) -> Response:
 # --- labels, removal, rename ----------------------------------------------------------------
 
 
-def _update(storage: Storage, bucket: str, entry: str, ts: int, labels: dict[str, str]) -> None:
+def _update(
+    svc: Services, storage: Storage, bucket: str, entry: str, ts: int, labels: dict[str, str]
+) -> None:
     update = {k: v for k, v in labels.items() if v}
     remove = {k for k, v in labels.items() if not v}
-    storage.get_bucket(bucket).get_entry(entry).update_labels(ts, update, remove)
+    new = storage.get_bucket(bucket).get_entry(entry).update_labels(ts, update, remove)
+    if svc.replicates(bucket):
+        svc.notify_records(bucket, entry, [(UPDATE, ts, new.labels)])
 
 
 async def update_labels(bucket: str, entry: str) -> Response:
@@ -121,7 +131,7 @@ async def update_labels(bucket: str, entry: str) -> Response:
     write_access(bucket)
     labels = params.labels(request.scope["headers"])
     svc = services()
-    await svc.workers.run(_update, svc.engine, bucket, entry, ts, labels)
+    await svc.workers.run(_update, svc, svc.engine, bucket, entry, ts, labels)
     return Response(b"", status=200)
 
 
