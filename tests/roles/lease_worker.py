@@ -18,6 +18,7 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -30,8 +31,16 @@ from backends.filesystem import FilesystemBackend
 FENCE_PERIOD_SECONDS = 0.01
 
 
+_EMIT_LOCK = threading.Lock()
+
+
 def emit(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
+    """One JSON line per event; locked because the lease thread and the loop both emit (two
+    unlocked prints can interleave into one line the reader cannot parse)."""
+    line = json.dumps(fields) + "\n"
+    with _EMIT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 async def main(root: str, name: str, role: str, ttl_s: float, poll_s: float) -> int:
