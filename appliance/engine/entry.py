@@ -27,8 +27,8 @@ from appliance import metrics
 from appliance.engine.blockset import BlockSet
 from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_frame
 from appliance.engine.context import EngineContext
-from appliance.engine.entry_files import EntryFiles
-from appliance.engine.files import FileHandle
+from appliance.engine.entry_folder import EntryFiles
+from appliance.engine.fd_cache import FileHandle
 from appliance.engine.gate import gated
 from appliance.engine.ioerrors import boundary, guarded_iter, is_missing, translate
 from appliance.engine.models import EntryInfo, NewRecord, RecordMeta, RecordState

@@ -21,7 +21,7 @@ import google_crc32c
 from appliance import metrics
 from appliance.engine.codec import StoredRecord
 from appliance.engine.entry import Entry
-from appliance.engine.files import FileHandle
+from appliance.engine.fd_cache import FileHandle
 from appliance.engine.ioerrors import boundary, translate
 from appliance.engine.models import RecordMeta, RecordState
 from appliance.errors import ApplianceError, BadRequest, InternalError

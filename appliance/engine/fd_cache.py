@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 
 DEFAULT_CAPACITY = 256
 # Descriptors the cache may keep open: at most this share of RLIMIT_NOFILE, so sockets, the
@@ -54,7 +54,7 @@ class FileHandle:
             if self.closed:
                 return
             self.dirty = False
-            fileio.fsync_fd(self.fd)
+            fs_ops.fsync_fd(self.fd)
 
     def close(self, sync: bool) -> None:
         """Close the fd, flushing first when ``sync`` and dirty."""
@@ -63,7 +63,7 @@ class FileHandle:
                 return
             try:
                 if sync and self.dirty:
-                    fileio.fsync_fd(self.fd)
+                    fs_ops.fsync_fd(self.fd)
             finally:
                 self.closed = True
                 os.close(self.fd)

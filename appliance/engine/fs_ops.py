@@ -1,7 +1,7 @@
 """The engine's file operations: atomic metadata writes, durable renames, removal, truncation.
 
 The system calls that make data durable (``os.fsync``, ``os.replace``) live in one module for the
-whole code base, ``backends.fileio``; this module builds the engine's operations on them and
+whole code base, ``backends.durability``; this module builds the engine's operations on them and
 re-exports ``fsync_fd``, ``fsync_dir`` and ``replace`` so engine code imports one module. No
 other engine module calls ``os.fsync``, ``os.rename`` or ``os.replace`` (tested).
 
@@ -33,7 +33,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from backends.fileio import fsync_dir, fsync_fd, hard_link, replace, write_all
+from backends.durability import fsync_dir, fsync_fd, hard_link, replace, write_all
 
 __all__ = [
     "REMOVING_DIR",
