@@ -67,12 +67,20 @@ def hard_link(src: Path, dst: Path) -> None:
     os.link(src, dst)
 
 
-def write_all(fd: int, chunks: Iterable[bytes | memoryview]) -> None:
-    """Write every chunk to ``fd``, looping over short writes (no fsync)."""
+def write_all(fd: int, chunks: Iterable[bytes | memoryview], offset: int | None = None) -> None:
+    """Write every chunk to ``fd``, looping over short writes (no fsync).
+
+    With ``offset`` the chunks go there with ``pwrite`` and the file position is left alone,
+    so threads sharing a cached descriptor can write at their own reserved offsets.
+    """
     for chunk in chunks:
         view = memoryview(chunk)
         while view:
-            written = os.write(fd, view)
+            if offset is None:
+                written = os.write(fd, view)
+            else:
+                written = os.pwrite(fd, view, offset)
+                offset += written
             view = view[written:]
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import google_crc32c
 
 from appliance import metrics
+from appliance.engine import fs_ops
 from appliance.engine.blockset import BlockSet
 from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_frame
 from appliance.engine.context import EngineContext
@@ -33,26 +34,20 @@ from appliance.engine.gate import gated
 from appliance.engine.ioerrors import boundary, guarded_iter, is_missing, translate
 from appliance.engine.models import EntryInfo, NewRecord, RecordMeta, RecordState
 from appliance.engine.names import is_meta_entry
+from appliance.engine.readable import check_readable
 from appliance.errors import (
     ApplianceError,
     CorruptionError,
-    InternalError,
     NotFound,
-    TooEarly,
     UnprocessableEntity,
 )
+from appliance.sizes import JOIN_RECORD_BYTES, RUN_BYTES
 from appliance.units import KIB
 
 log = logging.getLogger(__name__)
 _FINISHED = RecordState.FINISHED
-_STARTED = RecordState.STARTED
 _ERRORED = RecordState.ERRORED
 crc32c = google_crc32c.value
-# ``read_payloads`` joins adjacent records of up to JOIN_RECORD_BYTES each into one pread of
-# at most RUN_BYTES: for small records a syscall costs more than slicing the run; for bigger
-# ones the copy out of the run costs more than the pread it saves.
-JOIN_RECORD_BYTES = 32 * KIB
-RUN_BYTES = 256 * KIB
 # Blocks one step of ``write_batch`` writes into: it holds a data and a WAL file of each open,
 # so this bounds a batch's descriptors however small the blocks (``max_block_records: 1``).
 MAX_BATCH_BLOCKS = 32
@@ -178,10 +173,7 @@ class Entry:
         with self._lock:
             self._check_alive()
             block, record = self._blocks.locate(meta.timestamp)
-            if record.state is _STARTED:
-                raise TooEarly(f"Record {record.timestamp} is still being written")
-            if record.state is not _FINISHED:
-                raise InternalError(f"Record {record.timestamp} is broken")
+            check_readable(record.timestamp, record.state)
             if record.size == 0:
                 return record, block.block_id, None
             try:
@@ -212,12 +204,7 @@ class Entry:
         if handle is None:
             return b""
         try:
-            data = os.pread(handle.fd, record.size, record.offset)
-            while len(data) < record.size:  # very large reads come back in pieces
-                more = os.pread(handle.fd, record.size - len(data), record.offset + len(data))
-                if not more:
-                    break
-                data += more
+            data = fs_ops.read_at(handle.fd, record.size, record.offset)
         finally:
             self._ctx.files.release(handle)
         if len(data) != record.size:
@@ -288,9 +275,7 @@ class Entry:
                     block_id, current = block.block_id, block.records
                     end = -1  # maybe another block: start a new run
                 if record.state is not _FINISHED:
-                    if record.state is _STARTED:
-                        raise TooEarly(f"Record {ts} is still being written")
-                    raise InternalError(f"Record {ts} is broken")
+                    check_readable(ts, record.state)
                 size = record.size
                 # end is -1 after a record too big to be joined (and after a block change).
                 if (
@@ -329,12 +314,7 @@ class Entry:
         if handle is None:
             return [b""]
         total = records[-1].offset + records[-1].size - start
-        data = os.pread(handle.fd, total, start)
-        while len(data) < total:  # very large reads come back in pieces
-            more = os.pread(handle.fd, total - len(data), start + len(data))
-            if not more:
-                break
-            data += more
+        data = fs_ops.read_at(handle.fd, total, start)
         if len(records) == 1 and len(data) == total:
             payloads = [data]
         else:
@@ -363,11 +343,7 @@ class Entry:
         crc = 0
         done = 0
         try:
-            while done < record.size:
-                step = min(chunk_size, record.size - done)
-                chunk = os.pread(fd, step, record.offset + done)
-                if not chunk:
-                    break
+            for chunk in fs_ops.read_chunks(fd, record.size, record.offset, chunk_size):
                 crc = google_crc32c.extend(crc, chunk)
                 done += len(chunk)
                 yield chunk
@@ -570,12 +546,7 @@ class Entry:
             payload = run[0][2] if len(run) == 1 else b"".join(item[2] for item in run)
             handle = handles[block_id]
             try:
-                view = memoryview(payload)
-                position = first.offset
-                while view:
-                    written = os.pwrite(handle.fd, view, position)
-                    view = view[written:]
-                    position += written
+                fs_ops.write_all(handle.fd, (payload,), first.offset)
                 handle.dirty = True
             except OSError as exc:
                 for _, record, _ in run:

@@ -109,3 +109,18 @@ def test_fs_ops_shares_the_backends_primitives() -> None:
     assert fs_ops.fsync_fd is backends_durability.fsync_fd
     assert fs_ops.fsync_dir is backends_durability.fsync_dir
     assert fs_ops.replace is backends_durability.replace
+
+
+def test_fs_ops_write_all_at_offset_and_read_at(tmp_path: Path) -> None:
+    """Positioned writes leave the file position alone; reads stop short only at end of file."""
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        fs_ops.write_all(fd, (b"head",))
+        fs_ops.write_all(fd, (b"xy", memoryview(b"z")), 10)
+        fs_ops.write_all(fd, (b"!",))  # continues after "head", not after "xyz"
+        assert fs_ops.read_at(fd, 13, 0) == b"head!\0\0\0\0\0xyz"
+        assert fs_ops.read_at(fd, 100, 10) == b"xyz"  # end of file: fewer bytes
+        assert list(fs_ops.read_chunks(fd, 5, 0, 2)) == [b"he", b"ad", b"!"]
+        assert list(fs_ops.read_chunks(fd, 0, 0)) == []
+    finally:
+        os.close(fd)

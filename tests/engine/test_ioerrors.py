@@ -94,7 +94,11 @@ def test_ioerrors_failed_wal_append_leaves_labels_unchanged(
     bucket.write_record("e", 1, b"one", "text/plain", {"a": "1"})
     entry = bucket.get_entry("e")
 
-    def broken(fd: int, chunks: object) -> None:
+    real = fs_ops.write_all
+
+    def broken(fd: int, chunks: object, offset: int | None = None) -> None:
+        if offset is not None:  # a payload pwrite: only the WAL append fails here
+            return real(fd, chunks, offset)  # type: ignore[arg-type]
         raise oserror(errno.EIO)
 
     monkeypatch.setattr(fs_ops, "write_all", broken)
@@ -118,7 +122,9 @@ def test_ioerrors_batch_reports_failed_wal_records_and_they_do_not_come_back(
     bucket.write_record("e", 1, b"one", "text/plain", {})
     real = fs_ops.write_all
 
-    def half_then_full(fd: int, chunks: object) -> None:
+    def half_then_full(fd: int, chunks: object, offset: int | None = None) -> None:
+        if offset is not None:  # a payload pwrite: only the WAL append fails here
+            return real(fd, chunks, offset)  # type: ignore[arg-type]
         frames = b"".join(chunks)  # type: ignore[arg-type]
         real(fd, (frames[: len(frames) // 2],))
         raise oserror(errno.ENOSPC)
