@@ -50,7 +50,8 @@ writes, durable renames and removals, on ``backends.durability``'s fsync/rename)
 (the OSError boundary), ``reserve`` (the removal reserve for a full disk), ``fd_cache`` (the
 bounded cache of open descriptors), ``commit`` (group commit), ``block`` (a block in memory,
 block LRU), ``context`` (shared caches and options), ``entry_folder`` (the files of one entry
-folder and the I/O on them), ``blockset`` (block index in memory and block choice), ``entry``,
+folder and the I/O on them), ``blockset`` (block index in memory and block choice),
+``bulk_read`` and ``entry_removal`` (two jobs of ``Entry``, mixed in), ``entry``,
 ``writer`` (``RecordWriter``), ``recovery`` (startup recovery of an entry), ``scan`` (finding
 buckets and entries), ``quota`` (write admission of a bucket), ``bucket``, ``storage``,
 ``report`` (``RecoveryReport``), ``check``.
