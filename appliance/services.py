@@ -42,6 +42,7 @@ from appliance.events import SystemEvents
 from appliance.lifecycle import LifecycleManager
 from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
+from appliance import remote
 from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
 from appliance.roles.role import LeaseRole, RoleManager, RoleStatus
@@ -197,6 +198,8 @@ class Services:
         self._housekeeping: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closed = False
+        # Data on S3 (RS_REMOTE_*): the engine's folder is a cache kept by the mirror.
+        self.mirror = remote.build_mirror(settings, read_only=self.role.read_only)
 
     # --- state ------------------------------------------------------------------------------
 
@@ -311,6 +314,10 @@ class Services:
             if self.role.must_exit or not isinstance(exc, LeaseLost):
                 self._fail(f"cannot take the storage lease: {exc}", exc, EXIT_RUNTIME)
             return  # lost while recording (proceed): the role listener rejoins
+        if self.mirror is not None and not await self.run(
+            remote.restore_mirror, self.mirror, lambda: self._closed
+        ):
+            return  # stopped while S3 was unreachable (/ready stayed 503)
         try:
             started = time.perf_counter()
             await self.run(self.tokens.load)
@@ -370,12 +377,16 @@ class Services:
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
         if self.role.read_only:
-            return engine_options(self.settings, read_only=True)
+            return engine_options(self.settings, read_only=True, mirror=self.mirror)
         if not generation:
-            return engine_options(self.settings)
+            return engine_options(self.settings, mirror=self.mirror)
         wal_fence = wiring.load_wal_fence(self.lease_backend, generation)  # LeaseLost if stale
         return engine_options(
-            self.settings, generation=generation, fence=self.role, wal_fence=wal_fence
+            self.settings,
+            generation=generation,
+            fence=self.role,
+            wal_fence=wal_fence,
+            mirror=self.mirror,
         )
 
     async def _serve_replica(self, storage: Storage) -> None:
@@ -442,6 +453,8 @@ class Services:
         if provisioner is not None:
             await provisioner.stop()
         if storage is not None:
+            if self.mirror is not None:
+                self.mirror.abandoned = True  # a deposed holder uploads nothing more
             await self.run(storage.abandon)
         self.queries.clear()
         code = self.role.must_exit
@@ -488,6 +501,10 @@ class Services:
                 await self.run(storage.close)
             except Exception:  # noqa: BLE001 - shutdown must finish
                 log.exception("closing the storage failed")
+        if self.mirror is not None:
+            # Uploads what the close flushed while the lease is still ours (not after a
+            # step-down: then the mirror is abandoned and uploads nothing).
+            await self.run(self.mirror.close)
         try:
             await self.role.close()  # release the lease last: the standby recovers our WAL
         except Exception:  # noqa: BLE001 - shutdown must finish

@@ -99,6 +99,7 @@ async def info() -> Response:
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
             "disk": await svc.run(storage.disk_info),
+            **({"remote": svc.mirror.info()} if svc.mirror is not None else {}),
         }
     )
 
