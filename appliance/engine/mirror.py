@@ -58,7 +58,9 @@ EXCLUDED_SUFFIXES = (".tmp", ".backend-tmp", ".cas-lock", ".rewrite")
 # Metadata goes up in this order within a pass: segments and descriptors before the index.
 _META_ORDER = {".wal": 0, ".meta": 1, ".idx": 2}
 MIN_TICK_SECONDS = 1.0
-MAX_BACKOFF_SECONDS = 30.0
+FETCH_ATTEMPTS = 3
+FETCH_RETRY_SECONDS = 0.2
+MAX_BACKOFF_SECONDS = 10.0
 UNAVAILABLE = "Remote storage is unavailable"
 
 
@@ -231,17 +233,27 @@ class Mirror:
         state = self._state.get(rel)
         if state is None or not state.evicted:
             return
-        try:
-            info = self.backend.download(self.key(rel), Path(path))
-        except ObjectNotFound:
-            raise FileNotFoundError(str(path)) from None  # removed in the bucket meanwhile
-        except BackendError as exc:
-            self._error(f"fetching {rel} failed: {type(exc).__name__}")
-            raise ServiceUnavailable(f"{UNAVAILABLE}: cannot fetch a block, try again") from None
+        for attempt in range(FETCH_ATTEMPTS):
+            try:
+                info = self.backend.download(self.key(rel), Path(path))
+                break
+            except ObjectNotFound:
+                raise FileNotFoundError(str(path)) from None  # removed in the bucket meanwhile
+            except BackendError as exc:
+                # botocore retries a request, not a body cut off mid-stream: we do (the
+                # backend never publishes a partial file, so no wrong byte is ever served).
+                self._error(f"fetching {rel} failed: {type(exc).__name__}")
+                if attempt + 1 == FETCH_ATTEMPTS:
+                    raise ServiceUnavailable(
+                        f"{UNAVAILABLE}: cannot fetch a block, try again"
+                    ) from None
+                time.sleep(FETCH_RETRY_SECONDS * (attempt + 1))
         st = os.stat(path)
         self._state[rel] = FileState(st.st_size, st.st_mtime_ns)
         self._etags[rel] = info.etag
         self.cache_bytes += st.st_size
+        if self.cache_bytes > self.cache_size:
+            self.evict(keep=rel)  # the cache stays bounded between background passes
 
     def ensure_local(self, path: str | Path) -> None:
         """``open_local`` for code that opens files outside the fd cache."""
@@ -403,15 +415,16 @@ class Mirror:
 
     # --- eviction -----------------------------------------------------------------------------
 
-    def evict(self) -> int:
-        """Replace least recently used clean data files by placeholders until under the limit."""
+    def evict(self, keep: str | None = None) -> int:
+        """Replace least recently used clean data files by placeholders until under the limit
+        (never ``keep``: the file just fetched, about to be opened)."""
         if self.cache_bytes <= self.cache_size:
             return 0
         evicted = 0
         with self.lock:
             candidates = []
             for rel, state in self._state.items():
-                if state.evicted or not rel.endswith(DATA_SUFFIX):
+                if state.evicted or rel == keep or not rel.endswith(DATA_SUFFIX):
                     continue
                 path = self.root / rel
                 try:
