@@ -393,6 +393,8 @@ class Services:
         """Serve the read-only view; refreshed (with the tokens) every update interval."""
 
         def refresh() -> None:
+            if self.mirror is not None:
+                self.mirror.refresh()  # new and changed objects of the bucket (S3)
             storage.reload_replica()
             self.tokens.load()  # token changes of the primary, at most once per interval
 

@@ -34,6 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,14 @@ EXCLUDED_SUFFIXES = (".tmp", ".backend-tmp", ".cas-lock", ".rewrite")
 _META_ORDER = {".wal": 0, ".meta": 1, ".idx": 2}
 MIN_TICK_SECONDS = 1.0
 FETCH_ATTEMPTS = 3
+UPLOAD_THREADS = 8
 FETCH_RETRY_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 10.0
 UNAVAILABLE = "Remote storage is unavailable"
+
+
+def _rank(rel: str) -> int:
+    return _META_ORDER.get(os.path.splitext(rel)[1], 3)
 
 
 @dataclass
@@ -169,6 +175,7 @@ class Mirror:
         """
         changed = 0
         seen: set[str] = set()
+        fetch: list[tuple[str, str]] = []
         for info in self.backend.list(KEY_PREFIX):
             rel = info.key[len(KEY_PREFIX):]
             if not self._mirrored(rel):
@@ -185,15 +192,15 @@ class Mirror:
                     continue  # a writer's own files win: they are uploaded when dirty
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if rel.endswith(DATA_SUFFIX):
+                    self._idle_close(path)  # a replica's reader must not keep an old version
                     self._placeholder(path, info.size)
                     st = path.stat()
                     self._state[rel] = FileState(info.size, st.st_mtime_ns, evicted=True)
+                    self._etags[rel] = info.etag
                 else:
-                    self.backend.download(self.key(rel), path)
-                    st = path.stat()
-                    self._state[rel] = FileState(st.st_size, st.st_mtime_ns)
-                self._etags[rel] = info.etag
+                    fetch.append((rel, info.etag))
                 changed += 1
+        self._parallel(fetch, self._fetch_metadata)
         if self.read_only:
             for rel in [r for r in self._state if r not in seen]:
                 with self.lock:
@@ -202,6 +209,19 @@ class Mirror:
                     changed += 1
         self._save_manifest()
         return changed
+
+    def _fetch_metadata(self, item: tuple[str, str]) -> None:
+        rel, etag = item
+        path = self.root / rel
+        self.backend.download(self.key(rel), path)
+        st = path.stat()
+        with self.lock:
+            self._state[rel] = FileState(st.st_size, st.st_mtime_ns)
+            self._etags[rel] = etag
+
+    def _idle_close(self, path: Path) -> None:
+        if self._idle_check is not None:
+            self._idle_check(str(path))
 
     def start(self) -> None:
         """Start the background sync/evict thread."""
@@ -368,28 +388,47 @@ class Mirror:
                 meta.append((rel, st, (self.root / rel).read_bytes()))
             except FileNotFoundError:
                 continue
-        meta.sort(key=lambda item: _META_ORDER.get(os.path.splitext(item[0])[1], 3))
         # 2. data files, each a copy of its first `size` bytes (it may grow meanwhile)
-        for rel, st in dirty:
-            if rel.endswith(DATA_SUFFIX):
-                self._upload_data(rel, st)
-        # 3. the metadata snapshot
-        for rel, st, data in meta:
-            info = self.backend.write(self.key(rel), data)
-            self._mark_clean(rel, st, info.etag)
+        self._parallel(
+            [(rel, st) for rel, st in dirty if rel.endswith(DATA_SUFFIX)],
+            lambda item: self._upload_data(*item),
+        )
+        # 3. the metadata snapshot, a group at a time: segments, descriptors, indexes, the rest
+        for rank in sorted({_rank(rel) for rel, _, _ in meta}):
+            self._parallel(
+                [item for item in meta if _rank(item[0]) == rank], self._upload_snapshot
+            )
         # 4. removals last: an object goes only after what replaces it is up
-        for rel in gone:
-            self.backend.delete(self.key(rel))
-            with self.lock:
-                if rel in self._state and not (self.root / rel).exists():
-                    del self._state[rel]
-                    self._access.pop(rel, None)
-                    self._etags.pop(rel, None)
+        self._parallel(gone, self._delete)
         self.unsynced_bytes = 0
         self._save_manifest()
 
+    def _parallel(self, items: list[Any], action: Any) -> None:
+        """Run ``action`` over ``items`` on a few threads (S3 latency, not CPU, is the cost);
+        the first error is raised once every started call has ended."""
+        if len(items) <= 1:
+            for item in items:
+                action(item)
+            return
+        with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="mirror") as pool:
+            for future in [pool.submit(action, item) for item in items]:
+                future.result()
+
+    def _upload_snapshot(self, item: tuple[str, os.stat_result, bytes]) -> None:
+        rel, st, data = item
+        info = self.backend.write(self.key(rel), data)
+        self._mark_clean(rel, st, info.etag)
+
+    def _delete(self, rel: str) -> None:
+        self.backend.delete(self.key(rel))
+        with self.lock:
+            if rel in self._state and not (self.root / rel).exists():
+                del self._state[rel]
+                self._access.pop(rel, None)
+                self._etags.pop(rel, None)
+
     def _upload_data(self, rel: str, st: os.stat_result) -> None:
-        tmp = self.root / STATE_DIR / "upload.tmp"
+        tmp = self.root / STATE_DIR / f"upload-{threading.get_ident()}.tmp"
         try:
             with open(self.root / rel, "rb") as src, open(tmp, "wb") as dst:
                 left = st.st_size

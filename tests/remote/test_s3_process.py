@@ -206,3 +206,66 @@ async def test_fetch_faults_never_give_a_wrong_byte(
     await check(server.url, acked)
     proxy.fault(None)
     server.stop()
+
+
+async def eventually(probe, seconds: float = 20.0):  # noqa: ANN001, ANN201
+    """Await ``probe()`` until it returns something truthy (or fail after ``seconds``)."""
+    last: object = None
+    for _ in range(int(seconds * 5)):
+        try:
+            last = await probe()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - not visible yet
+            last = exc
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not seen within {seconds} s: {last!r}")
+
+
+async def test_a_replica_on_s3_sees_writes_labels_removals_and_new_buckets(
+    tmp_path: Path, moto_url: str, prefix: str, servers: list[ServerProcess]
+) -> None:
+    # A replica reads compacted descriptors (as on a shared folder): compact every second.
+    writer_env = s3_env(moto_url, tmp_path / "w", prefix, RS_ENGINE_COMPACTION_INTERVAL="1s")
+    writer = start(servers, tmp_path / "w", writer_env)
+    acked = await write(writer.url, range(1, 11))
+    replica_env = s3_env(
+        moto_url, tmp_path / "r", prefix,
+        RS_INSTANCE_ROLE="REPLICA", RS_ENGINE_REPLICA_UPDATE_INTERVAL="1s",
+    )
+    replica = start(servers, tmp_path / "r", replica_env)
+
+    async def sees_all() -> bool:
+        await check(replica.url, acked)
+        return True
+
+    await eventually(sees_all)
+    async with Client(writer.url) as client:
+        bucket = await client.get_bucket("b")
+        await bucket.write("e", payload(11), timestamp=11, labels={"n": "11"})
+        await bucket.update("e", 1, {"n": "changed"})
+        await bucket.remove_record("e", 2)
+        await client.create_bucket("new-bucket")
+    async with Client(replica.url) as client:
+
+        async def sees_changes() -> bool:
+            names = [b.name for b in await client.list()]
+            bucket = await client.get_bucket("b")
+            async with bucket.read("e", timestamp=11) as record:
+                assert await record.read_all() == payload(11)
+            async with bucket.read("e", timestamp=1) as record:
+                assert record.labels["n"] == "changed"
+            try:
+                async with bucket.read("e", timestamp=2):
+                    return False
+            except Exception:  # noqa: BLE001 - 404: the removal is visible
+                pass
+            return "new-bucket" in names
+
+        await eventually(sees_changes)
+        bucket = await client.get_bucket("b")
+        with pytest.raises(Exception) as refused:
+            await bucket.write("e", b"x", timestamp=99)
+        assert "read-only" in str(refused.value)
+    writer.stop()
+    replica.stop()
