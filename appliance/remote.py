@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 from appliance.engine.mirror import Mirror
 from appliance.settings import Settings
 from backends.base import Backend
-from backends.errors import BackendError
+from backends.errors import BackendError, PreconditionFailed
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,19 @@ def build_mirror(settings: Settings, read_only: bool = False) -> Mirror | None:
 
 
 def restore_mirror(
-    mirror: Mirror, stopped: Callable[[], bool], sleep: Callable[[float], None] = time.sleep
+    mirror: Mirror,
+    stopped: Callable[[], bool],
+    sleep: Callable[[float], None] = time.sleep,
+    fresh: bool = False,
 ) -> bool:
     """Restore the cache from the bucket, retrying with back-off while S3 is unreachable.
 
-    One log line per distinct failure (no botocore text). False if ``stopped`` first.
+    ``fresh`` (a lease holder): drop the local cache first: another node may have written the
+    bucket since, and the bucket is the truth. One log line per distinct failure (no botocore
+    text). False if ``stopped`` first.
     """
+    if fresh:
+        mirror.wipe()
     delay = FIRST_RETRY_SECONDS
     last = None
     while not stopped():
@@ -80,3 +88,34 @@ def restore_mirror(
         mirror.start()
         return True
     return False
+
+
+class ConditionalWritesUnsupported(Exception):
+    """The object store ignored ``If-None-Match``/``If-Match``: a lease on it is unsafe."""
+
+
+def probe_conditional_writes(backend: Backend) -> None:
+    """Check that the store refuses a second create and a replace with a stale ETag.
+
+    Sequential only: it proves the store evaluates the conditions, not that it evaluates them
+    atomically against a racing writer (moto does not; AWS S3, MinIO and R2 do).
+    """
+    key = f".probe-{uuid.uuid4().hex}"
+    first = backend.create_if_absent(key, b"1")
+    try:
+        refused = 0
+        try:
+            backend.create_if_absent(key, b"2")
+        except PreconditionFailed:
+            refused += 1
+        try:
+            backend.replace_if_unchanged(key, b"3", first.etag + "0")
+        except PreconditionFailed:
+            refused += 1
+        if refused != 2:
+            raise ConditionalWritesUnsupported(
+                "the object store does not honour conditional writes (If-None-Match/If-Match); "
+                "PRIMARY/SECONDARY on it could both write: use STANDALONE or another store"
+            )
+    finally:
+        backend.delete(key)

@@ -43,6 +43,7 @@ from appliance.lifecycle import LifecycleManager
 from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
 from appliance import remote
+from backends.errors import BackendError
 from appliance.roles import wiring
 from appliance.roles.lease import LeaseError, LeaseLost
 from appliance.roles.role import LeaseRole, RoleManager, RoleStatus
@@ -200,6 +201,8 @@ class Services:
         self._closed = False
         # Data on S3 (RS_REMOTE_*): the engine's folder is a cache kept by the mirror.
         self.mirror = remote.build_mirror(settings, read_only=self.role.read_only)
+        if self.mirror is not None and self.fences_writes:
+            self.mirror.fence = self.role.check_writable  # uploads are fenced like writes
 
     # --- state ------------------------------------------------------------------------------
 
@@ -266,6 +269,14 @@ class Services:
         if not self.tokens.enabled:
             log.warning("authentication is disabled: set RS_API_TOKEN")
         self._loop = asyncio.get_running_loop()
+        if self.mirror is not None and self.fences_writes:
+            try:
+                await self.run(remote.probe_conditional_writes, self.lease_backend)
+            except remote.ConditionalWritesUnsupported as exc:
+                self._fail(str(exc), exc, EXIT_CONFIG)
+                return
+            except BackendError as exc:  # unreachable: the lease will wait and say so
+                log.warning("remote storage: conditional-write probe skipped: %s", exc)
         await self.role.start()
         self._tasks.append(asyncio.create_task(self._open(), name="engine-open"))
 
@@ -315,7 +326,8 @@ class Services:
                 self._fail(f"cannot take the storage lease: {exc}", exc, EXIT_RUNTIME)
             return  # lost while recording (proceed): the role listener rejoins
         if self.mirror is not None and not await self.run(
-            remote.restore_mirror, self.mirror, lambda: self._closed
+            remote.restore_mirror, self.mirror, lambda: self._closed, time.sleep,
+            self.fences_writes,
         ):
             return  # stopped while S3 was unreachable (/ready stayed 503)
         try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -129,6 +130,10 @@ class Mirror:
         self.last_sync: float | None = None
         self.last_error: str | None = None
         self.abandoned = False
+        # A lease holder's write fence (raises ServiceUnavailable once the lease is not surely
+        # ours): checked before every upload and delete, so a deposed holder that resumes
+        # cannot overwrite what its successor wrote. None: no lease.
+        self.fence: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Group commit (sync interval 0): passes started / finished.
@@ -166,6 +171,19 @@ class Mirror:
             log.info("remote cache: %d file(s) known from the manifest", len(self._state))
             return
         self.refresh()
+
+    def wipe(self) -> None:
+        """Forget and delete the whole local cache (a lease holder starts from the bucket)."""
+        with self.lock:
+            self._state.clear()
+            self._access.clear()
+            self._etags.clear()
+            if self.root.exists():
+                for child in self.root.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
 
     def refresh(self) -> int:
         """Fetch metadata objects changed in the bucket; data objects become placeholders.
@@ -414,12 +432,20 @@ class Mirror:
             for future in [pool.submit(action, item) for item in items]:
                 future.result()
 
+    def _fenced(self) -> None:
+        if self.abandoned:
+            raise ServiceUnavailable(f"{UNAVAILABLE}: this instance no longer holds the lease")
+        if self.fence is not None:
+            self.fence()
+
     def _upload_snapshot(self, item: tuple[str, os.stat_result, bytes]) -> None:
         rel, st, data = item
+        self._fenced()
         info = self.backend.write(self.key(rel), data)
         self._mark_clean(rel, st, info.etag)
 
     def _delete(self, rel: str) -> None:
+        self._fenced()
         self.backend.delete(self.key(rel))
         with self.lock:
             if rel in self._state and not (self.root / rel).exists():
@@ -440,6 +466,7 @@ class Mirror:
                     left -= len(chunk)
         except FileNotFoundError:
             return  # removed meanwhile: the next pass deletes the object
+        self._fenced()
         info = self.backend.upload(self.key(rel), tmp)
         tmp.unlink(missing_ok=True)
         self._mark_clean(rel, st, info.etag)

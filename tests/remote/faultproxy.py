@@ -37,6 +37,8 @@ class FaultProxy:
         self._left: int | None = None
         self._methods: set[str] | None = None
         self.delay_seconds = 3.0
+        # Strip If-None-Match/If-Match from requests: a store without conditional writes.
+        self.ignore_conditions = False
         self.hits = 0
         self.requests = 0
         proxy = self
@@ -103,6 +105,10 @@ class FaultProxy:
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 headers = [(n, v) for n, v in headers if n.lower() != "expect"]
             body = rfile.read(length) if length else b""
+            if self.ignore_conditions:
+                headers = [
+                    (n, v) for n, v in headers if n.lower() not in ("if-none-match", "if-match")
+                ]
             fault = self._take(method)
             if fault == "refuse":
                 sock.close()
