@@ -74,10 +74,11 @@ def startup_requests(url: str, work: Path, checks: bool, prefix: str) -> tuple[i
     env = s3_env(url, cache, prefix, RS_ENGINE_ENABLE_INTEGRITY_CHECKS=str(checks).lower())
     server = ServerProcess(cache, env=env)
     started = time.perf_counter()
-    server.start()
+    server.start(wait_ready=False)
+    server.wait_ready(timeout=600)
     seconds = time.perf_counter() - started
     info = httpx.get(f"{server.url}/api/v1/info", timeout=30).json()["remote"]
-    server.stop()
+    server.stop(timeout=300)
     return sum(info["requests"].values()), seconds
 
 
@@ -105,7 +106,7 @@ def main() -> None:
     url = f"http://{host}:{port}"
     boto3.client("s3", endpoint_url=url, region_name=REGION).create_bucket(Bucket=BUCKET)
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         setups = {
             "local folder": {},
