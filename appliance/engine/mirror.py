@@ -134,6 +134,7 @@ class Mirror:
         # ours): checked before every upload and delete, so a deposed holder that resumes
         # cannot overwrite what its successor wrote. None: no lease.
         self.fence: Any = None
+        self._missing_before: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Group commit (sync interval 0): passes started / finished.
@@ -254,6 +255,7 @@ class Mirror:
         if flush and not self.read_only and not self.abandoned:
             try:
                 self.sync()
+                self.sync()  # the deletions a pass defers to the next one
             except ServiceUnavailable as exc:
                 log.error("remote storage: final sync failed, cache kept: %s", exc.message)
         self._save_manifest()
@@ -396,7 +398,13 @@ class Mirror:
                 dirty.append((rel, st))
         self.cache_bytes = total
         self.unsynced_bytes = sum(st.st_size for _, st in dirty)
-        gone = [rel for rel in state if rel not in current]
+        # A file is deleted from the bucket one pass after it was first seen gone: the walk is
+        # not atomic, so a WAL segment deleted by a compaction may be seen gone while the
+        # descriptor that replaced it was stat'ed before its rewrite. By the next pass that
+        # descriptor is uploaded first (replaying a leftover segment is idempotent).
+        missing = {rel for rel in state if rel not in current}
+        gone = sorted(missing & self._missing_before)
+        self._missing_before = missing
         # 1. metadata snapshot first (see the module docstring for why)
         meta: list[tuple[str, os.stat_result, bytes]] = []
         for rel, st in dirty:
