@@ -177,3 +177,28 @@ def test_fetch_failure_is_a_503_without_backend_text(tmp_path: Path) -> None:
     read_all(storage, data)
     storage.close()
     mirror.close()
+
+
+def test_a_fenced_or_abandoned_mirror_uploads_nothing(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    mirror = Mirror(backend, tmp_path / "x", cache_size=10**9, sync_interval=60)
+    storage = open_storage(tmp_path / "x", mirror)
+    write_all(storage, payloads(5, 1_000))
+    mirror.sync()
+    before = {i.key: i.etag for i in backend.list(KEY_PREFIX)}
+    write_all_more = storage.get_bucket("b")
+    write_all_more.write_record("e", 99_999, b"late", "text/plain", {})
+
+    def deposed() -> None:
+        raise ServiceUnavailable("This instance no longer holds the storage lease")
+
+    mirror.fence = deposed  # the lease says: not ours any more
+    with pytest.raises(ServiceUnavailable):
+        mirror.sync()
+    assert {i.key: i.etag for i in backend.list(KEY_PREFIX)} == before
+    mirror.fence = None
+    mirror.abandoned = True
+    mirror.sync()  # a no-op once abandoned
+    mirror.close()
+    assert {i.key: i.etag for i in backend.list(KEY_PREFIX)} == before
+    storage.abandon()
