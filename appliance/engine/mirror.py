@@ -348,12 +348,16 @@ class Mirror:
             self._running = True
             self._started += 1
             number = self._started
+        failed = True
         try:
             self._sync_pass()
+            failed = False
         finally:
             with self._cond:
                 self._running = False
                 self._done = number
+                if failed:  # a writer waiting in ``commit`` for this pass must not get a 200
+                    self._failed_pass.add(number)
                 self._cond.notify_all()
 
     def _scan(self) -> Iterator[tuple[str, os.stat_result]]:

@@ -202,3 +202,4 @@ def test_a_fenced_or_abandoned_mirror_uploads_nothing(tmp_path: Path) -> None:
     mirror.close()
     assert {i.key: i.etag for i in backend.list(KEY_PREFIX)} == before
     storage.abandon()
+
