@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import json
 import logging
+import mimetypes
 import time
 from collections.abc import AsyncGenerator
+from importlib import resources
 
 from quart import Quart, g, request
 from werkzeug.exceptions import HTTPException
 
-from appliance import API_VERSION, REDUCTSTORE_VERSION
+from appliance import API_VERSION, REDUCTSTORE_VERSION, metrics
 from appliance.api import buckets, entries, io, lifecycles, links, queries, server, tokens
-from appliance.api.access import SERVICES_KEY, client_ip
-from appliance.api.connection import POLICY_KEY, ApplianceConnection, ApplianceRequest, HttpPolicy
+from appliance.api.access import SERVICES_KEY, authenticate, client_ip
+from appliance.api.connection import (
+    POLICY_KEY,
+    ApplianceConnection,
+    ApplianceRequest,
+    HttpPolicy,
+    access_log,
+)
 from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, CorruptionError, NoContent, ServiceUnavailable
 from appliance.services import STARTING_MESSAGE, Services
@@ -29,6 +37,27 @@ log = logging.getLogger(__name__)
 
 COMMON_HEADERS = {"x-reduct-api": API_VERSION, "Server": f"ReductStore {REDUCTSTORE_VERSION}"}
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CONSOLE_PACKAGE = "appliance.console"
+# The console loads nothing from elsewhere and only calls this server's API.
+CONSOLE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+    "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+mimetypes.add_type("text/javascript", ".js")
+
+
+def console_file(name: str) -> bytes | None:
+    """A file of the web console shipped in the package (None if there is no such file)."""
+    parts = [p for p in name.split("/") if p]
+    if not parts or any(p in (".", "..") or p.startswith(".") for p in parts):
+        return None
+    node = resources.files(CONSOLE_PACKAGE)
+    for part in parts:
+        node = node.joinpath(part)
+    try:
+        return node.read_bytes() if node.is_file() else None
+    except OSError:
+        return None
 
 
 def error_response(status: int, message: str, *, body: bool = True) -> Response:
@@ -86,17 +115,53 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         common=tuple((k.lower().encode(), v.encode()) for k, v in COMMON_HEADERS.items()),
         origins=frozenset(o for o in origins if o != "*"),
         allow_all_origins="*" in origins,
-        alive_paths=frozenset({prefix + "/alive", prefix + "/alive/"}),
+        alive_paths=frozenset({prefix + "/alive", prefix + "/alive/", base}),
         is_ready=lambda: svc.ready,
         starting_message=STARTING_MESSAGE,
+        log_access=settings.access_log,
+        # Served before the storage is open too: the console signs in and shows "starting",
+        # and a standby's lease gauges are what an operator scrapes.
+        ungated_prefixes=(base + "ui", base + "metrics"),
     )
+    if settings.access_log:
+        access_log.setLevel(logging.INFO)  # on whatever RS_LOG_LEVEL says: it was asked for
+    instance_metrics = metrics.instance_registry(svc.metrics_snapshot)
 
     @app.route(base, methods=["GET"], strict_slashes=True)
     async def console_redirect() -> Response:
-        """The web console is not bundled; keep ReductStore's redirect to it."""
-        response = Response(b"", status=302)
-        response.headers["Location"] = base + "ui/"
+        """ReductStore's redirect from the root to the web console."""
+        return _redirect(base + "ui/")
+
+    @app.route(base + "ui/", methods=["GET", "HEAD"])
+    @app.route(base + "ui/<path:name>", methods=["GET", "HEAD"])
+    async def console(name: str = "index.html") -> Response:
+        """The web console's static files (shipped in the package; the console calls the
+        public API like any other client)."""
+        if not request.path.endswith("/") and request.path == base + "ui":
+            return _redirect(base + "ui/")  # relative asset URLs need the trailing slash
+        data = console_file(name)
+        if data is None:
+            return error_response(404, "Not found", body=request.method != "HEAD")
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if kind.startswith("text/"):
+            kind += "; charset=utf-8"
+        body = b"" if request.method == "HEAD" else data
+        response = Response(body, status=200, content_type=kind)
+        response.headers["Content-Length"] = str(len(data))
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["Content-Security-Policy"] = CONSOLE_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+    @app.route(base + "metrics", methods=["GET"])
+    async def metrics_endpoint() -> Response:
+        """Prometheus text format; authenticated like /api/v1/info unless RS_METRICS_PUBLIC."""
+        if not settings.metrics_public:
+            if not svc.ready:
+                raise ServiceUnavailable(STARTING_MESSAGE)  # no token store before the open
+            authenticate()
+        body = await svc.run(metrics.render, instance_metrics)
+        return Response(body, status=200, content_type=metrics.CONTENT_TYPE)
 
     @app.before_request
     async def fence_before_mutation() -> None:
@@ -139,6 +204,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         """The one mapping of the error tree to HTTP: the log gets ``message`` (with file and
         offset for corruption), the client ``public_message`` (never a server path)."""
         if isinstance(error, CorruptionError):
+            metrics.corruption("read")
             log.error(
                 "corruption: %s", error.message, extra={"file": error.path, "offset": error.offset}
             )
@@ -176,6 +242,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
             await svc.stop()
 
     return app
+
+
+def _redirect(location: str) -> Response:
+    response = Response(b"", status=302)
+    response.headers["Location"] = location
+    return response
 
 
 __all__ = ["NoContent", "create_app", "error_response"]

@@ -15,10 +15,13 @@ import os
 import resource
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import h11
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
 
 from appliance.errors import ConfigError
 from appliance.settings import Settings
@@ -42,6 +45,38 @@ GRACEFUL_TIMEOUT_SECONDS = 10.0
 # instead of h11's bare 400.
 MIN_HEADER_BYTES = 64 * KIB
 HEAD_SLACK_BYTES = 64 * KIB
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def add_reason_phrases() -> None:
+    """Make Hypercorn's HTTP/1.1 status lines carry the reason phrase (``HTTP/1.1 200 OK``, as
+    ReductStore sends) instead of an empty one; idempotent.
+
+    Hypercorn builds ``h11.Response`` without a reason; its one place of sending is wrapped
+    (a private method: pinned by a test that reads the raw status line).
+    """
+    original = H11Protocol._send_h11_event
+    if getattr(original, "adds_reason", False):
+        return
+
+    async def send_with_reason(self: H11Protocol, event: Any) -> None:
+        if isinstance(event, h11.Response | h11.InformationalResponse) and not event.reason:
+            event = type(event)(
+                status_code=event.status_code,
+                headers=event.headers,
+                http_version=event.http_version,
+                reason=_reason(event.status_code),
+            )
+        await original(self, event)
+
+    send_with_reason.adds_reason = True  # type: ignore[attr-defined]
+    H11Protocol._send_h11_event = send_with_reason  # type: ignore[method-assign]
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -165,6 +200,7 @@ async def serve(
 
     raise_open_file_limit()
     config = hypercorn_config(settings)
+    add_reason_phrases()
     release_closed_connections()
     services = Services(settings, desired=desired, environ=environ)
     app = create_app(settings, services)

@@ -35,10 +35,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from appliance import metrics
 from appliance.auth import Permissions, TokenStore
 from appliance.engine.models import BucketSettings, EngineOptions
 from appliance.errors import ConfigError, ServiceUnavailable
 from appliance.events import SystemEvents
+from appliance.inuse import FolderInUse, InUseLock, identity
 from appliance.lifecycle import LifecycleManager
 from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
@@ -154,8 +156,11 @@ class Services:
         """
         self.settings = settings
         self.defaults = bucket_defaults(settings)
-        token = settings.api_token.get_secret_value() if settings.api_token else None
-        self.tokens = TokenStore(settings.data_path, token)
+        self.tokens = TokenStore(
+            settings.data_path,
+            settings.api_token_value,
+            init_token=settings.init_api_token_value,
+        )
         self.queries = QueryRegistry(clock=clock)
         self._booting_storage: Storage | None = None  # the engine provisioning boots against
         # $system: audit, usage, own log lines, diagnostics; queued, flushed in the background.
@@ -174,6 +179,7 @@ class Services:
         )
         self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
+        self.in_use = InUseLock(settings.data_path)
         self.open_error: BaseException | None = None
         # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
         self.lease_backend = wiring.lease_backend(settings)
@@ -267,7 +273,10 @@ class Services:
     async def start(self) -> None:
         """Start the role, begin opening the engine in the background, start the loops."""
         if not self.tokens.enabled:
-            log.warning("authentication is disabled: set RS_API_TOKEN")
+            log.warning(
+                "authentication is disabled: every client has full access "
+                "(set RS_API_TOKEN or RS_INIT_API_TOKEN to require a token)"
+            )
         self._loop = asyncio.get_running_loop()
         if self.mirror is not None and self.fences_writes:
             try:
@@ -332,11 +341,18 @@ class Services:
             return  # stopped while S3 was unreachable (/ready stayed 503)
         try:
             started = time.perf_counter()
+            await self.run(self._mark_in_use)
             await self.run(self.tokens.load)
             options = await self.run(self._role_options, generation)
             storage = await self.run(self._open_storage, options)
         except LeaseLost as exc:  # a newer generation began before we could open
+            self.in_use.release()
             self.role.deposed(str(exc))
+            return
+        except FolderInUse as exc:
+            path = self.settings.data_path
+            message = f"cannot open the storage at {path}: it is locked by {exc}"
+            self._fail(message, exc, EXIT_RUNTIME)
             return
         except Exception as exc:  # noqa: BLE001 - the instance cannot serve: exit
             path = self.settings.data_path
@@ -368,6 +384,7 @@ class Services:
         self.storage = storage
         self._booting_storage = None  # from now on only `storage` (None after a step-down)
         self.provisioner = provisioner
+        metrics.corruption("recovery", len(storage.recovery.damage))
         self.events.start()  # capture from the first served request on
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
@@ -385,6 +402,17 @@ class Services:
         if self.settings.engine_compaction_interval > 0 and self._compaction is None:
             self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
             self._tasks.append(self._compaction)  # one loop, kept across a rejoin
+
+    def _mark_in_use(self) -> None:
+        """Hold ``<data>/.in-use`` (shared) while the storage is open: ``appliance check``
+        refuses to repair under a running instance, and we do not open under a repair."""
+        if not self.role.read_only:
+            try:
+                self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # Storage.open reports an unusable folder with the full reason
+        what = f"appliance serve ({self.settings.instance_role.value}, port {self.settings.port})"
+        self.in_use.acquire(exclusive=False, who=identity(what), read_only=self.role.read_only)
 
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
@@ -470,6 +498,7 @@ class Services:
             if self.mirror is not None:
                 self.mirror.abandoned = True  # a deposed holder uploads nothing more
             await self.run(storage.abandon)
+        self.in_use.release()
         self.queries.clear()
         code = self.role.must_exit
         if code is not None:
@@ -486,7 +515,34 @@ class Services:
     def compact_step(self) -> None:
         """One compaction pass (WAL → descriptors and index); no-op until the engine is open."""
         if self.storage is not None:
+            started = time.perf_counter()
             self.storage.compact()
+            metrics.compaction_seconds(time.perf_counter() - started)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The per-instance values ``/metrics`` reports (blocking: reads bucket sizes)."""
+        status = self.role.status()
+        manager = getattr(self.role, "manager", None)
+        snap: dict[str, Any] = {
+            "ready": self.ready,
+            "uptime": self.uptime_seconds,
+            "role": self.settings.instance_role.value,
+            "state": status.state,
+            "generation": status.generation,
+            "renewal_age": getattr(manager, "renewal_age_s", None),
+        }
+        storage = self.storage
+        if storage is not None:
+            buckets = []
+            for name in storage.bucket_names():
+                try:
+                    info = storage.get_bucket(name).info()
+                except Exception:  # noqa: BLE001 - removed concurrently
+                    continue
+                buckets.append((name, info.size, info.entry_count))
+            snap["buckets"] = buckets
+            snap["cache_hits"], snap["cache_misses"] = storage.cache_stats()
+        return snap
 
     async def stop(self) -> None:
         """Stop the loops and close the engine (flushes the WAL); safe to call twice."""
@@ -519,6 +575,7 @@ class Services:
             # Uploads what the close flushed while the lease is still ours (not after a
             # step-down: then the mirror is abandoned and uploads nothing).
             await self.run(self.mirror.close)
+        self.in_use.release()
         try:
             await self.role.close()  # release the lease last: the standby recovers our WAL
         except Exception:  # noqa: BLE001 - shutdown must finish

@@ -32,7 +32,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from appliance.engine.models import QuotaType
 from appliance.errors import ConfigError
-from appliance.units import DURATION_FORM, MIB, SIZE_FORM, parse_duration, parse_size
+from appliance.units import (
+    DURATION_FORM,
+    MIB,
+    SIZE_FORM,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 
 ENV_PREFIX = "RS_"
 
@@ -119,6 +127,10 @@ class Settings(BaseSettings):
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = LogLevel.INFO
     instance_name: str = ""
     api_token: SecretStr | None = None
+    init_api_token: SecretStr | None = None
+    disable_auth: bool = False
+    access_log: bool = False
+    metrics_public: bool = False
 
     # --- storage engine
     data_path: Path = Path("data")
@@ -231,7 +243,7 @@ class Settings(BaseSettings):
             value += "/"
         return value
 
-    @field_validator("api_token", "remote_secret_key")
+    @field_validator("api_token", "init_api_token", "remote_secret_key")
     @classmethod
     def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip() == "":
@@ -254,8 +266,26 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        """Auth is on exactly when ``RS_API_TOKEN`` is set and non-empty."""
-        return self.api_token is not None
+        """Auth is on when a token variable is set and ``RS_DISABLE_AUTH`` is not ``true``."""
+        if self.disable_auth:
+            return False
+        return self.api_token is not None or self.init_api_token is not None
+
+    @property
+    def api_token_value(self) -> str | None:
+        """``RS_API_TOKEN``'s value when it is in force (``RS_DISABLE_AUTH`` ignores it)."""
+        if self.disable_auth or self.api_token is None:
+            return None
+        return self.api_token.get_secret_value()
+
+    @property
+    def init_api_token_value(self) -> str | None:
+        """``RS_INIT_API_TOKEN``'s value when it is in force (a REPLICA creates no token)."""
+        if self.disable_auth or self.init_api_token is None:
+            return None
+        if self.instance_role == InstanceRole.REPLICA:
+            return None
+        return self.init_api_token.get_secret_value()
 
     @property
     def public_base_url(self) -> str:
@@ -319,29 +349,120 @@ def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[tuple[st
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper in KNOWN_ENV_NAMES:
             continue
-        if PROVISIONING_GROUP.match(upper):
+        if PROVISIONING_GROUP.match(upper) or unsupported_reason(upper) is not None:
             continue
         close = difflib.get_close_matches(upper, KNOWN_ENV_NAMES, n=1, cutoff=0.75)
         unknown.append((name, close[0] if close else None))
     return unknown
 
 
-SECRET_FIELDS = frozenset({"api_token", "remote_secret_key"})
+SECRET_FIELDS = frozenset({"api_token", "init_api_token", "remote_secret_key"})
+# Values the example files ship with: starting with one would make a published secret the key.
+PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme", "<secret>", "secret"})
+AUTH_CHOICE = "RS_API_TOKEN, RS_INIT_API_TOKEN or RS_DISABLE_AUTH=true"
+
+# ReductStore settings this appliance knows but does not implement: named as such, not as typos.
+UNSUPPORTED_ENV_NAMES = {
+    "RS_EXT_PATH": "IO extensions are not supported",
+    "RS_PRIMARY_URL": "system events are not forwarded",
+    "RS_SECONDARY_URL": "system events are not forwarded",
+    "RS_IO_MAX_WRITERS_IN_FLIGHT": "writers are not limited",
+    "RS_RATE_LIMIT_API": "rate limits are not supported",
+    "RS_RATE_LIMIT_INGRESS": "rate limits are not supported",
+    "RS_RATE_LIMIT_EGRESS": "rate limits are not supported",
+    "RS_RWLOCK_TIMEOUT": "the engine uses no timed locks",
+    "RS_RWLOCK_FAILURE_ACTION": "the engine uses no timed locks",
+    "RS_SYSTEM_EVENTS_REMOTE_VERIFY_SSL": "events are not forwarded from a replica",
+    "RS_SYSTEM_EVENTS_REMOTE_CA_PATH": "events are not forwarded from a replica",
+    "RS_SYSTEM_EVENTS_REMOTE_TIMEOUT": "events are not forwarded from a replica",
+    "RS_LICENSE_PATH": "there is no commercial licence",
+    "RS_REMOTE_SESSION_TOKEN": "not read: static keys or the default credential chain only",
+    "RS_REMOTE_SAS_TOKEN": "not read: static keys or the default credential chain only",
+    "RS_LOCK_FILE_ENABLED": "ReductStore does not read it either",
+}
+UNSUPPORTED_PREFIXES = {"RS_ZENOH_": "the Zenoh API is not supported"}
 
 
-def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
-    """Rows ``(RS_NAME, value, source)`` of the effective configuration, secrets masked."""
+def unsupported_reason(name: str) -> str | None:
+    """Why a ReductStore setting this appliance does not implement is ignored; None if not one."""
+    upper = name.upper()
+    if upper in UNSUPPORTED_ENV_NAMES:
+        return UNSUPPORTED_ENV_NAMES[upper]
+    for prefix, reason in UNSUPPORTED_PREFIXES.items():
+        if upper.startswith(prefix):
+            return reason
+    if upper.startswith("RS_AUDIT_"):
+        return "deprecated by ReductStore and ignored"
+    return None
+
+
+def check_auth_choice(settings: Settings) -> None:
+    """ConfigError unless authentication was chosen explicitly, as ReductStore 1.21 requires:
+    exactly one token variable, or ``RS_DISABLE_AUTH=true`` (a REPLICA may leave it unset)."""
+    if settings.disable_auth:
+        return
+    api, init = settings.api_token_value, settings.init_api_token_value
+    if api is not None and init is not None:
+        raise ConfigError("authentication: RS_API_TOKEN and RS_INIT_API_TOKEN must not both be set")
+    for name, value in (("RS_API_TOKEN", api), ("RS_INIT_API_TOKEN", init)):
+        if value is not None and value.strip().lower() in PLACEHOLDER_TOKENS:
+            raise ConfigError(
+                f"invalid setting {name}: {value!r} is the example placeholder; "
+                "set a secret of your own (e.g. from `openssl rand -hex 24`)"
+            )
+    if api is None and init is None and settings.instance_role != InstanceRole.REPLICA:
+        raise ConfigError(f"authentication is not configured: set {AUTH_CHOICE}")
+
+
+def unsupported_env_names(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """ReductStore ``RS_*`` names that are set but not implemented here, with the reason."""
+    env = os.environ if environ is None else environ
+    found = []
+    for name in sorted(env):
+        if name.upper() in KNOWN_ENV_NAMES:
+            continue
+        reason = unsupported_reason(name)
+        if reason is not None:
+            found.append((name, reason))
+    return found
+
+
+def _field_kind(field: str) -> str:
+    """``size``, ``duration`` or ``plain``: how the config table prints the field's value."""
+    for meta in Settings.model_fields[field].metadata:
+        func = getattr(meta, "func", None)
+        if func in (_size, _optional_size):
+            return "size"
+        if func is _duration:
+            return "duration"
+    return "plain"
+
+
+def describe(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, str, str]]:
+    """Rows ``(RS_NAME, value, source)`` of the effective configuration, secrets masked; sizes
+    and durations in the literal form an operator writes, the instance name as ``/info`` has it."""
     env = {k.upper() for k in (os.environ if environ is None else environ)}
     rows = []
     for field in Settings.model_fields:
         name = env_name(field)
         value = getattr(settings, field)
+        kind = _field_kind(field)
         if field in SECRET_FIELDS:
             shown = "(unset)" if value is None else "********"
+        elif field == "instance_name" and not value.strip():
+            shown = f"{settings.effective_instance_name} (host name)"
         elif isinstance(value, Enum):
             shown = str(value.value)
         elif value is None:
             shown = "(unset)"
+        elif kind == "size":
+            shown = format_size(value)
+        elif kind == "duration":
+            shown = format_duration(value)
+        elif isinstance(value, bool):
+            shown = str(value).lower()
         else:
             shown = str(value)
         rows.append((name, shown, "env" if name in env else "default"))

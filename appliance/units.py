@@ -93,3 +93,33 @@ def parse_size(value: str | int) -> int:
     if not result.is_integer():
         raise ValueError(f"{value!r} is not a whole number of bytes; expected {SIZE_FORM}")
     return int(result)
+
+
+_EXACT_UNITS = (("TB", TB), ("TiB", TIB), ("GB", GB), ("GiB", GIB), ("MB", MB), ("MiB", MIB),
+                ("KB", KB), ("KiB", KIB))
+
+
+def format_size(value: int) -> str:
+    """Bytes as the literal an operator would write: ``16MiB``, ``64MB``, else ``1.5 GiB``;
+    every form printed is accepted back by ``parse_size`` except the rounded one."""
+    if value <= 0:
+        return "0"
+    for unit, factor in _EXACT_UNITS:
+        if value >= factor and value % factor == 0:
+            return f"{value // factor}{unit}"
+    for unit, factor in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if value >= factor:
+            return f"{value / factor:.1f} {unit} ({value} bytes)"
+    return f"{value} bytes"
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a literal ``parse_duration`` accepts: ``30s``, ``500ms``, ``5m``, ``1h``."""
+    if seconds == 0:
+        return "0"
+    for unit, factor in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= factor and (seconds / factor).is_integer():
+            return f"{int(seconds / factor)}{unit}"
+    if seconds < 1 and (seconds * 1000).is_integer():
+        return f"{int(seconds * 1000)}ms"
+    return f"{seconds:g}s"

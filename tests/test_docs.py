@@ -69,3 +69,21 @@ def test_provisioning_example_validates_on_its_own(path: Path) -> None:
     desired = load_desired({}, path, keep_missing_vars=True)  # secrets are ${VAR}: not set here
     assert desired.source == str(path)
     assert desired.buckets or desired.tokens or desired.instance != InstanceSpec()
+
+
+def test_docs_stand_on_their_own() -> None:
+    """No pointers to design notes or issue numbers a user of the repository does not have."""
+    import re
+
+    for path in [ROOT / "README.md", *ROOT.joinpath("compose").glob("*"), *ROOT.joinpath("systemd").glob("*")]:
+        text = path.read_text()
+        assert "ARCHITECTURE" not in text, path
+        assert not re.search(r"\bissues?\b|#\d+\b", text, re.I), path
+
+
+def test_license_file_matches_pyproject() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "MIT"}
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,7 @@ from quart.wrappers import Request
 from quart.wrappers.request import Body
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from appliance import metrics
 from appliance.api.response import ApiResponse
 
 HIGH_WATER_BYTES = 4 * 1024 * 1024
@@ -44,6 +47,8 @@ HIGH_WATER_BYTES = 4 * 1024 * 1024
 # kept); a bigger one closes the connection instead of costing the bandwidth.
 DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 POLICY_KEY = "appliance.http_policy"
+NOT_READY_ROUTE = "(not ready)"
+access_log = logging.getLogger("appliance.access")
 
 
 class BoundedBody(Body):
@@ -150,6 +155,8 @@ class HttpPolicy:
     alive_paths: frozenset[str]
     is_ready: Callable[[], bool]
     starting_message: str
+    log_access: bool = False
+    ungated_prefixes: tuple[str, ...] = ()
 
     def extra_headers(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
         """Common headers plus CORS headers for an allowed ``Origin``."""
@@ -223,7 +230,16 @@ class ApplianceConnection(ASGIHTTPConnection):
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         policy: HttpPolicy = self.app.extensions[POLICY_KEY]
         extra = policy.extra_headers(self.scope)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        sent = [0, 0]  # status, body bytes: for the metrics and the access log
         drain = False
+
+        async def counted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                sent[0] = message["status"]
+            elif message["type"] == "http.response.body":
+                sent[1] += len(message.get("body", b""))
+            await send(message)
 
         async def send_with_headers(message: Any) -> None:
             nonlocal drain
@@ -242,24 +258,56 @@ class ApplianceConnection(ASGIHTTPConnection):
                 # connection can serve another request (only if the body was read).
                 drain = False
                 await self._drain()
-            await send(message)
+            await counted(message)
 
         scope = self.scope
-        if not policy.is_ready() and scope["path"] not in policy.alive_paths:
-            message = policy.starting_message
-            headers = [
-                *extra,
-                (b"x-reduct-error", message.encode()),
-                (b"x-reduct-log-hint", b"skip-error-log"),
-                (b"content-type", b"application/json"),
-            ]
-            body = b"" if scope["method"] == "HEAD" else json.dumps({"detail": message}).encode()
-            await _respond(send, 503, headers, body, scope)  # type: ignore[arg-type]
-            return
-        if scope["method"] == "OPTIONS" and (policy.origins or policy.allow_all_origins):
-            await _respond(send, 200, extra, b"", scope)  # type: ignore[arg-type]
-            return
-        await super().__call__(receive, send_with_headers)
+        try:
+            path = scope["path"]
+            if (
+                not policy.is_ready()
+                and path not in policy.alive_paths
+                and not path.startswith(policy.ungated_prefixes)
+            ):
+                message = policy.starting_message
+                headers = [
+                    *extra,
+                    (b"x-reduct-error", message.encode()),
+                    (b"x-reduct-log-hint", b"skip-error-log"),
+                    (b"content-type", b"application/json"),
+                ]
+                head = scope["method"] == "HEAD"
+                body = b"" if head else json.dumps({"detail": message}).encode()
+                await _respond(counted, 503, headers, body, scope)  # type: ignore[arg-type]
+                return
+            if scope["method"] == "OPTIONS" and (policy.origins or policy.allow_all_origins):
+                await _respond(counted, 200, extra, b"", scope)  # type: ignore[arg-type]
+                return
+            await super().__call__(receive, send_with_headers)
+        finally:
+            self._observe(policy, started, sent[0], sent[1])
+
+    def _observe(self, policy: HttpPolicy, started: float, status: int, nbytes: int) -> None:
+        """Count the request by route template (Prometheus) and write the access log line."""
+        seconds = time.perf_counter() - started
+        scope = self.scope
+        request = self._request
+        rule = request.url_rule if request is not None else None
+        route = rule.rule if rule is not None else (None if policy.is_ready() else NOT_READY_ROUTE)
+        metrics.observe_request(scope["method"], route, status, seconds)
+        if policy.log_access:
+            client = scope.get("client")
+            query = scope.get("query_string") or b""
+            target = scope["path"] + ("?" + query.decode("latin1") if query else "")
+            access_log.info(
+                '%s "%s %s HTTP/%s" %d %d %.1fms',
+                client[0] if client else "-",
+                scope["method"],
+                target,
+                scope.get("http_version", "1.1"),
+                status,
+                nbytes,
+                seconds * 1000,
+            )
 
     async def _drain(self) -> None:
         """Read and drop the rest of the request body, so the connection can serve the next

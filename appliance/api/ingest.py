@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import request
 
+from appliance import metrics
 from appliance.api.streaming import WRITE_CHUNK_BYTES, abort_writer, next_chunk, run_through
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
@@ -101,6 +102,7 @@ async def write_records(
 ) -> dict[Hashable, ApplianceError]:
     """Receive the body for ``items`` (in body order) and write them; per-record errors."""
     timeout = svc.settings.io_operation_timeout
+    metrics.batch_records("write", len(items))
     reader = BodyReader(timeout)
     total = sum(item.length for item in items)
     if total <= IN_MEMORY_BYTES:

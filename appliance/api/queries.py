@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, request
 
+from appliance import metrics
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.batch_codec import encode_v1_record_header, v2_read_batch_headers
@@ -106,6 +107,7 @@ async def read_batch(bucket: str, entry: str | None, qid: int, *, v2: bool) -> R
     query = svc.queries.get(qid, bucket, entry)
     batch = await collect(svc, storage, query, head=head, v2=v2)
     metas = [meta for _, meta in batch.records]
+    metrics.batch_records("read", len(metas))
     headers = v2_read_batch_headers(metas) if v2 else [encode_v1_record_header(m) for m in metas]
     return batch_response(
         svc, storage, bucket, batch, headers, head=head, only_metadata=query.spec.only_metadata

@@ -98,6 +98,9 @@ async def info() -> Response:
             "license": None,
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
+            # Where the data lives, for the console's dashboard (a remote backend adds
+            # `unsynced_bytes`); never a server path.
+            "storage": {"backend": "folder"},
             "disk": await svc.run(storage.disk_info),
             **({"remote": svc.mirror.info()} if svc.mirror is not None else {}),
         }
@@ -107,11 +110,15 @@ async def info() -> Response:
 def role_json(svc: Services) -> dict[str, Any]:
     """The role's state for operators: lease state and generation, or replica staleness."""
     status = svc.role.status()
+    manager = getattr(svc.role, "manager", None)  # a PRIMARY/SECONDARY's lease manager
+    age = getattr(manager, "renewal_age_s", None)
     return {
         "state": status.state,
         "ready": status.ready,
         "generation": status.generation,
         "detail": status.detail,
+        "owner": getattr(manager, "owner", None),
+        "renewal_age_s": None if age is None else round(age, 3),
     }
 
 

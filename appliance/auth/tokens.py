@@ -4,7 +4,10 @@ Token values are never stored: ``<data_path>/.auth`` holds, per token, a random 
 ``sha256(salt + value)`` (``appliance.auth.token``). A bearer value is verified against every
 stored hash the first time it is seen; afterwards ``sha256(value)`` → token name is cached in
 memory so the hot path is one hash and one dict lookup. The token from ``RS_API_TOKEN`` becomes
-the provisioned, undeletable full-access ``init-token`` and is never written to disk.
+the provisioned, undeletable full-access ``init-token`` and is never written to disk. The one from
+``RS_INIT_API_TOKEN`` becomes an ordinary full-access ``init-token`` (saved, removable and
+rotatable through the API), created at start only when no ``init-token`` exists or the existing
+one was provisioned (ReductStore 1.21).
 
 Provisioning (``provision``/``unprovision``) creates or replaces tokens declared by env groups
 or YAML and persists them *with* their ``is_provisioned`` flag: API remove/rotate answer 409, and
@@ -66,9 +69,13 @@ class TokenStore:
         data_path: Path,
         api_token: str | None,
         clock: Callable[[], float] = time.time,
+        *,
+        init_token: str | None = None,
     ) -> None:
         self._path = data_path / AUTH_FILE_NAME
         self._api_token = api_token
+        self._init_token = init_token
+        self._enabled = api_token is not None or init_token is not None
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens: dict[str, Token] = {}
@@ -85,8 +92,8 @@ class TokenStore:
 
     @property
     def enabled(self) -> bool:
-        """Authentication is on exactly when an API token is configured."""
-        return self._api_token is not None
+        """Authentication is on exactly when RS_API_TOKEN or RS_INIT_API_TOKEN is in force."""
+        return self._enabled
 
     def load(self) -> None:
         """Read ``.auth`` (if any) and add the provisioned ``init-token``."""
@@ -104,16 +111,26 @@ class TokenStore:
                 Permissions(full_access=True),
                 is_provisioned=True,
             )
+        created_init = False
+        if self._init_token is not None and self._api_token is None:
+            current = tokens.get(INIT_TOKEN_NAME)
+            if current is None or current.is_provisioned:
+                tokens[INIT_TOKEN_NAME] = Token.with_value(
+                    INIT_TOKEN_NAME, self._init_token, self._clock(), Permissions(full_access=True)
+                )
+                created_init = True
         with self._lock:
             self._tokens = tokens
             self._cache = {}
             self._saved = (dict(tokens), {})
+            if created_init:
+                self._save()
 
     # --- hot path -----------------------------------------------------------------------
 
     def authenticate(self, header: str | None, client_ip: str | None = None) -> Token:
         """The token named by an ``Authorization: Bearer`` header; 401 if none is valid."""
-        if self._api_token is None:
+        if not self._enabled:
             return DISABLED_TOKEN
         if not header or not header.startswith("Bearer "):
             raise Unauthorized("No bearer token in request header")

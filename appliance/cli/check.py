@@ -29,7 +29,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
             "metadata) exits 1. Crash leftovers (what a SIGKILL leaves: torn WAL tails, "
             "indexes behind their descriptors, unfinished files) are reported too and exit 1 "
             "without --repair; --repair (or starting the server) cleans them up, so with "
-            "--repair only damage exits 1."
+            "--repair only damage exits 1. A folder a running instance holds is only read, "
+            "with a warning that the report may be inconsistent; --repair refuses it (exit 2) "
+            "unless --force."
         ),
     )
     parser.add_argument(
@@ -43,6 +45,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         action="store_true",
         help="repair what startup recovery repairs (replay WAL, rebuild indexes, quarantine)",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="repair even though a running instance holds the folder (it will not notice: "
+        "stop it first unless you know better)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -50,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the scrub, print the report; exit 1 on damage, or on leftovers without --repair."""
     from appliance import logs
     from appliance.engine.check import check
+    from appliance.inuse import FolderInUse, InUseLock, identity
     from appliance.settings import LogLevel
 
     # The report below lists every problem; the engine's per-problem warnings would repeat them.
@@ -58,7 +67,29 @@ def run(args: argparse.Namespace) -> int:
     if not data.is_dir():
         print(f"appliance check: data folder {str(data)!r} does not exist", file=sys.stderr)
         return 2
-    report = check(data, repair=args.repair)
+    lock = InUseLock(data)
+    try:
+        what = "appliance check" + (" --repair" if args.repair else "")
+        lock.acquire(exclusive=True, who=identity(what))
+    except FolderInUse as exc:
+        if args.repair and not args.force:
+            print(
+                f"appliance check: refusing to repair {str(data)!r}: "
+                f"the folder is in use by {exc}; "
+                "stop it first (or pass --force)",
+                file=sys.stderr,
+            )
+            logs.stop()
+            return 2
+        print(
+            f"appliance check: warning: {str(data)!r} is in use by {exc}; "
+            "the report may be inconsistent (the instance keeps writing while it is read)",
+            file=sys.stderr,
+        )
+    try:
+        report = check(data, repair=args.repair)
+    finally:
+        lock.release()
     print(report.render())
     logs.stop()
     if report.damaged or (not report.ok and not args.repair):

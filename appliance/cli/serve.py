@@ -23,7 +23,15 @@ from rich.table import Table
 import provisioning
 from appliance import REDUCTSTORE_VERSION, __version__, logs
 from appliance.errors import ConfigError
-from appliance.settings import Settings, describe, env_name, load_settings, unknown_env_names
+from appliance.settings import (
+    Settings,
+    check_auth_choice,
+    describe,
+    env_name,
+    load_settings,
+    unknown_env_names,
+    unsupported_env_names,
+)
 
 log = logging.getLogger("appliance")
 
@@ -74,19 +82,27 @@ def load(environ: Mapping[str, str]) -> tuple[provisioning.DesiredState, Setting
 def run(args: argparse.Namespace) -> int:
     """Load provisioning and settings, configure logging, report, and serve until stopped."""
     environ = dict(os.environ)
+    from appliance.server import hypercorn_config  # late: keeps `appliance check` free of it
+
     try:
         desired, settings, from_yaml = load(environ)
+        # Every configuration error is one line and exit 2, before anything is logged.
+        check_auth_choice(settings)
+        hypercorn_config(settings)
     except ConfigError as exc:
         print(f"appliance: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure_from(settings)
     log.info("appliance %s (ReductStore API %s) starting", __version__, REDUCTSTORE_VERSION)
     log.info("%s", "\n" + config_table(settings, from_yaml))
+    for name, reason in unsupported_env_names(environ):
+        log.warning("%s is a ReductStore setting this appliance does not support (%s); "
+                    "it is ignored", name, reason)
     for name, close in unknown_env_names(environ):
         hint = f" (did you mean {close}?)" if close else ""
         log.warning("unknown setting %s is ignored%s", name, hint)
     provisioning.report_loaded(desired, environ)
-    from appliance.server import run as run_loop  # late: keeps `appliance check` free of Quart
+    from appliance.server import run as run_loop
     from appliance.server import serve
 
     try:

@@ -151,6 +151,9 @@ class BlockCache:
         self._capacity = capacity
         self._lock = threading.Lock()
         self._blocks: OrderedDict[tuple[int, int], Block] = OrderedDict()
+        # Plain counters (read by /metrics at scrape time): no metrics call on the hot path.
+        self.hits = 0
+        self.misses = 0
 
     def get(self, key: tuple[int, int]) -> Block | None:
         """The cached block, refreshed as most recently used."""
@@ -158,6 +161,9 @@ class BlockCache:
             block = self._blocks.get(key)
             if block is not None:
                 self._blocks.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return block
 
     def put(self, key: tuple[int, int], block: Block) -> None:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from appliance import metrics
 from appliance.engine import fileio
 from appliance.engine.codec import decode_settings, encode_settings
 from appliance.engine.context import EngineContext
@@ -374,7 +375,10 @@ class Bucket:
                 accepted.append(record)
                 pending += size
             if accepted:
-                errors.update(self.get_or_create_entry(entry).write_batch(accepted))
+                failed = self.get_or_create_entry(entry).write_batch(accepted)
+                errors.update(failed)
+                stored = [r for r in accepted if r.timestamp not in failed]
+                metrics.records_written(len(stored), sum(len(r.data) for r in stored))
         return errors
 
     def _write_each(self, entry: str, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:

@@ -17,9 +17,11 @@ commit them together instead of one after another.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+from appliance import metrics
 from appliance.engine.files import FileHandle
 
 WAL_SUFFIX = ".wal"
@@ -70,6 +72,7 @@ class GroupCommitter:
         self._flushing = True
         error: BaseException | None = None
         self._cond.release()
+        started = time.perf_counter()
         try:
             data = [h for h in batch if not h.path.endswith(WAL_SUFFIX)]
             wal = [h for h in batch if h.path.endswith(WAL_SUFFIX)]
@@ -78,6 +81,7 @@ class GroupCommitter:
         except BaseException as exc:  # noqa: BLE001 - reported to every writer of the round
             error = exc
         finally:
+            metrics.wal_sync_seconds(time.perf_counter() - started)
             self._cond.acquire()
         self.rounds += 1
         self.fsyncs += len(batch)

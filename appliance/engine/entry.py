@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import google_crc32c
 
+from appliance import metrics
 from appliance.engine.blockset import BlockSet
 from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_frame
 from appliance.engine.context import EngineContext
@@ -222,6 +223,7 @@ class Entry:
             raise self._damaged(block_id, record, "data file is shorter than the record")
         if crc32c(data) != record.crc:
             raise self._damaged(block_id, record, "payload checksum mismatch")
+        metrics.records_read(1, len(data))
         return data
 
     @boundary("read the records")
@@ -244,6 +246,7 @@ class Entry:
             for _, handle, _, _ in runs:
                 if handle is not None:
                     self._ctx.files.release(handle)
+        metrics.records_read(len(payloads), sum(len(p) for p in payloads))
         if error is not None:
             raise error
         return payloads
@@ -373,6 +376,7 @@ class Entry:
             raise self._damaged(block_id, record, "data file is shorter than the record")
         if crc != record.crc:
             raise self._damaged(block_id, record, "payload checksum mismatch")
+        metrics.records_read(1, done)
 
     # --- writes (driven by Bucket and RecordWriter) ---------------------------------------------
 

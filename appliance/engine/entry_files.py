@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from appliance import metrics
 from appliance.engine import fileio
 from appliance.engine.block import index_item
 from appliance.engine.codec import (
@@ -184,6 +186,7 @@ class EntryFiles:
                 self.ctx.files.release(handle)
                 raise
         try:
+            started = time.perf_counter()
             before = 0 if fresh else os.fstat(handle.fd).st_size
             try:
                 fileio.write_all(handle.fd, (frames,))
@@ -193,6 +196,7 @@ class EntryFiles:
                 os.ftruncate(handle.fd, before)
                 raise
             handle.dirty = True
+            metrics.wal_append_seconds(time.perf_counter() - started)
         except BaseException:
             self.ctx.files.release(handle)
             raise

@@ -54,7 +54,7 @@ DATA_SUFFIX = ".blk"
 # reserve, quarantined damage, the filesystem lease's files.
 EXCLUDED_TOP = frozenset(
     {STATE_DIR, ".removing", ".reserve", ".quarantine", ".lock", ".generation", ".generations",
-     "lost+found"}
+     ".in-use", "lost+found"}
 )
 EXCLUDED_SUFFIXES = (".tmp", ".backend-tmp", ".cas-lock", ".rewrite")
 # Metadata goes up in this order within a pass: segments and descriptors before the index.
@@ -181,6 +181,8 @@ class Mirror:
             self._etags.clear()
             if self.root.exists():
                 for child in self.root.iterdir():
+                    if child.name == ".in-use":
+                        continue  # another process's lock on this folder: never pulled away
                     if child.is_dir() and not child.is_symlink():
                         shutil.rmtree(child, ignore_errors=True)
                     else:

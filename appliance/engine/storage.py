@@ -112,6 +112,11 @@ class Storage:
         """The options the storage was opened with."""
         return self._ctx.options
 
+    def cache_stats(self) -> tuple[int, int]:
+        """Hits and misses of the shared block cache since the storage opened."""
+        blocks = self._ctx.blocks
+        return blocks.hits, blocks.misses
+
     def _usage(self) -> int:
         with self._lock:
             buckets = list(self._buckets.values())

@@ -18,6 +18,7 @@ from types import TracebackType
 
 import google_crc32c
 
+from appliance import metrics
 from appliance.engine.codec import StoredRecord
 from appliance.engine.entry import Entry
 from appliance.engine.files import FileHandle
@@ -92,6 +93,7 @@ class RecordWriter:
         self._entry.finish(
             self._block_id, self._record.timestamp, RecordState.FINISHED, self._crc, handle
         )
+        metrics.records_written(1, self._record.size)
 
     @boundary("abort the record")
     def abort(self, reason: str) -> None:

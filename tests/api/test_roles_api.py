@@ -36,7 +36,10 @@ async def test_primary_serves_with_its_generation_stamped(harness_factory: Facto
     assert (await h.client.post("/api/v1/b/bk/e?ts=1", data=b"x", headers=ONE)).status_code == 200
     info = await (await h.client.get("/api/v1/info")).get_json()
     assert info["instance_role"] == "PRIMARY"
-    assert info["role"] == {
+    role = info["role"]
+    assert role.pop("owner") == h.services.role.manager.owner  # type: ignore[attr-defined]
+    assert 0 <= role.pop("renewal_age_s") < 2  # renewed within the 2 s TTL
+    assert role == {
         "state": "HOLDING",
         "ready": True,
         "generation": 1,

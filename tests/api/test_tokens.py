@@ -196,7 +196,7 @@ async def test_tokens_auth_disabled_warning_logged(
     harness_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     await harness_factory()
-    assert "authentication is disabled: set RS_API_TOKEN" in caplog.text
+    assert "authentication is disabled: every client has full access" in caplog.text
 
 
 async def test_shutdown_persists_last_access(harness_factory: Any) -> None:

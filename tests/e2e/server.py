@@ -14,6 +14,19 @@ from pathlib import Path
 import httpx
 
 READY_TIMEOUT_SECONDS = 30.0
+# ReductStore 1.21 (and so `python -m appliance`) refuses to start without one of these.
+AUTH_CHOICE_NAMES = ("RS_API_TOKEN", "RS_INIT_API_TOKEN", "RS_DISABLE_AUTH")
+
+
+def server_environ(extra: dict[str, str] | None = None, *, choose_auth: bool = True) -> dict[str, str]:
+    """The environment of a spawned appliance: this process's without any ``RS_*`` name, plus
+    ``extra``; with ``choose_auth`` and no auth variable in ``extra``, ``RS_DISABLE_AUTH=true``
+    (the explicit choice a standalone instance needs; a test that sets a token keeps it)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RS_")}
+    env.update(extra or {})
+    if choose_auth and not any(name in env for name in AUTH_CHOICE_NAMES):
+        env["RS_DISABLE_AUTH"] = "true"
+    return env
 
 
 def free_port() -> int:
@@ -43,16 +56,13 @@ class ServerProcess:
 
     def start(self, wait_ready: bool = True) -> ServerProcess:
         """Spawn the process; by default wait until /api/v1/ready answers 200."""
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RS_")}
-        env.update(
-            {
-                "RS_HOST": "127.0.0.1",
-                "RS_PORT": str(self.port),
-                "RS_DATA_PATH": str(self.data_path),
-                "RS_LOG_LEVEL": "INFO",
-            }
-        )
-        env.update(self.extra_env)
+        base = {
+            "RS_HOST": "127.0.0.1",
+            "RS_PORT": str(self.port),
+            "RS_DATA_PATH": str(self.data_path),
+            "RS_LOG_LEVEL": "INFO",
+        }
+        env = server_environ({**base, **self.extra_env})
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance"], env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.server import server_environ
+
 pytestmark = pytest.mark.integration
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m appliance ARGS`` with a clean RS_* environment plus ``env``."""
-    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("RS_")}
-    base.update(env or {})
+    """Run ``python -m appliance ARGS`` with a clean RS_* environment plus ``env`` (and
+    ``RS_DISABLE_AUTH=true`` unless ``env`` chooses authentication)."""
+    base = server_environ(env)
     return subprocess.run(
         [sys.executable, "-m", "appliance", *args],
         env=base,

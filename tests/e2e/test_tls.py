@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.e2e.server import ServerProcess, free_port
+from tests.e2e.server import ServerProcess, free_port, server_environ
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +80,7 @@ def test_tls_serves_https_with_the_configured_certificate(tmp_path: Path) -> Non
 @pytest.mark.parametrize("missing", ["RS_CERT_KEY_PATH", "RS_CERT_PATH"])
 def test_tls_half_configured_or_missing_file_stops_startup(tmp_path: Path, missing: str) -> None:
     cert_path, key_path = self_signed(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RS_")}
+    env = server_environ()
     env.update({"RS_DATA_PATH": str(tmp_path / "data"), "RS_HOST": "127.0.0.1", "RS_PORT": str(free_port())})
     env.update({"RS_CERT_PATH": str(cert_path), "RS_CERT_KEY_PATH": str(key_path)})
     env.pop(missing)
