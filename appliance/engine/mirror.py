@@ -42,6 +42,7 @@ from typing import Any
 
 from backends.base import Backend
 from backends.errors import BackendError, ObjectNotFound
+from appliance import metrics
 from appliance.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,19 @@ def _rank(rel: str) -> int:
     return _META_ORDER.get(os.path.splitext(rel)[1], 3)
 
 
+# The S3 API call behind each backend method, for /metrics (a download is HEAD + GET).
+S3_OPERATIONS = {
+    "write": "PutObject",
+    "upload": "PutObject",
+    "download": "GetObject",
+    "read": "GetObject",
+    "list": "ListObjectsV2",
+    "delete": "DeleteObject",
+    "stat": "HeadObject",
+    "init": "HeadBucket",
+}
+
+
 @dataclass
 class FileState:
     """What the bucket holds of one local file: its local (size, mtime) when last uploaded."""
@@ -96,7 +110,13 @@ class CountingBackend:
         def counted(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
                 self.counts[name] = self.counts.get(name, 0) + 1
-            return attr(*args, **kwargs)
+            try:
+                result = attr(*args, **kwargs)
+            except BackendError:
+                metrics.s3_request(S3_OPERATIONS.get(name, name), ok=False)
+                raise
+            metrics.s3_request(S3_OPERATIONS.get(name, name))
+            return result
 
         return counted
 
@@ -404,6 +424,7 @@ class Mirror:
                 dirty.append((rel, st))
         self.cache_bytes = total
         self.unsynced_bytes = sum(st.st_size for _, st in dirty)
+        metrics.set_s3_unsynced_bytes(self.unsynced_bytes)
         # A file is deleted from the bucket one pass after it was first seen gone: the walk is
         # not atomic, so a WAL segment deleted by a compaction may be seen gone while the
         # descriptor that replaced it was stat'ed before its rewrite. By the next pass that
@@ -433,6 +454,7 @@ class Mirror:
         # 4. removals last: an object goes only after what replaces it is up
         self._parallel(gone, self._delete)
         self.unsynced_bytes = 0
+        metrics.set_s3_unsynced_bytes(0)
         self._save_manifest()
 
     def _parallel(self, items: list[Any], action: Any) -> None:

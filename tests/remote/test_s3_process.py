@@ -83,6 +83,9 @@ async def test_round_trip_then_a_new_node_with_an_empty_cache_serves_everything(
     info = remote_info(second.url)
     assert info["requests"]["list"] >= 1
     await check(second.url, acked)
+    exposed = httpx.get(f"{second.url}/metrics", timeout=10).text
+    assert 'reduct_s3_requests_total{operation="GetObject"}' in exposed
+    assert "reduct_s3_unsynced_bytes" in exposed
     blocks = len(list((tmp_path / "cache-b" / "b" / "e").glob("*.blk")))
     # Every data object of b/e started as a placeholder and was fetched on first use.
     assert blocks > 5 and info["evicted_files"] - remote_info(second.url)["evicted_files"] == blocks
