@@ -43,6 +43,7 @@ from typing import Any
 from backends.base import Backend
 from backends.errors import BackendError, ObjectNotFound
 from appliance import metrics
+from appliance.engine import fileio
 from appliance.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -548,7 +549,7 @@ class Mirror:
                 excess -= size
             for rel, _ in victims:
                 self._state[rel].evicted = True
-            self._save_manifest()  # the flags are durable before any file is replaced
+            self._save_manifest()  # saved (atomic rename) before any file is replaced
             for rel, size in victims:
                 self._placeholder(self.root / rel, size)
                 self.cache_bytes -= size
@@ -563,7 +564,7 @@ class Mirror:
             os.ftruncate(fd, size)  # sparse: the length recovery checks, no disk blocks
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        fileio.replace(tmp, path, sync=False)  # a placeholder needs no durability
 
     # --- background ---------------------------------------------------------------------------
 
@@ -606,7 +607,7 @@ class Mirror:
             raw = {rel: [s.size, s.mtime_ns, s.evicted] for rel, s in self._state.items()}
         tmp = folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(raw))
-        os.replace(tmp, folder / MANIFEST)
+        fileio.replace(tmp, folder / MANIFEST, sync=False)  # stale manifest = extra uploads
 
     def info(self) -> dict[str, Any]:
         """Visible state: unsynced bytes, last sync, last error, request counts, cache use."""
