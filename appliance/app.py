@@ -19,7 +19,18 @@ from quart import Quart, g, request
 from werkzeug.exceptions import HTTPException
 
 from appliance import API_VERSION, REDUCTSTORE_VERSION, metrics
-from appliance.api import buckets, entries, io, lifecycles, links, queries, server, tokens
+from appliance.api import (
+    backups,
+    buckets,
+    entries,
+    io,
+    lifecycles,
+    links,
+    queries,
+    replications,
+    server,
+    tokens,
+)
 from appliance.api.access import SERVICES_KEY, authenticate, client_ip
 from appliance.api.connection import (
     POLICY_KEY,
@@ -107,7 +118,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
 
     base = settings.api_base_path
     prefix = base + "api/v1"
-    for module in (server, buckets, tokens, lifecycles, links, io, queries, entries):
+    for module in (
+        server, buckets, tokens, replications, lifecycles, links, io, queries, entries, backups
+    ):
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 
     origins = settings.cors_origins

@@ -37,13 +37,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance import metrics
 from appliance.auth import Permissions, TokenStore
+from appliance.backup import instance as backup_instance
+from appliance.backup.service import BackupService
 from appliance.engine.models import BucketSettings, EngineOptions
-from appliance.errors import ConfigError, ServiceUnavailable
+from appliance.errors import ConfigError, Forbidden, ServiceUnavailable
 from appliance.events import SystemEvents
 from appliance.inuse import FolderInUse, InUseLock, identity
 from appliance.lifecycle import LifecycleManager
 from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
+from appliance.replication import ReplicationManager, TaskOptions
+from appliance.replication import provision as provision_replications
 from appliance import remote
 from backends.errors import BackendError
 from appliance.roles import wiring
@@ -83,6 +87,7 @@ def engine_options(settings: Settings, **role: Any) -> EngineOptions:
         min_free_space=settings.engine_min_free_space,
         max_storage_size=settings.engine_max_storage_size,
         bucket_defaults=bucket_defaults(settings),
+        journal=settings.backup_archive_interval > 0,
         **role,
     )
 
@@ -127,6 +132,24 @@ class ProvisionedTokens:
         return self._store.provisioned_names()
 
 
+class ProvisionedReplications:
+    """The replication manager as provisioning's ``ReplicationProvisioner`` (called from the
+    provisioning thread; the work runs on the event loop that owns the tasks)."""
+
+    def __init__(self, manager: ReplicationManager, loop: asyncio.AbstractEventLoop) -> None:
+        self._manager = manager
+        self._loop = loop
+
+    def provision_replications(self, desired: Mapping[str, Any], origins: Mapping[str, str]) -> Any:
+        """Apply the provisioned tasks (blocking, any thread, the loop's own included: senders
+        are started and stopped on the loop without waiting for them)."""
+
+        def schedule(coro: Any) -> None:
+            asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+        return provision_replications(self._manager, desired, origins, schedule)
+
+
 def _open_storage(options: EngineOptions) -> Storage:
     from appliance.engine import Storage  # late: keeps `import appliance.app` cheap
 
@@ -162,6 +185,8 @@ class Services:
             init_token=settings.init_api_token_value,
         )
         self.queries = QueryRegistry(clock=clock)
+        # Replication tasks: built when the engine opens on a writable node, None otherwise.
+        self.replications: ReplicationManager | None = None
         self._booting_storage: Storage | None = None  # the engine provisioning boots against
         # $system: audit, usage, own log lines, diagnostics; queued, flushed in the background.
         self.events = SystemEvents(
@@ -209,6 +234,9 @@ class Services:
         self.mirror = remote.build_mirror(settings, read_only=self.role.read_only)
         if self.mirror is not None and self.fences_writes:
             self.mirror.fence = self.role.check_writable  # uploads are fenced like writes
+        # Backups (issue 12): snapshots, retention, schedule, the restored read-only mark.
+        self.backups = BackupService(settings, lambda: self.engine, lambda: self.role.generation)
+        self._instance_lock: int | None = None
 
     # --- state ------------------------------------------------------------------------------
 
@@ -250,6 +278,9 @@ class Services:
         before and after the request, and in the engine before every mutation.
         """
         self.role.check_writable_nowait()
+        restored = self.backups.restored_from
+        if restored is not None:
+            raise Forbidden(backup_instance.read_only_message(restored))
 
     async def fence_write(self) -> None:
         """The lease fence with its slow path off the loop (503 when we may not write)."""
@@ -304,7 +335,38 @@ class Services:
         self._opened.set()
         self._failed.set()
 
-    def _make_provisioner(self, storage: Storage) -> Provisioner:
+    def _make_replications(self, storage: Storage) -> ReplicationManager:
+        s = self.settings
+        options = TaskOptions(
+            data_path=s.data_path,
+            log_size=s.replication_log_size,
+            timeout=s.replication_timeout,
+            verify_ssl=s.replication_verify_ssl,
+            ca_path=str(s.replication_ca_path) if s.replication_ca_path else None,
+            batch_records=s.io_batch_max_records,
+            batch_size=s.io_batch_max_size,
+            batch_metadata=s.io_batch_max_metadata_size,
+        )
+        return ReplicationManager(options, storage=lambda: storage, run=self.run, own_port=s.port)
+
+    def replicates(self, bucket: str) -> bool:
+        """True if a replication task watches ``bucket`` (writers notify only then)."""
+        manager = self.replications
+        return manager is not None and manager.watches(bucket)
+
+    def notify_records(
+        self, bucket: str, entry: str, items: list[tuple[int, int, Mapping[str, str]]]
+    ) -> None:
+        """Hand written/updated records ``(kind, ts, labels)`` to the replication tasks.
+
+        Called in the writer's worker thread before the 200 leaves; never raises."""
+        manager = self.replications
+        if manager is not None:
+            manager.notify(bucket, entry, items)
+
+    def _make_provisioner(
+        self, storage: Storage, replications: ReplicationManager | None = None
+    ) -> Provisioner:
         return Provisioner(
             environ=self._environ,
             path=self.settings.provisioning_path,
@@ -314,8 +376,15 @@ class Services:
             initial=self._desired,
             state=self.provisioning,
             watch_enabled=self._watch_provisioning,
+            replications=None if replications is None else ProvisionedReplications(
+                replications, self._loop_or_raise()
+            ),
             on_applied=self._provision_lifecycles,
         )
+
+    def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "start() sets the loop before the engine opens"
+        return self._loop
 
     def _provision_lifecycles(self, desired: DesiredState) -> list[str]:
         """Provisioning hook (worker thread): apply the provisioned lifecycle policies."""
@@ -342,6 +411,7 @@ class Services:
         try:
             started = time.perf_counter()
             await self.run(self._mark_in_use)
+            await self.run(self._hold_data_folder)
             await self.run(self.tokens.load)
             options = await self.run(self._role_options, generation)
             storage = await self.run(self._open_storage, options)
@@ -364,7 +434,9 @@ class Services:
         if self.role.read_only:
             await self._serve_replica(storage)
             return
-        provisioner = self._make_provisioner(storage)
+        replications = self._make_replications(storage)
+        await self.run(replications.load)
+        provisioner = self._make_provisioner(storage, replications)
         self._booting_storage = storage
         await self.run(self.lifecycles.load)
         boot = asyncio.ensure_future(self.run(provisioner.boot))
@@ -384,12 +456,14 @@ class Services:
         self.storage = storage
         self._booting_storage = None  # from now on only `storage` (None after a step-down)
         self.provisioner = provisioner
+        self.replications = replications
         metrics.corruption("recovery", len(storage.recovery.damage))
         self.events.start()  # capture from the first served request on
         self._opened.set()
         log.info("storage open", extra={"seconds": round(time.perf_counter() - started, 3)})
         await provisioner.start()  # the watcher (boot already ran)
         self.lifecycles.start()
+        await replications.start()  # standalone or lease holder: this node sends
         if self.events.enabled:
             try:
                 # The quota is re-applied at every start (the bucket is created lazily).
@@ -399,6 +473,7 @@ class Services:
         if self._housekeeping is None:
             self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="tokens")
             self._tasks.append(self._housekeeping)
+        self._start_backup_schedule()
         if self.settings.engine_compaction_interval > 0 and self._compaction is None:
             self._compaction = asyncio.create_task(self._compaction_loop(), name="compaction")
             self._tasks.append(self._compaction)  # one loop, kept across a rejoin
@@ -413,6 +488,23 @@ class Services:
                 pass  # Storage.open reports an unusable folder with the full reason
         what = f"appliance serve ({self.settings.instance_role.value}, port {self.settings.port})"
         self.in_use.acquire(exclusive=False, who=identity(what), read_only=self.role.read_only)
+    def _hold_data_folder(self) -> None:
+        """Take the shared instance lock (offline restore refuses a held folder), clear backup
+        staging leftovers and read the restored read-only mark (blocking)."""
+        if self._instance_lock is None and not self.role.read_only:
+            self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            self._instance_lock = backup_instance.hold(self.settings.data_path)
+        if not self.role.read_only:
+            self.backups.prepare()
+
+    def _start_backup_schedule(self) -> None:
+        """The scheduled backups of ``RS_BACKUP_INTERVAL`` (once, kept across a rejoin)."""
+        if any(t.get_name() == "backup-schedule" for t in self._tasks):
+            return
+        if self.settings.backup_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.schedule(), name="backup-schedule"))
+        if self.settings.backup_archive_interval > 0 and self.settings.backup_target:
+            self._tasks.append(asyncio.create_task(self.backups.archive(), name="backup-archive"))
 
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
@@ -494,6 +586,9 @@ class Services:
         provisioner, self.provisioner = self.provisioner, None
         if provisioner is not None:
             await provisioner.stop()
+        replications, self.replications = self.replications, None
+        if replications is not None:
+            await replications.stop()  # the new holder sends from the shared logs
         if storage is not None:
             if self.mirror is not None:
                 self.mirror.abandoned = True  # a deposed holder uploads nothing more
@@ -554,6 +649,12 @@ class Services:
         provisioner, self.provisioner = self.provisioner, None
         if provisioner is not None:
             await provisioner.stop()  # before the engine closes: a reload may be running
+        replications, self.replications = self.replications, None
+        if replications is not None:
+            try:
+                await replications.stop()  # the logs keep the backlog for the next start
+            except Exception:  # noqa: BLE001 - shutdown must finish
+                log.exception("stopping the replication tasks failed")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -564,6 +665,9 @@ class Services:
         self._tasks.clear()
         self.queries.clear()
         await self._flush_last_access()
+        await asyncio.to_thread(self.backups.close)  # a backup in progress still uses the engine
+        if self.storage is not None and not self.role.read_only:
+            await self.backups.ship_on_stop()
         storage, self.storage = self.storage, None
         if storage is not None:
             try:
@@ -581,3 +685,5 @@ class Services:
         except Exception:  # noqa: BLE001 - shutdown must finish
             log.exception("releasing the role failed")
         self.executor.shutdown(wait=True)
+        backup_instance.release(self._instance_lock)
+        self._instance_lock = None

@@ -176,6 +176,19 @@ class Settings(BaseSettings):
     remote_default_storage_class: str = ""
     remote_prefix: str = ""
 
+    # --- replication tasks (used by appliance/replication, spec reductstore-config §2.6)
+    replication_timeout: Seconds = 5.0
+    replication_log_size: int = Field(1_000_000, ge=2)
+    replication_verify_ssl: bool = True
+    replication_ca_path: Path | None = None
+
+    # --- backups (used by appliance/backup; issue 12)
+    backup_target: str = ""
+    backup_interval: Seconds = 0.0
+    backup_keep_last: int = Field(0, ge=0)
+    backup_max_age: Seconds = 0.0
+    backup_archive_interval: Seconds = 0.0
+
     # --- provisioning (used by provisioning/)
     provisioning_path: Path | None = None
 
@@ -251,7 +264,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "provisioning_path", "cert_path", "cert_key_path", "remote_cache_path", mode="before"
+        "provisioning_path",
+        "cert_path",
+        "cert_key_path",
+        "replication_ca_path",
+        "remote_cache_path",
+        mode="before",
     )
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:

@@ -130,6 +130,11 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def hard_link(src: Path, dst: Path) -> None:
+    """Give ``src``'s inode the second name ``dst`` (no fsync: the caller syncs the folder)."""
+    os.link(src, dst)
+
+
 def write_all(fd: int, chunks: Iterable[bytes | memoryview]) -> None:
     """Write every chunk to ``fd``, looping over short writes (no fsync)."""
     for chunk in chunks:

@@ -16,7 +16,8 @@ Read exactly as ReductStore reads them (spec reductstore-config §1, §4.1, §4.
 Where ReductStore is silent we report instead of guessing silently: two IDs with the same NAME
 (ReductStore keeps one at random; we keep the first ID in sorted order and say so) and an object
 that fails validation (bad bucket name, bad permission item: ReductStore logs the create error).
-``RS_REPLICATION_*``/``RS_LIFECYCLE_*`` groups are reported as not supported yet.
+``RS_REPLICATION_*`` groups are read by ``provisioning.replications`` and ``RS_LIFECYCLE_*``
+groups by ``provisioning.lifecycles``.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ from appliance.engine.models import QuotaType
 from appliance.units import SIZE_FORM, parse_size
 from provisioning.lifecycles import LifecycleSpec, load_lifecycle_env
 from provisioning.models import BucketSpec, TokenSpec, check_bucket_name, check_token_name
+from provisioning.replications import (
+    REPLICATION_FIELDS,
+    ReplicationSpec,
+    load_env_replications,
+)
 
 BUCKET_FIELDS = ("NAME", "QUOTA_TYPE", "QUOTA_SIZE", "MAX_BLOCK_SIZE", "MAX_BLOCK_RECORDS")
 TOKEN_FIELDS = ("NAME", "VALUE", "FULL_ACCESS", "READ", "WRITE", "EXPIRES_AT")
 _BUCKET_GROUP = re.compile(r"RS_BUCKET_(.*)_NAME")
 _TOKEN_GROUP = re.compile(r"RS_TOKEN_(.*)_NAME")
-_UNSUPPORTED_GROUP = re.compile(r"^RS_(REPLICATION)_(.*)_NAME$")
 _U64 = re.compile(r"^\+?[0-9]+$")  # Rust's u64::from_str
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _QUOTA_TYPES = {q.value: q for q in QuotaType}
@@ -52,12 +57,13 @@ class EnvGroups:
     tokens: Mapping[str, TokenSpec] = field(default_factory=dict)
     origins: Mapping[tuple[str, str], str] = field(default_factory=dict)  # -> "RS_..._NAME"
     problems: tuple[str, ...] = ()
+    replications: Mapping[str, ReplicationSpec] = field(default_factory=dict)
     lifecycles: Mapping[str, LifecycleSpec] = field(default_factory=dict)  # provisioning.lifecycles
 
     @property
     def group_count(self) -> int:
         """How many groups were accepted."""
-        return len(self.buckets) + len(self.tokens) + len(self.lifecycles)
+        return len(self.buckets) + len(self.tokens) + len(self.replications) + len(self.lifecycles)
 
 
 def load_env_groups(environ: Mapping[str, str]) -> EnvGroups:
@@ -68,12 +74,18 @@ def load_env_groups(environ: Mapping[str, str]) -> EnvGroups:
     tokens = _tokens(environ, origins, problems)
     problems += _orphans(environ, "RS_BUCKET_", BUCKET_FIELDS, _BUCKET_GROUP)
     problems += _orphans(environ, "RS_TOKEN_", TOKEN_FIELDS, _TOKEN_GROUP)
-    for name in sorted(environ):
-        match = _UNSUPPORTED_GROUP.match(name)
-        if match:
-            problems.append(f"{name}: {match.group(1).lower()} provisioning is not supported yet")
+    replications = load_env_replications(environ)
+    problems += replications.problems
+    problems += _orphans(
+        environ, "RS_REPLICATION_", REPLICATION_FIELDS, re.compile(r"RS_REPLICATION_(.*)_NAME")
+    )
+    for name, variable in replications.origins.items():
+        origins[("replication", name)] = variable
     lifecycles = load_lifecycle_env(environ, origins, problems)
-    return EnvGroups(buckets, tokens, origins, tuple(problems), lifecycles)
+    return EnvGroups(
+        buckets, tokens, origins, tuple(problems), replications=replications.specs,
+        lifecycles=lifecycles,
+    )
 
 
 def _groups(environ: Mapping[str, str], pattern: re.Pattern[str]) -> list[tuple[str, str, str]]:

@@ -46,17 +46,20 @@ def merge(env: EnvGroups, yaml: YamlProvisioning | None) -> DesiredState:
     """One desired state from env groups and (optionally) YAML; ConfigError on a conflict."""
     buckets = dict(env.buckets)
     tokens = dict(env.tokens)
+    replications = dict(env.replications)
     lifecycles = dict(env.lifecycles)
     origins = dict(env.origins)
     instance = InstanceSpec()
     if yaml is not None:
         _unite("bucket", buckets, yaml.document.buckets, origins, yaml.origins)
         _unite("token", tokens, yaml.document.tokens, origins, yaml.origins)
+        _unite("replication", replications, yaml.document.replications, origins, yaml.origins)
         _unite("lifecycle", lifecycles, yaml.document.lifecycles, origins, yaml.origins)
         instance = yaml.document.instance
     return DesiredState(
         buckets=buckets,
         tokens=tokens,
+        replications=replications,
         lifecycles=lifecycles,
         instance=instance,
         origins=origins,

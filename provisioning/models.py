@@ -7,8 +7,8 @@ names are the ``RS_*`` names in YAML form (``RS_BUCKET_<ID>_QUOTA_SIZE`` → ``q
 ``RS_*`` variables (``appliance.units``). Every model forbids unknown keys: a typo in a file must
 be an error with a line number, not a silently ignored setting.
 
-Replications join later as a third kind of object: a ``ReplicationSpec`` model, a
-``replications`` field on ``ProvisioningFile`` and the reserved ``DesiredState.replications``.
+Replication tasks are the third kind of object: ``ReplicationSpec`` (``provisioning.replications``),
+the ``replications`` section of ``ProvisioningFile`` and ``DesiredState.replications``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    NonNegativeInt,
     AfterValidator,
     AwareDatetime,
     BaseModel,
@@ -35,6 +36,7 @@ from pydantic import (
 from appliance.engine.models import BucketSettings, QuotaType
 from appliance.settings import InstanceRole, LockFailureAction
 from appliance.units import DURATION_FORM, SIZE_FORM, parse_duration, parse_size
+from provisioning.replications import ReplicationSpec
 from provisioning.lifecycles import LifecycleSpec
 
 INIT_TOKEN_NAME = "init-token"  # RS_API_TOKEN's token (spec reductstore-api §6.3): never ours
@@ -223,6 +225,16 @@ class DefaultsSpec(_Strict):
     bucket: BucketDefaultsSpec | None = None
 
 
+class BackupSpec(_Strict):
+    """``RS_BACKUP_*``: scheduled backups, retention and continuous archiving (issue 12)."""
+
+    target: str | None = Field(default=None, description="folder of the backups")
+    interval: Duration | None = Field(default=None, description="0 disables scheduled backups")
+    keep_last: NonNegativeInt | None = Field(default=None, description="0 keeps every backup")
+    max_age: Duration | None = Field(default=None, description="0 keeps backups of any age")
+    archive_interval: Duration | None = Field(default=None, description="0 disables archiving")
+
+
 class InstanceSpec(_Strict):
     """Instance settings; an explicit ``RS_*`` variable wins over each of them."""
 
@@ -232,6 +244,7 @@ class InstanceSpec(_Strict):
     engine: EngineSpec | None = None
     defaults: DefaultsSpec | None = None
     remote: RemoteSpec | None = None
+    backup: BackupSpec | None = None
 
 
 def _none_is_empty(value: Any) -> Any:
@@ -265,6 +278,9 @@ class ProvisioningFile(_Strict):
     tokens: Annotated[dict[TokenName, TokenSpec], BeforeValidator(_none_is_empty)] = Field(
         default_factory=dict
     )
+    replications: Annotated[
+        dict[str, ReplicationSpec], BeforeValidator(lambda v: {} if v is None else v)
+    ] = Field(default_factory=dict, description="replication tasks, by name")
     lifecycles: Annotated[dict[str, LifecycleSpec], BeforeValidator(_none_is_empty)] = Field(
         default_factory=dict
     )
@@ -283,8 +299,8 @@ class DesiredState:
     tokens: Mapping[str, TokenSpec] = field(default_factory=dict)
     instance: InstanceSpec = InstanceSpec()
     lifecycles: Mapping[str, LifecycleSpec] = field(default_factory=dict)  # after buckets
-    # Reserved for the replication issue: name -> ReplicationSpec, applied after buckets.
-    replications: Mapping[str, Any] = field(default_factory=dict)
+    # name -> ReplicationSpec, applied after buckets (origins key: ("replication", name)).
+    replications: Mapping[str, ReplicationSpec] = field(default_factory=dict)
     # ("bucket" | "token", name) -> "RS_BUCKET_A_NAME" or "/etc/appliance/prov.yaml:3"
     origins: Mapping[tuple[str, str], str] = field(default_factory=dict)
     source: str = "none"
@@ -299,6 +315,8 @@ class DesiredState:
         return self.origins.get((kind, name), "?")
 
     def summary(self) -> str:
-        """``N buckets, M tokens[, K lifecycles]`` for logs and the CLI."""
+        """``N buckets, M tokens[, K replications][, L lifecycles]`` for logs and the CLI."""
         text = f"{len(self.buckets)} buckets, {len(self.tokens)} tokens"
+        if self.replications:
+            text += f", {len(self.replications)} replications"
         return text + (f", {len(self.lifecycles)} lifecycles" if self.lifecycles else "")

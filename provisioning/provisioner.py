@@ -34,6 +34,7 @@ from provisioning.instance import (
 from provisioning.merge import load_desired
 from provisioning.models import DesiredState
 from provisioning.reconcile import ReconcileResult, StorageLike, TokenProvisioner, reconcile
+from provisioning.replications import ReplicationProvisioner
 from provisioning.state import ProvisioningState
 from provisioning.watcher import DEFAULT_DEBOUNCE_MS, DEFAULT_POLL_INTERVAL_S, watch
 
@@ -68,6 +69,7 @@ class Provisioner:
         debounce_ms: int = DEFAULT_DEBOUNCE_MS,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         force_polling: bool | None = None,
+        replications: ReplicationProvisioner | None = None,
         on_applied: Callable[[DesiredState], list[str]] | None = None,
     ) -> None:
         """``initial``: the state already loaded to build Settings (avoids a second read); its
@@ -79,6 +81,7 @@ class Provisioner:
         self._path = path
         self._storage = storage
         self._tokens = tokens
+        self._replications = replications
         self._bucket_defaults = bucket_defaults
         self._initial = initial
         self.state = state or ProvisioningState()
@@ -173,6 +176,7 @@ class Provisioner:
             self._tokens,
             self.state,
             bucket_defaults=self._bucket_defaults,
+            replications=self._replications,
         )
         self._desired = desired
         self._fingerprint = desired.fingerprint

@@ -1,7 +1,6 @@
 """Making the storage and the token store match a ``DesiredState``.
 
-Order as ReductStore (spec reductstore-config §4): buckets, (replications, when they land),
-tokens. Rules:
+Order as ReductStore (spec reductstore-config §4): buckets, replications, tokens. Rules:
 
 - Buckets: create with the spec over the bucket defaults, or update an existing bucket with the
   spec over its *current* settings (unset fields keep their values). Unchanged buckets are not
@@ -32,6 +31,7 @@ from typing import Protocol
 from appliance.engine.models import BucketSettings, QuotaType
 from appliance.errors import ApplianceError, ConfigError
 from provisioning.models import INIT_TOKEN_NAME, DesiredState, TokenSpec
+from provisioning.replications import ReplicationProvisioner, desired_tasks
 from provisioning.state import ProvisioningState
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,9 @@ class ReconcileResult:
     unchanged_tokens: list[str] = field(default_factory=list)
     unprovisioned_tokens: list[str] = field(default_factory=list)
     skipped_tokens: list[str] = field(default_factory=list)
+    created_replications: list[str] = field(default_factory=list)
+    updated_replications: list[str] = field(default_factory=list)
+    unprovisioned_replications: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -134,6 +137,9 @@ class ReconcileResult:
             or self.unprovisioned_buckets
             or self.provisioned_tokens
             or self.unprovisioned_tokens
+            or self.created_replications
+            or self.updated_replications
+            or self.unprovisioned_replications
         )
 
     def summary(self) -> str:
@@ -147,6 +153,9 @@ class ReconcileResult:
                 ("provisioned tokens", self.provisioned_tokens),
                 ("unprovisioned tokens", self.unprovisioned_tokens),
                 ("skipped tokens", self.skipped_tokens),
+                ("created replications", self.created_replications),
+                ("updated replications", self.updated_replications),
+                ("unprovisioned replications", self.unprovisioned_replications),
                 ("errors", self.errors),
             )
             if names
@@ -166,8 +175,12 @@ def reconcile(
     state: ProvisioningState,
     *,
     bucket_defaults: BucketSettings | None = None,
+    replications: ReplicationProvisioner | None = None,
 ) -> ReconcileResult:
-    """Apply ``desired``; ConfigError (nothing applied) if a quota is below the stored data."""
+    """Apply ``desired``; ConfigError (nothing applied) if a quota is below the stored data.
+
+    ``replications`` None: the instance runs no replication tasks (provisioned ones are an
+    error, reported per task)."""
     defaults = bucket_defaults or BucketSettings()
     existing = set(storage.bucket_names())
     plan = _plan_buckets(desired, storage, existing, defaults)
@@ -198,7 +211,7 @@ def reconcile(
         result.unprovisioned_buckets.append(name)
         log.warning("bucket '%s' is no longer provisioned; its data is kept", name)
 
-    # Replications slot in here (after buckets, before tokens), as in ReductStore.
+    provisioned_tasks = _reconcile_replications(desired, replications, result)
 
     digests: dict[str, str] = {}
     marked = set(tokens.provisioned_token_names())
@@ -245,6 +258,7 @@ def reconcile(
         token_digests=digests,
         source=desired.source,
         errors=result.errors,
+        replications=provisioned_tasks,
     )
     return result
 
@@ -283,6 +297,24 @@ def _plan_buckets(
     if refused:
         raise ConfigError("; ".join(refused))
     return plan
+
+
+def _reconcile_replications(
+    desired: DesiredState, replications: ReplicationProvisioner | None, result: ReconcileResult
+) -> list[str]:
+    """After buckets (a task's source must exist), before tokens, as in ReductStore; returns
+    the names now provisioned."""
+    if replications is None:
+        for name in sorted(desired.replications):
+            result.errors.append(f"replication '{name}': this instance runs no replication tasks")
+        return []
+    origins = {name: desired.origin("replication", name) for name in desired.replications}
+    outcome = replications.provision_replications(desired_tasks(desired.replications), origins)
+    result.created_replications += outcome.created
+    result.updated_replications += outcome.updated
+    result.unprovisioned_replications += outcome.unprovisioned
+    result.errors += outcome.errors
+    return [*outcome.created, *outcome.updated, *outcome.unchanged]
 
 
 def _failed(result: ReconcileResult, what: str, exc: Exception) -> None:

@@ -27,7 +27,7 @@ def schema() -> dict[str, Any]:
     # (``sensor-data:``) as empty; say so, or editors would flag valid files.
     bucket = properties["buckets"]["additionalProperties"]
     properties["buckets"]["additionalProperties"] = {"anyOf": [bucket, {"type": "null"}]}
-    for section in ("instance", "buckets", "tokens"):
+    for section in ("instance", "buckets", "tokens", "replications"):
         properties[section] = {"anyOf": [properties[section], {"type": "null"}]}
     return result
 

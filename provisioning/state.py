@@ -31,6 +31,7 @@ class ProvisioningState:
         self._lock = threading.Lock()
         self._buckets: frozenset[str] = frozenset()
         self._tokens: frozenset[str] = frozenset()
+        self._replications: frozenset[str] = frozenset()
         self._token_digests: Mapping[str, str] = {}
         self.source = "none"
         self.last_reload: float | None = None
@@ -75,6 +76,7 @@ class ProvisioningState:
             "restart_required": list(self.restart_required),
             "buckets": sorted(self._buckets),
             "tokens": sorted(self._tokens),
+            "replications": sorted(self._replications),
         }
 
     # --- write side (reconcile, provisioner) --------------------------------------------
@@ -87,11 +89,13 @@ class ProvisioningState:
         token_digests: Mapping[str, str],
         source: str,
         errors: Iterable[str] = (),
+        replications: Iterable[str] = (),
     ) -> None:
         """A reconcile finished: replace the provisioned sets; per-object errors, if any."""
         problems = list(errors)
         with self._lock:
             self._buckets = frozenset(buckets)
+            self._replications = frozenset(replications)
             self._tokens = frozenset(tokens)
             self._token_digests = dict(token_digests)
             self.source = source

@@ -32,7 +32,7 @@ from provisioning.models import InstanceSpec, ProvisioningFile
 YAML_SUFFIXES = (".yaml", ".yml")
 _REF = re.compile(r"\$(\$?)\{([^}]*)(\}?)")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_FIELDS = frozenset({"value"})
+_SECRET_FIELDS = frozenset({"value", "dst_token"})
 
 Path_ = tuple[str | int, ...]
 
@@ -114,7 +114,7 @@ def parse_text(
     origins: dict[tuple[str, str], str] = {}
     sections = (
         ("bucket", document.buckets), ("token", document.tokens),
-        ("lifecycle", document.lifecycles),
+        ("replication", document.replications), ("lifecycle", document.lifecycles),
     )
     for kind, section in sections:
         key = kind + "s"
@@ -359,6 +359,7 @@ def _merge_files(
 ) -> YamlProvisioning:
     buckets: dict[str, Any] = {}
     tokens: dict[str, Any] = {}
+    replications: dict[str, Any] = {}
     lifecycles: dict[str, Any] = {}
     instance: dict[str, Any] = {}
     origins: dict[tuple[str, str], str] = {}
@@ -366,6 +367,7 @@ def _merge_files(
         for kind, target, section in (
             ("bucket", buckets, document.buckets),
             ("token", tokens, document.tokens),
+            ("replication", replications, document.replications),
             ("lifecycle", lifecycles, document.lifecycles),
         ):
             for name, spec in section.items():
@@ -379,7 +381,7 @@ def _merge_files(
         _deep_update(instance, document.instance.model_dump(exclude_none=True))
     merged = ProvisioningFile.model_construct(
         instance=InstanceSpec.model_validate(instance), buckets=buckets, tokens=tokens,
-        lifecycles=lifecycles,
+        replications=replications, lifecycles=lifecycles,
     )
     return YamlProvisioning(merged, origins, files, root)
 

@@ -6,6 +6,7 @@ Reads come from an entry-level query; writes, label updates and removals answer 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from quart import request
@@ -17,13 +18,16 @@ from appliance.api.batch_codec import (
     parse_v1_headers,
     parse_v1_timestamps,
 )
+from appliance.api.encoding import content_encoding
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import query_id, read_batch
 from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, PayloadTooLarge, UnprocessableEntity
+from appliance.replication import UPDATE
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
+    from appliance.services import Services
 
 LENGTH_MISMATCH = (
     "content-length header does not match the sum of the content-lengths in the headers"
@@ -79,31 +83,42 @@ async def read(bucket: str, entry: str) -> Response:
 
 async def write(bucket: str, entry: str) -> Response:
     """``POST /b/{bucket}/{entry}/batch``: write records given in ascending ts order."""
-    records = parse_v1_headers(batch_header_map())
+    headers = batch_header_map()
+    records = parse_v1_headers(headers)
     write_access(bucket)
+    encoding = content_encoding(headers)
     declared = params.header(request.scope["headers"], b"content-length")
     total = sum(r.content_length for r in records)
-    if declared is not None and params.parse_u64(declared.decode("latin1").strip()) != total:
+    # With an encoding, Content-Length counts encoded bytes; the decoder bounds the rest.
+    if (
+        encoding is None
+        and declared is not None
+        and params.parse_u64(declared.decode("latin1").strip()) != total
+    ):
         raise UnprocessableEntity(LENGTH_MISMATCH)
     svc = services()
     items = [
         Incoming(r.timestamp, entry, r.timestamp, r.content_length, r.content_type, r.labels)
         for r in records
     ]
-    errors = await write_records(svc, svc.engine, bucket, items)
+    errors = await write_records(svc, svc.engine, bucket, items, encoding)
     return Response(b"", status=200, headers=error_headers(errors))  # type: ignore[arg-type]
 
 
 def _update(
-    storage: Storage, bucket: str, entry: str, updates: list[tuple[int, dict[str, str], set[str]]]
+    svc: Services, storage: Storage, bucket: str, entry: str,
+    updates: list[tuple[int, dict[str, str], set[str]]],
 ) -> dict[int, ApplianceError]:
     e = storage.get_bucket(bucket).get_entry(entry)
     errors: dict[int, ApplianceError] = {}
+    done: list[tuple[int, int, Mapping[str, str]]] = []
     for ts, update, remove in updates:
         try:
-            e.update_labels(ts, update, remove)
+            done.append((UPDATE, ts, e.update_labels(ts, update, remove).labels))
         except ApplianceError as exc:
             errors[ts] = exc
+    if done and svc.replicates(bucket):
+        svc.notify_records(bucket, entry, done)
     return errors
 
 
@@ -116,7 +131,7 @@ async def update(bucket: str, entry: str) -> Response:
         change = r.label_update()
         updates.append((r.timestamp, dict(change.set), set(change.remove)))
     svc = services()
-    errors = await svc.run(_update, svc.engine, bucket, entry, updates)
+    errors = await svc.run(_update, svc, svc.engine, bucket, entry, updates)
     return Response(b"", status=200, headers=error_headers(errors))
 
 

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from quart import request
 
 from appliance import metrics
+from appliance.api.encoding import decoded
 from appliance.api.streaming import WRITE_CHUNK_BYTES, abort_writer, next_chunk, run_through
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
+from appliance.replication import WRITE
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -44,8 +46,9 @@ class Incoming:
 class BodyReader:
     """Hands out the request body in exact slices, pulling chunks as needed."""
 
-    def __init__(self, timeout: float) -> None:
-        self._it = request.body.__aiter__()
+    def __init__(self, timeout: float, encoding: str | None = None, limit: int = 0) -> None:
+        it = request.body.__aiter__()
+        self._it = it if encoding is None else decoded(it, encoding, limit).__aiter__()
         self._timeout = timeout
         self._rest = b""
 
@@ -68,6 +71,20 @@ class BodyReader:
 
 
 def _write_in_memory(
+    svc: Services, storage: Storage, bucket: str, items: list[Incoming], body: bytes
+) -> dict[Hashable, ApplianceError]:
+    errors = _write_groups(storage, bucket, items, body)
+    if svc.replicates(bucket):  # logged before the 200 (see ``records._write_small``)
+        written: dict[str, list[tuple[int, int, Mapping[str, str]]]] = {}
+        for item in items:
+            if item.key not in errors:
+                written.setdefault(item.entry, []).append((WRITE, item.timestamp, item.labels))
+        for entry, records in written.items():
+            svc.notify_records(bucket, entry, records)
+    return errors
+
+
+def _write_groups(
     storage: Storage, bucket: str, items: list[Incoming], body: bytes
 ) -> dict[Hashable, ApplianceError]:
     errors: dict[Hashable, ApplianceError] = {}
@@ -98,16 +115,19 @@ def _write_in_memory(
 
 
 async def write_records(
-    svc: Services, storage: Storage, bucket: str, items: list[Incoming]
+    svc: Services, storage: Storage, bucket: str, items: list[Incoming],
+    encoding: str | None = None,
 ) -> dict[Hashable, ApplianceError]:
-    """Receive the body for ``items`` (in body order) and write them; per-record errors."""
+    """Receive the body for ``items`` (in body order) and write them; per-record errors.
+
+    ``encoding``: the ``Content-Encoding`` (gzip, zstd) the body is decoded from."""
     timeout = svc.settings.io_operation_timeout
     metrics.batch_records("write", len(items))
-    reader = BodyReader(timeout)
     total = sum(item.length for item in items)
+    reader = BodyReader(timeout, encoding, total)
     if total <= IN_MEMORY_BYTES:
         body = await reader.read(total)
-        return await svc.run(_write_in_memory, storage, bucket, items, body)
+        return await svc.run(_write_in_memory, svc, storage, bucket, items, body)
     errors: dict[Hashable, ApplianceError] = {}
     for item in items:
         await _stream_one(svc, storage, bucket, item, reader, errors)
@@ -146,6 +166,10 @@ async def _stream_one(
         if parts:
             await run_through(svc, writer.write, b"".join(parts))
         await run_through(svc, writer.finish)
+        if svc.replicates(bucket):
+            await svc.run(
+                svc.notify_records, bucket, item.entry, [(WRITE, item.timestamp, item.labels)]
+            )
     except ApplianceError as exc:
         await asyncio.shield(svc.run(writer.abort, str(exc)))
         if isinstance(exc, BadRequest):

@@ -6,7 +6,7 @@ Python client fails without them) plus ``x-reduct-error-<index>-<delta>`` per fa
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, cast
 
 from quart import Blueprint, request
@@ -22,12 +22,15 @@ from appliance.api.batch_codec import (
     parse_v2_update,
 )
 from appliance.api.batch_v1 import batch_header_map
+from appliance.api.encoding import content_encoding
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import query_id, read_batch
 from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, NotFound, UnprocessableEntity
+from appliance.replication import UPDATE
 
 if TYPE_CHECKING:
+    from appliance.services import Services
     from appliance.engine import Storage
 
 blueprint = Blueprint("io", __name__)
@@ -65,13 +68,16 @@ async def read(bucket: str) -> Response:
 async def write(bucket: str) -> Response:
     """Write records of several entries; body in (entry_index, delta) order."""
     params.bucket_name(bucket)
-    req = parse_v2_request(batch_header_map())
+    headers = batch_header_map()
+    req = parse_v2_request(headers)
     _check_entries(req)
     write_access(bucket)
+    encoding = content_encoding(headers)
     declared = params.header(request.scope["headers"], b"content-length")
-    if declared is None:
+    if declared is None and encoding is None:
         raise UnprocessableEntity("content-length header is required")
-    if params.parse_u64(declared.decode("latin1").strip()) != req.content_length:
+    # With an encoding, Content-Length counts encoded bytes; the decoder bounds the rest.
+    if encoding is None and params.parse_u64(declared.decode("latin1").strip()) != req.content_length:  # type: ignore[union-attr]
         raise UnprocessableEntity(LENGTH_MISMATCH)
     items = [
         Incoming(
@@ -81,22 +87,29 @@ async def write(bucket: str) -> Response:
         for r in req.records
     ]
     svc = services()
-    errors = await write_records(svc, svc.engine, bucket, items)
+    errors = await write_records(svc, svc.engine, bucket, items, encoding)
     return _respond(req, errors)
 
 
-def _update(storage: Storage, bucket: str, req: V2Request) -> dict[Hashable, ApplianceError]:
+def _update(
+    svc: Services, storage: Storage, bucket: str, req: V2Request
+) -> dict[Hashable, ApplianceError]:
     b = storage.get_bucket(bucket)
     errors: dict[Hashable, ApplianceError] = {}
     entries: dict[str, object] = {}
+    done: dict[str, list[tuple[int, int, Mapping[str, str]]]] = {}
     for r in req.records:
         try:
             entry = entries.get(r.entry)
             if entry is None:
                 entry = entries[r.entry] = b.get_entry(r.entry)
-            entry.update_labels(r.timestamp, dict(r.update.set), set(r.update.remove))  # type: ignore[attr-defined]
+            new = entry.update_labels(r.timestamp, dict(r.update.set), set(r.update.remove))  # type: ignore[attr-defined]
+            done.setdefault(r.entry, []).append((UPDATE, r.timestamp, new.labels))
         except ApplianceError as exc:
             errors[(r.entry_index, r.delta)] = exc
+    if done and svc.replicates(bucket):
+        for name, items in done.items():
+            svc.notify_records(bucket, name, items)
     return errors
 
 
@@ -108,7 +121,7 @@ async def update(bucket: str) -> Response:
     _check_entries(req)
     write_access(bucket)
     svc = services()
-    errors = await svc.run(_update, svc.engine, bucket, req)
+    errors = await svc.run(_update, svc, svc.engine, bucket, req)
     return _respond(req, errors)
 
 

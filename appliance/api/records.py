@@ -24,9 +24,11 @@ from appliance.api.streaming import (
 )
 from appliance.engine.models import RecordMeta
 from appliance.errors import UnprocessableEntity
+from appliance.replication import UPDATE, WRITE
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
+    from appliance.services import Services
 
 # Bodies up to this size are received whole and written in a single thread hop.
 SMALL_RECORD_BYTES = 256 * 1024
@@ -38,10 +40,12 @@ INLINE_READ_BYTES = 2 * 1024 * 1024
 
 
 def _write_small(
-    storage: Storage, bucket: str, entry: str, ts: int, data: bytes, ctype: str,
+    svc: Services, storage: Storage, bucket: str, entry: str, ts: int, data: bytes, ctype: str,
     labels: dict[str, str],
 ) -> None:
     storage.get_bucket(bucket).write_record(entry, ts, data, ctype, labels)
+    if svc.replicates(bucket):  # logged before the 200: a crash cannot lose the notification
+        svc.notify_records(bucket, entry, [(WRITE, ts, labels)])
 
 
 def _begin(
@@ -64,7 +68,7 @@ async def write(bucket: str, entry: str) -> Response:
     timeout = svc.settings.io_operation_timeout
     if length <= SMALL_RECORD_BYTES:
         data = await read_small_body(length, timeout)
-        await hop(svc, _write_small, storage, bucket, entry, ts, data, ctype, labels)
+        await hop(svc, _write_small, svc, storage, bucket, entry, ts, data, ctype, labels)
         return Response(b"", status=200)
     writer = await run_through(
         svc, _begin, storage, bucket, entry, ts, length, ctype, labels, on_cancel=abort_writer
@@ -72,6 +76,8 @@ async def write(bucket: str, entry: str) -> Response:
     try:
         await stream_body(svc, length, writer.write, timeout)
         await run_through(svc, writer.finish)
+        if svc.replicates(bucket):
+            await svc.run(svc.notify_records, bucket, entry, [(WRITE, ts, labels)])
     except BaseException as exc:
         # Client gone, short body or engine failure: the record must end ERRORED, never
         # FINISHED, and the entry must stay writable. Shielded: we may be cancelled already.
@@ -113,10 +119,14 @@ async def read(bucket: str, entry: str) -> Response:
 # --- labels, removal, rename ----------------------------------------------------------------
 
 
-def _update(storage: Storage, bucket: str, entry: str, ts: int, labels: dict[str, str]) -> None:
+def _update(
+    svc: Services, storage: Storage, bucket: str, entry: str, ts: int, labels: dict[str, str]
+) -> None:
     update = {k: v for k, v in labels.items() if v}
     remove = {k for k, v in labels.items() if not v}
-    storage.get_bucket(bucket).get_entry(entry).update_labels(ts, update, remove)
+    new = storage.get_bucket(bucket).get_entry(entry).update_labels(ts, update, remove)
+    if svc.replicates(bucket):
+        svc.notify_records(bucket, entry, [(UPDATE, ts, new.labels)])
 
 
 async def update_labels(bucket: str, entry: str) -> Response:
@@ -125,7 +135,7 @@ async def update_labels(bucket: str, entry: str) -> Response:
     write_access(bucket)
     labels = params.labels(request.scope["headers"])
     svc = services()
-    await svc.run(_update, svc.engine, bucket, entry, ts, labels)
+    await svc.run(_update, svc, svc.engine, bucket, entry, ts, labels)
     return Response(b"", status=200)
 
 

@@ -1,5 +1,6 @@
 """Server endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
-empty ``/replications`` list reduct-py's fixtures call (lifecycles: ``api/lifecycles.py``)."""
+empty list reduct-py's fixtures used to call (replications: ``api/replications.py``, lifecycles:
+``api/lifecycles.py``)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ async def info() -> Response:
             "license": None,
             "provisioning": svc.provisioning.to_json(),
             "role": role_json(svc),
+            "backup": svc.backups.info(),
             # Where the data lives, for the console's dashboard (a remote backend adds
             # `unsynced_bytes`); never a server path.
             "storage": {"backend": "folder"},
@@ -143,10 +145,4 @@ async def me() -> Response:
     token = authenticate()
     return json_response(token.to_json(services().tokens.now()))
 
-
-@blueprint.route("/replications", methods=["GET"])
-async def replications() -> Response:
-    """Replication tasks (none yet: a later issue adds replication)."""
-    full_access()
-    return json_response({"replications": []})
 

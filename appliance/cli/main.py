@@ -1,8 +1,8 @@
 """The ``appliance`` command: parse arguments, dispatch to a subcommand module.
 
 Subcommands: ``serve`` (the default: ``python -m appliance`` and ``appliance`` alone serve),
-``check``, ``provision``, ``alias`` and ``cp``. Exit codes: 0 ok, 1 problems found / runtime
-failure, 2 bad configuration or usage.
+``check``, ``provision``, ``alias``, ``cp``, ``backup``, ``restore`` and ``set-read-write``.
+Exit codes: 0 ok, 1 problems found / runtime failure, 2 bad configuration or usage.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from appliance import __version__
-from appliance.cli import alias, check, cp, provision, serve
+from appliance.cli import alias, backup, check, cp, provision, serve
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     provision.register(commands)
     alias.register(commands)
     cp.register(commands)
+    backup.register(commands)
     return parser
 
 

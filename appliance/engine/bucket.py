@@ -20,6 +20,7 @@ from appliance.engine.codec import decode_settings, encode_settings
 from appliance.engine.context import EngineContext
 from appliance.engine.entry import Entry
 from appliance.engine.entry_files import EntryFiles
+from appliance.engine.gate import gated
 from appliance.engine.ioerrors import boundary
 from appliance.engine.models import (
     META_ENTRY_MAX_BLOCK_SIZE,
@@ -140,6 +141,7 @@ class Bucket:
         entry.set_limits(max_size, self._settings.max_block_records)
 
     @boundary("change the bucket settings")
+    @gated
     def update_settings(
         self,
         quota_type: QuotaType | None = None,
@@ -153,6 +155,8 @@ class Bucket:
             new = self._settings.merged(quota_type, quota_size, max_block_size, max_block_records)
             fileio.atomic_write(self.path / SETTINGS_FILE, encode_settings(new))
             self.apply_settings(new)
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("bucket_settings", encode_settings(new), b=self._name)
             return new
 
     def apply_settings(self, settings: BucketSettings) -> None:
@@ -206,6 +210,7 @@ class Bucket:
         return entry
 
     @boundary("create the entry")
+    @gated
     def get_or_create_entry(self, name: str) -> Entry:
         """The entry, created with its missing parents if needed (422 on a bad name)."""
         entry = self._entries.get(name)
@@ -256,6 +261,7 @@ class Bucket:
             raise NotFound(f"Bucket '{self._name}' is not found")
 
     @boundary("remove the entry")
+    @gated
     def remove_entry(self, name: str) -> None:
         """Remove an entry and all its descendants (``$meta`` included) with their files."""
         self._ctx.check_writable()
@@ -266,10 +272,13 @@ class Bucket:
                 self._entries.pop(doomed).retire()
             # One durable rename makes the removal all-or-nothing across a crash (issue 8).
             moved = fileio.retire_dir(self.path / name, self._ctx.data_path)
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("entry_remove", b=self._name, e=name)
         if moved is not None:
             fileio.remove_tree(moved)
 
     @boundary("rename the entry")
+    @gated
     def rename_entry(self, old: str, new: str) -> None:
         """Rename an entry and its descendants (404 / 409 / 422 as ReductStore)."""
         self._ctx.check_writable()
@@ -291,6 +300,8 @@ class Bucket:
                 self._create_entries(parents(new))
                 fileio.rename_dir(self.path / old, self.path / new)
                 reopen = {name: new + name[len(old) :] for name in moved}
+                if self._ctx.journal is not None:
+                    self._ctx.journal.append("entry_rename", b=self._name, e=old, n=new)
             except FileExistsError as exc:
                 raise Conflict(f"Entry '{new}' already exists in bucket '{self._name}'") from exc
             finally:
@@ -314,6 +325,7 @@ class Bucket:
     # --- writes ---------------------------------------------------------------------------------
 
     @boundary("write the record")
+    @gated
     def begin_write(
         self, entry: str, ts: int, size: int, content_type: str, labels: Mapping[str, str]
     ) -> RecordWriter:
@@ -352,6 +364,7 @@ class Bucket:
         writer.finish()
 
     @boundary("write the records")
+    @gated
     def write_batch(self, entry: str, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:
         """Write in-memory records; errors by timestamp (one WAL append for the batch)."""
         self._ctx.check_writable()

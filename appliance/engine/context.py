@@ -14,6 +14,8 @@ from appliance.engine import fileio
 from appliance.engine.block import BlockCache
 from appliance.engine.commit import GroupCommitter
 from appliance.engine.files import FileCache, fd_budget
+from appliance.engine.gate import WriteGate
+from appliance.engine.journal import JOURNAL_DIR, Journal
 from appliance.engine.models import EngineOptions
 from appliance.engine.reserve import RESERVE_BYTES, RemovalReserve
 from appliance.errors import Forbidden, ServiceUnavailable
@@ -68,6 +70,10 @@ class EngineContext:
     storage_usage: Callable[[], int] = field(default=lambda: 0)
     # Set when a lease holder stepped down: nothing of this storage may touch the disk again.
     abandoned: bool = False
+    # Every mutation passes it; a backup closes it for its snapshot (``gate.py``).
+    gate: WriteGate = field(default_factory=WriteGate)
+    # The mutation journal of point-in-time recovery (None unless archiving is on).
+    journal: Journal | None = None
 
     @classmethod
     def create(cls, options: EngineOptions) -> EngineContext:
@@ -83,6 +89,11 @@ class EngineContext:
             blocks=BlockCache(),
             committer=GroupCommitter() if options.sync_writes else None,
             disk=DiskSpace(options.data_path, options.min_free_space),
+            journal=(
+                Journal(options.data_path / JOURNAL_DIR)
+                if options.journal and not options.read_only
+                else None
+            ),
             reserve=None
             if options.read_only
             else RemovalReserve(options.data_path, RESERVE_BYTES, options.min_free_space),

@@ -29,6 +29,7 @@ from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_files import EntryFiles
 from appliance.engine.files import FileHandle
+from appliance.engine.gate import gated
 from appliance.engine.ioerrors import boundary, guarded_iter, is_missing, translate
 from appliance.engine.models import EntryInfo, NewRecord, RecordMeta, RecordState
 from appliance.engine.names import is_meta_entry
@@ -394,6 +395,7 @@ class Entry:
                 raise
             return block.block_id, record, handle
 
+    @gated
     def finish(
         self, block_id: int, ts: int, state: RecordState, crc: int, data: FileHandle | None
     ) -> None:
@@ -406,18 +408,38 @@ class Entry:
             with self._lock:
                 frame = self._blocks.finalize(block_id, ts, state, crc)
                 if frame is not None and not self.removed:
+                    block = self._blocks.live[block_id]
                     try:
-                        handles.append(
-                            self._blocks.append_wal(self._blocks.live[block_id], frame)
-                        )
+                        handles.append(self._blocks.append_wal(block, frame))
                     except OSError:
                         # Not logged, so not stored: the record must not be served either.
                         self._blocks.unlog(block_id, [ts])
                         raise
+                    if state is _FINISHED and self._ctx.journal is not None:
+                        self._journal_write(block.records[ts], data)
         except BaseException:
             self._release_all(handles)
             raise
         self._commit_and_release(handles)
+
+    def _journal_write(self, record: StoredRecord, data: FileHandle | None) -> None:
+        """Journal a finished streamed record with its payload (read back from its block)."""
+        journal = self._ctx.journal
+        assert journal is not None
+        fields = self._journal_fields(record)
+        if data is None or record.size == 0:
+            journal.append("write", b"", **fields)
+        else:
+            journal.append_from_file("write", data.fd, record.offset, record.size, **fields)
+
+    def _journal_fields(self, record: StoredRecord) -> dict[str, object]:
+        return {
+            "b": self.bucket,
+            "e": self.name,
+            "ts": record.timestamp,
+            "ct": record.content_type,
+            "l": dict(record.labels),
+        }
 
     def _release_all(self, handles: list[FileHandle]) -> None:
         for handle in handles:
@@ -493,6 +515,7 @@ class Entry:
             with self._lock:
                 frames: dict[int, list[bytes]] = {}
                 logged: dict[int, list[int]] = {}
+                payloads = {record.timestamp: (record, data) for _, record, data in placed}
                 for block_id, record, _ in placed:
                     ts = record.timestamp
                     state = _ERRORED if ts in failed else _FINISHED
@@ -513,6 +536,12 @@ class Entry:
                                 errors[ts] = problem
                             continue
                         wal_handles.append(handle)
+                        journal = self._ctx.journal
+                        if journal is not None:
+                            for ts in logged[block_id]:
+                                if ts not in failed:
+                                    record, data = payloads[ts]
+                                    journal.append("write", data, **self._journal_fields(record))
         finally:
             handles = [*data_handles.values(), *wal_handles]
             try:
@@ -560,6 +589,7 @@ class Entry:
     # --- label updates and removal --------------------------------------------------------------
 
     @boundary("update the labels")
+    @gated
     def update_labels(
         self, ts: int, update: Mapping[str, str], remove: Iterable[str]
     ) -> RecordMeta:
@@ -587,6 +617,8 @@ class Entry:
             # Logged first: an update the WAL could not take (a full disk) changes nothing.
             handle = self._blocks.append_wal(block, frame)
             block.records[ts] = new
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("labels", b=self.bucket, e=self.name, ts=ts, l=labels)
         self._commit_and_release([handle])
         return new
 
@@ -615,6 +647,7 @@ class Entry:
             )
 
     @boundary("remove the records")
+    @gated
     def remove_unchecked(self, timestamps: Iterable[int]) -> dict[int, ApplianceError]:
         """Remove records (also from ``$meta`` entries: the upsert-by-key path)."""
         self._ctx.check_writable()
@@ -630,6 +663,7 @@ class Entry:
                     continue
                 by_block.setdefault(block.block_id, []).append(ts)
             blocks = self._blocks
+            gone: list[int] = []
             for block_id, doomed in by_block.items():
                 block = blocks.make_live(block_id)
                 for ts in doomed:
@@ -637,9 +671,13 @@ class Entry:
                     if old is not None:
                         blocks.size -= old.size + old.meta_size
                         blocks.count -= 1
+                        gone.append(ts)
                 blocks.persist_removal(block)
+            if gone and self._ctx.journal is not None:
+                self._ctx.journal.append("remove", b=self.bucket, e=self.name, tss=gone)
         return errors
 
+    @gated
     def remove_oldest_block(self) -> int:
         """Drop the oldest block (FIFO quota); return the bytes freed, 0 if none could go."""
         with self._lock:
@@ -651,7 +689,10 @@ class Entry:
             if live is not None and live.pending:
                 return 0  # a writer is streaming into it
             freed, _ = blocks.totals(block_id)
+            doomed = list(blocks.get(block_id).records) if self._ctx.journal is not None else []
             blocks.drop(block_id)
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("remove", b=self.bucket, e=self.name, tss=doomed)
             log.info("fifo quota removed block %s/%s/%s", self.bucket, self.name, block_id)
             return freed
 
@@ -667,6 +708,7 @@ class Entry:
 
     # --- maintenance ----------------------------------------------------------------------------
 
+    @gated
     def compact(self) -> bool:
         """Move WAL contents into descriptors and the index; return whether anything changed."""
         with self._lock:

@@ -33,7 +33,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from backends.fileio import fsync_dir, fsync_fd, replace, write_all
+from backends.fileio import fsync_dir, fsync_fd, hard_link, replace, write_all
 
 __all__ = [
     "REMOVING_DIR",
@@ -47,6 +47,7 @@ __all__ = [
     "retire_dir",
     "fsync_dir",
     "fsync_fd",
+    "hard_link",
     "move",
     "read_file",
     "remove_file",

@@ -176,3 +176,5 @@ class EngineOptions:
     wal_fence: Fence | None = None
     # The object-store mirror (``engine/mirror.py``) when the data lives on S3; None = local.
     mirror: Mirror | None = None
+    # Journal every mutation for point-in-time recovery (continuous archiving on).
+    journal: bool = False

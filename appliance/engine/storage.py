@@ -20,10 +20,13 @@ import logging
 import os
 import threading
 from pathlib import Path
+from contextlib import AbstractContextManager
 
 from appliance.engine import fileio
 from appliance.engine.bucket import Bucket
+from appliance.engine.codec import encode_settings
 from appliance.engine.context import EngineContext
+from appliance.engine.gate import gated
 from appliance.engine.ioerrors import boundary
 from appliance.engine.models import U64_MAX, BucketSettings, EngineOptions, StorageInfo
 from appliance.engine.names import INTERNAL_BUCKETS, validate_bucket_name
@@ -146,6 +149,20 @@ class Storage:
             ctx.files.sync_dirty()
         self._close_files()
 
+    def pause_writes(self, timeout: float) -> AbstractContextManager[float]:
+        """Close the write gate (backup snapshot): yields the seconds in-flight writes took."""
+        return self._ctx.gate.exclusive(timeout)
+
+    def journal_position(self) -> tuple[int, int] | None:
+        """Next journal sequence number and the time of the last frame (None: no journal)."""
+        journal = self._ctx.journal
+        return None if journal is None else (journal.next_seq, journal.last_time_us)
+
+    def rotate_journal(self) -> list[Path]:
+        """Close the open journal segment; every closed segment (empty without a journal)."""
+        journal = self._ctx.journal
+        return [] if journal is None else journal.rotate()
+
     def mark_abandoned(self) -> None:
         """Refuse every later mutation with 503 (only a flag: safe from any thread)."""
         self._ctx.abandoned = True
@@ -164,6 +181,8 @@ class Storage:
         self._close_files()
 
     def _close_files(self) -> None:
+        if self._ctx.journal is not None:
+            self._ctx.journal.close()
         self._ctx.files.close()
         if self._ctx.committer is not None:
             self._ctx.committer.close()
@@ -223,6 +242,7 @@ class Storage:
             return sorted(self._buckets)
 
     @boundary("create the bucket")
+    @gated
     def create_bucket(
         self, name: str, settings: BucketSettings | None = None, *, internal: bool = False
     ) -> Bucket:
@@ -241,6 +261,8 @@ class Storage:
                 settings if settings is not None else self._ctx.options.bucket_defaults,
             )
             self._buckets[name] = bucket
+            if self._ctx.journal is not None:
+                self._ctx.journal.append("bucket_create", encode_settings(bucket.settings), b=name)
             return bucket
 
     def get_bucket(self, name: str) -> Bucket:
@@ -252,6 +274,7 @@ class Storage:
         return bucket
 
     @boundary("remove the bucket")
+    @gated
     def remove_bucket(self, name: str) -> None:
         """Remove a bucket and all its data (synchronously)."""
         self._ctx.check_writable()
@@ -263,10 +286,13 @@ class Storage:
                 self._ctx.files.invalidate_under(bucket.path)
                 # One durable rename makes the removal all-or-nothing across a crash (issue 8).
                 moved = fileio.retire_dir(bucket.path, self._ctx.data_path)
+                if self._ctx.journal is not None:
+                    self._ctx.journal.append("bucket_remove", b=name)
             if moved is not None:
                 fileio.remove_tree(moved)  # outside the lock: other buckets stay usable
 
     @boundary("rename the bucket")
+    @gated
     def rename_bucket(self, old: str, new: str) -> None:
         """Rename a bucket (404 / 409 / 422 as ReductStore)."""
         self._ctx.check_writable()
@@ -283,6 +309,8 @@ class Storage:
             bucket.retire()
             try:
                 fileio.rename_dir(bucket.path, target)
+                if self._ctx.journal is not None:
+                    self._ctx.journal.append("bucket_rename", b=old, n=new)
             except OSError:
                 target = bucket.path
                 new = old

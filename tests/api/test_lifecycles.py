@@ -147,7 +147,15 @@ async def test_scheduled_first_run_and_disabled_mode(harness_factory: Any) -> No
         await _sleep(0.05)
     assert await count(h, "e") == 0
     assert await count(h, "off") == 1
-    infos = {i["name"]: i for i in (await (await h.client.get(API + "/lifecycles")).get_json())["lifecycles"]}
+    # The records disappear before the run records itself as done: wait for that too.
+    for _ in range(400):
+        infos = {
+            i["name"]: i
+            for i in (await (await h.client.get(API + "/lifecycles")).get_json())["lifecycles"]
+        }
+        if infos["on"]["last_run"] is not None:
+            break
+        await _sleep(0.05)
     assert infos["on"]["last_run"] is not None and infos["off"]["last_run"] is None
 
 

@@ -177,7 +177,8 @@ def test_env_init_token_name_is_reserved() -> None:
     assert any("reserved for RS_API_TOKEN" in p for p in groups.problems)
 
 
-def test_env_replication_groups_are_reported_as_not_supported_yet() -> None:
+def test_env_incomplete_replication_group_is_dropped_with_reductstores_message() -> None:
     groups = load_env_groups({"RS_REPLICATION_R_NAME": "r"})
     assert len(groups.problems) == 1
-    assert all("not supported yet" in p for p in groups.problems)
+    assert "Replication 'r' has no src bucket" in groups.problems[0]
+    assert groups.replications == {}

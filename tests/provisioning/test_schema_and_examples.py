@@ -16,13 +16,14 @@ from provisioning.schema import render, schema
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "provisioning" / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
-SECRETS = {"INGEST_TOKEN": "i", "DASHBOARD_TOKEN": "d", "READER_TOKEN": "r"}
+SECRETS = {"INGEST_TOKEN": "i", "DASHBOARD_TOKEN": "d", "READER_TOKEN": "r", "CENTRAL_TOKEN": "c"}
 
 
 def test_schema_is_json_with_every_section() -> None:
     document = json.loads(render())
     assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(document["properties"]) == {"version", "instance", "buckets", "tokens", "lifecycles"}
+    assert set(document["properties"]) == {
+        "version", "instance", "buckets", "tokens", "replications", "lifecycles"}
     assert document["additionalProperties"] is False
     bucket = document["$defs"]["BucketSpec"]
     assert bucket["additionalProperties"] is False
