@@ -54,7 +54,8 @@ folder and the I/O on them), ``blockset`` (block index in memory and block choic
 ``bulk_read`` and ``entry_removal`` (two jobs of ``Entry``, mixed in), ``entry``,
 ``writer`` (``RecordWriter``), ``recovery`` (startup recovery of an entry), ``scan`` (finding
 buckets and entries), ``quota`` (write admission of a bucket), ``bucket``, ``storage``,
-``report`` (``RecoveryReport``), ``check``.
+``report`` (``RecoveryReport``), ``check``, ``mirror`` (the local folder as a bounded cache of
+an object store: upload, eviction, fetch on a miss; ``EngineOptions.mirror``, None = local data).
 """
 
 from appliance.engine.bucket import Bucket
