@@ -333,7 +333,12 @@ class Services:
             batch_size=s.io_batch_max_size,
             batch_metadata=s.io_batch_max_metadata_size,
         )
-        return ReplicationManager(options, storage=lambda: storage, run=self.run, own_port=s.port)
+        return ReplicationManager(
+            options, storage=lambda: storage, run=self.run, own_port=s.port,
+            events=lambda name, payload, labels: self.events.diagnostic(
+                "replications", name, payload, labels
+            ),
+        )
 
     def replicates(self, bucket: str) -> bool:
         """True if a replication task watches ``bucket`` (writers notify only then)."""
@@ -610,6 +615,9 @@ class Services:
                 buckets.append((name, info.size, info.entry_count))
             snap["buckets"] = buckets
             snap["cache_hits"], snap["cache_misses"] = storage.cache_stats()
+        replications = self.replications
+        if replications is not None:
+            replications.report_metrics()  # backlog and lag as of this scrape
         return snap
 
     async def stop(self) -> None:
