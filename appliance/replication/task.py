@@ -448,6 +448,7 @@ class ReplicationTask:
             )
             self.diagnostics.error(exc.code, exc.message, count)
             self._pass[1] += count
+            metrics.replication_error(self.name)  # the pass goes on: count the refusal here
             failed = {}
             count = 0
         except Unavailable as exc:

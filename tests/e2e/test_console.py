@@ -390,6 +390,21 @@ def test_console_replication_and_backup_panels(tmp_path: Path, chrome: Any) -> N
         _reopen(chrome, "replications")
         assert _row_cells(chrome, 'tr[data-replication="to-mirror"]')[3] == "0"
 
+        # Edited: only `sensor` entries now; the token typed at creation is kept.
+        row = wait_for(chrome, 'tr[data-replication="to-mirror"]')
+        row.find_element(By.XPATH, ".//button[text()='Edit']").click()
+        entries = wait_for(chrome, "#dialog-body [name=entries]")
+        entries.send_keys("sensor")
+        chrome.find_element(By.CSS_SELECTOR, "#dialog-ok").click()
+        WebDriverWait(chrome, WAIT_S).until(
+            lambda d: httpx.get(api + "/replications/to-mirror", headers=auth).json()[
+                "settings"]["entries"] == ["sensor"])
+        write(6)
+        deadline = time.monotonic() + WAIT_S
+        while mirrored() < 6:  # still authorised at the destination
+            assert time.monotonic() < deadline, "records not replicated after the edit"
+            time.sleep(0.2)
+
         # Removed from the console.
         row = wait_for(chrome, 'tr[data-replication="to-mirror"]')
         row.find_element(By.XPATH, ".//button[text()='Remove']").click()
