@@ -21,14 +21,14 @@ from werkzeug.exceptions import HTTPException
 from appliance import API_VERSION, REDUCTSTORE_VERSION, metrics
 from appliance.api import (
     backups,
+    batch_v2,
     buckets,
     entries,
-    io,
+    instance,
     lifecycles,
     links,
     queries,
     replications,
-    server,
     tokens,
 )
 from appliance.api.access import SERVICES_KEY, authenticate, client_ip
@@ -119,7 +119,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
     base = settings.api_base_path
     prefix = base + "api/v1"
     for module in (
-        server, buckets, tokens, replications, lifecycles, links, io, queries, entries, backups
+        instance, buckets, tokens, replications, lifecycles, links, batch_v2, queries, entries,
+        backups,
     ):
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 
@@ -173,22 +174,22 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
             if not svc.ready:
                 raise ServiceUnavailable(STARTING_MESSAGE)  # no token store before the open
             authenticate()
-        body = await svc.run(metrics.render, instance_metrics)
+        body = await svc.workers.run(metrics.render, instance_metrics)
         return Response(body, status=200, content_type=metrics.CONTENT_TYPE)
 
     @app.before_request
     async def fence_before_mutation() -> None:
-        """A lease holder checks its lease before a mutation (slow path off the loop)."""
-        if svc.fences_writes and request.method in MUTATING_METHODS:
-            await svc.fence_write()
+        """A lease holder checks its lease before a mutation (why: ``roles/write_fence.py``)."""
+        if svc.fence.timed and request.method in MUTATING_METHODS:
+            await svc.fence.check_async()
 
     @app.after_request
     async def fence_before_acknowledging(response: Response) -> Response:
         """...and again before a mutation's 2xx leaves: the write happened before any
         takeover, or the client gets 503 instead of an acknowledgement (issue #5)."""
-        if svc.fences_writes and request.method in MUTATING_METHODS and response.status_code < 300:
+        if svc.fence.timed and request.method in MUTATING_METHODS and response.status_code < 300:
             try:
-                await svc.fence_write()
+                await svc.fence.check_async()
             except ApplianceError as exc:
                 return error_response(exc.status, exc.public_message, body=request.method != "HEAD")
         return response

@@ -13,8 +13,9 @@ How a subsystem reports (all calls are cheap, thread-safe and never raise):
   ``compaction_seconds(s)``,
   ``corruption(source)``. The block cache keeps plain hit/miss integers read at scrape time.
 - Replication: ``set_replication(task, pending_records=, lag_seconds=)`` whenever a task's
-  state is known (the services call it for every task at each scrape, before rendering), ``replication_error(task)`` per failed attempt, ``remove_replication(task)``
-  when a task is removed.
+  state is known (the services call it for every task at each scrape, before rendering),
+  ``replication_error(task)`` per failed attempt, ``remove_replication(task)`` when a task is
+  removed.
 - Backups: ``backup_finished(ok, when=None)`` after every backup run; the age of the last
   successful one is computed at scrape time (``reduct_backup_last_success_age_seconds``,
   absent until a backup succeeded in this process or ``backup_finished`` was told an older

@@ -3,8 +3,8 @@ the background loops.
 
 ``create_app`` owns one ``Services``. The engine opens in a background task started when the
 app starts serving, so HTTP answers at once (``/alive`` 200, everything else 503 until open).
-Every engine call goes through ``run`` (a dedicated thread pool): the engine is blocking code and
-nothing may block the event loop (ARCHITECTURE §3 "Concurrency").
+Every engine call goes through ``workers`` (``workers.py``, a dedicated thread pool): the
+engine is blocking code and nothing may block the event loop (ARCHITECTURE §3 "Concurrency").
 
 Startup order in that task: the role (a PRIMARY/SECONDARY waits for the lease and records
 "generation N began"), token store, engine, provisioning ``boot()`` (buckets, then tokens),
@@ -17,8 +17,8 @@ Roles (``appliance.roles``, ARCHITECTURE §5): ``ready`` needs the role's consen
 or the replica's first refresh). A REPLICA opens the engine read-only, refreshes it every
 ``RS_ENGINE_REPLICA_UPDATE_INTERVAL`` and runs neither compaction nor provisioning. A lease
 holder that steps down (lost or tampered lease, a newer generation's file) abandons the engine
-without writing anything; with ``RS_LOCK_FILE_FAILURE_ACTION=abort`` the process exits 1, with
-``proceed`` it competes for the lease again and re-opens (recovering) once it holds it. On
+without writing anything (``roles/step_down.py`` decides, the hooks below act); with
+``RS_LOCK_FILE_FAILURE_ACTION=abort`` the process exits 1, with ``proceed`` it competes for the lease again and re-opens (recovering) once it holds it. On
 shutdown the holder flushes the engine while it still holds the lease, then releases it, so
 the standby takes over within one polling interval.
 """
@@ -26,21 +26,20 @@ the standby takes over within one polling interval.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from appliance import metrics
 from appliance.auth import Permissions, TokenStore
 from appliance.backup import instance as backup_instance
 from appliance.backup.service import BackupService
 from appliance.engine.models import BucketSettings, EngineOptions
-from appliance.errors import ConfigError, Forbidden, ServiceUnavailable
+from appliance.errors import ConfigError, ServiceUnavailable
 from appliance.events import SystemEvents
 from appliance.inuse import FolderInUse, InUseLock, identity
 from appliance.lifecycle import LifecycleManager
@@ -48,10 +47,15 @@ from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
 from appliance.replication import ReplicationManager, TaskOptions
 from appliance.replication import provision as provision_replications
-from appliance.roles import wiring
+from appliance.roles.fencing import load_wal_fence
 from appliance.roles.lease import LeaseError, LeaseLost
-from appliance.roles.role import LeaseRole, RoleManager, RoleStatus
+from appliance.roles.role import RoleManager, build_role_manager
+from appliance.roles.step_down import StepDown
+from appliance.roles.write_fence import WriteFence
 from appliance.settings import Settings
+from appliance.workers import Workers
+from backends.base import Backend
+from backends.filesystem import FilesystemBackend
 from provisioning import (
     DesiredState,
     Provisioner,
@@ -65,7 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 STARTING_MESSAGE = "The server is starting up, please try again later"
 # Enough threads that a slow disk write does not stall reads of other entries, few enough
 # that a 2-core edge box does not thrash.
@@ -74,6 +77,18 @@ ENGINE_THREADS = 8
 LAST_ACCESS_FLUSH_SECONDS = 30.0
 EXIT_RUNTIME = 1  # exit codes of `appliance serve` (cli/main.py)
 EXIT_CONFIG = 2
+# A lease CAS waits at most this long for another writer's key lock (a stopped holder's
+# lock is taken over sooner, see ``backends.fileio.key_lock``); the next poll retries.
+MAX_LOCK_WAIT_SECONDS = 5.0
+
+
+def lease_backend(settings: Settings) -> Backend:
+    """The backend holding ``.lock``, ``.generation`` and ``.generations``: the data folder."""
+    ttl = settings.lock_file_ttl
+    bound = min(settings.lock_file_polling_interval, ttl / 4 if ttl > 0 else MAX_LOCK_WAIT_SECONDS)
+    return FilesystemBackend(
+        settings.data_path, lock_timeout_seconds=max(0.05, min(bound, MAX_LOCK_WAIT_SECONDS))
+    )
 
 
 def engine_options(settings: Settings, **role: Any) -> EngineOptions:
@@ -187,6 +202,8 @@ class Services:
         self.replications: ReplicationManager | None = None
         self._booting_storage: Storage | None = None  # the engine provisioning boots against
         # $system: audit, usage, own log lines, diagnostics; queued, flushed in the background.
+        # The one way into the engine threads (run / run_through): see workers.py.
+        self.workers = Workers(ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine"))
         self.events = SystemEvents(
             enabled=settings.system_events_enabled,
             instance=settings.effective_instance_name,
@@ -194,22 +211,21 @@ class Services:
             log_level=settings.system_events_log_level,
             flush_interval=settings.system_events_flush_interval,
             storage=lambda: self.storage,
-            run_blocking=self.run,
+            run_blocking=self.workers.run,
             writable=lambda: self.ready and not self.role.read_only,
         )
         self.lifecycles = LifecycleManager(
-            settings.data_path, self.run, self._lifecycle_storage, on_run=self._lifecycle_ran
+            settings.data_path,
+            self.workers.run,
+            self._lifecycle_storage,
+            on_run=self._lifecycle_ran,
         )
-        self.executor = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="engine")
         self.storage: Storage | None = None
         self.in_use = InUseLock(settings.data_path)
         self.open_error: BaseException | None = None
         # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
-        self.lease_backend = wiring.lease_backend(settings)
-        self.role: RoleManager = wiring.build_role(settings, self.lease_backend)
-        self.role.add_listener(self._role_changed)
-        # Only a lease holder fences its writes (the app's request hooks skip the rest).
-        self.fences_writes = isinstance(self.role, LeaseRole)
+        self.lease_backend = lease_backend(settings)
+        self.role: RoleManager = build_role_manager(settings, self.lease_backend)
         self._loop: asyncio.AbstractEventLoop | None = None
         # What is provisioned (API 409s, is_provisioned, /info); filled by the provisioner.
         self.provisioning = ProvisioningState()
@@ -230,7 +246,11 @@ class Services:
         self._closed = False
         # Backups (issue 12): snapshots, retention, schedule, the restored read-only mark.
         self.backups = BackupService(settings, lambda: self.engine, lambda: self.role.generation)
+        # May this process write? One fence, argued in roles/write_fence.py.
+        self.fence = WriteFence(self.role, self._restored_reason)
         self._instance_lock: int | None = None
+        # A holder that steps down stops writing, then exits or rejoins (roles/step_down.py).
+        self.step_down = StepDown(self.role, self)
 
     # --- state ------------------------------------------------------------------------------
 
@@ -265,34 +285,6 @@ class Services:
             raise ServiceUnavailable(STARTING_MESSAGE)
         return storage
 
-    def check_writable(self) -> None:
-        """Raise if this instance may not accept mutations: 403 replica, 503 not the holder.
-
-        No I/O (event loop): the timing part of the lease fence runs in ``fence_write``
-        before and after the request, and in the engine before every mutation.
-        """
-        self.role.check_writable_nowait()
-        restored = self.backups.restored_from
-        if restored is not None:
-            raise Forbidden(backup_instance.read_only_message(restored))
-
-    async def fence_write(self) -> None:
-        """The lease fence with its slow path off the loop (503 when we may not write)."""
-        if self.fences_writes:
-            await self.role.check_writable_async()
-
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking ``fn`` in the engine thread pool and await its result."""
-        loop = asyncio.get_running_loop()
-        if kwargs:
-            fn = functools.partial(fn, **kwargs)
-        return await loop.run_in_executor(self.executor, fn, *args)
-
-    async def run_ctx(self, fn: Callable[..., T], *args: Any) -> T:
-        """Like ``run`` but keeps context variables (for code that logs with request context)."""
-        ctx = contextvars.copy_context()
-        return await self.run(ctx.run, fn, *args)
-
     # --- lifespan ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -303,6 +295,7 @@ class Services:
                 "(set RS_API_TOKEN or RS_INIT_API_TOKEN to require a token)"
             )
         self._loop = asyncio.get_running_loop()
+        self.step_down.bind(self._loop)
         await self.role.start()
         self._tasks.append(asyncio.create_task(self._open(), name="engine-open"))
 
@@ -334,7 +327,7 @@ class Services:
             batch_metadata=s.io_batch_max_metadata_size,
         )
         return ReplicationManager(
-            options, storage=lambda: storage, run=self.run, own_port=s.port,
+            options, storage=lambda: storage, run=self.workers.run, own_port=s.port,
             events=lambda name, payload, labels: self.events.diagnostic(
                 "replications", name, payload, labels
             ),
@@ -396,11 +389,11 @@ class Services:
             return  # lost while recording (proceed): the role listener rejoins
         try:
             started = time.perf_counter()
-            await self.run(self._mark_in_use)
-            await self.run(self._hold_data_folder)
-            await self.run(self.tokens.load)
-            options = await self.run(self._role_options, generation)
-            storage = await self.run(self._open_storage, options)
+            await self.workers.run(self._mark_in_use)
+            await self.workers.run(self._hold_data_folder)
+            await self.workers.run(self.tokens.load)
+            options = await self.workers.run(self._role_options, generation)
+            storage = await self.workers.run(self._open_storage, options)
         except LeaseLost as exc:  # a newer generation began before we could open
             self.in_use.release()
             self.role.deposed(str(exc))
@@ -415,27 +408,27 @@ class Services:
             self._fail(f"cannot open the storage at {path}: {exc}", exc, EXIT_RUNTIME)
             return
         if self._closed or (generation and self.role.generation != generation):
-            await self.run(storage.abandon if generation else storage.close)
+            await self.workers.run(storage.abandon if generation else storage.close)
             return  # stopped, or stepped down while recovering
         if self.role.read_only:
             await self._serve_replica(storage)
             return
         replications = self._make_replications(storage)
-        await self.run(replications.load)
+        await self.workers.run(replications.load)
         provisioner = self._make_provisioner(storage, replications)
         self._booting_storage = storage
-        await self.run(self.lifecycles.load)
-        boot = asyncio.ensure_future(self.run(provisioner.boot))
+        await self.workers.run(self.lifecycles.load)
+        boot = asyncio.ensure_future(self.workers.run(provisioner.boot))
         try:
             await asyncio.shield(boot)
         except asyncio.CancelledError:
             # Stopped while booting: boot still uses the engine in its thread; close after it.
             await asyncio.wait([boot])
-            await self.run(storage.close)
+            await self.workers.run(storage.close)
             raise
         except Exception as exc:  # noqa: BLE001 - refused provisioning stops startup
             self._booting_storage = None
-            await self.run(storage.close)
+            await self.workers.run(storage.close)
             code = EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_RUNTIME
             self._fail(f"provisioning refused, not starting: {exc}", exc, code)
             return
@@ -453,7 +446,7 @@ class Services:
         if self.events.enabled:
             try:
                 # The quota is re-applied at every start (the bucket is created lazily).
-                await self.run(functools.partial(self.events.ensure_bucket, create=False))
+                await self.workers.run(functools.partial(self.events.ensure_bucket, create=False))
             except Exception:  # noqa: BLE001 - events are best effort; the instance serves
                 log.exception("preparing the $system bucket failed")
         if self._housekeeping is None:
@@ -498,9 +491,9 @@ class Services:
             return engine_options(self.settings, read_only=True)
         if not generation:
             return engine_options(self.settings)
-        wal_fence = wiring.load_wal_fence(self.lease_backend, generation)  # LeaseLost if stale
+        wal_fence = load_wal_fence(self.lease_backend, generation)  # LeaseLost if stale
         return engine_options(
-            self.settings, generation=generation, fence=self.role, wal_fence=wal_fence
+            self.settings, generation=generation, fence=self.fence, wal_fence=wal_fence
         )
 
     async def _serve_replica(self, storage: Storage) -> None:
@@ -523,7 +516,7 @@ class Services:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.run(self.compact_step)
+                await self.workers.run(self.compact_step)
             except ServiceUnavailable as exc:
                 log.warning("compaction skipped: %s", exc.message)
             except Exception:  # noqa: BLE001 - a failed pass must not stop the loop
@@ -541,27 +534,30 @@ class Services:
         if self.storage is None or self.role.read_only:
             return  # a replica or a holder that stepped down writes nothing
         try:
-            await self.run(self.tokens.flush_last_access)
+            await self.workers.run(self.tokens.flush_last_access)
         except Exception:  # noqa: BLE001 - a failed write is retried at the next tick
             log.exception("saving token last_access failed")
 
-    def _role_changed(self, status: RoleStatus) -> None:
-        """Role listener (any thread): a holder that stepped down stops writing at once."""
-        if status.state != "STEPPED_DOWN" or self._closed:
-            return
+    def _restored_reason(self) -> str | None:
+        """Clients may not write a data folder restored from a backup until it is accepted."""
+        restored = self.backups.restored_from
+        return None if restored is None else backup_instance.read_only_message(restored)
+
+    # --- the step-down hooks (roles/step_down.py decides when and in which order) ----------
+
+    @property
+    def closed(self) -> bool:
+        """True once ``stop`` began."""
+        return self._closed
+
+    def halt(self) -> None:
+        """Stop the engine writing (any thread): only a flag, safe under any lock."""
         storage = self.storage
         if storage is not None:
-            storage.mark_abandoned()  # only a flag: safe from any thread, under any lock
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._schedule_step_down)
+            storage.mark_abandoned()
 
-    def _schedule_step_down(self) -> None:
-        if not self._closed:
-            self._tasks.append(asyncio.create_task(self._step_down(), name="step-down"))
-
-    async def _step_down(self) -> None:
-        """Abandon the engine; exit (abort) or compete for the lease again (proceed)."""
+    async def teardown(self) -> None:
+        """Stop provisioning, abandon the engine (no flush), drop open queries."""
         storage, self.storage = self.storage, None
         provisioner, self.provisioner = self.provisioner, None
         if provisioner is not None:
@@ -570,20 +566,25 @@ class Services:
         if replications is not None:
             await replications.stop()  # the new holder sends from the shared logs
         if storage is not None:
-            await self.run(storage.abandon)
+            await self.workers.run(storage.abandon)
         self.in_use.release()
         self.queries.clear()
-        code = self.role.must_exit
-        if code is not None:
-            detail = self.role.status().detail
-            self._fail(f"storage lease lost, exiting: {detail}", LeaseLost(detail), code)
-            return
-        if self._closed:
-            return
-        log.warning("storage lease lost; waiting to take it again (failure action proceed)")
+
+    def fail(self, message: str, exc: BaseException, code: int) -> None:
+        """Give up serving with exit ``code``."""
+        self._fail(message, exc, code)
+
+    def suspend(self) -> None:
+        """Not open any more (until ``reopen`` succeeds)."""
         self._opened.clear()
-        await self.role.rejoin()
-        self._tasks.append(asyncio.create_task(self._open(), name="engine-reopen"))
+
+    def reopen(self) -> None:
+        """Open (recover) the engine again, in a task."""
+        self.spawn(self._open(), "engine-reopen")
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` as a task that ``stop`` cancels."""
+        self._tasks.append(asyncio.create_task(coro, name=name))
 
     def compact_step(self) -> None:
         """One compaction pass (WAL → descriptors and index); no-op until the engine is open."""
@@ -653,7 +654,7 @@ class Services:
         if storage is not None:
             try:
                 # Flushes only while the lease is still ours (the engine checks the fence).
-                await self.run(storage.close)
+                await self.workers.run(storage.close)
             except Exception:  # noqa: BLE001 - shutdown must finish
                 log.exception("closing the storage failed")
         self.in_use.release()
@@ -661,6 +662,6 @@ class Services:
             await self.role.close()  # release the lease last: the standby recovers our WAL
         except Exception:  # noqa: BLE001 - shutdown must finish
             log.exception("releasing the role failed")
-        self.executor.shutdown(wait=True)
+        self.workers.shutdown()
         backup_instance.release(self._instance_lock)
         self._instance_lock = None

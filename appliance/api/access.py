@@ -85,5 +85,5 @@ def write_access(bucket: str) -> Token:
     """The caller's token if it may write ``bucket`` (else 401/403); also the roles check."""
     token = authenticate()
     require_write(token.name, token.permissions, bucket)
-    services().check_writable()
+    services().fence.check(io=False)
     return token

@@ -11,7 +11,7 @@ from quart import Blueprint, request
 from appliance.api.access import full_access, services
 from appliance.api.params import bucket_name, json_object
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
+from appliance.api.instance import json_response
 from appliance.api.streaming import read_any_body
 from appliance.errors import UnprocessableEntity
 

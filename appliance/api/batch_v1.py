@@ -22,6 +22,7 @@ from appliance.api.encoding import content_encoding
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import query_id, read_batch
 from appliance.api.response import ApiResponse as Response
+from appliance.engine import names
 from appliance.errors import ApplianceError, PayloadTooLarge, UnprocessableEntity
 from appliance.replication import UPDATE
 
@@ -131,7 +132,7 @@ async def update(bucket: str, entry: str) -> Response:
         change = r.label_update()
         updates.append((r.timestamp, dict(change.set), set(change.remove)))
     svc = services()
-    errors = await svc.run(_update, svc, svc.engine, bucket, entry, updates)
+    errors = await svc.workers.run(_update, svc, svc.engine, bucket, entry, updates)
     return Response(b"", status=200, headers=error_headers(errors))
 
 
@@ -143,12 +144,12 @@ def _remove(
 
 async def remove(bucket: str, entry: str) -> Response:
     """``DELETE /b/{bucket}/{entry}/batch``: remove the listed records."""
-    if params.is_meta_entry(entry):
+    if names.is_meta_entry(entry):
         raise UnprocessableEntity(
             f"Can't delete records from system entry '{entry}'; use label update with remove=true"
         )
     stamps = parse_v1_timestamps(batch_header_map())
     write_access(bucket)
     svc = services()
-    errors = await svc.run(_remove, svc.engine, bucket, entry, stamps)
+    errors = await svc.workers.run(_remove, svc.engine, bucket, entry, stamps)
     return Response(b"", status=200, headers=error_headers(errors))

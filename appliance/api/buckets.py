@@ -13,11 +13,12 @@ from quart import Blueprint, request
 
 from appliance.api import params
 from appliance.api.access import authenticate, full_access, read_access, services
-from appliance.api.params import bucket_name, is_meta_entry, json_object, new_name, opt_u64
+from appliance.api.params import bucket_name, json_object, new_name, opt_u64
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import bucket_info_json, json_response
+from appliance.api.instance import bucket_info_json, json_response
 from appliance.api.streaming import parse_body, read_any_body
 from appliance.engine.models import BucketSettings, QuotaType
+from appliance.engine.names import is_meta_entry
 from appliance.errors import Conflict, UnprocessableEntity
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def check_change(name: str, action: str, new: str | None = None) -> None:
     bucket_name(name)
     if new is not None:
         params.user_bucket_name(new)
-    services().check_writable()
+    services().fence.check(io=False)
     refuse_if_provisioned(name, action)
 
 
@@ -104,9 +105,9 @@ async def create(name: str) -> Response:
     fields = await parse_body(svc, parse_settings, body)
     full_access()
     params.user_bucket_name(name)
-    svc.check_writable()
+    svc.fence.check(io=False)
     settings: BucketSettings = svc.defaults.merged(**fields)
-    await svc.run(svc.engine.create_bucket, name, settings)
+    await svc.workers.run(svc.engine.create_bucket, name, settings)
     return Response(b"", status=200)
 
 
@@ -119,7 +120,7 @@ async def get(name: str) -> Response:
     read_access(name)
     svc = services()
     provisioned = svc.provisioning.is_bucket_provisioned(name)
-    return json_response(await svc.run(_full_info, svc.engine, name, provisioned))
+    return json_response(await svc.workers.run(_full_info, svc.engine, name, provisioned))
 
 
 async def head(name: str) -> Response:
@@ -127,7 +128,7 @@ async def head(name: str) -> Response:
     bucket_name(name)
     authenticate()
     svc = services()
-    await svc.run(svc.engine.get_bucket, name)
+    await svc.workers.run(svc.engine.get_bucket, name)
     return Response(b"", status=200)
 
 
@@ -139,7 +140,7 @@ async def update(name: str) -> Response:
     fields = await parse_body(svc, parse_settings, body)
     # ReductStore leaves a settings change unguarded on a replica; we refuse it (403).
     check_change(name, "change settings of")
-    await svc.run(_update, svc.engine, name, fields)
+    await svc.workers.run(_update, svc.engine, name, fields)
     return Response(b"", status=200)
 
 
@@ -148,8 +149,8 @@ async def remove(name: str) -> Response:
     """Remove a bucket and strip it from token permissions."""
     check_change(name, "remove")
     svc = services()
-    await svc.run(svc.engine.remove_bucket, name)
-    await svc.run(svc.tokens.remove_bucket, name)
+    await svc.workers.run(svc.engine.remove_bucket, name)
+    await svc.workers.run(svc.tokens.remove_bucket, name)
     return Response(b"", status=200)
 
 
@@ -160,6 +161,6 @@ async def rename(name: str) -> Response:
     body = await read_any_body(svc.settings.io_operation_timeout)
     new = await parse_body(svc, new_name, body)
     check_change(name, "rename", new)
-    await svc.run(svc.engine.rename_bucket, name, new)
-    await svc.run(svc.tokens.rename_bucket, name, new)
+    await svc.workers.run(svc.engine.rename_bucket, name, new)
+    await svc.workers.run(svc.tokens.rename_bucket, name, new)
     return Response(b"", status=200)

@@ -18,16 +18,16 @@ from quart import request
 
 from appliance import metrics
 from appliance.api.encoding import decoded
-from appliance.api.streaming import WRITE_CHUNK_BYTES, abort_writer, next_chunk, run_through
+from appliance.api.streaming import abort_writer, next_chunk
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
 from appliance.replication import WRITE
+from appliance.sizes import IN_MEMORY_BYTES, WRITE_CHUNK_BYTES
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
     from appliance.services import Services
 
-IN_MEMORY_BYTES = 16 * 1024 * 1024
 SHORT_BODY = "Content is shorter than expected: no more data to read"
 
 
@@ -127,7 +127,7 @@ async def write_records(
     reader = BodyReader(timeout, encoding, total)
     if total <= IN_MEMORY_BYTES:
         body = await reader.read(total)
-        return await svc.run(_write_in_memory, svc, storage, bucket, items, body)
+        return await svc.workers.run(_write_in_memory, svc, storage, bucket, items, body)
     errors: dict[Hashable, ApplianceError] = {}
     for item in items:
         await _stream_one(svc, storage, bucket, item, reader, errors)
@@ -145,7 +145,9 @@ async def _stream_one(
     errors: dict[Hashable, ApplianceError],
 ) -> None:
     try:
-        writer = await run_through(svc, _begin, storage, bucket, item, on_cancel=abort_writer)
+        writer = await svc.workers.run_through(
+            _begin, storage, bucket, item, on_cancel=abort_writer
+        )
     except ApplianceError as exc:
         errors[item.key] = exc
         async for _ in reader.chunks(item.length):  # skip this record's bytes
@@ -160,23 +162,23 @@ async def _stream_one(
             parts.append(piece)
             buffered += len(piece)
             if buffered >= WRITE_CHUNK_BYTES:
-                await run_through(svc, writer.write, b"".join(parts))
+                await svc.workers.run_through(writer.write, b"".join(parts))
                 parts.clear()
                 buffered = 0
         if parts:
-            await run_through(svc, writer.write, b"".join(parts))
-        await run_through(svc, writer.finish)
+            await svc.workers.run_through(writer.write, b"".join(parts))
+        await svc.workers.run_through(writer.finish)
         if svc.replicates(bucket):
-            await svc.run(
+            await svc.workers.run(
                 svc.notify_records, bucket, item.entry, [(WRITE, item.timestamp, item.labels)]
             )
     except ApplianceError as exc:
-        await asyncio.shield(svc.run(writer.abort, str(exc)))
+        await asyncio.shield(svc.workers.run(writer.abort, str(exc)))
         if isinstance(exc, BadRequest):
             raise
         errors[item.key] = exc
         async for _ in reader.chunks(item.length - consumed):  # keep the body aligned
             pass
     except BaseException:
-        await asyncio.shield(svc.run(writer.abort, "client disconnected"))
+        await asyncio.shield(svc.workers.run(writer.abort, "client disconnected"))
         raise

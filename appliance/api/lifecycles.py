@@ -10,7 +10,7 @@ from quart import Blueprint
 from appliance.api import params
 from appliance.api.access import full_access, services
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
+from appliance.api.instance import json_response
 from appliance.api.streaming import read_any_body
 from appliance.errors import Forbidden, UnprocessableEntity
 from appliance.lifecycle import LifecycleManager, LifecyclePolicy, parse_policy
@@ -55,7 +55,7 @@ async def create_lifecycle(name: str) -> Response:
     manager = _manager("create lifecycle")
     policy = await _policy_body()
     svc = services()
-    await svc.run(manager.create, name, policy)
+    await svc.workers.run(manager.create, name, policy)
     manager.sync_tasks()
     return Response(b"", status=200)
 
@@ -66,7 +66,7 @@ async def update_lifecycle(name: str) -> Response:
     full_access()
     manager = _manager("update lifecycle")
     policy = await _policy_body()
-    await services().run(manager.update, name, policy)
+    await services().workers.run(manager.update, name, policy)
     return Response(b"", status=200)
 
 
@@ -80,7 +80,7 @@ async def set_lifecycle_mode(name: str) -> Response:
     if "mode" not in obj:
         raise UnprocessableEntity("Invalid JSON: missing field `mode`")
     mode = parse_mode(obj["mode"])  # the body is checked first, as ReductStore's extractor does
-    await services().run(manager.set_mode, name, mode)
+    await services().workers.run(manager.set_mode, name, mode)
     return Response(b"", status=200)
 
 
@@ -89,5 +89,5 @@ async def remove_lifecycle(name: str) -> Response:
     """``DELETE /lifecycles/{name}`` (404 missing, 409 provisioned)."""
     full_access()
     manager = _manager("remove lifecycle")
-    await services().run(manager.remove, name)
+    await services().workers.run(manager.remove, name)
     return Response(b"", status=200)

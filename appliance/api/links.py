@@ -23,12 +23,12 @@ from appliance.api.access import read_access, services
 from appliance.api.queries import parse_query
 from appliance.api.record_response import check_state, record_headers
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
+from appliance.api.instance import json_response
 from appliance.api.streaming import payload_stream, read_any_body
 from appliance.auth import require_read
 from appliance.auth.links import link_issuer, open_link, seal_link
 from appliance.errors import NotFound, UnprocessableEntity
-from appliance.query.registry import BatchLimits, QuerySpec
+from appliance.query.handle import BatchLimits, QuerySpec
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -91,7 +91,7 @@ async def create_link(file_name: str) -> Response:
     base = _base_url(body.get("base_url"))
     token = read_access(bucket)
     svc = services()
-    await svc.run(svc.engine.get_bucket, bucket)  # 404 for a missing bucket, now, not later
+    await svc.workers.run(svc.engine.get_bucket, bucket)  # 404 for a missing bucket, now, not later
     payload = {
         "bucket": bucket,
         "entry": body.get("entry") or "",
@@ -197,8 +197,9 @@ async def get_link(file_name: str) -> Response:
     issuer = svc.tokens.issuer(issuer_name)
     require_read(issuer.name, issuer.permissions, bucket)
     storage = svc.engine
-    name, meta = await svc.run(_find, svc.queries, storage, payload, _spec(payload), entry, ts,
-                               index)
+    name, meta = await svc.workers.run(
+        _find, svc.queries, storage, payload, _spec(payload), entry, ts, index
+    )
     check_state(bucket, name, meta)
     headers = record_headers(name, meta)
     headers["Accept-Ranges"] = "bytes"

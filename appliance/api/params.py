@@ -13,12 +13,12 @@ from functools import lru_cache
 from typing import Any
 
 from appliance.engine import names
+from appliance.engine.models import U64_MAX
+from appliance.events import SYSTEM_BUCKET  # the instance's own events: protected
 from appliance.errors import UnprocessableEntity
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 LABEL_PREFIX = b"x-reduct-label-"
-SYSTEM_BUCKET = "$system"  # the instance's own events (appliance.events); protected
-U64_MAX = 2**64 - 1
 U64_DIGITS = len(str(U64_MAX))
 # serde_json's recursion limit: ReductStore refuses deeper JSON bodies the same way.
 MAX_JSON_DEPTH = 128
@@ -48,7 +48,6 @@ def entry_name(name: str) -> str:
     return names.validate_entry_name(name)
 
 
-is_meta_entry = names.is_meta_entry
 
 
 def parse_u64(value: str) -> int | None:

@@ -15,10 +15,11 @@ from appliance.api.batch_codec import encode_v1_record_header, v2_read_batch_hea
 from appliance.api.connection import RawResponse
 from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
-from appliance.api.streaming import hop, parse_body, payload_stream, read_any_body
+from appliance.api.instance import json_response
+from appliance.api.streaming import parse_body, payload_stream, read_any_body
+from appliance.engine import names
 from appliance.errors import NoContent, UnprocessableEntity
-from appliance.query.registry import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
+from appliance.query.handle import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -89,7 +90,7 @@ async def collect(
     limits = limits_for(svc, query)
     if limit:
         limits = BatchLimits(limit, limits.max_size, limits.max_metadata, limits.timeout)
-    batch = await hop(svc, query.collect_batch, storage, limits, head, v2)
+    batch = await svc.workers.run(query.collect_batch, storage, limits, head, v2)
     if not batch.records:
         raise NoContent(NO_CONTENT)
     return batch
@@ -204,10 +205,10 @@ async def _create_or_remove(
     storage = svc.engine
     if query_type == "QUERY":
         read_access(bucket)
-        qid = await svc.run(svc.queries.create, storage, bucket, entry, spec)
+        qid = await svc.workers.run(svc.queries.create, storage, bucket, entry, spec)
         return json_response({"id": qid})
     write_access(bucket)
-    removed = await svc.run(svc.queries.remove, storage, bucket, entry, spec)
+    removed = await svc.workers.run(svc.queries.remove, storage, bucket, entry, spec)
     return json_response({"removed_records": removed})
 
 
@@ -227,7 +228,7 @@ async def post_bucket_query(bucket: str) -> Response:
     return await _create_or_remove(bucket, None, query_type, spec)
 
 
-def _legacy_spec(args: Any, *, removal: bool) -> QuerySpec:
+def _legacy_spec(args: Any) -> QuerySpec:
     start = params.optional_timestamp(args, "start")
     stop = params.optional_timestamp(args, "stop")
     ttl_raw = args.get("ttl")
@@ -248,13 +249,13 @@ def _legacy_spec(args: Any, *, removal: bool) -> QuerySpec:
 
 async def legacy_create(bucket: str, entry: str) -> Response:
     """``GET /b/{bucket}/{entry}/q?start&stop&ttl&continuous``: create an entry query."""
-    spec = _legacy_spec(request.args, removal=False)
+    spec = _legacy_spec(request.args)
     return await _create_or_remove(bucket, entry, "QUERY", spec)
 
 
 async def legacy_remove(bucket: str, entry: str) -> Response:
     """``DELETE /b/{bucket}/{entry}/q?start&stop``: remove records by query."""
-    if params.is_meta_entry(entry):
+    if names.is_meta_entry(entry):
         raise UnprocessableEntity(f"Can't delete records from system entry '{entry}'")
-    spec = _legacy_spec(request.args, removal=True)
+    spec = _legacy_spec(request.args)
     return await _create_or_remove(bucket, entry, "REMOVE", spec)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.api.response import ApiResponse as Response
 from appliance.api.streaming import payload_stream
-from appliance.engine.models import RecordMeta, RecordState
-from appliance.errors import InternalError, TooEarly
+from appliance.engine.models import RecordMeta
+from appliance.engine.readable import check_readable
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -33,10 +33,7 @@ def record_headers(entry: str, meta: RecordMeta) -> dict[str, str]:
 
 def check_state(bucket: str, entry: str, meta: RecordMeta) -> None:
     """Raise 425 for a record still being written and 500 for a broken one."""
-    if meta.state == RecordState.STARTED:
-        raise TooEarly(f"Record {meta.timestamp} in entry {bucket}/{entry} is still being written")
-    if meta.state == RecordState.ERRORED:
-        raise InternalError(f"Record {meta.timestamp} in entry {bucket}/{entry} is broken")
+    check_readable(meta.timestamp, meta.state, f"{bucket}/{entry}")
 
 
 def record_response(

@@ -15,25 +15,21 @@ from appliance.api.record_response import check_state, record_response
 from appliance.api.response import ApiResponse as Response
 from appliance.api.streaming import (
     abort_writer,
-    hop,
     parse_body,
     read_any_body,
     read_small_body,
-    run_through,
     stream_body,
 )
+from appliance.engine import names
 from appliance.engine.models import RecordMeta
 from appliance.errors import UnprocessableEntity
 from appliance.replication import UPDATE, WRITE
+from appliance.sizes import INLINE_READ_BYTES, SMALL_RECORD_BYTES
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
     from appliance.services import Services
 
-# Bodies up to this size are received whole and written in a single thread hop.
-SMALL_RECORD_BYTES = 256 * 1024
-# Payloads up to this size are read in the same hop as the metadata; bigger ones stream.
-INLINE_READ_BYTES = 2 * 1024 * 1024
 
 
 # --- write ----------------------------------------------------------------------------------
@@ -68,21 +64,21 @@ async def write(bucket: str, entry: str) -> Response:
     timeout = svc.settings.io_operation_timeout
     if length <= SMALL_RECORD_BYTES:
         data = await read_small_body(length, timeout)
-        await hop(svc, _write_small, svc, storage, bucket, entry, ts, data, ctype, labels)
+        await svc.workers.run(_write_small, svc, storage, bucket, entry, ts, data, ctype, labels)
         return Response(b"", status=200)
-    writer = await run_through(
-        svc, _begin, storage, bucket, entry, ts, length, ctype, labels, on_cancel=abort_writer
+    writer = await svc.workers.run_through(
+        _begin, storage, bucket, entry, ts, length, ctype, labels, on_cancel=abort_writer
     )
     try:
         await stream_body(svc, length, writer.write, timeout)
-        await run_through(svc, writer.finish)
+        await svc.workers.run_through(writer.finish)
         if svc.replicates(bucket):
-            await svc.run(svc.notify_records, bucket, entry, [(WRITE, ts, labels)])
+            await svc.workers.run(svc.notify_records, bucket, entry, [(WRITE, ts, labels)])
     except BaseException as exc:
         # Client gone, short body or engine failure: the record must end ERRORED, never
         # FINISHED, and the entry must stay writable. Shielded: we may be cancelled already.
         reason = "client disconnected" if isinstance(exc, asyncio.CancelledError) else str(exc)
-        await asyncio.shield(svc.run(writer.abort, reason))
+        await asyncio.shield(svc.workers.run(writer.abort, reason))
         raise
     return Response(b"", status=200)
 
@@ -112,7 +108,7 @@ async def read(bucket: str, entry: str) -> Response:
     storage = svc.engine
     if q is not None:
         return await read_one(svc, storage, bucket, entry, q, head)
-    meta, payload = await svc.run(_fetch, storage, bucket, entry, ts, head)
+    meta, payload = await svc.workers.run(_fetch, storage, bucket, entry, ts, head)
     return record_response(svc, storage, bucket, entry, meta, payload, head)
 
 
@@ -135,7 +131,7 @@ async def update_labels(bucket: str, entry: str) -> Response:
     write_access(bucket)
     labels = params.labels(request.scope["headers"])
     svc = services()
-    await svc.run(_update, svc, svc.engine, bucket, entry, ts, labels)
+    await svc.workers.run(_update, svc, svc.engine, bucket, entry, ts, labels)
     return Response(b"", status=200)
 
 
@@ -149,23 +145,23 @@ async def remove_record(bucket: str, entry: str) -> Response:
     """``DELETE /b/{bucket}/{entry}?ts=``: remove one record."""
     ts = params.timestamp(request.args)
     write_access(bucket)
-    if params.is_meta_entry(entry):
+    if names.is_meta_entry(entry):
         raise UnprocessableEntity(
             f"Can't delete records from system entry '{entry}'; use label update with remove=true"
         )
     svc = services()
-    await svc.run(_remove_record, svc.engine, bucket, entry, ts)
+    await svc.workers.run(_remove_record, svc.engine, bucket, entry, ts)
     return Response(b"", status=200)
 
 
 async def remove_entry(bucket: str, entry: str) -> Response:
     """``DELETE /b/{bucket}/{entry}``: remove an entry and its descendants."""
-    if params.is_meta_entry(entry):
+    if names.is_meta_entry(entry):
         raise UnprocessableEntity(f"Can't remove system entry '{entry}'")
     write_access(bucket)
     svc = services()
     storage = svc.engine
-    await svc.run(lambda: storage.get_bucket(bucket).remove_entry(entry))
+    await svc.workers.run(lambda: storage.get_bucket(bucket).remove_entry(entry))
     return Response(b"", status=200)
 
 
@@ -177,5 +173,5 @@ async def rename_entry(bucket: str, entry: str) -> Response:
     params.entry_name(new)
     write_access(bucket)
     storage = svc.engine
-    await svc.run(lambda: storage.get_bucket(bucket).rename_entry(entry, new))
+    await svc.workers.run(lambda: storage.get_bucket(bucket).rename_entry(entry, new))
     return Response(b"", status=200)

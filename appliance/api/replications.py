@@ -11,7 +11,7 @@ from quart import Blueprint
 from appliance.api import params
 from appliance.api.access import full_access, services
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
+from appliance.api.instance import json_response
 from appliance.api.streaming import read_any_body
 from appliance.errors import Forbidden, ServiceUnavailable
 from appliance.replication import ReplicationManager, ReplicationSettings, parse_mode
@@ -59,7 +59,7 @@ async def create_replication(name: str) -> Response:
     """Create a task."""
     full_access()
     manager = _manager("create replication")
-    services().check_writable()
+    services().fence.check(io=False)
     await manager.create(name, await _settings())
     return Response(b"", status=200)
 
@@ -69,7 +69,7 @@ async def update_replication(name: str) -> Response:
     """Replace a task's settings (the token is kept when none is sent)."""
     full_access()
     manager = _manager("update replication")
-    services().check_writable()
+    services().fence.check(io=False)
     manager.get(name)  # 404 before validating the body
     await manager.update(name, await _settings())
     return Response(b"", status=200)
@@ -80,7 +80,7 @@ async def set_mode(name: str) -> Response:
     """Change only the mode (provisioned tasks too)."""
     full_access()
     manager = _manager("update replication mode")
-    services().check_writable()
+    services().fence.check(io=False)
     svc = services()
     body = params.json_object(await read_any_body(svc.settings.io_operation_timeout))
     manager.get(name)
@@ -93,6 +93,6 @@ async def remove_replication(name: str) -> Response:
     """Remove a task and its transaction logs."""
     full_access()
     manager = _manager("remove replication")
-    services().check_writable()
+    services().fence.check(io=False)
     await manager.remove(name)
     return Response(b"", status=200)

@@ -16,81 +16,20 @@ from quart import request
 
 from appliance.api.connection import BoundedBody
 from appliance.errors import BadRequest, PayloadTooLarge
+from appliance.sizes import (
+    INLINE_PARSE_BYTES,
+    MAX_SMALL_BODY_BYTES,
+    READ_CHUNK_BYTES,
+    WRITE_CHUNK_BYTES,
+)
 
 if TYPE_CHECKING:
     from appliance.services import Services
 
 T = TypeVar("T")
-# Chunks handed to the engine are coalesced to about this size (one thread hop each).
-WRITE_CHUNK_BYTES = 256 * 1024
-# Pulled from a record's payload iterator per thread hop when streaming a response.
-READ_CHUNK_BYTES = 1024 * 1024
-# JSON bodies (settings, queries, tokens, renames) are small; bigger ones are refused with 413.
-MAX_SMALL_BODY_BYTES = 1024 * 1024
-# JSON bodies up to this size are decoded on the event loop; bigger ones in a worker thread.
-INLINE_PARSE_BYTES = 64 * 1024
 TIMEOUT_MESSAGE = "Timeout while receiving data"
 BIGGER_MESSAGE = "Content is bigger than in content-length"
 SMALLER_MESSAGE = "Content is smaller than in content-length"
-
-
-def _deliver(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if not fut.done():
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
-
-
-def _work(
-    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], fn: Callable[..., Any], args: Any
-) -> None:
-    try:
-        result = fn(*args)
-    except BaseException as exc:  # handed to the awaiting task, like run_in_executor does
-        loop.call_soon_threadsafe(_deliver, fut, False, exc)
-    else:
-        loop.call_soon_threadsafe(_deliver, fut, True, result)
-
-
-async def hop(services: Services, fn: Callable[..., T], *args: Any) -> T:
-    """``services.run`` for the hot paths: one worker-thread hop with less machinery.
-
-    The worker hands its result straight to an asyncio future (no concurrent-future chaining
-    and one loop callback less per hop). As with ``run_in_executor``, a cancelled caller
-    stops a call that has not started yet; one already running finishes in its thread.
-    """
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-    job = services.executor.submit(_work, loop, fut, fn, args)
-    try:
-        return await fut
-    except asyncio.CancelledError:
-        job.cancel()
-        raise
-
-
-async def run_through(
-    services: Services,
-    fn: Callable[..., T],
-    *args: Any,
-    on_cancel: Callable[[T], Any] | None = None,
-) -> T:
-    """Run ``fn`` in a worker thread; if cancelled, still wait for the thread to finish.
-
-    A cancelled ``run_in_executor`` future does not stop its thread, so a caller that cleans up
-    (e.g. aborts a RecordWriter) must not race the still-running call. ``on_cancel`` receives
-    the result the caller will never see (e.g. a just-opened writer) and runs in a thread.
-    """
-    loop = asyncio.get_running_loop()
-    fut = loop.run_in_executor(services.executor, fn, *args)
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        await asyncio.wait([fut])
-        if on_cancel is not None and not fut.cancelled() and fut.exception() is None:
-            await asyncio.wait([loop.run_in_executor(services.executor, on_cancel, fut.result())])
-        raise
 
 
 def abort_writer(writer: Any) -> None:
@@ -165,7 +104,7 @@ async def parse_body(services: Services, parse: Callable[[bytes], T], body: byte
     1 MiB body of a hundred thousand nested arrays never holds the event loop."""
     if len(body) <= INLINE_PARSE_BYTES:
         return parse(body)
-    return await services.run(parse, body)
+    return await services.workers.run(parse, body)
 
 
 async def stream_body(
@@ -181,9 +120,9 @@ async def stream_body(
             data = b"".join(parts)
             parts.clear()
             buffered = 0
-            await run_through(services, sink, data)
+            await services.workers.run_through(sink, data)
     if parts:
-        await run_through(services, sink, b"".join(parts))
+        await services.workers.run_through(sink, b"".join(parts))
 
 
 def _pull(it: Iterator[bytes]) -> bytes | None:
@@ -203,14 +142,14 @@ async def payload_stream(
     services: Services, open_iter: Callable[[], Iterator[bytes]]
 ) -> AsyncIterator[bytes]:
     """Stream a payload iterator from the engine, one worker-thread hop per ~1 MiB."""
-    it = await services.run(open_iter)
+    it = await services.workers.run(open_iter)
     try:
         while True:
-            data = await run_through(services, _pull, it)
+            data = await services.workers.run_through(_pull, it)
             if data is None:
                 return
             yield data
     finally:
         close = getattr(it, "close", None)
         if close is not None:
-            await services.run(close)
+            await services.workers.run(close)

@@ -7,7 +7,7 @@ from quart import Blueprint
 from appliance.api.access import full_access, services
 from appliance.api.params import check_json_nesting
 from appliance.api.response import ApiResponse as Response
-from appliance.api.server import json_response
+from appliance.api.instance import json_response
 from appliance.api.streaming import parse_body, read_any_body
 from appliance.engine.names import validate_token_name
 from appliance.errors import NotFound
@@ -40,8 +40,8 @@ async def create_token(name: str) -> Response:
     full_access()
     validate_token_name(name)
     await parse_body(svc, check_json_nesting, body)
-    svc.check_writable()
-    return json_response(await svc.run(svc.tokens.create, name, body))
+    svc.fence.check(io=False)
+    return json_response(await svc.workers.run(svc.tokens.create, name, body))
 
 
 @blueprint.route("/tokens/<name>", methods=["DELETE"])
@@ -49,8 +49,8 @@ async def remove_token(name: str) -> Response:
     """Remove a token (provisioned ones and the last full-access one stay)."""
     full_access()
     svc = services()
-    svc.check_writable()
-    await svc.run(svc.tokens.remove, name)
+    svc.fence.check(io=False)
+    await svc.workers.run(svc.tokens.remove, name)
     return Response(b"", status=200)
 
 
@@ -59,5 +59,5 @@ async def rotate_token(name: str) -> Response:
     """Give a token a new secret value."""
     full_access()
     svc = services()
-    svc.check_writable()
-    return json_response(await svc.run(svc.tokens.rotate, name))
+    svc.fence.check(io=False)
+    return json_response(await svc.workers.run(svc.tokens.rotate, name))

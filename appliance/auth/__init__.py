@@ -1,4 +1,8 @@
-"""Tokens and permissions (spec §0.5, §6): who may call which endpoint."""
+"""Tokens and permissions (spec §0.5, §6): who may call which endpoint.
+
+``token_record`` (one token: JSON shape, secret hash, ``.auth`` record), ``tokens`` (the
+store), ``permissions``, ``links`` (query-link signatures).
+"""
 
 from appliance.auth.permissions import (
     Permissions,
@@ -7,7 +11,7 @@ from appliance.auth.permissions import (
     require_read,
     require_write,
 )
-from appliance.auth.token import DISABLED_TOKEN_NAME, INIT_TOKEN_NAME, Token
+from appliance.auth.token_record import DISABLED_TOKEN_NAME, INIT_TOKEN_NAME, Token
 from appliance.auth.tokens import TokenStore
 
 __all__ = [

@@ -1,7 +1,7 @@
 """API tokens (spec §6): the store, authentication of bearer values, and the ``.auth`` file.
 
 Token values are never stored: ``<data_path>/.auth`` holds, per token, a random salt and
-``sha256(salt + value)`` (``appliance.auth.token``). A bearer value is verified against every
+``sha256(salt + value)`` (``appliance.auth.token_record``). A bearer value is verified against every
 stored hash the first time it is seen; afterwards ``sha256(value)`` → token name is cached in
 memory so the hot path is one hash and one dict lookup. The token from ``RS_API_TOKEN`` becomes
 the provisioned, undeletable full-access ``init-token`` and is never written to disk. The one from
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.auth.permissions import Permissions
-from appliance.auth.token import (
+from appliance.auth.token_record import (
     DISABLED_TOKEN,
     DISABLED_TOKEN_NAME,
     INIT_TOKEN_NAME,

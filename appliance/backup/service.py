@@ -20,6 +20,7 @@ from appliance import metrics
 from appliance.backup import folder as ft
 from appliance.backup.targets import Target, open_target
 from appliance.errors import Forbidden
+from appliance.workers import Workers
 from appliance.backup import instance, snapshot
 from appliance.backup import manifest as mf
 
@@ -64,17 +65,14 @@ class BackupService:
         self.settings = settings
         self._storage = storage
         self._generation = generation
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="backup")
+        # One backup at a time, off the engine pool (a long backup must not starve requests).
+        self._workers = Workers(ThreadPoolExecutor(1, thread_name_prefix="backup"))
         self._lock = asyncio.Lock()
         self.restored_from: str | None = None
         self.last: BackupResult | None = None
         self.last_error: str | None = None
         self.archived_until_us: int | None = None
         self.archive_error: str | None = None
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
 
     def prepare(self) -> None:
         """At startup (blocking): clear staging leftovers, read the restored mark."""
@@ -126,7 +124,7 @@ class BackupService:
     async def _create_locked(self, target: Target, buckets: list[str] | None) -> BackupResult:
         async with self._lock:
             try:
-                result = await self._run(self._create, target, buckets)
+                result = await self._workers.run(self._create, target, buckets)
             except Exception as exc:
                 self.last_error = str(exc)
                 metrics.backup_finished(False)
@@ -144,23 +142,23 @@ class BackupService:
 
     async def list(self, target: str | None) -> list[ft.BackupInfo]:
         """Backups in the target."""
-        return await self._run(self._on_target, target, lambda t: t.list_backups())
+        return await self._workers.run(self._on_target, target, lambda t: t.list_backups())
 
     async def verify(self, backup: str, target: str | None) -> ft.VerifyReport:
         """Verify one backup (manifest and scrub)."""
         mf.check_id(backup)
-        return await self._run(self._on_target, target, lambda t: t.verify(backup))
+        return await self._workers.run(self._on_target, target, lambda t: t.verify(backup))
 
     async def delete(self, backup: str, target: str | None) -> None:
         """Delete one backup."""
         mf.check_id(backup)
 
-        await self._run(self._on_target, target, lambda t: t.delete(backup))
+        await self._workers.run(self._on_target, target, lambda t: t.delete(backup))
 
     async def set_read_write(self) -> bool:
         """Lift the restored read-only mark; whether the instance was read-only."""
         was = self.restored_from is not None
-        await self._run(instance.clear_restored, self.settings.data_path)
+        await self._workers.run(instance.clear_restored, self.settings.data_path)
         self.restored_from = None
         if was:
             log.warning("restored instance set read-write")
@@ -229,4 +227,4 @@ class BackupService:
 
     def close(self) -> None:
         """Wait for a backup in progress, then stop the thread."""
-        self._executor.shutdown(wait=True)
+        self._workers.shutdown()

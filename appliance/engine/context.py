@@ -137,7 +137,7 @@ class EngineContext:
             raise ServiceUnavailable(ABANDONED_MESSAGE)
         fence = self.options.fence
         if fence is not None:
-            fence.check_writable()
+            fence.check()
 
     def deposed(self, reason: str) -> ServiceUnavailable:
         """A newer generation wrote here: abandon the storage, step down; the error to raise."""

@@ -146,9 +146,9 @@ class StorageInfo:
 
 
 class WriteFence(Protocol):
-    """The lease as the engine sees it (``appliance.roles``): may this process still write?"""
+    """The lease as the engine sees it (``roles/write_fence.py``): may this process still write?"""
 
-    def check_writable(self) -> None:
+    def check(self) -> None:
         """Raise ``ServiceUnavailable`` unless the lease is surely still ours (may do I/O)."""
 
     def deposed(self, reason: str) -> None:

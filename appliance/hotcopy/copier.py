@@ -26,7 +26,8 @@ from appliance.hotcopy.filters import CopyFilter
 from appliance.hotcopy.model import CopyError, EntryStat, RecordHeader, Source, SourceBatch
 from appliance.hotcopy.progress import CopyStats, Reporter
 from appliance.hotcopy.remote import Remote
-from appliance.query.patterns import META_ENTRY, is_meta_entry, select_entries
+from appliance.engine.names import META_SEGMENT, is_meta_entry
+from appliance.query.patterns import select_entries
 from appliance.units import KIB
 
 WRITE_MAX_RECORDS = 1000
@@ -158,7 +159,7 @@ class Copier:
             if stat.name not in chosen or is_meta_entry(stat.name):
                 continue
             if self.options.attachments:
-                meta = EntryStat(f"{stat.name}/{META_ENTRY}", 0, 0, 0)
+                meta = EntryStat(f"{stat.name}/{META_SEGMENT}", 0, 0, 0)
                 plans.append(_EntryPlan(meta, None, 0, -1, attachments=True))
             if stat.record_count == 0:
                 continue

@@ -11,7 +11,6 @@ until the checksum passed), so a corrupt record cannot reach the destination.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,11 +18,12 @@ from typing import Any
 
 from appliance.engine import Entry, Storage
 from appliance.engine.models import U64_MAX, EngineOptions, RecordMeta
+from appliance.engine.names import is_meta_entry
 from appliance.errors import ApplianceError, NotFound
 from appliance.hotcopy.model import CopyError, EntryStat, RecordHeader
 from appliance.query.condition import compile_when, hide_tombstones
-from appliance.query.patterns import is_meta_entry
 from appliance.units import KIB, MIB
+from appliance.workers import Workers
 
 BATCH_RECORDS = 512
 BATCH_BYTES = 8 * MIB
@@ -121,12 +121,12 @@ class LocalSource:
         self.folder = resolve_folder(folder, bucket)
         self.bucket = bucket
         self.description = f"source {self.folder}/{bucket}"
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cp-local")
+        self._workers = Workers(ThreadPoolExecutor(max_workers=4, thread_name_prefix="cp-local"))
         self._storage: Storage | None = None
 
     async def run(self, func: Any, *args: Any) -> Any:
         """Run a blocking engine call in the source's threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        return await self._workers.run(func, *args)
 
     async def _open(self) -> Storage:
         if self._storage is None:
@@ -198,4 +198,4 @@ class LocalSource:
         if self._storage is not None:
             await self.run(self._storage.close)
             self._storage = None
-        self._pool.shutdown(wait=True)
+        self._workers.shutdown()

@@ -21,14 +21,10 @@ import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-__all__ = ["is_meta_entry", "matches", "select_entries"]
+from appliance.engine.names import is_meta_entry
 
-META_ENTRY = "$meta"
+__all__ = ["matches", "select_entries"]
 
-
-def is_meta_entry(name: str) -> bool:
-    """True for an attachment entry: ``$meta`` or a name ending in ``/$meta``."""
-    return name == META_ENTRY or name.endswith("/" + META_ENTRY)
 
 
 @lru_cache(maxsize=256)

@@ -12,7 +12,8 @@ from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.query.condition import Condition, compile_when
-from appliance.query.patterns import is_meta_entry, matches
+from appliance.engine.names import is_meta_entry
+from appliance.query.patterns import matches
 
 log = logging.getLogger(__name__)
 

@@ -140,3 +140,10 @@ class GenerationLog:
         raise BackendUnavailable(
             "could not append to the generation log", backend=self.backend.name, key=self.key
         )
+
+
+def load_wal_fence(backend: Backend, generation: int) -> Fence:
+    """The generation fence recovery applies; LeaseLost if a newer generation already began."""
+    fence = Fence(GenerationLog(backend).markers(), generation)
+    fence.check_current()
+    return fence

@@ -18,7 +18,7 @@ memory backend (tests) and, later, S3:
 - **release**: ``replace_if_unchanged(my etag)`` with a ``released`` marker; others take a
   released lock at once, without waiting out the TTL.
 
-Record: ``appliance.roles.record.LeaseRecord`` (owner "host:pid:uuid", nonce, generation,
+Record: ``appliance.roles.lease_record.LeaseRecord`` (owner "host:pid:uuid", nonce, generation,
 renew_seq, ttl_s, informational wall-clock times, released).
 
 ``.generation`` keeps the highest generation ever reserved, so generations keep increasing even
@@ -41,7 +41,7 @@ import threading
 import uuid
 
 from appliance.roles.clock import SYSTEM_CLOCK, Clock
-from appliance.roles.record import (
+from appliance.roles.lease_record import (
     LeaseError,
     LeaseHeld,
     LeaseLost,

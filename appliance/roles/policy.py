@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 
-from appliance.roles.record import LeaseError
+from appliance.roles.lease_record import LeaseError
 from appliance.settings import InstanceRole, LockFailureAction, Settings
 
 

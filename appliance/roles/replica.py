@@ -10,7 +10,8 @@ becomes ready.
 Fault model: a failed refresh keeps the previous view (reads keep working on it), is logged,
 and is retried on the next interval; readiness is never withdrawn once given, matching
 ReductStore, but ``staleness_s`` grows so an operator can alert on it. The replica never writes
-to the shared folder: the refresher does no I/O of its own, and ``check_writable`` refuses.
+to the shared folder: the refresher does no I/O of its own, and the write fence
+(``write_fence.py``) refuses with 403.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-from appliance.errors import Forbidden
 from appliance.roles.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,6 @@ class ReplicaRefresher:
                 except Exception:  # noqa: BLE001 - a listener must not fail the refresh
                     log.exception("replica ready listener failed")
         return True
-
-    def check_writable(self) -> None:
-        """Always refuse: a replica never writes (403, ReductStore's status)."""
-        raise Forbidden(REPLICA_MESSAGE)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh now, then every ``interval_s`` until ``stop`` (interval 0: only once)."""

@@ -1,10 +1,11 @@
-"""The role manager: one object the services ask "may I serve? may I write?" (ARCHITECTURE §5).
+"""The role manager: one object the services ask "may I serve?" (ARCHITECTURE §5); "may I
+write?" is the write fence built on it (``write_fence.py``).
 
 ``build_role_manager(settings, backend)`` returns one of:
 
-- ``StandaloneRole``: no lease; always ready; ``check_writable`` is a no-op.
+- ``StandaloneRole``: no lease; always ready and writable.
 - ``LeaseRole`` (PRIMARY/SECONDARY): ready only while holding a fresh lease *and* after its
-  generation marker is recorded; ``check_writable`` is the lease fence (503 when fenced).
+  generation marker is recorded; writable while the lease fence passes (503 when fenced).
 - ``ReplicaRole``: never writes (403 with a message naming the replica); ready after the first
   successful refresh of the read-only view.
 
@@ -31,8 +32,7 @@ from appliance.roles.clock import SYSTEM_CLOCK, Clock
 from appliance.roles.fencing import GenerationLog, SegmentBoundary, snapshot_wal
 from appliance.roles.lease import LeaseLost
 from appliance.roles.replica import ReplicaRefresher
-from appliance.roles.standby import (
-    NOT_HOLDER_MESSAGE,
+from appliance.roles.lease_manager import (
     LeaseConfig,
     LeaseManager,
     LeaseState,
@@ -89,18 +89,6 @@ class RoleManager(Protocol):
         """A snapshot of the role."""
         ...
 
-    def check_writable(self) -> None:
-        """Raise (503 fenced / 403 replica) unless a write may be acknowledged; may do I/O."""
-        ...
-
-    async def check_writable_async(self) -> None:
-        """``check_writable`` with any I/O off the event loop."""
-        ...
-
-    def check_writable_nowait(self) -> None:
-        """The part of ``check_writable`` that needs no I/O (safe on the event loop)."""
-        ...
-
     def deposed(self, reason: str) -> None:
         """The engine found a newer generation's file: step down now (no I/O, never raises)."""
         ...
@@ -142,15 +130,6 @@ class StandaloneRole:
     def status(self) -> RoleStatus:
         """Always ready."""
         return RoleStatus(self.role, "STANDALONE", True, 0, "no lease")
-
-    def check_writable(self) -> None:
-        """Always writable."""
-
-    async def check_writable_async(self) -> None:
-        """Always writable."""
-
-    def check_writable_nowait(self) -> None:
-        """Always writable."""
 
     def deposed(self, reason: str) -> None:
         """No lease: nothing to step down from."""
@@ -204,18 +183,6 @@ class ReplicaRole:
             detail += f"; last refresh failed: {self.refresher.last_error}"
         state = "READY" if self.is_ready else "WAITING"
         return RoleStatus(self.role, state, self.is_ready, 0, detail)
-
-    def check_writable(self) -> None:
-        """Always 403."""
-        self.refresher.check_writable()
-
-    async def check_writable_async(self) -> None:
-        """Always 403."""
-        self.refresher.check_writable()
-
-    def check_writable_nowait(self) -> None:
-        """Always 403."""
-        self.refresher.check_writable()
 
     def deposed(self, reason: str) -> None:
         """No lease: nothing to step down from."""
@@ -309,23 +276,6 @@ class LeaseRole:
         m = self.manager
         return RoleStatus(self.role, m.state.value, self.is_ready, self.generation, m.reason)
 
-    def check_writable(self) -> None:
-        """The fence (503 unless we surely hold the lease)."""
-        if not self.generation:
-            raise ServiceUnavailable(NOT_HOLDER_MESSAGE)
-        self.manager.check_writable()
-
-    async def check_writable_async(self) -> None:
-        """The fence, slow path in a thread."""
-        if not self.generation:
-            raise ServiceUnavailable(NOT_HOLDER_MESSAGE)
-        await self.manager.check_writable_async()
-
-    def check_writable_nowait(self) -> None:
-        """503 unless holding our recorded generation (the timing part needs ``check_writable``)."""
-        if not self.generation:
-            raise ServiceUnavailable(self.manager.refusal())
-
     def deposed(self, reason: str) -> None:
         """Step down: the engine found a file of a newer generation (we were taken over)."""
         self.manager.step_down(LeaseLost(reason))
@@ -364,7 +314,7 @@ class LeaseRole:
     def _record(self, generation: int) -> None:
         # Snapshot first, then re-check the fence: the marker must be written by the holder.
         wal = self._snapshot()
-        self.manager.check_writable()
+        self.manager.confirm()
         self.generations.record_began(generation, self.manager.owner, wal)
         self._began = generation
         log.info("generation began", extra={"role": self.role.value, "generation": generation})

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from appliance.engine import Entry
-from appliance.query.registry import Query
+from appliance.query.handle import Query
 MAX_NAME_BYTES = 255  # the limits chosen in appliance/engine/names.py
 MAX_ENTRY_SEGMENTS = 32
 from tests.api.conftest import AUTH, Harness

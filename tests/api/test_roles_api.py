@@ -53,9 +53,9 @@ async def test_write_is_not_acknowledged_when_the_fence_fails_after_it(
 ) -> None:
     h = await harness_factory(instance_role="PRIMARY", **LEASE)
     await h.client.post("/api/v1/b/bk")
-    role: Any = h.services.role
+    fence: Any = h.services.fence
     calls = 0
-    passing = role.check_writable_async
+    passing = fence.check_async
 
     async def fence_fails_second_time() -> None:
         nonlocal calls
@@ -64,7 +64,7 @@ async def test_write_is_not_acknowledged_when_the_fence_fails_after_it(
             raise ServiceUnavailable("lease lost meanwhile")
         await passing()
 
-    monkeypatch.setattr(role, "check_writable_async", fence_fails_second_time)
+    monkeypatch.setattr(fence, "check_async", fence_fails_second_time)
     response = await h.client.post("/api/v1/b/bk/e?ts=1", data=b"x", headers=ONE)
     assert response.status_code == 503 and calls == 2
     assert response.headers["x-reduct-error"] == "lease lost meanwhile"
@@ -100,7 +100,7 @@ async def test_replica_refuses_every_write_with_403(
     writer = await harness_factory(data_path=tmp_path / "shared")
     await writer.client.post("/api/v1/b/bk")
     await writer.client.post("/api/v1/b/bk/e?ts=1", data=b"x", headers=ONE)
-    await writer.services.run(writer.services.engine.compact)
+    await writer.services.workers.run(writer.services.engine.compact)
     replica = await harness_factory(
         data_path=tmp_path / "shared",
         instance_role="REPLICA",
@@ -121,7 +121,7 @@ async def test_replica_refuses_every_write_with_403(
         assert response.status_code == 403
         assert "read-only replica" in response.headers["x-reduct-error"]
     await writer.client.post("/api/v1/b/bk/e?ts=3", data=b"z", headers=ONE)
-    await writer.services.run(writer.services.engine.compact)
+    await writer.services.workers.run(writer.services.engine.compact)
     await wait_for(
         lambda: replica.services.engine.get_bucket("bk").get_entry("e").info().record_count == 2
     )

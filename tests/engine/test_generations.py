@@ -24,7 +24,7 @@ class FakeFence:
         self.lost = False
         self.deposed_reasons: list[str] = []
 
-    def check_writable(self) -> None:
+    def check(self) -> None:
         if self.lost:
             raise ServiceUnavailable("fenced")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.query.patterns import is_meta_entry, matches, select_entries
+from appliance.engine.names import is_meta_entry
+from appliance.query.patterns import matches, select_entries
 
 NAMES = [
     "$meta",

@@ -155,12 +155,12 @@ async def test_provisioned_task_in_app_409_mode_allowed_kept_on_removal(
     path.write_text("buckets:\n  src: {}\n" + task.replace("d,", "d2,"))
     assert h.services.provisioner is not None
     # (the file watcher may apply it first: only the outcome is checked)
-    await h.services.run(h.services.provisioner.reload_once)
+    await h.services.workers.run(h.services.provisioner.reload_once)
     detail = await (await c.get(API + "/replications/r")).get_json()
     assert (detail["settings"]["dst_bucket"], detail["info"]["mode"]) == ("d2", "paused")
     # gone from the YAML: kept (with its backlog), no longer protected
     path.write_text("buckets:\n  src: {}\n")
-    await h.services.run(h.services.provisioner.reload_once)
+    await h.services.workers.run(h.services.provisioner.reload_once)
     info = (await (await c.get(API + "/replications/r")).get_json())["info"]
     assert info["is_provisioned"] is False
     assert (await c.delete(API + "/replications/r")).status_code == 200

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.roles.clock import ManualClock
 from appliance.roles.lease import OwnerId
-from appliance.roles.standby import LeaseConfig, LeaseManager
+from appliance.roles.lease_manager import LeaseConfig, LeaseManager
 from appliance.settings import InstanceRole, LockFailureAction
 from backends.base import Backend
 from backends.filesystem import FilesystemBackend

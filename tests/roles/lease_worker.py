@@ -18,19 +18,29 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
 from appliance.errors import ServiceUnavailable
-from appliance.roles.standby import LeaseConfig, LeaseManager, LeaseState
+from appliance.roles.lease_manager import LeaseConfig, LeaseManager, LeaseState
+from appliance.roles.write_fence import confirm_off_loop
 from appliance.settings import InstanceRole, LockFailureAction
 from backends.filesystem import FilesystemBackend
 
 FENCE_PERIOD_SECONDS = 0.01
 
 
+_EMIT_LOCK = threading.Lock()
+
+
 def emit(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
+    """One JSON line per event; locked because the lease thread and the loop both emit (two
+    unlocked prints can interleave into one line the reader cannot parse)."""
+    line = json.dumps(fields) + "\n"
+    with _EMIT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 async def main(root: str, name: str, role: str, ttl_s: float, poll_s: float) -> int:
@@ -62,7 +72,7 @@ async def main(root: str, name: str, role: str, ttl_s: float, poll_s: float) -> 
         while not stop.is_set():
             started = time.monotonic()
             try:
-                await manager.check_writable_async()
+                await confirm_off_loop(manager)
             except ServiceUnavailable as exc:
                 emit(event="refused", name=name, t_start=started, error=str(exc))
             else:

@@ -9,6 +9,8 @@ import pytest
 from appliance.errors import Forbidden
 from appliance.roles.clock import ManualClock
 from appliance.roles.replica import REPLICA_MESSAGE, ReplicaRefresher
+from appliance.roles.role import ReplicaRole
+from appliance.roles.write_fence import WriteFence
 
 
 class Reload:
@@ -57,9 +59,9 @@ def test_replica_failure_keeps_readiness_and_grows_staleness(clock: ManualClock)
     assert refresher.last_success_wall is not None
 
 
-def test_replica_check_writable_is_403_naming_the_replica() -> None:
+def test_replica_write_fence_is_403_naming_the_replica() -> None:
     with pytest.raises(Forbidden) as refused:
-        ReplicaRefresher().check_writable()
+        WriteFence(ReplicaRole(ReplicaRefresher())).check()
     assert refused.value.status == 403 and str(refused.value) == REPLICA_MESSAGE
     assert "read-only replica" in REPLICA_MESSAGE
 

@@ -18,7 +18,8 @@ from appliance.roles.role import (
     StandaloneRole,
     build_role_manager,
 )
-from appliance.roles.standby import LeaseState, LeaseTimeout
+from appliance.roles.lease_manager import LeaseState, LeaseTimeout
+from appliance.roles.write_fence import WriteFence
 from appliance.settings import InstanceRole, Settings
 from backends.base import Backend
 from backends.filesystem import FilesystemBackend
@@ -48,8 +49,8 @@ async def test_role_standalone_is_always_ready_and_writable(
     assert await role.wait_serving() == 0
     assert role.is_ready and not role.read_only and role.generation == 0
     assert role.must_exit is None and role.status().ready
-    role.check_writable()
-    await role.check_writable_async()
+    WriteFence(role).check()
+    await WriteFence(role).check_async()
     role.attach_refresh(lambda: None)
     role.add_listener(lambda status: None)
     await role.close()
@@ -67,9 +68,9 @@ async def test_role_replica_refuses_writes_and_is_ready_after_first_refresh(
     assert await role.wait_serving() == 0
     assert not role.is_ready and role.status().detail == "never refreshed"
     with pytest.raises(Forbidden, match="read-only replica"):
-        role.check_writable()
+        WriteFence(role).check()
     with pytest.raises(Forbidden):
-        await role.check_writable_async()
+        await WriteFence(role).check_async()
     calls: list[int] = []
     role.attach_refresh(lambda: calls.append(1))
     for _ in range(200):
@@ -90,7 +91,7 @@ async def test_role_primary_records_its_generation_before_serving(
     role = build_role_manager(settings(tmp_path, "PRIMARY"), backend)
     assert isinstance(role, LeaseRole) and not role.read_only
     with pytest.raises(ServiceUnavailable):
-        role.check_writable()  # not serving yet
+        WriteFence(role).check()  # not serving yet
     statuses: list[RoleStatus] = []
     role.add_listener(statuses.append)
     await role.start()
@@ -99,8 +100,8 @@ async def test_role_primary_records_its_generation_before_serving(
     [marker] = GenerationLog(backend).markers()
     assert marker.generation == 1 and marker.owner == role.manager.owner
     assert marker.wal == {WAL: SegmentBoundary.of(b"wal bytes")}
-    role.check_writable()
-    await role.check_writable_async()
+    WriteFence(role).check()
+    await WriteFence(role).check_async()
     assert statuses[-1].ready and statuses[-1].generation == 1
     await role.close()
     assert LeaseRecord.decode(backend.read(LOCK_KEY)).released
@@ -152,7 +153,7 @@ async def test_role_lost_lease_with_abort_asks_to_exit(tmp_path: Path, backend: 
     assert role.must_exit == 1 and not role.is_ready
     assert statuses[-1].state == "STEPPED_DOWN" and not statuses[-1].ready
     with pytest.raises(ServiceUnavailable):
-        await role.check_writable_async()
+        await WriteFence(role).check_async()
     await role.close()
 
 
@@ -207,14 +208,14 @@ async def test_role_deposed_by_the_engine_steps_down_and_refuses_without_io(
     role = build_role_manager(settings(tmp_path, "PRIMARY"), backend)
     assert isinstance(role, LeaseRole)
     with pytest.raises(ServiceUnavailable):
-        role.check_writable_nowait()  # not serving yet
+        WriteFence(role).check(io=False)  # not serving yet
     await role.start()
     await asyncio.wait_for(role.wait_serving(), 5)
-    role.check_writable_nowait()
+    WriteFence(role).check(io=False)
     role.deposed("b/e/1.meta was written by generation 2")
     assert role.manager.state is LeaseState.STEPPED_DOWN and role.must_exit == 1
     with pytest.raises(ServiceUnavailable, match="no longer holds"):
-        role.check_writable_nowait()
+        WriteFence(role).check(io=False)
     await role.close()
 
 
@@ -223,8 +224,8 @@ def test_role_without_a_lease_ignores_deposed_and_replica_refuses_nowait(
 ) -> None:
     standalone = build_role_manager(settings(tmp_path, "STANDALONE"), backend)
     standalone.deposed("ignored")
-    standalone.check_writable_nowait()
+    WriteFence(standalone).check(io=False)
     replica = build_role_manager(settings(tmp_path, "REPLICA"), backend)
     replica.deposed("ignored")
     with pytest.raises(Forbidden, match="read-only replica"):
-        replica.check_writable_nowait()
+        WriteFence(replica).check(io=False)

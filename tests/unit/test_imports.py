@@ -22,6 +22,11 @@ FORBIDDEN = [
     ("appliance.roles", "appliance.api", "roles know nothing of HTTP"),
     ("backends", "appliance", "backends import nothing from appliance/"),
     ("backends", "provisioning", "backends import nothing from provisioning/"),
+    ("appliance.services", "appliance.api", "the services know nothing of HTTP"),
+    ("appliance.roles", "appliance.services", "roles are below the services"),
+    ("appliance.query", "appliance.api", "queries are collected below HTTP"),
+    ("appliance.workers", "appliance", "the worker pool knows nothing of what it runs"),
+    ("appliance.sizes", "appliance.api", "the thresholds are plain numbers"),
 ]
 
 

@@ -1,6 +1,6 @@
-"""Server endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
+"""Instance endpoints (spec §2): ``/alive``, ``/ready``, ``/info``, ``/list``, ``/me``, and the
 empty list reduct-py's fixtures used to call (replications: ``api/replications.py``, lifecycles:
-``api/lifecycles.py``)."""
+``api/lifecycles.py``). The HTTP server process itself is ``appliance/server.py``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from appliance import REDUCTSTORE_VERSION
 from appliance.api.access import authenticate, full_access, services
 from appliance.api.response import ApiResponse as Response
 from appliance.auth import can_read
+from appliance.engine.models import U64_MAX
 from appliance.errors import ServiceUnavailable
+from appliance.events import SYSTEM_BUCKET
 from appliance.services import STARTING_MESSAGE
 
 if TYPE_CHECKING:
@@ -22,8 +24,6 @@ if TYPE_CHECKING:
     from appliance.services import Services
 
 blueprint = Blueprint("server", __name__)
-SYSTEM_BUCKET = "$system"
-U64_MAX = 2**64 - 1
 
 
 def json_response(value: Any) -> Response:
@@ -81,7 +81,7 @@ async def info() -> Response:
     authenticate()
     svc = services()
     storage = svc.engine
-    infos = await svc.run(_bucket_infos, storage)
+    infos = await svc.workers.run(_bucket_infos, storage)
     settings = svc.settings
     oldest = min((i.oldest_record for i in infos), default=U64_MAX)
     latest = max((i.latest_record for i in infos), default=0)
@@ -103,7 +103,7 @@ async def info() -> Response:
             # Where the data lives, for the console's dashboard (a remote backend adds
             # `unsynced_bytes`); never a server path.
             "storage": {"backend": "folder"},
-            "disk": await svc.run(storage.disk_info),
+            "disk": await svc.workers.run(storage.disk_info),
         }
     )
 
@@ -128,7 +128,7 @@ async def list_buckets() -> Response:
     """Buckets the caller may read, sorted by name."""
     token = authenticate()
     svc = services()
-    infos = await svc.run(_bucket_infos, svc.engine)
+    infos = await svc.workers.run(_bucket_infos, svc.engine)
     provisioned = svc.provisioning.is_bucket_provisioned
     visible = [
         bucket_info_json(i, is_provisioned=provisioned(i.name))

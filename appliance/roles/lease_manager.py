@@ -30,13 +30,10 @@ HOLDING: renew every ``min(poll, ttl/3)``, so the fence below stays on its fast 
 that finds a foreign owner, or no lock, steps down within that one poll (tamper detection);
 a transient backend error keeps HOLDING and lets the fence decide.
 
-The fence, ``check_writable()``, runs before any write is acknowledged. If the last successful
-renewal was *sent* less than ``ttl/2`` ago (monotonic), the lease cannot have been broken: a
-contender breaks only after seeing that very version unchanged for ``ttl``. That is the fast
-path, no I/O. Otherwise the fence renews (a CAS on the etag we last wrote, which proves nobody
-changed ``.lock``); if the lease is gone it steps down, notifies listeners and raises
-``ServiceUnavailable`` (503). A process resuming from SIGSTOP always takes the slow path,
-because its monotonic clock kept running while it was stopped.
+The lease side of the write fence is ``confirm()``: no I/O while the last renewal was sent
+less than ``ttl/2`` ago (``surely_holding``), else a renewal by CAS; if the lease is gone it
+steps down, notifies listeners and raises ``ServiceUnavailable`` (503). Why that is safe, and
+where it is checked: ``appliance/roles/write_fence.py`` (the argument is written there once).
 """
 
 from __future__ import annotations
@@ -310,12 +307,15 @@ class LeaseManager:
 
     # --- the fence --------------------------------------------------------------------------
 
-    def check_writable(self) -> None:
-        """Raise ServiceUnavailable unless we surely still hold the lease (may do I/O)."""
-        if self._fast_path_ok():
+    def confirm(self) -> None:
+        """Raise ServiceUnavailable unless we surely still hold the lease (may do I/O).
+
+        The lease side of the fence; why it is safe: ``appliance/roles/write_fence.py``.
+        """
+        if self.surely_holding():
             return
         with self._lock:
-            if self._fast_path_ok():
+            if self.surely_holding():
                 return  # another caller renewed while we waited for the lock
             if self._state is not LeaseState.HOLDING:
                 raise ServiceUnavailable(self.refusal())
@@ -330,13 +330,8 @@ class LeaseManager:
                     f"The storage lease cannot be verified: {exc}"
                 ) from exc
 
-    async def check_writable_async(self) -> None:
-        """``check_writable`` that keeps the slow path's I/O off the event loop."""
-        if self._fast_path_ok():
-            return
-        await asyncio.to_thread(self.check_writable)
-
-    def _fast_path_ok(self) -> bool:
+    def surely_holding(self) -> bool:
+        """The fence's fast path (no I/O): holding, and renewed less than ``ttl/2`` ago."""
         if self._state is not LeaseState.HOLDING:
             return False
         sent = self.lease.renewed_mono

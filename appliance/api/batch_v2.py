@@ -26,6 +26,7 @@ from appliance.api.encoding import content_encoding
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import query_id, read_batch
 from appliance.api.response import ApiResponse as Response
+from appliance.engine import names
 from appliance.errors import ApplianceError, NotFound, UnprocessableEntity
 from appliance.replication import UPDATE
 
@@ -121,7 +122,7 @@ async def update(bucket: str) -> Response:
     _check_entries(req)
     write_access(bucket)
     svc = services()
-    errors = await svc.run(_update, svc, svc.engine, bucket, req)
+    errors = await svc.workers.run(_update, svc, svc.engine, bucket, req)
     return _respond(req, errors)
 
 
@@ -149,12 +150,12 @@ async def remove(bucket: str) -> Response:
     req = parse_v2_remove(batch_header_map())
     _check_entries(req)
     for name in req.entries:
-        if params.is_meta_entry(name):
+        if names.is_meta_entry(name):
             raise UnprocessableEntity(
                 f"Can't delete records from system entry '{name}'; "
                 "use label update with remove=true"
             )
     write_access(bucket)
     svc = services()
-    errors = await svc.run(_remove, svc.engine, bucket, req)
+    errors = await svc.workers.run(_remove, svc.engine, bucket, req)
     return _respond(req, errors)

@@ -10,7 +10,8 @@ import pytest
 from appliance.errors import ServiceUnavailable
 from appliance.roles.clock import ManualClock, SystemClock
 from appliance.roles.lease import LOCK_KEY, LeaseLost, LeaseRecord
-from appliance.roles.standby import LeaseConfig, LeaseState, LeaseTimeout
+from appliance.roles.lease_manager import LeaseConfig, LeaseState, LeaseTimeout
+from appliance.roles.write_fence import confirm_off_loop
 from appliance.settings import InstanceRole, LockFailureAction, load_settings
 from backends.base import Backend
 from backends.errors import BackendUnavailable
@@ -146,7 +147,7 @@ def test_standby_tampered_lock_steps_down_within_one_poll(
     ]
     assert not a.is_ready and a.generation == 0 and "mallory" in a.reason
     with pytest.raises(ServiceUnavailable, match="no longer holds"):
-        a.check_writable()
+        a.confirm()
     assert a.step() is LeaseState.STEPPED_DOWN  # terminal until rejoin()
 
 
@@ -158,9 +159,9 @@ def test_standby_fence_fast_path_does_no_io(
     a.step()
     before = counting.total
     for _ in range(1000):
-        a.check_writable()
+        a.confirm()
         clock.advance(0.014)  # 14 s in all: still inside ttl/2 = 15 s
-    asyncio.run(a.check_writable_async())
+    asyncio.run(confirm_off_loop(a))
     assert counting.total == before
 
 
@@ -173,11 +174,11 @@ def test_standby_fence_slow_path_reverifies_then_fast_again(
     clock.advance(15)  # renewal now ttl/2 old: the loop is late
     assert not a.is_ready
     counting.calls.clear()
-    a.check_writable()
+    a.confirm()
     assert counting.calls["replace_if_unchanged"] == 1  # the CAS proves nobody changed .lock
     assert LeaseRecord.decode(backend.read(LOCK_KEY)).renew_seq == 1
     counting.calls.clear()
-    a.check_writable()
+    a.confirm()
     assert counting.total == 0 and a.is_ready
 
 
@@ -188,18 +189,18 @@ def test_standby_paused_holder_is_fenced_after_takeover(
     a = make_manager(backend, "a")
     b = make_manager(backend, "b", role=S, timeout_s=0)
     a.step()
-    a.check_writable()
+    a.confirm()
     while b.step() is LeaseState.WAITING:
         clock.advance(10)
     # SIGCONT: the first write a tries is refused, and a never believes it holds again.
     with pytest.raises(ServiceUnavailable):
-        a.check_writable()
+        a.confirm()
     assert a.state is LeaseState.STEPPED_DOWN and not a.is_ready
     assert a.step() is LeaseState.STEPPED_DOWN
     with pytest.raises(ServiceUnavailable):
-        asyncio.run(a.check_writable_async())
+        asyncio.run(confirm_off_loop(a))
     assert b.state is LeaseState.HOLDING and b.generation == 2
-    b.check_writable()
+    b.confirm()
 
 
 def test_standby_fence_refuses_while_waiting(backend: Backend, make_manager: MakeManager) -> None:
@@ -207,7 +208,7 @@ def test_standby_fence_refuses_while_waiting(backend: Backend, make_manager: Mak
     b = make_manager(backend, "b", role=S)
     b.step()
     with pytest.raises(ServiceUnavailable, match="starting up"):
-        b.check_writable()
+        b.confirm()
 
 
 class Flaky:
@@ -237,13 +238,13 @@ def test_standby_renewal_io_errors_keep_holding_but_fence_refuses(
     flaky.down = True
     clock.advance(10)
     assert a.step() is LeaseState.HOLDING and isinstance(a.last_error, BackendUnavailable)
-    a.check_writable()  # 10 s < ttl/2: fast path
+    a.confirm()  # 10 s < ttl/2: fast path
     clock.advance(5)
     with pytest.raises(ServiceUnavailable, match="cannot be verified"):
-        a.check_writable()
+        a.confirm()
     assert a.state is LeaseState.HOLDING and not a.is_ready
     flaky.down = False
-    a.check_writable()
+    a.confirm()
     assert a.is_ready
 
 
@@ -300,7 +301,7 @@ def test_standby_timeout_with_proceed_primary_takes_over_after_the_fence_closes(
     assert clock.monotonic() - forced == 15 and b.generation == 2
     assert not holder.is_ready
     with pytest.raises(ServiceUnavailable):
-        holder.check_writable()  # slow path: the CAS fails, it steps down
+        holder.confirm()  # slow path: the CAS fails, it steps down
     assert holder.state is LeaseState.STEPPED_DOWN
 
 
@@ -315,11 +316,11 @@ def test_standby_lock_deleted_under_a_live_holder_waits_for_its_fence(
     assert "serving after 15s" in b.reason
     clock.advance(10)
     assert b.step() is LeaseState.WAITING
-    a.check_writable()  # a's fast path: still legitimately open
+    a.confirm()  # a's fast path: still legitimately open
     clock.advance(5)
     assert b.step() is LeaseState.HOLDING
     with pytest.raises(ServiceUnavailable):
-        a.check_writable()
+        a.confirm()
 
 
 def test_standby_release_during_a_forced_takeover_hands_over(
@@ -421,7 +422,7 @@ async def test_standby_wait_holding_raises_when_stepped_down(
 
 
 async def test_standby_run_loop_acquires_renews_and_stops(backend: Backend) -> None:
-    from appliance.roles.standby import LeaseManager
+    from appliance.roles.lease_manager import LeaseManager
 
     config = LeaseConfig(P, ttl_s=0.3, poll_s=0.02, timeout_s=0)
     a = LeaseManager(backend, config, clock=SystemClock(), owner=owner("a"))
@@ -431,7 +432,7 @@ async def test_standby_run_loop_acquires_renews_and_stops(backend: Backend) -> N
     await asyncio.sleep(0.2)
     assert LeaseRecord.decode(backend.read(LOCK_KEY)).renew_seq >= 3
     assert a.is_ready
-    await a.check_writable_async()
+    await confirm_off_loop(a)
     stop.set()
     await asyncio.wait_for(loop, 5)
     assert a.state is LeaseState.HOLDING  # stopping the loop does not release by itself
@@ -439,7 +440,7 @@ async def test_standby_run_loop_acquires_renews_and_stops(backend: Backend) -> N
 
 
 async def test_standby_run_loop_ends_on_failure(backend: Backend) -> None:
-    from appliance.roles.standby import LeaseManager
+    from appliance.roles.lease_manager import LeaseManager
 
     holder = LeaseManager(backend, LeaseConfig(P, ttl_s=30, poll_s=1), owner=owner("a"))
     holder.step()

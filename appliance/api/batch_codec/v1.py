@@ -1,0 +1,92 @@
+"""Batch protocol v1 (§7, one entry): parse ``x-reduct-time-<ts>`` request headers, encode
+record and error headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from appliance.api.batch_codec.common import (
+    DEFAULT_CONTENT_TYPE,
+    INVALID_HEADER,
+    V1_ERROR_PREFIX,
+    V1_TIME_PREFIX,
+    LabelUpdate,
+    RecordLike,
+    error_value,
+    format_label_value,
+    parse_labels,
+    parse_uint,
+)
+from appliance.errors import ApplianceError, UnprocessableEntity
+
+
+@dataclass(frozen=True, slots=True)
+class V1Record:
+    """One record of a v1 batch request."""
+
+    timestamp: int
+    content_length: int
+    content_type: str
+    labels: Mapping[str, str]
+
+    def label_update(self) -> LabelUpdate:
+        """For PATCH: a non-empty value sets the label, an empty one removes it."""
+        return LabelUpdate.from_values(self.labels)
+
+
+def _parse_v1_value(value: str) -> tuple[int, str, dict[str, str]]:
+    if "," not in value:
+        raise UnprocessableEntity(INVALID_HEADER)
+    length_text, rest = value.split(",", 1)
+    length = parse_uint(length_text.strip())
+    if length is None:
+        raise UnprocessableEntity("Invalid content length")
+    content_type, rest = rest.split(",", 1) if "," in rest else (rest, DEFAULT_CONTENT_TYPE)
+    content_type = content_type.strip() if content_type else DEFAULT_CONTENT_TYPE
+
+    labels = dict(parse_labels(rest, v1=True))
+    return length, content_type, labels
+
+
+def _v1_items(headers: Mapping[str, str]) -> list[tuple[int, str]]:
+    items = []
+    for name, value in headers.items():
+        name = name.lower()
+        if not name.startswith(V1_TIME_PREFIX):
+            continue
+        timestamp = parse_uint(name[len(V1_TIME_PREFIX) :])
+        if timestamp is None:
+            raise UnprocessableEntity(
+                f"Invalid header '{name}': must be an unix timestamp in microseconds"
+            )
+        items.append((timestamp, value))
+    items.sort(key=lambda item: item[0])
+    return items
+
+
+def parse_v1_headers(headers: Mapping[str, str]) -> list[V1Record]:
+    """The records of a v1 POST/PATCH batch, ascending by timestamp (the body order)."""
+    records = []
+    for timestamp, value in _v1_items(headers):
+        length, content_type, labels = _parse_v1_value(value)
+        records.append(V1Record(timestamp, length, content_type, labels))
+    return records
+
+
+def parse_v1_timestamps(headers: Mapping[str, str]) -> list[int]:
+    """The timestamps of a v1 DELETE batch (header values are ignored and may be empty)."""
+    return [timestamp for timestamp, _ in _v1_items(headers)]
+
+
+def encode_v1_record_header(meta: RecordLike) -> tuple[str, str]:
+    """``x-reduct-time-<ts>`` for a batched read; labels sorted by their ``k=v`` text."""
+    labels = sorted(f"{k}={format_label_value(v)}" for k, v in meta.labels.items())
+    value = ",".join([str(meta.size), meta.content_type or DEFAULT_CONTENT_TYPE, *labels])
+    return f"{V1_TIME_PREFIX}{meta.timestamp}", value
+
+
+def encode_v1_error(timestamp: int, err: ApplianceError) -> tuple[str, str]:
+    """``x-reduct-error-<ts>: <status>,<message>`` for a failed record."""
+    return f"{V1_ERROR_PREFIX}{timestamp}", error_value(err)

@@ -1,0 +1,185 @@
+"""Batch protocol v2 (§8): encode read-batch headers (entry indexes, label deltas), echoes and
+errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from appliance.api.batch_codec.common import (
+    DEFAULT_CONTENT_TYPE,
+    ENTRIES_HEADER,
+    LABELS_HEADER,
+    START_TS_HEADER,
+    V1_ERROR_PREFIX,
+    V2_PREFIX,
+    RecordLike,
+    encode_name,
+    error_value,
+)
+from appliance.api.batch_codec.v2_parse import V2Request
+from appliance.errors import ApplianceError
+
+
+def _entry_indexes(records: Sequence[RecordLike]) -> dict[str, int]:
+    """Entries ordered by their first timestamp in the batch, ties by name (§8.3)."""
+    first: dict[str, int] = {}
+    for record in records:
+        first[record.entry] = min(record.timestamp, first.get(record.entry, record.timestamp))
+    ordered = sorted(first, key=lambda name: (first[name], name))
+    return {name: index for index, name in enumerate(ordered)}
+
+
+def v2_body_order(records: Sequence[RecordLike]) -> list[RecordLike]:
+    """The order in which bodies must follow ``encode_v2_read_batch`` headers.
+
+    reduct-py reads bodies by (delta, entry_index); this equals ReductStore's (entry_index,
+    timestamp) order as long as entries do not interleave in time within one batch (§8.3).
+    """
+    indexes = _entry_indexes(records)
+    return sorted(records, key=lambda r: (r.timestamp, indexes[r.entry]))
+
+
+def _first_label_delta(labels: Mapping[str, str], names: dict[str, int]) -> str:
+    """Labels of an entry's first record: every label, names indexed in sorted order."""
+    ops: list[tuple[int, str]] = []
+    for key in sorted(labels):
+        value = labels[key]
+        ops.append((names.setdefault(key, len(names)), f'"{value}"' if "," in value else value))
+    ops.sort()
+    return ",".join([f"{index}={value}" for index, value in ops])
+
+
+def _label_delta(
+    labels: Mapping[str, str], previous: Mapping[str, str], names: dict[str, int]
+) -> str:
+    """Changes from ``previous``: set or changed labels, removed ones as ``idx=``.
+
+    New names get their indexes in the sorted order of the changed keys; when every changed
+    name is already indexed (the usual case after a batch's first record) that order cannot
+    matter and the sort is skipped.
+    """
+    ops: list[tuple[int, str]] = []
+    added = 0
+    for key, value in labels.items():
+        old = previous.get(key)
+        if old != value:
+            index = names.get(key)
+            if index is None:
+                return _label_delta_sorted(labels, previous, names)
+            if old is None:
+                added += 1
+            ops.append((index, f'"{value}"' if "," in value else value))
+    if len(previous) != len(labels) - added:  # some labels were removed
+        for key in previous:
+            if key not in labels:
+                index = names.get(key)
+                if index is None:
+                    return _label_delta_sorted(labels, previous, names)
+                ops.append((index, ""))
+    if not ops:
+        return ""
+    if len(ops) == 1:
+        index, value = ops[0]
+        return f"{index}={value}"
+    ops.sort()
+    return ",".join([f"{index}={value}" for index, value in ops])
+
+
+def _label_delta_sorted(
+    labels: Mapping[str, str], previous: Mapping[str, str], names: dict[str, int]
+) -> str:
+    """``_label_delta`` when new names must be indexed: in the sorted order of changed keys."""
+    changed = [key for key, value in labels.items() if previous.get(key) != value]
+    changed.extend(key for key in previous if key not in labels)
+    changed.sort()
+    ops: list[tuple[int, str]] = []
+    for key in changed:
+        value = labels.get(key)
+        if value is None:
+            value = ""
+        elif "," in value:
+            value = f'"{value}"'
+        ops.append((names.setdefault(key, len(names)), value))
+    ops.sort()
+    return ",".join([f"{index}={value}" for index, value in ops])
+
+
+def v2_read_batch_headers(records: Sequence[RecordLike]) -> list[tuple[str, str]]:
+    """``encode_v2_read_batch`` as a list of (name, value) pairs, in the same order.
+
+    The hot path of batched reads: a batch of one entry in time order (what the query
+    collects) needs no sorting, and a record whose labels equal its predecessor's costs one
+    dict comparison.
+    """
+    if not records:
+        return [(ENTRIES_HEADER, ""), (START_TS_HEADER, "0")]
+    first: dict[str, int] = {}
+    in_order = True
+    last_ts = -1
+    for record in records:
+        ts = record.timestamp
+        if ts < last_ts:
+            in_order = False
+        last_ts = ts
+        seen = first.get(record.entry)
+        if seen is None or ts < seen:
+            first[record.entry] = ts
+    if len(first) == 1:
+        indexes = dict.fromkeys(first, 0)
+        body: Sequence[RecordLike] = records if in_order else v2_body_order(records)
+    else:
+        ordered = sorted(first, key=lambda name: (first[name], name))
+        indexes = {name: index for index, name in enumerate(ordered)}
+        body = sorted(records, key=lambda r: (r.timestamp, indexes[r.entry]))
+    start_ts = min(first.values())
+    names: dict[str, int] = {}
+    previous: dict[int, tuple[str, Mapping[str, str]]] = {}  # content type, labels
+    headers = [
+        (ENTRIES_HEADER, ",".join([encode_name(name) for name in indexes])),
+        (START_TS_HEADER, str(start_ts)),
+    ]
+    append = headers.append
+    for record in body:
+        index = indexes[record.entry]
+        content_type = record.content_type or DEFAULT_CONTENT_TYPE
+        labels = record.labels
+        prev = previous.get(index)
+        if prev is None:
+            delta = _first_label_delta(labels, names)
+            value = f"{record.size},{content_type}"
+            if delta:
+                value = f"{value},{delta}"
+        else:
+            prev_type, prev_labels = prev
+            type_part = "" if prev_type == content_type else content_type
+            delta = "" if labels == prev_labels else _label_delta(labels, prev_labels, names)
+            if delta:
+                value = f"{record.size},{type_part},{delta}"
+            elif type_part:
+                value = f"{record.size},{type_part}"
+            else:
+                value = str(record.size)
+        append((f"{V2_PREFIX}{index}-{record.timestamp - start_ts}", value))
+        previous[index] = (content_type, labels)
+    if names:
+        append((LABELS_HEADER, ",".join([encode_name(name) for name in names])))
+    return headers
+
+
+def encode_v2_read_batch(records: Sequence[RecordLike]) -> dict[str, str]:
+    """Headers of a ``GET /io/{bucket}/read`` batch: entries, start ts, labels, one per record."""
+    return dict(v2_read_batch_headers(records))
+
+
+def encode_v2_echo(request: V2Request) -> dict[str, str]:
+    """The ``x-reduct-entries`` / ``x-reduct-start-ts`` echo every v2 write response needs."""
+    return {
+        ENTRIES_HEADER: ",".join(encode_name(entry) for entry in request.entries),
+        START_TS_HEADER: str(request.start_ts),
+    }
+
+
+def encode_v2_error(entry_index: int, delta: int, err: ApplianceError) -> tuple[str, str]:
+    """``x-reduct-error-<entry_index>-<delta>: <status>,<message>`` for a failed record."""
+    return f"{V1_ERROR_PREFIX}{entry_index}-{delta}", error_value(err)

@@ -1,0 +1,412 @@
+"""A query handle (spec §5): its spec, read positions, and collecting one read batch.
+
+A ``Query`` remembers, per selected entry, the next timestamp to read. Each read re-opens the
+entries' record iterators at those positions and merges them by (timestamp, entry name), so a
+continuous query sees records written since the last read and nothing is held open between
+requests. ``collect_batch`` runs in an engine worker thread: one thread hop collects a whole
+batch (metadata and small payloads).
+
+Records may be removed while a query reads them (by another client, a REMOVE query or the FIFO
+quota). A record that is gone by the time its payload is read is skipped, never an error: the
+batch goes out without it, and if nothing of the batch is left the next records are collected
+instead (a 204 would end the client's query early). Payloads too big to preload are opened in
+the collecting hop (``ReadBatch.streams``), so a removal after the headers are decided cannot
+cut a response short: the open descriptor keeps the record's bytes readable.
+
+A batch's headers stay within ``max_metadata`` (``RS_IO_BATCH_MAX_METADATA_SIZE``): each
+record's header size is bounded from above before it joins the batch, and a record that would
+cross the limit waits for the next batch (only a batch's first record may exceed it alone).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from appliance.engine.models import U64_MAX, RecordMeta
+from appliance.engine.names import is_meta_entry
+from appliance.query.context import RecordShaper, shaper_for
+from appliance.errors import NotFound
+from appliance.sizes import PRELOAD_BATCH_BYTES, PRELOAD_RECORD_BYTES
+
+if TYPE_CHECKING:
+    from appliance.engine import Entry, Storage
+
+DEFAULT_TTL_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    """A parsed query request (JSON body or legacy query-string parameters)."""
+
+    start: int | None = None
+    stop: int | None = None
+    ttl: float = DEFAULT_TTL_SECONDS
+    continuous: bool = False
+    only_metadata: bool = False
+    when: dict[str, Any] | None = None
+    strict: bool = False
+    entries: tuple[str, ...] | None = None
+
+    @property
+    def is_empty_removal(self) -> bool:
+        """True when a REMOVE names no criterion at all (refused with 422)."""
+        return self.start is None and self.stop is None and self.when is None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """When to cut a batch (``RS_IO_BATCH_*``, or a query's ``#batch_*`` directives)."""
+
+    max_records: int = 85
+    max_size: int = 8_000_000
+    max_metadata: int = 512_000
+    timeout: float = 5.0
+
+
+@dataclass(slots=True)
+class ReadBatch:
+    """One batch: records in emission order, their payloads (None = stream it), last flag.
+
+    ``streams`` holds, by record index, the payload iterators of records that were too big to
+    preload, already opened (first chunk read) so the record cannot vanish before it is sent.
+    """
+
+    records: list[tuple[str, RecordMeta]] = field(default_factory=list)
+    payloads: list[bytes | None] = field(default_factory=list)
+    last: bool = False
+    streams: dict[int, Iterator[bytes]] = field(default_factory=dict)
+
+
+def header_cost(rec: RecordMeta, name: str) -> int:
+    """An upper bound of the header bytes ``rec`` adds to a batched-read response (v1 or v2:
+    header name, size, content type, labels quoted and percent-encoded at worst)."""
+    cost = 64 + len(rec.content_type) + 3 * len(name)
+    for key, value in rec.labels.items():
+        cost += 3 * len(key) + len(value) + 8
+    return cost
+
+
+def _next(it: Iterator[RecordMeta]) -> RecordMeta | None:
+    """The next record of an entry's iterator; None at its end or if the entry was removed."""
+    try:
+        return next(it, None)
+    except NotFound:
+        return None
+
+
+class Query:
+    """One registered query: selected entries, read positions and per-entry conditions."""
+
+    def __init__(
+        self,
+        qid: int,
+        bucket: str,
+        scope: str | None,
+        spec: QuerySpec,
+        entries: list[str],
+        conditions: dict[str, Any],
+        stops: dict[str, int],
+    ) -> None:
+        self.id = qid
+        self.bucket = bucket
+        self.scope = scope
+        self.spec = spec
+        self.entries = entries
+        self.conditions = conditions
+        self.stops = stops
+        start = spec.start if spec.start is not None else 0
+        self.positions = {name: start for name in entries}
+        self.done: set[str] = set()
+        self.pending: tuple[str, RecordMeta] | None = None
+        self.backlog: deque[tuple[str, RecordMeta]] = deque()
+        self.finished = False
+        self.last_access = 0.0
+        self.lock = threading.Lock()
+        first = next(iter(conditions.values()), None)
+        self.directives: Any = getattr(first, "directives", None)
+        # #ctx_before/#ctx_after/#select_labels: one shaper per entry (their windows are
+        # per entry), None when the query has none of them.
+        self.shapers: dict[str, RecordShaper] = {}
+        for name, cond in conditions.items():
+            shaper = shaper_for(getattr(cond, "directives", None))
+            if shaper is not None:
+                self.shapers[name] = shaper
+
+    def _passes(self, name: str, meta: RecordMeta) -> bool:
+        if meta.labels.get("remove") == "true" and is_meta_entry(name):
+            return False  # attachment tombstone (spec §11)
+        cond = self.conditions.get(name)
+        if cond is None:
+            return True
+        ok = bool(cond.evaluate(meta.timestamp, meta.labels))
+        if cond.exhausted:
+            self.done.add(name)
+        return ok
+
+    def collect_batch(
+        self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
+    ) -> ReadBatch:
+        """Collect the next batch (blocking: call from a worker thread, ``Workers.run``).
+
+        A batch whose every record was removed before its payload was read is collected
+        again from where it ended; each round consumes records, so this ends.
+        """
+        with self.lock:
+            while True:
+                batch, dropped = self._collect(storage, limits, head, cut_interleaved)
+                if batch.records or batch.last or not dropped:
+                    return batch
+
+    def _collect(
+        self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
+    ) -> tuple[ReadBatch, bool]:
+        batch = ReadBatch()
+        if self.finished:
+            batch.last = True
+            return batch, False
+        bucket = storage.get_bucket(self.bucket)
+        heap: list[tuple[int, str, RecordMeta]] = []
+        iters: dict[str, tuple[Entry, Iterator[RecordMeta]]] = {}
+        for name in self.entries:
+            if name in self.done:
+                continue
+            try:
+                entry = bucket.get_entry(name)
+            except NotFound:
+                continue
+            it = iter(entry.iter_records(self.positions[name], self.stops.get(name, U64_MAX)))
+            first = _next(it)
+            if first is not None:
+                heap.append((first.timestamp, name, first))
+                iters[name] = (entry, it)
+        pending, self.pending = self.pending, None
+        if len(heap) == 1 and pending is None and not self.backlog:
+            _, name, first = heap[0]
+            exhausted = self._collect_single(name, first, iters[name][1], limits, head, batch)
+        else:
+            heapq.heapify(heap)
+            exhausted = self._collect_merged(heap, iters, pending, limits, head, cut_interleaved,
+                                             batch)
+        if exhausted:
+            # As ReductStore 1.21: an entry-level (v1) read flags the batch that ran the query
+            # dry as last, continuous or not (its reader sees "no content" after the records);
+            # a bucket-level (v2, ``cut_interleaved``) continuous query never says last — its
+            # aggregator keeps polling, and reduct-js ends a subscription on a last record.
+            batch.last = not (self.spec.continuous and cut_interleaved)
+            self.finished = not self.spec.continuous
+        dropped = False
+        if not head and not self.spec.only_metadata:
+            dropped = _load(bucket, batch, iters)
+        return batch, dropped
+
+    def _collect_single(
+        self, name: str, first: RecordMeta, it: Iterator[RecordMeta], limits: BatchLimits,
+        head: bool, batch: ReadBatch,
+    ) -> bool:
+        """The one-entry case without a merge heap (the common, hot one). True if exhausted."""
+        out = batch.records
+        body = metadata = 0
+        max_records, max_size, max_meta = limits.max_records, limits.max_size, limits.max_metadata
+        cond = self.conditions.get(name)
+        shaper = self.shapers.get(name)
+        hide = is_meta_entry(name)
+        done = self.done
+        deadline = time.monotonic() + limits.timeout
+        rec: RecordMeta | None = first
+        while rec is not None:
+            if len(out) >= max_records or (not head and body > max_size):
+                return False
+            if out and not len(out) % 16 and time.monotonic() > deadline:
+                return False
+            self.positions[name] = rec.timestamp + 1
+            labels = rec.labels
+            ok = not (hide and labels.get("remove") == "true")
+            if ok and cond is not None:
+                ok = bool(cond.evaluate(rec.timestamp, labels))
+                if cond.exhausted:
+                    done.add(name)
+            if shaper is not None:
+                emit = shaper.feed(rec, ok)
+            else:
+                emit = [rec] if ok else []
+            for i, item in enumerate(emit):
+                if item.entry != name:
+                    item = replace(item, entry=name)
+                cost = header_cost(item, name)
+                if out and metadata + cost > max_meta:
+                    self.pending = (name, item)  # first of the next batch, not re-evaluated
+                    self.backlog.extend((name, m) for m in emit[i + 1 :])  # its context
+                    return False
+                out.append((name, item))
+                body += item.size
+                metadata += cost
+            if name in done:
+                return True
+            rec = _next(it)
+        return True
+
+    def _collect_merged(
+        self,
+        heap: list[tuple[int, str, RecordMeta]],
+        iters: dict[str, tuple[Entry, Iterator[RecordMeta]]],
+        pending: tuple[str, RecordMeta] | None,
+        limits: BatchLimits,
+        head: bool,
+        cut_interleaved: bool,
+        batch: ReadBatch,
+    ) -> bool:
+        """Several entries merged by (timestamp, name). True if exhausted."""
+        out = batch.records
+        body = metadata = 0
+        run_entry: str | None = None
+        seen: set[str] = set()
+        deadline = time.monotonic() + limits.timeout
+        while True:
+            if len(out) >= limits.max_records:
+                break
+            if not head and body > limits.max_size:
+                break
+            if out and time.monotonic() > deadline:
+                break
+            if pending is not None:
+                name, meta = pending
+                pending = None
+            elif self.backlog:  # context records a shaper emitted together with a match
+                name, meta = self.backlog.popleft()
+            else:
+                if not heap:
+                    break
+                ts, name, meta = heapq.heappop(heap)
+                self.positions[name] = ts + 1
+                if name in self.done:
+                    continue
+                nxt = _next(iters[name][1])
+                if nxt is not None:
+                    heapq.heappush(heap, (nxt.timestamp, name, nxt))
+                shaper = self.shapers.get(name)
+                if shaper is not None:
+                    emitted = shaper.feed(meta, self._passes(name, meta))
+                    if not emitted:
+                        continue
+                    meta = emitted[0]
+                    self.backlog.extend((name, m) for m in emitted[1:])
+                elif not self._passes(name, meta):
+                    continue
+            if cut_interleaved and name != run_entry and name in seen:
+                # Spec §8.3: never let an entry re-appear after another one started in this
+                # batch, so (ts, entry_index) and (entry_index, ts) body orders coincide.
+                self.pending = (name, meta)
+                break
+            if meta.entry != name:
+                meta = replace(meta, entry=name)
+            cost = header_cost(meta, name)
+            if out and metadata + cost > limits.max_metadata:
+                self.pending = (name, meta)
+                break
+            out.append((name, meta))
+            seen.add(name)
+            run_entry = name
+            body += meta.size
+            metadata += cost
+        if self.pending is not None or self.backlog:
+            return False
+        return not any(n not in self.done for _, n, _ in heap)
+
+
+def _load(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]]) -> bool:
+    """Fill ``batch.payloads`` (preloaded small ones) and ``batch.streams`` (opened big ones);
+    drop the records removed meanwhile. True if any record was dropped."""
+    records = batch.records
+    payloads: list[bytes | None] = [None] * len(records)
+    gone: set[int] = set()
+    _preload(bucket, records, iters, payloads, gone)
+    for i, (name, meta) in enumerate(records):
+        if payloads[i] is None and i not in gone:
+            stream = _open_stream(bucket, iters, name, meta)
+            if stream is None:
+                gone.add(i)
+            else:
+                batch.streams[i] = stream
+    if gone:
+        keep = [i for i in range(len(records)) if i not in gone]
+        batch.records = [records[i] for i in keep]
+        batch.streams = {n: batch.streams[i] for n, i in enumerate(keep) if i in batch.streams}
+        payloads = [payloads[i] for i in keep]
+    batch.payloads = payloads
+    return bool(gone)
+
+
+def _entry(bucket: Any, iters: Mapping[str, tuple[Any, Any]], name: str) -> Any:
+    pair = iters.get(name)
+    return pair[0] if pair is not None else bucket.get_entry(name)
+
+
+def _open_stream(
+    bucket: Any, iters: Mapping[str, tuple[Any, Any]], name: str, meta: RecordMeta
+) -> Iterator[bytes] | None:
+    """The record's payload iterator with its first chunk already read (its file is open from
+    here on), or None if the record or its entry is gone."""
+    try:
+        it = iter(_entry(bucket, iters, name).iter_payload(meta))
+        first = next(it, None)
+    except NotFound:
+        return None
+    return _resumed(first, it)
+
+
+def _resumed(first: bytes | None, it: Iterator[bytes]) -> Iterator[bytes]:
+    """``first`` then the rest of ``it``; closing this closes ``it`` (and its descriptor)."""
+    try:
+        if first is not None:
+            yield first
+        yield from it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def _preload(
+    bucket: Any, records: list[tuple[str, RecordMeta]], iters: Mapping[str, tuple[Any, Any]],
+    payloads: list[bytes | None], gone: set[int],
+) -> None:
+    """Payloads of the records small enough to travel in this hop (None: stream it later);
+    indexes of records removed since they were listed go to ``gone``.
+
+    One ``Entry.read_payloads`` per entry: the entry lock is taken once and records lying
+    back to back in a block file are read with a single pread. If some record of the entry is
+    gone, its records are read one by one to tell which.
+    """
+    loaded = 0
+    wanted: dict[str, list[int]] = {}
+    for i, (name, meta) in enumerate(records):
+        size = meta.size
+        if size <= PRELOAD_RECORD_BYTES and loaded + size <= PRELOAD_BATCH_BYTES:
+            wanted.setdefault(name, []).append(i)
+            loaded += size
+    for name, indexes in wanted.items():
+        try:
+            entry = _entry(bucket, iters, name)
+        except NotFound:  # the whole entry was removed
+            gone.update(indexes)
+            continue
+        try:
+            data: list[bytes | None] = list(
+                entry.read_payloads([records[i][1] for i in indexes])
+            )
+        except NotFound:
+            data = []
+            for i in indexes:
+                try:
+                    data.append(entry.read_payload(records[i][1]))
+                except NotFound:
+                    data.append(None)
+                    gone.add(i)
+        for i, payload in zip(indexes, data, strict=True):
+            payloads[i] = payload

@@ -1,0 +1,41 @@
+"""The request-path size thresholds, in one place with their reasons.
+
+Each trades event-loop time and memory against worker-thread hops (``workers.py``): below a
+threshold a payload travels whole in one hop, above it it streams. Changing one changes
+memory use per request and latency, never what is stored or answered.
+
+Left where they are for now (engine internals, see issue 9): ``engine/entry.py``'s
+``JOIN_RECORD_BYTES`` / ``RUN_BYTES`` (pread coalescing of bulk reads).
+"""
+
+from __future__ import annotations
+
+from appliance.units import KIB, MIB
+
+# --- single records (api/records.py) ------------------------------------------------------
+# Bodies up to this size are received whole and written in a single thread hop.
+SMALL_RECORD_BYTES = 256 * KIB
+# Payloads up to this size are read in the same hop as the metadata; bigger ones stream.
+INLINE_READ_BYTES = 2 * MIB
+
+# --- batch writes (api/ingest.py) ---------------------------------------------------------
+# Batch bodies up to this size are received whole and written with one write_batch per entry
+# in one hop; bigger ones record by record through RecordWriters (a huge record never sits
+# in memory).
+IN_MEMORY_BYTES = 16 * MIB
+
+# --- bodies and payload streams (api/streaming.py) ----------------------------------------
+# Chunks handed to the engine are coalesced to about this size (one thread hop each).
+WRITE_CHUNK_BYTES = 256 * KIB
+# Pulled from a record's payload iterator per thread hop when streaming a response.
+READ_CHUNK_BYTES = 1 * MIB
+# JSON bodies (settings, queries, tokens, renames) are small; bigger ones are refused with 413.
+MAX_SMALL_BODY_BYTES = 1 * MIB
+# JSON bodies up to this size are decoded on the event loop; bigger ones in a worker thread.
+INLINE_PARSE_BYTES = 64 * KIB
+
+# --- query batches (query/registry.py) ----------------------------------------------------
+# Payloads up to PRELOAD_RECORD_BYTES are read inside the collecting thread hop, up to
+# PRELOAD_BATCH_BYTES per batch; bigger ones stream after the headers are sent.
+PRELOAD_RECORD_BYTES = 1 * MIB
+PRELOAD_BATCH_BYTES = 16 * MIB
