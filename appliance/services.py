@@ -47,14 +47,17 @@ from appliance.lifecycle.runner import RunReport
 from appliance.query.registry import QueryRegistry
 from appliance.replication import ReplicationManager, TaskOptions
 from appliance.replication import provision as provision_replications
-from appliance.roles.fencing import load_wal_fence
+from appliance import remote
+from appliance.engine.mirror import KEY_PREFIX as DATA_KEY_PREFIX
+from appliance.roles.fencing import load_wal_fence, snapshot_wal
 from appliance.roles.lease import LeaseError, LeaseLost
-from appliance.roles.role import RoleManager, build_role_manager
+from appliance.roles.role import LeaseRole, RoleManager, build_role_manager
 from appliance.roles.step_down import StepDown
 from appliance.roles.write_fence import WriteFence
 from appliance.settings import Settings
 from appliance.workers import Workers
 from backends.base import Backend
+from backends.errors import BackendError
 from backends.filesystem import FilesystemBackend
 from provisioning import (
     DesiredState,
@@ -83,7 +86,10 @@ MAX_LOCK_WAIT_SECONDS = 5.0
 
 
 def lease_backend(settings: Settings) -> Backend:
-    """The backend holding ``.lock``, ``.generation`` and ``.generations``: the data folder."""
+    """The backend holding ``.lock``, ``.generation`` and ``.generations``: the data folder,
+    or with the data on S3 the bucket (beside ``r/`` under ``RS_REMOTE_PREFIX``)."""
+    if settings.remote_enabled:
+        return remote.remote_backend(settings)  # type: ignore[return-value]
     ttl = settings.lock_file_ttl
     bound = min(settings.lock_file_polling_interval, ttl / 4 if ttl > 0 else MAX_LOCK_WAIT_SECONDS)
     return FilesystemBackend(
@@ -226,6 +232,15 @@ class Services:
         # STANDALONE, lease (PRIMARY/SECONDARY) or REPLICA: readiness and the write fence.
         self.lease_backend = lease_backend(settings)
         self.role: RoleManager = build_role_manager(settings, self.lease_backend)
+        if settings.remote_enabled and isinstance(self.role, LeaseRole):
+            backend = self.lease_backend
+            # On S3 the engine's files are the objects under "r/": the WAL boundaries of a new
+            # generation are keyed as the engine (the cache folder) names them.
+            self.role._snapshot = lambda: {  # noqa: SLF001 - the one place that knows the layout
+                key[len(DATA_KEY_PREFIX) :]: boundary
+                for key, boundary in snapshot_wal(backend).items()
+                if key.startswith(DATA_KEY_PREFIX)
+            }
         self._loop: asyncio.AbstractEventLoop | None = None
         # What is provisioned (API 409s, is_provisioned, /info); filled by the provisioner.
         self.provisioning = ProvisioningState()
@@ -248,6 +263,10 @@ class Services:
         self.backups = BackupService(settings, lambda: self.engine, lambda: self.role.generation)
         # May this process write? One fence, argued in roles/write_fence.py.
         self.fence = WriteFence(self.role, self._restored_reason)
+        # Data on S3 (RS_REMOTE_*): the engine's folder is a cache kept by the mirror.
+        self.mirror = remote.build_mirror(settings, read_only=self.role.read_only)
+        if self.mirror is not None and self.fence.timed:
+            self.mirror.fence = self.fence.check  # uploads are fenced like writes (with I/O)
         self._instance_lock: int | None = None
         # A holder that steps down stops writing, then exits or rejoins (roles/step_down.py).
         self.step_down = StepDown(self.role, self)
@@ -296,6 +315,14 @@ class Services:
             )
         self._loop = asyncio.get_running_loop()
         self.step_down.bind(self._loop)
+        if self.mirror is not None and self.fence.timed:
+            try:
+                await self.workers.run(remote.probe_conditional_writes, self.lease_backend)
+            except remote.ConditionalWritesUnsupported as exc:
+                self._fail(str(exc), exc, EXIT_CONFIG)
+                return
+            except BackendError as exc:  # unreachable: the lease will wait and say so
+                log.warning("remote storage: conditional-write probe skipped: %s", exc)
         await self.role.start()
         self._tasks.append(asyncio.create_task(self._open(), name="engine-open"))
 
@@ -387,6 +414,11 @@ class Services:
             if self.role.must_exit or not isinstance(exc, LeaseLost):
                 self._fail(f"cannot take the storage lease: {exc}", exc, EXIT_RUNTIME)
             return  # lost while recording (proceed): the role listener rejoins
+        if self.mirror is not None and not await self.workers.run(
+            remote.restore_mirror, self.mirror, lambda: self._closed, time.sleep,
+            self.fence.timed,
+        ):
+            return  # stopped while S3 was unreachable (/ready stayed 503)
         try:
             started = time.perf_counter()
             await self.workers.run(self._mark_in_use)
@@ -488,18 +520,24 @@ class Services:
     def _role_options(self, generation: int) -> EngineOptions:
         """Engine options for the role (blocking: reads the generation log of a lease)."""
         if self.role.read_only:
-            return engine_options(self.settings, read_only=True)
+            return engine_options(self.settings, read_only=True, mirror=self.mirror)
         if not generation:
-            return engine_options(self.settings)
+            return engine_options(self.settings, mirror=self.mirror)
         wal_fence = load_wal_fence(self.lease_backend, generation)  # LeaseLost if stale
         return engine_options(
-            self.settings, generation=generation, fence=self.fence, wal_fence=wal_fence
+            self.settings,
+            generation=generation,
+            fence=self.fence,
+            wal_fence=wal_fence,
+            mirror=self.mirror,
         )
 
     async def _serve_replica(self, storage: Storage) -> None:
         """Serve the read-only view; refreshed (with the tokens) every update interval."""
 
         def refresh() -> None:
+            if self.mirror is not None:
+                self.mirror.refresh()  # new and changed objects of the bucket (S3)
             storage.reload_replica()
             self.tokens.load()  # token changes of the primary, at most once per interval
 
@@ -566,6 +604,8 @@ class Services:
         if replications is not None:
             await replications.stop()  # the new holder sends from the shared logs
         if storage is not None:
+            if self.mirror is not None:
+                self.mirror.abandoned = True  # a deposed holder uploads nothing more
             await self.workers.run(storage.abandon)
         self.in_use.release()
         self.queries.clear()
@@ -657,6 +697,10 @@ class Services:
                 await self.workers.run(storage.close)
             except Exception:  # noqa: BLE001 - shutdown must finish
                 log.exception("closing the storage failed")
+        if self.mirror is not None:
+            # Uploads what the close flushed while the lease is still ours (not after a
+            # step-down: then the mirror is abandoned and uploads nothing).
+            await self.workers.run(self.mirror.close)
         self.in_use.release()
         try:
             await self.role.close()  # release the lease last: the standby recovers our WAL

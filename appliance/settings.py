@@ -20,7 +20,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from appliance.engine.models import QuotaType
@@ -156,6 +163,19 @@ class Settings(BaseSettings):
         LockFailureAction.ABORT
     )
 
+    # --- data on S3 through a bounded local cache (ReductStore's names; engine/mirror.py)
+    remote_backend_type: Annotated[str, BeforeValidator(_lower)] = ""
+    remote_bucket: str = ""
+    remote_endpoint: str = ""
+    remote_region: str = ""
+    remote_access_key: str = ""
+    remote_secret_key: SecretStr | None = None
+    remote_cache_path: Path | None = None
+    remote_cache_size: Bytes = 1_000_000_000
+    remote_sync_interval: Seconds = 60.0
+    remote_default_storage_class: str = ""
+    remote_prefix: str = ""
+
     # --- replication tasks (used by appliance/replication, spec reductstore-config §2.6)
     replication_timeout: Seconds = 5.0
     replication_log_size: int = Field(1_000_000, ge=2)
@@ -179,6 +199,41 @@ class Settings(BaseSettings):
     system_events_quota_size: Bytes = 10_000_000_000
     system_events_flush_interval: Seconds = 5.0
 
+    @field_validator("remote_backend_type")
+    @classmethod
+    def _check_remote_type(cls, value: str) -> str:
+        value = value.strip()
+        if value not in ("", "s3"):
+            raise ValueError("must be 's3' or empty (the local folder)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_remote(self) -> Settings:
+        # As ReductStore: with a remote backend the engine's folder is the cache, and
+        # RS_DATA_PATH is ignored (the tokens and state files live in the cache too).
+        if self.remote_backend_type != "s3":
+            return self
+        if not self.remote_bucket.strip():
+            raise ValueError("RS_REMOTE_BUCKET is required with RS_REMOTE_BACKEND_TYPE=s3")
+        if self.remote_cache_path is None or not str(self.remote_cache_path).strip():
+            raise ValueError("RS_REMOTE_CACHE_PATH is required with RS_REMOTE_BACKEND_TYPE=s3")
+        if self.remote_prefix and (
+            self.remote_prefix.startswith("/") or "//" in self.remote_prefix
+        ):
+            raise ValueError("RS_REMOTE_PREFIX must be relative ('a/b/', no '//')")
+        if bool(self.remote_access_key) != (self.remote_secret_key is not None):
+            raise ValueError(
+                "set both RS_REMOTE_ACCESS_KEY and RS_REMOTE_SECRET_KEY, or neither "
+                "(boto3's default credential chain)"
+            )
+        object.__setattr__(self, "data_path", self.remote_cache_path)
+        return self
+
+    @property
+    def remote_enabled(self) -> bool:
+        """Whether the data lives on S3 (``RS_REMOTE_BACKEND_TYPE=s3``)."""
+        return self.remote_backend_type == "s3"
+
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str) -> str:
@@ -201,7 +256,7 @@ class Settings(BaseSettings):
             value += "/"
         return value
 
-    @field_validator("api_token", "init_api_token")
+    @field_validator("api_token", "init_api_token", "remote_secret_key")
     @classmethod
     def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip() == "":
@@ -209,7 +264,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "provisioning_path", "cert_path", "cert_key_path", "replication_ca_path", mode="before"
+        "provisioning_path",
+        "cert_path",
+        "cert_key_path",
+        "replication_ca_path",
+        "remote_cache_path",
+        mode="before",
     )
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
@@ -288,7 +348,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def _describe_validation_error(exc: ValidationError, env: Mapping[str, str]) -> str:
     lines = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a rule across settings: its message names them
+            lines.append("invalid settings: " + error["msg"].removeprefix("Value error, "))
+            continue
+        field = str(error["loc"][0])
         name = env_name(field)
         raw = next((v for k, v in env.items() if k.upper() == name), error.get("input"))
         message = error["msg"].removeprefix("Value error, ")
@@ -311,7 +374,7 @@ def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[tuple[st
     return unknown
 
 
-SECRET_FIELDS = frozenset({"api_token", "init_api_token"})
+SECRET_FIELDS = frozenset({"api_token", "init_api_token", "remote_secret_key"})
 # Values the example files ship with: starting with one would make a published secret the key.
 PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme", "<secret>", "secret"})
 AUTH_CHOICE = "RS_API_TOKEN, RS_INIT_API_TOKEN or RS_DISABLE_AUTH=true"
@@ -331,18 +394,8 @@ UNSUPPORTED_ENV_NAMES = {
     "RS_SYSTEM_EVENTS_REMOTE_CA_PATH": "events are not forwarded from a replica",
     "RS_SYSTEM_EVENTS_REMOTE_TIMEOUT": "events are not forwarded from a replica",
     "RS_LICENSE_PATH": "there is no commercial licence",
-    "RS_REMOTE_BACKEND_TYPE": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_BUCKET": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_ENDPOINT": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_REGION": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_ACCESS_KEY": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_SECRET_KEY": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_SESSION_TOKEN": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_CACHE_PATH": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_CACHE_SIZE": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_SYNC_INTERVAL": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_DEFAULT_STORAGE_CLASS": "ReductStore's remote backend settings are not read",
-    "RS_REMOTE_SAS_TOKEN": "ReductStore's remote backend settings are not read",
+    "RS_REMOTE_SESSION_TOKEN": "not read: static keys or the default credential chain only",
+    "RS_REMOTE_SAS_TOKEN": "not read: static keys or the default credential chain only",
     "RS_LOCK_FILE_ENABLED": "ReductStore does not read it either",
 }
 UNSUPPORTED_PREFIXES = {"RS_ZENOH_": "the Zenoh API is not supported"}

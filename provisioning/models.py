@@ -195,6 +195,21 @@ class EngineSpec(_Strict):
     min_free_space: Size | None = None
 
 
+class RemoteSpec(_Strict):
+    """``RS_REMOTE_*``: data on S3 through a bounded local cache (the secret key: env only)."""
+
+    backend_type: Literal["s3", ""] | None = None
+    bucket: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    access_key: str | None = None
+    cache_path: str | None = None
+    cache_size: Size | None = None
+    sync_interval: Duration | None = None
+    default_storage_class: str | None = None
+    prefix: str | None = None
+
+
 class BucketDefaultsSpec(_Strict):
     """``RS_DEFAULTS_BUCKET_*``: settings of new buckets that do not say otherwise."""
 
@@ -228,6 +243,7 @@ class InstanceSpec(_Strict):
     lock_file: LockFileSpec | None = None
     engine: EngineSpec | None = None
     defaults: DefaultsSpec | None = None
+    remote: RemoteSpec | None = None
     backup: BackupSpec | None = None
 
 

@@ -102,8 +102,13 @@ async def info() -> Response:
             "backup": svc.backups.info(),
             # Where the data lives, for the console's dashboard (a remote backend adds
             # `unsynced_bytes`); never a server path.
-            "storage": {"backend": "folder"},
+            "storage": (
+                {"backend": "s3", "unsynced_bytes": svc.mirror.unsynced_bytes}
+                if svc.mirror is not None
+                else {"backend": "folder"}
+            ),
             "disk": await svc.workers.run(storage.disk_info),
+            **({"remote": svc.mirror.info()} if svc.mirror is not None else {}),
         }
     )
 

@@ -52,7 +52,8 @@ removal reserve for a full disk), ``files`` (fd cache), ``commit`` (group commit
 of one entry folder), ``blockset`` (block index in memory and block choice), ``entry``,
 ``writer`` (``RecordWriter``), ``recovery`` (startup recovery of an entry), ``scan`` (finding
 buckets and entries), ``quota`` (write admission of a bucket), ``bucket``, ``storage``,
-``report`` (``RecoveryReport``), ``check``.
+``report`` (``RecoveryReport``), ``check``, ``mirror`` (the local folder as a bounded cache of
+an object store: upload, eviction, fetch on a miss; ``EngineOptions.mirror``, None = local data).
 """
 
 from appliance.engine.bucket import Bucket

@@ -84,6 +84,7 @@ class EngineContext:
                 capacity=fd_budget(),
                 sync_on_close=options.sync_writes,
                 read_only=options.read_only,
+                mirror=options.mirror,
             ),
             blocks=BlockCache(),
             committer=GroupCommitter() if options.sync_writes else None,
@@ -97,6 +98,15 @@ class EngineContext:
             if options.read_only
             else RemovalReserve(options.data_path, RESERVE_BYTES, options.min_free_space),
         )
+
+    def __post_init__(self) -> None:
+        if self.options.mirror is not None:
+            self.options.mirror.attach(self.files.drop_if_idle)
+
+    def local(self, path: Path) -> None:
+        """Make a file local before opening it outside the fd cache (data on S3)."""
+        if self.options.mirror is not None:
+            self.options.mirror.ensure_local(path)
 
     @contextmanager
     def removing(self) -> Iterator[None]:
@@ -138,6 +148,9 @@ class EngineContext:
         fence = self.options.fence
         if fence is not None:
             fence.check()
+        mirror = self.options.mirror
+        if mirror is not None:
+            mirror.admit()
 
     def deposed(self, reason: str) -> ServiceUnavailable:
         """A newer generation wrote here: abandon the storage, step down; the error to raise."""

@@ -452,6 +452,9 @@ class Entry:
                 self._ctx.committer.commit(handles)
         finally:
             self._release_all(handles)
+        mirror = self._ctx.options.mirror
+        if mirror is not None and mirror.sync_interval == 0:
+            mirror.commit()  # RS_REMOTE_SYNC_INTERVAL=0: acknowledged only once on S3
 
     def write_batch(self, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:
         """Write whole in-memory records: one pwrite per block run, one WAL append per block.

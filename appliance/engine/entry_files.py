@@ -235,6 +235,7 @@ class EntryFiles:
         block per holder (the latest block of an entry, usually), under the entry lock.
         """
         path = self.data_path(block_id)
+        self.ctx.local(path)
         if not path.exists():
             return  # a new block: the file will be ours from the start
         tmp = self.path / f"{block_id}{DATA_TMP_SUFFIX}"

@@ -16,8 +16,12 @@ import resource
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.engine import fileio
+
+if TYPE_CHECKING:
+    from appliance.engine.mirror import Mirror
 
 DEFAULT_CAPACITY = 256
 # Descriptors the cache may keep open: at most this share of RLIMIT_NOFILE, so sockets, the
@@ -73,9 +77,15 @@ class FileCache:
     """LRU of open files keyed by path; ``acquire`` pins, ``release`` unpins."""
 
     def __init__(
-        self, capacity: int = DEFAULT_CAPACITY, sync_on_close: bool = False, read_only: bool = False
+        self,
+        capacity: int = DEFAULT_CAPACITY,
+        sync_on_close: bool = False,
+        read_only: bool = False,
+        mirror: Mirror | None = None,
     ) -> None:
         self._capacity = capacity
+        # With data on S3: an evicted file is fetched before it is opened (engine/mirror.py).
+        self._mirror = mirror
         self._sync_on_close = sync_on_close
         # A replica opens files read-only: its data volume may be mounted read-only.
         self._read_flags = os.O_RDONLY if read_only else os.O_RDWR
@@ -94,6 +104,13 @@ class FileCache:
         flags = os.O_WRONLY | os.O_APPEND if append else self._read_flags
         if create:
             flags |= os.O_CREAT
+        if self._mirror is None:
+            return self._open_new(path, flags)
+        with self._mirror.lock:  # eviction cannot swap the file between fetch and open
+            self._mirror.open_local(path)
+            return self._open_new(path, flags)
+
+    def _open_new(self, path: str, flags: int) -> FileHandle:
         fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
         handle = FileHandle(path, fd)
         handle.pins = 1
@@ -119,6 +136,19 @@ class FileCache:
         if close:
             handle.close(self._sync_on_close)
         self._close_all(victims)
+
+    def drop_if_idle(self, path: str) -> bool:
+        """Close ``path``'s handle unless pinned; whether no one uses the file now (eviction)."""
+        with self._lock:
+            handle = self._open.get(path)
+            if handle is None:
+                return True
+            if handle.pins:
+                return False
+            del self._open[path]
+            handle.stale = True
+        handle.close(self._sync_on_close)
+        return True
 
     def invalidate(self, path: str) -> None:
         """Forget the handle of ``path`` (renamed/deleted file); closed once unpinned."""

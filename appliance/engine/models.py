@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from appliance.units import MIB
 
 if TYPE_CHECKING:
+    from appliance.engine.mirror import Mirror
     from appliance.engine.generations import Fence
 
 __all__ = [
@@ -173,5 +174,7 @@ class EngineOptions:
     generation: int = 0
     fence: WriteFence | None = None
     wal_fence: Fence | None = None
+    # The object-store mirror (``engine/mirror.py``) when the data lives on S3; None = local.
+    mirror: Mirror | None = None
     # Journal every mutation for point-in-time recovery (continuous archiving on).
     journal: bool = False

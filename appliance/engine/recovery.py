@@ -215,6 +215,7 @@ class EntryRecovery:
         target = self.ctx.quarantine_path(self.bucket, self.entry)
         fileio.move(meta, target / meta.name)
         data = self.files.data_path(block_id)
+        self.ctx.local(data)
         if not data.exists():
             return
         if self.files.wal_path(block_id).exists():
@@ -375,6 +376,7 @@ def drop_records(
     block = Block.from_descriptor(descriptor)
     target = ctx.quarantine_path(bucket, entry)
     data_path = files.data_path(block_id)
+    ctx.local(data_path)
     for ts in timestamps:
         record = block.remove(ts)
         if record is None or not data_path.exists():
