@@ -13,8 +13,9 @@ How a subsystem reports (all calls are cheap, thread-safe and never raise):
   ``compaction_seconds(s)``,
   ``corruption(source)``. The block cache keeps plain hit/miss integers read at scrape time.
 - Replication: ``set_replication(task, pending_records=, lag_seconds=)`` whenever a task's
-  state is known, ``replication_error(task)`` per failed attempt, ``remove_replication(task)``
-  when a task is removed.
+  state is known (the services call it for every task at each scrape, before rendering),
+  ``replication_error(task)`` per failed attempt, ``remove_replication(task)`` when a task is
+  removed.
 - Backups: ``backup_finished(ok, when=None)`` after every backup run; the age of the last
   successful one is computed at scrape time (``reduct_backup_last_success_age_seconds``,
   absent until a backup succeeded in this process or ``backup_finished`` was told an older
@@ -414,10 +415,10 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 def render(instance: CollectorRegistry | None = None) -> bytes:
     """The text exposition of every process-wide metric and of ``instance``'s collectors."""
-    text = generate_latest(REGISTRY)
-    if instance is not None:
-        text += generate_latest(instance)
-    return text
+    # The instance collectors run first: their snapshot sets gauges of REGISTRY (replication
+    # backlog and lag), which this very scrape must show.
+    tail = generate_latest(instance) if instance is not None else b""
+    return generate_latest(REGISTRY) + tail
 
 
 def instance_registry(snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:

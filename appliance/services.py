@@ -354,7 +354,10 @@ class Services:
             batch_metadata=s.io_batch_max_metadata_size,
         )
         return ReplicationManager(
-            options, storage=lambda: storage, run=self.workers.run, own_port=s.port
+            options, storage=lambda: storage, run=self.workers.run, own_port=s.port,
+            events=lambda name, payload, labels: self.events.diagnostic(
+                "replications", name, payload, labels
+            ),
         )
 
     def replicates(self, bucket: str) -> bool:
@@ -653,6 +656,9 @@ class Services:
                 buckets.append((name, info.size, info.entry_count))
             snap["buckets"] = buckets
             snap["cache_hits"], snap["cache_misses"] = storage.cache_stats()
+        replications = self.replications
+        if replications is not None:
+            replications.report_metrics()  # backlog and lag as of this scrape
         return snap
 
     async def stop(self) -> None:

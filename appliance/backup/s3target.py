@@ -23,8 +23,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from appliance import metrics
 from appliance.backup import folder as ft
 from appliance.backup import manifest as mf
 from appliance.backup.files import copy_prefix, crc_prefix, digest_prefix, walk_files
@@ -60,6 +62,7 @@ class S3Target:
             query.get("endpoint"), parsed.netloc, query.get("region"), None, None,
             prefix=parsed.path.strip("/"),
         )
+        count_requests(backend.client)
         return cls(backend)
 
     # --- reading ------------------------------------------------------------------------------
@@ -294,3 +297,19 @@ class S3Target:
     def close(self) -> None:
         """Close the S3 client."""
         self.backend.close()
+
+
+def count_requests(client: Any) -> None:
+    """Feed ``reduct_s3_requests``/``reduct_s3_errors`` from a boto3 client's own events
+    (``backends/`` may not import ``appliance``, so the hook is attached here)."""
+
+    def after_call(event_name: str, http_response: Any = None, **_: Any) -> None:
+        status = getattr(http_response, "status_code", 500)
+        # 404 answers "not there yet" (the dedup checks of every backup): not a failure
+        metrics.s3_request(event_name.rsplit(".", 1)[-1], ok=status < 400 or status == 404)
+
+    def after_error(event_name: str, **_: Any) -> None:  # no answer: connection, timeout
+        metrics.s3_request(event_name.rsplit(".", 1)[-1], ok=False)
+
+    client.meta.events.register("after-call.s3", after_call)
+    client.meta.events.register("after-call-error.s3", after_error)

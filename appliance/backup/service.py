@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from appliance import metrics
 from appliance.backup import folder as ft
 from appliance.backup.targets import Target, open_target
 from appliance.errors import Forbidden
@@ -126,7 +127,9 @@ class BackupService:
                 result = await self._workers.run(self._create, target, buckets)
             except Exception as exc:
                 self.last_error = str(exc)
+                metrics.backup_finished(False)
                 raise
+            metrics.backup_finished(True)
             self.last, self.last_error = result, None
             return result
 

@@ -565,8 +565,10 @@ async function viewReplications(main) {
       ([code, e]) => h("div", { class: "error" }, `${code}: ${e.count}× ${e.last_message}`)) : [];
     const mode = t.mode || (d.settings && d.settings.mode) || "enabled";
     const setMode = (m) => api("PATCH", `/replications/${enc(t.name)}/mode`, { json: { mode: m } }).then(route, showError);
+    const s = d.settings || {};
     return h("tr", { "data-replication": t.name },
       h("td", {}, t.name, t.is_provisioned ? badge("provisioned", "prov") : null),
+      h("td", { class: "route" }, s.src_bucket ? `${s.src_bucket} → ${s.dst_host} ${s.dst_bucket}` : "–"),
       h("td", {}, mode, t.is_active ? badge("active") : badge("inactive")),
       h("td", { class: "num" }, t.pending_records ?? "–"),
       h("td", {}, hourly ? `${hourly.ok} ok, ${hourly.errored} errored` : "–", errors),
@@ -581,7 +583,7 @@ async function viewReplications(main) {
   });
   main.replaceChildren(h("h1", {}, "Replication"),
     tasks.length ? h("table", { id: "replications" },
-      h("thead", {}, h("tr", {}, ["Task", "Mode", "Pending records", "Last hour", ""].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Task", "Source → destination", "Mode", "Pending records", "Last hour (extrapolated)", ""].map((t) => h("th", {}, t)))),
       h("tbody", {}, rows)) : h("p", { class: "muted", id: "replications-empty" }, "No replication tasks."),
     h("h2", {}, "New task"), h("div", { class: "card" }, form));
 }
@@ -612,8 +614,12 @@ async function viewBackups(main) {
     create.disabled = false;
   } }, "Back up now");
   const backups = data.backups || [];
+  const info = await api("GET", "/info").catch(() => null);  // fresh: the target may have changed
+  const target = info && info.backup ? info.backup.target : null;
+  // replaceChildren would print a null as "null": the optional parts go through h()
   main.replaceChildren(h("h1", {}, "Backups"),
-    data.error ? h("p", { class: "error" }, data.error) : null,
+    h("p", { class: "muted", id: "backup-target" }, target ? `Target: ${target}` : "No RS_BACKUP_TARGET set on the server."),
+    h("div", {}, data.error ? h("p", { class: "error" }, data.error) : null),
     h("div", { class: "actions" }, create), result,
     backups.length ? h("table", { id: "backups" },
       h("thead", {}, h("tr", {}, ["Backup", "Time", "Complete", "Size", "New", "Buckets", ""].map((t) => h("th", {}, t)))),

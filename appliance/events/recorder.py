@@ -18,7 +18,8 @@ Entries, all under ``<instance>`` = ``RS_INSTANCE_NAME`` (or the host name):
 ``logs/<instance>/messages``   one record per own log line at ``RS_SYSTEM_EVENTS_LOG_LEVEL``
                                (default WARN) or above; labels ``level`` and ``logger``
 ``lifecycles/<instance>/<name>`` one record per lifecycle run (its report)
-``replications/<instance>/<name>`` diagnostics handed in by replication (``diagnostic``)
+``replications/<instance>/<name>`` ``replication_sync`` events of a task (aggregated by
+                               ``replication.diagnostics.SyncEvents``; label ``status``)
 
 The bucket is created on the first flush with a FIFO quota of ``RS_SYSTEM_EVENTS_QUOTA_SIZE``
 (re-applied at every start), is provisioned (the API cannot change, rename or remove it) and

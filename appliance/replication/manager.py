@@ -16,9 +16,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from appliance import metrics
 from appliance.engine.fs_ops import atomic_write
 from appliance.errors import Conflict, NotFound, UnprocessableEntity
 from appliance.replication.models import Mode, ReplicationSettings, host_port
@@ -47,8 +49,10 @@ class ReplicationManager:
         storage: Callable[[], Storage | None],
         run: Runner,
         own_port: int,
+        events: Callable[[str, dict[str, Any], dict[str, str]], None] | None = None,
     ) -> None:
         self.options = options
+        self._events = events  # (task, payload, labels) -> `$system` (queues only)
         self._storage = storage
         self._run = run
         self._own_port = own_port
@@ -164,7 +168,19 @@ class ReplicationManager:
         log.info("replication tasks loaded: %s", ", ".join(self.names()) or "none")
 
     def _new_task(self, name: str, settings: ReplicationSettings) -> ReplicationTask:
-        return ReplicationTask(name, settings, self.options, storage=self._storage, run=self._run)
+        events = self._events
+        emit = None if events is None else functools.partial(events, name)
+        return ReplicationTask(
+            name, settings, self.options, storage=self._storage, run=self._run, events=emit
+        )
+
+    def report_metrics(self) -> None:
+        """Set every task's pending-records and lag gauges (blocking: reads the log fronts)."""
+        now_us = time.time_ns() // 1000
+        for name, task in list(self._tasks.items()):
+            oldest = task.oldest_pending()
+            lag = 0.0 if oldest is None else max(0.0, (now_us - oldest) / 1e6)
+            metrics.set_replication(name, pending_records=task.pending_records, lag_seconds=lag)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -248,6 +264,7 @@ class ReplicationManager:
         await task.stop()
         await self._run(task.remove_logs)
         await self._run(self.save)
+        metrics.remove_replication(name)
         log.info("replication '%s' removed", name)
 
     async def set_mode(self, name: str, mode: Mode) -> None:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from appliance.api.batch_codec import encode_name
 from appliance.engine.models import RecordMeta, RecordState
 from appliance.errors import ApplianceError
-from appliance.replication.diagnostics import Diagnostics
+from appliance import metrics
+from appliance.replication.diagnostics import Diagnostics, Emit, SyncEvents
 from appliance.replication.filter import EntryFilter, entry_selected
 from appliance.replication.models import Mode, ReplicationSettings
 from appliance.replication.remote import Outgoing, Rejected, RemoteBucket, Unavailable
@@ -93,11 +94,15 @@ class ReplicationTask:
         *,
         storage: Callable[[], Storage | None],
         run: Runner,
+        events: Emit | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.options = options
         self.diagnostics = Diagnostics()
+        # `$system` sync events; never for a task replicating `$system` itself (no feedback)
+        self.sync = SyncEvents(events if settings.src_bucket != "$system" else None)
+        self._pass = [0, 0, 0]  # written, failed, bytes of the running pass
         self._storage = storage
         self._run = run
         self._lock = threading.Lock()
@@ -165,6 +170,20 @@ class ReplicationTask:
         self._poke()
 
     # --- writer side (engine threads) ------------------------------------------------------
+
+    def oldest_pending(self) -> int | None:
+        """Timestamp (µs) of the oldest record waiting in any log (blocking: reads log fronts)."""
+        with self._lock:
+            logs = list(self._logs.values())
+        oldest = None
+        for txlog in logs:
+            try:
+                front = txlog.front(1)
+            except Exception:  # noqa: BLE001 - a broken or closed log is the sender's business
+                continue
+            if front and (oldest is None or front[0][1] < oldest):
+                oldest = front[0][1]
+        return oldest
 
     def _log_for(self, entry: str) -> TransactionLog:
         txlog = self._logs.get(entry)
@@ -252,6 +271,7 @@ class ReplicationTask:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         await self.remote.close()
+        self.sync.flush(self.pending_records)
         if close_logs:
             with self._lock:
                 for txlog in self._logs.values():
@@ -280,6 +300,7 @@ class ReplicationTask:
         while not self._stopping:
             self._wake.clear()
             self._wake_pending = False
+            self.sync.flush_due(lambda: self.pending_records)
             mode = self.settings.mode
             if mode is Mode.DISABLED:
                 self._flag = False
@@ -293,10 +314,13 @@ class ReplicationTask:
                     self._flag = False
                 await self._sleep(IDLE_SECONDS)
                 continue
+            self._pass = [0, 0, 0]
+            started = time.monotonic()
             try:
                 sent = await self.run_pass()
             except Unavailable as exc:
                 self._flag = False
+                self._passed(exc.code, started)
                 self._warn(
                     f"replication '{self.name}': destination {self.settings.dst_host} "
                     f"unavailable ({exc.code}: {exc.message}); retrying every "
@@ -306,12 +330,23 @@ class ReplicationTask:
                 continue
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 self._flag = False
+                self._passed(500, started)
                 log.exception("replication '%s': pass failed", self.name)
                 await asyncio.sleep(IDLE_SECONDS)
                 continue
             self._flag = True
-            if not sent:
+            if sent:
+                self._passed(200, started)
+            else:
                 await self._sleep(IDLE_SECONDS)
+
+    def _passed(self, status: int, started: float) -> None:
+        """Count the pass just made: the error metric, the `$system` aggregate (no I/O)."""
+        if status != 200:
+            metrics.replication_error(self.name)
+        written, failed, nbytes = self._pass
+        self.sync.record(status, written, failed, nbytes, time.monotonic() - started,
+                         self.pending_records)
 
     # --- sender ------------------------------------------------------------------------------
 
@@ -405,22 +440,30 @@ class ReplicationTask:
                     self._shrunk[entry],
                 )
                 self.diagnostics.error(exc.code, exc.message, count)
+                self._pass[1] += count
                 raise Unavailable(exc.code, exc.message) from None
             log.error(
                 "replication '%s': destination refused a batch of %d record(s) of %s: %s %s",
                 self.name, count, entry, exc.code, exc.message,
             )
             self.diagnostics.error(exc.code, exc.message, count)
+            self._pass[1] += count
+            metrics.replication_error(self.name)  # the pass goes on: count the refusal here
             failed = {}
             count = 0
         except Unavailable as exc:
             self.diagnostics.error(exc.code, exc.message, count)
+            self._pass[1] += count
             raise
         for code, message in batch.failures:
             self.diagnostics.error(code, message)
         for code, message in failed.values():
             self.diagnostics.error(code, message)
         self.diagnostics.ok(count - len(failed))
+        self._pass[0] += count - len(failed)
+        self._pass[1] += len(failed) + len(batch.failures)
+        if count:
+            self._pass[2] += sum(m.size for m in batch.writes if m.timestamp not in failed)
 
     def _prepare(
         self, txlog: TransactionLog, entry: str, skip: int, max_records: int, max_size: int

@@ -104,5 +104,9 @@ async def test_backup_to_s3_through_the_api(h: Harness, moto_endpoint: str) -> N
     made = await r.get_json()
     listed = await (await h.client.get(f"{API}/backups", query_string={"target": url})).get_json()
     assert [b["id"] for b in listed["backups"]] == [made["id"]]
+    text = (await (await h.client.get("/metrics")).get_data()).decode()
+    puts = [line for line in text.splitlines()
+            if line.startswith('reduct_s3_requests_total{operation="PutObject"}')]
+    assert puts and float(puts[0].split()[-1]) >= 1  # the target's requests are counted
     r = await h.client.post(f"{API}/backups/{made['id']}/verify", query_string={"target": url})
     assert (await r.get_json())["ok"]

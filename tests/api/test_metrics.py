@@ -199,3 +199,65 @@ def _tmp() -> Any:
     from pathlib import Path
 
     return Path(tempfile.mkdtemp(prefix="metrics-"))
+
+
+async def _metrics_text(h: Harness) -> str:
+    r = await h.client.get("/metrics")
+    assert r.status_code == 200
+    return (await r.get_data()).decode()
+
+
+async def test_replication_backlog_to_a_dead_destination(harness_factory: Factory) -> None:
+    """The replication manager feeds pending records and lag at every scrape; errors count."""
+    import asyncio
+    import time
+
+    from tests.api.live import free_port
+
+    h = await harness_factory(replication_timeout=0.2)
+    assert (await h.client.post("/api/v1/b/src")).status_code == 200
+    r = await h.client.post("/api/v1/replications/to-dead", json={
+        "src_bucket": "src", "dst_bucket": "dst", "dst_host": f"http://127.0.0.1:{free_port()}"})
+    assert r.status_code == 200
+    text = await _metrics_text(h)
+    assert samples(text)[("reduct_replication_pending_records", (("task", "to-dead"),))] == 0
+    assert value(text, "reduct_replication_lag_seconds", task="to-dead") == 0
+    oldest = time.time_ns() // 1000 - 3_000_000  # records written "3 s ago"
+    for i in range(4):
+        r = await h.client.post(f"/api/v1/b/src/e?ts={oldest + i}", data=b"abc",
+                                headers={"Content-Length": "3"})
+        assert r.status_code == 200
+    text = await _metrics_text(h)
+    assert value(text, "reduct_replication_pending_records", task="to-dead") == 4
+    assert 3 <= value(text, "reduct_replication_lag_seconds", task="to-dead") < 60
+    deadline = time.monotonic() + 10
+    while value(text, "reduct_replication_errors_total", task="to-dead") < 1:
+        assert time.monotonic() < deadline, "no failed attempt counted"
+        await asyncio.sleep(0.1)
+        text = await _metrics_text(h)
+    assert value(text, "reduct_replication_pending_records", task="to-dead") == 4  # nothing lost
+    assert (await h.client.delete("/api/v1/replications/to-dead")).status_code == 200
+    text = await _metrics_text(h)
+    assert ("reduct_replication_pending_records", (("task", "to-dead"),)) not in samples(text)
+
+
+async def test_backup_age_absent_until_a_backup_then_small(
+    harness_factory: Factory, tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Before any backup the age gauge is absent (documented); a backup makes it small."""
+    monkeypatch.setitem(metrics._backup, "last_success", None)  # process-wide: other tests
+    h = await harness_factory(backup_target=str(tmp_path / "bk"))
+    text = await _metrics_text(h)
+    assert "reduct_backup_last_success_age_seconds" not in text
+    ok_before = value(text, "reduct_backup_runs_total", result="ok")
+    assert (await h.client.post("/api/v1/b/one")).status_code == 200
+    r = await h.client.post("/api/v1/backups", json={})
+    assert r.status_code == 200, await r.get_data()
+    text = await _metrics_text(h)
+    age = samples(text)[("reduct_backup_last_success_age_seconds", ())]
+    assert 0 <= age < 30
+    assert value(text, "reduct_backup_runs_total", result="ok") == ok_before + 1
+    r = await h.client.post("/api/v1/backups", json={"target": "s3://"})  # a bad target fails
+    assert r.status_code >= 400
+    text = await _metrics_text(h)
+    assert 0 <= samples(text)[("reduct_backup_last_success_age_seconds", ())] < 30

@@ -167,3 +167,40 @@ async def test_bucket_survives_restart_and_quota_is_reapplied(harness_factory: A
     r = await h2.client.get(API + SYS, headers=AUTH)
     assert r.status_code == 200
     assert (await r.get_json())["settings"]["quota_size"] == 7_000_000
+
+
+async def test_replication_sync_events(harness_factory: Any, monkeypatch: Any) -> None:
+    """A replication task's passes are aggregated into ``replication_sync`` records in
+    ``$system`` (spec replication §1.12): one per status run, flushed when idle."""
+    from appliance.replication import diagnostics
+    from tests.api.live import free_port
+
+    monkeypatch.setattr(diagnostics, "IDLE_FLUSH_SECONDS", 0.0)  # flush at the next iteration
+    hs = await harness_factory(api_token=TOKEN, system_events_flush_interval=3600,
+                               instance_name="edge-1", replication_timeout=0.2)
+    c = hs.client
+    await c.post(API + "/b/src", headers=AUTH)
+    r = await c.post(API + "/replications/to-dead", headers=AUTH, json={
+        "src_bucket": "src", "dst_bucket": "dst",
+        "dst_host": f"http://127.0.0.1:{free_port()}", "dst_token": "t"})
+    assert r.status_code == 200
+    for ts in (1, 2, 3):
+        r = await c.post(API + f"/b/src/e?ts={ts}", data=b"abc",
+                         headers={**AUTH, "Content-Length": "3"})
+        assert r.status_code == 200
+    deadline = time.monotonic() + 15
+    got: list[dict[str, Any]] = []
+    while not got:
+        assert time.monotonic() < deadline, "no replication diagnostics in $system"
+        await asyncio.sleep(0.2)
+        await hs.services.events.flush()
+        got = await records(hs, ["replications/**"])
+    event = got[0]
+    assert event["entry"] == "replications/edge-1/to-dead"
+    assert event["labels"] == {"status": "-3"}  # connection refused (ReductStore's code)
+    body = event["body"]
+    assert body["type"] == "replication_sync" and body["status"] == -3
+    # the sender may have tried while only the first record was there
+    assert 1 <= body["pending_records"] <= 3 and body["written_records"] == 0
+    assert 1 <= body["failed_records"] <= 3 and body["replicated_data_size"] == 0
+    assert body["duration"] >= 0

@@ -302,3 +302,146 @@ def test_console_over_tls_with_auth_disabled(tmp_path: Path) -> None:
     finally:
         driver.quit()
         server.kill()
+
+
+def _reopen(driver: Any, view: str) -> None:
+    """Re-render ``view`` from the API (the console's own navigation link)."""
+    driver.find_element(By.CSS_SELECTOR, 'a[data-view="dashboard"]').click()
+    wait_text(driver, "#main", "Dashboard")
+    driver.find_element(By.CSS_SELECTOR, f'a[data-view="{view}"]').click()
+
+
+def _row_cells(driver: Any, css: str) -> list[str]:
+    return [c.text for c in wait_for(driver, css).find_elements(By.TAG_NAME, "td")]
+
+
+def test_console_replication_and_backup_panels(tmp_path: Path, chrome: Any) -> None:
+    """The replication and backup panels against the real endpoints: a task to a second
+    running instance is created, watched (state, pending records), paused and removed; a
+    backup is made, listed and verified, all from the console."""
+    dst_token = "mirror-secret"
+    dst = ServerProcess(tmp_path / "dst", env={"RS_API_TOKEN": dst_token}).start()
+    src = ServerProcess(tmp_path / "src", env={
+        "RS_API_TOKEN": TOKEN, "RS_BACKUP_TARGET": str(tmp_path / "bk"),
+        "RS_REPLICATION_TIMEOUT": "1",
+    }).start()
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        dst_auth = {"Authorization": f"Bearer {dst_token}"}
+        api, dst_api = src.url + "/api/v1", dst.url + "/api/v1"
+        assert httpx.post(api + "/b/src", headers=auth).status_code == 200
+        assert httpx.post(dst_api + "/b/mirror", headers=dst_auth).status_code == 200
+
+        def write(ts: int) -> None:
+            r = httpx.post(f"{api}/b/src/sensor?ts={ts}", content=b"reading", headers=auth)
+            assert r.status_code == 200
+
+        def mirrored() -> int:
+            r = httpx.get(dst_api + "/b/mirror", headers=dst_auth)
+            return sum(e["record_count"] for e in r.json()["entries"])
+
+        sign_in(chrome, src.url + "/ui/", TOKEN)
+        chrome.find_element(By.CSS_SELECTOR, 'a[data-view="replications"]').click()
+        wait_for(chrome, "#replications-empty")
+        form = wait_for(chrome, "#create-replication")
+        for name, text in (("name", "to-mirror"), ("src_bucket", "src"), ("dst_host", dst.url),
+                           ("dst_bucket", "mirror"), ("dst_token", dst_token)):
+            form.find_element(By.CSS_SELECTOR, f"[name={name}]").send_keys(text)
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        cells = _row_cells(chrome, 'tr[data-replication="to-mirror"]')
+        assert cells[0] == "to-mirror" and cells[1] == f"src → {dst.url}/ mirror"
+        assert cells[2].startswith("enabled") and cells[3] == "0"
+        settings = httpx.get(api + "/replications/to-mirror", headers=auth).json()["settings"]
+        assert settings["dst_host"] == dst.url + "/" and settings["dst_bucket"] == "mirror"
+
+        # Records written at the source reach the destination; the panel shows it.
+        for ts in (1, 2, 3):
+            write(ts)
+        deadline = time.monotonic() + WAIT_S
+        while mirrored() < 3:
+            assert time.monotonic() < deadline, "records not replicated"
+            time.sleep(0.2)
+        _reopen(chrome, "replications")
+        cells = _row_cells(chrome, 'tr[data-replication="to-mirror"]')
+        assert "active" in cells[2] and "inactive" not in cells[2]
+        assert cells[3] == "0" and " ok, 0 errored" in cells[4] and not cells[4].startswith("0 ok")
+
+        # Paused: new records wait at the source, and the panel counts them.
+        row = wait_for(chrome, 'tr[data-replication="to-mirror"]')
+        row.find_element(By.XPATH, ".//button[text()='Pause']").click()
+        wait_text(chrome, 'tr[data-replication="to-mirror"] td:nth-child(3)', "paused")
+        assert httpx.get(api + "/replications/to-mirror", headers=auth).json()["info"]["mode"] == "paused"
+        for ts in (4, 5):
+            write(ts)
+        _reopen(chrome, "replications")
+        cells = _row_cells(chrome, 'tr[data-replication="to-mirror"]')
+        assert cells[2].startswith("paused") and cells[3] == "2"
+        chrome.save_screenshot(str(tmp_path / "replications.png"))
+        assert mirrored() == 3
+
+        # Resumed: the waiting records go out.
+        row = wait_for(chrome, 'tr[data-replication="to-mirror"]')
+        row.find_element(By.XPATH, ".//button[text()='Resume']").click()
+        wait_text(chrome, 'tr[data-replication="to-mirror"] td:nth-child(3)', "enabled")
+        deadline = time.monotonic() + WAIT_S
+        while mirrored() < 5:
+            assert time.monotonic() < deadline, "records not replicated after resume"
+            time.sleep(0.2)
+        _reopen(chrome, "replications")
+        assert _row_cells(chrome, 'tr[data-replication="to-mirror"]')[3] == "0"
+
+        # Edited: only `sensor` entries now; the token typed at creation is kept.
+        row = wait_for(chrome, 'tr[data-replication="to-mirror"]')
+        row.find_element(By.XPATH, ".//button[text()='Edit']").click()
+        entries = wait_for(chrome, "#dialog-body [name=entries]")
+        entries.send_keys("sensor")
+        chrome.find_element(By.CSS_SELECTOR, "#dialog-ok").click()
+        WebDriverWait(chrome, WAIT_S).until(
+            lambda d: httpx.get(api + "/replications/to-mirror", headers=auth).json()[
+                "settings"]["entries"] == ["sensor"])
+        write(6)
+        deadline = time.monotonic() + WAIT_S
+        while mirrored() < 6:  # still authorised at the destination
+            assert time.monotonic() < deadline, "records not replicated after the edit"
+            time.sleep(0.2)
+
+        # Removed from the console.
+        row = wait_for(chrome, 'tr[data-replication="to-mirror"]')
+        row.find_element(By.XPATH, ".//button[text()='Remove']").click()
+        wait_for(chrome, "#dialog-ok").click()
+        wait_for(chrome, "#replications-empty")
+        assert httpx.get(api + "/replications/to-mirror", headers=auth).status_code == 404
+
+        # Backups: none yet, one made from the console, listed, verified.
+        chrome.find_element(By.CSS_SELECTOR, 'a[data-view="backups"]').click()
+        wait_for(chrome, "#backups-empty")
+        assert chrome.find_element(By.CSS_SELECTOR, "#backup-target").text == (
+            f"Target: {tmp_path / 'bk'}")
+        assert "null" not in chrome.find_element(By.CSS_SELECTOR, "#main").text.split("\n")
+        chrome.find_element(By.CSS_SELECTOR, "#create-backup").click()
+        wait_text(chrome, "#backup-result", "made")
+        made = httpx.get(api + "/backups", headers=auth).json()["backups"]
+        assert len(made) == 1 and made[0]["complete"]
+        backup_id = made[0]["id"]
+        assert backup_id in chrome.find_element(By.CSS_SELECTOR, "#backup-result").text
+        cells = _row_cells(chrome, f'tr[data-backup="{backup_id}"]')
+        assert cells[0] == backup_id and cells[2] == "yes" and cells[5] == "all"
+        row = wait_for(chrome, f'tr[data-backup="{backup_id}"]')
+        row.find_element(By.XPATH, ".//button[text()='Verify']").click()
+        wait_text(chrome, "#backup-result", "sound")
+        result = chrome.find_element(By.CSS_SELECTOR, "#backup-result").text
+        report = httpx.post(f"{api}/backups/{backup_id}/verify", headers=auth).json()
+        assert report["ok"] and report["records"] >= 5  # `src` and `$system` records
+        assert f"{backup_id}: sound: {report['files']} files, {report['records']} records" in result
+        chrome.save_screenshot(str(tmp_path / "backups.png"))
+        shown_errors = (
+            "return [...document.querySelectorAll('#main .error')].map(e => e.textContent).join('')"
+        )
+        assert chrome.execute_script(shown_errors) == ""
+    except Exception:
+        chrome.save_screenshot(str(tmp_path / "failure.png"))
+        (tmp_path / "failure.html").write_text(chrome.page_source)
+        raise
+    finally:
+        src.kill()
+        dst.kill()

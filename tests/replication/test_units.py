@@ -217,3 +217,37 @@ def test_pop_with_a_stale_start_consumes_nothing(tmp_path: Path) -> None:
     assert not log.pop(2, start_a)  # a late pop of a replaced sender: ignored
     assert log.front(10) == [(WRITE, 4), (WRITE, 5)]
     log.close()
+
+
+def test_sync_events_flush_on_status_change_idle_and_max_age() -> None:
+    """``replication_sync`` aggregates: one per status run, flushed on a change, when idle
+    for 5 s, or 60 s after it began (spec replication §1.12)."""
+    from appliance.replication.diagnostics import SyncEvents
+
+    now = [100.0]
+    out: list[tuple[dict, dict]] = []
+    sync = SyncEvents(lambda payload, labels: out.append((payload, labels)), clock=lambda: now[0])
+    sync.record(200, 10, 0, 1000, 0.5, 5)
+    now[0] += 1
+    sync.record(200, 5, 1, 500, 0.25, 0)
+    sync.flush_due(lambda: 0)
+    assert out == []  # active and young: nothing yet
+    now[0] += 1
+    sync.record(-3, 0, 4, 0, 0.1, 4)  # the destination went away: the 200 run is closed
+    assert out == [({"type": "replication_sync", "status": 200, "pending_records": 4,
+                     "written_records": 15, "failed_records": 1, "replicated_data_size": 1500,
+                     "duration": 0.75}, {"status": "200"})]
+    now[0] += 4.9
+    sync.flush_due(lambda: 4)
+    assert len(out) == 1
+    now[0] += 0.1
+    sync.flush_due(lambda: 4)  # 5 s idle
+    assert out[1][1] == {"status": "-3"} and out[1][0]["failed_records"] == 4
+    for _ in range(61):  # busy for over a minute with the same status
+        sync.record(200, 1, 0, 10, 0.01, 0)
+        now[0] += 1
+        sync.flush_due(lambda: 0)
+    assert len(out) == 3 and out[2][0]["written_records"] == 60
+    quiet = SyncEvents(None)
+    quiet.record(200, 1, 0, 1, 0.1, 0)  # system events off: nothing kept, nothing raised
+    quiet.flush(0)

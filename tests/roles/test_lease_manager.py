@@ -429,7 +429,10 @@ async def test_standby_run_loop_acquires_renews_and_stops(backend: Backend) -> N
     stop = asyncio.Event()
     loop = asyncio.create_task(a.run(stop))
     assert await asyncio.wait_for(a.wait_holding(), 5) == 1
-    await asyncio.sleep(0.2)
+    for _ in range(250):  # renewals every poll; a loaded CI box may take longer than 0.2 s
+        await asyncio.sleep(0.02)
+        if LeaseRecord.decode(backend.read(LOCK_KEY)).renew_seq >= 3:
+            break
     assert LeaseRecord.decode(backend.read(LOCK_KEY)).renew_seq >= 3
     assert a.is_ready
     await confirm_off_loop(a)
