@@ -170,7 +170,7 @@ def raise_open_file_limit() -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard limit (issue 8); return (soft, hard) after.
 
     Sockets and the engine's file cache share the limit; the cache sizes itself from it
-    (``engine.files.fd_budget``), so this runs before the engine opens.
+    (``engine.fd_cache.fd_budget``), so this runs before the engine opens.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:

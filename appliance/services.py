@@ -81,7 +81,7 @@ LAST_ACCESS_FLUSH_SECONDS = 30.0
 EXIT_RUNTIME = 1  # exit codes of `appliance serve` (cli/main.py)
 EXIT_CONFIG = 2
 # A lease CAS waits at most this long for another writer's key lock (a stopped holder's
-# lock is taken over sooner, see ``backends.fileio.key_lock``); the next poll retries.
+# lock is taken over sooner, see ``backends.key_lock``); the next poll retries.
 MAX_LOCK_WAIT_SECONDS = 5.0
 
 

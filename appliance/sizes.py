@@ -4,8 +4,7 @@ Each trades event-loop time and memory against worker-thread hops (``workers.py`
 threshold a payload travels whole in one hop, above it it streams. Changing one changes
 memory use per request and latency, never what is stored or answered.
 
-Left where they are for now (engine internals, see issue 9): ``engine/entry.py``'s
-``JOIN_RECORD_BYTES`` / ``RUN_BYTES`` (pread coalescing of bulk reads).
+The engine imports this module too (bulk reads), so it imports nothing but ``units``.
 """
 
 from __future__ import annotations
@@ -39,3 +38,10 @@ INLINE_PARSE_BYTES = 64 * KIB
 # PRELOAD_BATCH_BYTES per batch; bigger ones stream after the headers are sent.
 PRELOAD_RECORD_BYTES = 1 * MIB
 PRELOAD_BATCH_BYTES = 16 * MIB
+
+# --- bulk reads of one entry (engine/entry.py ``read_payloads``) --------------------------
+# Adjacent records of up to JOIN_RECORD_BYTES each are joined into one pread of at most
+# RUN_BYTES: for small records a syscall costs more than slicing the run; for bigger ones the
+# copy out of the run costs more than the pread it saves.
+JOIN_RECORD_BYTES = 32 * KIB
+RUN_BYTES = 256 * KIB

@@ -10,7 +10,7 @@ this backend stamps an mtime strictly greater than the previous version's while 
 key's lock (``TempFile.stamp_mtime``), so the etag changes on every write, even an identical
 rewrite that happens to reuse the inode number.
 
-Fault model (durability details in ``backends.fileio``):
+Fault model (durability details in ``backends.durability``):
 
 - Crash at any instant: the key names the old file or the new one, never a torn one; at worst a
   hidden temp or lock file is left behind.
@@ -20,7 +20,7 @@ Fault model (durability details in ``backends.fileio``):
   compare-and-replace cannot interleave with another backend write to the same key.
 - A *stopped* holder (SIGSTOP, ``docker pause``) would block every writer of its key until it
   resumes; a waiter on the same host steals the lock from a stopped process
-  (``fileio.key_lock``), and the resumed holder re-checks ownership right before its rename and
+  (``backends.key_lock``), and the resumed holder re-checks ownership right before its rename and
   backs off with ``BackendUnavailable``. Left open: a holder stopped between that re-check
   and the rename itself (two syscalls apart) renames unguarded when it resumes; the lease
   adds its generation check on top of this (``appliance.roles.lease``).
@@ -41,19 +41,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from backends.base import ObjectInfo, refuse_empty_prefix, validate_key, validate_prefix
-from backends.errors import BackendError, ObjectNotFound, PreconditionFailed
-from backends.fileio import (
+from backends.durability import (
     NS_PER_SECOND,
     TempFile,
     file_chunks,
     fsync_dir,
     is_internal_name,
-    key_lock,
-    local_file_error,
     remove_empty_dirs,
-    translate_os_error,
     write_local_file,
 )
+from backends.errors import BackendError, ObjectNotFound, PreconditionFailed
+from backends.key_lock import key_lock
+from backends.os_errors import local_file_error, translate_os_error
 
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
 

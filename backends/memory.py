@@ -5,7 +5,7 @@ when another backend disagrees with this one, the other backend is wrong (or the
 ``tests/backends/contract.py`` needs a documented exception). Nothing survives the process.
 
 Fault model: none of its own. ``upload``/``download`` still touch local files, through
-``backends.fileio``, so their local-side failures are translated like everywhere else.
+``backends.durability``, so their local-side failures are translated like everywhere else.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from backends.base import ObjectInfo, refuse_empty_prefix, validate_key, validate_prefix
+from backends.durability import CHUNK_BYTES, file_chunks, write_local_file
 from backends.errors import ObjectNotFound, PreconditionFailed
-from backends.fileio import CHUNK_BYTES, file_chunks, local_file_error, write_local_file
+from backends.os_errors import local_file_error
 
 
 class MemoryBackend:

@@ -43,20 +43,20 @@ from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from backends.base import ObjectInfo, refuse_empty_prefix, validate_key, validate_prefix
+from backends.durability import (
+    CHUNK_BYTES,
+    MIB,
+    publish_local_path,
+    temp_path_for,
+    write_local_file,
+)
 from backends.errors import (
     BackendError,
     BackendUnavailable,
     ObjectNotFound,
     PreconditionFailed,
 )
-from backends.fileio import (
-    CHUNK_BYTES,
-    MIB,
-    local_file_error,
-    publish_local_path,
-    temp_path_for,
-    write_local_file,
-)
+from backends.os_errors import local_file_error
 from backends.s3_errors import S3_ERRORS, translate_s3_error
 
 MULTIPART_THRESHOLD_BYTES = 8 * MIB

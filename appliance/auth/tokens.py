@@ -19,7 +19,7 @@ at shutdown), so a token's inactivity ``ttl`` survives a restart without a write
 The init-token's ``last_access`` is not saved (it is never written to disk).
 
 The file is JSON ``{"version": 1, "tokens": [...]}`` replaced atomically with
-``appliance.engine.fileio.atomic_write`` (tmp, fsync, rename, fsync dir).
+``appliance.engine.fs_ops.atomic_write`` (tmp, fsync, rename, fsync dir).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from appliance.auth.token_record import (
     parse_time,
     quick,
 )
-from appliance.engine.fileio import atomic_write, make_dirs
+from appliance.engine.fs_ops import atomic_write, make_dirs
 from appliance.engine.ioerrors import io_boundary
 from appliance.errors import BadRequest, Conflict, NotFound, Unauthorized, UnprocessableEntity
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import google_crc32c
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 
 CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -45,10 +45,10 @@ def copy_prefix(src: Path, dst: Path, size: int | None = None) -> int:
                         raise EOFError(f"{src} is shorter than {size} bytes")
                     break
                 crc = google_crc32c.extend(crc, chunk)
-                fileio.write_all(fd, (chunk,))
+                fs_ops.write_all(fd, (chunk,))
                 if left > 0:
                     left -= len(chunk)
-        fileio.fsync_fd(fd)
+        fs_ops.fsync_fd(fd)
     finally:
         os.close(fd)
     return crc
@@ -68,7 +68,7 @@ def walk_files(root: Path) -> Iterator[tuple[str, Path]]:
 def sync_tree(root: Path) -> None:
     """fsync every folder under ``root`` (the names of new files become durable)."""
     for folder, _dirs, _names in os.walk(root):
-        fileio.fsync_dir(Path(folder))
+        fs_ops.fsync_dir(Path(folder))
 
 
 def tree_bytes(root: Path) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from appliance.backup import manifest as mf
 from appliance.backup.files import crc_prefix, tree_bytes, walk_files
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.errors import CorruptionError, NotFound, ServiceUnavailable
 
 LOCK_NAME = ".lock"
@@ -199,8 +199,8 @@ def delete(target: Path, backup: str) -> None:
 
 def remove_folder(folder: Path) -> None:
     """Manifest first (the backup turns incomplete at once), then the files (links only)."""
-    fileio.remove_file(folder / mf.MANIFEST_NAME, sync=True)
-    fileio.remove_tree(folder)
+    fs_ops.remove_file(folder / mf.MANIFEST_NAME, sync=True)
+    fs_ops.remove_tree(folder)
 
 
 def retention_victims(

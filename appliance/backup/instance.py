@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.errors import Conflict
 
 LOCK_NAME = ".instance.lock"
@@ -76,7 +76,7 @@ def mark_restored(data_path: Path, backup: str) -> None:
     """Mark ``data_path`` as restored from ``backup`` (read-only until lifted)."""
     data_path.mkdir(parents=True, exist_ok=True)
     body = {"backup": backup, "restored_at": time.time()}
-    fileio.atomic_write(data_path / MARKER_NAME, json.dumps(body).encode())
+    fs_ops.atomic_write(data_path / MARKER_NAME, json.dumps(body).encode())
 
 
 def restored_from(data_path: Path) -> str | None:
@@ -92,4 +92,4 @@ def restored_from(data_path: Path) -> str | None:
 
 def clear_restored(data_path: Path) -> bool:
     """Lift the read-only mark; whether there was one."""
-    return fileio.remove_file(data_path / MARKER_NAME, sync=True)
+    return fs_ops.remove_file(data_path / MARKER_NAME, sync=True)

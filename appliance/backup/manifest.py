@@ -19,7 +19,7 @@ from pathlib import Path
 
 import google_crc32c
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.errors import CorruptionError, UnprocessableEntity
 
 MANIFEST_NAME = "manifest.json"
@@ -134,7 +134,7 @@ def decode(data: bytes, source: str) -> Manifest:
 
 def write(folder: Path, manifest: Manifest) -> None:
     """Write ``folder/manifest.json`` atomically: from now on the backup is complete."""
-    fileio.atomic_write(folder / MANIFEST_NAME, manifest.encode())
+    fs_ops.atomic_write(folder / MANIFEST_NAME, manifest.encode())
 
 
 def read(folder: Path) -> Manifest | None:

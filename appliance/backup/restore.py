@@ -24,7 +24,7 @@ from appliance.backup import instance
 from appliance.backup import manifest as mf
 from appliance.backup.files import crc_prefix, sync_tree, walk_files
 from appliance.backup.snapshot import AUTH_FILE
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.engine.bucket import SETTINGS_FILE
 from appliance.errors import Conflict, CorruptionError, NotFound
 
@@ -129,7 +129,7 @@ def restore(
         prefix, files = _scope(found, bucket, entry)
         instance.mark_restored(data, found.id)
         tmp = data / RESTORE_TMP
-        fileio.remove_tree(tmp)
+        fs_ops.remove_tree(tmp)
         tmp.mkdir()
         wanted = list(files)
         settings = f"{bucket}/{SETTINGS_FILE}"
@@ -141,7 +141,7 @@ def restore(
             target.fetch(found, record, dst)
             size = dst.stat().st_size
             if size != record.size or crc_prefix(dst, size) != record.crc32c:
-                fileio.remove_tree(tmp)
+                fs_ops.remove_tree(tmp)
                 raise CorruptionError(
                     f"backup {found.id} is damaged: file {record.path} does not match its "
                     "manifest; restore stopped (run `appliance backup verify`)",
@@ -149,8 +149,8 @@ def restore(
                 )
         sync_tree(tmp)
         _swap_in(tmp, data, prefix)
-        fileio.remove_tree(tmp)
-        fileio.fsync_dir(data)
+        fs_ops.remove_tree(tmp)
+        fs_ops.fsync_dir(data)
     return result
 
 
@@ -158,17 +158,17 @@ def _swap_in(tmp: Path, data: Path, prefix: str) -> None:
     """Move the copied tree into place: whole folder, or replace the bucket/entry folder."""
     if not prefix:
         for child in sorted(tmp.iterdir()):
-            fileio.rename_dir(child, data / child.name)
+            fs_ops.rename_dir(child, data / child.name)
         return
     scope = prefix.rstrip("/")
     old = data / RESTORE_TMP / ".old"
     if (data / scope).exists():
         old.parent.mkdir(parents=True, exist_ok=True)
-        fileio.rename_dir(data / scope, old)
+        fs_ops.rename_dir(data / scope, old)
     (data / scope).parent.mkdir(parents=True, exist_ok=True)
-    fileio.rename_dir(tmp / scope, data / scope)
+    fs_ops.rename_dir(tmp / scope, data / scope)
     bucket = scope.split("/", 1)[0]
     settings = tmp / bucket / SETTINGS_FILE
     if settings.exists() and not (data / bucket / SETTINGS_FILE).exists():
-        fileio.replace(settings, data / bucket / SETTINGS_FILE)
-    fileio.remove_tree(old)
+        fs_ops.replace(settings, data / bucket / SETTINGS_FILE)
+    fs_ops.remove_tree(old)

@@ -31,7 +31,7 @@ from appliance.backup import folder as ft
 from appliance.backup import manifest as mf
 from appliance.backup.files import copy_prefix, crc_prefix, digest_prefix, walk_files
 from appliance.backup.snapshot import Staged, finalize, is_wal
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.errors import InternalError, NotFound, UnprocessableEntity
 from backends.errors import BackendError, ObjectNotFound
 from backends.s3 import S3Backend
@@ -176,7 +176,7 @@ class S3Target:
         started = json.dumps({"id": staged.id, "cut_us": staged.cut_us}).encode()
         self._call(lambda: backend.write(f"{BACKUPS}{staged.id}/started", started))
         out = staged.root.with_name(staged.id + ".out")
-        fileio.remove_tree(out)
+        fs_ops.remove_tree(out)
         known: dict[str, tuple[int, int, int, str]] = {}  # rel -> inode, size, crc, sha
         for rel, size in staged.files:
             src = staged.root / rel
@@ -185,7 +185,7 @@ class S3Target:
             if not is_wal(rel):
                 crc, sha = digest_prefix(src, size)
                 if sha in present:
-                    fileio.hard_link(src, dst)  # never uploaded; finalize writes no data file
+                    fs_ops.hard_link(src, dst)  # never uploaded; finalize writes no data file
                     known[rel] = (dst.stat().st_ino, size, crc, sha)
                     continue
             copy_prefix(src, dst, size)
@@ -228,8 +228,8 @@ class S3Target:
             extra={"objects": objects, **staged.extra},
         )
         self._call(lambda: backend.write(f"{BACKUPS}{staged.id}/{mf.MANIFEST_NAME}", result.encode()))
-        fileio.remove_tree(out)
-        fileio.remove_tree(staged.root)
+        fs_ops.remove_tree(out)
+        fs_ops.remove_tree(staged.root)
         return result
 
     def _remove(self, backup: str) -> None:

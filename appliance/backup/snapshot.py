@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from appliance.backup import manifest as mf
 from appliance.backup.files import copy_prefix, digest_prefix, sync_tree, walk_files
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.engine.models import EngineOptions
 from appliance.engine.reserve import RESERVE_FILE
 
@@ -63,7 +63,7 @@ class Staged:
 
 def clear_staging(data_path: Path) -> None:
     """Remove staging leftovers (a backup that died mid-way; only links to live files)."""
-    fileio.remove_tree(data_path / STAGING_DIR)
+    fs_ops.remove_tree(data_path / STAGING_DIR)
 
 
 def _sources(data_path: Path, buckets: list[str] | None) -> list[Path]:
@@ -89,12 +89,12 @@ def _link_tree(data_path: Path, root: Path, buckets: list[str] | None) -> list[t
         else:
             pairs = [(f"{source.name}/{rel}", path) for rel, path in walk_files(source)]
         for rel, path in pairs:
-            if path.name.endswith(fileio.TMP_SUFFIX):
+            if path.name.endswith(fs_ops.TMP_SUFFIX):
                 continue  # a crash leftover (the gate excludes a rewrite in progress)
             dst = root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fileio.hard_link(path, dst)
+                fs_ops.hard_link(path, dst)
             except FileNotFoundError:
                 continue  # removed by an in-flight removal that finished before the gate closed
             files.append((rel, dst.stat().st_size))
@@ -158,8 +158,8 @@ def finalize(data: Path) -> None:
     storage.close()
     # The engine's own housekeeping files are not data: the free-space reserve (recreated by
     # any instance that opens the folder) and emptied removals.
-    fileio.remove_file(data / RESERVE_FILE)
-    fileio.remove_tree(data / fileio.REMOVING_DIR)
+    fs_ops.remove_file(data / RESERVE_FILE)
+    fs_ops.remove_tree(data / fs_ops.REMOVING_DIR)
 
 
 def publish(
@@ -185,7 +185,7 @@ def publish(
             base = previous[0] / mf.DATA_DIR / rel  # type: ignore[index]
             if digest_prefix(src, size)[1] == old.sha256:
                 try:
-                    fileio.hard_link(base, dst)
+                    fs_ops.hard_link(base, dst)
                     shared[rel] = (old, dst.stat().st_ino)
                     continue
                 except OSError:
@@ -216,5 +216,5 @@ def publish(
         extra=staged.extra,
     )
     mf.write(folder, result)
-    fileio.remove_tree(staged.root)
+    fs_ops.remove_tree(staged.root)
     return result

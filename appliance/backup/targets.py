@@ -17,7 +17,7 @@ from appliance.backup import folder as ft
 from appliance.backup import manifest as mf
 from appliance.backup.files import copy_prefix
 from appliance.backup.snapshot import Staged, publish
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.errors import UnprocessableEntity
 
 ARCHIVE_DIR = "archive"
@@ -117,25 +117,25 @@ class FolderTarget:
         """Store one journal segment in ``<folder>/archive/`` (copied, fsynced, renamed)."""
         folder = self.path / ARCHIVE_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (name + fileio.TMP_SUFFIX)
-        fileio.remove_file(tmp)
+        tmp = folder / (name + fs_ops.TMP_SUFFIX)
+        fs_ops.remove_file(tmp)
         copy_prefix(path, tmp)
-        fileio.replace(tmp, folder / name)
+        fs_ops.replace(tmp, folder / name)
 
     def list_archive(self) -> list[str]:
         """Names of the archived journal segments."""
         folder = self.path / ARCHIVE_DIR
         if not folder.is_dir():
             return []
-        return sorted(p.name for p in folder.iterdir() if not p.name.endswith(fileio.TMP_SUFFIX))
+        return sorted(p.name for p in folder.iterdir() if not p.name.endswith(fs_ops.TMP_SUFFIX))
 
     def get_archive(self, name: str) -> bytes:
         """The bytes of one archived segment."""
-        return fileio.read_file(self.path / ARCHIVE_DIR / name)
+        return fs_ops.read_file(self.path / ARCHIVE_DIR / name)
 
     def delete_archive(self, name: str) -> None:
         """Remove one archived segment."""
-        fileio.remove_file(self.path / ARCHIVE_DIR / name)
+        fs_ops.remove_file(self.path / ARCHIVE_DIR / name)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -45,11 +45,13 @@ Behaviour worth knowing:
 
 Modules, bottom up: ``names`` (name validation), ``sizing`` (ReductStore's record metadata
 size), ``models`` (value types and enums), ``generations`` (generation fencing rules for WAL
-replay and file replacement), ``codec`` (sans-I/O formats), ``fileio`` (the engine's atomic writes and renames, on
-``backends.fileio``'s fsync/rename), ``ioerrors`` (the OSError boundary), ``reserve`` (the
-removal reserve for a full disk), ``files`` (fd cache), ``commit`` (group commit), ``block``
-(a block in memory, block LRU), ``context`` (shared caches and options), ``entry_files`` (files
-of one entry folder), ``blockset`` (block index in memory and block choice), ``entry``,
+replay and file replacement), ``codec`` (sans-I/O formats), ``fs_ops`` (the engine's atomic
+writes, durable renames and removals, on ``backends.durability``'s fsync/rename), ``ioerrors``
+(the OSError boundary), ``reserve`` (the removal reserve for a full disk), ``fd_cache`` (the
+bounded cache of open descriptors), ``commit`` (group commit), ``block`` (a block in memory,
+block LRU), ``context`` (shared caches and options), ``entry_folder`` (the files of one entry
+folder and the I/O on them), ``blockset`` (block index in memory and block choice),
+``bulk_read`` and ``entry_removal`` (two jobs of ``Entry``, mixed in), ``entry``,
 ``writer`` (``RecordWriter``), ``recovery`` (startup recovery of an entry), ``scan`` (finding
 buckets and entries), ``quota`` (write admission of a bucket), ``bucket``, ``storage``,
 ``report`` (``RecoveryReport``), ``check``, ``mirror`` (the local folder as a bounded cache of

@@ -31,8 +31,8 @@ from appliance.engine.codec import (
     encode_wal_frame,
 )
 from appliance.engine.context import EngineContext
-from appliance.engine.entry_files import EntryFiles
-from appliance.engine.files import FileHandle
+from appliance.engine.entry_folder import EntryFiles
+from appliance.engine.fd_cache import FileHandle
 from appliance.engine.models import RecordState
 from appliance.engine.sizing import record_metadata_size
 from appliance.errors import Conflict, CorruptionError, NotFound

@@ -15,11 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from appliance import metrics
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.engine.codec import decode_settings, encode_settings
 from appliance.engine.context import EngineContext
 from appliance.engine.entry import Entry
-from appliance.engine.entry_files import EntryFiles
+from appliance.engine.entry_folder import EntryFiles
 from appliance.engine.gate import gated
 from appliance.engine.ioerrors import boundary
 from appliance.engine.models import (
@@ -85,12 +85,12 @@ class Bucket:
         A failure (a full disk) or a crash leaves no bucket behind, never one with default
         settings; the rename is fsynced, so an acknowledged bucket survives power loss.
         """
-        staging = fileio.staging_dir(ctx.data_path)
+        staging = fs_ops.staging_dir(ctx.data_path)
         try:
-            fileio.atomic_write(staging / SETTINGS_FILE, encode_settings(settings))
-            fileio.rename_dir(staging, path)
+            fs_ops.atomic_write(staging / SETTINGS_FILE, encode_settings(settings))
+            fs_ops.rename_dir(staging, path)
         except BaseException:
-            fileio.remove_tree(staging)
+            fs_ops.remove_tree(staging)
             raise
         return cls(ctx, name, path, settings, {})
 
@@ -153,7 +153,7 @@ class Bucket:
         self._ctx.check_writable()
         with self._lock:
             new = self._settings.merged(quota_type, quota_size, max_block_size, max_block_records)
-            fileio.atomic_write(self.path / SETTINGS_FILE, encode_settings(new))
+            fs_ops.atomic_write(self.path / SETTINGS_FILE, encode_settings(new))
             self.apply_settings(new)
             if self._ctx.journal is not None:
                 self._ctx.journal.append("bucket_settings", encode_settings(new), b=self._name)
@@ -240,9 +240,9 @@ class Bucket:
         except BaseException:
             for name in reversed(made):
                 self._entries.pop(name).retire()
-                moved = fileio.retire_dir(self.path / name, self._ctx.data_path)
+                moved = fs_ops.retire_dir(self.path / name, self._ctx.data_path)
                 if moved is not None:
-                    fileio.remove_tree(moved)
+                    fs_ops.remove_tree(moved)
             raise
 
     def _new_entry(self, name: str) -> Entry:
@@ -250,7 +250,7 @@ class Bucket:
         try:
             files.create()
         except BaseException:
-            fileio.remove_tree(files.path)  # only its own folder: parents are other entries
+            fs_ops.remove_tree(files.path)  # only its own folder: parents are other entries
             raise
         entry = Entry(self._ctx, self._name, name, files, [])
         self._apply_limits(entry)
@@ -271,11 +271,11 @@ class Bucket:
             for doomed in [n for n in self._entries if is_same_or_descendant(n, name)]:
                 self._entries.pop(doomed).retire()
             # One durable rename makes the removal all-or-nothing across a crash (issue 8).
-            moved = fileio.retire_dir(self.path / name, self._ctx.data_path)
+            moved = fs_ops.retire_dir(self.path / name, self._ctx.data_path)
             if self._ctx.journal is not None:
                 self._ctx.journal.append("entry_remove", b=self._name, e=name)
         if moved is not None:
-            fileio.remove_tree(moved)
+            fs_ops.remove_tree(moved)
 
     @boundary("rename the entry")
     @gated
@@ -298,7 +298,7 @@ class Bucket:
             reopen = {name: name for name in moved}
             try:
                 self._create_entries(parents(new))
-                fileio.rename_dir(self.path / old, self.path / new)
+                fs_ops.rename_dir(self.path / old, self.path / new)
                 reopen = {name: new + name[len(old) :] for name in moved}
                 if self._ctx.journal is not None:
                     self._ctx.journal.append("entry_rename", b=self._name, e=old, n=new)
@@ -481,12 +481,12 @@ def load_settings(
 ) -> BucketSettings:
     """Read ``bucket.settings``; a missing or corrupt file falls back to defaults (rewritten)."""
     try:
-        return decode_settings(fileio.read_file(path), str(path))
+        return decode_settings(fs_ops.read_file(path), str(path))
     except FileNotFoundError:
         kind, message, offset = "settings_missing", "bucket settings file is missing", None
     except CorruptionError as exc:
         kind, message, offset = "settings_corrupt", str(exc), exc.offset
     report.add(kind, path, message, "defaults written" if repair else "none", offset)
     if repair:
-        fileio.atomic_write(path, encode_settings(defaults))
+        fs_ops.atomic_write(path, encode_settings(defaults))
     return defaults

@@ -21,7 +21,7 @@ import google_crc32c
 
 from appliance.engine.bucket import SETTINGS_FILE, load_settings
 from appliance.engine.context import EngineContext
-from appliance.engine.entry_files import EntryFiles
+from appliance.engine.entry_folder import EntryFiles
 from appliance.engine.models import EngineOptions, RecordState
 from appliance.engine.recovery import recover_entry
 from appliance.engine.report import RecoveryReport

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from appliance import metrics
-from appliance.engine.files import FileHandle
+from appliance.engine.fd_cache import FileHandle
 
 WAL_SUFFIX = ".wal"
 SYNC_THREADS = 8

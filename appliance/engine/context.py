@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.engine.block import BlockCache
 from appliance.engine.commit import GroupCommitter
-from appliance.engine.files import FileCache, fd_budget
+from appliance.engine.fd_cache import FileCache, fd_budget
 from appliance.engine.gate import WriteGate
 from appliance.engine.journal import JOURNAL_DIR, Journal
 from appliance.engine.models import EngineOptions
@@ -44,7 +44,7 @@ class DiskSpace:
         now = time.monotonic()
         stale = now - self._read_at >= FREE_SPACE_REFRESH_SECONDS
         if stale or self._free - wanted < 2 * self._reserve:
-            self._free = fileio.free_bytes(self._path)
+            self._free = fs_ops.free_bytes(self._path)
             self._read_at = now
         return self._free
 

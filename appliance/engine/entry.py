@@ -11,6 +11,10 @@ logged and the block is hidden until restart (``BlockSet.hide``) while every oth
 serving. A payload that fails its checksum (or is cut short) fails that one read the same way
 and is logged, but its block stays in service: the descriptor is sound, and hiding up to
 ``max_block_records`` good records for one bad byte would make bit rot worse than it is.
+
+``Entry`` is the facade; two of its jobs live in their own modules and are mixed in:
+``bulk_read`` (``read_payloads``: adjacent records in one ``pread``) and ``entry_removal``
+(``remove_records``, ``remove_where``, ``remove_unchecked``, ``remove_oldest_block``).
 """
 
 from __future__ import annotations
@@ -19,49 +23,41 @@ import logging
 import os
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import google_crc32c
 
 from appliance import metrics
+from appliance.engine import fs_ops
 from appliance.engine.blockset import BlockSet
+from appliance.engine.bulk_read import BulkReads
 from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_frame
 from appliance.engine.context import EngineContext
-from appliance.engine.entry_files import EntryFiles
-from appliance.engine.files import FileHandle
+from appliance.engine.entry_folder import EntryFiles
+from appliance.engine.entry_removal import EntryRemoval
+from appliance.engine.fd_cache import FileHandle
 from appliance.engine.gate import gated
 from appliance.engine.ioerrors import boundary, guarded_iter, is_missing, translate
 from appliance.engine.models import EntryInfo, NewRecord, RecordMeta, RecordState
 from appliance.engine.names import is_meta_entry
+from appliance.engine.readable import check_readable
 from appliance.errors import (
     ApplianceError,
     CorruptionError,
-    InternalError,
     NotFound,
-    TooEarly,
-    UnprocessableEntity,
 )
 from appliance.units import KIB
 
 log = logging.getLogger(__name__)
 _FINISHED = RecordState.FINISHED
-_STARTED = RecordState.STARTED
 _ERRORED = RecordState.ERRORED
 crc32c = google_crc32c.value
-# ``read_payloads`` joins adjacent records of up to JOIN_RECORD_BYTES each into one pread of
-# at most RUN_BYTES: for small records a syscall costs more than slicing the run; for bigger
-# ones the copy out of the run costs more than the pread it saves.
-JOIN_RECORD_BYTES = 32 * KIB
-RUN_BYTES = 256 * KIB
 # Blocks one step of ``write_batch`` writes into: it holds a data and a WAL file of each open,
 # so this bounds a batch's descriptors however small the blocks (``max_block_records: 1``).
 MAX_BATCH_BLOCKS = 32
-# A run of ``read_payloads``: block id, pinned data handle (None: empty payload), first
-# offset, and the records lying back to back from there.
-_Run = tuple[int, "FileHandle | None", int, list[StoredRecord]]
 
 
-class Entry:
+class Entry(BulkReads, EntryRemoval):
     """Records of one entry of one bucket (thread-safe)."""
 
     def __init__(
@@ -178,10 +174,7 @@ class Entry:
         with self._lock:
             self._check_alive()
             block, record = self._blocks.locate(meta.timestamp)
-            if record.state is _STARTED:
-                raise TooEarly(f"Record {record.timestamp} is still being written")
-            if record.state is not _FINISHED:
-                raise InternalError(f"Record {record.timestamp} is broken")
+            check_readable(record.timestamp, record.state)
             if record.size == 0:
                 return record, block.block_id, None
             try:
@@ -212,12 +205,7 @@ class Entry:
         if handle is None:
             return b""
         try:
-            data = os.pread(handle.fd, record.size, record.offset)
-            while len(data) < record.size:  # very large reads come back in pieces
-                more = os.pread(handle.fd, record.size - len(data), record.offset + len(data))
-                if not more:
-                    break
-                data += more
+            data = fs_ops.read_at(handle.fd, record.size, record.offset)
         finally:
             self._ctx.files.release(handle)
         if len(data) != record.size:
@@ -226,125 +214,6 @@ class Entry:
             raise self._damaged(block_id, record, "payload checksum mismatch")
         metrics.records_read(1, len(data))
         return data
-
-    @boundary("read the records")
-    def read_payloads(self, metas: Sequence[RecordMeta]) -> list[bytes]:
-        """Whole payloads of ``metas`` (records of this entry), checksums verified.
-
-        The bulk form of ``read_payload`` for batched reads: the entry lock is taken once, and
-        records lying back to back in one block's data file (the usual case for records
-        written in time order) are read with one ``pread`` per run of up to ``RUN_BYTES``,
-        then sliced and checked one by one. Errors are those of ``read_payload`` and come in
-        the order of ``metas``: the first record that cannot be read raises, as if the
-        records had been read one at a time.
-        """
-        runs, error = self._plan_runs(metas)
-        payloads: list[bytes] = []
-        try:
-            for block_id, handle, start, records in runs:
-                payloads.extend(self._read_run(block_id, handle, start, records))
-        finally:
-            for _, handle, _, _ in runs:
-                if handle is not None:
-                    self._ctx.files.release(handle)
-        metrics.records_read(len(payloads), sum(len(p) for p in payloads))
-        if error is not None:
-            raise error
-        return payloads
-
-    def _plan_runs(self, metas: Sequence[RecordMeta]) -> tuple[list[_Run], ApplianceError | None]:
-        """Under the lock: runs of adjacent records (block id, pinned handle, first offset,
-        records) and the error of the first record that cannot be read (None if all can).
-
-        Every run pins its own handle (``_ctx.files`` counts pins), so releasing one per run
-        is balanced; an empty payload is a run without a handle.
-        """
-        runs: list[_Run] = []
-        try:
-            with self._lock:
-                self._check_alive()
-                return runs, self._plan_locked(metas, runs)
-        except BaseException:
-            for _, handle, _, _ in runs:
-                if handle is not None:
-                    self._ctx.files.release(handle)
-            raise
-
-    def _plan_locked(self, metas: Sequence[RecordMeta], runs: list[_Run]) -> ApplianceError | None:
-        """Fill ``runs`` (entry lock held); the first record's error stops the planning."""
-        blocks = self._blocks
-        block_id = -1
-        current: Mapping[int, StoredRecord] = {}  # records of the previous record's block
-        records: list[StoredRecord] = []
-        end = -1
-        run_bytes = 0
-        for meta in metas:
-            ts = meta.timestamp
-            # A timestamp lives in one block only: try the previous record's block first.
-            record = current.get(ts)
-            try:
-                if record is None:
-                    block, record = blocks.locate(ts)
-                    block_id, current = block.block_id, block.records
-                    end = -1  # maybe another block: start a new run
-                if record.state is not _FINISHED:
-                    if record.state is _STARTED:
-                        raise TooEarly(f"Record {ts} is still being written")
-                    raise InternalError(f"Record {ts} is broken")
-                size = record.size
-                # end is -1 after a record too big to be joined (and after a block change).
-                if (
-                    record.offset == end
-                    and size <= JOIN_RECORD_BYTES
-                    and run_bytes + size <= RUN_BYTES
-                ):
-                    records.append(record)
-                    run_bytes += size
-                    end += size
-                elif size == 0:
-                    runs.append((block_id, None, record.offset, [record]))
-                    end = -1
-                else:
-                    try:
-                        handle = self.files.pin_data(block_id)
-                    except OSError as exc:
-                        if not is_missing(exc):
-                            raise  # not damage: the boundary maps it (EMFILE -> 503...)
-                        path = str(self.files.data_path(block_id))
-                        raise blocks.hide(
-                            block_id, path, None, f"data file can't be opened: {exc}"
-                        ) from exc
-                    records = [record]
-                    runs.append((block_id, handle, record.offset, records))
-                    run_bytes = size
-                    end = record.offset + size if size <= JOIN_RECORD_BYTES else -1
-            except ApplianceError as exc:
-                return exc
-        return None
-
-    def _read_run(
-        self, block_id: int, handle: FileHandle | None, start: int, records: list[StoredRecord]
-    ) -> list[bytes]:
-        """Read one run with a single ``pread`` and verify each record's checksum."""
-        if handle is None:
-            return [b""]
-        total = records[-1].offset + records[-1].size - start
-        data = os.pread(handle.fd, total, start)
-        while len(data) < total:  # very large reads come back in pieces
-            more = os.pread(handle.fd, total - len(data), start + len(data))
-            if not more:
-                break
-            data += more
-        if len(records) == 1 and len(data) == total:
-            payloads = [data]
-        else:
-            payloads = [data[r.offset - start : r.offset - start + r.size] for r in records]
-        for record, payload in zip(records, payloads, strict=True):
-            if len(payload) != record.size:
-                raise self._damaged(block_id, record, "data file is shorter than the record")
-            if record.size and crc32c(payload) != record.crc:  # empty: nothing to check
-                raise self._damaged(block_id, record, "payload checksum mismatch")
-        return payloads
 
     def iter_payload(self, meta: RecordMeta, chunk_size: int = 512 * KIB) -> Iterator[bytes]:
         """Stream a payload in chunks; CorruptionError after the last chunk on a bad checksum."""
@@ -363,11 +232,7 @@ class Entry:
         crc = 0
         done = 0
         try:
-            while done < record.size:
-                step = min(chunk_size, record.size - done)
-                chunk = os.pread(fd, step, record.offset + done)
-                if not chunk:
-                    break
+            for chunk in fs_ops.read_chunks(fd, record.size, record.offset, chunk_size):
                 crc = google_crc32c.extend(crc, chunk)
                 done += len(chunk)
                 yield chunk
@@ -573,12 +438,7 @@ class Entry:
             payload = run[0][2] if len(run) == 1 else b"".join(item[2] for item in run)
             handle = handles[block_id]
             try:
-                view = memoryview(payload)
-                position = first.offset
-                while view:
-                    written = os.pwrite(handle.fd, view, position)
-                    view = view[written:]
-                    position += written
+                fs_ops.write_all(handle.fd, (payload,), first.offset)
                 handle.dirty = True
             except OSError as exc:
                 for _, record, _ in run:
@@ -621,80 +481,6 @@ class Entry:
                 self._ctx.journal.append("labels", b=self.bucket, e=self.name, ts=ts, l=labels)
         self._commit_and_release([handle])
         return new
-
-    @boundary("remove the records")
-    def remove_records(self, timestamps: Iterable[int]) -> dict[int, ApplianceError]:
-        """Remove records by timestamp; per-timestamp errors (404). 422 for ``$meta`` entries."""
-        self._refuse_meta()
-        return self.remove_unchecked(timestamps)
-
-    @boundary("remove the records")
-    def remove_where(
-        self, start: int, stop: int, predicate: Callable[[RecordMeta], bool] | None
-    ) -> int:
-        """Remove FINISHED records in [start, stop) matching ``predicate``; return how many."""
-        self._refuse_meta()
-        doomed = [
-            r.timestamp for r in self.iter_records(start, stop) if predicate is None or predicate(r)
-        ]
-        return len(doomed) - len(self.remove_unchecked(doomed))
-
-    def _refuse_meta(self) -> None:
-        if self.is_meta:
-            raise UnprocessableEntity(
-                f"Can't delete records from system entry '{self.name}'; "
-                "use label update with remove=true"
-            )
-
-    @boundary("remove the records")
-    @gated
-    def remove_unchecked(self, timestamps: Iterable[int]) -> dict[int, ApplianceError]:
-        """Remove records (also from ``$meta`` entries: the upsert-by-key path)."""
-        self._ctx.check_writable()
-        errors: dict[int, ApplianceError] = {}
-        with self._ctx.removing(), self._lock:
-            self._check_alive()
-            by_block: dict[int, list[int]] = {}
-            for ts in timestamps:
-                try:
-                    block, _ = self._blocks.locate(ts)
-                except NotFound as exc:
-                    errors[ts] = exc
-                    continue
-                by_block.setdefault(block.block_id, []).append(ts)
-            blocks = self._blocks
-            gone: list[int] = []
-            for block_id, doomed in by_block.items():
-                block = blocks.make_live(block_id)
-                for ts in doomed:
-                    old = block.remove(ts)
-                    if old is not None:
-                        blocks.size -= old.size + old.meta_size
-                        blocks.count -= 1
-                        gone.append(ts)
-                blocks.persist_removal(block)
-            if gone and self._ctx.journal is not None:
-                self._ctx.journal.append("remove", b=self.bucket, e=self.name, tss=gone)
-        return errors
-
-    @gated
-    def remove_oldest_block(self) -> int:
-        """Drop the oldest block (FIFO quota); return the bytes freed, 0 if none could go."""
-        with self._lock:
-            blocks = self._blocks
-            if self.removed or not blocks.ids:
-                return 0
-            block_id = blocks.ids[0]
-            live = blocks.live.get(block_id)
-            if live is not None and live.pending:
-                return 0  # a writer is streaming into it
-            freed, _ = blocks.totals(block_id)
-            doomed = list(blocks.get(block_id).records) if self._ctx.journal is not None else []
-            blocks.drop(block_id)
-            if self._ctx.journal is not None:
-                self._ctx.journal.append("remove", b=self.bucket, e=self.name, tss=doomed)
-            log.info("fifo quota removed block %s/%s/%s", self.bucket, self.name, block_id)
-            return freed
 
     def find_by_label(self, name: str, value: str) -> list[int]:
         """Timestamps of records (any state) carrying label ``name=value`` (``$meta`` upserts)."""

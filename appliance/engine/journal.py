@@ -31,7 +31,7 @@ from typing import Any
 
 import google_crc32c
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 
 JOURNAL_DIR = ".journal"
 SEGMENT_SUFFIX = ".jnl"
@@ -109,7 +109,7 @@ class Journal:
             data = path.read_bytes()
             frames, good = decode_frames(data)
             if good < len(data):
-                fileio.truncate(path, good)
+                fs_ops.truncate(path, good)
             if frames:
                 self.next_seq = max(self.next_seq, frames[-1].seq + 1)
                 self.last_time_us = max(self.last_time_us, frames[-1].time_us)
@@ -136,7 +136,7 @@ class Journal:
         with self._lock:
             fd = self._open_segment()
             seq, now = self._stamp()
-            fileio.write_all(fd, (encode_frame({"s": seq, "t": now, "op": op, **fields}, payload),))
+            fs_ops.write_all(fd, (encode_frame({"s": seq, "t": now, "op": op, **fields}, payload),))
 
     def append_from_file(self, op: str, fd_in: int, offset: int, size: int, **fields: Any) -> None:
         """Journal one mutation whose payload lies in another file (a streamed record)."""
@@ -153,18 +153,18 @@ class Journal:
             # One frame, written in pieces under the lock; a crash leaves a torn tail that
             # recovery cuts off (the record's own WAL frame follows this one).
             chunks: Iterable[bytes] = [_HEAD.pack(len(head), size, crc), head]
-            fileio.write_all(fd, chunks)
-            fileio.write_all(fd, _pread_chunks(fd_in, offset, size))
+            fs_ops.write_all(fd, chunks)
+            fs_ops.write_all(fd, _pread_chunks(fd_in, offset, size))
 
     def rotate(self) -> list[Path]:
         """Close the open segment; every closed segment, oldest first (ready to ship)."""
         with self._lock:
             if self._fd is not None:
-                fileio.fsync_fd(self._fd)
+                fs_ops.fsync_fd(self._fd)
                 os.close(self._fd)
                 self._fd = None
                 self._segment = None
-            fileio.atomic_write(self.folder / NEXT_FILE, str(self.next_seq).encode())
+            fs_ops.atomic_write(self.folder / NEXT_FILE, str(self.next_seq).encode())
             return self.segments()
 
     def close(self) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 from backends.base import Backend
 from backends.errors import BackendError, ObjectNotFound
 from appliance import metrics
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -564,7 +564,7 @@ class Mirror:
             os.ftruncate(fd, size)  # sparse: the length recovery checks, no disk blocks
         finally:
             os.close(fd)
-        fileio.replace(tmp, path, sync=False)  # a placeholder needs no durability
+        fs_ops.replace(tmp, path, sync=False)  # a placeholder needs no durability
 
     # --- background ---------------------------------------------------------------------------
 
@@ -607,7 +607,7 @@ class Mirror:
             raw = {rel: [s.size, s.mtime_ns, s.evicted] for rel, s in self._state.items()}
         tmp = folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(raw))
-        fileio.replace(tmp, folder / MANIFEST, sync=False)  # stale manifest = extra uploads
+        fs_ops.replace(tmp, folder / MANIFEST, sync=False)  # stale manifest = extra uploads
 
     def info(self) -> dict[str, Any]:
         """Visible state: unsynced bytes, last sync, last error, request counts, cache use."""

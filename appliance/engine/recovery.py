@@ -33,7 +33,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.engine.block import Block
 from appliance.engine.codec import (
     IndexItem,
@@ -44,7 +44,7 @@ from appliance.engine.codec import (
     decode_wal,
 )
 from appliance.engine.context import EngineContext
-from appliance.engine.entry_files import DATA_SUFFIX, META_SUFFIX, WAL_SUFFIX, EntryFiles
+from appliance.engine.entry_folder import DATA_SUFFIX, META_SUFFIX, WAL_SUFFIX, EntryFiles
 from appliance.engine.generations import index_is_stale
 from appliance.engine.models import RecordState
 from appliance.engine.report import RecoveryReport
@@ -117,7 +117,7 @@ class EntryRecovery:
     def _load_index(self) -> dict[int, IndexItem] | None:
         path = self.files.index_path
         try:
-            index = decode_index(fileio.read_file(path), str(path))
+            index = decode_index(fs_ops.read_file(path), str(path))
         except FileNotFoundError:
             if _block_ids(self.files.path, META_SUFFIX):
                 self.report.add(
@@ -144,7 +144,7 @@ class EntryRecovery:
         on_disk: dict[int, IndexItem] = {}
         for block_id, path in sorted(_block_ids(self.files.path, META_SUFFIX).items()):
             try:
-                header = decode_descriptor_header(fileio.read_file(path), str(path))
+                header = decode_descriptor_header(fs_ops.read_file(path), str(path))
                 if header.block_id != block_id:
                     raise CorruptionError(
                         f"block descriptor {path} names block {header.block_id}",
@@ -213,7 +213,7 @@ class EntryRecovery:
         if not self.repair:
             return
         target = self.ctx.quarantine_path(self.bucket, self.entry)
-        fileio.move(meta, target / meta.name)
+        fs_ops.move(meta, target / meta.name)
         data = self.files.data_path(block_id)
         self.ctx.local(data)
         if not data.exists():
@@ -223,11 +223,11 @@ class EntryRecovery:
             target.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(data, target / data.name)
         else:
-            fileio.move(data, target / data.name)
+            fs_ops.move(data, target / data.name)
 
     def _replay_wals(self) -> None:
         for file_id, path in sorted(_block_ids(self.files.wal_dir, WAL_SUFFIX).items()):
-            data = fileio.read_file(path)
+            data = fs_ops.read_file(path)
             segment = decode_wal(data, self.entry, str(path))
             if segment.error is not None:
                 torn = segment.error.recoverable  # ends early: an append cut short by a crash
@@ -246,10 +246,10 @@ class EntryRecovery:
             if not self.repair:
                 continue
             if segment.error is not None and segment.good_end:
-                fileio.truncate(path, segment.good_end)
+                fs_ops.truncate(path, segment.good_end)
             if segment.good_end and frames:
                 self._apply(segment.block_id or file_id, frames)
-            fileio.remove_file(path)
+            fs_ops.remove_file(path)
             self.dirty = True
 
     def _fenced(self, path: Path, segment: WalSegment, data: bytes) -> tuple[WalFrame, ...]:
@@ -349,7 +349,7 @@ class EntryRecovery:
                 crash_leftover=never_indexed,
             )
             if self.repair:
-                fileio.move(path, self.ctx.quarantine_path(self.bucket, self.entry) / path.name)
+                fs_ops.move(path, self.ctx.quarantine_path(self.bucket, self.entry) / path.name)
 
     def _set_item(self, block_id: int, item: IndexItem | None) -> None:
         if item is None:
@@ -385,7 +385,7 @@ def drop_records(
             source.seek(record.offset)
             damaged = source.read(record.size)
         target.mkdir(parents=True, exist_ok=True)
-        fileio.atomic_write(target / f"{block_id}.{ts}.payload", damaged)
+        fs_ops.atomic_write(target / f"{block_id}.{ts}.payload", damaged)
     if not block.records:
         files.remove_block(block_id)
         return None

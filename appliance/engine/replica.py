@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.engine.codec import (
     IndexItem,
     decode_descriptor_header,
@@ -38,7 +38,7 @@ from appliance.engine.codec import (
 )
 from appliance.engine.context import EngineContext
 from appliance.engine.entry import Entry
-from appliance.engine.entry_files import META_SUFFIX, EntryFiles
+from appliance.engine.entry_folder import META_SUFFIX, EntryFiles
 from appliance.engine.report import RecoveryReport
 from appliance.engine.scan import scan_buckets, scan_entries
 from appliance.errors import CorruptionError
@@ -68,7 +68,7 @@ def load_index_items(files: EntryFiles) -> list[IndexItem]:
     """
     path = files.index_path
     try:
-        return list(decode_index(fileio.read_file(path), str(path)).items)
+        return list(decode_index(fs_ops.read_file(path), str(path)).items)
     except FileNotFoundError:
         pass
     items = []
@@ -76,7 +76,7 @@ def load_index_items(files: EntryFiles) -> list[IndexItem]:
         if not meta.name[: -len(META_SUFFIX)].isdigit():
             continue
         try:
-            items.append(decode_descriptor_header(fileio.read_file(meta), str(meta)))
+            items.append(decode_descriptor_header(fs_ops.read_file(meta), str(meta)))
         except (OSError, CorruptionError):
             continue  # being written, or damaged: the primary's recovery deals with it
     return sorted(items, key=lambda item: item.block_id)
@@ -106,7 +106,7 @@ class ReplicaView:
             bucket = current.get(name)
             if bucket is None or self._settings.get(name) != sig:
                 try:
-                    settings = decode_settings(fileio.read_file(settings_path), str(settings_path))
+                    settings = decode_settings(fs_ops.read_file(settings_path), str(settings_path))
                 except (OSError, CorruptionError) as exc:
                     if bucket is None:
                         self._warn(settings_path, exc)

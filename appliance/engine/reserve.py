@@ -9,7 +9,7 @@ first (``make_room``), then proceeds; afterwards (``refill``) the reserve is mad
 it fits without pushing free space under ``min_free_space``, i.e. without refusing writes.
 
 Payload space then comes free without a copy: a block whose data file cannot be rewritten
-(no room for the copy) gets the removed records' ranges punched out (``fileio.punch_hole``).
+(no room for the copy) gets the removed records' ranges punched out (``fs_ops.punch_hole``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import threading
 from pathlib import Path
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.units import MIB
 
 RESERVE_FILE = ".reserve"
@@ -53,9 +53,9 @@ class RemovalReserve:
             if self.held:
                 return
             try:
-                if fileio.free_bytes(self.path.parent) < self.size + self._min_free:
+                if fs_ops.free_bytes(self.path.parent) < self.size + self._min_free:
                     return
-                fileio.allocate(self.path, self.size)
+                fs_ops.allocate(self.path, self.size)
             except OSError as exc:
                 log.warning("can't make the removal reserve: %s", exc)
 
@@ -63,9 +63,9 @@ class RemovalReserve:
         """Give the reserve up when the disk is (nearly) full, so a removal can proceed."""
         with self._lock:
             try:
-                if fileio.free_bytes(self.path.parent) >= self.size:
+                if fs_ops.free_bytes(self.path.parent) >= self.size:
                     return
-                if fileio.remove_file(self.path):
+                if fs_ops.remove_file(self.path):
                     log.warning("disk full: removal reserve released for a removal")
             except OSError as exc:
                 log.warning("can't release the removal reserve: %s", exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.engine.entry_files import INDEX_FILE, META_SUFFIX, WAL_DIR
+from appliance.engine.entry_folder import INDEX_FILE, META_SUFFIX, WAL_DIR
 from appliance.engine.names import is_bucket_name, is_entry_name
 from appliance.engine.report import RecoveryReport
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 from contextlib import AbstractContextManager
+from pathlib import Path
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.engine.bucket import Bucket
 from appliance.engine.codec import encode_settings
 from appliance.engine.context import EngineContext
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def finish_removals(path: Path, report: RecoveryReport, repair: bool) -> None:
     """Report (and with ``repair`` delete) bucket/entry removals a crash interrupted."""
-    trash = path / fileio.REMOVING_DIR
+    trash = path / fs_ops.REMOVING_DIR
     if not trash.is_dir():
         return
     for leftover in sorted(trash.iterdir()):
@@ -52,7 +52,7 @@ def finish_removals(path: Path, report: RecoveryReport, repair: bool) -> None:
             crash_leftover=True,
         )
     if repair:
-        fileio.purge_removing(path)
+        fs_ops.purge_removing(path)
 
 
 class Storage:
@@ -77,13 +77,13 @@ class Storage:
         path = options.data_path
         try:
             # Durable from the start: every bucket's survival hangs on this folder's name.
-            fileio.make_dirs(path, sync=True)
+            fs_ops.make_dirs(path, sync=True)
             if not os.access(path, os.R_OK | os.X_OK) or (
                 not options.read_only and not os.access(path, os.W_OK)
             ):
                 raise PermissionError(f"no read/write access to {path}")
             # Made while there is room: removals rename into it even on a full disk.
-            fileio.make_dirs(path / fileio.REMOVING_DIR, sync=True)
+            fs_ops.make_dirs(path / fs_ops.REMOVING_DIR, sync=True)
         except OSError as exc:
             raise InternalError(f"Data path {path} is not usable: {exc}") from exc
         ctx = EngineContext.create(options)
@@ -227,7 +227,7 @@ class Storage:
         the removal reserve held now (0 once a removal on a full disk used it)."""
         reserve = self._ctx.reserve
         try:
-            free = fileio.free_bytes(self._ctx.data_path)
+            free = fs_ops.free_bytes(self._ctx.data_path)
         except OSError:
             free = 0
         return {
@@ -285,11 +285,11 @@ class Storage:
                 bucket.retire()
                 self._ctx.files.invalidate_under(bucket.path)
                 # One durable rename makes the removal all-or-nothing across a crash (issue 8).
-                moved = fileio.retire_dir(bucket.path, self._ctx.data_path)
+                moved = fs_ops.retire_dir(bucket.path, self._ctx.data_path)
                 if self._ctx.journal is not None:
                     self._ctx.journal.append("bucket_remove", b=name)
             if moved is not None:
-                fileio.remove_tree(moved)  # outside the lock: other buckets stay usable
+                fs_ops.remove_tree(moved)  # outside the lock: other buckets stay usable
 
     @boundary("rename the bucket")
     @gated
@@ -308,7 +308,7 @@ class Storage:
             del self._buckets[old]
             bucket.retire()
             try:
-                fileio.rename_dir(bucket.path, target)
+                fs_ops.rename_dir(bucket.path, target)
                 if self._ctx.journal is not None:
                     self._ctx.journal.append("bucket_rename", b=old, n=new)
             except OSError:

@@ -1,10 +1,11 @@
 """Streaming one record into its block: ``RecordWriter`` (spec engine §5 steps 11-12, §6).
 
 ``Bucket.begin_write`` reserves the record (state STARTED) and hands out a writer. Chunks go
-straight to the block data file with ``os.pwrite`` at the reserved offset, outside the entry
-lock, while a CRC32C of the payload accumulates; nothing is buffered, so a 1 GiB record never
-sits in memory. ``finish`` appends the framed WAL entry (FINISHED, with the checksum): from then
-on the record survives a SIGKILL, and with ``sync_writes`` also power loss (group commit).
+straight to the block data file with ``pwrite`` (``fs_ops.write_all``) at the reserved offset,
+outside the entry lock, while a CRC32C of the payload accumulates; nothing is buffered, so a
+1 GiB record never sits in memory. ``finish`` appends the framed WAL entry (FINISHED, with the
+checksum): from then on the record survives a SIGKILL, and with ``sync_writes`` also power
+loss (group commit).
 Too many or too few bytes, a client that went away, or an I/O error make the record ERRORED,
 which is also WAL-logged, so it is never half-visible as FINISHED and its timestamp can be
 rewritten with a body of the same size.
@@ -13,15 +14,15 @@ rewritten with a body of the same size.
 from __future__ import annotations
 
 import logging
-import os
 from types import TracebackType
 
 import google_crc32c
 
 from appliance import metrics
+from appliance.engine import fs_ops
 from appliance.engine.codec import StoredRecord
 from appliance.engine.entry import Entry
-from appliance.engine.files import FileHandle
+from appliance.engine.fd_cache import FileHandle
 from appliance.engine.ioerrors import boundary, translate
 from appliance.engine.models import RecordMeta, RecordState
 from appliance.errors import ApplianceError, BadRequest, InternalError
@@ -68,11 +69,7 @@ class RecordWriter:
         assert handle is not None
         position = self._record.offset + self._written
         try:
-            view = memoryview(chunk)
-            while view:
-                written = os.pwrite(handle.fd, view, position)
-                view = view[written:]
-                position += written
+            fs_ops.write_all(handle.fd, (chunk,), position)
         except OSError as exc:
             self._fail(translate(exc, "write the record"))
         handle.dirty = True

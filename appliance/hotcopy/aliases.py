@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from backends.fileio import fsync_fd, replace, write_all
+from backends.durability import fsync_fd, replace, write_all
 
 FILE_NAME = "aliases.toml"
 FILE_MODE = 0o600

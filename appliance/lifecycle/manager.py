@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.engine.fileio import atomic_write
+from appliance.engine.fs_ops import atomic_write
 from appliance.errors import Conflict, NotFound
 from appliance.lifecycle.policy import LifecyclePolicy, parse_mode, parse_policy
 from appliance.lifecycle.runner import RunReport, run_policy

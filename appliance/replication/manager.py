@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from appliance import metrics
-from appliance.engine.fileio import atomic_write
+from appliance.engine.fs_ops import atomic_write
 from appliance.errors import Conflict, NotFound, UnprocessableEntity
 from appliance.replication.models import Mode, ReplicationSettings, host_port
 from appliance.replication.task import ReplicationTask, Runner, TaskOptions

@@ -23,7 +23,7 @@ import struct
 import threading
 from pathlib import Path
 
-from appliance.engine.fileio import fsync_fd
+from appliance.engine.fs_ops import fsync_fd
 
 log = logging.getLogger(__name__)
 

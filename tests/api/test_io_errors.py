@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from tests.api.conftest import Harness
 
 API = "/api/v1"
@@ -26,7 +26,7 @@ async def test_io_errors_full_disk_bucket_creation_is_507(
     def full(path: Path, data: bytes, sync: bool = True) -> None:
         raise oserror(errno.ENOSPC, str(path))
 
-    monkeypatch.setattr(fileio, "atomic_write", full)
+    monkeypatch.setattr(fs_ops, "atomic_write", full)
     r = await h.client.post(API + "/b/full")
     assert r.status_code == 507
     assert "disk space" in r.headers["x-reduct-error"]

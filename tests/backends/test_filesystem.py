@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from backends.errors import BackendError, BackendUnavailable, ObjectNotFound
-from backends.fileio import lock_path_for
 from backends.filesystem import FilesystemBackend
+from backends.key_lock import lock_path_for
 from tests.backends.contract import MIB, BackendContract, _make_file
 from tests.backends.race_worker import race
 
@@ -180,7 +180,7 @@ def test_filesystem_upload_and_download_stream_in_bounded_memory(
 _HOLDER = """
 import sys
 from pathlib import Path
-from backends.fileio import key_lock
+from backends.key_lock import key_lock
 with key_lock(Path(sys.argv[1]), timeout_seconds=5) as still_held:
     print("held", flush=True)
     sys.stdin.readline()

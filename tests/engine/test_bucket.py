@@ -127,7 +127,7 @@ def test_bucket_storage_limit(tmp_path: Path) -> None:
 
 def test_bucket_free_disk_guard_is_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     free = {"bytes": 20 * MIB}  # within twice the reserve: every write asks statvfs
-    monkeypatch.setattr(context_module.fileio, "free_bytes", lambda path: free["bytes"])
+    monkeypatch.setattr(context_module.fs_ops, "free_bytes", lambda path: free["bytes"])
     storage = Storage.open(EngineOptions(data_path=tmp_path / "d", min_free_space=16 * MIB))
     bucket = storage.create_bucket("b")
     bucket.write_record("e", 1, b"x" * 10, CT, {})

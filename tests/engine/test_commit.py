@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.engine.commit import GroupCommitter
-from appliance.engine.files import FileCache, FileHandle
+from appliance.engine.fd_cache import FileCache, FileHandle
 
 
 def test_commit_concurrent_writers_share_fsyncs(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-import appliance.engine.entry as entry_module
+import appliance.engine.bulk_read as bulk_read_module
 from appliance.engine import Bucket, Entry, Storage
 from appliance.engine.models import BucketSettings, RecordMeta
 from appliance.errors import CorruptionError, InternalError, NotFound, TooEarly
@@ -85,7 +85,7 @@ def test_bulk_read_out_of_order_writes_are_not_joined(bucket: Bucket, preads: li
 def test_bulk_read_runs_are_bounded(
     bucket: Bucket, preads: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(entry_module, "RUN_BYTES", 16)
+    monkeypatch.setattr(bulk_read_module, "RUN_BYTES", 16)
     for ts in range(1, 5):
         bucket.write_record("e", ts, payload(ts), CT, {})
     entry = bucket.get_entry("e")
@@ -97,7 +97,7 @@ def test_bulk_read_runs_are_bounded(
 def test_bulk_read_bigger_records_get_a_pread_each(
     bucket: Bucket, preads: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(entry_module, "JOIN_RECORD_BYTES", 8)
+    monkeypatch.setattr(bulk_read_module, "JOIN_RECORD_BYTES", 8)
     for ts, size in ((1, 8), (2, 8), (3, 9), (4, 8), (5, 8)):
         bucket.write_record("e", ts, payload(ts, size), CT, {})
     entry = bucket.get_entry("e")

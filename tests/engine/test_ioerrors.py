@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.engine import Storage, fileio
+from appliance.engine import Storage, fs_ops
 from appliance.engine.ioerrors import translate
 from appliance.engine.models import EngineOptions
 from appliance.errors import (
@@ -51,14 +51,14 @@ def test_ioerrors_full_disk_at_bucket_creation_is_507_and_leaves_no_bucket(
     def full(path: Path, data: bytes, sync: bool = True) -> None:
         raise oserror(errno.ENOSPC, str(path))
 
-    monkeypatch.setattr(fileio, "atomic_write", full)
+    monkeypatch.setattr(fs_ops, "atomic_write", full)
     with pytest.raises(InsufficientStorage):
         storage.create_bucket("b")
     monkeypatch.undo()
     assert storage.bucket_names() == []
     data = storage.options.data_path
     assert sorted(p.name for p in data.iterdir() if not p.name.startswith(".")) == []
-    assert list((data / fileio.REMOVING_DIR).iterdir()) == []
+    assert list((data / fs_ops.REMOVING_DIR).iterdir()) == []
     storage.close()
     assert Storage.open(EngineOptions(data_path=data)).bucket_names() == []
 
@@ -94,10 +94,14 @@ def test_ioerrors_failed_wal_append_leaves_labels_unchanged(
     bucket.write_record("e", 1, b"one", "text/plain", {"a": "1"})
     entry = bucket.get_entry("e")
 
-    def broken(fd: int, chunks: object) -> None:
+    real = fs_ops.write_all
+
+    def broken(fd: int, chunks: object, offset: int | None = None) -> None:
+        if offset is not None:  # a payload pwrite: only the WAL append fails here
+            return real(fd, chunks, offset)  # type: ignore[arg-type]
         raise oserror(errno.EIO)
 
-    monkeypatch.setattr(fileio, "write_all", broken)
+    monkeypatch.setattr(fs_ops, "write_all", broken)
     with pytest.raises(InternalError, match="update the labels") as failure:
         entry.update_labels(1, {"a": "2"}, [])
     assert "/secret" not in failure.value.public_message
@@ -116,14 +120,16 @@ def test_ioerrors_batch_reports_failed_wal_records_and_they_do_not_come_back(
     storage = Storage.open(EngineOptions(data_path=data))
     bucket = storage.create_bucket("b")
     bucket.write_record("e", 1, b"one", "text/plain", {})
-    real = fileio.write_all
+    real = fs_ops.write_all
 
-    def half_then_full(fd: int, chunks: object) -> None:
+    def half_then_full(fd: int, chunks: object, offset: int | None = None) -> None:
+        if offset is not None:  # a payload pwrite: only the WAL append fails here
+            return real(fd, chunks, offset)  # type: ignore[arg-type]
         frames = b"".join(chunks)  # type: ignore[arg-type]
         real(fd, (frames[: len(frames) // 2],))
         raise oserror(errno.ENOSPC)
 
-    monkeypatch.setattr(fileio, "write_all", half_then_full)
+    monkeypatch.setattr(fs_ops, "write_all", half_then_full)
     errors = bucket.write_batch("e", [NewRecord(ts, b"x" * 10) for ts in (2, 3)])
     monkeypatch.undo()
     assert set(errors) == {2, 3} and all(e.status == 507 for e in errors.values())

@@ -4,7 +4,7 @@ The model is what POSIX promises and no more: a file keeps the bytes it had at i
 ``fsync`` (none if it was never fsynced) and a folder keeps the names it had at its last
 ``fsync`` (none if never). ext4 in its default mode is kinder, so a SIGKILL test cannot show
 a missing directory fsync; this recorder can. Every ``os.fsync`` in the process (only
-``backends/fileio.py`` calls it: ``test_fileio_is_the_only_module_calling_fsync_or_rename``)
+``backends/durability.py`` calls it: ``test_durability_is_the_only_module_calling_fsync_or_rename``)
 takes a snapshot of the file's bytes or the folder's names by inode. After the writes, the
 "after power loss" tree is rebuilt from the snapshots alone, starting at the data folder, and
 the engine is opened on it: every record acknowledged before the cut must be there.

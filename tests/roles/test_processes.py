@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from backends.fileio import lock_path_for
+from backends.key_lock import lock_path_for
 
 TTL_S = 1.0
 POLL_S = 0.2

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from appliance.engine.files import MIN_CAPACITY, fd_budget
+from appliance.engine.fd_cache import MIN_CAPACITY, fd_budget
 from appliance.server import raise_open_file_limit
 
 

@@ -1,7 +1,7 @@
 """The engine's file operations: atomic metadata writes, durable renames, removal, truncation.
 
 The system calls that make data durable (``os.fsync``, ``os.replace``) live in one module for the
-whole code base, ``backends.fileio``; this module builds the engine's operations on them and
+whole code base, ``backends.durability``; this module builds the engine's operations on them and
 re-exports ``fsync_fd``, ``fsync_dir`` and ``replace`` so engine code imports one module. No
 other engine module calls ``os.fsync``, ``os.rename`` or ``os.replace`` (tested).
 
@@ -31,9 +31,10 @@ import ctypes.util
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from backends.fileio import fsync_dir, fsync_fd, hard_link, replace, write_all
+from backends.durability import fsync_dir, fsync_fd, hard_link, replace, write_all
 
 __all__ = [
     "REMOVING_DIR",
@@ -49,6 +50,8 @@ __all__ = [
     "fsync_fd",
     "hard_link",
     "move",
+    "read_at",
+    "read_chunks",
     "read_file",
     "remove_file",
     "remove_tree",
@@ -105,6 +108,25 @@ def rename_dir(src: Path, dst: Path) -> None:
         raise FileExistsError(dst)
     make_dirs(dst.parent, sync=True)
     replace(src, dst)
+
+
+def read_chunks(fd: int, size: int, offset: int, chunk_bytes: int = 0) -> Iterator[bytes]:
+    """``pread`` ``size`` bytes from ``offset`` in chunks of at most ``chunk_bytes`` (0: as
+    few as the kernel allows); stops early at end of file, so the caller checks the length."""
+    step = chunk_bytes or size
+    done = 0
+    while done < size:
+        chunk = os.pread(fd, min(step, size - done), offset + done)
+        if not chunk:
+            return
+        done += len(chunk)
+        yield chunk
+
+
+def read_at(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes from ``offset`` (fewer only at end of file): very large reads come back
+    from the kernel in pieces, so one ``pread`` is not enough."""
+    return b"".join(read_chunks(fd, size, offset))
 
 
 def read_file(path: Path) -> bytes:

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 
 if TYPE_CHECKING:
     from appliance.engine.mirror import Mirror
@@ -58,7 +58,7 @@ class FileHandle:
             if self.closed:
                 return
             self.dirty = False
-            fileio.fsync_fd(self.fd)
+            fs_ops.fsync_fd(self.fd)
 
     def close(self, sync: bool) -> None:
         """Close the fd, flushing first when ``sync`` and dirty."""
@@ -67,7 +67,7 @@ class FileHandle:
                 return
             try:
                 if sync and self.dirty:
-                    fileio.fsync_fd(self.fd)
+                    fs_ops.fsync_fd(self.fd)
             finally:
                 self.closed = True
                 os.close(self.fd)

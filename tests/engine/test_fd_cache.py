@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from appliance.engine.files import FileCache
+from appliance.engine.fd_cache import FileCache
 
 
 def test_files_cache_is_bounded_and_reuses_handles(tmp_path: Path) -> None:

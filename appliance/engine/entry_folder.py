@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from appliance import metrics
-from appliance.engine import fileio
+from appliance.engine import fs_ops
 from appliance.engine.block import index_item
 from appliance.engine.codec import (
     BlockIndex,
@@ -44,7 +44,7 @@ from appliance.engine.codec import (
     peek_generation,
 )
 from appliance.engine.context import EngineContext
-from appliance.engine.files import FileHandle
+from appliance.engine.fd_cache import FileHandle
 from appliance.engine.generations import may_replace
 from appliance.engine.ioerrors import RESOURCE_ERRNOS
 from appliance.engine.report import RecoveryReport
@@ -101,7 +101,7 @@ class EntryFiles:
         With synced writes every new folder is made durable in its parent (issue 8 item 7):
         a record acknowledged in a new entry must not lose its folder at a power loss.
         """
-        fileio.make_dirs(self.wal_dir, sync=self.ctx.sync)
+        fs_ops.make_dirs(self.wal_dir, sync=self.ctx.sync)
         if not self.index_path.exists():
             self.save_index([])
 
@@ -133,7 +133,7 @@ class EntryFiles:
         """Rewrite ``blocks.idx`` atomically, stamped with the lease generation."""
         data = encode_index(BlockIndex(self.ctx.generation, tuple(items)))
         self.guard_replace(self.index_path)
-        fileio.atomic_write(self.index_path, data)
+        fs_ops.atomic_write(self.index_path, data)
 
     def save_descriptor(
         self,
@@ -142,18 +142,18 @@ class EntryFiles:
         sync_dir: bool = True,
     ) -> IndexItem:
         """Write a descriptor atomically; return its index item (``sync_dir``: see
-        ``fileio.atomic_write``; the index write that follows fsyncs the same folder)."""
+        ``fs_ops.atomic_write``; the index write that follows fsyncs the same folder)."""
         data = encode_descriptor(descriptor, encoded)
         path = self.meta_path(descriptor.block_id)
         self.guard_replace(path)
-        fileio.atomic_write(path, data, sync_dir=sync_dir)
+        fs_ops.atomic_write(path, data, sync_dir=sync_dir)
         return index_item(descriptor, descriptor_crc(data))
 
     def load_descriptor(self, block_id: int, entry: str) -> tuple[Descriptor, int]:
         """Read and decode a descriptor and its CRC; CorruptionError names the file."""
         path = self.meta_path(block_id)
         try:
-            data = fileio.read_file(path)
+            data = fs_ops.read_file(path)
         except OSError as exc:
             if exc.errno in RESOURCE_ERRNOS:
                 raise  # out of descriptors or memory: not damage (the I/O boundary maps it)
@@ -172,16 +172,16 @@ class EntryFiles:
         path = self.wal_key(block_id)
         if fresh:
             self.guard_replace(Path(path))  # never delete a newer generation's segment
-            fileio.remove_file(Path(path))
+            fs_ops.remove_file(Path(path))
             frames = encode_wal_header(block_id, self.ctx.generation) + frames
         try:
             handle = self.ctx.files.acquire(path, create=True, append=True)
         except FileNotFoundError:
-            fileio.make_dirs(self.wal_dir, sync=self.ctx.sync)
+            fs_ops.make_dirs(self.wal_dir, sync=self.ctx.sync)
             handle = self.ctx.files.acquire(path, create=True, append=True)
         if fresh and self.ctx.sync:
             try:
-                fileio.fsync_dir(self.wal_dir)  # the new segment's name, before its first 200
+                fs_ops.fsync_dir(self.wal_dir)  # the new segment's name, before its first 200
             except BaseException:
                 self.ctx.files.release(handle)
                 raise
@@ -189,7 +189,7 @@ class EntryFiles:
             started = time.perf_counter()
             before = 0 if fresh else os.fstat(handle.fd).st_size
             try:
-                fileio.write_all(handle.fd, (frames,))
+                fs_ops.write_all(handle.fd, (frames,))
             except OSError:
                 # A torn tail would be replayed up to its last whole frame, bringing back
                 # records the caller reports as failed: cut the append off (needs no space).
@@ -206,7 +206,7 @@ class EntryFiles:
         """Delete a block's WAL segment (its changes are in the descriptor now)."""
         self.ctx.files.invalidate(self.wal_key(block_id))
         # Synced: a segment that came back after a power loss would replay records removed since.
-        fileio.remove_file(self.wal_path(block_id), sync=self.ctx.sync)
+        fs_ops.remove_file(self.wal_path(block_id), sync=self.ctx.sync)
 
     # --- data -----------------------------------------------------------------------------------
 
@@ -219,7 +219,7 @@ class EntryFiles:
         if create and self.ctx.sync and block_id not in self._named:
             # A new data file's name must be durable before a record in it is acknowledged.
             try:
-                fileio.fsync_dir(self.path)
+                fs_ops.fsync_dir(self.path)
             except BaseException:
                 self.ctx.files.release(handle)
                 raise
@@ -242,22 +242,22 @@ class EntryFiles:
         shutil.copyfile(path, tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
-            fileio.fsync_fd(fd)
+            fs_ops.fsync_fd(fd)
         finally:
             os.close(fd)
         self.ctx.files.invalidate(self.data_key(block_id))
-        fileio.replace(tmp, path)
+        fs_ops.replace(tmp, path)
 
     def remove_descriptor(self, block_id: int) -> None:
         """Delete a block's descriptor only (its data file may still receive bytes)."""
-        fileio.remove_file(self.meta_path(block_id))
+        fs_ops.remove_file(self.meta_path(block_id))
 
     def remove_block(self, block_id: int) -> None:
         """Delete every file of a block."""
         self.drop_wal(block_id)
-        fileio.remove_file(self.meta_path(block_id))
+        fs_ops.remove_file(self.meta_path(block_id))
         self.ctx.files.invalidate(self.data_key(block_id))
-        fileio.remove_file(self.data_path(block_id))
+        fs_ops.remove_file(self.data_path(block_id))
 
     def rewrite_data(self, descriptor: Descriptor) -> tuple[list[StoredRecord], IndexItem] | None:
         """Copy the descriptor's payloads into a compact new data file; None if it fails.
@@ -279,11 +279,11 @@ class EntryFiles:
                     _copy_range(source.fd, out, record.offset, position, record.size)
                     records.append(replace(record, offset=position))
                     position += record.size
-                fileio.fsync_fd(out)
+                fs_ops.fsync_fd(out)
             finally:
                 os.close(out)
         except (OSError, EOFError) as exc:
-            fileio.remove_file(tmp)
+            fs_ops.remove_file(tmp)
             # No room for the copy (a full disk): free the removed ranges in place instead.
             punched = _punch_gaps(source.fd, descriptor)
             log.warning(
@@ -299,10 +299,10 @@ class EntryFiles:
         marker = self.path / f"{block_id}{REWRITE_SUFFIX}"
         data = encode_descriptor(new)
         self.guard_replace(self.meta_path(block_id))
-        fileio.atomic_write(marker, data)  # the commit point of the rewrite
+        fs_ops.atomic_write(marker, data)  # the commit point of the rewrite
         self.ctx.files.invalidate(self.data_key(block_id))
-        fileio.replace(tmp, self.data_path(block_id), sync=False)
-        fileio.replace(marker, self.meta_path(block_id))
+        fs_ops.replace(tmp, self.data_path(block_id), sync=False)
+        fs_ops.replace(marker, self.meta_path(block_id))
         return records, index_item(new, descriptor_crc(data))
 
     def roll_rewrites(self, report: RecoveryReport, repair: bool) -> None:
@@ -311,7 +311,7 @@ class EntryFiles:
             block_id = marker.name[: -len(REWRITE_SUFFIX)]
             tmp = self.path / f"{block_id}{DATA_TMP_SUFFIX}"
             try:
-                decode_descriptor(fileio.read_file(marker), source=str(marker))
+                decode_descriptor(fs_ops.read_file(marker), source=str(marker))
             except CorruptionError as exc:
                 report.add(
                     "rewrite_pending",
@@ -321,8 +321,8 @@ class EntryFiles:
                     exc.offset,
                 )
                 if repair:
-                    fileio.remove_file(marker)
-                    fileio.remove_file(tmp)
+                    fs_ops.remove_file(marker)
+                    fs_ops.remove_file(tmp)
                 continue
             report.add(
                 "rewrite_pending",
@@ -333,8 +333,8 @@ class EntryFiles:
             )
             if repair:
                 if tmp.exists():
-                    fileio.replace(tmp, self.path / f"{block_id}{DATA_SUFFIX}", sync=False)
-                fileio.replace(marker, self.path / f"{block_id}{META_SUFFIX}")
+                    fs_ops.replace(tmp, self.path / f"{block_id}{DATA_SUFFIX}", sync=False)
+                fs_ops.replace(marker, self.path / f"{block_id}{META_SUFFIX}")
         for tmp in sorted(self.path.glob(f"*{DATA_TMP_SUFFIX}")):
             report.add(
                 "rewrite_pending",
@@ -344,10 +344,10 @@ class EntryFiles:
                 crash_leftover=True,
             )
             if repair:
-                fileio.remove_file(tmp)
+                fs_ops.remove_file(tmp)
         if repair:
-            for leftover in self.path.glob(f"*{fileio.TMP_SUFFIX}"):
-                fileio.remove_file(leftover)  # an atomic_write interrupted before its rename
+            for leftover in self.path.glob(f"*{fs_ops.TMP_SUFFIX}"):
+                fs_ops.remove_file(leftover)  # an atomic_write interrupted before its rename
 
 
 def _copy_range(src: int, dst: int, src_offset: int, dst_offset: int, count: int) -> None:
@@ -369,9 +369,9 @@ def _punch_gaps(fd: int, descriptor: Descriptor) -> bool:
     ok = True
     for record in sorted(descriptor.records, key=lambda r: r.offset):
         if record.offset > position:
-            ok = fileio.punch_hole(fd, position, record.offset - position) and ok
+            ok = fs_ops.punch_hole(fd, position, record.offset - position) and ok
         position = max(position, record.offset + record.size)
     end = os.fstat(fd).st_size
     if end > position:
-        ok = fileio.punch_hole(fd, position, end - position) and ok
+        ok = fs_ops.punch_hole(fd, position, end - position) and ok
     return ok

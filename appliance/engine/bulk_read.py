@@ -1,0 +1,160 @@
+"""Bulk reads of one entry: whole payloads of many records, adjacent ones in one ``pread``.
+
+Part of ``Entry`` (``entry.py`` is the facade; this is a mixin so the lock and block state
+stay in one object): planning takes the entry lock once, reading happens outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import google_crc32c
+
+from appliance import metrics
+from appliance.engine import fs_ops
+from appliance.engine.blockset import BlockSet
+from appliance.engine.codec import StoredRecord
+from appliance.engine.context import EngineContext
+from appliance.engine.entry_folder import EntryFiles
+from appliance.engine.fd_cache import FileHandle
+from appliance.engine.ioerrors import boundary, is_missing
+from appliance.engine.models import RecordMeta, RecordState
+from appliance.engine.readable import check_readable
+from appliance.errors import ApplianceError, CorruptionError
+from appliance.sizes import JOIN_RECORD_BYTES, RUN_BYTES
+
+_FINISHED = RecordState.FINISHED
+crc32c = google_crc32c.value
+# A run of ``read_payloads``: block id, pinned data handle (None: empty payload), first
+# offset, and the records lying back to back from there.
+_Run = tuple[int, "FileHandle | None", int, list[StoredRecord]]
+
+
+class BulkReads:
+    """``Entry.read_payloads`` and its planning (mixed into ``Entry``)."""
+
+    # Provided by ``Entry``: the entry lock, its blocks, its folder, the shared context.
+    _lock: threading.Lock
+    _blocks: BlockSet
+    _ctx: EngineContext
+    files: EntryFiles
+
+    if TYPE_CHECKING:  # Entry's
+
+        def _check_alive(self) -> None: ...
+
+        def _damaged(self, block_id: int, record: StoredRecord, detail: str) -> CorruptionError: ...
+
+    @boundary("read the records")
+    def read_payloads(self, metas: Sequence[RecordMeta]) -> list[bytes]:
+        """Whole payloads of ``metas`` (records of this entry), checksums verified.
+
+        The bulk form of ``read_payload`` for batched reads: the entry lock is taken once, and
+        records lying back to back in one block's data file (the usual case for records
+        written in time order) are read with one ``pread`` per run of up to ``RUN_BYTES``,
+        then sliced and checked one by one. Errors are those of ``read_payload`` and come in
+        the order of ``metas``: the first record that cannot be read raises, as if the
+        records had been read one at a time.
+        """
+        runs, error = self._plan_runs(metas)
+        payloads: list[bytes] = []
+        try:
+            for block_id, handle, start, records in runs:
+                payloads.extend(self._read_run(block_id, handle, start, records))
+        finally:
+            for _, handle, _, _ in runs:
+                if handle is not None:
+                    self._ctx.files.release(handle)
+        metrics.records_read(len(payloads), sum(len(p) for p in payloads))
+        if error is not None:
+            raise error
+        return payloads
+
+    def _plan_runs(self, metas: Sequence[RecordMeta]) -> tuple[list[_Run], ApplianceError | None]:
+        """Under the lock: runs of adjacent records (block id, pinned handle, first offset,
+        records) and the error of the first record that cannot be read (None if all can).
+
+        Every run pins its own handle (``_ctx.files`` counts pins), so releasing one per run
+        is balanced; an empty payload is a run without a handle.
+        """
+        runs: list[_Run] = []
+        try:
+            with self._lock:
+                self._check_alive()
+                return runs, self._plan_locked(metas, runs)
+        except BaseException:
+            for _, handle, _, _ in runs:
+                if handle is not None:
+                    self._ctx.files.release(handle)
+            raise
+
+    def _plan_locked(self, metas: Sequence[RecordMeta], runs: list[_Run]) -> ApplianceError | None:
+        """Fill ``runs`` (entry lock held); the first record's error stops the planning."""
+        blocks = self._blocks
+        block_id = -1
+        current: Mapping[int, StoredRecord] = {}  # records of the previous record's block
+        records: list[StoredRecord] = []
+        end = -1
+        run_bytes = 0
+        for meta in metas:
+            ts = meta.timestamp
+            # A timestamp lives in one block only: try the previous record's block first.
+            record = current.get(ts)
+            try:
+                if record is None:
+                    block, record = blocks.locate(ts)
+                    block_id, current = block.block_id, block.records
+                    end = -1  # maybe another block: start a new run
+                if record.state is not _FINISHED:
+                    check_readable(ts, record.state)
+                size = record.size
+                # end is -1 after a record too big to be joined (and after a block change).
+                if (
+                    record.offset == end
+                    and size <= JOIN_RECORD_BYTES
+                    and run_bytes + size <= RUN_BYTES
+                ):
+                    records.append(record)
+                    run_bytes += size
+                    end += size
+                elif size == 0:
+                    runs.append((block_id, None, record.offset, [record]))
+                    end = -1
+                else:
+                    try:
+                        handle = self.files.pin_data(block_id)
+                    except OSError as exc:
+                        if not is_missing(exc):
+                            raise  # not damage: the boundary maps it (EMFILE -> 503...)
+                        path = str(self.files.data_path(block_id))
+                        raise blocks.hide(
+                            block_id, path, None, f"data file can't be opened: {exc}"
+                        ) from exc
+                    records = [record]
+                    runs.append((block_id, handle, record.offset, records))
+                    run_bytes = size
+                    end = record.offset + size if size <= JOIN_RECORD_BYTES else -1
+            except ApplianceError as exc:
+                return exc
+        return None
+
+    def _read_run(
+        self, block_id: int, handle: FileHandle | None, start: int, records: list[StoredRecord]
+    ) -> list[bytes]:
+        """Read one run with a single ``pread`` and verify each record's checksum."""
+        if handle is None:
+            return [b""]
+        total = records[-1].offset + records[-1].size - start
+        data = fs_ops.read_at(handle.fd, total, start)
+        if len(records) == 1 and len(data) == total:
+            payloads = [data]
+        else:
+            payloads = [data[r.offset - start : r.offset - start + r.size] for r in records]
+        for record, payload in zip(records, payloads, strict=True):
+            if len(payload) != record.size:
+                raise self._damaged(block_id, record, "data file is shorter than the record")
+            if record.size and crc32c(payload) != record.crc:  # empty: nothing to check
+                raise self._damaged(block_id, record, "payload checksum mismatch")
+        return payloads
