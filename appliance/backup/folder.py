@@ -154,8 +154,6 @@ def load(target: Path, backup: str) -> tuple[Path, mf.Manifest]:
 
 def verify(target: Path, backup: str) -> VerifyReport:
     """Check every file against the manifest, then scrub the data as ``appliance check``."""
-    from appliance.engine.check import check  # late: the engine is only needed here
-
     report = VerifyReport(backup)
     try:
         folder, found = load(target, backup)
@@ -168,19 +166,30 @@ def verify(target: Path, backup: str) -> VerifyReport:
         if rel not in expected:
             report.problems.append(f"file {rel}: not in the manifest")
     for record in found.files:
-        path = data / record.path
         report.files += 1
         try:
-            size = path.stat().st_size
+            check_file(report, record, data / record.path)
         except FileNotFoundError:
             report.problems.append(f"file {record.path}: missing")
-            continue
-        if size != record.size:
-            report.problems.append(f"file {record.path}: size {size}, manifest says {record.size}")
-            continue
-        report.bytes += size
-        if crc_prefix(path, size) != record.crc32c:
-            report.problems.append(f"file {record.path}: checksum mismatch (CRC32C)")
+    return scrub_into(report, data)
+
+
+def check_file(report: VerifyReport, record: mf.FileRecord, path: Path) -> None:
+    """Check one file of a backup copy against its manifest record (size, then CRC32C)."""
+    size = path.stat().st_size
+    if size != record.size:
+        report.problems.append(f"file {record.path}: size {size}, manifest says {record.size}")
+        return
+    report.bytes += size
+    if crc_prefix(path, size) != record.crc32c:
+        report.problems.append(f"file {record.path}: checksum mismatch (CRC32C)")
+
+
+def scrub_into(report: VerifyReport, data: Path) -> VerifyReport:
+    """Open the copy ``data`` as ``appliance check`` does, scrub every payload checksum, and
+    add what it finds to ``report``."""
+    from appliance.engine.check import check  # late: the engine is only needed here
+
     scrub = check(data, repair=False)
     report.records = scrub.records
     report.payload_bytes = scrub.payload_bytes

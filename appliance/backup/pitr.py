@@ -69,8 +69,8 @@ def ship(segments: list[Path], target) -> int:  # type: ignore[no-untyped-def]
     return shipped
 
 
-def check_archive(target, start_seq: int) -> None:  # type: ignore[no-untyped-def]
-    """Refuse before anything is restored when the archive does not continue ``start_seq``."""
+def _segments(target, start_seq: int) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """Names of the archived segments that continue ``start_seq``, in order; NotFound at a gap."""
     expected = start_seq
     for name in sorted(target.list_archive()):
         match = ARCHIVE_NAME.match(name)
@@ -84,24 +84,20 @@ def check_archive(target, start_seq: int) -> None:  # type: ignore[no-untyped-de
                 f"the archive has a gap: frames {expected}..{first - 1} are missing "
                 "(archiving was off or a segment was lost)"
             )
+        yield name
         expected = last + 1
+
+
+def check_archive(target, start_seq: int) -> None:  # type: ignore[no-untyped-def]
+    """Refuse before anything is restored when the archive does not continue ``start_seq``."""
+    for _ in _segments(target, start_seq):
+        pass
 
 
 def archived_frames(target, start_seq: int) -> Iterator[Frame]:  # type: ignore[no-untyped-def]
     """Archived frames from ``start_seq`` on, in order; raises at a gap in the sequence."""
     expected = start_seq
-    for name in sorted(target.list_archive()):
-        match = ARCHIVE_NAME.match(name)
-        if match is None:
-            continue
-        first, last = int(match.group(1)), int(match.group(2))
-        if last < expected:
-            continue
-        if first > expected:
-            raise NotFound(
-                f"the archive has a gap: frames {expected}..{first - 1} are missing "
-                "(archiving was off or a segment was lost)"
-            )
+    for name in _segments(target, start_seq):
         frames, _ = decode_frames(target.get_archive(name))
         for frame in frames:
             if frame.seq < expected:

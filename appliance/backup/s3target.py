@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlparse
 from appliance import metrics
 from appliance.backup import folder as ft
 from appliance.backup import manifest as mf
-from appliance.backup.files import copy_prefix, crc_prefix, digest_prefix, walk_files
+from appliance.backup.files import copy_prefix, digest_prefix, walk_files
 from appliance.backup.snapshot import Staged, finalize, is_wal
 from appliance.engine import fs_ops
 from appliance.errors import InternalError, NotFound, UnprocessableEntity
@@ -132,8 +132,6 @@ class S3Target:
 
     def verify(self, backup: str) -> ft.VerifyReport:
         """Download the backup, check every file against the manifest, scrub it."""
-        from appliance.engine.check import check
-
         report = ft.VerifyReport(backup)
         found = self.load(backup)
         with tempfile.TemporaryDirectory(prefix="appliance-verify-") as tmp:
@@ -147,18 +145,8 @@ class S3Target:
                 except InternalError as exc:
                     report.problems.append(f"file {record.path}: {exc.message}")
                     continue
-                size = dst.stat().st_size
-                if size != record.size:
-                    report.problems.append(f"file {record.path}: size {size}, manifest says {record.size}")
-                    continue
-                report.bytes += size
-                if crc_prefix(dst, size) != record.crc32c:
-                    report.problems.append(f"file {record.path}: checksum mismatch (CRC32C)")
-            scrub = check(data, repair=False)
-        report.records = scrub.records
-        report.payload_bytes = scrub.payload_bytes
-        report.problems.extend(p.render() for p in scrub.problems)
-        return report
+                ft.check_file(report, record, dst)
+            return ft.scrub_into(report, data)
 
     # --- writing ------------------------------------------------------------------------------
 
