@@ -30,6 +30,13 @@ def _manager(action: str) -> ReplicationManager:
     return manager
 
 
+def _writable_manager(action: str) -> ReplicationManager:
+    """``_manager`` for a change: also passes the write fence (503 on a deposed holder)."""
+    manager = _manager(action)
+    services().fence.check(io=False)
+    return manager
+
+
 async def _settings() -> ReplicationSettings:
     svc = services()
     body = await read_any_body(svc.settings.io_operation_timeout)
@@ -58,8 +65,7 @@ async def get_replication(name: str) -> Response:
 async def create_replication(name: str) -> Response:
     """Create a task."""
     full_access()
-    manager = _manager("create replication")
-    services().fence.check(io=False)
+    manager = _writable_manager("create replication")
     await manager.create(name, await _settings())
     return Response(b"", status=200)
 
@@ -68,8 +74,7 @@ async def create_replication(name: str) -> Response:
 async def update_replication(name: str) -> Response:
     """Replace a task's settings (the token is kept when none is sent)."""
     full_access()
-    manager = _manager("update replication")
-    services().fence.check(io=False)
+    manager = _writable_manager("update replication")
     manager.get(name)  # 404 before validating the body
     await manager.update(name, await _settings())
     return Response(b"", status=200)
@@ -79,8 +84,7 @@ async def update_replication(name: str) -> Response:
 async def set_mode(name: str) -> Response:
     """Change only the mode (provisioned tasks too)."""
     full_access()
-    manager = _manager("update replication mode")
-    services().fence.check(io=False)
+    manager = _writable_manager("update replication mode")
     svc = services()
     body = params.json_object(await read_any_body(svc.settings.io_operation_timeout))
     manager.get(name)
@@ -92,7 +96,6 @@ async def set_mode(name: str) -> Response:
 async def remove_replication(name: str) -> Response:
     """Remove a task and its transaction logs."""
     full_access()
-    manager = _manager("remove replication")
-    services().fence.check(io=False)
+    manager = _writable_manager("remove replication")
     await manager.remove(name)
     return Response(b"", status=200)

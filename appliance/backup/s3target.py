@@ -30,7 +30,7 @@ from appliance import metrics
 from appliance.backup import folder as ft
 from appliance.backup import manifest as mf
 from appliance.backup.files import copy_prefix, digest_prefix, walk_files
-from appliance.backup.snapshot import Staged, finalize, is_wal
+from appliance.backup.snapshot import Staged, finalize, is_wal, manifest_of
 from appliance.engine import fs_ops
 from appliance.errors import InternalError, NotFound, UnprocessableEntity
 from backends.errors import BackendError, ObjectNotFound
@@ -204,16 +204,8 @@ class S3Target:
                     path.unlink()
                     copy_prefix(staged.root / rel, path, known[rel][1])
                 self._call(lambda: backend.upload(OBJECTS + sha, path))  # noqa: B023
-        result = mf.Manifest(
-            id=staged.id,
-            cut_us=staged.cut_us,
-            instance=instance,
-            generation=generation,
-            buckets=None if buckets is None else tuple(sorted(buckets)),
-            files=tuple(records),
-            new_bytes=new_bytes,
-            pause_ms=round(staged.pause_ms, 3),
-            extra={"objects": objects, **staged.extra},
+        result = manifest_of(
+            staged, instance, generation, buckets, records, new_bytes, objects=objects
         )
         self._call(lambda: backend.write(f"{BACKUPS}{staged.id}/{mf.MANIFEST_NAME}", result.encode()))
         fs_ops.remove_tree(out)

@@ -162,6 +162,30 @@ def finalize(data: Path) -> None:
     fs_ops.remove_tree(data / fs_ops.REMOVING_DIR)
 
 
+def manifest_of(
+    staged: Staged,
+    instance: str,
+    generation: int,
+    buckets: list[str] | None,
+    records: list[mf.FileRecord],
+    new_bytes: int,
+    **extra: object,
+) -> mf.Manifest:
+    """The manifest of a staged snapshot once its files are at the target (any kind of target;
+    ``extra``: what that target adds, e.g. the S3 object map)."""
+    return mf.Manifest(
+        id=staged.id,
+        cut_us=staged.cut_us,
+        instance=instance,
+        generation=generation,
+        buckets=None if buckets is None else tuple(sorted(buckets)),
+        files=tuple(records),
+        new_bytes=new_bytes,
+        pause_ms=round(staged.pause_ms, 3),
+        extra={**extra, **staged.extra},
+    )
+
+
 def publish(
     staged: Staged,
     target: Path,
@@ -204,17 +228,7 @@ def publish(
         records.append(mf.FileRecord(rel, st.st_size, crc, sha))
         new_bytes += st.st_size
     sync_tree(folder)
-    result = mf.Manifest(
-        id=staged.id,
-        cut_us=staged.cut_us,
-        instance=instance,
-        generation=generation,
-        buckets=None if buckets is None else tuple(sorted(buckets)),
-        files=tuple(records),
-        new_bytes=new_bytes,
-        pause_ms=round(staged.pause_ms, 3),
-        extra=staged.extra,
-    )
+    result = manifest_of(staged, instance, generation, buckets, records, new_bytes)
     mf.write(folder, result)
     fs_ops.remove_tree(staged.root)
     return result
