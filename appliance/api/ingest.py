@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from quart import request
 
@@ -31,9 +30,11 @@ if TYPE_CHECKING:
 SHORT_BODY = "Content is shorter than expected: no more data to read"
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One record announced by batch headers; ``key`` identifies it in the error map."""
+class Incoming(NamedTuple):
+    """One record announced by batch headers; ``key`` identifies it in the error map.
+
+    A named tuple, not a frozen dataclass: a batch makes one per record, and building a frozen
+    dataclass costs ~2 µs (``object.__setattr__`` per field) against ~0.3 µs."""
 
     key: Hashable
     entry: str

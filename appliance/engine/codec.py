@@ -68,9 +68,10 @@ _pack_label = _LABEL.pack
 crc32c = google_crc32c.value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredRecord(RecordMeta):
-    """A record as the engine keeps it: the public metadata plus where its bytes are."""
+    """A record as the engine keeps it: the public metadata plus where its bytes are (not
+    frozen for speed, like ``RecordMeta``: never mutate one, build a new one)."""
 
     offset: int = 0
     crc: int = 0

@@ -116,12 +116,13 @@ class Case:
 class Stamps:
     """Fresh, increasing timestamps per entry (repetitions must not overwrite records)."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 1_000_000) -> None:
+        self._start = start
         self._next: dict[str, int] = {}
 
     def take(self, key: str, n: int) -> int:
         """The first of ``n`` unused timestamps of ``key``."""
-        first = self._next.get(key, 1_000_000)
+        first = self._next.get(key, self._start)
         self._next[key] = first + n
         return first
 
