@@ -89,27 +89,31 @@ def _write_groups(
     storage: Storage, bucket: str, items: list[Incoming], body: bytes
 ) -> dict[Hashable, ApplianceError]:
     errors: dict[Hashable, ApplianceError] = {}
-    groups: dict[str, list[tuple[Incoming, NewRecord]]] = {}
+    groups: dict[str, tuple[list[Incoming], list[NewRecord]]] = {}
     offset = 0
     for item in items:
-        data = body[offset : offset + item.length]
-        offset += item.length
-        record = NewRecord(item.timestamp, data, item.content_type, item.labels)
-        groups.setdefault(item.entry, []).append((item, record))
+        end = offset + item.length
+        record = NewRecord(item.timestamp, body[offset:end], item.content_type, item.labels)
+        offset = end
+        group = groups.get(item.entry)
+        if group is None:
+            group = groups[item.entry] = ([], [])
+        group[0].append(item)
+        group[1].append(record)
     try:
         b = storage.get_bucket(bucket)
     except ApplianceError as exc:
         return {item.key: exc for item in items}
-    for entry, pairs in groups.items():
+    for entry, (incoming, records) in groups.items():
         try:
-            failed = b.write_batch(entry, [record for _, record in pairs])
+            failed = b.write_batch(entry, records)
         except ApplianceError as exc:
-            for item, _ in pairs:
+            for item in incoming:
                 errors[item.key] = exc
             continue
         if failed:
-            for item, record in pairs:
-                err = failed.get(record.timestamp)
+            for item in incoming:
+                err = failed.get(item.timestamp)
                 if err is not None:
                     errors[item.key] = err
     return errors
