@@ -93,7 +93,7 @@ async def write(bucket: str, entry: str) -> Response:
     if parsed is None:  # something unusual: the general parser (it raises the exact error)
         headers = header_map()
         rows = [
-            (r.timestamp, entry, r.timestamp, r.content_length, r.content_type, r.labels)
+            Incoming(r.timestamp, entry, r.timestamp, r.content_length, r.content_type, r.labels)
             for r in parse_v1_headers(headers)
         ]
         total = sum(row[3] for row in rows)
@@ -110,8 +110,7 @@ async def write(bucket: str, entry: str) -> Response:
     ):
         raise UnprocessableEntity(LENGTH_MISMATCH)
     svc = services()
-    items = list(map(Incoming._make, rows))
-    errors = await write_records(svc, svc.engine, bucket, items, encoding)
+    errors = await write_records(svc, svc.engine, bucket, rows, encoding)
     return Response(b"", status=200, headers=error_headers(errors))  # type: ignore[arg-type]
 
 

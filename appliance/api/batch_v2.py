@@ -21,7 +21,7 @@ from appliance.api.batch_codec import (
     parse_v2_request,
     parse_v2_update,
 )
-from appliance.api.batch_codec.fast import Row, WriteHeaders, parse_v2_write
+from appliance.api.batch_codec.fast import WriteHeaders, parse_v2_write
 from appliance.api.batch_v1 import batch_header_map, check_batch_limits, header_map
 from appliance.api.encoding import content_encoding
 from appliance.api.ingest import Incoming, write_records
@@ -75,9 +75,11 @@ async def write(bucket: str) -> Response:
     if req is None:  # something unusual: the general parser (it raises the exact error)
         headers = header_map()
         full = req = parse_v2_request(headers)
-        rows: list[Row] = [
-            ((r.entry_index, r.delta), r.entry, r.timestamp, r.content_length, r.content_type,
-             r.labels)
+        rows = [
+            Incoming(
+                (r.entry_index, r.delta), r.entry, r.timestamp, r.content_length,
+                r.content_type, r.labels,
+            )
             for r in full.records
         ]
         total = full.content_length
@@ -92,9 +94,8 @@ async def write(bucket: str) -> Response:
     # With an encoding, Content-Length counts encoded bytes; the decoder bounds the rest.
     if encoding is None and params.parse_u64(declared.decode("latin1").strip()) != total:  # type: ignore[union-attr]
         raise UnprocessableEntity(LENGTH_MISMATCH)
-    items = list(map(Incoming._make, rows))
     svc = services()
-    errors = await write_records(svc, svc.engine, bucket, items, encoding)
+    errors = await write_records(svc, svc.engine, bucket, rows, encoding)
     return _respond(req, errors)
 
 

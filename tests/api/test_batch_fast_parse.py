@@ -164,3 +164,29 @@ def test_fast_rows_share_label_dicts_between_equal_records() -> None:
     parsed = parse_v1_write(pairs, "e")
     assert parsed is not None
     assert parsed.rows[0][5] is parsed.rows[2][5] == {"a": "1"}
+
+
+def test_request_headers_built_in_one_pass_equal_quarts() -> None:
+    """``ApplianceConnection`` builds ``request.headers`` as Quart does, minus the re-validation."""
+    from quart import Quart
+    from quart.asgi import ASGIHTTPConnection
+
+    from appliance.api.connection import ApplianceConnection
+
+    app = Quart(__name__)
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/v1/b/x/e/batch", "query_string": b"", "root_path": "",
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"host", b"h"), (b"x-reduct-time-1", b"1,text/plain,a=\xc3\xbc"),
+                    (b"x-dup", b"1"), (b"x-dup", b"2"), (b"authorization", b"Bearer t")],
+    }
+
+    async def send(_: object) -> None:
+        pass
+
+    ours = ApplianceConnection(app, scope)._create_request_from_scope(send)  # type: ignore[arg-type]
+    quarts = ASGIHTTPConnection(app, scope)._create_request_from_scope(send)  # type: ignore[arg-type]
+    assert list(ours.headers.items()) == list(quarts.headers.items())
+    assert ours.headers.getlist("X-Dup") == ["1", "2"]
+    assert ours.scope is scope and ours.path == quarts.path and ours.method == "POST"
