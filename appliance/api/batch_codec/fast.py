@@ -90,11 +90,19 @@ def parse_v1_write(raw_headers: Iterable[tuple[bytes, bytes]], entry: str) -> Wr
                     return None  # not lower-case: the general parser lower-cases
                 others[name.decode("latin1").lower()] = _text(value)
                 continue
-            ts = _number(name[_V1_LEN:])
+            ts_raw = name[_V1_LEN:]
             length_raw, comma, tail = value.partition(b",")
-            length = _number(length_raw)
-            if ts is None or length is None or not comma:
-                return None
+            # Plain digits only (no sign, no spaces); anything else: the general parser.
+            if not (
+                comma and ts_raw.isdigit() and len(ts_raw) <= _MAX_DIGITS
+                and length_raw.isdigit() and len(length_raw) <= _MAX_DIGITS
+            ):
+                length = _number(length_raw)  # " 10 " is fine: it is stripped, as there
+                if not comma or length is None or not ts_raw.isdigit() or len(ts_raw) > _MAX_DIGITS:
+                    return None
+            else:
+                length = int(length_raw)
+            ts = int(ts_raw)
             found[ts] = (length, tail)
             count += 1
             total += length
@@ -123,11 +131,16 @@ def parse_v2_write(raw_headers: Iterable[tuple[bytes, bytes]]) -> WriteHeaders |
             if name.startswith(_V2):
                 index_raw, dash, delta_raw = name[9:].partition(b"-")
                 if dash and index_raw.isdigit() and delta_raw.isdigit():
-                    index, delta = _number(index_raw), _number(delta_raw)
-                    length_raw, comma, tail = value.partition(b",")
-                    length = _number(length_raw)
-                    if index is None or delta is None or length is None:
+                    if len(index_raw) > _MAX_DIGITS or len(delta_raw) > _MAX_DIGITS:
                         return None
+                    length_raw, comma, tail = value.partition(b",")
+                    if length_raw.isdigit() and len(length_raw) <= _MAX_DIGITS:
+                        length = int(length_raw)
+                    else:
+                        length = _number(length_raw)  # stripped, as there
+                        if length is None:
+                            return None
+                    index, delta = int(index_raw), int(delta_raw)
                     # No comma: content type and labels are inherited (None).
                     found[(index, delta)] = (length, tail if comma else None)
                     count += 1
