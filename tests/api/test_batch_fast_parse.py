@@ -190,3 +190,16 @@ def test_request_headers_built_in_one_pass_equal_quarts() -> None:
     assert list(ours.headers.items()) == list(quarts.headers.items())
     assert ours.headers.getlist("X-Dup") == ["1", "2"]
     assert ours.scope is scope and ours.path == quarts.path and ours.method == "POST"
+
+
+def test_v2_rows_share_label_dicts_when_labels_cycle() -> None:
+    """v2 inherits labels from the previous record: equal states are still one object, so a
+    batch whose labels cycle through ten values parses ten label sets, not one per record."""
+    batch = RecordBatch()
+    for i in range(100):
+        batch.add("e", 1000 + i, b"x", labels={"n": str(i % 10)})
+    _, headers = make_headers_v2(batch)
+    parsed = parse_v2_write(raw(headers))
+    assert parsed is not None
+    assert len({id(row.labels) for row in parsed.rows}) == 10
+    assert [row.labels for row in parsed.rows] == [{"n": str(i % 10)} for i in range(100)]

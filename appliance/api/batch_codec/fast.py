@@ -160,6 +160,7 @@ def parse_v2_write(raw_headers: Iterable[tuple[bytes, bytes]]) -> WriteHeaders |
         # inheriting depends on nothing else, and the previous metadata objects stay alive here.
         states: dict[tuple[int, bytes | None], tuple[str, dict[str, str]]] = {}
         previous: dict[int, tuple[str, dict[str, str]]] = {}
+        interned: dict[tuple[object, ...], tuple[str, dict[str, str]]] = {}
         rows: list[Incoming] = []
         append = rows.append
         n_entries = len(entries)
@@ -177,9 +178,11 @@ def parse_v2_write(raw_headers: Iterable[tuple[bytes, bytes]]) -> WriteHeaders |
                 else:
                     ct_text, comma, labels_text = _text(tail).partition(",")
                     content_type, labels_raw = ct_text, (labels_text if comma else None)
-                meta = states[cache_key] = resolve_v2_meta(
-                    prev, content_type, labels_raw, label_names
-                )
+                meta = resolve_v2_meta(prev, content_type, labels_raw, label_names)
+                # One object per distinct result, so the chain of ``prev`` objects repeats
+                # (labels cycling through ten values give ten states, not one per record).
+                meta = interned.setdefault((meta[0], *meta[1].items()), meta)
+                states[cache_key] = meta
             previous[index] = meta
             append(_new(Incoming, (key, entries[index], start_ts + delta, length, meta[0], meta[1])))
     except UnprocessableEntity:
