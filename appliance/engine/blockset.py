@@ -189,6 +189,35 @@ class BlockSet:
 
         ``shape``: the content type and labels precomputed (batch writes; then ``labels`` is
         ``shape.labels``), which saves their share of the metadata size computation."""
+        ids = self.ids
+        block = self.live.get(ids[-1]) if ids else None
+        if (
+            block is not None
+            and block.order
+            and ts > block.order[-1]
+            and block.size + size <= self.max_block_size
+            and len(block.records) < self.max_block_records
+        ):
+            # Appending in time order to the last block, which has room: what ``_choose`` and
+            # ``Block.put`` conclude for it, without their general steps (the common case of
+            # every write, and per record of a batch).
+            offset = block.alloc_end
+            if shape is None:
+                meta_size = record_metadata_size(ts, offset, offset + size, labels, content_type)
+            else:
+                meta_size = position_metadata_size(ts, offset, offset + size) + shape.meta_size
+            record = StoredRecord(
+                ts, size, content_type, labels, _STARTED, self.entry, offset, crc, meta_size
+            )
+            block.records[ts] = record
+            block.order.append(ts)
+            block.size += size
+            block.meta_size += meta_size
+            block.alloc_end = offset + size
+            self.size += size + meta_size
+            self.count += 1
+            block.pending += 1
+            return block, record
         block = self._choose(ts, size)
         existing = block.records.get(ts)
         if existing is not None:
