@@ -138,11 +138,17 @@ async def test_sync_interval_zero_every_acknowledged_record_survives_losing_the_
     fresh.stop()
 
 
+# What the one log line says for each fault: unreachable, wrong credentials, S3 hanging.
+STARTUP_FAULTS = {"refuse": "check bucket failed", "403": "access denied", "delay": "Read timeout"}
+
+
+@pytest.mark.parametrize("fault", sorted(STARTUP_FAULTS))
 async def test_ready_is_503_while_s3_is_unreachable_at_startup(
-    tmp_path: Path, proxy: FaultProxy, prefix: str, servers: list[ServerProcess]
+    tmp_path: Path, proxy: FaultProxy, prefix: str, servers: list[ServerProcess], fault: str
 ) -> None:
-    proxy.fault("refuse")
-    env = s3_env(proxy.url, tmp_path / "cache", prefix)
+    proxy.fault(fault)
+    proxy.delay_seconds = 2.0  # past the read timeout below
+    env = s3_env(proxy.url, tmp_path / "cache", prefix, RS_REMOTE_READ_TIMEOUT="500ms")
     server = start(servers, tmp_path / "cache", env, wait=False)
     deadline = 50
     for _ in range(deadline):
@@ -161,6 +167,8 @@ async def test_ready_is_503_while_s3_is_unreachable_at_startup(
     server.wait_ready(timeout=40)
     logs = server.logs()
     assert logs.count("remote storage unreachable at startup") == 1
+    line = next(x for x in logs.splitlines() if "remote storage unreachable at startup" in x)
+    assert STARTUP_FAULTS[fault] in line
     assert "Traceback" not in logs
     server.stop()
 
