@@ -1,22 +1,26 @@
-"""Real processes on S3 through the fault proxy: S3 hanging past the read timeout, and writes
-beyond the cache while uploads fail (moto's server on 127.0.0.1, driven by reduct-py 1.21)."""
+"""Real processes on S3 through the fault proxy: S3 hanging past the read timeout, writes
+beyond the cache while uploads fail, and a paused primary that resumes after a takeover (moto's
+server on 127.0.0.1, driven by reduct-py 1.21)."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import boto3
 from reduct import Client, ReductError
 
 from tests.e2e.server import ServerProcess
-from tests.remote.conftest import s3_env
+from tests.remote.conftest import BUCKET, DUMMY, REGION, s3_env
 from tests.remote.faultproxy import FaultProxy
 from tests.remote.test_s3_process import (
     SMALL_BLOCKS,
     check,
+    lease_env,
     payload,
     remote_info,
     settled,
@@ -113,3 +117,50 @@ async def test_writes_beyond_the_cache_while_s3_is_down_get_503_and_lose_nothing
     fresh = start(servers, tmp_path / "new", s3_env(moto_url, tmp_path / "new", prefix))
     await check(fresh.url, acked + more)
     fresh.stop()
+
+
+def bucket_objects(moto_url: str, prefix: str) -> dict[str, str]:
+    """Key -> ETag of every data and metadata object under ``prefix`` (the ``r/`` tree)."""
+    admin = boto3.client(
+        "s3", endpoint_url=moto_url, region_name=REGION, aws_access_key_id=DUMMY,
+        aws_secret_access_key=DUMMY,
+    )
+    try:
+        pages = admin.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}r/")
+        return {item["Key"]: item["ETag"] for page in pages for item in page.get("Contents", ())}
+    finally:
+        admin.close()
+
+
+async def test_a_paused_primary_that_resumes_overwrites_nothing_its_successor_wrote(
+    tmp_path: Path, moto_url: str, prefix: str, servers: list[ServerProcess]
+) -> None:
+    # The primary syncs every second, so after SIGSTOP it has dirty files it wants to upload
+    # when it resumes: its write fence must stop them (the lease is the new holder's by then).
+    primary = start(servers, tmp_path / "p", lease_env(moto_url, tmp_path / "p", prefix, "PRIMARY"))
+    await write(primary.url, range(1, 6), size=5_000)
+    await settled(primary.url)
+    secondary = start(
+        servers, tmp_path / "s",
+        lease_env(moto_url, tmp_path / "s", prefix, "SECONDARY", RS_REMOTE_SYNC_INTERVAL="0"),
+        wait=False,
+    )
+    secondary.wait_ready(path="/api/v1/alive")
+    async with Client(primary.url) as client:  # acknowledged, not yet uploaded (sync 1 s)
+        bucket = await client.get_bucket("b")
+        for ts in range(6, 9):
+            await bucket.write("e", payload(ts, 5_000), timestamp=ts, labels={"n": str(ts)})
+    assert primary.proc is not None
+    primary.proc.send_signal(signal.SIGSTOP)
+    try:
+        secondary.wait_ready(timeout=30)  # the lease went stale: the standby holds it now
+        successor = await write(secondary.url, range(100, 111), size=5_000)  # on S3 (sync 0)
+        before = bucket_objects(moto_url, prefix)
+    finally:
+        primary.proc.send_signal(signal.SIGCONT)
+    await asyncio.sleep(4)  # several of the resumed primary's sync ticks
+    assert bucket_objects(moto_url, prefix) == before  # nothing overwritten or deleted
+    code = primary.proc.wait(timeout=20)  # RS_LOCK_FILE_FAILURE_ACTION=abort: it steps down
+    assert code == 1, primary.logs()[-2000:]
+    await check(secondary.url, successor, size=5_000)
+    secondary.stop()
