@@ -145,3 +145,55 @@ def test_only_the_mirror_in_the_engine_talks_to_a_backend() -> None:
                 if name.startswith(("boto", "backends")) and name != "backends.durability":
                     talkers.append((path.name, name))
     assert {name for name, _ in talkers} == {"mirror.py"}, talkers
+
+
+class HangingBackend(MemoryBackend):
+    """``download`` waits for ``release`` while ``hang`` is set: S3 not answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.waiting = threading.Event()
+
+    def download(self, key, local_path):  # noqa: ANN001, ANN201
+        """Block (as a request past its timeout would) until released."""
+        if self.hang.is_set():
+            self.waiting.set()
+            self.release.wait(30)
+        return super().download(key, local_path)
+
+
+def test_a_hanging_fetch_holds_up_no_other_file(tmp_path: Path) -> None:
+    backend = HangingBackend()
+    data = payloads(40, 10_000)
+    mirror = Mirror(backend, tmp_path / "h", cache_size=120_000, sync_interval=60)
+    storage = open_storage(tmp_path / "h", mirror)
+    write_all(storage, data)
+    storage.compact()
+    mirror.sync()
+    assert mirror.evict() > 0
+    entry = storage.get_bucket("b").get_entry("e")
+    # A placeholder: the length without the blocks; a block's name is its first timestamp.
+    evicted = next(
+        int(p.stem) for p in (tmp_path / "h" / "b" / "e").glob("*.blk")
+        if p.stat().st_size > 0 and p.stat().st_blocks == 0
+    )
+    backend.hang.set()
+    stuck = threading.Thread(target=lambda: entry.read_payload(entry.get_record(evicted)))
+    stuck.start()
+    try:
+        assert backend.waiting.wait(10)  # the fetch of that block is in flight, hanging
+        began = time.monotonic()
+        other = storage.create_bucket("other", SMALL_BLOCKS)  # opens new files
+        other.write_record("x", 1, b"fresh", "text/plain", {})
+        again = other.get_entry("x")
+        assert again.read_payload(again.get_record(1)) == b"fresh"
+        assert time.monotonic() - began < 5  # not held up by the hanging fetch
+        assert stuck.is_alive()
+    finally:
+        backend.release.set()
+        stuck.join(30)
+    read_all(storage, data)
+    storage.close()
+    mirror.close()
