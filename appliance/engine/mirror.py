@@ -292,47 +292,34 @@ class Mirror:
         self._idle_check = idle_check
 
     def fetch_ahead(self, path: str | Path) -> None:
-        """Fetch ``path`` if evicted *before* the caller takes ``lock``.
+        """Fetch an evicted data file *before* the caller takes ``lock`` (the fd cache does).
 
-        S3 may take up to its timeouts x retries: under ``lock`` that would hold up the
-        opening of every other file. An evicted file is never chosen by eviction or uploaded,
-        so the download can land without the lock; ``open_local`` then finds it local.
+        A fetch may take S3's timeouts x retries; under ``lock`` it would hold up the opening
+        of every other file. An evicted file is neither evicted nor uploaded, so it may land
+        without ``lock``; one fetch per file at a time. ``open_local`` then finds it local.
         """
         rel = self._rel(path)
+        if not rel.endswith(DATA_SUFFIX):
+            return
         with self.lock:
             state = self._state.get(rel)
         if state is None or not state.evicted:
             return
-        with self._fetch_locks[hash(rel) % len(self._fetch_locks)]:  # one download per file
-            with self.lock:
-                if self._state.get(rel) is not state:
-                    return  # fetched by another reader meanwhile, or replaced by a poll
-            info = self._download(rel, Path(path))
-            with self.lock:
-                current = self._state.get(rel)
-                if current is state:
-                    self._fetched(rel, Path(path), info.etag)
-                elif current is not None and current.evicted:
-                    # Fetched and evicted again by others, or replaced by a replica's poll
-                    # meanwhile: what we fetched is not what the state says is here.
-                    self._placeholder(Path(path), current.size)
+        with self._fetch_locks[hash(rel) % len(self._fetch_locks)]:
+            self.open_local(path)  # checks again: another reader may have fetched it
 
     def open_local(self, path: str | Path) -> None:
-        """Make ``path`` local before it is opened (caller holds ``lock``); fetch if evicted
-        (rare after ``fetch_ahead``: only if evicted again in between)."""
+        """Make ``path`` local before it is opened (caller holds ``lock``, or the file's fetch
+        lock in ``fetch_ahead``); fetch if evicted."""
         rel = self._rel(path)
         self._access[rel] = time.monotonic()
         state = self._state.get(rel)
         if state is None or not state.evicted:
             return
-        info = self._download(rel, Path(path))
-        self._fetched(rel, Path(path), info.etag)
-
-    def _download(self, rel: str, path: Path) -> Any:
-        """Download ``rel`` into ``path``, retried; FileNotFoundError or a clean 503."""
         for attempt in range(FETCH_ATTEMPTS):
             try:
-                return self.backend.download(self.key(rel), path)
+                info = self.backend.download(self.key(rel), Path(path))
+                break
             except ObjectNotFound:
                 raise FileNotFoundError(str(path)) from None  # removed in the bucket meanwhile
             except BackendError as exc:
@@ -344,14 +331,9 @@ class Mirror:
                         f"{UNAVAILABLE}: cannot fetch a block, try again"
                     ) from None
                 time.sleep(FETCH_RETRY_SECONDS * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    def _fetched(self, rel: str, path: Path, etag: str) -> None:
-        """Record a fetched file as clean and local (caller holds ``lock``)."""
         st = os.stat(path)
         self._state[rel] = FileState(st.st_size, st.st_mtime_ns)
-        self._etags[rel] = etag
-        self._access[rel] = time.monotonic()
+        self._etags[rel] = info.etag
         self.cache_bytes += st.st_size
         if self.cache_bytes > self.cache_size:
             self.evict(keep=rel)  # the cache stays bounded between background passes
