@@ -289,8 +289,7 @@ async def concurrent_mode(args: argparse.Namespace, systems: Systems) -> list[Ta
                 task = asyncio.ensure_future(
                     buckets[8].write("big", gib_stream(big), timestamp=1, content_length=big)
                 )
-                await asyncio.sleep(0.2)  # the stream is under way before the timing starts
-                while not task.done():
+                while not task.done():  # at least one round: the task has not run yet
                     deadline = time.perf_counter() + 1.0
                     await asyncio.gather(
                         *(small_writer(buckets[i], f"lat-{i}", deadline, limit, lat)

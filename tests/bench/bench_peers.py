@@ -22,7 +22,7 @@ file is written and deleted in the same file system (writing into page cache fre
 just-deleted file is several times faster on this VM than growing a file), and both systems
 are warmed up (PostgreSQL's first WAL segments are slow to create). Server CPU per record is
 the server's user+system time (the appliance process; the postmaster and all its children)
-over the sample. Every loop is bounded by a record count and a time budget.
+over the sample; client CPU per record is this process's (reduct-py or asyncpg). Every loop is bounded by a record count and a time budget.
 """
 
 from __future__ import annotations
@@ -252,15 +252,17 @@ class Sample:
     records: int
     seconds: float
     cpu: float
+    client_cpu: float
 
 
 async def measure(run: Callable[[], Awaitable[int]], cpu: Callable[[], float]) -> Sample:
-    """Time ``run`` and the server CPU it cost."""
+    """Time ``run``, the server CPU and the client (this process) CPU it cost."""
     cpu0 = cpu()
+    client0 = time.process_time()
     start = time.perf_counter()
     n = await run()
     seconds = time.perf_counter() - start
-    return Sample(n, seconds, cpu() - cpu0)
+    return Sample(n, seconds, cpu() - cpu0, time.process_time() - client0)
 
 
 async def run_all(args: argparse.Namespace, folder: Path, pg: Postgres,
@@ -349,7 +351,7 @@ def table(results: dict[tuple[str, str], list[Sample]], reps: int) -> Table:
     t = Table(title=f"appliance vs PostgreSQL, one client, {os.cpu_count()} cores, "
               f"medians of {reps}")
     for column in ("case", "durability", "ours rec/s", "pg rec/s", "ours/pg",
-                   "ours CPU µs/rec", "pg CPU µs/rec"):
+                   "ours CPU µs/rec", "pg CPU µs/rec", "client CPU µs/rec ours / pg"):
         t.add_column(column, justify="left" if column in ("case", "durability") else "right")
     sizes = list(SIZE_LABEL.values())
 
@@ -366,11 +368,14 @@ def table(results: dict[tuple[str, str], list[Sample]], reps: int) -> Table:
         pg_rate = statistics.median(s.records / s.seconds for s in pg)
         ours_cpu = statistics.median(s.cpu / s.records * 1e6 for s in ours)
         pg_cpu = statistics.median(s.cpu / s.records * 1e6 for s in pg)
+        ours_client = statistics.median(s.client_cpu / s.records * 1e6 for s in ours)
+        pg_client = statistics.median(s.client_cpu / s.records * 1e6 for s in pg)
         durability = ("reads" if "reads" in case else
                       "ours default / pg synchronous_commit=off" if mode == "default" else
                       "ours RS_ENGINE_SYNC_WRITES / pg synchronous_commit=on")
         t.add_row(case, durability, f"{ours_rate:,.0f}", f"{pg_rate:,.0f}",
-                  f"{ours_rate / pg_rate:.2f}x", f"{ours_cpu:,.0f}", f"{pg_cpu:,.0f}")
+                  f"{ours_rate / pg_rate:.2f}x", f"{ours_cpu:,.0f}", f"{pg_cpu:,.0f}",
+                  f"{ours_client:,.0f} / {pg_client:,.0f}")
     return t
 
 
@@ -404,7 +409,7 @@ def main() -> None:
                     server.stop()
             pg.stop()
         load1 = os.getloadavg()[0]
-    console = Console(width=140)
+    console = Console(width=160)
     console.print(table(results, args.reps))
     console.print(f"load average {load0:.2f} before, {load1:.2f} after")
 
