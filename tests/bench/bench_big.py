@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import statistics
@@ -49,6 +50,7 @@ MIB = 1024 * KIB
 GIB = 1024 * MIB
 BALLAST_BYTES = 256 * MIB
 BATCH_RECORDS = 8  # 8 x 1 MiB per batch request
+TIMESTAMPS = itertools.count(1_000_000)  # unique over every small write of a run
 
 
 def cpu_seconds(pid: int) -> float:
@@ -222,11 +224,10 @@ async def small_writer(
 ) -> None:
     """1 KiB single writes until the deadline or ``limit``; each latency appended."""
     data = os.urandom(KIB)
-    ts = 1_000_000
     i = 0
     while i < limit and time.perf_counter() < deadline:
         start = time.perf_counter()
-        await bucket.write(entry, data, timestamp=ts + i)
+        await bucket.write(entry, data, timestamp=next(TIMESTAMPS))
         latencies.append(time.perf_counter() - start)
         i += 1
 
