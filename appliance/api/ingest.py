@@ -34,7 +34,12 @@ from appliance.api.streaming import (
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
 from appliance.replication import WRITE
-from appliance.sizes import IN_MEMORY_BYTES, PIPELINE_RECORD_BYTES
+from appliance.sizes import (
+    IN_MEMORY_BYTES,
+    PIPELINE_BYTES,
+    PIPELINE_HOP_BYTES,
+    PIPELINE_RECORD_BYTES,
+)
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -207,7 +212,10 @@ async def _write_pipelined(
         pairs = [(item, p[0] if len(p) == 1 else b"".join(p)) for item, p in received]
         errors.update(_write_pairs(svc, storage, bucket, pairs))
 
-    pipe = Pipeline(svc, sink)
+    # Each hop commits what it wrote; with synced writes that is an fsync, so hops are made
+    # as large as the pipeline allows (two commits per 8 MB batch rather than dozens).
+    hop_bytes = PIPELINE_BYTES if svc.settings.engine_sync_writes else PIPELINE_HOP_BYTES
+    pipe = Pipeline(svc, sink, hop_bytes=hop_bytes)
     try:
         for item in items:
             await pipe.put((item, await reader.pieces(item.length)), item.length)

@@ -131,3 +131,59 @@ async def test_batch_of_large_records_cut_short_stores_only_whole_records(hb: Ha
             assert r.status_code == 404, ts
     r = await hb.client.post(API + "/b/bkt/e?ts=5", data=b"again", headers={"Content-Length": "5"})
     assert r.status_code == 200  # the entry still takes writes
+
+
+async def slow_post(app: Any, path: str, headers: dict[str, str], chunks: list[bytes]) -> int:
+    """POST ``chunks`` to the ASGI app 2 ms apart (a client slower than the disk); status."""
+    pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+               for i, c in enumerate(chunks)]
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            await asyncio.sleep(0.002)
+            return pending.pop(0)
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "extensions": {},
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert not [k for k, _ in start["headers"] if k.startswith(b"x-reduct-error-")]
+    return int(start["status"])
+
+
+async def test_synced_batch_of_large_records_commits_in_few_hops(
+    harness_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.engine.entry import Entry
+
+    h = await harness_factory(engine_sync_writes=True)
+    assert (await h.client.post(API + "/b/bkt")).status_code == 200
+    calls: list[int] = []
+    original = Entry.write_batch
+
+    def counting(self: Entry, records: Any) -> Any:
+        calls.append(len(records))
+        return original(self, records)
+
+    monkeypatch.setattr(Entry, "write_batch", counting)
+    records = {ts: os.urandom(512 * KIB) for ts in range(1, 17)}  # 8 MiB
+    headers, body = v1_request(records)
+    chunks = [body[i : i + 64 * KIB] for i in range(0, len(body), 64 * KIB)]
+    assert await slow_post(h.app, API + "/b/bkt/e/batch", headers, chunks) == 200
+    assert sum(calls) == 16
+    assert len(calls) <= 3  # each hop is an fsync: ~4 MiB per hop, not one per record
+    for ts, data in records.items():
+        r = await h.client.get(API + f"/b/bkt/e?ts={ts}")
+        assert await r.get_data() == data
