@@ -11,6 +11,7 @@ from quart import request
 
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
+from appliance.api.connection import BoundedBody
 from appliance.api.queries import read_one
 from appliance.api.record_response import check_state, record_response
 from appliance.api.response import ApiResponse as Response
@@ -72,7 +73,12 @@ async def write(bucket: str, entry: str) -> Response:
     then = None
     if svc.replicates(bucket):  # logged before the 200, in the hop that finishes the record
         then = functools.partial(svc.notify_records, bucket, entry, [(WRITE, ts, labels)])
-    await write_streamed(svc, RecordSink(begin, then), exact_parts(length, timeout))
+    # No body byte yet: the client may wait for an early answer (a refusal must not wait for
+    # the body); otherwise the record is opened in the first writing hop, saving a hop.
+    body = request.body
+    open_first = not (isinstance(body, BoundedBody) and body.buffered)
+    sink = RecordSink(begin, then)
+    await write_streamed(svc, sink, exact_parts(length, timeout), open_first)
     return Response(b"", status=200)
 
 

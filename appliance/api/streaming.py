@@ -229,6 +229,11 @@ class RecordSink:
         self._then = then  # runs in the finishing hop, after the record is FINISHED
         self.writer: Any = None
 
+    def open(self) -> None:
+        """Open the writer now (reserves the record; raises the engine's refusal)."""
+        if self.writer is None:
+            self.writer = self._begin()
+
     def write(self, groups: list[list[bytes]]) -> None:
         """Open the writer if needed and write the chunks of ``groups`` in order."""
         writer = self.writer
@@ -253,13 +258,21 @@ class RecordSink:
 
 
 async def write_streamed(
-    services: Services, sink: RecordSink, parts: AsyncIterator[list[bytes]]
+    services: Services,
+    sink: RecordSink,
+    parts: AsyncIterator[list[bytes]],
+    open_first: bool = False,
 ) -> None:
     """Write one record from ``parts`` (lists of chunks) through a ``Pipeline``. Client gone,
     short body or engine failure: the record ends ERRORED, never FINISHED, and the entry stays
-    writable."""
+    writable. ``open_first``: open the record before waiting for the body, so a refusal (404,
+    409...) is answered while the client may still be waiting to send it."""
     pipe = Pipeline(services, sink.write)
     try:
+        if open_first:
+            await services.workers.run_through(
+                sink.open, on_cancel=lambda _: sink.abort("client disconnected")
+            )
         async for chunks in parts:
             await pipe.put(chunks, sum(map(len, chunks)))
         await pipe.close(sink.finish)
