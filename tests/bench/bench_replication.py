@@ -9,11 +9,15 @@ write until the task has nothing pending) and the largest backlog seen while wri
 - ``no task``: the source alone, the baseline;
 - ``dead destination``: a task whose destination port has nobody listening (the writer must not
   notice: the records only go into the task's log);
-- ``1 KiB`` and ``1 MiB``: a task to a live destination.
+- ``live``, ``1 KiB`` and ``1 MiB``: a task to a live destination, the writer as fast as it can;
+- ``live, paced``: the writer held to ``--rate`` records/s (default 10,000: the target), which is
+  the question "does replication keep up with a source writing that fast".
 
-The writer writes batches as fast as it can for ``--seconds`` (bounded by a record count too), so
-"replicated rate ≥ write rate with a flat backlog" means replication keeps up. Client, source and
-destination share this machine's cores.
+The writer writes batches for ``--seconds`` (bounded by a record count too). The backlog is
+sampled every 10 batches: the table shows it after 1 s of writing and when the writer stops,
+and the rate delivered while writing (records written minus the backlog at the end, per second of
+writing). "Delivered while writing ≥ write rate, backlog at the end no bigger than after 1 s"
+means replication keeps up. Client, source and destination share this machine's cores.
 """
 
 from __future__ import annotations
@@ -40,11 +44,14 @@ BATCH = 200  # 1 KiB records per batched write
 
 
 async def write_for(client: Client, bucket: str, size: int, per_batch: int, seconds: float,
-                    limit: int, task: str | None) -> tuple[int, float, int]:
-    """Batched writes for ``seconds`` (at most ``limit`` records); (count, seconds, max backlog)."""
+                    limit: int, task: str | None,
+                    rate: float | None = None) -> tuple[int, float, int, int | None]:
+    """Batched writes for ``seconds`` (at most ``limit`` records, at most ``rate`` records/s);
+    (count, seconds, max backlog, backlog after 1 s)."""
     b = await client.get_bucket(bucket)
     data = os.urandom(size)
     ts, count, backlog = 1, 0, 0
+    at_one: int | None = None
     start = time.perf_counter()
     while count < limit and time.perf_counter() - start < seconds:
         batch = Batch()
@@ -54,9 +61,15 @@ async def write_for(client: Client, bucket: str, size: int, per_batch: int, seco
         await b.write_batch("e", batch)
         count += per_batch
         if task is not None and count % (per_batch * 10) == 0:
-            detail = await client.get_replication_detail(task)
-            backlog = max(backlog, detail.info.pending_records)
-    return count, time.perf_counter() - start, backlog
+            pending = (await client.get_replication_detail(task)).info.pending_records
+            backlog = max(backlog, pending)
+            if at_one is None and time.perf_counter() - start >= 1.0:
+                at_one = pending
+        if rate is not None:
+            ahead = start + count / rate - time.perf_counter()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    return count, time.perf_counter() - start, backlog, at_one
 
 
 async def wait_drained(client: Client, task: str, timeout: float) -> float:
@@ -70,7 +83,7 @@ async def wait_drained(client: Client, task: str, timeout: float) -> float:
 
 
 async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
-               seconds: float, limit: int) -> tuple[str, ...]:
+               seconds: float, limit: int, rate: float | None = None) -> tuple[str, ...]:
     """One row: write, then wait for the destination, and measure both."""
     async with Client(src) as client:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{name}-{size}")
@@ -81,24 +94,25 @@ async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
             task = f"t-{slug}"
             await client.create_replication(task, ReplicationSettings(
                 src_bucket=bucket, dst_bucket=bucket, dst_host=dst))
-        count, elapsed, backlog = await write_for(
-            client, bucket, size, per_batch, seconds, limit, task)
+        count, elapsed, backlog, at_one = await write_for(
+            client, bucket, size, per_batch, seconds, limit, task, rate)
         write_rate = count / elapsed
-        replicated = "-"
+        replicated = during = "-"
         pending = "-"
         if task is not None:
             detail = await client.get_replication_detail(task)
             pending = str(detail.info.pending_records)
             if "dead" not in name:
+                during = f"{(count - detail.info.pending_records) / elapsed:,.0f}"
                 drain = await wait_drained(client, task, 120)
                 replicated = f"{count / (elapsed + drain):,.0f}"
             await client.delete_replication(task)
         return (name, f"{size // KIB} KiB" if size < MIB else f"{size // MIB} MiB", f"{count:,}",
-                f"{write_rate:,.0f}", f"{write_rate * size / 1e6:,.1f}", replicated,
-                str(backlog) if task else "-", pending)
+                f"{write_rate:,.0f}", f"{write_rate * size / 1e6:,.1f}", during, replicated,
+                str(backlog) if task else "-", "-" if at_one is None else str(at_one), pending)
 
 
-async def run(seconds: float, quick: bool, batch_records: int | None) -> None:
+async def run(seconds: float, quick: bool, batch_records: int | None, rate: float) -> None:
     """Start a source and a destination, run the cases, print the table."""
     with tempfile.TemporaryDirectory(prefix="bench-repl-") as tmp:
         root = Path(tmp)
@@ -118,6 +132,9 @@ async def run(seconds: float, quick: bool, batch_records: int | None) -> None:
                 rows.append(await case(src.url, dead, f"dead destination, run {run_no}", KIB, BATCH,
                                        seconds, limit_small))
             rows.append(await case(src.url, dst.url, "live", KIB, BATCH, seconds, limit_small))
+            for run_no in (1, 2):
+                rows.append(await case(src.url, dst.url, f"live, paced {rate:,.0f}/s, run {run_no}",
+                                       KIB, BATCH, seconds, limit_small, rate))
             rows.append(await case(src.url, dst.url, "live", MIB, 4, seconds,
                                    200 if quick else 600))
         finally:
@@ -127,12 +144,12 @@ async def run(seconds: float, quick: bool, batch_records: int | None) -> None:
     table = Table(title=f"Replication, batched writes for {seconds:g} s per case, "
                   f"RS_IO_BATCH_MAX_RECORDS={limit}")
     for column in ("case", "record", "records", "source write rec/s", "source MB/s",
-                   "replicated rec/s (end to end)", "max backlog while writing",
-                   "pending at end of writing"):
+                   "delivered rec/s while writing", "replicated rec/s (end to end)",
+                   "max backlog while writing", "backlog after 1 s", "pending at end of writing"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(*row)
-    Console(width=160).print(table)
+    Console(width=190).print(table)
     print(f"load average: {os.getloadavg()}")
 
 
@@ -143,8 +160,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch-records", type=int, default=None,
                         help="RS_IO_BATCH_MAX_RECORDS of both instances (default: theirs, 85)")
+    parser.add_argument("--rate", type=float, default=10_000.0,
+                        help="records/s of the paced live case (default: the 10,000 target)")
     args = parser.parse_args()
-    asyncio.run(run(args.seconds, args.quick, args.batch_records))
+    asyncio.run(run(args.seconds, args.quick, args.batch_records, args.rate))
 
 
 if __name__ == "__main__":
