@@ -17,7 +17,10 @@ The writer writes batches for ``--seconds`` (bounded by a record count too). The
 sampled every 10 batches: the table shows it after 1 s of writing and when the writer stops,
 and the rate delivered while writing (records written minus the backlog at the end, per second of
 writing). "Delivered while writing ≥ write rate, backlog at the end no bigger than after 1 s"
-means replication keeps up. Client, source and destination share this machine's cores.
+means replication keeps up. Client, source and destination share this machine's cores, which
+other work shares too, so the rates drift with the load; the last two columns do not: the CPU
+time the source and the destination processes spent per record, from the first write until the
+destination had everything.
 """
 
 from __future__ import annotations
@@ -72,6 +75,12 @@ async def write_for(client: Client, bucket: str, size: int, per_batch: int, seco
     return count, time.perf_counter() - start, backlog, at_one
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def wait_drained(client: Client, task: str, timeout: float) -> float:
     """Seconds until ``task`` has nothing pending (bounded by ``timeout``)."""
     start = time.perf_counter()
@@ -83,8 +92,11 @@ async def wait_drained(client: Client, task: str, timeout: float) -> float:
 
 
 async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
-               seconds: float, limit: int, rate: float | None = None) -> tuple[str, ...]:
-    """One row: write, then wait for the destination, and measure both."""
+               seconds: float, limit: int, rate: float | None = None,
+               pids: tuple[int, int] = (0, 0)) -> tuple[str, ...]:
+    """One row: write, then wait for the destination, and measure both (and the CPU time the
+    source and destination processes, ``pids``, spent per record, from the first write until
+    the destination has everything: the figure the shared machine's load does not skew)."""
     async with Client(src) as client:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{name}-{size}")
         bucket = f"b-{slug}"
@@ -94,6 +106,7 @@ async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
             task = f"t-{slug}"
             await client.create_replication(task, ReplicationSettings(
                 src_bucket=bucket, dst_bucket=bucket, dst_host=dst))
+        cpu_before = [cpu_seconds(pid) for pid in pids]
         count, elapsed, backlog, at_one = await write_for(
             client, bucket, size, per_batch, seconds, limit, task, rate)
         write_rate = count / elapsed
@@ -106,10 +119,13 @@ async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
                 during = f"{(count - detail.info.pending_records) / elapsed:,.0f}"
                 drain = await wait_drained(client, task, 120)
                 replicated = f"{count / (elapsed + drain):,.0f}"
+        cpu = [(cpu_seconds(pid) - before) * 1e6 / count for pid, before in zip(pids, cpu_before)]
+        if task is not None:
             await client.delete_replication(task)
         return (name, f"{size // KIB} KiB" if size < MIB else f"{size // MIB} MiB", f"{count:,}",
                 f"{write_rate:,.0f}", f"{write_rate * size / 1e6:,.1f}", during, replicated,
-                str(backlog) if task else "-", "-" if at_one is None else str(at_one), pending)
+                str(backlog) if task else "-", "-" if at_one is None else str(at_one), pending,
+                f"{cpu[0]:,.0f}", f"{cpu[1]:,.0f}" if dst is not None and "dead" not in name else "-")
 
 
 async def run(seconds: float, quick: bool, batch_records: int | None, rate: float) -> None:
@@ -122,21 +138,24 @@ async def run(seconds: float, quick: bool, batch_records: int | None, rate: floa
         src = ServerProcess(root / "src", env=env).start()
         dst = ServerProcess(root / "dst", env=env).start()
         dead = f"http://127.0.0.1:{free_port()}"
+        assert src.proc is not None and dst.proc is not None
+        pids = (src.proc.pid, dst.proc.pid)
         limit_small = 50_000 if quick else 300_000
         try:
             rows = []
             # Alternated, twice: on a shared machine the load drifts between cases.
             for run_no in (1, 2):
                 rows.append(await case(src.url, None, f"no task, run {run_no}", KIB, BATCH, seconds,
-                                       limit_small))
+                                       limit_small, pids=pids))
                 rows.append(await case(src.url, dead, f"dead destination, run {run_no}", KIB, BATCH,
-                                       seconds, limit_small))
-            rows.append(await case(src.url, dst.url, "live", KIB, BATCH, seconds, limit_small))
+                                       seconds, limit_small, pids=pids))
+            rows.append(await case(src.url, dst.url, "live", KIB, BATCH, seconds, limit_small,
+                                   pids=pids))
             for run_no in (1, 2):
                 rows.append(await case(src.url, dst.url, f"live, paced {rate:,.0f}/s, run {run_no}",
-                                       KIB, BATCH, seconds, limit_small, rate))
+                                       KIB, BATCH, seconds, limit_small, rate, pids=pids))
             rows.append(await case(src.url, dst.url, "live", MIB, 4, seconds,
-                                   200 if quick else 600))
+                                   200 if quick else 600, pids=pids))
         finally:
             src.stop()
             dst.stop()
@@ -145,11 +164,12 @@ async def run(seconds: float, quick: bool, batch_records: int | None, rate: floa
                   f"RS_IO_BATCH_MAX_RECORDS={limit}")
     for column in ("case", "record", "records", "source write rec/s", "source MB/s",
                    "delivered rec/s while writing", "replicated rec/s (end to end)",
-                   "max backlog while writing", "backlog after 1 s", "pending at end of writing"):
+                   "max backlog while writing", "backlog after 1 s", "pending at end of writing",
+                   "source CPU µs/rec", "destination CPU µs/rec"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(*row)
-    Console(width=190).print(table)
+    Console(width=200).print(table)
     print(f"load average: {os.getloadavg()}")
 
 
