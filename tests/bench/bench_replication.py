@@ -12,6 +12,8 @@ write until the task has nothing pending) and the largest backlog seen while wri
 - ``live``, ``1 KiB`` and ``1 MiB``: a task to a live destination, the writer as fast as it can;
 - ``live, paced``: the writer held to ``--rate`` records/s (default 10,000: the target), which is
   the question "does replication keep up with a source writing that fast".
+- ``backlog only``: records logged while the task is paused, then sent with no writer running:
+  the drain rate, and the CPU per record of the sender alone (source) and of the destination.
 
 The writer writes batches for ``--seconds`` (bounded by a record count too). The backlog is
 sampled every 10 batches: the table shows it after 1 s of writing and when the writer stops,
@@ -34,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reduct import Batch, Client, ReplicationSettings
+from reduct import Batch, Client, ReplicationMode, ReplicationSettings
 from rich.console import Console
 from rich.table import Table
 
@@ -128,6 +130,26 @@ async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
                 f"{cpu[0]:,.0f}", f"{cpu[1]:,.0f}" if dst is not None and "dead" not in name else "-")
 
 
+async def drain_case(src: str, dst: str, count: int, pids: tuple[int, int]) -> tuple[str, ...]:
+    """``backlog only``: ``count`` 1 KiB records logged while the task is paused, then the task
+    enabled: the drain rate and the CPU per record of the sender and of the destination alone."""
+    async with Client(src) as client:
+        bucket = task = "drain"
+        await client.create_bucket(bucket)
+        await client.create_replication(task, ReplicationSettings(
+            src_bucket=bucket, dst_bucket=bucket, dst_host=dst, mode=ReplicationMode.PAUSED))
+        written, _, _, _ = await write_for(client, bucket, KIB, BATCH, 120, count, None)
+        cpu_before = [cpu_seconds(pid) for pid in pids]
+        start = time.perf_counter()
+        await client.set_replication_mode(task, ReplicationMode.ENABLED)
+        await wait_drained(client, task, 120)
+        elapsed = time.perf_counter() - start
+        cpu = [(cpu_seconds(pid) - before) * 1e6 / written for pid, before in zip(pids, cpu_before)]
+        await client.delete_replication(task)
+        return ("backlog only", "1 KiB", f"{written:,}", "-", "-", "-", f"{written / elapsed:,.0f}",
+                "-", "-", str(written), f"{cpu[0]:,.0f}", f"{cpu[1]:,.0f}")
+
+
 async def run(seconds: float, quick: bool, batch_records: int | None, rate: float) -> None:
     """Start a source and a destination, run the cases, print the table."""
     with tempfile.TemporaryDirectory(prefix="bench-repl-") as tmp:
@@ -154,6 +176,7 @@ async def run(seconds: float, quick: bool, batch_records: int | None, rate: floa
             for run_no in (1, 2):
                 rows.append(await case(src.url, dst.url, f"live, paced {rate:,.0f}/s, run {run_no}",
                                        KIB, BATCH, seconds, limit_small, rate, pids=pids))
+            rows.append(await drain_case(src.url, dst.url, 20_000 if quick else 60_000, pids))
             rows.append(await case(src.url, dst.url, "live", MIB, 4, seconds,
                                    200 if quick else 600, pids=pids))
         finally:
