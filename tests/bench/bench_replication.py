@@ -20,9 +20,9 @@ sampled every 10 batches: the table shows it after 1 s of writing and when the w
 and the rate delivered while writing (records written minus the backlog at the end, per second of
 writing). "Delivered while writing ≥ write rate, backlog at the end no bigger than after 1 s"
 means replication keeps up. Client, source and destination share this machine's cores, which
-other work shares too, so the rates drift with the load; the last two columns do not: the CPU
-time the source and the destination processes spent per record, from the first write until the
-destination had everything.
+other work shares too, so the rates drift with the load; the last three columns do not: the CPU
+time the source and the destination processes (and the writing client, this process) spent per
+record, from the first write until the destination had everything.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
             task = f"t-{slug}"
             await client.create_replication(task, ReplicationSettings(
                 src_bucket=bucket, dst_bucket=bucket, dst_host=dst))
-        cpu_before = [cpu_seconds(pid) for pid in pids]
+        cpu_before = [cpu_seconds(pid) for pid in (*pids, os.getpid())]
         count, elapsed, backlog, at_one = await write_for(
             client, bucket, size, per_batch, seconds, limit, task, rate)
         write_rate = count / elapsed
@@ -121,13 +121,16 @@ async def case(src: str, dst: str | None, name: str, size: int, per_batch: int,
                 during = f"{(count - detail.info.pending_records) / elapsed:,.0f}"
                 drain = await wait_drained(client, task, 120)
                 replicated = f"{count / (elapsed + drain):,.0f}"
-        cpu = [(cpu_seconds(pid) - before) * 1e6 / count for pid, before in zip(pids, cpu_before)]
+        cpu = [(cpu_seconds(pid) - before) * 1e6 / count
+               for pid, before in zip((*pids, os.getpid()), cpu_before)]
         if task is not None:
             await client.delete_replication(task)
         return (name, f"{size // KIB} KiB" if size < MIB else f"{size // MIB} MiB", f"{count:,}",
                 f"{write_rate:,.0f}", f"{write_rate * size / 1e6:,.1f}", during, replicated,
                 str(backlog) if task else "-", "-" if at_one is None else str(at_one), pending,
-                f"{cpu[0]:,.0f}", f"{cpu[1]:,.0f}" if dst is not None and "dead" not in name else "-")
+                f"{cpu[0]:,.0f}",
+                f"{cpu[1]:,.0f}" if dst is not None and "dead" not in name else "-",
+                f"{cpu[2]:,.0f}")
 
 
 async def drain_case(src: str, dst: str, count: int, pids: tuple[int, int]) -> tuple[str, ...]:
@@ -147,7 +150,7 @@ async def drain_case(src: str, dst: str, count: int, pids: tuple[int, int]) -> t
         cpu = [(cpu_seconds(pid) - before) * 1e6 / written for pid, before in zip(pids, cpu_before)]
         await client.delete_replication(task)
         return ("backlog only", "1 KiB", f"{written:,}", "-", "-", "-", f"{written / elapsed:,.0f}",
-                "-", "-", str(written), f"{cpu[0]:,.0f}", f"{cpu[1]:,.0f}")
+                "-", "-", str(written), f"{cpu[0]:,.0f}", f"{cpu[1]:,.0f}", "-")
 
 
 async def run(seconds: float, quick: bool, batch_records: int | None, rate: float) -> None:
@@ -188,11 +191,11 @@ async def run(seconds: float, quick: bool, batch_records: int | None, rate: floa
     for column in ("case", "record", "records", "source write rec/s", "source MB/s",
                    "delivered rec/s while writing", "replicated rec/s (end to end)",
                    "max backlog while writing", "backlog after 1 s", "pending at end of writing",
-                   "source CPU µs/rec", "destination CPU µs/rec"):
+                   "source CPU µs/rec", "destination CPU µs/rec", "client CPU µs/rec"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(*row)
-    Console(width=200).print(table)
+    Console(width=210).print(table)
     print(f"load average: {os.getloadavg()}")
 
 
