@@ -35,7 +35,7 @@ from appliance.replication.remote import Outgoing, Rejected, RemoteBucket, Unava
 from appliance.replication.txlog import UPDATE, WRITE, BrokenLog, TransactionLog
 
 if TYPE_CHECKING:
-    from appliance.engine import Storage
+    from appliance.engine import Entry, Storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,6 +86,14 @@ Runner = Callable[..., Awaitable[Any]]
 
 class _Replaced(Exception):  # noqa: N818 - a control-flow signal
     """The log front moved under a pipeline (a replaced sender's late pop): re-read it."""
+
+
+def _record_or_error(source: Entry, ts: int) -> RecordMeta | ApplianceError:
+    """The record at ``ts`` or the error that looking it up raised."""
+    try:
+        return source.get_record(ts)
+    except ApplianceError as exc:
+        return exc
 
 
 class ReplicationTask:
@@ -543,7 +551,13 @@ class ReplicationTask:
         size = meta_bytes = 0
         max_meta = self.options.batch_metadata // 2
         seen_writes: set[int] = set()
-        metas = source.records_at([ts for _, ts in txs])  # one lock hold, not one per record
+        wanted = [ts for _, ts in txs]
+        try:
+            metas = source.records_at(wanted)  # one lock hold, not one per record
+        except ApplianceError:
+            # e.g. a block that cannot be read: one by one, so only its records fail (and are
+            # counted), as with single lookups, and the rest still go
+            metas = [_record_or_error(source, ts) for ts in wanted]
         for (kind, ts), meta in zip(txs, metas, strict=True):
             if isinstance(meta, ApplianceError):
                 batch.failures.append((meta.status, meta.message))
