@@ -45,6 +45,7 @@ def _slots(count: int) -> struct.Struct:
 
 
 def _pack(items: list[tuple[int, int]]) -> bytes:
+    """``(kind, timestamp)`` items as consecutive slots."""
     return _slots(len(items)).pack(*itertools.chain.from_iterable(items))
 
 
