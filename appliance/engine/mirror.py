@@ -142,6 +142,8 @@ class Mirror:
         # never replaced by its placeholder between those two steps.
         self.lock = threading.RLock()
         self._sync_lock = threading.Lock()
+        # Fetches outside ``lock`` (``fetch_ahead``): one download of a file at a time.
+        self._fetch_locks = [threading.Lock() for _ in range(64)]
         self._state: dict[str, FileState] = {}
         self._access: dict[str, float] = {}
         self._etags: dict[str, str] = {}  # object ETags as last seen (a replica's change test)
@@ -289,8 +291,26 @@ class Mirror:
         """Give the mirror the fd cache's "close it if nobody uses it" (eviction asks first)."""
         self._idle_check = idle_check
 
+    def fetch_ahead(self, path: str | Path) -> None:
+        """Fetch an evicted data file *before* the caller takes ``lock`` (the fd cache does).
+
+        A fetch may take S3's timeouts x retries; under ``lock`` it would hold up the opening
+        of every other file. An evicted file is neither evicted nor uploaded, so it may land
+        without ``lock``; one fetch per file at a time. ``open_local`` then finds it local.
+        """
+        rel = self._rel(path)
+        if not rel.endswith(DATA_SUFFIX):
+            return
+        with self.lock:
+            state = self._state.get(rel)
+        if state is None or not state.evicted:
+            return
+        with self._fetch_locks[hash(rel) % len(self._fetch_locks)]:
+            self.open_local(path)  # checks again: another reader may have fetched it
+
     def open_local(self, path: str | Path) -> None:
-        """Make ``path`` local before it is opened (caller holds ``lock``); fetch if evicted."""
+        """Make ``path`` local before it is opened (caller holds ``lock``, or the file's fetch
+        lock in ``fetch_ahead``); fetch if evicted."""
         rel = self._rel(path)
         self._access[rel] = time.monotonic()
         state = self._state.get(rel)
@@ -320,6 +340,7 @@ class Mirror:
 
     def ensure_local(self, path: str | Path) -> None:
         """``open_local`` for code that opens files outside the fd cache."""
+        self.fetch_ahead(path)
         with self.lock:
             self.open_local(path)
 
