@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.base import Backend
+from backends.base import Backend, ObjectInfo
 from backends.errors import BackendError, ObjectNotFound, PreconditionFailed
 from appliance import metrics
 from appliance.engine import fs_ops
@@ -785,8 +785,16 @@ class Mirror:
             else:
                 info = self.backend.replace_if_unchanged(REMOTE_MANIFEST, data, self._manifest_etag)
         except PreconditionFailed:
-            self._error(REPLACED)
-            raise ServiceUnavailable(f"{UNAVAILABLE}: {REPLACED}") from None
+            # botocore retries a PUT whose answer was lost; the retry then fails on our own
+            # write. Only a manifest this writer did not write means another writer took over.
+            remote = self._read_remote_manifest()
+            if remote is None or (remote.get("writer"), remote.get("seq")) != (
+                self._writer_id,
+                seq,
+            ):
+                self._error(REPLACED)
+                raise ServiceUnavailable(f"{UNAVAILABLE}: {REPLACED}") from None
+            info = ObjectInfo(REMOTE_MANIFEST, len(data), time.time(), remote["etag"])
         before = set(self._committed.values())
         self._committed = {rel: value[0] or self.key(rel) for rel, value in files.items()}
         self._committed_files = files

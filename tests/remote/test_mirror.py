@@ -401,3 +401,44 @@ def test_a_fenced_or_abandoned_mirror_uploads_nothing(tmp_path: Path) -> None:
     assert {i.key: i.etag for i in backend.list(KEY_PREFIX)} == before
     storage.abandon()
 
+
+
+class LostAnswer(MemoryBackend):
+    """The first manifest replace lands but its answer is lost; the retry gets 412."""
+
+    lose = False
+
+    def replace_if_unchanged(self, key, data, etag):  # noqa: ANN001, ANN201
+        info = super().replace_if_unchanged(key, data, etag)
+        if self.lose and key == REMOTE_MANIFEST:
+            self.lose = False
+            return super().replace_if_unchanged(key, data, etag)  # the retry: 412
+        return info
+
+
+def test_the_manifest_is_fenced_against_another_writer_not_against_a_lost_answer(
+    tmp_path: Path,
+) -> None:
+    backend = LostAnswer()
+    mirror = Mirror(backend, tmp_path / "a", cache_size=10**9, sync_interval=60)
+    storage = open_storage(tmp_path / "a", mirror)
+    write_all(storage, payloads(5, 1_000))
+    mirror.sync()
+    storage.get_bucket("b").write_record("e", 77_777, b"more", "text/plain", {})
+    backend.lose = True
+    mirror.sync()  # our own write answered 412 on the retry: still a success
+    assert mirror.info()["last_error"] is None
+    # Another writer commits (a successor after a lease change): this one may not any more.
+    successor = Mirror(backend, tmp_path / "b", cache_size=10**9, sync_interval=60)
+    other = open_storage(tmp_path / "b", successor)
+    other.get_bucket("b").write_record("e", 88_888, b"new holder", "text/plain", {})
+    successor.sync()
+    storage.get_bucket("b").write_record("e", 99_999, b"deposed", "text/plain", {})
+    with pytest.raises(ServiceUnavailable) as caught:
+        mirror.sync()
+    assert "another writer" in caught.value.message
+    files = decode_manifest(backend.read(REMOTE_MANIFEST))["files"]
+    assert files == successor._manifest_files()  # noqa: SLF001 - untouched by the deposed one
+    other.close()
+    successor.close()
+    storage.abandon()
