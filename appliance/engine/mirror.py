@@ -331,7 +331,10 @@ class Mirror:
     def _forget_unknown(self) -> None:
         """Drop files the bucket does not hold (caller holds ``lock``): uploaded again as new."""
         for rel in [r for r in self._state if r not in self._etags]:
-            del self._state[rel]
+            if self._state.pop(rel).evicted:
+                # A placeholder of an object that is not there: never upload its zeros.
+                log.error("remote cache: %s is neither local nor in the bucket", rel)
+                (self.root / rel).unlink(missing_ok=True)
 
     def _read_remote_manifest(self) -> dict[str, Any] | None:
         """The bucket's manifest with its ``etag`` (HEAD + GET pinned to it), None if absent."""
