@@ -271,8 +271,8 @@ class Bucket:
             for doomed in [n for n in self._entries if is_same_or_descendant(n, name)]:
                 self._entries.pop(doomed).retire()
             # One durable rename makes the removal all-or-nothing across a crash (issue 8).
-            moved = fs_ops.retire_dir(self.path / name, self._ctx.data_path)
-            self._ctx.removed(self.path / name)
+            with self._ctx.retiring(self.path / name):
+                moved = fs_ops.retire_dir(self.path / name, self._ctx.data_path)
             if self._ctx.journal is not None:
                 self._ctx.journal.append("entry_remove", b=self._name, e=name)
         if moved is not None:

@@ -118,10 +118,14 @@ class EngineContext:
         with self.options.mirror.moving(src, dst):
             yield
 
-    def removed(self, path: Path) -> None:
-        """A bucket or entry folder was taken out (data on S3: its objects go as one)."""
-        if self.options.mirror is not None:
-            self.options.mirror.removed(path)
+    @contextmanager
+    def retiring(self, path: Path) -> Iterator[None]:
+        """Around taking a bucket or entry folder out (data on S3: its objects go as one)."""
+        if self.options.mirror is None:
+            yield
+            return
+        with self.options.mirror.retiring(path):
+            yield
 
     @contextmanager
     def removing(self) -> Iterator[None]:

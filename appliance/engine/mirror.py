@@ -24,7 +24,7 @@ that calls the ``Backend`` for data. What it does:
   objects no manifest names (a crashed pass's uploads) are ignored, then deleted by the next
   writer's first pass (one listing). A bucket written before the manifest existed is listed
   once and gets one at the first pass.
-- **Rename and removal.** The engine tells the mirror (``moving``/``removed``) when a bucket
+- **Rename and removal.** The engine tells the mirror (``moving``/``retiring``) when a bucket
   or entry folder is renamed or removed. A renamed file keeps its object (the manifest maps the
   new name to the old key: nothing is copied, an evicted file stays evicted); a removed one
   drops out of the next manifest at once. A new file whose natural key is still named by the
@@ -584,16 +584,20 @@ class Mirror:
                 r for r in self._missing_before if not (r == old or r.startswith(old + "/"))
             }
 
-    def removed(self, path: Path) -> None:
-        """The engine took folder ``path`` out (bucket or entry removal): the next manifest
-        drops all of its files at once, then their objects are deleted."""
+    @contextmanager
+    def retiring(self, path: Path) -> Iterator[None]:
+        """Around the engine taking folder ``path`` out (bucket or entry removal): no pass
+        walks the folder half gone; the next manifest drops all of its files at once, then
+        their objects are deleted."""
         gone = self._rel(path)
-        with self._sync_lock, self.lock:
-            for rel in [r for r in self._state if r == gone or r.startswith(gone + "/")]:
-                del self._state[rel]
-                self._access.pop(rel, None)
-                self._etags.pop(rel, None)
-            self._save_manifest()
+        with self._sync_lock:
+            yield
+            with self.lock:
+                for rel in [r for r in self._state if r == gone or r.startswith(gone + "/")]:
+                    del self._state[rel]
+                    self._access.pop(rel, None)
+                    self._etags.pop(rel, None)
+                self._save_manifest()
 
     def admit(self) -> None:
         """Refuse a write (503) while the unsynced bytes fill the whole cache."""
@@ -706,7 +710,7 @@ class Mirror:
         # is not atomic, so a WAL segment deleted by a compaction may be seen gone while the
         # descriptor that replaced it was stat'ed before its rewrite. By the next pass that
         # descriptor is uploaded first (replaying a leftover segment is idempotent). Folder
-        # renames and removals do not wait: the engine reports them (``moving``/``removed``).
+        # renames and removals do not wait: the engine reports them (``moving``/``retiring``).
         missing = {rel for rel in state if rel not in current}
         gone = sorted(missing & self._missing_before)
         self._missing_before = missing

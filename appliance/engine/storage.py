@@ -285,8 +285,8 @@ class Storage:
                 bucket.retire()
                 self._ctx.files.invalidate_under(bucket.path)
                 # One durable rename makes the removal all-or-nothing across a crash (issue 8).
-                moved = fs_ops.retire_dir(bucket.path, self._ctx.data_path)
-                self._ctx.removed(bucket.path)
+                with self._ctx.retiring(bucket.path):
+                    moved = fs_ops.retire_dir(bucket.path, self._ctx.data_path)
                 if self._ctx.journal is not None:
                     self._ctx.journal.append("bucket_remove", b=name)
             if moved is not None:
