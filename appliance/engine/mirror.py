@@ -743,7 +743,15 @@ class Mirror:
         # 4. the commit point: one PUT of the manifest
         self._commit_manifest()
         # 5. objects no committed manifest names any more, and a crashed pass's leftovers
-        self._collect_garbage()
+        try:
+            self._collect_garbage()
+        except BackendError as exc:
+            # The commit stands (a writer waiting on it gets its 200); a later pass retries.
+            log.warning(
+                "remote storage: %d unreferenced object(s) not deleted yet: %s",
+                len(self._garbage),
+                type(exc).__name__,
+            )
         self.unsynced_bytes = 0
         metrics.set_s3_unsynced_bytes(0)
         self._save_manifest()
@@ -816,9 +824,9 @@ class Mirror:
             self._garbage |= {
                 info.key for info in self.backend.list(KEY_PREFIX) if info.key not in named
             }
+            self._gc_pending = False
         if self._garbage:
             self._parallel(sorted(self._garbage), self._delete)
-        self._gc_pending = False
 
     def _parallel(self, items: list[Any], action: Any) -> None:
         """Run ``action`` over ``items`` on a few threads (S3 latency, not CPU, is the cost);

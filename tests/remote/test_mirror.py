@@ -221,14 +221,19 @@ def test_a_crash_in_a_rename_or_removal_pass_leaves_the_old_or_the_new_state(
     storage.get_bucket("b").rename_entry("e", "renamed")
     storage.remove_bucket("gone")
     backend.fail = fail
-    with pytest.raises(ServiceUnavailable):
-        mirror.sync()
+    if fail == "put":
+        with pytest.raises(ServiceUnavailable):
+            mirror.sync()
+    else:
+        mirror.sync()  # committed: failed deletes are retried later, the pass stands
+        assert mirror.info()["last_error"] is None
     seen = buckets_restored(backend, tmp_path / f"after-{fail}")
     assert seen == (old if fail == "put" else {"b": ["renamed"]})
     backend.fail = None
     if fail == "delete":  # the orphans are collected by the next writer's first pass
         assert any(i.key.startswith(f"{KEY_PREFIX}gone/") for i in backend.list(KEY_PREFIX))
-        storage.close()
+        mirror.abandoned = True  # a crash: nothing more from this process
+        storage.abandon()
         mirror.close()
         again = Mirror(backend, tmp_path / "w", cache_size=10**9, sync_interval=60)
         storage = open_storage(tmp_path / "w", again)  # restart from the cache
