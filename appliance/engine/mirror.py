@@ -803,13 +803,25 @@ class Mirror:
             # botocore retries a PUT whose answer was lost; the retry then fails on our own
             # write. Only a manifest this writer did not write means another writer took over.
             remote = self._read_remote_manifest()
-            if remote is None or (remote.get("writer"), remote.get("seq")) != (
+            if remote is not None and (remote.get("writer"), remote.get("seq")) == (
                 self._writer_id,
                 seq,
             ):
+                info = ObjectInfo(REMOTE_MANIFEST, len(data), time.time(), remote["etag"])
+            elif self.fence is not None:
+                # A lease holder that still passes its fence: the other commit came from a
+                # deposed holder inside the fence's margin. Ours replaces it (once: a second
+                # 412 means yet another writer, and the pass fails).
+                self._fenced()
+                if remote is None:
+                    info = self.backend.create_if_absent(REMOTE_MANIFEST, data)
+                else:
+                    info = self.backend.replace_if_unchanged(
+                        REMOTE_MANIFEST, data, remote["etag"]
+                    )
+            else:
                 self._error(REPLACED)
                 raise ServiceUnavailable(f"{UNAVAILABLE}: {REPLACED}") from None
-            info = ObjectInfo(REMOTE_MANIFEST, len(data), time.time(), remote["etag"])
         before = set(self._committed.values())
         self._committed = {rel: value[0] or self.key(rel) for rel, value in files.items()}
         self._committed_files = files

@@ -447,3 +447,24 @@ def test_the_manifest_is_fenced_against_another_writer_not_against_a_lost_answer
     other.close()
     successor.close()
     storage.abandon()
+
+
+def test_a_lease_holder_replaces_a_commit_slipped_in_by_a_deposed_holder(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    holder = Mirror(backend, tmp_path / "h", cache_size=10**9, sync_interval=60)
+    storage = open_storage(tmp_path / "h", holder)
+    write_all(storage, payloads(5, 1_000))
+    holder.fence = lambda: None  # the lease says: ours
+    holder.sync()
+    deposed = Mirror(backend, tmp_path / "d", cache_size=10**9, sync_interval=60)
+    old = open_storage(tmp_path / "d", deposed)
+    old.create_bucket("late", SMALL_BLOCKS).write_record("x", 1, b"late", "text/plain", {})
+    deposed.sync()  # within the fence's margin: its commit lands
+    storage.get_bucket("b").write_record("e", 99_999, b"ours", "text/plain", {})
+    holder.sync()  # 412, the fence still passes: the holder's state replaces it
+    files = decode_manifest(backend.read(REMOTE_MANIFEST))["files"]
+    assert files == holder._manifest_files()  # noqa: SLF001
+    assert not any(rel.startswith("late/") for rel in files)
+    old.abandon()
+    storage.close()
+    holder.close()
