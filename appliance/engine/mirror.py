@@ -4,12 +4,13 @@ ARCHITECTURE §4. The engine keeps talking to local files; this module is the on
 that calls the ``Backend`` for data. What it does:
 
 - **Upload.** ``sync`` walks the cache and uploads every file whose (size, mtime) differs from
-  what was last uploaded, then deletes the objects of files that disappeared (removals,
-  renames, WAL segments folded into descriptors). Order makes each pass self-consistent: the
+  what was last uploaded, commits the manifest (below), then deletes the objects of files that
+  disappeared (removals, WAL segments folded into descriptors). Order makes each pass
+  self-consistent: the
   small metadata files (descriptors, WAL segments, indexes, settings, tokens) are read into
   memory *first*, then data files are uploaded, then the metadata snapshot: every record a
   snapshotted WAL frame or descriptor names was written before the snapshot, so its bytes are
-  in the data object uploaded after it. Deletions go last.
+  in the data object uploaded after it. The manifest, then deletions, go last.
 - **Evict.** When the cache holds more than ``cache_size`` bytes, the least recently opened
   *clean* data files (``.blk``, uploaded and unchanged since) that no one has open are replaced
   by sparse placeholders of the same length (no disk blocks; recovery's size checks still
