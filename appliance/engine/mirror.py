@@ -42,8 +42,8 @@ that calls the ``Backend`` for data. What it does:
 
 Keys are ``r/<path relative to the cache>`` (as ReductStore; a renamed file keeps its old key,
 a reused name may get ``~<hex>`` appended); the manifest is ``.manifest`` and the lease's
-objects sit beside ``r/`` under the same prefix; the lease's are never touched here. Backend errors become
-``ServiceUnavailable`` with our own wording: no botocore text reaches a client.
+objects sit beside ``r/`` under the same prefix; the lease's are never touched here. Backend
+errors become ``ServiceUnavailable`` with our own wording: no botocore text reaches a client.
 """
 
 

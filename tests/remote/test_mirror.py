@@ -266,7 +266,8 @@ def test_a_crash_between_the_folder_rename_and_the_state_update_is_finished(
     again = Mirror(backend, root, cache_size=10**9, sync_interval=60)
     storage = open_storage(root, again)
     again.sync()
-    assert all(rel.startswith("c/") for rel in decode_manifest(backend.read(REMOTE_MANIFEST))["files"])
+    files = decode_manifest(backend.read(REMOTE_MANIFEST))["files"]
+    assert files and all(rel.startswith("c/") for rel in files)
     assert buckets_restored(backend, tmp_path / "n") == {"c": ["e"]}
     storage.close()
     again.close()
@@ -278,7 +279,9 @@ def test_a_replica_poll_is_one_request_whatever_the_number_of_objects(tmp_path: 
     storage = open_storage(tmp_path / "w", writer)
     write_all(storage, payloads(8, 1_000))
     writer.sync()
-    replica = Mirror(backend, tmp_path / "replica", cache_size=10**9, sync_interval=60, read_only=True)
+    replica = Mirror(
+        backend, tmp_path / "replica", cache_size=10**9, sync_interval=60, read_only=True
+    )
     replica.restore()
     polls = []
     for more in (0, 200):
@@ -312,7 +315,9 @@ def test_integrity_checks_off_restores_descriptors_lazily(tmp_path: Path) -> Non
         mirror.restore()
         counts[lazy] = dict(mirror.backend.counts)
         restored = Storage.open(
-            EngineOptions(data_path=root, mirror=mirror, min_free_space=0, integrity_checks=not lazy)
+            EngineOptions(
+                data_path=root, mirror=mirror, min_free_space=0, integrity_checks=not lazy
+            )
         )
         read_all(restored, data)
         restored.close()
