@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from appliance.engine.mirror import Mirror
+from appliance.engine.mirror import DATA_SUFFIX, Mirror
 from appliance.settings import Settings
 from backends.base import Backend
 from backends.errors import BackendError, PreconditionFailed
@@ -37,7 +37,18 @@ def remote_backend(settings: Settings) -> Backend:
         access_key=settings.remote_access_key or None,
         secret_key=secret.get_secret_value() if secret is not None else None,
         prefix=prefix,
+        connect_timeout=settings.remote_connect_timeout,
+        read_timeout=settings.remote_read_timeout,
+        # As ReductStore: only block objects get the class; the metadata, read at every
+        # startup and replica poll, and the lease objects keep the bucket's default.
+        storage_class=settings.remote_default_storage_class or None,
+        storage_class_keys=_is_data_object,
     )
+
+
+def _is_data_object(key: str) -> bool:
+    """Whether ``key`` is a block's data object (the objects a storage class applies to)."""
+    return key.endswith(DATA_SUFFIX)
 
 
 def build_mirror(settings: Settings, read_only: bool = False, lease: bool = False) -> Mirror | None:

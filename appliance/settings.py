@@ -99,8 +99,24 @@ def _lower(value: Any) -> Any:
 
 
 Seconds = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+PositiveSeconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Bytes = Annotated[int, BeforeValidator(_size), Field(ge=0)]
 OptionalBytes = Annotated[int | None, BeforeValidator(_optional_size)]
+
+# S3 storage classes whose objects GetObject can read at once (RS_REMOTE_DEFAULT_STORAGE_CLASS);
+# the archive classes need a RestoreObject first, which a cache that fetches on a miss cannot wait for.
+S3_STORAGE_CLASSES = (
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "EXPRESS_ONEZONE",
+    "OUTPOSTS",
+    "SNOW",
+)
+ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 
 # Names ReductStore reads that are provisioning groups, handled by ``provisioning/``.
 PROVISIONING_GROUP = re.compile(r"^RS_(BUCKET|TOKEN|REPLICATION|LIFECYCLE)_[A-Za-z0-9_]+$")
@@ -173,8 +189,10 @@ class Settings(BaseSettings):
     remote_cache_path: Path | None = None
     remote_cache_size: Bytes = 1_000_000_000
     remote_sync_interval: Seconds = 60.0
-    remote_default_storage_class: str = ""
+    remote_default_storage_class: Annotated[str, BeforeValidator(_upper)] = ""
     remote_prefix: str = ""
+    remote_connect_timeout: PositiveSeconds = 5.0
+    remote_read_timeout: PositiveSeconds = 60.0
 
     # --- replication tasks (used by appliance/replication, spec reductstore-config §2.6)
     replication_timeout: Seconds = 5.0
@@ -205,6 +223,18 @@ class Settings(BaseSettings):
         value = value.strip()
         if value not in ("", "s3"):
             raise ValueError("must be 's3' or empty (the local folder)")
+        return value
+
+    @field_validator("remote_default_storage_class")
+    @classmethod
+    def _check_storage_class(cls, value: str) -> str:
+        if value in ARCHIVE_STORAGE_CLASSES:
+            raise ValueError(
+                "objects in an archive class cannot be read without a restore, and the cache "
+                f"fetches blocks on demand; use one of {', '.join(S3_STORAGE_CLASSES)}"
+            )
+        if value and value not in S3_STORAGE_CLASSES:
+            raise ValueError(f"not an S3 storage class; use one of {', '.join(S3_STORAGE_CLASSES)}")
         return value
 
     @model_validator(mode="after")

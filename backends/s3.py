@@ -13,6 +13,9 @@ Semantics and fault model:
   HEADs the object, then pins that ETag with ``If-Match`` on every GET, so a concurrent overwrite
   fails the download (retried) instead of mixing two versions; bytes land in a temp file that
   is fsynced and renamed into place.
+- ``storage_class`` (``RS_REMOTE_DEFAULT_STORAGE_CLASS``) is sent with ``write`` and ``upload``
+  (single PUT and multipart) of the keys ``storage_class_keys`` accepts (default: all of them);
+  never with the conditional PUTs, so a lease's objects keep the bucket's default class.
 - ``create_if_absent`` is PutObject with ``If-None-Match: *``; ``replace_if_unchanged`` is
   PutObject with ``If-Match: <etag>``. Real S3 (since 2024), MinIO and R2 evaluate these
   atomically. moto 5.2 checks and then writes without a lock, so racing writers can both win
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -81,8 +84,12 @@ class S3Backend:
         *,
         transfer_config: TransferConfig | None = None,
         owns_client: bool = False,
+        storage_class: str | None = None,
+        storage_class_keys: Callable[[str], bool] | None = None,
     ) -> None:
         self._client = client
+        self.storage_class = storage_class or None
+        self._storage_class_keys = storage_class_keys
         # Whoever builds the client closes it: an injected client may be shared.
         self._owns_client = owns_client
         self.bucket = bucket
@@ -106,17 +113,24 @@ class S3Backend:
         access_key: str | None,
         secret_key: str | None,
         prefix: str = "",
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        read_timeout: float = READ_TIMEOUT_SECONDS,
+        storage_class: str | None = None,
+        storage_class_keys: Callable[[str], bool] | None = None,
     ) -> S3Backend:
         """Build a boto3 client from settings and wrap it; ``close`` will close the client.
 
         With ``access_key``/``secret_key`` unset, boto3's default chain applies (environment,
         config files, instance role), which is what an operator on EC2 or ECS expects.
+        ``read_timeout`` bounds each wait for a response byte; a request that hits it is
+        retried by botocore (``REQUEST_ATTEMPTS`` in all), then fails as ``BackendUnavailable``.
         """
         config = Config(
             region_name=region,
             retries={"mode": "standard", "max_attempts": REQUEST_ATTEMPTS},
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            read_timeout=READ_TIMEOUT_SECONDS,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             max_pool_connections=4 * TRANSFER_CONCURRENCY,
             # Custom endpoints (MinIO, moto, Garage) want path-style URLs.
             s3={"addressing_style": "path" if endpoint_url else "auto"},
@@ -129,7 +143,14 @@ class S3Backend:
             aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
         )
         client = session.client("s3", endpoint_url=endpoint_url or None, config=config)
-        return cls(client, bucket, prefix, owns_client=True)
+        return cls(
+            client,
+            bucket,
+            prefix,
+            owns_client=True,
+            storage_class=storage_class,
+            storage_class_keys=storage_class_keys,
+        )
 
     def __repr__(self) -> str:
         return f"S3Backend({self.name!r})"
@@ -251,8 +272,8 @@ class S3Backend:
     # -- writes ------------------------------------------------------------------------------
 
     def write(self, key: str, data: bytes) -> ObjectInfo:
-        """One PutObject."""
-        return self._put(key, data, "write")
+        """One PutObject (with the storage class, if one applies to ``key``)."""
+        return self._put(key, data, "write", **self._class_args(key))
 
     def create_if_absent(self, key: str, data: bytes) -> ObjectInfo:
         """PutObject with ``If-None-Match: *``."""
@@ -295,7 +316,9 @@ class S3Backend:
                 self._translate(key, "upload"),
                 TransferManager(self._client, self._transfer_config) as manager,
             ):
-                manager.upload(str(local_path), self.bucket, full).result()
+                manager.upload(
+                    str(local_path), self.bucket, full, extra_args=self._class_args(key)
+                ).result()
         except OSError as exc:
             raise local_file_error(exc, backend=self.name, key=key, path=local_path) from exc
         # The transfer does not hand back the ETag; a concurrent writer could slip in here,
@@ -333,6 +356,14 @@ class S3Backend:
         return len(keys)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _class_args(self, key: str) -> dict[str, str]:
+        """``StorageClass`` for an unconditional PUT of ``key``, when one is configured for it."""
+        if self.storage_class is None:
+            return {}
+        if self._storage_class_keys is not None and not self._storage_class_keys(key):
+            return {}
+        return {"StorageClass": self.storage_class}
 
     def _full_key(self, key: str) -> str:
         validate_key(key, backend=self.name)

@@ -96,4 +96,12 @@ def _client_error(
         )
     if code in TRANSIENT_CODES or status in (409, 429) or status >= 500:
         return BackendUnavailable(detail.strip(), backend=backend, key=key)
+    if status == 403:
+        # A HEAD's 403 has no body, so no code says why: name what an operator checks.
+        return BackendError(
+            f"{action} failed: access denied (HTTP 403, {code or 'Forbidden'}): check the "
+            "access key, the secret key and the bucket's policy",
+            backend=backend,
+            key=key,
+        )
     return BackendError(detail.strip(), backend=backend, key=key)

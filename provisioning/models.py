@@ -208,6 +208,8 @@ class RemoteSpec(_Strict):
     sync_interval: Duration | None = None
     default_storage_class: str | None = None
     prefix: str | None = None
+    connect_timeout: Duration | None = None
+    read_timeout: Duration | None = None
 
 
 class BucketDefaultsSpec(_Strict):

@@ -106,6 +106,7 @@ class FileCache:
             flags |= os.O_CREAT
         if self._mirror is None:
             return self._open_new(path, flags)
+        self._mirror.fetch_ahead(path)  # S3 I/O outside the lock: it holds up no other file
         with self._mirror.lock:  # eviction cannot swap the file between fetch and open
             self._mirror.open_local(path)
             return self._open_new(path, flags)

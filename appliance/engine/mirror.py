@@ -41,7 +41,7 @@ that calls the ``Backend`` for data. What it does:
   share one sync pass (group commit); a failed pass fails the write with a 503.
 
 Keys are ``r/<path relative to the cache>`` (as ReductStore; a renamed file keeps its old key,
-a reused name may get ``~<hex>`` appended); the manifest is ``.manifest`` and the lease's
+a reused name may get ``~<hex>`` before its suffix); the manifest is ``.manifest`` and the lease's
 objects sit beside ``r/`` under the same prefix; the lease's are never touched here. Backend
 errors become ``ServiceUnavailable`` with our own wording: no botocore text reaches a client.
 """
@@ -198,6 +198,8 @@ class Mirror:
         self.lock = threading.RLock()
         # Held by a whole sync pass and by folder renames/removals: a pass never mixes them.
         self._sync_lock = threading.RLock()
+        # Fetches outside ``lock`` (``fetch_ahead``): one download of a file at a time.
+        self._fetch_locks = [threading.Lock() for _ in range(64)]
         self._state: dict[str, FileState] = {}
         self._access: dict[str, float] = {}
         self._etags: dict[str, str] = {}  # object ETags as last seen
@@ -485,8 +487,26 @@ class Mirror:
         """Give the mirror the fd cache's "close it if nobody uses it" (eviction asks first)."""
         self._idle_check = idle_check
 
+    def fetch_ahead(self, path: str | Path) -> None:
+        """Fetch an evicted data file *before* the caller takes ``lock`` (the fd cache does).
+
+        A fetch may take S3's timeouts x retries; under ``lock`` it would hold up the opening
+        of every other file. An evicted file is neither evicted nor uploaded, so it may land
+        without ``lock``; one fetch per file at a time. ``open_local`` then finds it local.
+        """
+        rel = self._rel(path)
+        if not rel.endswith(DATA_SUFFIX):
+            return
+        with self.lock:
+            state = self._state.get(rel)
+        if state is None or not state.evicted:
+            return
+        with self._fetch_locks[hash(rel) % len(self._fetch_locks)]:
+            self.open_local(path)  # checks again: another reader may have fetched it
+
     def open_local(self, path: str | Path) -> None:
-        """Make ``path`` local before it is opened (caller holds ``lock``); fetch if evicted."""
+        """Make ``path`` local before it is opened (caller holds ``lock``, or the file's fetch
+        lock in ``fetch_ahead``); fetch if evicted."""
         rel = self._rel(path)
         self._access[rel] = time.monotonic()
         state = self._state.get(rel)
@@ -531,6 +551,7 @@ class Mirror:
 
     def ensure_local(self, path: str | Path) -> None:
         """``open_local`` for code that opens files outside the fd cache."""
+        self.fetch_ahead(path)
         with self.lock:
             self.open_local(path)
 
@@ -773,8 +794,9 @@ class Mirror:
             if taken is None:
                 taken = set(self._committed.values()) | self._garbage
                 taken |= {s.key or self.key(r) for r, s in state.items()}
-            while key in taken:
-                key = f"{self.key(rel)}~{uuid.uuid4().hex[:8]}"
+            stem, suffix = os.path.splitext(self.key(rel))
+            while key in taken:  # the suffix stays last: a block keeps its storage class
+                key = f"{stem}~{uuid.uuid4().hex[:8]}{suffix}"
             taken.add(key)
             keys[rel] = key
         return keys

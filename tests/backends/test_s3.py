@@ -6,6 +6,7 @@ to it, and nothing ever leaves the machine. Dummy credentials are set for the se
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 pytest.importorskip("moto.server", reason="moto[server] is not installed")
 
 import boto3  # noqa: E402
+from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
@@ -198,3 +200,30 @@ def test_s3_download_overwritten_mid_fetch_retries_and_never_mixes_versions(
     assert info.etag == current.etag
     assert (tmp_path / "out").read_bytes() == b"b" * size
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_s3_storage_class_goes_with_puts_and_multipart_uploads_of_chosen_keys_only(
+    moto_client: Any, tmp_path: Path
+) -> None:
+    small_parts = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    backend = S3Backend(
+        moto_client, BUCKET, f"t-{uuid.uuid4().hex}", transfer_config=small_parts,
+        storage_class="STANDARD_IA", storage_class_keys=lambda key: key.endswith(".blk"),
+    )
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(5 * MIB + 1))  # two parts: a multipart upload
+    backend.upload("a/1.blk", big)
+    backend.write("a/2.blk", b"small")
+    backend.write("a/blocks.idx", b"index")
+    backend.create_if_absent("a/3.blk", b"lease-like")  # conditional PUTs never carry it
+
+    def storage_class(key: str) -> str:
+        head = moto_client.head_object(Bucket=BUCKET, Key=backend.root + key)
+        return str(head.get("StorageClass", "STANDARD"))  # S3 omits it for STANDARD
+
+    assert storage_class("a/1.blk") == "STANDARD_IA"
+    assert storage_class("a/2.blk") == "STANDARD_IA"
+    assert storage_class("a/blocks.idx") == "STANDARD"
+    assert storage_class("a/3.blk") == "STANDARD"
+    assert backend.read("a/2.blk") == b"small"  # an infrequent-access object reads at once
+    backend.close()

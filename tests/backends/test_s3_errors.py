@@ -61,6 +61,12 @@ def test_s3_error_translation(exc: Exception, expected: type[BackendError]) -> N
     assert translated.retryable is (expected is BackendUnavailable)
 
 
+def test_s3_access_denied_names_the_credentials() -> None:
+    translated = _translate(_client_error("403", 403))
+    assert "access denied (HTTP 403, 403)" in str(translated)
+    assert "secret key" in str(translated)
+
+
 def test_s3_no_such_bucket_is_not_object_not_found() -> None:
     translated = _translate(_client_error("NoSuchBucket", 404))
     assert not isinstance(translated, ObjectNotFound)

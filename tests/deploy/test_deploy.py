@@ -63,6 +63,34 @@ def test_compose_services_choose_authentication_and_build_the_dockerfile(path: P
         assert service["build"] == {"context": "..", "dockerfile": "compose/Dockerfile"}
 
 
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+
+
+def interpolate(value: Any) -> str:
+    """A compose value with ``${X:-default}`` as its default and ``${X:?msg}`` as a test secret."""
+    def one(match: re.Match[str]) -> str:
+        return match.group(3) if match.group(2) == "-" else "f3a9c1d2e4b5"
+
+    return INTERPOLATION.sub(one, str(value))
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_appliance_environments_are_settings_the_appliance_accepts(path: Path) -> None:
+    document = yaml.safe_load(path.read_text())
+    caches = []
+    for name, service in document["services"].items():
+        if "image" in service:
+            continue
+        env = {key: interpolate(value) for key, value in service["environment"].items()}
+        settings = load_settings(env)  # ConfigError (exit 2 at startup) on a bad combination
+        check_auth_choice(settings)
+        if settings.remote_enabled:
+            (volume,) = [v for v in service["volumes"] if v.endswith(f":{env['RS_REMOTE_CACHE_PATH']}")]
+            caches.append(volume.split(":")[0])
+    if path.name.startswith("s3-"):
+        assert len(caches) >= 2 and len(set(caches)) == len(caches)  # each node its own cache
+
+
 def test_the_schema_check_catches_mistakes() -> None:
     document = yaml.safe_load((COMPOSE / "standalone.yml").read_text())
     typo = copy.deepcopy(document)

@@ -2,7 +2,7 @@
 
 Each accepted connection is relayed to the upstream server request by request. ``fault`` says
 what happens to the next matching requests: ``500`` and ``503`` (S3's SlowDown XML) answer
-instead of forwarding; ``delay`` holds the response past the client's timeout; ``drop``
+instead of forwarding, ``403`` answers as S3 does to a wrong key; ``delay`` holds the response past the client's timeout; ``drop``
 forwards the request, then sends half of the response body and closes the socket;
 ``refuse`` closes the connection without an answer (S3 unreachable). ``count`` bounds how many
 requests are hit (None: until cleared); ``methods`` limits the fault to those HTTP methods.
@@ -21,10 +21,22 @@ SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+FORBIDDEN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code>'
+    b"<Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>"
+)
 INTERNAL = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
     b"<Message>We encountered an internal error. Please try again.</Message></Error>"
 )
+
+
+# Status line reason and XML body of each fault answered instead of forwarding.
+ANSWERS = {
+    "403": ("Forbidden", FORBIDDEN),
+    "500": ("Internal Server Error", INTERNAL),
+    "503": ("Slow Down", SLOWDOWN),
+}
 
 
 class FaultProxy:
@@ -113,9 +125,11 @@ class FaultProxy:
             if fault == "refuse":
                 sock.close()
                 return
-            if fault in ("500", "503"):
-                payload = INTERNAL if fault == "500" else SLOWDOWN
-                reason = "Internal Server Error" if fault == "500" else "Slow Down"
+            if fault in ANSWERS:
+                reason, payload = ANSWERS[fault]
+                # A response to HEAD has no body: bytes sent after it would be read as the
+                # start of the next response on this connection.
+                payload = b"" if method == "HEAD" else payload
                 sock.sendall(
                     f"HTTP/1.1 {fault} {reason}\r\nContent-Type: application/xml\r\n"
                     f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload

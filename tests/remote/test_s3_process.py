@@ -140,11 +140,17 @@ async def test_sync_interval_zero_every_acknowledged_record_survives_losing_the_
     fresh.stop()
 
 
+# What the one log line says for each fault: unreachable, wrong credentials, S3 hanging.
+STARTUP_FAULTS = {"refuse": "check bucket failed", "403": "access denied", "delay": "Read timeout"}
+
+
+@pytest.mark.parametrize("fault", sorted(STARTUP_FAULTS))
 async def test_ready_is_503_while_s3_is_unreachable_at_startup(
-    tmp_path: Path, proxy: FaultProxy, prefix: str, servers: list[ServerProcess]
+    tmp_path: Path, proxy: FaultProxy, prefix: str, servers: list[ServerProcess], fault: str
 ) -> None:
-    proxy.fault("refuse")
-    env = s3_env(proxy.url, tmp_path / "cache", prefix)
+    proxy.fault(fault)
+    proxy.delay_seconds = 2.0  # past the read timeout below
+    env = s3_env(proxy.url, tmp_path / "cache", prefix, RS_REMOTE_READ_TIMEOUT="500ms")
     server = start(servers, tmp_path / "cache", env, wait=False)
     deadline = 50
     for _ in range(deadline):
@@ -163,6 +169,8 @@ async def test_ready_is_503_while_s3_is_unreachable_at_startup(
     server.wait_ready(timeout=40)
     logs = server.logs()
     assert logs.count("remote storage unreachable at startup") == 1
+    line = next(x for x in logs.splitlines() if "remote storage unreachable at startup" in x)
+    assert STARTUP_FAULTS[fault] in line
     assert "Traceback" not in logs
     server.stop()
 
@@ -285,6 +293,37 @@ def lease_env(url: str, cache: Path, prefix: str, role: str, **extra: str) -> di
     )
 
 
+async def write_until(url: str, first: int, stop: asyncio.Event, acked: list[int]) -> None:
+    """Write b/e records from ``first`` on until ``stop`` or the server goes; only 200s count."""
+    async with Client(url, timeout=10) as client:
+        bucket = await client.create_bucket("b", SMALL_BLOCKS, exist_ok=True)
+        for ts in range(first, first + 2_000):  # bounded: ~15 s at most of load
+            if stop.is_set():
+                return
+            try:
+                await bucket.write("e", payload(ts, 5_000), timestamp=ts, labels={"n": str(ts)})
+            except Exception:  # noqa: BLE001 - killed or stepping down: not acknowledged
+                return
+            acked.append(ts)
+
+
+async def under_load(url: str, first: int, after: int, action) -> list[int]:  # noqa: ANN001
+    """Run ``action()`` once ``after`` records were acknowledged while a writer keeps going;
+    the acknowledged timestamps (the writer ends when the server does)."""
+    acked: list[int] = []
+    stop = asyncio.Event()
+    writer = asyncio.create_task(write_until(url, first, stop, acked))
+    for _ in range(300):
+        if len(acked) >= after or writer.done():
+            break
+        await asyncio.sleep(0.05)
+    assert len(acked) >= after, f"only {len(acked)} writes acknowledged"
+    await asyncio.to_thread(action)
+    stop.set()
+    await asyncio.wait_for(writer, 30)
+    return acked
+
+
 async def test_sigkill_of_the_primary_the_secondary_serves_every_acknowledged_record(
     tmp_path: Path, moto_url: str, prefix: str, servers: list[ServerProcess]
 ) -> None:
@@ -299,17 +338,25 @@ async def test_sigkill_of_the_primary_the_secondary_serves_every_acknowledged_re
                                            RS_REMOTE_SYNC_INTERVAL="0"),
         wait=False,
     )
-    acked = await write(primary.url, range(1, 16), size=5_000)
     secondary.wait_ready(path="/api/v1/alive")
     assert httpx.get(f"{secondary.url}/api/v1/ready", timeout=5).status_code == 503  # waiting
-    primary.kill()
+    acked = await under_load(primary.url, 1, 15, primary.kill)  # SIGKILL mid-write
     secondary.wait_ready(timeout=30)
     await check(secondary.url, acked, size=5_000)  # every acknowledged record (sync 0)
-    more = await write(secondary.url, range(16, 21), size=5_000)
-    assert secondary.stop() == 0  # SIGTERM hand-over: uploads, then releases the lease
-    again = start(servers, tmp_path / "p2", lease_env(moto_url, tmp_path / "p2", prefix, "PRIMARY"))
-    await check(again.url, acked + more, size=5_000)
-    again.stop()
+    # SIGTERM hand-over under load to a standby with an empty cache, waiting meanwhile.
+    standby = start(
+        servers, tmp_path / "p2", lease_env(moto_url, tmp_path / "p2", prefix, "SECONDARY"),
+        wait=False,
+    )
+    standby.wait_ready(path="/api/v1/alive")
+    codes: list[int] = []
+    more = await under_load(
+        secondary.url, 1_000, 10, lambda: codes.append(secondary.stop())
+    )
+    assert codes == [0]  # uploads everything, then releases the lease
+    standby.wait_ready(timeout=30)
+    await check(standby.url, acked + more, size=5_000)
+    standby.stop()
 
 
 async def test_a_lease_needs_a_store_that_honours_conditional_writes(
