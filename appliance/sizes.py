@@ -23,9 +23,16 @@ INLINE_READ_BYTES = 2 * MIB
 # in memory).
 IN_MEMORY_BYTES = 16 * MIB
 
+# Batch bodies up to IN_MEMORY_BYTES whose records average at least this size are written
+# through a Pipeline (record N written while record N+1 arrives) instead of after the whole
+# body arrived; smaller records stay in one hop (one write_batch, one commit per entry).
+PIPELINE_RECORD_BYTES = 64 * KIB
+
 # --- bodies and payload streams (api/streaming.py) ----------------------------------------
-# Chunks handed to the engine are coalesced to about this size (one thread hop each).
-WRITE_CHUNK_BYTES = 256 * KIB
+# A Pipeline lets the event loop queue at most this much ahead of the writing thread.
+PIPELINE_BYTES = 4 * MIB
+# ... and starts a writing hop once this much is queued (each hop costs two thread wake-ups).
+PIPELINE_HOP_BYTES = 256 * KIB
 # Pulled from a record's payload iterator per thread hop when streaming a response.
 READ_CHUNK_BYTES = 1 * MIB
 # JSON bodies (settings, queries, tokens, renames) are small; bigger ones are refused with 413.

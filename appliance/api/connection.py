@@ -123,6 +123,24 @@ class BoundedBody(Body):
         """Everything buffered (call only when ``complete``)."""
         return self._take()
 
+    def take_parts(self) -> list[bytes]:
+        """The chunks received and not consumed yet, as received (no copy); [] when none."""
+        if self._must_raise is not None:
+            raise self._must_raise
+        parts = self._parts
+        if not parts:
+            return parts[:0]
+        self._parts = []
+        self._size = 0
+        self._has_data.clear()
+        self.drained.set()
+        return parts
+
+    async def wait_data(self) -> None:
+        """Return once a chunk is buffered or the body is complete."""
+        if not self._complete.is_set():
+            await self._has_data.wait()
+
 
 class RawResponse(ApiResponse):
     """A response built as ASGI header pairs (lower-case names) and one body ``bytes``.

@@ -1,16 +1,20 @@
 """Writing the records of a batch request body (batch v1 ``POST .../batch`` and v2
 ``POST /io/{bucket}/write``) with per-record errors.
 
-Bodies up to ``IN_MEMORY_BYTES`` are received whole and written with one ``write_batch`` call
-per entry, all in a single worker-thread hop. Bigger bodies are written record by record through
-``RecordWriter``s, streaming each payload in ~1 MiB hops, so a batch holding a huge record never
-sits in memory.
+Bodies up to ``IN_MEMORY_BYTES`` of small records are received whole and written with one
+``write_batch`` call per entry, all in a single worker-thread hop. Such bodies of large records
+(``PIPELINE_RECORD_BYTES`` on average) go through a ``Pipeline``: the records received so far
+are written while the next ones arrive. Bigger bodies are written record by record through
+``RecordWriter``s, each payload streamed through a ``Pipeline`` too, so a batch holding a huge
+record never sits in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Mapping
+import functools
+from collections import deque
+from collections.abc import AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +22,24 @@ from quart import request
 
 from appliance import metrics
 from appliance.api.encoding import decoded
-from appliance.api.streaming import abort_writer, next_chunk
+from appliance.api.connection import BoundedBody
+from appliance.api.streaming import (
+    Pipeline,
+    RecordSink,
+    finish_cleanup,
+    next_chunk,
+    next_parts,
+    write_streamed,
+)
 from appliance.engine.models import NewRecord
 from appliance.errors import ApplianceError, BadRequest
 from appliance.replication import WRITE
-from appliance.sizes import IN_MEMORY_BYTES, WRITE_CHUNK_BYTES
+from appliance.sizes import (
+    IN_MEMORY_BYTES,
+    PIPELINE_BYTES,
+    PIPELINE_HOP_BYTES,
+    PIPELINE_RECORD_BYTES,
+)
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -44,39 +61,89 @@ class Incoming:
 
 
 class BodyReader:
-    """Hands out the request body in exact slices, pulling chunks as needed."""
+    """Hands out the request body in exact slices, pulling chunks as needed.
+
+    Received chunks are kept as they came; a slice that spans several is handed out as a list
+    of pieces (``pieces``), so a large record is never copied on the event loop: whole chunks
+    pass as they are and only the two ends of a slice are cut (a copy of just those bytes).
+    """
 
     def __init__(self, timeout: float, encoding: str | None = None, limit: int = 0) -> None:
-        it = request.body.__aiter__()
+        body = request.body
+        self._body = body if encoding is None and isinstance(body, BoundedBody) else None
+        it = body.__aiter__()
         self._it = it if encoding is None else decoded(it, encoding, limit).__aiter__()
         self._timeout = timeout
-        self._rest = b""
+        self._parts: deque[bytes] = deque()
+        self._pos = 0  # bytes of ``_parts[0]`` already handed out
 
-    async def chunks(self, n: int) -> Any:
+    async def _fill(self) -> None:
+        """Pull the next received chunks; 400 if the body ends first."""
+        if self._body is not None:
+            parts = await next_parts(self._body, self._timeout)
+        else:
+            chunk = await next_chunk(self._it, self._timeout)
+            parts = [] if chunk is None else [chunk]
+        if not parts:
+            raise BadRequest(SHORT_BODY)
+        self._parts.extend(parts)
+
+    def _cut(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the first buffered chunk (the chunk itself when whole)."""
+        head = self._parts[0]
+        pos = self._pos
+        if len(head) - pos <= n:
+            self._parts.popleft()
+            self._pos = 0
+            return head if pos == 0 else head[pos:]
+        self._pos = pos + n
+        return head[pos : pos + n]
+
+    async def chunks(self, n: int) -> AsyncIterator[bytes]:
         """Yield chunks adding up to exactly ``n`` bytes; 400 if the body ends first."""
         while n > 0:
-            if not self._rest:
-                chunk = await next_chunk(self._it, self._timeout)
-                if chunk is None:
-                    raise BadRequest(SHORT_BODY)
-                self._rest = chunk
-            piece, self._rest = self._rest[:n], self._rest[n:]
+            if not self._parts:
+                await self._fill()
+            piece = self._cut(n)
             n -= len(piece)
             yield piece
 
+    async def pieces(self, n: int) -> list[bytes]:
+        """Exactly ``n`` bytes as a list of pieces (not joined)."""
+        out = []
+        while n > 0:
+            if not self._parts:
+                await self._fill()
+            piece = self._cut(n)
+            n -= len(piece)
+            out.append(piece)
+        return out
+
     async def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes."""
-        parts = [piece async for piece in self.chunks(n)]
+        parts = await self.pieces(n)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _write_in_memory(
     svc: Services, storage: Storage, bucket: str, items: list[Incoming], body: bytes
 ) -> dict[Hashable, ApplianceError]:
-    errors = _write_groups(storage, bucket, items, body)
+    pairs = []
+    offset = 0
+    for item in items:
+        pairs.append((item, body[offset : offset + item.length]))
+        offset += item.length
+    return _write_pairs(svc, storage, bucket, pairs)
+
+
+def _write_pairs(
+    svc: Services, storage: Storage, bucket: str, pairs: list[tuple[Incoming, bytes]]
+) -> dict[Hashable, ApplianceError]:
+    """Write ``(item, payload)`` pairs, one ``write_batch`` per entry; per-record errors."""
+    errors = _write_groups(storage, bucket, pairs)
     if svc.replicates(bucket):  # logged before the 200 (see ``records._write_small``)
         written: dict[str, list[tuple[int, int, Mapping[str, str]]]] = {}
-        for item in items:
+        for item, _ in pairs:
             if item.key not in errors:
                 written.setdefault(item.entry, []).append((WRITE, item.timestamp, item.labels))
         for entry, records in written.items():
@@ -85,29 +152,26 @@ def _write_in_memory(
 
 
 def _write_groups(
-    storage: Storage, bucket: str, items: list[Incoming], body: bytes
+    storage: Storage, bucket: str, pairs: list[tuple[Incoming, bytes]]
 ) -> dict[Hashable, ApplianceError]:
     errors: dict[Hashable, ApplianceError] = {}
     groups: dict[str, list[tuple[Incoming, NewRecord]]] = {}
-    offset = 0
-    for item in items:
-        data = body[offset : offset + item.length]
-        offset += item.length
+    for item, data in pairs:
         record = NewRecord(item.timestamp, data, item.content_type, item.labels)
         groups.setdefault(item.entry, []).append((item, record))
     try:
         b = storage.get_bucket(bucket)
     except ApplianceError as exc:
-        return {item.key: exc for item in items}
-    for entry, pairs in groups.items():
+        return {item.key: exc for item, _ in pairs}
+    for entry, members in groups.items():
         try:
-            failed = b.write_batch(entry, [record for _, record in pairs])
+            failed = b.write_batch(entry, [record for _, record in members])
         except ApplianceError as exc:
-            for item, _ in pairs:
+            for item, _ in members:
                 errors[item.key] = exc
             continue
         if failed:
-            for item, record in pairs:
+            for item, record in members:
                 err = failed.get(record.timestamp)
                 if err is not None:
                     errors[item.key] = err
@@ -125,12 +189,42 @@ async def write_records(
     metrics.batch_records("write", len(items))
     total = sum(item.length for item in items)
     reader = BodyReader(timeout, encoding, total)
-    if total <= IN_MEMORY_BYTES:
+    if total <= IN_MEMORY_BYTES and total < PIPELINE_RECORD_BYTES * len(items):
         body = await reader.read(total)
         return await svc.workers.run(_write_in_memory, svc, storage, bucket, items, body)
+    if total <= IN_MEMORY_BYTES:
+        return await _write_pipelined(svc, storage, bucket, items, reader)
     errors: dict[Hashable, ApplianceError] = {}
     for item in items:
         await _stream_one(svc, storage, bucket, item, reader, errors)
+    return errors
+
+
+async def _write_pipelined(
+    svc: Services, storage: Storage, bucket: str, items: list[Incoming], reader: BodyReader
+) -> dict[Hashable, ApplianceError]:
+    """Large records of a body that fits in memory: each hop writes the records received so
+    far while the next ones arrive (one ``write_batch`` per entry and hop)."""
+    errors: dict[Hashable, ApplianceError] = {}
+
+    def sink(received: list[tuple[Incoming, list[bytes]]]) -> None:
+        # Joined here, in the worker thread, not on the event loop.
+        pairs = [(item, p[0] if len(p) == 1 else b"".join(p)) for item, p in received]
+        errors.update(_write_pairs(svc, storage, bucket, pairs))
+
+    # Each hop commits what it wrote; with synced writes that is an fsync, so hops are made
+    # as large as the pipeline allows (two commits per 8 MB batch rather than dozens).
+    hop_bytes = PIPELINE_BYTES if svc.settings.engine_sync_writes else PIPELINE_HOP_BYTES
+    pipe = Pipeline(svc, sink, hop_bytes=hop_bytes)
+    try:
+        for item in items:
+            await pipe.put((item, await reader.pieces(item.length)), item.length)
+        await pipe.close(lambda: None)
+    except BaseException:
+        # Records already handed over stay written (as in the streaming path); wait for the
+        # hop in flight so nothing writes after the error answer.
+        await finish_cleanup(pipe.quiesce())
+        raise
     return errors
 
 
@@ -144,41 +238,27 @@ async def _stream_one(
     svc: Services, storage: Storage, bucket: str, item: Incoming, reader: BodyReader,
     errors: dict[Hashable, ApplianceError],
 ) -> None:
-    try:
-        writer = await svc.workers.run_through(
-            _begin, storage, bucket, item, on_cancel=abort_writer
+    then = None
+    if svc.replicates(bucket):
+        then = functools.partial(
+            svc.notify_records, bucket, item.entry, [(WRITE, item.timestamp, item.labels)]
         )
-    except ApplianceError as exc:
-        errors[item.key] = exc
-        async for _ in reader.chunks(item.length):  # skip this record's bytes
-            pass
-        return
+    sink = RecordSink(functools.partial(_begin, storage, bucket, item), then)
     consumed = 0
-    try:
-        parts: list[bytes] = []
-        buffered = 0
+
+    async def counted() -> AsyncIterator[list[bytes]]:
+        nonlocal consumed
         async for piece in reader.chunks(item.length):
             consumed += len(piece)
-            parts.append(piece)
-            buffered += len(piece)
-            if buffered >= WRITE_CHUNK_BYTES:
-                await svc.workers.run_through(writer.write, b"".join(parts))
-                parts.clear()
-                buffered = 0
-        if parts:
-            await svc.workers.run_through(writer.write, b"".join(parts))
-        await svc.workers.run_through(writer.finish)
-        if svc.replicates(bucket):
-            await svc.workers.run(
-                svc.notify_records, bucket, item.entry, [(WRITE, item.timestamp, item.labels)]
-            )
+            yield [piece]
+
+    try:
+        await write_streamed(svc, sink, counted())
     except ApplianceError as exc:
-        await asyncio.shield(svc.workers.run(writer.abort, str(exc)))
-        if isinstance(exc, BadRequest):
+        # A record the engine refused (conflict, quota...) or could not store gets its own
+        # error; a malformed body fails the whole request.
+        if isinstance(exc, BadRequest) and sink.writer is not None:
             raise
         errors[item.key] = exc
         async for _ in reader.chunks(item.length - consumed):  # keep the body aligned
             pass
-    except BaseException:
-        await asyncio.shield(svc.workers.run(writer.abort, "client disconnected"))
-        raise

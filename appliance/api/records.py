@@ -1,24 +1,27 @@
 """Single-record endpoints (spec §4): write, read/head, update labels, remove; entry removal
-and rename. Small bodies take one worker-thread hop; large ones stream in ~1 MiB hops."""
+and rename. Small bodies take one worker-thread hop; large ones stream through a ``Pipeline``
+(chunk N written while chunk N+1 arrives)."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from typing import TYPE_CHECKING, Any
 
 from quart import request
 
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
+from appliance.api.connection import BoundedBody
 from appliance.api.queries import read_one
 from appliance.api.record_response import check_state, record_response
 from appliance.api.response import ApiResponse as Response
 from appliance.api.streaming import (
-    abort_writer,
+    RecordSink,
+    exact_parts,
     parse_body,
     read_any_body,
     read_small_body,
-    stream_body,
+    write_streamed,
 )
 from appliance.engine import names
 from appliance.engine.models import RecordMeta
@@ -66,20 +69,16 @@ async def write(bucket: str, entry: str) -> Response:
         data = await read_small_body(length, timeout)
         await svc.workers.run(_write_small, svc, storage, bucket, entry, ts, data, ctype, labels)
         return Response(b"", status=200)
-    writer = await svc.workers.run_through(
-        _begin, storage, bucket, entry, ts, length, ctype, labels, on_cancel=abort_writer
-    )
-    try:
-        await stream_body(svc, length, writer.write, timeout)
-        await svc.workers.run_through(writer.finish)
-        if svc.replicates(bucket):
-            await svc.workers.run(svc.notify_records, bucket, entry, [(WRITE, ts, labels)])
-    except BaseException as exc:
-        # Client gone, short body or engine failure: the record must end ERRORED, never
-        # FINISHED, and the entry must stay writable. Shielded: we may be cancelled already.
-        reason = "client disconnected" if isinstance(exc, asyncio.CancelledError) else str(exc)
-        await asyncio.shield(svc.workers.run(writer.abort, reason))
-        raise
+    begin = functools.partial(_begin, storage, bucket, entry, ts, length, ctype, labels)
+    then = None
+    if svc.replicates(bucket):  # logged before the 200, in the hop that finishes the record
+        then = functools.partial(svc.notify_records, bucket, entry, [(WRITE, ts, labels)])
+    # No body byte yet: the client may wait for an early answer (a refusal must not wait for
+    # the body); otherwise the record is opened in the first writing hop, saving a hop.
+    body = request.body
+    open_first = not (isinstance(body, BoundedBody) and body.buffered)
+    sink = RecordSink(begin, then)
+    await write_streamed(svc, sink, exact_parts(length, timeout), open_first)
     return Response(b"", status=200)
 
 

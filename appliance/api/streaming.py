@@ -1,15 +1,17 @@
 """Request and response bodies that never hold a large record in memory.
 
 Request bodies are read with a timeout (400 ``Timeout while receiving data``) and checked
-against the declared length; large ones go to the engine in ~1 MiB worker-thread hops (the
-connection in ``connection.py`` bounds what is buffered). Response payloads stream from the
+against the declared length; large ones go to the engine through a ``Pipeline`` that writes
+chunk N in a worker thread while chunk N+1 arrives (the connection in ``connection.py`` and the
+pipeline's own limit bound what is buffered). Response payloads stream from the
 engine through worker threads (``payload_stream``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from quart import request
@@ -19,8 +21,9 @@ from appliance.errors import BadRequest, PayloadTooLarge
 from appliance.sizes import (
     INLINE_PARSE_BYTES,
     MAX_SMALL_BODY_BYTES,
+    PIPELINE_BYTES,
+    PIPELINE_HOP_BYTES,
     READ_CHUNK_BYTES,
-    WRITE_CHUNK_BYTES,
 )
 
 if TYPE_CHECKING:
@@ -30,11 +33,6 @@ T = TypeVar("T")
 TIMEOUT_MESSAGE = "Timeout while receiving data"
 BIGGER_MESSAGE = "Content is bigger than in content-length"
 SMALLER_MESSAGE = "Content is smaller than in content-length"
-
-
-def abort_writer(writer: Any) -> None:
-    """Abort a RecordWriter whose request went away (``on_cancel`` of ``begin_write``)."""
-    writer.abort("client disconnected")
 
 
 async def next_chunk(it: AsyncIterator[bytes], timeout_seconds: float) -> bytes | None:
@@ -74,6 +72,38 @@ async def exact_chunks(length: int, timeout_seconds: float) -> AsyncIterator[byt
         raise BadRequest(SMALLER_MESSAGE)
 
 
+async def next_parts(body: BoundedBody, timeout_seconds: float) -> list[bytes]:
+    """The chunks received since the last call, as received (no join, no copy); waits (400
+    after ``timeout_seconds`` of silence) only when none is buffered; [] at the end."""
+    while True:
+        parts = body.take_parts()
+        if parts or body.complete:
+            return parts
+        try:
+            await asyncio.wait_for(body.wait_data(), timeout_seconds)
+        except TimeoutError:
+            raise BadRequest(TIMEOUT_MESSAGE) from None
+
+
+async def exact_parts(length: int, timeout_seconds: float) -> AsyncIterator[list[bytes]]:
+    """The request body as lists of received chunks; 400 once it passes ``length`` or ends
+    short. A large body is never joined on the event loop."""
+    body = request.body
+    if not isinstance(body, BoundedBody):
+        async for chunk in exact_chunks(length, timeout_seconds):
+            yield [chunk]
+        return
+    received = 0
+    while parts := await next_parts(body, timeout_seconds):
+        for part in parts:
+            received += len(part)
+        if received > length:
+            raise BadRequest(BIGGER_MESSAGE)
+        yield parts
+    if received < length:
+        raise BadRequest(SMALLER_MESSAGE)
+
+
 async def read_any_body(timeout_seconds: float, limit: int = MAX_SMALL_BODY_BYTES) -> bytes:
     """The whole (small) request body, whatever its declared length (JSON bodies); 413 when
     it is, or turns out to be, bigger than ``limit`` (checked before buffering it)."""
@@ -107,22 +137,166 @@ async def parse_body(services: Services, parse: Callable[[bytes], T], body: byte
     return await services.workers.run(parse, body)
 
 
-async def stream_body(
-    services: Services, length: int, sink: Callable[[bytes], Any], timeout_seconds: float
+class Pipeline:
+    """Hands body pieces to a blocking ``sink`` in worker-thread hops while more arrive.
+
+    Receiving piece N+1 on the event loop overlaps writing piece N in a worker thread: a hop
+    drains every piece queued so far (and those that arrive while it runs) with one ``sink``
+    call per drained group, so a fast client costs a few hops per record, not one per chunk,
+    and a slow one never pins a thread while idle. A hop starts once ``hop_bytes`` are queued
+    (a hop per 64 KiB socket read would cost more wake-ups than the overlap gains). At most one
+    hop runs at a time (pieces stay in order; the sink needs no lock) and ``put`` waits once
+    more than ``limit`` bytes are queued, so memory stays bounded whatever the disk's speed.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        sink: Callable[[list[Any]], Any],
+        limit: int = PIPELINE_BYTES,
+        hop_bytes: int = PIPELINE_HOP_BYTES,
+    ) -> None:
+        self._workers = services.workers
+        self._sink = sink
+        self._limit = limit
+        self._hop_bytes = hop_bytes
+        self._queue: deque[Any] = deque()  # appended by the loop, popped by the hop thread
+        self._received = 0  # bytes queued so far (written by the loop only)
+        self._written = 0  # bytes handed to the sink so far (written by the hop only)
+        self._hop: asyncio.Future[Any] | None = None
+
+    def _drain(self, last: Callable[[], T] | None) -> T | None:
+        """In a worker thread: sink every queued piece, group by group, then ``last()``."""
+        queue = self._queue
+        while queue:
+            group = []
+            size = 0
+            while queue:
+                piece, n = queue.popleft()
+                group.append(piece)
+                size += n
+            self._sink(group)
+            self._written += size
+        return last() if last is not None else None
+
+    async def put(self, piece: Any, size: int) -> None:
+        """Queue ``piece`` (``size`` bytes); raises the error of a hop that failed."""
+        self._queue.append((piece, size))
+        self._received += size
+        hop = self._hop
+        if hop is not None and hop.done():
+            self._hop = None
+            hop.result()
+            hop = None
+        queued = self._received - self._written
+        if hop is None:
+            if queued >= self._hop_bytes:  # fewer, larger hops: each costs two wake-ups
+                self._hop = self._workers.start(self._drain, None)
+        elif queued > self._limit:
+            await self._settle()
+
+    async def _settle(self) -> Any:
+        """Await the hop in flight (shielded: a cancelled caller leaves it to ``quiesce``)."""
+        hop = self._hop
+        if hop is None:
+            return None
+        result = await asyncio.shield(hop)
+        self._hop = None
+        return result
+
+    async def close(self, last: Callable[[], T]) -> T:
+        """Wait for the hop in flight, then sink what is left and return ``last()`` (in the
+        same hop: finishing a record costs no hop of its own)."""
+        await self._settle()
+        self._hop = self._workers.start(self._drain, last)
+        return await self._settle()  # type: ignore[no-any-return]
+
+    async def quiesce(self) -> None:
+        """Wait for a hop in flight, ignoring its outcome (before aborting what it wrote)."""
+        hop, self._hop = self._hop, None
+        if hop is not None:
+            await asyncio.wait([hop])
+            if not hop.cancelled():
+                hop.exception()  # retrieved: the caller is already handling a failure
+
+
+class RecordSink:
+    """A record writer that the first hop writing to it opens (``begin`` runs in that worker
+    thread: one hop less per record), for a ``Pipeline``."""
+
+    def __init__(self, begin: Callable[[], Any], then: Callable[[], Any] | None = None) -> None:
+        self._begin = begin
+        self._then = then  # runs in the finishing hop, after the record is FINISHED
+        self.writer: Any = None
+
+    def open(self) -> None:
+        """Open the writer now (reserves the record; raises the engine's refusal)."""
+        if self.writer is None:
+            self.writer = self._begin()
+
+    def write(self, groups: list[list[bytes]]) -> None:
+        """Open the writer if needed and write the chunks of ``groups`` in order."""
+        writer = self.writer
+        if writer is None:
+            writer = self.writer = self._begin()
+        for chunks in groups:
+            for chunk in chunks:
+                writer.write(chunk)
+
+    def finish(self) -> None:
+        """Complete the record (FINISHED), then run ``then``."""
+        if self.writer is None:
+            self.writer = self._begin()
+        self.writer.finish()
+        if self._then is not None:
+            self._then()
+
+    def abort(self, reason: str) -> None:
+        """Make an opened record ERRORED (no-op when finished or never opened)."""
+        if self.writer is not None:
+            self.writer.abort(reason)
+
+
+async def write_streamed(
+    services: Services,
+    sink: RecordSink,
+    parts: AsyncIterator[list[bytes]],
+    open_first: bool = False,
 ) -> None:
-    """Feed exactly ``length`` body bytes to ``sink`` in a worker thread, ~1 MiB per hop."""
-    parts: list[bytes] = []
-    buffered = 0
-    async for chunk in exact_chunks(length, timeout_seconds):
-        parts.append(chunk)
-        buffered += len(chunk)
-        if buffered >= WRITE_CHUNK_BYTES:
-            data = b"".join(parts)
-            parts.clear()
-            buffered = 0
-            await services.workers.run_through(sink, data)
-    if parts:
-        await services.workers.run_through(sink, b"".join(parts))
+    """Write one record from ``parts`` (lists of chunks) through a ``Pipeline``. Client gone,
+    short body or engine failure: the record ends ERRORED, never FINISHED, and the entry stays
+    writable. ``open_first``: open the record before waiting for the body, so a refusal (404,
+    409...) is answered while the client may still be waiting to send it."""
+    pipe = Pipeline(services, sink.write)
+    try:
+        if open_first:
+            await services.workers.run_through(
+                sink.open, on_cancel=lambda _: sink.abort("client disconnected")
+            )
+        async for chunks in parts:
+            await pipe.put(chunks, sum(map(len, chunks)))
+        await pipe.close(sink.finish)
+    except BaseException as exc:
+        reason = "client disconnected" if isinstance(exc, asyncio.CancelledError) else str(exc)
+        await finish_cleanup(_abandon(services, pipe, sink, reason))
+        raise
+
+
+async def finish_cleanup(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to its end even if the caller is cancelled meanwhile (the server
+    cancels a handler whose client went away): the handler must not end, and its record be
+    looked at, before the record is aborted and no hop writes to it any more."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+async def _abandon(services: Services, pipe: Pipeline, sink: RecordSink, reason: str) -> None:
+    await pipe.quiesce()
+    await services.workers.run(sink.abort, reason)
 
 
 def _pull(it: Iterator[bytes]) -> bytes | None:

@@ -48,6 +48,31 @@ class BulkReads:
         def _damaged(self, block_id: int, record: StoredRecord, detail: str) -> CorruptionError: ...
 
     @boundary("read the records")
+    def records_at(self, timestamps: Sequence[int]) -> list[RecordMeta | ApplianceError]:
+        """The record at each of ``timestamps`` in any state, or the 404 of one that is absent.
+
+        The bulk form of ``get_record`` for the replication sender, which looks up a batch of
+        logged timestamps: the entry lock is taken once, and a timestamp is looked up in the
+        previous one's block first (a timestamp lives in one block only).
+        """
+        out: list[RecordMeta | ApplianceError] = []
+        blocks = self._blocks
+        current: Mapping[int, StoredRecord] = {}
+        with self._lock:
+            self._check_alive()
+            for ts in timestamps:
+                record = current.get(ts)
+                if record is None:
+                    try:
+                        block, record = blocks.locate(ts)
+                    except ApplianceError as exc:
+                        out.append(exc)
+                        continue
+                    current = block.records
+                out.append(record)
+        return out
+
+    @boundary("read the records")
     def read_payloads(self, metas: Sequence[RecordMeta]) -> list[bytes]:
         """Whole payloads of ``metas`` (records of this entry), checksums verified.
 

@@ -46,6 +46,7 @@ from appliance.errors import (
     CorruptionError,
     NotFound,
 )
+from appliance.sizes import JOIN_RECORD_BYTES
 from appliance.units import KIB
 
 log = logging.getLogger(__name__)
@@ -435,10 +436,16 @@ class Entry(BulkReads, EntryRemoval):
                 end += placed[j][1].size
                 j += 1
             run = placed[i:j]
-            payload = run[0][2] if len(run) == 1 else b"".join(item[2] for item in run)
+            if len(run) == 1:
+                payloads: Sequence[bytes] = (run[0][2],)
+            elif first.size >= JOIN_RECORD_BYTES:
+                # Large records: one pwrite each beats copying megabytes into a joined run.
+                payloads = [item[2] for item in run]
+            else:
+                payloads = (b"".join(item[2] for item in run),)
             handle = handles[block_id]
             try:
-                fs_ops.write_all(handle.fd, (payload,), first.offset)
+                fs_ops.write_all(handle.fd, payloads, first.offset)
                 handle.dirty = True
             except OSError as exc:
                 for _, record, _ in run:

@@ -65,6 +65,12 @@ class EntryFilter:
         """``#batch_records`` of the condition, if any."""
         return self._condition.directives.batch_records if self._condition else None
 
+    @property
+    def passes_all(self) -> bool:
+        """True when every record passes (no ``when``, or an attachment entry): the writer
+        then skips the per-record evaluation."""
+        return self._meta or self._condition is None
+
     def passes(self, timestamp: int, labels: Mapping[str, str]) -> bool:
         """Whether the record goes into the log (call once per record, in write order)."""
         if self._meta or self._condition is None:

@@ -28,8 +28,9 @@ import logging
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -62,15 +63,17 @@ class Rejected(Exception):  # noqa: N818
         self.code, self.message = code, message
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """One record to send: its metadata (the payload travels in the body stream)."""
+class Outgoing(NamedTuple):
+    """One record to send: its metadata (the payload travels in the body stream).
+
+    A named tuple, not a frozen dataclass: the sender builds one per replicated record, and a
+    tuple costs a fraction of a frozen dataclass's ``__init__``."""
 
     entry: str  # destination entry name
     timestamp: int
     size: int
     content_type: str
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = MappingProxyType({})
 
 
 def _version(value: str | None) -> tuple[int, int]:

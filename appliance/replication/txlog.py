@@ -17,6 +17,8 @@ transactions it overwrote, and the task counts them as errors in its diagnostics
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
 import struct
@@ -32,7 +34,19 @@ SLOT = 9
 WRITE, UPDATE = 0, 1
 _POS = struct.Struct(">QQ")
 _U64 = struct.Struct(">Q")
-_SLOT = struct.Struct(">BQ")
+_KINDS = frozenset({WRITE, UPDATE})
+
+
+@functools.lru_cache(maxsize=32)
+def _slots(count: int) -> struct.Struct:
+    """The layout of ``count`` consecutive slots (packed or unpacked in one call, not one
+    call per transaction: writers push whole batches, the sender peeks up to a batch)."""
+    return struct.Struct(">" + "BQ" * count)
+
+
+def _pack(items: list[tuple[int, int]]) -> bytes:
+    """``(kind, timestamp)`` items as consecutive slots."""
+    return _slots(len(items)).pack(*itertools.chain.from_iterable(items))
 
 
 class BrokenLog(Exception):  # noqa: N818 - a state, raised to the task
@@ -112,7 +126,7 @@ class TransactionLog:
                 items = items[dropped:]
             pending = len(self)
             overflow = max(0, pending + len(items) - (ring // SLOT - 1))
-            data = b"".join(_SLOT.pack(kind, ts) for kind, ts in items)
+            data = _pack(items)
             pos = self._write
             first = min(len(data), self._end - pos)
             os.pwrite(self._fd, data[:first], pos)
@@ -143,13 +157,14 @@ class TransactionLog:
             data = os.pread(self._fd, first, pos)
             if first < count * SLOT:
                 data += os.pread(self._fd, count * SLOT - first, HEADER)
-        out = []
-        for offset in range(0, len(data), SLOT):
-            kind, ts = _SLOT.unpack_from(data, offset)
-            if kind not in (WRITE, UPDATE):
-                raise BrokenLog(f"{self.path}: bad transaction type {kind}")
-            out.append((kind, ts))
-        return start, out
+        if len(data) != count * SLOT:
+            raise BrokenLog(f"{self.path}: {len(data)} bytes where {count} slots should be")
+        flat = _slots(count).unpack(data)
+        kinds = flat[0::2]
+        if not _KINDS.issuperset(kinds):
+            bad = next(kind for kind in kinds if kind not in _KINDS)
+            raise BrokenLog(f"{self.path}: bad transaction type {bad}")
+        return start, list(zip(kinds, flat[1::2]))
 
     def pop(self, n: int, start: int | None = None) -> bool:
         """Consume the ``n`` oldest transactions; with ``start`` (from ``peek``) only if they

@@ -263,7 +263,7 @@ async def test_batch_large_records_stream_through_batches(hb: Harness) -> None:
     headers = v2_headers(["e"], 1, {"x-reduct-0-0": f"{len(big)},t", "x-reduct-0-1": "4"},
                          **{"content-length": str(len(big) + 4)})
     body = big + small
-    chunks = [body[i : i + 1 << 20] for i in range(0, len(body), 1 << 20)]
+    chunks = [body[i : i + (1 << 20)] for i in range(0, len(body), 1 << 20)]
     status, hdrs, _ = await asgi_call(hb.app, "POST", API + "/io/bkt/write", headers=headers,
                                       chunks=chunks)
     assert status == 200, hdrs

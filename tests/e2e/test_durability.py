@@ -115,3 +115,45 @@ def test_one_gib_record_streams_through_with_small_server_memory(server: ServerP
     assert server.proc is not None
     peak = peak_rss_bytes(server.proc.pid)
     assert peak < 200 * MIB, f"server peak RSS {peak / MIB:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_batch_with_a_huge_record_streams_through_with_small_server_memory(
+    server: ServerProcess,
+) -> None:
+    """A batch body far above the in-memory limit: its 512 MiB record is written through the
+    pipeline while it arrives, never held whole."""
+    size = 512 * MIB
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    tail = b"tail"
+
+    def body():  # type: ignore[no-untyped-def]
+        for _ in range(size // MIB):
+            yield chunk
+        yield tail
+
+    headers = {
+        "x-reduct-time-1": f"{size},application/octet-stream",
+        "x-reduct-time-2": f"{len(tail)},text/plain",
+        "content-length": str(size + len(tail)),
+    }
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        http.post("/api/v1/b/bigbatch").raise_for_status()
+        r = http.post("/api/v1/b/bigbatch/e/batch", content=body(), headers=headers)
+        assert r.status_code == 200, r.headers.get("x-reduct-error")
+        assert not [k for k in r.headers if k.startswith("x-reduct-error-")], r.headers
+        head = http.head("/api/v1/b/bigbatch/e?ts=1")
+        assert head.status_code == 200 and int(head.headers["content-length"]) == size
+        readback = hashlib.sha256()
+        with http.stream("GET", "/api/v1/b/bigbatch/e?ts=1") as response:
+            assert response.status_code == 200
+            for part in response.iter_bytes(MIB):
+                readback.update(part)
+        expected = hashlib.sha256()
+        for _ in range(size // MIB):
+            expected.update(chunk)
+        assert readback.hexdigest() == expected.hexdigest()
+        assert http.get("/api/v1/b/bigbatch/e?ts=2").content == tail
+    assert server.proc is not None
+    peak = peak_rss_bytes(server.proc.pid)
+    assert peak < 200 * MIB, f"server peak RSS {peak / MIB:.0f} MiB"

@@ -170,3 +170,28 @@ def test_bulk_read_of_a_removed_entry_is_not_found(bucket: Bucket) -> None:
     bucket.remove_entry("e")
     with pytest.raises(NotFound):
         entry.read_payloads(records)
+
+
+def test_records_at_equals_get_record_in_any_state_and_reports_absent_ones(
+    bucket: Bucket,
+) -> None:
+    for ts in range(1, 11):  # blocks of 4 records: the lookups cross blocks
+        bucket.write_record("e", ts, payload(ts), CT, {"n": str(ts)})
+    writer = bucket.begin_write("e", 11, 8, CT, {})  # still being written
+    entry = bucket.get_entry("e")
+    wanted = [3, 1, 99, 4, 5, 11, 10, 0]
+    found = entry.records_at(wanted)
+    assert len(found) == len(wanted)
+    for ts, got in zip(wanted, found, strict=True):
+        if ts in (99, 0):
+            assert isinstance(got, NotFound)
+            assert got.message == f"Record {ts} not found in entry b/e"
+        else:
+            assert got == entry.get_record(ts)
+    assert found[5].state is not found[0].state  # 11 is STARTED, 3 is FINISHED
+    assert entry.records_at([]) == []
+    writer.write(payload(11))
+    writer.finish()
+    bucket.remove_entry("e")
+    with pytest.raises(NotFound):
+        entry.records_at([1])

@@ -204,3 +204,40 @@ async def test_a_destination_with_smaller_limits_gets_smaller_batches_nothing_dr
     assert sorted(delivered) == list(range(1, 8))
     errors = detail["diagnostics"]["hourly"]["errors"]
     assert "413" in errors and "409" not in errors  # a resent record is delivered, not an error
+
+
+async def test_a_writers_records_travel_in_full_batches_and_a_short_tail_still_goes(
+    harness_factory: object, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    import appliance.replication.task as task_module
+
+    # Long enough that the second write always lands while the first one's records wait.
+    monkeypatch.setattr(task_module, "LINGER_SECONDS", 1.0)
+    batches: list[list[int]] = []
+
+    def destination(seen: Seen) -> Response:
+        if seen.path == "/prefix/api/v1/b/dst":
+            return Response(200, {"x-reduct-api": "1.21"})
+        start = int(seen.headers["x-reduct-start-ts"])
+        batches.append(sorted(start + int(k.rpartition("-")[2])
+                              for k in seen.headers if k.startswith("x-reduct-0-")))
+        return Response(200)
+
+    host = (await remote(destination)).host
+    h = await harness_factory()  # type: ignore[operator]
+    await h.client.post("/api/v1/b/src")
+    body = {"src_bucket": "src", "dst_bucket": "dst", "dst_host": host}
+    assert (await h.client.post("/api/v1/replications/r", json=body)).status_code == 200
+    for first in (1, 51):  # two writes of 50: not a batch each, but 85 then the tail of 15
+        headers = {f"x-reduct-time-{ts}": "1,," for ts in range(first, first + 50)}
+        await h.client.post("/api/v1/b/src/e/batch", data=b"x" * 50, headers=headers)
+    for _ in range(100):
+        detail = await (await h.client.get("/api/v1/replications/r")).get_json()
+        if detail["info"]["pending_records"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert detail["info"]["pending_records"] == 0
+    assert [len(b) for b in batches] == [85, 15]
+    assert [ts for b in batches for ts in b] == list(range(1, 101))

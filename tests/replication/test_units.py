@@ -251,3 +251,25 @@ def test_sync_events_flush_on_status_change_idle_and_max_age() -> None:
     quiet = SyncEvents(None)
     quiet.record(200, 1, 0, 1, 0.1, 0)  # system events off: nothing kept, nothing raised
     quiet.flush(0)
+
+
+def test_log_batches_of_many_sizes_round_trip_across_the_wrap(tmp_path: Path) -> None:
+    # push and peek pack and unpack whole runs of slots in one call: every run length, wrapped
+    log = TransactionLog(tmp_path / "e.log", 50)
+    expected: list[tuple[int, int]] = []
+    ts = 1
+    for count in (1, 7, 30, 2, 40, 1, 13):
+        items = [(UPDATE if t % 5 == 0 else WRITE, t * 1_000_003) for t in range(ts, ts + count)]
+        ts += count
+        assert log.push(items) == max(0, len(expected) + count - 49)
+        expected = (expected + items)[-49:]
+        assert log.front(100) == expected
+        assert log.front(5, skip=3) == expected[3:8]
+        start, front = log.peek(10)
+        assert front == expected[:10]
+        assert log.pop(3, start)
+        expected = expected[3:]
+    log.close()
+    reopened = TransactionLog(tmp_path / "e.log", 50)
+    assert reopened.front(100) == expected
+    reopened.close()
