@@ -51,8 +51,12 @@ def _is_data_object(key: str) -> bool:
     return key.endswith(DATA_SUFFIX)
 
 
-def build_mirror(settings: Settings, read_only: bool = False) -> Mirror | None:
-    """The mirror of the cache folder, or None when the data is a local folder."""
+def build_mirror(settings: Settings, read_only: bool = False, lease: bool = False) -> Mirror | None:
+    """The mirror of the cache folder, or None when the data is a local folder.
+
+    Block descriptors are restored lazily when nothing reads them at startup: integrity
+    checks off and no lease (a lease holder always reads their headers, engine/recovery.py).
+    """
     if not settings.remote_enabled:
         return None
     return Mirror(
@@ -61,6 +65,7 @@ def build_mirror(settings: Settings, read_only: bool = False) -> Mirror | None:
         cache_size=settings.remote_cache_size,
         sync_interval=settings.remote_sync_interval,
         read_only=read_only,
+        lazy_descriptors=not settings.engine_enable_integrity_checks and not lease,
     )
 
 

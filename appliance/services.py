@@ -264,7 +264,9 @@ class Services:
         # May this process write? One fence, argued in roles/write_fence.py.
         self.fence = WriteFence(self.role, self._restored_reason)
         # Data on S3 (RS_REMOTE_*): the engine's folder is a cache kept by the mirror.
-        self.mirror = remote.build_mirror(settings, read_only=self.role.read_only)
+        self.mirror = remote.build_mirror(
+            settings, read_only=self.role.read_only, lease=self.fence.timed
+        )
         if self.mirror is not None and self.fence.timed:
             self.mirror.fence = self.fence.check  # uploads are fenced like writes (with I/O)
         self._instance_lock: int | None = None

@@ -271,7 +271,8 @@ class Bucket:
             for doomed in [n for n in self._entries if is_same_or_descendant(n, name)]:
                 self._entries.pop(doomed).retire()
             # One durable rename makes the removal all-or-nothing across a crash (issue 8).
-            moved = fs_ops.retire_dir(self.path / name, self._ctx.data_path)
+            with self._ctx.retiring(self.path / name):
+                moved = fs_ops.retire_dir(self.path / name, self._ctx.data_path)
             if self._ctx.journal is not None:
                 self._ctx.journal.append("entry_remove", b=self._name, e=name)
         if moved is not None:
@@ -298,7 +299,8 @@ class Bucket:
             reopen = {name: name for name in moved}
             try:
                 self._create_entries(parents(new))
-                fs_ops.rename_dir(self.path / old, self.path / new)
+                with self._ctx.moving(self.path / old, self.path / new):
+                    fs_ops.rename_dir(self.path / old, self.path / new)
                 reopen = {name: new + name[len(old) :] for name in moved}
                 if self._ctx.journal is not None:
                     self._ctx.journal.append("entry_rename", b=self._name, e=old, n=new)

@@ -109,6 +109,25 @@ class EngineContext:
             self.options.mirror.ensure_local(path)
 
     @contextmanager
+    def moving(self, src: Path, dst: Path) -> Iterator[None]:
+        """Around the rename of a bucket or entry folder (data on S3: the mirror keeps its
+        objects and commits the new names at once)."""
+        if self.options.mirror is None:
+            yield
+            return
+        with self.options.mirror.moving(src, dst):
+            yield
+
+    @contextmanager
+    def retiring(self, path: Path) -> Iterator[None]:
+        """Around taking a bucket or entry folder out (data on S3: its objects go as one)."""
+        if self.options.mirror is None:
+            yield
+            return
+        with self.options.mirror.retiring(path):
+            yield
+
+    @contextmanager
     def removing(self) -> Iterator[None]:
         """Around a removal: free the reserve first on a full disk, refill it afterwards."""
         if self.reserve is not None:

@@ -152,6 +152,7 @@ class EntryFiles:
     def load_descriptor(self, block_id: int, entry: str) -> tuple[Descriptor, int]:
         """Read and decode a descriptor and its CRC; CorruptionError names the file."""
         path = self.meta_path(block_id)
+        self.ctx.local(path)  # data on S3: a descriptor restored lazily is fetched first
         try:
             data = fs_ops.read_file(path)
         except OSError as exc:

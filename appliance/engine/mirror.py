@@ -4,44 +4,68 @@ ARCHITECTURE §4. The engine keeps talking to local files; this module is the on
 that calls the ``Backend`` for data. What it does:
 
 - **Upload.** ``sync`` walks the cache and uploads every file whose (size, mtime) differs from
-  what was last uploaded, then deletes the objects of files that disappeared (removals,
-  renames, WAL segments folded into descriptors). Order makes each pass self-consistent: the
+  what was last uploaded, commits the manifest (below), then deletes the objects of files that
+  disappeared (removals, WAL segments folded into descriptors). Order makes each pass
+  self-consistent: the
   small metadata files (descriptors, WAL segments, indexes, settings, tokens) are read into
   memory *first*, then data files are uploaded, then the metadata snapshot: every record a
   snapshotted WAL frame or descriptor names was written before the snapshot, so its bytes are
-  in the data object uploaded after it. Deletions go last.
+  in the data object uploaded after it. The manifest, then deletions, go last.
 - **Evict.** When the cache holds more than ``cache_size`` bytes, the least recently opened
   *clean* data files (``.blk``, uploaded and unchanged since) that no one has open are replaced
   by sparse placeholders of the same length (no disk blocks; recovery's size checks still
   hold). A dirty file is never evicted. The evicted set is saved before any file is replaced.
 - **Fetch.** ``open_local`` (called by the fd cache under ``lock`` before opening a file) and
   ``ensure_local`` download an evicted file back in place.
-- **Restore.** ``restore`` at startup: with no manifest (a new node, a replaced disk) every
-  metadata object is downloaded and every data object becomes a placeholder, fetched on use.
+- **Commit point.** Each pass ends with one PUT of the bucket's *manifest* (``.manifest``
+  beside ``r/``: every live file with its object key, size and ETag), conditional on the ETag
+  the writer last saw (a writer that was replaced gets 412 and stops). Only then are the
+  objects the manifest no longer names deleted. Restore and replicas read only the manifest, so
+  a crash anywhere in a pass leaves the previous or the next committed state, never a mix, and
+  objects no manifest names (a crashed pass's uploads) are ignored, then deleted by the next
+  writer's first pass (one listing). A bucket written before the manifest existed is listed
+  once and gets one at the first pass.
+- **Rename and removal.** The engine tells the mirror (``moving``/``retiring``) when a bucket
+  or entry folder is renamed or removed. A renamed file keeps its object (the manifest maps the
+  new name to the old key: nothing is copied, an evicted file stays evicted); a removed one
+  drops out of the next manifest at once. A new file whose natural key is still named by the
+  committed manifest gets a fresh key, so no upload ever changes an object the committed
+  manifest means for another file.
+- **Restore.** ``restore`` at startup: with no local state (a new node, a replaced disk) the
+  manifest is read, the metadata objects the engine needs to open are fetched (one GET each)
+  and every other object becomes a sparse placeholder of its size, fetched on use. With
+  ``lazy_descriptors`` (``RS_ENGINE_ENABLE_INTEGRITY_CHECKS=false`` on a node without a lease)
+  block descriptors are placeholders too: the engine opens entries from their indexes and
+  fetches a descriptor the first time it reads that block.
 - **Sync interval 0.** ``commit`` is called after every acknowledged write: concurrent writers
   share one sync pass (group commit); a failed pass fails the write with a 503.
 
-Keys are ``r/<path relative to the cache>`` (as ReductStore); the lease's objects sit beside
-``r/`` under the same prefix and are never touched here. Backend errors become
-``ServiceUnavailable`` with our own wording: no botocore text reaches a client.
+Keys are ``r/<path relative to the cache>`` (as ReductStore; a renamed file keeps its old key,
+a reused name may get ``~<hex>`` before its suffix); the manifest is ``.manifest`` and the lease's
+objects sit beside ``r/`` under the same prefix; the lease's are never touched here. Backend
+errors become ``ServiceUnavailable`` with our own wording: no botocore text reaches a client.
 """
+
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.base import Backend
-from backends.errors import BackendError, ObjectNotFound
+from backends.base import Backend, ObjectInfo
+from backends.errors import BackendError, ObjectNotFound, PreconditionFailed
 from appliance import metrics
 from appliance.engine import fs_ops
 from appliance.errors import ServiceUnavailable
@@ -49,9 +73,14 @@ from appliance.errors import ServiceUnavailable
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "r/"
+REMOTE_MANIFEST = ".manifest"  # the commit point, beside r/ (never listed with the data)
+MANIFEST_FORMAT = 1
 STATE_DIR = ".mirror"
-MANIFEST = "manifest.json"
+MANIFEST = "manifest.json"  # the local state (what was uploaded), not the bucket's manifest
+MOVE_INTENT = "move.json"  # a folder rename in flight (see ``moving``)
+RESTORING = "restoring"  # a restore from the bucket in flight: a crash in it wipes the cache
 DATA_SUFFIX = ".blk"
+DESCRIPTOR_SUFFIX = ".meta"
 # Top-level names that are never mirrored: local bookkeeping, removals in flight, the removal
 # reserve, quarantined damage, the filesystem lease's files.
 EXCLUDED_TOP = frozenset(
@@ -67,6 +96,7 @@ UPLOAD_THREADS = 8
 FETCH_RETRY_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 10.0
 UNAVAILABLE = "Remote storage is unavailable"
+REPLACED = "the bucket's manifest was changed by another writer"
 
 
 def _rank(rel: str) -> int:
@@ -77,6 +107,8 @@ def _rank(rel: str) -> int:
 S3_OPERATIONS = {
     "write": "PutObject",
     "upload": "PutObject",
+    "create_if_absent": "PutObject",
+    "replace_if_unchanged": "PutObject",
     "download": "GetObject",
     "read": "GetObject",
     "list": "ListObjectsV2",
@@ -88,11 +120,13 @@ S3_OPERATIONS = {
 
 @dataclass
 class FileState:
-    """What the bucket holds of one local file: its local (size, mtime) when last uploaded."""
+    """What the bucket holds of one local file: its local (size, mtime) when last uploaded (or
+    of its placeholder when ``evicted``) and its object key when not ``r/<path>``."""
 
     size: int
     mtime_ns: int
     evicted: bool = False
+    key: str | None = None
 
 
 class CountingBackend:
@@ -122,6 +156,23 @@ class CountingBackend:
         return counted
 
 
+def encode_manifest(files: dict[str, list[Any]], seq: int, writer: str) -> bytes:
+    """The bucket manifest's bytes (gzip'd JSON; ``seq`` and ``writer`` make every ETag new)."""
+    body = {"format": MANIFEST_FORMAT, "seq": seq, "writer": writer, "files": files}
+    return gzip.compress(json.dumps(body, separators=(",", ":")).encode(), mtime=0)
+
+
+def decode_manifest(data: bytes) -> dict[str, Any]:
+    """Parse a bucket manifest; BackendError if it is not one this version understands."""
+    try:
+        body = json.loads(gzip.decompress(data))
+        if body.get("format") != MANIFEST_FORMAT or not isinstance(body.get("files"), dict):
+            raise ValueError(f"format {body.get('format')!r}")
+    except (OSError, ValueError, EOFError, AttributeError) as exc:
+        raise BackendError(f"unreadable manifest {REMOTE_MANIFEST}: {exc}") from None
+    return body
+
+
 class Mirror:
     """Local cache folder ``root`` mirrored to ``backend`` (thread-safe)."""
 
@@ -132,22 +183,35 @@ class Mirror:
         cache_size: int,
         sync_interval: float,
         read_only: bool = False,
+        lazy_descriptors: bool = False,
     ) -> None:
         self.backend = CountingBackend(backend)
         self.root = root
         self.cache_size = cache_size
         self.sync_interval = sync_interval
         self.read_only = read_only
+        # Restore makes block descriptors placeholders (integrity checks off, no lease): the
+        # engine then opens entries from their indexes alone.
+        self.lazy_descriptors = lazy_descriptors
         # Held by the fd cache around "fetch if evicted, then open", and by eviction: a file is
         # never replaced by its placeholder between those two steps.
         self.lock = threading.RLock()
-        self._sync_lock = threading.Lock()
+        # Held by a whole sync pass and by folder renames/removals: a pass never mixes them.
+        self._sync_lock = threading.RLock()
         # Fetches outside ``lock`` (``fetch_ahead``): one download of a file at a time.
         self._fetch_locks = [threading.Lock() for _ in range(64)]
         self._state: dict[str, FileState] = {}
         self._access: dict[str, float] = {}
-        self._etags: dict[str, str] = {}  # object ETags as last seen (a replica's change test)
+        self._etags: dict[str, str] = {}  # object ETags as last seen
         self._idle_check: Any = None  # callable(path) -> bool: closed if idle (the fd cache)
+        # The bucket's committed manifest as last read or written: {path: key}, its ETag, seq.
+        self._committed: dict[str, str] = {}
+        self._committed_files: dict[str, list[Any]] | None = None
+        self._manifest_etag: str | None = None
+        self._manifest_seq = 0
+        self._writer_id = uuid.uuid4().hex
+        self._garbage: set[str] = set()  # keys no committed manifest names, to delete
+        self._gc_pending = False  # list the bucket once for a crashed pass's leftovers
         self.unsynced_bytes = 0
         self.cache_bytes = 0
         self.last_sync: float | None = None
@@ -174,27 +238,118 @@ class Mirror:
 
     @staticmethod
     def key(rel: str) -> str:
-        """Object key of a cache-relative path."""
+        """Natural object key of a cache-relative path."""
         return KEY_PREFIX + rel
+
+    def _key_of(self, rel: str) -> str:
+        """The object key of a known file (caller holds ``lock``)."""
+        state = self._state.get(rel)
+        return state.key if state is not None and state.key else self.key(rel)
 
     @staticmethod
     def _mirrored(rel: str) -> bool:
         top = rel.split("/", 1)[0]
         return top not in EXCLUDED_TOP and not rel.endswith(EXCLUDED_SUFFIXES)
 
+    def _lazy(self, rel: str) -> bool:
+        """Whether restore makes ``rel`` a placeholder instead of fetching it."""
+        return rel.endswith(DATA_SUFFIX) or (
+            self.lazy_descriptors and not self.read_only and rel.endswith(DESCRIPTOR_SUFFIX)
+        )
+
     # --- startup ------------------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Load the manifest, or rebuild the cache from the bucket (BackendError if unreachable)."""
+        """Load the local state, or rebuild the cache from the bucket's manifest (BackendError
+        if unreachable); a bucket without a manifest is listed once."""
         self.backend.init()
-        (self.root / STATE_DIR).mkdir(parents=True, exist_ok=True)
-        manifest = self.root / STATE_DIR / MANIFEST
-        if manifest.exists() and not self.read_only:
-            raw = json.loads(manifest.read_text())
-            self._state = {rel: FileState(*values) for rel, values in raw.items()}
-            log.info("remote cache: %d file(s) known from the manifest", len(self._state))
+        state_dir = self.root / STATE_DIR
+        if (state_dir / RESTORING).exists():
+            log.warning("remote cache: an interrupted restore is started over")
+            self.wipe()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        remote = self._read_remote_manifest()
+        local = state_dir / MANIFEST
+        if local.exists() and not self.read_only:
+            self._load_state(local)
+            self._finish_move()
+            if remote is None:
+                self._adopt_listing()  # written before the manifest existed
+            else:
+                self._adopt_committed(remote)
+            self._gc_pending = True
+            self._save_manifest()
+            log.info("remote cache: %d file(s) known from the local state", len(self._state))
             return
-        self.refresh()
+        (state_dir / RESTORING).touch()
+        if remote is None:
+            self._refresh_listing()
+        else:
+            self._apply(remote["files"])
+            self._adopt_committed(remote)
+        self._gc_pending = not self.read_only
+        self._save_manifest()
+        (state_dir / RESTORING).unlink(missing_ok=True)
+
+    def _load_state(self, local: Path) -> None:
+        raw = json.loads(local.read_text())
+        self._state = {}
+        for rel, values in raw.items():
+            size, mtime_ns, evicted = values[:3]
+            key = values[3] if len(values) > 3 else None
+            self._state[rel] = FileState(size, mtime_ns, evicted, key)
+            if len(values) > 4 and values[4]:
+                self._etags[rel] = values[4]
+
+    def _adopt_committed(self, remote: dict[str, Any]) -> None:
+        """Take the bucket's manifest as the committed state (etags of files we lack them for)."""
+        files = remote["files"]
+        self._committed_files = files
+        self._committed = {rel: value[0] or self.key(rel) for rel, value in files.items()}
+        self._manifest_etag = remote["etag"]
+        self._manifest_seq = int(remote.get("seq", 0))
+        with self.lock:
+            for rel, state in list(self._state.items()):
+                value = files.get(rel)
+                if rel in self._etags or value is None:
+                    continue
+                if (value[0] or self.key(rel)) == (state.key or self.key(rel)):
+                    self._etags[rel] = value[2]
+            self._forget_unknown()
+
+    def _adopt_listing(self) -> None:
+        """Upgrade: fill the etags of known files from one listing (no manifest yet)."""
+        with self.lock:
+            by_key = {self._key_of(rel): rel for rel in self._state}
+        for info in self.backend.list(KEY_PREFIX):
+            rel = by_key.get(info.key)
+            if rel is not None and rel not in self._etags:
+                self._etags[rel] = info.etag
+        with self.lock:
+            self._forget_unknown()
+        self._committed = {}
+        self._committed_files = None
+        self._manifest_etag = None
+
+    def _forget_unknown(self) -> None:
+        """Drop files the bucket does not hold (caller holds ``lock``): uploaded again as new."""
+        for rel in [r for r in self._state if r not in self._etags]:
+            if self._state.pop(rel).evicted:
+                # A placeholder of an object that is not there: never upload its zeros.
+                log.error("remote cache: %s is neither local nor in the bucket", rel)
+                (self.root / rel).unlink(missing_ok=True)
+
+    def _read_remote_manifest(self) -> dict[str, Any] | None:
+        """The bucket's manifest with its ``etag`` (HEAD + GET pinned to it), None if absent."""
+        path = self.root / STATE_DIR / "remote-manifest"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            info = self.backend.download(REMOTE_MANIFEST, path)
+        except ObjectNotFound:
+            return None
+        body = decode_manifest(path.read_bytes())
+        body["etag"] = info.etag
+        return body
 
     def wipe(self) -> None:
         """Forget and delete the whole local cache (a lease holder starts from the bucket)."""
@@ -212,56 +367,97 @@ class Mirror:
                         child.unlink(missing_ok=True)
 
     def refresh(self) -> int:
-        """Fetch metadata objects changed in the bucket; data objects become placeholders.
+        """A replica's poll: one HEAD of the manifest; when it changed, apply the new one.
 
-        A new node's startup, and a replica's poll. Local files the bucket lacks are left
-        alone (a writer uploads them as dirty). Returns the number of files changed.
+        Metadata objects that changed are fetched, changed data objects become placeholders,
+        files the manifest no longer names are deleted. Without a manifest (a bucket written
+        before it existed) the bucket is listed. Returns the number of files changed.
         """
+        try:
+            head = self.backend.stat(REMOTE_MANIFEST)
+        except ObjectNotFound:
+            return self._refresh_listing()
+        if head.etag == self._manifest_etag:
+            return 0
+        remote = self._read_remote_manifest()
+        if remote is None:
+            return self._refresh_listing()
+        changed = self._apply(remote["files"])
+        self._adopt_committed(remote)
+        return changed
+
+    def _apply(self, files: dict[str, list[Any]]) -> int:
+        """Make the cache hold what ``files`` (a manifest's) names; the number changed."""
+        return self._bring([(rel, v[0] or self.key(rel), v[1], v[2]) for rel, v in files.items()])
+
+    def _refresh_listing(self) -> int:
+        """The bucket as one listing of ``r/`` shows it (no manifest)."""
+        objects = []
+        for info in self.backend.list(KEY_PREFIX):
+            objects.append((info.key[len(KEY_PREFIX):], info.key, info.size, info.etag))
+        return self._bring(objects)
+
+    def _bring(self, objects: list[tuple[str, str, int, str]]) -> int:
         changed = 0
         seen: set[str] = set()
-        fetch: list[tuple[str, str]] = []
-        for info in self.backend.list(KEY_PREFIX):
-            rel = info.key[len(KEY_PREFIX):]
+        fetch: list[tuple[str, str, str]] = []
+        for rel, key, size, etag in objects:
             if not self._mirrored(rel):
                 continue
             seen.add(rel)
             path = self.root / rel
+            own_key = None if key == self.key(rel) else key
             with self.lock:
                 known = self._state.get(rel)
                 if self.read_only:
-                    if known is not None and self._etags.get(rel) == info.etag:
+                    if (
+                        known is not None
+                        and self._etags.get(rel) == etag
+                        and known.key == own_key
+                    ):
                         continue  # unchanged since the last poll
                     self._access.pop(rel, None)
                 elif known is not None or path.exists():
                     continue  # a writer's own files win: they are uploaded when dirty
                 path.parent.mkdir(parents=True, exist_ok=True)
-                if rel.endswith(DATA_SUFFIX):
+                if self._lazy(rel):
                     self._idle_close(path)  # a replica's reader must not keep an old version
-                    self._placeholder(path, info.size)
+                    self._placeholder(path, size)
                     st = path.stat()
-                    self._state[rel] = FileState(info.size, st.st_mtime_ns, evicted=True)
-                    self._etags[rel] = info.etag
+                    self._state[rel] = FileState(size, st.st_mtime_ns, True, own_key)
+                    self._etags[rel] = etag
                 else:
-                    fetch.append((rel, info.etag))
+                    fetch.append((rel, key, etag))
                 changed += 1
         self._parallel(fetch, self._fetch_metadata)
         if self.read_only:
             for rel in [r for r in self._state if r not in seen]:
                 with self.lock:
                     self._state.pop(rel, None)
+                    self._etags.pop(rel, None)
                     (self.root / rel).unlink(missing_ok=True)
                     changed += 1
         self._save_manifest()
         return changed
 
-    def _fetch_metadata(self, item: tuple[str, str]) -> None:
-        rel, etag = item
+    def _fetch_metadata(self, item: tuple[str, str, str]) -> None:
+        """One GET of a metadata object (its size and ETag are known from the manifest)."""
+        rel, key, etag = item
         path = self.root / rel
-        self.backend.download(self.key(rel), path)
+        data = self.backend.read(key)
+        self._write_local(path, data)
         st = path.stat()
         with self.lock:
-            self._state[rel] = FileState(st.st_size, st.st_mtime_ns)
+            self._state[rel] = FileState(
+                st.st_size, st.st_mtime_ns, key=None if key == self.key(rel) else key
+            )
             self._etags[rel] = etag
+
+    @staticmethod
+    def _write_local(path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".mirror.tmp")
+        tmp.write_bytes(data)
+        fs_ops.replace(tmp, path, sync=False)  # the bucket has it: no local durability needed
 
     def _idle_close(self, path: Path) -> None:
         if self._idle_check is not None:
@@ -316,9 +512,24 @@ class Mirror:
         state = self._state.get(rel)
         if state is None or not state.evicted:
             return
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if (
+            not rel.endswith(DATA_SUFFIX)
+            and st is not None
+            and (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns)
+        ):
+            return  # a descriptor rewritten here since it became a placeholder: newer
+        key = self._key_of(rel)
         for attempt in range(FETCH_ATTEMPTS):
             try:
-                info = self.backend.download(self.key(rel), Path(path))
+                if rel.endswith(DATA_SUFFIX):
+                    etag = self.backend.download(key, Path(path)).etag
+                else:  # a descriptor restored lazily: small, one GET
+                    self._write_local(Path(path), self.backend.read(key))
+                    etag = self._etags.get(rel, "")
                 break
             except ObjectNotFound:
                 raise FileNotFoundError(str(path)) from None  # removed in the bucket meanwhile
@@ -332,8 +543,8 @@ class Mirror:
                     ) from None
                 time.sleep(FETCH_RETRY_SECONDS * (attempt + 1))
         st = os.stat(path)
-        self._state[rel] = FileState(st.st_size, st.st_mtime_ns)
-        self._etags[rel] = info.etag
+        self._state[rel] = FileState(st.st_size, st.st_mtime_ns, key=state.key)
+        self._etags[rel] = etag
         self.cache_bytes += st.st_size
         if self.cache_bytes > self.cache_size:
             self.evict(keep=rel)  # the cache stays bounded between background passes
@@ -343,6 +554,72 @@ class Mirror:
         self.fetch_ahead(path)
         with self.lock:
             self.open_local(path)
+
+    @contextmanager
+    def moving(self, src: Path, dst: Path) -> Iterator[None]:
+        """Around the engine's rename of folder ``src`` to ``dst``: its files keep their objects.
+
+        The intent is saved first, so a crash between the rename and the state update is
+        finished by ``restore``; no sync pass runs meanwhile. The next pass's manifest commits
+        the new names (one PUT: a crash before it leaves the old ones in the bucket).
+        """
+        old, new = self._rel(src), self._rel(dst)
+        with self._sync_lock:
+            intent = self.root / STATE_DIR / MOVE_INTENT
+            intent.parent.mkdir(parents=True, exist_ok=True)
+            tmp = intent.with_name(MOVE_INTENT + ".tmp")
+            tmp.write_text(json.dumps([old, new]))
+            fs_ops.replace(tmp, intent)
+            try:
+                yield
+            except BaseException:
+                intent.unlink(missing_ok=True)
+                raise
+            self._move_state(old, new)
+            self._save_manifest()
+            intent.unlink(missing_ok=True)
+
+    def _finish_move(self) -> None:
+        """Apply a folder rename whose state update a crash cut off (startup)."""
+        intent = self.root / STATE_DIR / MOVE_INTENT
+        try:
+            old, new = json.loads(intent.read_text())
+        except FileNotFoundError:
+            return
+        if (self.root / new).exists() and not (self.root / old).exists():
+            self._move_state(old, new)
+            self._save_manifest()
+        intent.unlink(missing_ok=True)
+
+    def _move_state(self, old: str, new: str) -> None:
+        with self.lock:
+            for rel in [r for r in self._state if r == old or r.startswith(old + "/")]:
+                moved = new + rel[len(old):]
+                state = self._state.pop(rel)
+                key = state.key or self.key(rel)
+                state.key = None if key == self.key(moved) else key
+                self._state[moved] = state
+                for table in (self._access, self._etags):
+                    if rel in table:
+                        table[moved] = table.pop(rel)
+            self._missing_before = {
+                r for r in self._missing_before if not (r == old or r.startswith(old + "/"))
+            }
+
+    @contextmanager
+    def retiring(self, path: Path) -> Iterator[None]:
+        """Around the engine taking folder ``path`` out (bucket or entry removal): no pass
+        walks the folder half gone; the next manifest drops all of its files at once, then
+        their objects are deleted."""
+        gone = self._rel(path)
+        with self._sync_lock:
+            yield
+            with self.lock:
+                for rel in [r for r in self._state if r == gone or r.startswith(gone + "/")]:
+                    del self._state[rel]
+                    self._access.pop(rel, None)
+                    self._etags.pop(rel, None)
+                self._save_manifest()
 
     def admit(self) -> None:
         """Refuse a write (503) while the unsynced bytes fill the whole cache."""
@@ -439,45 +716,152 @@ class Mirror:
         total = 0
         for rel, st in current.items():
             known = state.get(rel)
-            if known is not None and known.evicted:
-                continue
+            unchanged = known is not None and (known.size, known.mtime_ns) == (
+                st.st_size,
+                st.st_mtime_ns,
+            )
+            if known is not None and known.evicted and (unchanged or rel.endswith(DATA_SUFFIX)):
+                continue  # a placeholder (a data file is always fetched before it changes)
             total += st.st_size
-            if known is None or (known.size, known.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            if not unchanged:
                 dirty.append((rel, st))
         self.cache_bytes = total
         self.unsynced_bytes = sum(st.st_size for _, st in dirty)
         metrics.set_s3_unsynced_bytes(self.unsynced_bytes)
-        # A file is deleted from the bucket one pass after it was first seen gone: the walk is
-        # not atomic, so a WAL segment deleted by a compaction may be seen gone while the
+        # A file is dropped from the manifest one pass after it was first seen gone: the walk
+        # is not atomic, so a WAL segment deleted by a compaction may be seen gone while the
         # descriptor that replaced it was stat'ed before its rewrite. By the next pass that
-        # descriptor is uploaded first (replaying a leftover segment is idempotent).
+        # descriptor is uploaded first (replaying a leftover segment is idempotent). Folder
+        # renames and removals do not wait: the engine reports them (``moving``/``retiring``).
         missing = {rel for rel in state if rel not in current}
         gone = sorted(missing & self._missing_before)
         self._missing_before = missing
+        keys = self._assign_keys([rel for rel, _ in dirty], state)
         # 1. metadata snapshot first (see the module docstring for why)
-        meta: list[tuple[str, os.stat_result, bytes]] = []
+        meta: list[tuple[str, os.stat_result, bytes, str]] = []
         for rel, st in dirty:
             if rel.endswith(DATA_SUFFIX):
                 continue
             try:
-                meta.append((rel, st, (self.root / rel).read_bytes()))
+                meta.append((rel, st, (self.root / rel).read_bytes(), keys[rel]))
             except FileNotFoundError:
                 continue
         # 2. data files, each a copy of its first `size` bytes (it may grow meanwhile)
         self._parallel(
-            [(rel, st) for rel, st in dirty if rel.endswith(DATA_SUFFIX)],
+            [(rel, st, keys[rel]) for rel, st in dirty if rel.endswith(DATA_SUFFIX)],
             lambda item: self._upload_data(*item),
         )
         # 3. the metadata snapshot, a group at a time: segments, descriptors, indexes, the rest
-        for rank in sorted({_rank(rel) for rel, _, _ in meta}):
+        for rank in sorted({_rank(item[0]) for item in meta}):
             self._parallel(
                 [item for item in meta if _rank(item[0]) == rank], self._upload_snapshot
             )
-        # 4. removals last: an object goes only after what replaces it is up
-        self._parallel(gone, self._delete)
+        with self.lock:
+            for rel in gone:
+                if rel in self._state and not (self.root / rel).exists():
+                    del self._state[rel]
+                    self._access.pop(rel, None)
+                    self._etags.pop(rel, None)
+        # 4. the commit point: one PUT of the manifest
+        self._commit_manifest()
+        # 5. objects no committed manifest names any more, and a crashed pass's leftovers
+        try:
+            self._collect_garbage()
+        except BackendError as exc:
+            # The commit stands (a writer waiting on it gets its 200); a later pass retries.
+            log.warning(
+                "remote storage: %d unreferenced object(s) not deleted yet: %s",
+                len(self._garbage),
+                type(exc).__name__,
+            )
         self.unsynced_bytes = 0
         metrics.set_s3_unsynced_bytes(0)
         self._save_manifest()
+
+    def _assign_keys(self, rels: list[str], state: dict[str, FileState]) -> dict[str, str]:
+        """Object keys of the files about to be uploaded: a known file keeps its key; a new
+        one gets ``r/<path>`` unless the committed manifest or another file still names it
+        (a removed or renamed folder's file): then a fresh key, so the upload cannot change
+        an object some committed state reads."""
+        keys: dict[str, str] = {}
+        taken: set[str] | None = None
+        for rel in rels:
+            known = state.get(rel)
+            if known is not None:
+                keys[rel] = known.key or self.key(rel)
+                continue
+            key = self.key(rel)
+            if taken is None:
+                taken = set(self._committed.values()) | self._garbage
+                taken |= {s.key or self.key(r) for r, s in state.items()}
+            stem, suffix = os.path.splitext(self.key(rel))
+            while key in taken:  # the suffix stays last: a block keeps its storage class
+                key = f"{stem}~{uuid.uuid4().hex[:8]}{suffix}"
+            taken.add(key)
+            keys[rel] = key
+        return keys
+
+    def _manifest_files(self) -> dict[str, list[Any]]:
+        with self.lock:
+            return {
+                rel: [state.key, state.size, self._etags[rel]]
+                for rel, state in sorted(self._state.items())
+                if rel in self._etags
+            }
+
+    def _commit_manifest(self) -> None:
+        """PUT the manifest if it changed, conditional on the last one we saw (the fence)."""
+        files = self._manifest_files()
+        if files == self._committed_files and self._manifest_etag is not None:
+            return
+        seq = self._manifest_seq + 1
+        data = encode_manifest(files, seq, self._writer_id)
+        self._fenced()
+        try:
+            if self._manifest_etag is None:
+                info = self.backend.create_if_absent(REMOTE_MANIFEST, data)
+            else:
+                info = self.backend.replace_if_unchanged(REMOTE_MANIFEST, data, self._manifest_etag)
+        except PreconditionFailed:
+            # botocore retries a PUT whose answer was lost; the retry then fails on our own
+            # write. Only a manifest this writer did not write means another writer took over.
+            remote = self._read_remote_manifest()
+            if remote is not None and (remote.get("writer"), remote.get("seq")) == (
+                self._writer_id,
+                seq,
+            ):
+                info = ObjectInfo(REMOTE_MANIFEST, len(data), time.time(), remote["etag"])
+            elif self.fence is not None:
+                # A lease holder that still passes its fence: the other commit came from a
+                # deposed holder inside the fence's margin. Ours replaces it (once: a second
+                # 412 means yet another writer, and the pass fails).
+                self._fenced()
+                if remote is None:
+                    info = self.backend.create_if_absent(REMOTE_MANIFEST, data)
+                else:
+                    info = self.backend.replace_if_unchanged(
+                        REMOTE_MANIFEST, data, remote["etag"]
+                    )
+            else:
+                self._error(REPLACED)
+                raise ServiceUnavailable(f"{UNAVAILABLE}: {REPLACED}") from None
+        before = set(self._committed.values())
+        self._committed = {rel: value[0] or self.key(rel) for rel, value in files.items()}
+        self._committed_files = files
+        self._manifest_etag = info.etag
+        self._manifest_seq = seq
+        self._garbage |= before - set(self._committed.values())
+        self._garbage -= set(self._committed.values())
+
+    def _collect_garbage(self) -> None:
+        if self._gc_pending:
+            named = set(self._committed.values())
+            self._garbage |= {
+                info.key for info in self.backend.list(KEY_PREFIX) if info.key not in named
+            }
+            self._gc_pending = False
+        if self._garbage:
+            self._parallel(sorted(self._garbage), self._delete)
 
     def _parallel(self, items: list[Any], action: Any) -> None:
         """Run ``action`` over ``items`` on a few threads (S3 latency, not CPU, is the cost);
@@ -496,22 +880,18 @@ class Mirror:
         if self.fence is not None:
             self.fence()
 
-    def _upload_snapshot(self, item: tuple[str, os.stat_result, bytes]) -> None:
-        rel, st, data = item
+    def _upload_snapshot(self, item: tuple[str, os.stat_result, bytes, str]) -> None:
+        rel, st, data, key = item
         self._fenced()
-        info = self.backend.write(self.key(rel), data)
-        self._mark_clean(rel, st, info.etag)
+        info = self.backend.write(key, data)
+        self._mark_clean(rel, st, info.etag, key)
 
-    def _delete(self, rel: str) -> None:
+    def _delete(self, key: str) -> None:
         self._fenced()
-        self.backend.delete(self.key(rel))
-        with self.lock:
-            if rel in self._state and not (self.root / rel).exists():
-                del self._state[rel]
-                self._access.pop(rel, None)
-                self._etags.pop(rel, None)
+        self.backend.delete(key)
+        self._garbage.discard(key)
 
-    def _upload_data(self, rel: str, st: os.stat_result) -> None:
+    def _upload_data(self, rel: str, st: os.stat_result, key: str) -> None:
         tmp = self.root / STATE_DIR / f"upload-{threading.get_ident()}.tmp"
         try:
             with open(self.root / rel, "rb") as src, open(tmp, "wb") as dst:
@@ -525,16 +905,20 @@ class Mirror:
         except FileNotFoundError:
             return  # removed meanwhile: the next pass deletes the object
         self._fenced()
-        info = self.backend.upload(self.key(rel), tmp)
+        info = self.backend.upload(key, tmp)
         tmp.unlink(missing_ok=True)
-        self._mark_clean(rel, st, info.etag)
+        self._mark_clean(rel, st, info.etag, key)
 
-    def _mark_clean(self, rel: str, st: os.stat_result, etag: str) -> None:
+    def _mark_clean(self, rel: str, st: os.stat_result, etag: str, key: str) -> None:
         with self.lock:
             known = self._state.get(rel)
-            if known is not None and known.evicted:
+            if known is not None and known.evicted and rel.endswith(DATA_SUFFIX):
                 return
-            self._state[rel] = FileState(st.st_size, st.st_mtime_ns)
+            if known is None and not (self.root / rel).exists():
+                return  # its folder was removed while it went up: no manifest may name it
+            self._state[rel] = FileState(
+                st.st_size, st.st_mtime_ns, key=None if key == self.key(rel) else key
+            )
             self._etags[rel] = etag
 
     # --- eviction -----------------------------------------------------------------------------
@@ -625,7 +1009,10 @@ class Mirror:
         folder = self.root / STATE_DIR
         folder.mkdir(parents=True, exist_ok=True)
         with self.lock:
-            raw = {rel: [s.size, s.mtime_ns, s.evicted] for rel, s in self._state.items()}
+            raw = {
+                rel: [s.size, s.mtime_ns, s.evicted, s.key, self._etags.get(rel)]
+                for rel, s in self._state.items()
+            }
         tmp = folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(raw))
         fs_ops.replace(tmp, folder / MANIFEST, sync=False)  # stale manifest = extra uploads

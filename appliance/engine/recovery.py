@@ -144,6 +144,7 @@ class EntryRecovery:
         on_disk: dict[int, IndexItem] = {}
         for block_id, path in sorted(_block_ids(self.files.path, META_SUFFIX).items()):
             try:
+                self.ctx.local(path)  # data on S3: fetched if restored lazily
                 header = decode_descriptor_header(fs_ops.read_file(path), str(path))
                 if header.block_id != block_id:
                     raise CorruptionError(

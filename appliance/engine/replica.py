@@ -76,6 +76,7 @@ def load_index_items(files: EntryFiles) -> list[IndexItem]:
         if not meta.name[: -len(META_SUFFIX)].isdigit():
             continue
         try:
+            files.ctx.local(meta)  # data on S3: fetched if it is a placeholder
             items.append(decode_descriptor_header(fs_ops.read_file(meta), str(meta)))
         except (OSError, CorruptionError):
             continue  # being written, or damaged: the primary's recovery deals with it

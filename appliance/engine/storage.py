@@ -285,7 +285,8 @@ class Storage:
                 bucket.retire()
                 self._ctx.files.invalidate_under(bucket.path)
                 # One durable rename makes the removal all-or-nothing across a crash (issue 8).
-                moved = fs_ops.retire_dir(bucket.path, self._ctx.data_path)
+                with self._ctx.retiring(bucket.path):
+                    moved = fs_ops.retire_dir(bucket.path, self._ctx.data_path)
                 if self._ctx.journal is not None:
                     self._ctx.journal.append("bucket_remove", b=name)
             if moved is not None:
@@ -308,7 +309,8 @@ class Storage:
             del self._buckets[old]
             bucket.retire()
             try:
-                fs_ops.rename_dir(bucket.path, target)
+                with self._ctx.moving(bucket.path, target):
+                    fs_ops.rename_dir(bucket.path, target)
                 if self._ctx.journal is not None:
                     self._ctx.journal.append("bucket_rename", b=old, n=new)
             except OSError:

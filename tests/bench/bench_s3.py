@@ -1,11 +1,12 @@
 """Data on S3 (moto's server on 127.0.0.1) beside the local folder, in one run.
 
-Usage: ``python tests/bench/bench_s3.py [--records 200]``
+Usage: ``python tests/bench/bench_s3.py [--records 200] [--startup-only]``
 
 Cases, each bounded by a record count: 1 KiB batched writes and reads, 1 MiB single writes and
 reads, on (a) the local folder, (b) S3 with the default sync interval (here 1 s), (c) S3 with
 ``RS_REMOTE_SYNC_INTERVAL=0`` (acknowledged only once on S3). Then the S3 requests of a startup
-with an empty cache for 10 buckets x 10 entries x 20 blocks, with integrity checks on and off.
+with an empty cache for 10 buckets x 10 entries x 20 blocks, with integrity checks on and off
+(counted when ``/ready`` first answers 200).
 moto is an in-process Python server, so S3 figures are request overhead on loopback, not network
 latency: a real bucket adds its round trips on top.
 """
@@ -80,7 +81,8 @@ def startup_requests(url: str, work: Path, checks: bool, prefix: str) -> tuple[i
     info = httpx.get(f"{server.url}/api/v1/info", timeout=30).json()["remote"]
     server.stop(timeout=300)
     calls = info["requests"]
-    # A fetch is HEAD + GET (the GET pinned to the HEAD's ETag); every other call is one request.
+    # A download is HEAD + GET (the GET pinned to the HEAD's ETag: the manifest, data fetched
+    # on a miss); a metadata fetch is one GET ("read"); every other call is one request.
     return sum(calls.values()) + calls.get("download", 0), seconds
 
 
@@ -100,6 +102,7 @@ def main() -> None:
     """Run every case and print one table."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=200)
+    parser.add_argument("--startup-only", action="store_true", help="only the startup counts")
     args = parser.parse_args()
     os.environ.update(AWS_ACCESS_KEY_ID=DUMMY, AWS_SECRET_ACCESS_KEY=DUMMY)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -116,6 +119,8 @@ def main() -> None:
             "S3, sync 0": s3_env(url, work / "c0", "bench-0/", RS_REMOTE_SYNC_INTERVAL="0"),
         }
         for name, env in setups.items():
+            if args.startup_only:
+                break
             folder = work / name.replace(" ", "").replace(",", "")
             server = ServerProcess(folder, env=env).start()
             try:
@@ -132,10 +137,11 @@ def main() -> None:
     table.add_column("case")
     for name in results:
         table.add_column(name, justify="right")
-    for case in next(iter(results.values())):
+    for case in next(iter(results.values())) if results else ():
         table.add_row(case, *(f"{results[n][case]:.0f}" for n in results))
     console = Console()
-    console.print(table)
+    if results:
+        console.print(table)
     startup = Table(title="startup with an empty cache, 10 buckets x 10 entries x 20 blocks")
     startup.add_column("integrity checks")
     startup.add_column("S3 HTTP requests", justify="right")
