@@ -202,13 +202,8 @@ class BlockSet:
             # ``Block.put`` conclude for it, without their general steps (the common case of
             # every write, and per record of a batch).
             offset = block.alloc_end
-            if shape is None:
-                meta_size = record_metadata_size(ts, offset, offset + size, labels, content_type)
-            else:
-                meta_size = position_metadata_size(ts, offset, offset + size) + shape.meta_size
-            record = StoredRecord(
-                ts, size, content_type, labels, _STARTED, self.entry, offset, crc, meta_size
-            )
+            record = self._started(ts, size, content_type, labels, offset, crc, shape)
+            meta_size = record.meta_size
             block.records[ts] = record
             block.order.append(ts)
             block.size += size
@@ -226,13 +221,8 @@ class BlockSet:
             offset = existing.offset  # an errored record of the same size is overwritten in place
         else:
             offset = block.alloc_end
-        if shape is None:
-            meta_size = record_metadata_size(ts, offset, offset + size, labels, content_type)
-        else:
-            meta_size = position_metadata_size(ts, offset, offset + size) + shape.meta_size
-        record = StoredRecord(
-            ts, size, content_type, labels, _STARTED, self.entry, offset, crc, meta_size
-        )
+        record = self._started(ts, size, content_type, labels, offset, crc, shape)
+        meta_size = record.meta_size
         old = block.put(record)
         if old is not None:
             self.size -= old.size + old.meta_size
@@ -241,6 +231,19 @@ class BlockSet:
         self.count += 1
         block.pending += 1
         return block, record
+
+    def _started(
+        self, ts: int, size: int, content_type: str, labels: Mapping[str, str], offset: int,
+        crc: int, shape: RecordShape | None,
+    ) -> StoredRecord:
+        """A STARTED record at ``offset`` with its descriptor size (from ``shape`` when given)."""
+        if shape is None:
+            meta_size = record_metadata_size(ts, offset, offset + size, labels, content_type)
+        else:
+            meta_size = position_metadata_size(ts, offset, offset + size) + shape.meta_size
+        return StoredRecord(
+            ts, size, content_type, labels, _STARTED, self.entry, offset, crc, meta_size
+        )
 
     def _choose(self, ts: int, size: int) -> Block:
         ids = self.ids
