@@ -82,10 +82,11 @@ RESTORING = "restoring"  # a restore from the bucket in flight: a crash in it wi
 DATA_SUFFIX = ".blk"
 DESCRIPTOR_SUFFIX = ".meta"
 # Top-level names that are never mirrored: local bookkeeping, removals in flight, the removal
-# reserve, quarantined damage, the filesystem lease's files.
+# reserve, quarantined damage, the filesystem lease's files, a backup's staged links (hard
+# links of the data: uploading them would copy the whole dataset to the bucket once more).
 EXCLUDED_TOP = frozenset(
     {STATE_DIR, ".removing", ".reserve", ".quarantine", ".lock", ".generation", ".generations",
-     ".in-use", "lost+found"}
+     ".in-use", ".backup-staging", "lost+found"}
 )
 EXCLUDED_SUFFIXES = (".tmp", ".backend-tmp", ".cas-lock", ".rewrite")
 # Metadata goes up in this order within a pass: segments and descriptors before the index.

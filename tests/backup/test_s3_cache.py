@@ -32,8 +32,14 @@ def evicted_cache(root: Path, backend: FlakyBackend) -> tuple[Mirror, Storage, d
 
 
 def backup(storage: Storage, root: Path, target: Path) -> str:
-    """Stage and publish a backup of every bucket as the service does; its id."""
+    """Stage and publish a backup of every bucket as the service does; its id. A sync pass
+    runs between the two (as the mirror's background pass may): it uploads no staged link."""
     staged = snapshot.stage(storage, root, None)
+    mirror = storage.options.mirror
+    assert mirror is not None
+    mirror.sync()
+    keys = [info.key for info in mirror.backend.list("")]
+    assert keys and not [k for k in keys if snapshot.STAGING_DIR in k]
     made = open_target(str(target)).publish(staged, instance="t", generation=0, buckets=None)
     return made.id
 
