@@ -10,6 +10,7 @@ the server shuts down and ``serve`` returns the services' exit code.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -39,6 +40,7 @@ T = TypeVar("T")
 LOOP_ENV = "APPLIANCE_EVENT_LOOP"
 
 GRACEFUL_TIMEOUT_SECONDS = 10.0
+GC_YOUNG_THRESHOLD = 50_000  # see ``tune_gc``
 # h11 refuses requests whose head exceeds this; batch requests carry one header per record, so
 # follow RS_IO_BATCH_MAX_METADATA_SIZE as ReductStore does (its HTTP/1 max buffer size), plus
 # room for the ordinary headers: a batch just over the limit then gets the app's clear 413
@@ -166,6 +168,17 @@ async def _first_of(*waits: Awaitable[object]) -> None:
             task.cancel()
 
 
+def tune_gc() -> None:
+    """Collect the young generation every ``GC_YOUNG_THRESHOLD`` allocations instead of
+    CPython's 700: a batch of 1,000 records allocates ~10 objects a record, which triggered ~15
+    young collections per request, and the resulting older-generation passes walk every record
+    the block caches hold. Acyclic garbage is still freed at once by reference counting; only
+    cycles wait a little longer. Measured on the engine's batch path: 10.1–10.4 → 8.6–9.2 µs of
+    CPU per 1 KiB record."""
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def raise_open_file_limit() -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard limit (issue 8); return (soft, hard) after.
 
@@ -199,6 +212,7 @@ async def serve(
     from appliance.services import Services
 
     raise_open_file_limit()
+    tune_gc()
     config = hypercorn_config(settings)
     add_reason_phrases()
     release_closed_connections()

@@ -21,7 +21,8 @@ from appliance.api.batch_codec import (
     parse_v2_request,
     parse_v2_update,
 )
-from appliance.api.batch_v1 import batch_header_map
+from appliance.api.batch_codec.fast import WriteHeaders, parse_v2_write
+from appliance.api.batch_v1 import batch_header_map, check_batch_limits, header_map
 from appliance.api.encoding import content_encoding
 from appliance.api.ingest import Incoming, write_records
 from appliance.api.queries import query_id, read_batch
@@ -40,7 +41,7 @@ LENGTH_MISMATCH = (
 )
 
 
-def _respond(req: V2Request, errors: dict[Hashable, ApplianceError]) -> Response:
+def _respond(req: V2Request | WriteHeaders, errors: dict[Hashable, ApplianceError]) -> Response:
     headers = encode_v2_echo(req)
     keyed = cast("dict[tuple[int, int], ApplianceError]", errors)  # keys: (index, delta)
     for (index, delta), error in sorted(keyed.items()):
@@ -49,7 +50,7 @@ def _respond(req: V2Request, errors: dict[Hashable, ApplianceError]) -> Response
     return Response(b"", status=200, headers=headers)
 
 
-def _check_entries(req: V2Request) -> None:
+def _check_entries(req: V2Request | WriteHeaders) -> None:
     for name in req.entries:
         params.entry_name(name)
 
@@ -69,8 +70,21 @@ async def read(bucket: str) -> Response:
 async def write(bucket: str) -> Response:
     """Write records of several entries; body in (entry_index, delta) order."""
     params.bucket_name(bucket)
-    headers = batch_header_map()
-    req = parse_v2_request(headers)
+    check_batch_limits()
+    req: V2Request | WriteHeaders | None = parse_v2_write(request.scope["headers"])
+    if req is None:  # something unusual: the general parser (it raises the exact error)
+        headers = header_map()
+        full = req = parse_v2_request(headers)
+        rows = [
+            Incoming(
+                (r.entry_index, r.delta), r.entry, r.timestamp, r.content_length,
+                r.content_type, r.labels,
+            )
+            for r in full.records
+        ]
+        total = full.content_length
+    else:
+        headers, rows, total = req.others, req.rows, req.content_length
     _check_entries(req)
     write_access(bucket)
     encoding = content_encoding(headers)
@@ -78,17 +92,10 @@ async def write(bucket: str) -> Response:
     if declared is None and encoding is None:
         raise UnprocessableEntity("content-length header is required")
     # With an encoding, Content-Length counts encoded bytes; the decoder bounds the rest.
-    if encoding is None and params.parse_u64(declared.decode("latin1").strip()) != req.content_length:  # type: ignore[union-attr]
+    if encoding is None and params.parse_u64(declared.decode("latin1").strip()) != total:  # type: ignore[union-attr]
         raise UnprocessableEntity(LENGTH_MISMATCH)
-    items = [
-        Incoming(
-            (r.entry_index, r.delta), r.entry, r.timestamp, r.content_length, r.content_type,
-            r.labels,
-        )
-        for r in req.records
-    ]
     svc = services()
-    errors = await write_records(svc, svc.engine, bucket, items, encoding)
+    errors = await write_records(svc, svc.engine, bucket, rows, encoding)
     return _respond(req, errors)
 
 

@@ -15,12 +15,12 @@ import asyncio
 import functools
 from collections import deque
 from collections.abc import AsyncIterator, Hashable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from quart import request
 
 from appliance import metrics
+from appliance.api.batch_codec.fast import Incoming
 from appliance.api.encoding import decoded
 from appliance.api.connection import BoundedBody
 from appliance.api.streaming import (
@@ -46,18 +46,6 @@ if TYPE_CHECKING:
     from appliance.services import Services
 
 SHORT_BODY = "Content is shorter than expected: no more data to read"
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One record announced by batch headers; ``key`` identifies it in the error map."""
-
-    key: Hashable
-    entry: str
-    timestamp: int
-    length: int
-    content_type: str
-    labels: Mapping[str, str]
 
 
 class BodyReader:
@@ -155,24 +143,27 @@ def _write_groups(
     storage: Storage, bucket: str, pairs: list[tuple[Incoming, bytes]]
 ) -> dict[Hashable, ApplianceError]:
     errors: dict[Hashable, ApplianceError] = {}
-    groups: dict[str, list[tuple[Incoming, NewRecord]]] = {}
+    groups: dict[str, tuple[list[Incoming], list[NewRecord]]] = {}
     for item, data in pairs:
-        record = NewRecord(item.timestamp, data, item.content_type, item.labels)
-        groups.setdefault(item.entry, []).append((item, record))
+        group = groups.get(item.entry)
+        if group is None:
+            group = groups[item.entry] = ([], [])
+        group[0].append(item)
+        group[1].append(NewRecord(item.timestamp, data, item.content_type, item.labels))
     try:
         b = storage.get_bucket(bucket)
     except ApplianceError as exc:
         return {item.key: exc for item, _ in pairs}
-    for entry, members in groups.items():
+    for entry, (incoming, records) in groups.items():
         try:
-            failed = b.write_batch(entry, [record for _, record in members])
+            failed = b.write_batch(entry, records)
         except ApplianceError as exc:
-            for item, _ in members:
+            for item in incoming:
                 errors[item.key] = exc
             continue
         if failed:
-            for item, record in members:
-                err = failed.get(record.timestamp)
+            for item in incoming:
+                err = failed.get(item.timestamp)
                 if err is not None:
                     errors[item.key] = err
     return errors

@@ -73,7 +73,14 @@ def sync_tree(root: Path) -> None:
 
 def tree_bytes(root: Path) -> int:
     """Bytes of the regular files under ``root`` (links counted each time)."""
-    return sum(path.stat().st_size for _, path in walk_files(root))
+    total = 0
+    for _, path in walk_files(root):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            # A backup in progress renames its temporary files while we list it.
+            continue
+    return total
 
 
 def digest_prefix(path: Path, size: int) -> tuple[int, str]:

@@ -377,18 +377,24 @@ class Bucket:
         accepted: list[NewRecord] = []
         pending = 0
         with self._quota.guard(self._settings):
-            free = self._ctx.disk.free(sum(len(r.data) for r in records))
-            for record in records:
-                size = len(record.data)
-                try:
-                    _check_timestamp(record.timestamp)
-                    self._quota.check_storage_limit(size, pending)
-                    self._quota.admit(self._settings, size, pending, free)
-                except ApplianceError as exc:
-                    errors[record.timestamp] = exc
-                    continue
-                accepted.append(record)
-                pending += size
+            total = sum(len(r.data) for r in records)
+            free = self._ctx.disk.free(total)
+            if self._quota.admit_all(self._settings, total, free) and all(
+                type(r.timestamp) is int and 0 <= r.timestamp <= U64_MAX for r in records
+            ):
+                accepted = list(records)  # what the loop below would conclude, record by record
+            else:
+                for record in records:
+                    size = len(record.data)
+                    try:
+                        _check_timestamp(record.timestamp)
+                        self._quota.check_storage_limit(size, pending)
+                        self._quota.admit(self._settings, size, pending, free)
+                    except ApplianceError as exc:
+                        errors[record.timestamp] = exc
+                        continue
+                    accepted.append(record)
+                    pending += size
             if accepted:
                 failed = self.get_or_create_entry(entry).write_batch(accepted)
                 errors.update(failed)

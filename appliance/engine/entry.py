@@ -31,7 +31,7 @@ from appliance import metrics
 from appliance.engine import fs_ops
 from appliance.engine.blockset import BlockSet
 from appliance.engine.bulk_read import BulkReads
-from appliance.engine.codec import IndexItem, StoredRecord, WalKind, encode_wal_frame
+from appliance.engine.codec import IndexItem, RecordShape, StoredRecord, WalKind, encode_wal_frame
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_folder import EntryFiles
 from appliance.engine.entry_removal import EntryRemoval
@@ -346,8 +346,13 @@ class Entry(BulkReads, EntryRemoval):
         self, records: Sequence[NewRecord], start: int, errors: dict[int, ApplianceError]
     ) -> int:
         """Write records from ``start`` on, into at most MAX_BATCH_BLOCKS blocks; next index."""
-        placed: list[tuple[int, StoredRecord, bytes]] = []
+        placed: list[tuple[int, StoredRecord, bytes, RecordShape]] = []
         data_handles: dict[int, FileHandle] = {}
+        # Records of a batch mostly share a few (content type, labels) pairs, often the very
+        # same objects (the API's header parser shares them): encode each pair once. Keyed by
+        # the caller's objects, which ``records`` keeps alive for the whole call.
+        shapes: dict[tuple[int, str], RecordShape] = {}
+        reserve = self._blocks.reserve
         i = start
         with self._lock:
             self._check_alive()
@@ -355,9 +360,14 @@ class Entry(BulkReads, EntryRemoval):
                 new = records[i]
                 i += 1
                 data = new.data if type(new.data) is bytes else bytes(new.data)
+                key = (id(new.labels), new.content_type)
+                shape = shapes.get(key)
+                if shape is None:
+                    shape = shapes[key] = RecordShape(new.content_type, new.labels)
                 try:
-                    block, record = self._blocks.reserve(
-                        new.timestamp, len(data), new.content_type, dict(new.labels), crc32c(data)
+                    block, record = reserve(
+                        new.timestamp, len(data), new.content_type, shape.labels, crc32c(data),
+                        shape,
                     )
                 except ApplianceError as exc:
                     errors[new.timestamp] = exc
@@ -374,18 +384,18 @@ class Entry(BulkReads, EntryRemoval):
                         self._blocks.finalize(block.block_id, new.timestamp, _ERRORED, 0)
                         errors[new.timestamp] = translate(exc, "write the record")
                         continue
-                placed.append((block.block_id, record, data))
+                placed.append((block.block_id, record, data, shape))
         failed = self._write_runs(placed, data_handles)
         wal_handles: list[FileHandle] = []
+        finalize = self._blocks.finalize
         try:
             with self._lock:
                 frames: dict[int, list[bytes]] = {}
                 logged: dict[int, list[int]] = {}
-                payloads = {record.timestamp: (record, data) for _, record, data in placed}
-                for block_id, record, _ in placed:
+                for block_id, record, _, shape in placed:
                     ts = record.timestamp
                     state = _ERRORED if ts in failed else _FINISHED
-                    frame = self._blocks.finalize(block_id, ts, state, record.crc)
+                    frame = finalize(block_id, ts, state, record.crc, shape)
                     if frame is not None:
                         frames.setdefault(block_id, []).append(frame)
                         logged.setdefault(block_id, []).append(ts)
@@ -404,6 +414,7 @@ class Entry(BulkReads, EntryRemoval):
                         wal_handles.append(handle)
                         journal = self._ctx.journal
                         if journal is not None:
+                            payloads = {r.timestamp: (r, data) for _, r, data, _ in placed}
                             for ts in logged[block_id]:
                                 if ts not in failed:
                                     record, data = payloads[ts]
@@ -415,7 +426,7 @@ class Entry(BulkReads, EntryRemoval):
             except OSError as exc:
                 # Not made durable as promised (sync writes): nothing of this step is acked.
                 unsynced = translate(exc, "write the records")
-                for _, record, _ in placed:
+                for _, record, _, _ in placed:
                     errors.setdefault(record.timestamp, unsynced)
         for ts, cause in failed.items():
             errors[ts] = translate(cause, f"write record {ts}")
@@ -423,13 +434,13 @@ class Entry(BulkReads, EntryRemoval):
 
     @staticmethod
     def _write_runs(
-        placed: list[tuple[int, StoredRecord, bytes]], handles: dict[int, FileHandle]
+        placed: list[tuple[int, StoredRecord, bytes, RecordShape]], handles: dict[int, FileHandle]
     ) -> dict[int, OSError]:
         """pwrite payloads, joining runs of adjacent records of one block; failures by ts."""
         failed: dict[int, OSError] = {}
         i = 0
         while i < len(placed):
-            block_id, first, _ = placed[i]
+            block_id, first, _, _ = placed[i]
             j = i + 1
             end = first.offset + first.size
             while j < len(placed) and placed[j][0] == block_id and placed[j][1].offset == end:
@@ -448,7 +459,7 @@ class Entry(BulkReads, EntryRemoval):
                 fs_ops.write_all(handle.fd, payloads, first.offset)
                 handle.dirty = True
             except OSError as exc:
-                for _, record, _ in run:
+                for _, record, _, _ in run:
                     failed[record.timestamp] = exc
             i = j
         return failed

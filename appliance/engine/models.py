@@ -88,9 +88,13 @@ class BucketSettings:
         }
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never mutated once built: the engine builds two of these per written
+# record (and one per record it decodes), and a frozen dataclass's __init__ costs ~3x a plain
+# one (``object.__setattr__`` per field; issue 15 profile). Treat instances as immutable: they
+# are shared between the engine's block maps and readers; change one with ``replace``.
+@dataclass(slots=True)
 class RecordMeta:
-    """What is known about one record without reading its payload."""
+    """What is known about one record without reading its payload (treat as immutable)."""
 
     timestamp: int
     size: int
@@ -100,9 +104,10 @@ class RecordMeta:
     entry: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewRecord:
-    """A whole record held in memory, for batch writes of small payloads."""
+    """A whole record held in memory, for batch writes of small payloads (not frozen: one per
+    record of a batch, see ``RecordMeta``)."""
 
     timestamp: int
     data: bytes

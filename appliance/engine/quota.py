@@ -66,6 +66,19 @@ class Quota:
             )
         self._ctx.disk.consume(size)
 
+    def admit_all(self, settings: BucketSettings, total: int, free: int) -> bool:
+        """Admit a whole batch of ``total`` bytes at once when nothing can refuse a part of it
+        (no quota, no storage limit, room on the disk for all): then ``admit`` record by record
+        would accept every record. False: the caller admits record by record."""
+        if (
+            settings.quota_type != QuotaType.NONE
+            or self._ctx.options.max_storage_size is not None
+            or free - total < self._ctx.options.min_free_space
+        ):
+            return False
+        self._ctx.disk.consume(total)
+        return True
+
     def _evict_oldest_block(self) -> bool:
         """Drop the oldest block of the entry with the oldest record; False if none is left."""
         for entry in sorted(self._evictable(), key=lambda e: e.oldest_record):

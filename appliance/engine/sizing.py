@@ -46,6 +46,13 @@ def record_metadata_size(
     state: int = 0,
 ) -> int:
     """Protobuf length of ReductStore's ``Record`` message for these values."""
+    return position_metadata_size(timestamp, begin, end, state) + shape_metadata_size(
+        labels, content_type
+    )
+
+
+def position_metadata_size(timestamp: int, begin: int, end: int, state: int = 0) -> int:
+    """The part of ``record_metadata_size`` that depends on the timestamp, offsets and state."""
     seconds, micros = divmod(timestamp, US_PER_SECOND)
     size = 2  # timestamp tag + one length byte: the Timestamp body is < 128 bytes
     if seconds:
@@ -59,6 +66,13 @@ def record_metadata_size(
         size += 2 if end < 0x80 else 1 + (end.bit_length() + 6) // 7
     if state:
         size += 2
+    return size
+
+
+def shape_metadata_size(labels: Mapping[str, str], content_type: str) -> int:
+    """The part of ``record_metadata_size`` that depends on the labels and content type (the
+    same for every record of a batch that shares them: computed once, ``codec.RecordShape``)."""
+    size = 0
     if labels:
         cache = _label_len
         for pair in labels.items():

@@ -147,3 +147,22 @@ def test_pause_waits_for_writes_in_flight_and_holds_new_ones(storage: Storage, d
     t.join(5)
     assert done.is_set()
     assert bucket.get_entry("e").read_payload(bucket.get_entry("e").get_record(1)) == b"abc"
+
+
+def test_tree_bytes_skips_a_file_renamed_away_while_it_is_listed(tmp_path, monkeypatch) -> None:
+    """A backup in progress renames its temporary files; listing it must not fail on one."""
+    from appliance.backup import files
+
+    (tmp_path / "kept").write_bytes(b"x" * 10)
+    gone = tmp_path / "gone.tmp"
+    real_walk = files.walk_files
+
+    def walk_then_vanish(root):
+        gone.write_bytes(b"y" * 5)
+        for rel, path in real_walk(root):
+            if path == gone:
+                gone.unlink()  # renamed away between the listing and the stat
+            yield rel, path
+
+    monkeypatch.setattr(files, "walk_files", walk_then_vanish)
+    assert files.tree_bytes(tmp_path) == 10

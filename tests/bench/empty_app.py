@@ -18,6 +18,7 @@ from appliance.settings import Settings
 app = Quart(__name__)
 app.config["MAX_CONTENT_LENGTH"] = None
 HEADERS = {"x-reduct-api": "1.21"}
+V2_ECHO = ("x-reduct-entries", "x-reduct-start-ts")
 BUCKET = (
     '{"info":{"name":"b","entry_count":0,"size":0,"oldest_record":0,"latest_record":0},'
     '"settings":{"quota_type":"NONE","quota_size":0,"max_block_size":64000000,'
@@ -27,12 +28,14 @@ BUCKET = (
 
 @app.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
 async def anything(rest: str) -> tuple[str, int, dict[str, str]]:
-    """Drain the body and answer 200 (GET: a minimal bucket info)."""
+    """Drain the body and answer 200 (GET: a minimal bucket info; a v2 batch write: its
+    ``x-reduct-entries`` and ``x-reduct-start-ts`` echoed, which reduct-py requires)."""
     async for _ in request.body:
         pass
     if request.method == "GET":
         return BUCKET, 200, {**HEADERS, "content-type": "application/json"}
-    return "", 200, HEADERS
+    echo = {k: request.headers[k] for k in V2_ECHO if k in request.headers}
+    return "", 200, {**HEADERS, **echo} if echo else HEADERS
 
 
 if __name__ == "__main__":

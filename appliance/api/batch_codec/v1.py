@@ -43,11 +43,14 @@ def _parse_v1_value(value: str) -> tuple[int, str, dict[str, str]]:
     length = parse_uint(length_text.strip())
     if length is None:
         raise UnprocessableEntity("Invalid content length")
-    content_type, rest = rest.split(",", 1) if "," in rest else (rest, DEFAULT_CONTENT_TYPE)
-    content_type = content_type.strip() if content_type else DEFAULT_CONTENT_TYPE
+    return (length, *parse_v1_tail(rest))
 
-    labels = dict(parse_labels(rest, v1=True))
-    return length, content_type, labels
+
+def parse_v1_tail(tail: str) -> tuple[str, dict[str, str]]:
+    """Content type and labels from the part of a v1 record header after ``<len>,``."""
+    content_type, rest = tail.split(",", 1) if "," in tail else (tail, DEFAULT_CONTENT_TYPE)
+    content_type = content_type.strip() if content_type else DEFAULT_CONTENT_TYPE
+    return content_type, dict(parse_labels(rest, v1=True))
 
 
 def _v1_items(headers: Mapping[str, str]) -> list[tuple[int, str]]:

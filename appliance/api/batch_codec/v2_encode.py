@@ -5,6 +5,7 @@ errors.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from appliance.api.batch_codec.common import (
     DEFAULT_CONTENT_TYPE,
@@ -19,6 +20,9 @@ from appliance.api.batch_codec.common import (
 )
 from appliance.api.batch_codec.v2_parse import V2Request
 from appliance.errors import ApplianceError
+
+if TYPE_CHECKING:
+    from appliance.api.batch_codec.fast import WriteHeaders
 
 
 def _entry_indexes(records: Sequence[RecordLike]) -> dict[str, int]:
@@ -172,7 +176,7 @@ def encode_v2_read_batch(records: Sequence[RecordLike]) -> dict[str, str]:
     return dict(v2_read_batch_headers(records))
 
 
-def encode_v2_echo(request: V2Request) -> dict[str, str]:
+def encode_v2_echo(request: V2Request | WriteHeaders) -> dict[str, str]:
     """The ``x-reduct-entries`` / ``x-reduct-start-ts`` echo every v2 write response needs."""
     return {
         ENTRIES_HEADER: ",".join(encode_name(entry) for entry in request.entries),

@@ -141,6 +141,30 @@ def _split_value(raw: str) -> tuple[str, str | None, str | None]:
     return length, content_type, labels
 
 
+def resolve_v2_meta(
+    prev: tuple[str, Mapping[str, str]] | None,
+    content_type: str | None,
+    labels_raw: str | None,
+    label_names: list[str] | None,
+) -> tuple[str, dict[str, str]]:
+    """Content type and labels of a v2 record from its header parts and the previous record
+    of its entry (``prev``: its content type and labels): omitted parts are inherited."""
+    if content_type is None:
+        if prev is None:
+            raise UnprocessableEntity(
+                "Content-type and labels must be provided for the first record of an entry"
+            )
+        return prev[0], dict(prev[1])
+    content_type = content_type.strip() or (prev[0] if prev else DEFAULT_CONTENT_TYPE)
+    labels = dict(prev[1]) if prev else {}
+    for key, label in parse_labels(labels_raw or "", label_names):
+        if label:
+            labels[key] = label
+        else:
+            labels.pop(key, None)
+    return content_type, labels
+
+
 def parse_v2_request(headers: Mapping[str, str]) -> V2Request:
     """Parse a v2 write (``POST /io/{bucket}/write``) with per-entry inheritance (§8.1)."""
     entries, start_ts, label_names, rows = _parse_frame(headers)
@@ -152,22 +176,10 @@ def parse_v2_request(headers: Mapping[str, str]) -> V2Request:
         if length is None:
             raise UnprocessableEntity(INVALID_HEADER)
         prev = previous.get(index)
-        if content_type is None:
-            if prev is None:
-                raise UnprocessableEntity(
-                    "Content-type and labels must be provided for the first record of an entry"
-                )
-            content_type, labels = prev.content_type, dict(prev.labels)
-        else:
-            content_type = content_type.strip() or (
-                prev.content_type if prev else DEFAULT_CONTENT_TYPE
-            )
-            labels = dict(prev.labels) if prev else {}
-            for key, label in parse_labels(labels_raw or "", label_names):
-                if label:
-                    labels[key] = label
-                else:
-                    labels.pop(key, None)
+        content_type, labels = resolve_v2_meta(
+            None if prev is None else (prev.content_type, prev.labels),
+            content_type, labels_raw, label_names,
+        )
         record = V2Record(index, delta, entry, start_ts + delta, length, content_type, labels)
         previous[index] = record
         records.append(record)
