@@ -18,21 +18,33 @@ Two phases, so writes are paused only for the cheap one:
    backup is a plain compacted data folder that opens read-only), every file's CRC32C goes into
    the manifest, and the manifest is written last. The staging links are removed at the end
    (and at the next start if the process died).
+
+Data on S3 (``storage.options.mirror`` set): the data folder is a bounded cache in which
+evicted blocks (and lazily restored descriptors) are sparse placeholders of zeros. So eviction
+is held off (``mirror.pinned``) from before the stage until its links exist, every placeholder
+of the selected buckets is fetched before the gate closes, and a file that is still one when it
+is linked (a straggler) is fetched under the gate. Eviction replaces a file by rename, so the
+links keep the real bytes once the hold ends; the fetched blocks cost disk space beyond the
+cache's size until the backup is published. A fetch that fails fails the backup before anything
+reaches the target.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance.backup import manifest as mf
 from appliance.backup.files import copy_prefix, digest_prefix, sync_tree, walk_files
 from appliance.engine import fs_ops
 from appliance.engine.models import EngineOptions
 from appliance.engine.reserve import RESERVE_FILE
+from appliance.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -80,25 +92,62 @@ def _sources(data_path: Path, buckets: list[str] | None) -> list[Path]:
     return found
 
 
-def _link_tree(data_path: Path, root: Path, buckets: list[str] | None) -> list[tuple[str, int]]:
-    """Hard-link every selected file into ``root``; ``(relative path, size)`` of each."""
-    files: list[tuple[str, int]] = []
+def _selected(data_path: Path, buckets: list[str] | None) -> Iterator[tuple[str, Path]]:
+    """``(relative path, path)`` of every file a backup of ``buckets`` holds."""
     for source in _sources(data_path, buckets):
         if source.is_file():
             pairs = [(source.name, source)]
         else:
             pairs = [(f"{source.name}/{rel}", path) for rel, path in walk_files(source)]
         for rel, path in pairs:
-            if path.name.endswith(fs_ops.TMP_SUFFIX):
-                continue  # a crash leftover (the gate excludes a rewrite in progress)
-            dst = root / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fs_ops.hard_link(path, dst)
-            except FileNotFoundError:
-                continue  # removed by an in-flight removal that finished before the gate closed
-            files.append((rel, dst.stat().st_size))
-    return files
+            if not path.name.endswith(fs_ops.TMP_SUFFIX):  # a crash leftover
+                yield rel, path
+
+
+def _fetch(mirror: Any, rel: str, path: Path) -> bool:
+    """Bring ``path`` back from the bucket if it is a placeholder; whether it was one."""
+    if not mirror.is_placeholder(path):
+        return False
+    try:
+        mirror.materialize([path])
+    except FileNotFoundError:
+        if path.exists():
+            raise ServiceUnavailable(
+                f"backup failed: {rel} is evicted from the local cache and its object is "
+                "missing from remote storage; nothing was written to the target"
+            ) from None
+        return False  # removed meanwhile: not in the cut
+    except ServiceUnavailable as exc:
+        raise ServiceUnavailable(
+            f"backup failed: {rel} is evicted from the local cache and could not be fetched "
+            f"from remote storage ({exc.message}); nothing was written to the target"
+        ) from None
+    return True
+
+
+def _link_tree(
+    data_path: Path, root: Path, buckets: list[str] | None, mirror: Any = None
+) -> tuple[list[tuple[str, int]], int]:
+    """Hard-link every selected file into ``root`` (a placeholder is fetched first);
+    ``(relative path, size)`` of each and the number of files fetched."""
+    files: list[tuple[str, int]] = []
+    fetched = 0
+    for rel, path in _selected(data_path, buckets):
+        if mirror is not None and _fetch(mirror, rel, path):
+            fetched += 1  # a straggler: still (or again) a placeholder under the gate
+        dst = root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fs_ops.hard_link(path, dst)
+        except FileNotFoundError:
+            continue  # removed by an in-flight removal that finished before the gate closed
+        files.append((rel, dst.stat().st_size))
+    return files, fetched
+
+
+def prefetch(mirror: Any, data_path: Path, buckets: list[str] | None) -> int:
+    """Fetch every placeholder of the selected buckets (writes flowing); how many."""
+    return sum(_fetch(mirror, rel, path) for rel, path in _selected(data_path, buckets))
 
 
 def stage(
@@ -112,21 +161,30 @@ def stage(
         storage.get_bucket(name)  # 404 before anything is paused
     staging = data_path / STAGING_DIR
     staging.mkdir(exist_ok=True)
-    started = time.perf_counter()
-    with storage.pause_writes(timeout):
-        cut_us = time.time_ns() // 1000
-        position = storage.journal_position()
-        journal_seq = None
-        if position is not None:
-            # Every frame in the cut is at or before the cut's instant (frame times are
-            # bumped to stay strictly increasing, so they may run a few µs ahead of the clock).
-            journal_seq, cut_us = position[0], max(cut_us, position[1])
-        bid = mf.backup_id(cut_us)
-        root = staging / bid
-        root.mkdir()
-        files = _link_tree(data_path, root, buckets)
-    pause_ms = (time.perf_counter() - started) * 1000
+    mirror = getattr(storage.options, "mirror", None)  # data on S3: the folder is a cache
+    with mirror.pinned() if mirror is not None else nullcontext():
+        ahead = 0 if mirror is None else prefetch(mirror, data_path, buckets)
+        started = time.perf_counter()
+        with storage.pause_writes(timeout):
+            cut_us = time.time_ns() // 1000
+            position = storage.journal_position()
+            journal_seq = None
+            if position is not None:
+                # Every frame in the cut is at or before the cut's instant (frame times are
+                # bumped to stay strictly increasing, so they may run a few µs ahead of the clock).
+                journal_seq, cut_us = position[0], max(cut_us, position[1])
+            bid = mf.backup_id(cut_us)
+            root = staging / bid
+            root.mkdir()
+            try:
+                files, late = _link_tree(data_path, root, buckets, mirror)
+            except BaseException:
+                fs_ops.remove_tree(root)  # a failed fetch: no staged cut is left behind
+                raise
+        pause_ms = (time.perf_counter() - started) * 1000
     log.info("backup %s: cut taken, writes paused %.1f ms (%d files)", bid, pause_ms, len(files))
+    if mirror is not None:
+        log.info("backup %s: %d placeholder(s) fetched before the cut, %d under it", bid, ahead, late)
     return Staged(bid, cut_us, root, files, pause_ms, journal_seq)
 
 

@@ -1,7 +1,7 @@
 """``appliance check``: scrub a data folder offline and report every problem found.
 
-Exit status: 0 clean, 1 problems, 2 no such folder. Damage (checksum failures, corrupt
-metadata) always exits 1. Crash leftovers (torn WAL tails, indexes behind their descriptors,
+Exit status: 0 clean, 1 problems, 2 no such folder or the cache of an S3-backed instance.
+Damage (checksum failures, corrupt metadata) always exits 1. Crash leftovers (torn WAL tails, indexes behind their descriptors,
 unfinished files: what a SIGKILL leaves) are listed either way but exit 1 only without
 ``--repair``: then nothing was changed and the folder still needs recovery, which a script
 should notice; with ``--repair`` they have just been cleaned up, so they are no reason to fail.
@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the scrub, print the report; exit 1 on damage, or on leftovers without --repair."""
     from appliance import logs
     from appliance.engine.check import check
+    from appliance.engine.mirror import STATE_DIR as MIRROR_STATE_DIR
     from appliance.inuse import FolderInUse, InUseLock, identity
     from appliance.settings import LogLevel
 
@@ -66,6 +67,17 @@ def run(args: argparse.Namespace) -> int:
     data = args.data or Path(os.environ.get("RS_DATA_PATH") or "data")
     if not data.is_dir():
         print(f"appliance check: data folder {str(data)!r} does not exist", file=sys.stderr)
+        return 2
+    if (data / MIRROR_STATE_DIR).is_dir():
+        # Evicted blocks are zeros here: a scrub would call them damage, or say "clean" of
+        # bytes it never read. A backup fetches every block; its verify scrubs the real bytes.
+        print(
+            f"appliance check: {str(data)!r} is the cache of an S3-backed instance; evicted "
+            "blocks are placeholders there, so it cannot be checked offline: take a backup "
+            "(`appliance backup create`, it fetches every block) and run `appliance backup verify`",
+            file=sys.stderr,
+        )
+        logs.stop()
         return 2
     lock = InUseLock(data)
     try:

@@ -82,10 +82,11 @@ RESTORING = "restoring"  # a restore from the bucket in flight: a crash in it wi
 DATA_SUFFIX = ".blk"
 DESCRIPTOR_SUFFIX = ".meta"
 # Top-level names that are never mirrored: local bookkeeping, removals in flight, the removal
-# reserve, quarantined damage, the filesystem lease's files.
+# reserve, quarantined damage, the filesystem lease's files, a backup's staged links (hard
+# links of the data: uploading them would copy the whole dataset to the bucket once more).
 EXCLUDED_TOP = frozenset(
     {STATE_DIR, ".removing", ".reserve", ".quarantine", ".lock", ".generation", ".generations",
-     ".in-use", "lost+found"}
+     ".in-use", ".backup-staging", "lost+found"}
 )
 EXCLUDED_SUFFIXES = (".tmp", ".backend-tmp", ".cas-lock", ".rewrite")
 # Metadata goes up in this order within a pass: segments and descriptors before the index.
@@ -230,6 +231,7 @@ class Mirror:
         self._done = 0
         self._running = False
         self._failed_pass: set[int] = set()
+        self._pins = 0  # ``pinned`` sections in progress: no eviction while > 0
 
     # --- keys and paths ---------------------------------------------------------------------
 
@@ -554,6 +556,46 @@ class Mirror:
         self.fetch_ahead(path)
         with self.lock:
             self.open_local(path)
+
+    def is_placeholder(self, path: str | Path) -> bool:
+        """Whether ``path`` (absolute, or relative to the cache) holds a placeholder, not its bytes."""
+        full = self.root / path
+        rel = self._rel(full)
+        with self.lock:
+            state = self._state.get(rel)
+            if state is None or not state.evicted:
+                return False
+            if rel.endswith(DATA_SUFFIX):
+                return True
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                return False
+            # A lazily restored descriptor rewritten here since is real (``open_local``).
+            return (st.st_size, st.st_mtime_ns) == (state.size, state.mtime_ns)
+
+    def materialize(self, paths: list[Path]) -> int:
+        """Fetch each of ``paths`` that is a placeholder (ServiceUnavailable if S3 fails,
+        FileNotFoundError if its object is gone); how many were fetched."""
+        fetched = 0
+        for path in paths:
+            if self.is_placeholder(path):
+                self.ensure_local(self.root / path)
+                fetched += 1
+        return fetched
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """No eviction inside: a backup fetches every block, then hard-links them (the cache
+        may exceed ``cache_size`` meanwhile). Eviction replaces a file by rename, so a link
+        taken before keeps the real bytes afterwards."""
+        with self.lock:
+            self._pins += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._pins -= 1
 
     @contextmanager
     def moving(self, src: Path, dst: Path) -> Iterator[None]:
@@ -930,6 +972,8 @@ class Mirror:
             return 0
         evicted = 0
         with self.lock:
+            if self._pins:
+                return 0  # a backup is linking real files (``pinned``; checked under the lock)
             candidates = []
             for rel, state in self._state.items():
                 if state.evicted or rel == keep or not rel.endswith(DATA_SUFFIX):
