@@ -27,6 +27,22 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _listener: logging.handlers.QueueListener | None = None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is when a record is written.
+
+    Why: a handler bound to the ``sys.stderr`` of the moment keeps writing to that object after
+    it is replaced and closed (an embedding program, or pytest's capture between tests), and the
+    records of background threads are then lost with a "Logging error" traceback."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102 - the property is the point
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure(level: LogLevel = LogLevel.INFO) -> None:
     """Route every log record through a queue to stderr at ``level``; idempotent."""
     global _listener
@@ -35,7 +51,7 @@ def configure(level: LogLevel = LogLevel.INFO) -> None:
         root.setLevel(_LEVELS[level])
         return
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    stream = logging.StreamHandler(sys.stderr)
+    stream = _StderrHandler()
     stream.setFormatter(logging.Formatter(FORMAT))
     _listener = logging.handlers.QueueListener(records, stream, respect_handler_level=False)
     _listener.start()
