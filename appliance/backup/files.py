@@ -14,17 +14,26 @@ from appliance.engine import fs_ops
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
+def prefix_chunks(path: Path, size: int | None) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``path`` (all: None) in chunks (EOFError if it is shorter)."""
+    with open(path, "rb") as handle:
+        left = size if size is not None else -1
+        while left:
+            chunk = handle.read(CHUNK_BYTES if left < 0 else min(CHUNK_BYTES, left))
+            if not chunk:
+                if left > 0:
+                    raise EOFError(f"{path} is shorter than {size} bytes")
+                return
+            yield chunk
+            if left > 0:
+                left -= len(chunk)
+
+
 def crc_prefix(path: Path, size: int) -> int:
     """CRC32C of the first ``size`` bytes of ``path`` (EOFError if it is shorter)."""
     crc = 0
-    with open(path, "rb") as handle:
-        left = size
-        while left:
-            chunk = handle.read(min(CHUNK_BYTES, left))
-            if not chunk:
-                raise EOFError(f"{path} is shorter than {size} bytes")
-            crc = google_crc32c.extend(crc, chunk)
-            left -= len(chunk)
+    for chunk in prefix_chunks(path, size):
+        crc = google_crc32c.extend(crc, chunk)
     return crc
 
 
@@ -36,18 +45,9 @@ def copy_prefix(src: Path, dst: Path, size: int | None = None) -> int:
     crc = 0
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        with open(src, "rb") as handle:
-            left = size if size is not None else -1
-            while left:
-                chunk = handle.read(CHUNK_BYTES if left < 0 else min(CHUNK_BYTES, left))
-                if not chunk:
-                    if left > 0:
-                        raise EOFError(f"{src} is shorter than {size} bytes")
-                    break
-                crc = google_crc32c.extend(crc, chunk)
-                fs_ops.write_all(fd, (chunk,))
-                if left > 0:
-                    left -= len(chunk)
+        for chunk in prefix_chunks(src, size):
+            crc = google_crc32c.extend(crc, chunk)
+            fs_ops.write_all(fd, (chunk,))
         fs_ops.fsync_fd(fd)
     finally:
         os.close(fd)
@@ -89,13 +89,7 @@ def digest_prefix(path: Path, size: int) -> tuple[int, str]:
 
     crc = 0
     sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        left = size
-        while left:
-            chunk = handle.read(min(CHUNK_BYTES, left))
-            if not chunk:
-                raise EOFError(f"{path} is shorter than {size} bytes")
-            crc = google_crc32c.extend(crc, chunk)
-            sha.update(chunk)
-            left -= len(chunk)
+    for chunk in prefix_chunks(path, size):
+        crc = google_crc32c.extend(crc, chunk)
+        sha.update(chunk)
     return crc, sha.hexdigest()
