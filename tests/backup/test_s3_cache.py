@@ -16,7 +16,7 @@ from appliance.engine.mirror import Mirror
 from appliance.engine.models import EngineOptions
 from appliance.errors import ServiceUnavailable
 from tests.backup.conftest import read_all
-from tests.remote.test_mirror import FlakyBackend, open_storage, payloads, write_all
+from tests.remote.test_mirror import FlakyBackend, open_storage, payloads, upload_all, write_all
 
 
 def evicted_cache(root: Path, backend: FlakyBackend) -> tuple[Mirror, Storage, dict[int, bytes]]:
@@ -115,12 +115,8 @@ def test_s3_down_fails_the_backup_before_anything_reaches_the_target(tmp_path: P
 
 def test_lazily_restored_descriptors_are_fetched_too(tmp_path: Path) -> None:
     backend = FlakyBackend()
-    writer = Mirror(backend, tmp_path / "w", cache_size=10**9, sync_interval=60)
-    storage = open_storage(tmp_path / "w", writer)
     data = payloads(60, 2_000)
-    write_all(storage, data)
-    storage.close()
-    writer.close()
+    upload_all(backend, tmp_path / "w", data)
     root, target = tmp_path / "lazy", tmp_path / "backups"
     mirror = Mirror(backend, root, cache_size=10**9, sync_interval=60, lazy_descriptors=True)
     mirror.restore()

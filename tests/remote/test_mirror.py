@@ -12,6 +12,7 @@ from appliance.engine import Storage
 from appliance.engine.mirror import KEY_PREFIX, REMOTE_MANIFEST, Mirror, decode_manifest
 from appliance.engine.models import BucketSettings, EngineOptions
 from appliance.errors import ServiceUnavailable
+from backends.base import Backend
 from backends.errors import BackendUnavailable
 from backends.memory import MemoryBackend
 
@@ -35,6 +36,15 @@ def write_all(storage: Storage, data: dict[int, bytes]) -> None:
     bucket = storage.create_bucket("b", SMALL_BLOCKS)
     for ts, payload in data.items():
         bucket.write_record("e", ts, payload, "application/octet-stream", {"k": str(ts)})
+
+
+def upload_all(backend: Backend, folder: Path, data: dict[int, bytes]) -> None:
+    """A writer node at ``folder`` stores ``data`` (``write_all``) and stops: all on the store."""
+    writer = Mirror(backend, folder, cache_size=10**9, sync_interval=60)
+    storage = open_storage(folder, writer)
+    write_all(storage, data)
+    storage.close()
+    writer.close()
 
 
 def read_all(storage: Storage, data: dict[int, bytes]) -> None:
@@ -303,11 +313,7 @@ def test_a_replica_poll_is_one_request_whatever_the_number_of_objects(tmp_path: 
 def test_integrity_checks_off_restores_descriptors_lazily(tmp_path: Path) -> None:
     backend = MemoryBackend()
     data = payloads(60, 2_000)
-    writer = Mirror(backend, tmp_path / "w", cache_size=10**9, sync_interval=60)
-    storage = open_storage(tmp_path / "w", writer)
-    write_all(storage, data)
-    storage.close()
-    writer.close()
+    upload_all(backend, tmp_path / "w", data)
     counts = {}
     for lazy in (False, True):
         root = tmp_path / f"lazy-{lazy}"

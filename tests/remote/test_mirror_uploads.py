@@ -11,7 +11,14 @@ from pathlib import Path
 
 from appliance.engine.mirror import KEY_PREFIX, Mirror
 from backends.memory import MemoryBackend
-from tests.remote.test_mirror import SMALL_BLOCKS, open_storage, payloads, read_all, write_all
+from tests.remote.test_mirror import (
+    SMALL_BLOCKS,
+    open_storage,
+    payloads,
+    read_all,
+    upload_all,
+    write_all,
+)
 
 ENGINE = Path(__file__).resolve().parents[2] / "appliance" / "engine"
 
@@ -110,11 +117,7 @@ def test_sync_interval_zero_concurrent_writers_share_upload_passes(tmp_path: Pat
 def test_a_replica_mirror_never_writes_to_the_bucket(tmp_path: Path) -> None:
     backend = RecordingBackend()
     data = payloads(20, 5_000)
-    writer = Mirror(backend, tmp_path / "w", cache_size=10**9, sync_interval=60)
-    storage = open_storage(tmp_path / "w", writer)
-    write_all(storage, data)
-    storage.close()
-    writer.close()
+    upload_all(backend, tmp_path / "w", data)
     before = {i.key: i.etag for i in backend.list(KEY_PREFIX)}
     backend.puts.clear()
     replica = Mirror(backend, tmp_path / "r", cache_size=10**9, sync_interval=60, read_only=True)
