@@ -11,7 +11,6 @@ record never sits in memory.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections import deque
 from collections.abc import AsyncIterator, Hashable, Mapping

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint
 
 from appliance import REDUCTSTORE_VERSION
-from appliance.api.access import authenticate, full_access, services
+from appliance.api.access import authenticate, services
 from appliance.api.response import ApiResponse as Response
 from appliance.auth import can_read
 from appliance.engine.models import U64_MAX

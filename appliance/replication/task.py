@@ -32,7 +32,7 @@ from appliance.replication.diagnostics import Diagnostics, Emit, SyncEvents
 from appliance.replication.filter import EntryFilter, entry_selected
 from appliance.replication.models import Mode, ReplicationSettings
 from appliance.replication.remote import Outgoing, Rejected, RemoteBucket, Unavailable
-from appliance.replication.txlog import UPDATE, WRITE, BrokenLog, TransactionLog
+from appliance.replication.txlog import WRITE, BrokenLog, TransactionLog
 
 if TYPE_CHECKING:
     from appliance.engine import Entry, Storage

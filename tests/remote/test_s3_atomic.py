@@ -11,7 +11,6 @@ import asyncio
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 from reduct import Client
 
