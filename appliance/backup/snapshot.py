@@ -106,10 +106,8 @@ def _selected(data_path: Path, buckets: list[str] | None) -> Iterator[tuple[str,
 
 def _fetch(mirror: Any, rel: str, path: Path) -> bool:
     """Bring ``path`` back from the bucket if it is a placeholder; whether it was one."""
-    if not mirror.is_placeholder(path):
-        return False
     try:
-        mirror.materialize([path])
+        return mirror.materialize([path]) > 0
     except FileNotFoundError:
         if path.exists():
             raise ServiceUnavailable(
@@ -122,7 +120,6 @@ def _fetch(mirror: Any, rel: str, path: Path) -> bool:
             f"backup failed: {rel} is evicted from the local cache and could not be fetched "
             f"from remote storage ({exc.message}); nothing was written to the target"
         ) from None
-    return True
 
 
 def _link_tree(

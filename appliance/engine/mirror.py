@@ -174,6 +174,14 @@ def decode_manifest(data: bytes) -> dict[str, Any]:
     return body
 
 
+
+def _rewritten_here(rel: str, state: FileState, st: os.stat_result) -> bool:
+    """Whether a lazily restored descriptor placeholder was rewritten locally since (then it is
+    real and newer than its object); data files are never rewritten while evicted."""
+    if rel.endswith(DATA_SUFFIX):
+        return False
+    return (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns)
+
 class Mirror:
     """Local cache folder ``root`` mirrored to ``backend`` (thread-safe)."""
 
@@ -518,11 +526,7 @@ class Mirror:
             st = os.stat(path)
         except FileNotFoundError:
             st = None
-        if (
-            not rel.endswith(DATA_SUFFIX)
-            and st is not None
-            and (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns)
-        ):
+        if st is not None and _rewritten_here(rel, state, st):
             return  # a descriptor rewritten here since it became a placeholder: newer
         key = self._key_of(rel)
         for attempt in range(FETCH_ATTEMPTS):
@@ -571,8 +575,7 @@ class Mirror:
                 st = os.stat(full)
             except FileNotFoundError:
                 return False
-            # A lazily restored descriptor rewritten here since is real (``open_local``).
-            return (st.st_size, st.st_mtime_ns) == (state.size, state.mtime_ns)
+            return not _rewritten_here(rel, state, st)
 
     def materialize(self, paths: list[Path]) -> int:
         """Fetch each of ``paths`` that is a placeholder (ServiceUnavailable if S3 fails,
