@@ -97,14 +97,7 @@ class BodyReader:
 
     async def pieces(self, n: int) -> list[bytes]:
         """Exactly ``n`` bytes as a list of pieces (not joined)."""
-        out = []
-        while n > 0:
-            if not self._parts:
-                await self._fill()
-            piece = self._cut(n)
-            n -= len(piece)
-            out.append(piece)
-        return out
+        return [piece async for piece in self.chunks(n)]
 
     async def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes."""
