@@ -14,8 +14,9 @@ import mimetypes
 import time
 from collections.abc import AsyncGenerator
 from importlib import resources
+from typing import Any
 
-from quart import Quart, g, request
+from quart import Quart, request
 from werkzeug.exceptions import HTTPException
 
 from appliance import API_VERSION, REDUCTSTORE_VERSION, metrics
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 COMMON_HEADERS = {"x-reduct-api": API_VERSION, "Server": f"ReductStore {REDUCTSTORE_VERSION}"}
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ASYNC_CACHE_SIZE = 1024  # functions ``ApplianceQuart.ensure_async`` remembers
 CONSOLE_PACKAGE = "appliance.console"
 # The console loads nothing from elsewhere and only calls this server's API.
 CONSOLE_CSP = (
@@ -99,10 +101,47 @@ def _egress(response: Response) -> int:
     return int(length) if length and length.isdigit() else 0
 
 
+def _ingress(scope: dict[str, Any]) -> int:
+    """Declared request body bytes, as werkzeug's ``content_length`` reads them (0 for a
+    chunked body, a missing or a malformed length), from the raw header pairs."""
+    length = 0
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" and b"chunked" in value.lower():
+            return 0
+        if name == b"content-length" and not length:
+            try:
+                length = max(int(value), 0)
+            except ValueError:
+                length = 0
+    return length
+
+
+class ApplianceQuart(Quart):
+    """Quart, remembering which handlers and hooks are coroutine functions: Quart asks
+    ``ensure_async`` for each of them on every request, and each answer inspects the code
+    object again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._async_funcs: dict[Any, Any] = {}
+
+    def ensure_async(self, func: Any) -> Any:  # type: ignore[override]
+        """Quart's ``ensure_async``, cached per function (bounded: handlers and hooks)."""
+        try:
+            return self._async_funcs[func]
+        except KeyError:
+            wrapped = super().ensure_async(func)
+            if len(self._async_funcs) < ASYNC_CACHE_SIZE:
+                self._async_funcs[func] = wrapped
+            return wrapped
+        except TypeError:  # an unhashable callable: nothing to remember
+            return super().ensure_async(func)
+
+
 def create_app(settings: Settings, services: Services | None = None) -> Quart:
     """Build the app for ``settings`` (and the services it serves, built if not given)."""
     svc = services if services is not None else Services(settings)
-    app = Quart(__name__)
+    app = ApplianceQuart(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=None,  # Quart's 16 MB default would refuse large records
         BODY_TIMEOUT=settings.io_operation_timeout,
@@ -177,37 +216,40 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         body = await svc.workers.run(metrics.render, instance_metrics)
         return Response(body, status=200, content_type=metrics.CONTENT_TYPE)
 
-    @app.before_request
-    async def fence_before_mutation() -> None:
-        """A lease holder checks its lease before a mutation (why: ``roles/write_fence.py``)."""
-        if svc.fence.timed and request.method in MUTATING_METHODS:
-            await svc.fence.check_async()
+    if svc.fence.timed:  # a lease holder (fixed by the role at startup); others skip both
 
-    @app.after_request
-    async def fence_before_acknowledging(response: Response) -> Response:
-        """...and again before a mutation's 2xx leaves: the write happened before any
-        takeover, or the client gets 503 instead of an acknowledgement (issue #5)."""
-        if svc.fence.timed and request.method in MUTATING_METHODS and response.status_code < 300:
-            try:
+        @app.before_request
+        async def fence_before_mutation() -> None:
+            """A lease holder checks its lease before a mutation (why: ``roles/write_fence.py``)."""
+            if request.method in MUTATING_METHODS:
                 await svc.fence.check_async()
-            except ApplianceError as exc:
-                return error_response(exc.status, exc.public_message, body=request.method != "HEAD")
-        return response
 
-    @app.before_request
-    async def note_start() -> None:
-        """Start time of the request, for its audit record."""
-        g.started = time.perf_counter()
+        @app.after_request
+        async def fence_before_acknowledging(response: Response) -> Response:
+            """...and again before a mutation's 2xx leaves: the write happened before any
+            takeover, or the client gets 503 instead of an acknowledgement (issue #5)."""
+            if request.method in MUTATING_METHODS and response.status_code < 300:
+                try:
+                    await svc.fence.check_async()
+                except ApplianceError as exc:
+                    head = request.method == "HEAD"
+                    return error_response(exc.status, exc.public_message, body=not head)
+            return response
+
+    events = svc.events
 
     @app.after_request
     async def record_event(response: Response) -> Response:
         """Audit and usage of this request go to the ``$system`` queue (never fails it)."""
-        if svc.events.enabled:
+        if events.enabled:
             try:
-                svc.events.request_done(
-                    g.get("token_name"), request.method, request.path, response.status_code,
-                    client_ip(), request.content_length or 0, _egress(response),
-                    time.perf_counter() - g.get("started", time.perf_counter()),
+                req = request._get_current_object()  # noqa: SLF001 - one proxy lookup
+                scope = req.scope
+                now = time.perf_counter()
+                events.request_done(
+                    req.token_name, scope["method"], req.path, response.status_code,
+                    client_ip(), _ingress(scope), _egress(response),
+                    now - (req.started or now),
                 )
             except Exception:  # noqa: BLE001 - an event must never fail the request
                 log.debug("audit event not recorded", exc_info=True)

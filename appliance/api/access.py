@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from quart import current_app, g, request
+from quart import current_app, request
 
 from appliance.auth import Token, require_full, require_read, require_write
 
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
     from appliance.services import Services
 
 SERVICES_KEY = "appliance.services"
+TRUSTED_CACHE_SIZE = 4096  # distinct peer addresses remembered by ``_trusted_proxy``
+_UNKNOWN = object()
 
 
 def services() -> Services:
@@ -20,7 +24,10 @@ def services() -> Services:
     return current_app.extensions[SERVICES_KEY]  # type: ignore[no-any-return]
 
 
+@functools.lru_cache(maxsize=TRUSTED_CACHE_SIZE)
 def _trusted_proxy(ip: str) -> bool:
+    """True for a loopback, private or link-local peer (cached: parsing an address costs more
+    than the rest of the audit record, and a connection's peer asks on every request)."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -37,23 +44,44 @@ def _strip_host(value: str) -> str:
     return value
 
 
-def client_ip() -> str | None:
-    """The TCP peer, or the forwarded client when the peer is a trusted proxy (spec §0.5)."""
-    client = request.scope.get("client")
+def _first_header(scope: Mapping[str, Any], name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin1")
+    return None
+
+
+def scope_client_ip(scope: Mapping[str, Any]) -> str | None:
+    """The TCP peer of an ASGI ``scope``, or the forwarded client when the peer is a trusted
+    proxy (spec §0.5). Reads the raw header pairs: no werkzeug ``Headers`` lookups."""
+    client = scope.get("client")
     peer = client[0] if client else None
     if peer is None or not _trusted_proxy(peer):
         return peer
-    forwarded = request.headers.get("Forwarded")
+    forwarded = _first_header(scope, b"forwarded")
     if forwarded:
         for hop in forwarded.split(","):
             for part in hop.split(";"):
                 key, _, value = part.strip().partition("=")
                 if key.lower() == "for" and value:
                     return _strip_host(value)
-    xff = request.headers.get("X-Forwarded-For")
+    xff = _first_header(scope, b"x-forwarded-for")
     if xff:
         return _strip_host(xff.split(",")[0])
     return peer
+
+
+def client_ip() -> str | None:
+    """The client of the current request (``scope_client_ip``), worked out once per request."""
+    req = request._get_current_object()  # noqa: SLF001 - one proxy lookup instead of several
+    ip = getattr(req, "client_ip", _UNKNOWN)
+    if ip is _UNKNOWN:
+        ip = scope_client_ip(req.scope)
+        try:
+            req.client_ip = ip  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return ip  # type: ignore[no-any-return]
 
 
 def authenticate() -> Token:
@@ -63,7 +91,7 @@ def authenticate() -> Token:
         token = tokens.authenticate(None)
     else:
         token = tokens.authenticate(request.headers.get("Authorization"), client_ip())
-    g.token_name = token.name  # for the audit record of this request ($system)
+    request.token_name = token.name  # for the audit record of this request ($system)
     return token
 
 

@@ -161,9 +161,24 @@ class RawResponse(ApiResponse):
 
 
 class ApplianceRequest(Request):
-    """Quart's request with a bounded body."""
+    """Quart's request with a bounded body, and what the audit record needs kept on it."""
 
     body_class = BoundedBody
+    # Set by ``access.authenticate``: the caller's token, for the audit record ($system).
+    token_name: str | None = None
+    # When the connection handed the request to the app (perf_counter), for its duration.
+    started: float = 0.0
+    _blueprints: tuple[object, list[str]] | None = None
+
+    @property
+    def blueprints(self) -> list[str]:
+        """Quart's ``blueprints``, worked out once per matched rule (Quart asks for it in
+        every hook round; each answer splits the endpoint name again)."""
+        rule = self.url_rule
+        cached = self._blueprints
+        if cached is None or cached[0] is not rule:
+            cached = self._blueprints = (rule, super().blueprints)
+        return cached[1]
 
 
 @dataclass(frozen=True)
@@ -264,7 +279,7 @@ class ApplianceConnection(ASGIHTTPConnection):
         root_path = scope.get("root_path", "")
         if root_path != "":
             path = _normalise_path(path, root_path)
-        self._request = self.app.request_class(
+        self._request = request = self.app.request_class(
             scope["method"],
             scope["scheme"],
             path,
@@ -277,7 +292,8 @@ class ApplianceConnection(ASGIHTTPConnection):
             send_push_promise=partial(self._send_push_promise, send),
             scope=scope,
         )
-        return self._request
+        request.started = time.perf_counter()
+        return request
 
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         policy: HttpPolicy = self.app.extensions[POLICY_KEY]
