@@ -232,6 +232,23 @@ class BlockSet:
         block.pending += 1
         return block, record
 
+    def appendable(self, ts: int, size: int) -> Block | None:
+        """The last block if a record at ``ts`` of ``size`` bytes would be appended to it in
+        time order with room to spare and its WAL segment already started (``reserve``'s
+        fast path, no block to flush or file to create); else None."""
+        ids = self.ids
+        block = self.live.get(ids[-1]) if ids else None
+        if (
+            block is not None
+            and block.wal_open
+            and block.order
+            and ts > block.order[-1]
+            and block.size + size <= self.max_block_size
+            and len(block.records) < self.max_block_records
+        ):
+            return block
+        return None
+
     def _started(
         self, ts: int, size: int, content_type: str, labels: Mapping[str, str], offset: int,
         crc: int, shape: RecordShape | None,

@@ -21,7 +21,7 @@ from appliance.engine.context import EngineContext
 from appliance.engine.entry import Entry
 from appliance.engine.entry_folder import EntryFiles
 from appliance.engine.gate import gated
-from appliance.engine.ioerrors import boundary
+from appliance.engine.ioerrors import boundary, io_boundary
 from appliance.engine.models import (
     META_ENTRY_MAX_BLOCK_SIZE,
     U64_MAX,
@@ -364,6 +364,39 @@ class Bucket:
             writer.abort("write failed")
             raise
         writer.finish()
+
+    def try_write_small(
+        self, entry: str, ts: int, data: bytes, content_type: str, labels: Mapping[str, str]
+    ) -> bool:
+        """``write_record`` on the calling thread if it needs no waiting (the event loop's
+        inline small writes); False, with nothing done, when it would or might wait: synced
+        writes, the journal, data on S3 or a lease (their commits wait on I/O), a new or
+        ``$meta`` entry, a quota or storage limit, a backup pausing the gate, or anything
+        ``Entry.try_write`` declines. Errors are those of ``write_record``."""
+        ctx = self._ctx
+        target = self._entries.get(entry)
+        if (
+            target is None
+            or target.is_meta
+            or self.removed
+            or ctx.committer is not None
+            or ctx.journal is not None
+            or ctx.options.mirror is not None
+            or ctx.generation
+            or not ctx.gate.try_enter()
+        ):
+            return False
+        try:
+            with io_boundary("write the record"):
+                ctx.check_writable()
+                _check_timestamp(ts)
+                settings = self._settings
+                return target.try_write(
+                    ts, data, content_type, labels,
+                    lambda size: self._quota.admit_all(settings, size, ctx.disk.free(size)),
+                )
+        finally:
+            ctx.gate.leave()
 
     @boundary("write the records")
     @gated

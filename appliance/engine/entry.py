@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import google_crc32c
 
@@ -287,6 +287,63 @@ class Entry(BulkReads, EntryRemoval):
             self._release_all(handles)
             raise
         self._commit_and_release(handles)
+
+    def try_write(
+        self, ts: int, data: bytes, content_type: str, labels: Mapping[str, str],
+        admit: Callable[[int], bool],
+    ) -> bool:
+        """Store a whole small record now if nothing makes this thread wait; False (nothing
+        done) otherwise: the entry lock is busy, the record does not append to the last block
+        in time order with room to spare (no block to finish or file to create), or its data
+        file or WAL segment is not open in the file cache, or ``admit(size)`` says no.
+
+        For the event loop's inline writes (``Bucket.try_write_small``): the lock is held
+        through the ``pwrite`` (a small payload costs less than handing the lock on), and the
+        WAL frame is appended before it is released, so a True means what ``finish`` means.
+        Synced writes and the journal are the caller's to rule out (they wait on the disk).
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        cache = self._ctx.files
+        handles: list[FileHandle] = []
+        size = len(data)
+        try:
+            if self.removed:
+                return False
+            blocks = self._blocks
+            block = blocks.appendable(ts, size)
+            if block is None:
+                return False
+            block_id = block.block_id
+            for key in (self.files.data_key(block_id), self.files.wal_key(block_id)):
+                handle = cache.try_acquire(key)
+                if handle is None:
+                    return False
+                handles.append(handle)
+            if not admit(size):
+                return False
+            crc = crc32c(data)
+            block, record = blocks.reserve(ts, size, content_type, dict(labels), crc)
+            failure: OSError | None = None
+            try:
+                fs_ops.write_all(handles[0].fd, (data,), record.offset)
+                handles[0].dirty = True
+            except OSError as exc:
+                failure = exc  # logged ERRORED below, like a streamed record that failed
+            frame = blocks.finalize(block_id, ts, _ERRORED if failure else _FINISHED, crc)
+            if frame is not None:
+                try:
+                    handles.append(blocks.append_wal(block, frame))
+                except OSError:
+                    blocks.unlog(block_id, [ts])  # not logged, so not stored
+                    raise
+            if failure is not None:
+                raise failure
+        finally:
+            self._lock.release()
+            self._release_all(handles)
+        metrics.records_written(1, size)
+        return True
 
     def _journal_write(self, record: StoredRecord, data: FileHandle | None) -> None:
         """Journal a finished streamed record with its payload (read back from its block)."""

@@ -111,6 +111,21 @@ class FileCache:
             self._mirror.open_local(path)
             return self._open_new(path, flags)
 
+    def try_acquire(self, path: str) -> FileHandle | None:
+        """Pin the file at ``path`` only if it is open already and the cache's lock is free
+        now; None otherwise (never opens a file, never waits: the event loop's inline writes)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            handle = self._open.get(path)
+            if handle is None:
+                return None
+            self._open.move_to_end(path)
+            handle.pins += 1
+            return handle
+        finally:
+            self._lock.release()
+
     def _open_new(self, path: str, flags: int) -> FileHandle:
         fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
         handle = FileHandle(path, fd)

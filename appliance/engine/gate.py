@@ -54,6 +54,29 @@ class WriteGate:
                     if self._active == 0:
                         self._cond.notify_all()
 
+    def try_enter(self) -> bool:
+        """Take a shared hold without waiting (the event loop's inline writes): False while a
+        pause is pending or held, or while another thread holds the gate's own lock. A True
+        must be paired with ``leave``; the calling thread must not hold the gate already."""
+        if getattr(self._local, "depth", 0) or not self._cond.acquire(blocking=False):
+            return False
+        try:
+            if self._paused or self._waiting:
+                return False
+            self._active += 1
+        finally:
+            self._cond.release()
+        self._local.depth = 1
+        return True
+
+    def leave(self) -> None:
+        """End a hold taken by ``try_enter`` (may wake a waiting backup)."""
+        self._local.depth = 0
+        with self._cond:
+            self._active -= 1
+            if self._active == 0:
+                self._cond.notify_all()
+
     @contextmanager
     def exclusive(self, timeout: float) -> Iterator[float]:
         """Pause mutations; yields the seconds spent waiting for in-flight ones to finish.

@@ -265,6 +265,11 @@ class Storage:
                 self._ctx.journal.append("bucket_create", encode_settings(bucket.settings), b=name)
             return bucket
 
+    def peek_bucket(self, name: str) -> Bucket | None:
+        """The bucket or None, without the storage lock (which a bucket creation or removal
+        holds through its fsyncs): for the event loop, which must not wait for it."""
+        return self._buckets.get(name)
+
     def get_bucket(self, name: str) -> Bucket:
         """The bucket; 404 if missing."""
         with self._lock:
