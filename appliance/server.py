@@ -10,6 +10,7 @@ the server shuts down and ``serve`` returns the services' exit code.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -49,6 +50,7 @@ MIN_HEADER_BYTES = 64 * KIB
 HEAD_SLACK_BYTES = 64 * KIB
 
 
+@functools.lru_cache(maxsize=256)
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -61,7 +63,9 @@ def add_reason_phrases() -> None:
     ReductStore sends) instead of an empty one; idempotent.
 
     Hypercorn builds ``h11.Response`` without a reason; its one place of sending is wrapped
-    (a private method: pinned by a test that reads the raw status line).
+    (a private method: pinned by a test that reads the raw status line). The reason is set on
+    the event in place, as h11's own constructor sets its fields: building the event again
+    would validate every header a second time, on every response.
     """
     original = H11Protocol._send_h11_event
     if getattr(original, "adds_reason", False):
@@ -69,12 +73,7 @@ def add_reason_phrases() -> None:
 
     async def send_with_reason(self: H11Protocol, event: Any) -> None:
         if isinstance(event, h11.Response | h11.InformationalResponse) and not event.reason:
-            event = type(event)(
-                status_code=event.status_code,
-                headers=event.headers,
-                http_version=event.http_version,
-                reason=_reason(event.status_code),
-            )
+            object.__setattr__(event, "reason", _reason(event.status_code))  # frozen dataclass
         await original(self, event)
 
     send_with_reason.adds_reason = True  # type: ignore[attr-defined]
