@@ -236,11 +236,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
                     return error_response(exc.status, exc.public_message, body=not head)
             return response
 
-    events = svc.events
-
     @app.after_request
     async def record_event(response: Response) -> Response:
         """Audit and usage of this request go to the ``$system`` queue (never fails it)."""
+        events = svc.events
         if events.enabled:
             try:
                 req = request._get_current_object()  # noqa: SLF001 - one proxy lookup

@@ -117,7 +117,8 @@ def test_declines_when_the_record_would_finish_the_block(storage: Storage) -> No
 def test_declines_where_durability_or_admission_needs_the_worker(
     tmp_path: Path, options: dict[str, object], settings: BucketSettings | None
 ) -> None:
-    storage = Storage.open(EngineOptions(data_path=tmp_path / "data", **options))  # type: ignore[arg-type]
+    opened = EngineOptions(data_path=tmp_path / "data", **options)  # type: ignore[arg-type]
+    storage = Storage.open(opened)
     try:
         _started(storage, settings)
         bucket = storage.get_bucket("b")
