@@ -39,6 +39,9 @@ T = TypeVar("T")
 # `asyncio` forces the standard event loop (for comparisons); anything else uses uvloop if present.
 LOOP_ENV = "APPLIANCE_EVENT_LOOP"
 
+RECV_ENV = "APPLIANCE_RECV_BYTES"
+RECV_BYTES = 64 * KIB  # see ``set_receive_size``
+
 GRACEFUL_TIMEOUT_SECONDS = 10.0
 GC_YOUNG_THRESHOLD = 50_000  # see ``tune_gc``
 # h11 refuses requests whose head exceeds this; batch requests carry one header per record, so
@@ -139,6 +142,17 @@ def release_closed_connections() -> None:
     TCPServer._read_data = _read_data_then_close  # type: ignore[method-assign]
 
 
+def set_receive_size(nbytes: int | None = None) -> int:
+    """Make Hypercorn read up to ``nbytes`` from a socket at a time (its default: 64 KiB);
+    returns the size in force. ``APPLIANCE_RECV_BYTES`` overrides (a benchmarking knob)."""
+    from hypercorn.asyncio import tcp_server
+
+    env = os.environ.get(RECV_ENV, "").strip()
+    size = int(env) if env else nbytes or RECV_BYTES
+    tcp_server.MAX_RECV = size
+    return size
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop the server runs on: uvloop when installed (less per-request overhead in
     the loop, cheaper wake-ups from the engine threads), else asyncio's default loop."""
@@ -216,6 +230,7 @@ async def serve(
     config = hypercorn_config(settings)
     add_reason_phrases()
     release_closed_connections()
+    set_receive_size()
     services = Services(settings, desired=desired, environ=environ)
     app = create_app(settings, services)
     stop = asyncio.Event()

@@ -239,9 +239,8 @@ class RecordSink:
         writer = self.writer
         if writer is None:
             writer = self.writer = self._begin()
-        for chunks in groups:
-            for chunk in chunks:
-                writer.write(chunk)
+        chunks = groups[0] if len(groups) == 1 else [c for chunks in groups for c in chunks]
+        writer.write_many(chunks)  # one pwritev for all that arrived
 
     def finish(self) -> None:
         """Complete the record (FINISHED), then run ``then``."""
