@@ -40,7 +40,7 @@ T = TypeVar("T")
 LOOP_ENV = "APPLIANCE_EVENT_LOOP"
 
 RECV_ENV = "APPLIANCE_RECV_BYTES"
-RECV_BYTES = 64 * KIB  # see ``set_receive_size``
+RECV_BYTES = 256 * KIB  # see ``set_receive_size``
 
 GRACEFUL_TIMEOUT_SECONDS = 10.0
 GC_YOUNG_THRESHOLD = 50_000  # see ``tune_gc``

@@ -1,0 +1,30 @@
+"""``server.set_receive_size``: how much Hypercorn reads from a socket at a time."""
+
+from __future__ import annotations
+
+import pytest
+from hypercorn.asyncio import tcp_server
+
+from appliance.server import RECV_BYTES, RECV_ENV, set_receive_size
+
+
+@pytest.fixture(autouse=True)
+def _restore() -> object:
+    before = tcp_server.MAX_RECV
+    yield
+    tcp_server.MAX_RECV = before
+
+
+def test_set_receive_size_defaults_to_256_kib(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RECV_ENV, raising=False)
+    assert set_receive_size() == RECV_BYTES == 256 * 1024
+    assert tcp_server.MAX_RECV == RECV_BYTES  # read by TCPServer._read_data on every read
+
+
+def test_set_receive_size_takes_an_explicit_size_and_the_benchmark_knob(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(RECV_ENV, raising=False)
+    assert set_receive_size(64 * 1024) == tcp_server.MAX_RECV == 64 * 1024
+    monkeypatch.setenv(RECV_ENV, "131072")
+    assert set_receive_size() == tcp_server.MAX_RECV == 131072
