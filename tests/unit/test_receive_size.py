@@ -28,3 +28,12 @@ def test_set_receive_size_takes_an_explicit_size_and_the_benchmark_knob(
     assert set_receive_size(64 * 1024) == tcp_server.MAX_RECV == 64 * 1024
     monkeypatch.setenv(RECV_ENV, "131072")
     assert set_receive_size() == tcp_server.MAX_RECV == 131072
+
+
+def test_set_receive_size_refuses_a_bad_knob(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.errors import ConfigError
+
+    for bad in ("abc", "0", "-5"):
+        monkeypatch.setenv(RECV_ENV, bad)
+        with pytest.raises(ConfigError, match=RECV_ENV):
+            set_receive_size()
