@@ -12,7 +12,7 @@ import sys
 from hypercorn.asyncio import serve
 from quart import Quart, request
 
-from appliance.server import hypercorn_config, run, set_receive_size
+from appliance.server import hypercorn_config, run, set_receive_size, tune_malloc
 from appliance.settings import Settings
 
 app = Quart(__name__)
@@ -40,5 +40,6 @@ async def anything(rest: str) -> tuple[str, int, dict[str, str]]:
 
 if __name__ == "__main__":
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
-    set_receive_size()
+    set_receive_size()  # the appliance's server settings, for a fair ceiling
+    tune_malloc()
     run(serve(app, hypercorn_config(settings)))  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""``server.set_receive_size``: how much Hypercorn reads from a socket at a time."""
+"""``server.set_receive_size`` (how much Hypercorn reads from a socket at a time) and
+``server.tune_malloc``."""
 
 from __future__ import annotations
 
@@ -37,3 +38,17 @@ def test_set_receive_size_refuses_a_bad_knob(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setenv(RECV_ENV, bad)
         with pytest.raises(ConfigError, match=RECV_ENV):
             set_receive_size()
+
+
+def test_tune_malloc_applies_on_glibc_unless_the_knob_says_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import platform
+
+    from appliance.server import MALLOC_ENV, tune_malloc
+
+    monkeypatch.setenv(MALLOC_ENV, "default")
+    assert tune_malloc() is False
+    monkeypatch.delenv(MALLOC_ENV)
+    if platform.libc_ver()[0] == "glibc":
+        assert tune_malloc() is True  # mallopt accepted both values
