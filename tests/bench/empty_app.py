@@ -2,7 +2,9 @@
 
 It answers like a ReductStore just enough for reduct-py (``x-reduct-api`` header, a bucket info
 body) so the benchmark drives it with the very same client code. It reads and drops request
-bodies. Usage: ``python tests/bench/empty_app.py PORT``.
+bodies. It runs with the appliance's server settings (Hypercorn config, event loop, socket read
+size, ``tune_malloc``), so a setting that helps both lifts the ceiling too.
+Usage: ``python tests/bench/empty_app.py PORT``.
 """
 
 from __future__ import annotations
