@@ -16,9 +16,10 @@ def _restore() -> object:
     tcp_server.MAX_RECV = before
 
 
-def test_set_receive_size_defaults_to_256_kib(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_set_receive_size_defaults_to_hypercorns_64_kib(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(RECV_ENV, raising=False)
-    assert set_receive_size() == RECV_BYTES == 256 * 1024
+    tcp_server.MAX_RECV = 1
+    assert set_receive_size() == RECV_BYTES == 64 * 1024
     assert tcp_server.MAX_RECV == RECV_BYTES  # read by TCPServer._read_data on every read
 
 
@@ -26,7 +27,7 @@ def test_set_receive_size_takes_an_explicit_size_and_the_benchmark_knob(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(RECV_ENV, raising=False)
-    assert set_receive_size(64 * 1024) == tcp_server.MAX_RECV == 64 * 1024
+    assert set_receive_size(256 * 1024) == tcp_server.MAX_RECV == 256 * 1024
     monkeypatch.setenv(RECV_ENV, "131072")
     assert set_receive_size() == tcp_server.MAX_RECV == 131072
 
