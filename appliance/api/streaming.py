@@ -239,8 +239,9 @@ class RecordSink:
         writer = self.writer
         if writer is None:
             writer = self.writer = self._begin()
-        chunks = groups[0] if len(groups) == 1 else [c for chunks in groups for c in chunks]
-        writer.write_many(chunks)  # one pwritev for all that arrived
+        for chunks in groups:
+            for chunk in chunks:
+                writer.write(chunk)
 
     def finish(self) -> None:
         """Complete the record (FINISHED), then run ``then``."""

@@ -77,28 +77,6 @@ class RecordWriter:
         self._written += size
 
     @boundary("write the record")
-    def write_many(self, chunks: list[bytes]) -> None:
-        """``write`` of several chunks in one ``pwritev`` (no join: they stay as received)."""
-        if self._done:
-            raise self._error or InternalError("Record writer is already closed")
-        chunks = [c if type(c) is bytes else bytes(c) for c in chunks]  # the C CRC32C: bytes
-        size = sum(map(len, chunks))
-        if self._written + size > self._record.size:
-            self._fail(BadRequest("Content is bigger than in content-length"))
-        handle = self._handle
-        assert handle is not None
-        try:
-            fs_ops.write_all(handle.fd, chunks, self._record.offset + self._written)
-        except OSError as exc:
-            self._fail(translate(exc, "write the record"))
-        handle.dirty = True
-        crc = self._crc
-        for chunk in chunks:
-            crc = google_crc32c.extend(crc, chunk)
-        self._crc = crc
-        self._written += size
-
-    @boundary("write the record")
     def finish(self) -> None:
         """Complete the record (FINISHED); BadRequest if fewer bytes came than declared."""
         if self._done:

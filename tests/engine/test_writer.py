@@ -30,24 +30,6 @@ def test_writer_streams_chunks(bucket: Bucket) -> None:
     assert entry.read_payload(entry.get_record(1)) == b"0123456789"
 
 
-def test_writer_write_many_writes_chunks_in_order_with_their_checksum(bucket: Bucket) -> None:
-    """``write_many`` (one pwritev for a hop's chunks) stores what ``write`` would, and
-    refuses a group that goes past the declared size as ``write`` does."""
-    writer = bucket.begin_write("e", 1, 10, CT, {})
-    writer.write_many([b"01", bytearray(b"234")])  # type: ignore[list-item]
-    writer.write(b"5")
-    writer.write_many([b"6", b"", memoryview(b"789")])  # type: ignore[list-item]
-    assert writer.written == 10
-    writer.finish()
-    entry = bucket.get_entry("e")
-    assert entry.read_payload(entry.get_record(1)) == b"0123456789"  # CRC checked on read
-    writer = bucket.begin_write("e", 2, 4, CT, {})
-    writer.write_many([b"12"])
-    with pytest.raises(BadRequest, match="bigger than in content-length"):
-        writer.write_many([b"3", b"45"])
-    assert bucket.get_entry("e").get_record(2).state == RecordState.ERRORED
-
-
 def test_writer_too_many_bytes_is_bad_request_and_errored(bucket: Bucket) -> None:
     writer = bucket.begin_write("e", 1, 4, CT, {})
     writer.write(b"12")
