@@ -20,6 +20,7 @@ cross the limit waits for the next batch (only a batch's first record may exceed
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections import deque
 import threading
@@ -81,6 +82,33 @@ class ReadBatch:
     payloads: list[bytes | None] = field(default_factory=list)
     last: bool = False
     streams: dict[int, Iterator[bytes]] = field(default_factory=dict)
+    more: bool = False  # cut by a limit: the query has records left right now
+    encoded: Any = None  # the response's parts, built in the collecting hop (``prepare``)
+
+    def close(self) -> None:
+        """Close the payload streams opened while collecting (a batch that is not sent)."""
+        for stream in self.streams.values():
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        self.streams.clear()
+
+
+@dataclass(slots=True)
+class Ahead:
+    """A batch collected before its request came (``Query.collect_ahead``), with what undoes
+    it: the query's state before it, and each read entry's change count at that time."""
+
+    batch: ReadBatch
+    head: bool
+    state: tuple[Any, ...]
+    changes: list[tuple[Any, int]]
+    held: Any = None  # the share of the prefetch budget it holds (released with it)
+
+    def unchanged(self) -> bool:
+        """True if no entry it read lost or relabelled a record since (lock-free reads of
+        two attributes per entry, so the event loop may ask)."""
+        return all(not e.removed and e.changes == n for e, n in self.changes)
 
 
 def header_cost(rec: RecordMeta, name: str) -> int:
@@ -127,7 +155,8 @@ class Query:
         self.backlog: deque[tuple[str, RecordMeta]] = deque()
         self.finished = False
         self.last_access = 0.0
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # collect_ahead holds it around collect_batch
+        self.ahead: Any = None  # the future of a batch collected ahead (event loop only)
         first = next(iter(conditions.values()), None)
         self.directives: Any = getattr(first, "directives", None)
         # #ctx_before/#ctx_after/#select_labels: one shaper per entry (their windows are
@@ -150,18 +179,73 @@ class Query:
         return ok
 
     def collect_batch(
-        self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
+        self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool,
+        undo: Ahead | None = None,
     ) -> ReadBatch:
         """Collect the next batch (blocking: call from a worker thread, ``Workers.run``).
 
         A batch whose every record was removed before its payload was read is collected
-        again from where it ended; each round consumes records, so this ends.
+        again from where it ended; each round consumes records, so this ends. ``undo``: a
+        batch collected ahead that will not be sent; the query first returns to its state
+        from before that batch, so this collects exactly what it would have without it.
         """
         with self.lock:
+            if undo is not None:
+                undo.batch.close()
+                self._restore(undo.state)
             while True:
                 batch, dropped = self._collect(storage, limits, head, cut_interleaved)
                 if batch.records or batch.last or not dropped:
                     return batch
+
+    def collect_ahead(
+        self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
+    ) -> Ahead | None:
+        """Collect the next batch before it is asked for (worker thread), keeping what undoes
+        it; None if the query's conditions cannot be copied (then nothing was collected).
+
+        Served only if no entry the query reads lost or relabelled a record meanwhile
+        (``Ahead.unchanged``), else undone (``collect_batch(undo=...)``): either way the
+        client sees what a batch collected at its request would hold. A record written
+        meanwhile is outside the batch, as if written just after that request.
+        """
+        with self.lock:
+            try:
+                state = self._snapshot()
+            except Exception:  # noqa: BLE001 - a condition deepcopy cannot copy: no prefetch
+                return None
+            changes: list[tuple[Any, int]] = []
+            try:
+                bucket = storage.get_bucket(self.bucket)
+                for name in self.entries:
+                    try:
+                        entry = bucket.get_entry(name)
+                    except NotFound:
+                        continue
+                    changes.append((entry, entry.changes))
+            except NotFound:
+                return None
+            try:
+                batch = self.collect_batch(storage, limits, head, cut_interleaved)
+            except Exception:  # noqa: BLE001 - undone: the request's own collect reports it
+                self._restore(state)
+                return None
+            return Ahead(batch, head, state, changes)
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        """Everything ``_collect`` changes, copied (conditions and shapers keep counters)."""
+        stateful = (self.conditions, self.shapers) if self.conditions or self.shapers else None
+        return (
+            dict(self.positions), set(self.done), self.pending, deque(self.backlog),
+            self.finished, copy.deepcopy(stateful) if stateful is not None else None,
+        )
+
+    def _restore(self, state: tuple[Any, ...]) -> None:
+        positions, done, pending, backlog, finished, stateful = state
+        self.positions, self.done, self.pending = positions, done, pending
+        self.backlog, self.finished = backlog, finished
+        if stateful is not None:
+            self.conditions, self.shapers = stateful
 
     def _collect(
         self, storage: Storage, limits: BatchLimits, head: bool, cut_interleaved: bool
@@ -193,6 +277,7 @@ class Query:
             heapq.heapify(heap)
             exhausted = self._collect_merged(heap, iters, pending, limits, head, cut_interleaved,
                                              batch)
+        batch.more = not exhausted
         if exhausted:
             # As ReductStore 1.21: an entry-level (v1) read flags the batch that ran the query
             # dry as last, continuous or not (its reader sees "no content" after the records);
