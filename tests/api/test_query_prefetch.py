@@ -151,3 +151,19 @@ async def test_expired_query_with_a_batch_ahead(hp: Harness) -> None:
     status, headers, _ = await _read(hp, qid)
     assert status == 404
     assert hp.services.queries.budget.used == 0  # dropped with its query
+
+
+async def test_continuous_query_with_a_batch_ahead(hp: Harness) -> None:
+    qid = await _query(hp, start=8, continuous=True)
+    status, headers, _ = await _read(hp, qid)
+    assert _stamps(headers) == [8, 9, 10]
+    assert [m.timestamp for _, m in (await _ahead(hp, qid)).batch.records] == [11, 12]
+    r = await hp.client.post(API + "/b/bkt/e?ts=13", data=b"p13", headers={"Content-Length": "3"})
+    assert r.status_code == 200
+    status, headers, body = await _read(hp, qid)  # the batch collected ahead, as it was
+    assert _stamps(headers) == [11, 12] and body == b"p11p12"
+    assert headers["x-reduct-last"] == "false"  # v2 continuous: never
+    assert await _ahead(hp, qid) is None  # it ran the query dry: nothing collected ahead
+    status, headers, body = await _read(hp, qid)
+    assert _stamps(headers) == [13] and body == b"p13"
+    assert (await _read(hp, qid))[0] == 204
