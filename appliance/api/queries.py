@@ -141,7 +141,11 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
     headers = v2_read_batch_headers(metas) if v2 else [encode_v1_record_header(m) for m in metas]
     raw = [(name.lower().encode(), value.encode()) for name, value in headers]
     body = None
-    if not head and not only_metadata and all(p is not None for p in batch.payloads):
+    if head or only_metadata:
+        pass
+    elif batch.body is not None:
+        body = batch.body  # read as one span: already the body, nothing to join
+    elif all(p is not None for p in batch.payloads):
         body = b"".join(batch.payloads)  # type: ignore[arg-type]
     batch.encoded = (raw, body)
 

@@ -33,7 +33,7 @@ from appliance.engine.models import U64_MAX, RecordMeta
 from appliance.engine.names import is_meta_entry
 from appliance.query.context import RecordShaper, shaper_for
 from appliance.errors import NotFound
-from appliance.sizes import PRELOAD_BATCH_BYTES, PRELOAD_RECORD_BYTES
+from appliance.sizes import JOIN_RECORD_BYTES, PRELOAD_BATCH_BYTES, PRELOAD_RECORD_BYTES
 
 if TYPE_CHECKING:
     from appliance.engine import Entry, Storage
@@ -83,6 +83,7 @@ class ReadBatch:
     last: bool = False
     streams: dict[int, Iterator[bytes]] = field(default_factory=dict)
     more: bool = False  # cut by a limit: the query has records left right now
+    body: bytes | None = None  # every payload, back to back, when read as one span
     encoded: Any = None  # the response's parts, built in the collecting hop (``prepare``)
 
     def close(self) -> None:
@@ -408,6 +409,8 @@ def _load(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]]) -
     """Fill ``batch.payloads`` (preloaded small ones) and ``batch.streams`` (opened big ones);
     drop the records removed meanwhile. True if any record was dropped."""
     records = batch.records
+    if _load_span(bucket, batch, iters):
+        return False
     payloads: list[bytes | None] = [None] * len(records)
     gone: set[int] = set()
     _preload(bucket, records, iters, payloads, gone)
@@ -425,6 +428,44 @@ def _load(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]]) -
         payloads = [payloads[i] for i in keep]
     batch.payloads = payloads
     return bool(gone)
+
+
+def _load_span(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]]) -> bool:
+    """Read a batch of one entry whose records lie back to back on disk with one ``pread``
+    (``Entry.read_span``): ``batch.body`` is then the response body as read, and the payloads
+    are views of it. False (nothing done) when the batch is not such a span.
+
+    Only for records averaging above ``JOIN_RECORD_BYTES``: ``read_payloads`` reads those one
+    ``pread`` each and the response joined them into a new body, a second copy of every byte
+    into fresh memory (100 KiB records: -15 % server CPU); smaller ones it already reads in
+    runs, and the span gained nothing measurable there.
+    """
+    records = batch.records
+    if len(records) < 2:
+        return False
+    name = records[0][0]
+    total = 0
+    for entry_name, meta in records:
+        if entry_name != name or meta.size > PRELOAD_RECORD_BYTES:
+            return False
+        total += meta.size
+    if total > PRELOAD_BATCH_BYTES or total <= JOIN_RECORD_BYTES * len(records):
+        return False
+    try:
+        body = _entry(bucket, iters, name).read_span([meta for _, meta in records])
+    except NotFound:
+        return False
+    if body is None:
+        return False
+    view = memoryview(body)
+    payloads: list[bytes | None] = []
+    at = 0
+    for _, meta in records:
+        payloads.append(view[at : at + meta.size])  # type: ignore[arg-type]
+        at += meta.size
+    batch.payloads = payloads
+    batch.body = body
+    return True
 
 
 def _entry(bucket: Any, iters: Mapping[str, tuple[Any, Any]], name: str) -> Any:
