@@ -17,6 +17,7 @@ from appliance.engine import fs_ops
 from appliance.engine.blockset import BlockSet
 from appliance.engine.codec import StoredRecord
 from appliance.engine.context import EngineContext
+from appliance.engine.crc_view import crc_at
 from appliance.engine.entry_folder import EntryFiles
 from appliance.engine.fd_cache import FileHandle
 from appliance.engine.ioerrors import boundary, is_missing
@@ -126,8 +127,7 @@ class BulkReads:
         if len(data) != total:
             return None
         for record in records:
-            at = record.offset - start
-            if record.size and crc32c(data[at : at + record.size]) != record.crc:
+            if crc_at(data, record.offset - start, record.size) != record.crc:
                 return None
         metrics.records_read(len(records), total)
         return data

@@ -232,3 +232,20 @@ def test_read_span_none_for_removed_damaged_or_empty_records(
     with pytest.raises(CorruptionError):
         entry.read_payloads(records[:2])
     assert_unpinned(entry)
+
+
+def test_read_span_checks_large_records_in_place(storage: Storage) -> None:
+    """Records of 6,000 bytes: checked through crc_at's in-place path; damage is caught."""
+    bucket = storage.create_bucket("c", BucketSettings(max_block_size=1_000_000))
+    for ts in (1, 2):
+        bucket.write_record("e", ts, payload(ts, 6_000), CT, {})
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    assert entry.read_span(records) == payload(1, 6_000) + payload(2, 6_000)
+    path = storage.options.data_path / "c" / "e" / "1.blk"
+    blob = bytearray(path.read_bytes())
+    blob[6_000 + 4_000] ^= 0xFF  # inside record 2
+    path.write_bytes(bytes(blob))
+    assert entry.read_span(records) is None
+    with pytest.raises(CorruptionError):
+        entry.read_payloads(records)
