@@ -105,7 +105,8 @@ async def collect(
     ahead = await take_ahead(query)
     if ahead is not None:
         batch = ahead.batch
-        if not ahead.unchanged() or ahead.head != head or limit:
+        unencoded = batch.records and batch.encoded is None  # its encoding failed
+        if unencoded or not ahead.unchanged() or ahead.head != head or limit:
             undo = ahead  # not what this request would collect: undone in the same hop
         elif batch.records or not query.spec.continuous:
             if not batch.records:
@@ -169,7 +170,10 @@ def collect_ahead(
     if ahead is not None:
         ahead.held = held
         if ahead.batch.records:
-            encode_batch(ahead.batch, v2, head, query.spec.only_metadata)
+            try:
+                encode_batch(ahead.batch, v2, head, query.spec.only_metadata)
+            except Exception:  # noqa: BLE001 - undone; the request's own hop reports it
+                ahead.batch.encoded = None
     return ahead
 
 

@@ -213,10 +213,7 @@ class Query:
         with self.lock:
             try:
                 state = self._snapshot()
-            except Exception:  # noqa: BLE001 - a condition deepcopy cannot copy: no prefetch
-                return None
-            changes: list[tuple[Any, int]] = []
-            try:
+                changes: list[tuple[Any, int]] = []
                 bucket = storage.get_bucket(self.bucket)
                 for name in self.entries:
                     try:
@@ -224,8 +221,8 @@ class Query:
                     except NotFound:
                         continue
                     changes.append((entry, entry.changes))
-            except NotFound:
-                return None
+            except Exception:  # noqa: BLE001 - nothing collected: the request collects itself
+                return None  # (a condition deepcopy cannot copy, a bucket gone, ...)
             try:
                 batch = self.collect_batch(storage, limits, head, cut_interleaved)
             except Exception:  # noqa: BLE001 - undone: the request's own collect reports it

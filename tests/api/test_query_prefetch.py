@@ -209,3 +209,25 @@ async def test_span_read_skips_records_removed_before_it(
             break
     assert seen == [1, 2, 3, 4, 5, 7, 8, 9, 10]
     assert [1, 2, 3, 4] in spans and [5, 6, 7, 8] in spans  # read as spans (the 2nd fell back)
+
+
+async def test_batch_ahead_whose_encoding_failed_is_collected_again(
+    hp: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.api import queries
+
+    real = queries.encode_batch
+    calls: list[int] = []
+
+    def failing_once(batch: Any, *args: Any) -> None:
+        calls.append(len(batch.records))
+        if len(calls) == 2:  # the batch collected ahead
+            raise ValueError("boom")
+        real(batch, *args)
+
+    monkeypatch.setattr(queries, "encode_batch", failing_once)
+    qid = await _query(hp)
+    await _read(hp, qid)
+    assert (await _ahead(hp, qid)).batch.encoded is None
+    status, headers, body = await _read(hp, qid)
+    assert status == 200 and _stamps(headers) == [4, 5, 6] and body == b"p4p5p6"
