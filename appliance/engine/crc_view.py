@@ -38,6 +38,8 @@ _VALUE = _load()
 
 def crc_at(data: bytes, offset: int, size: int) -> int:
     """CRC32C of ``data[offset:offset + size]``."""
+    if offset < 0 or size < 0 or offset + size > len(data):  # never read past the buffer
+        raise ValueError(f"slice {offset}+{size} outside a buffer of {len(data)} bytes")
     if _VALUE is None or size < 4096:  # small: the copy costs less than the ctypes call
         return google_crc32c.value(data[offset : offset + size])
     # c_char_p of a bytes object points at its own buffer (no copy); ``data`` outlives the call.

@@ -20,3 +20,11 @@ def test_crc_at_equals_the_checksum_of_the_slice(in_place: bool, monkeypatch: py
     for offset, size in ((0, len(data)), (1, 1024 * 1024), (12_345, 100_000), (7, 4096),
                          (9, 4095), (len(data) - 5, 5), (100, 0)):
         assert crc_view.crc_at(data, offset, size) == google_crc32c.value(data[offset : offset + size])
+
+
+def test_a_slice_past_the_buffer_is_refused_not_read() -> None:
+    data = bytes(8192)
+    with pytest.raises(ValueError):
+        crc_view.crc_at(data, 4096, 8192)
+    with pytest.raises(ValueError):
+        crc_view.crc_at(data, -1, 10)
