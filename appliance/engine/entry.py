@@ -85,6 +85,9 @@ class Entry(BulkReads, EntryRemoval):
         self.files = files
         self.is_meta = is_meta_entry(name)
         self.removed = False
+        # Bumped by every removal and label update (never by a write): a query batch collected
+        # ahead of its request is served only if no record it may contain changed since.
+        self.changes = 0
         self._lock = threading.Lock()
         self._blocks = BlockSet(ctx, bucket, name, files, items, ctx.new_uid())
 
@@ -520,6 +523,7 @@ class Entry(BulkReads, EntryRemoval):
             # Logged first: an update the WAL could not take (a full disk) changes nothing.
             handle = self._blocks.append_wal(block, frame)
             block.records[ts] = new
+            self.changes += 1
             if self._ctx.journal is not None:
                 self._ctx.journal.append("labels", b=self.bucket, e=self.name, ts=ts, l=labels)
         self._commit_and_release([handle])
