@@ -45,6 +45,9 @@ INLINE_PARSE_BYTES = 64 * KIB
 # PRELOAD_BATCH_BYTES per batch; bigger ones stream after the headers are sent.
 PRELOAD_RECORD_BYTES = 1 * MIB
 PRELOAD_BATCH_BYTES = 16 * MIB
+# Batches collected ahead of their request (the next batch of a query, read while the client
+# parses the one just sent) hold at most this much over all queries; past it, no prefetch.
+PREFETCH_BYTES = 64 * MIB
 
 # --- bulk reads of one entry (engine/entry.py ``read_payloads``) --------------------------
 # Adjacent records of up to JOIN_RECORD_BYTES each are joined into one pread of at most

@@ -151,13 +151,16 @@ class RawResponse(ApiResponse):
     Quart still sees a normal (empty) response, so error handlers and hooks work as usual;
     ``ApplianceConnection`` sends ``raw_headers`` plus any header a hook set (other than the
     content length) and ``raw_body`` in one body message. ``raw_headers`` must carry the
-    content length (for HEAD too, where the body is empty).
+    content length (for HEAD too, where the body is empty). ``after_send``, if set, runs on
+    the event loop once the body was handed to the server (batched reads start collecting
+    the next batch there, not while this one is being sent).
     """
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         super().__init__(b"", status=status)
         self.raw_headers = headers
         self.raw_body = body
+        self.after_send: Callable[[], None] | None = None
 
 
 class ApplianceRequest(Request):
@@ -409,6 +412,8 @@ class ApplianceConnection(ASGIHTTPConnection):
         start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
         await send(start)  # type: ignore[arg-type]
         await send({"type": "http.response.body", "body": response.raw_body, "more_body": False})
+        if response.after_send is not None:
+            response.after_send()
 
     async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
         body = request.body

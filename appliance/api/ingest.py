@@ -30,7 +30,7 @@ from appliance.api.streaming import (
     next_parts,
     write_streamed,
 )
-from appliance.engine.models import NewRecord
+from appliance.engine.models import NewRecord, Pieces
 from appliance.errors import ApplianceError, BadRequest
 from appliance.replication import WRITE
 from appliance.sizes import (
@@ -117,7 +117,7 @@ def _write_in_memory(
 
 
 def _write_pairs(
-    svc: Services, storage: Storage, bucket: str, pairs: list[tuple[Incoming, bytes]]
+    svc: Services, storage: Storage, bucket: str, pairs: list[tuple[Incoming, bytes | Pieces]]
 ) -> dict[Hashable, ApplianceError]:
     """Write ``(item, payload)`` pairs, one ``write_batch`` per entry; per-record errors."""
     errors = _write_groups(storage, bucket, pairs)
@@ -132,7 +132,7 @@ def _write_pairs(
 
 
 def _write_groups(
-    storage: Storage, bucket: str, pairs: list[tuple[Incoming, bytes]]
+    storage: Storage, bucket: str, pairs: list[tuple[Incoming, bytes | Pieces]]
 ) -> dict[Hashable, ApplianceError]:
     errors: dict[Hashable, ApplianceError] = {}
     groups: dict[str, tuple[list[Incoming], list[NewRecord]]] = {}
@@ -191,8 +191,8 @@ async def _write_pipelined(
     errors: dict[Hashable, ApplianceError] = {}
 
     def sink(received: list[tuple[Incoming, list[bytes]]]) -> None:
-        # Joined here, in the worker thread, not on the event loop.
-        pairs = [(item, p[0] if len(p) == 1 else b"".join(p)) for item, p in received]
+        # Never joined: the engine writes the received pieces as they are.
+        pairs = [(item, p[0] if len(p) == 1 else Pieces(p)) for item, p in received]
         errors.update(_write_pairs(svc, storage, bucket, pairs))
 
     # Each hop commits what it wrote; with synced writes that is an fsync, so hops are made

@@ -3,7 +3,8 @@ helpers that turn a collected ``ReadBatch`` into a response body."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, request
@@ -19,7 +20,14 @@ from appliance.api.instance import json_response
 from appliance.api.streaming import parse_body, payload_stream, read_any_body
 from appliance.engine import names
 from appliance.errors import NoContent, UnprocessableEntity
-from appliance.query.handle import DEFAULT_TTL_SECONDS, BatchLimits, Query, QuerySpec, ReadBatch
+from appliance.query.handle import (
+    DEFAULT_TTL_SECONDS,
+    Ahead,
+    BatchLimits,
+    Query,
+    QuerySpec,
+    ReadBatch,
+)
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -30,6 +38,8 @@ NO_CONTENT = "No content"
 OCTET_STREAM = "application/octet-stream"
 OCTET_STREAM_BYTES = OCTET_STREAM.encode()
 _QUERY_TYPES = ("QUERY", "REMOVE")
+# Header bytes per batch counted against the prefetch budget beside its body.
+METADATA_GUESS_BYTES = 64 * 1024
 
 
 def parse_query(body: bytes) -> tuple[str, QuerySpec]:
@@ -86,20 +96,106 @@ def limits_for(svc: Services, query: Query) -> BatchLimits:
 async def collect(
     svc: Services, storage: Storage, query: Query, *, head: bool, v2: bool, limit: int = 0
 ) -> ReadBatch:
-    """Collect the next batch of ``query`` in one worker-thread hop; 204 if it has nothing."""
+    """The next batch of ``query``: the one collected ahead if still valid, else collected (and
+    for a batched read encoded) in one worker-thread hop; 204 if it has nothing."""
     limits = limits_for(svc, query)
     if limit:
         limits = BatchLimits(limit, limits.max_size, limits.max_metadata, limits.timeout)
-    batch = await svc.workers.run(query.collect_batch, storage, limits, head, v2)
+    undo: Ahead | None = None
+    ahead = await take_ahead(query)
+    if ahead is not None:
+        batch = ahead.batch
+        unencoded = batch.records and batch.encoded is None  # its encoding failed
+        if unencoded or not ahead.unchanged() or ahead.head != head or limit:
+            undo = ahead  # not what this request would collect: undone in the same hop
+        elif batch.records or not query.spec.continuous:
+            if not batch.records:
+                raise NoContent(NO_CONTENT)
+            return batch
+        # else: a continuous query that had run dry; records may have come since
+    encode = None if limit else (v2, head, query.spec.only_metadata)
+    batch = await svc.workers.run(collect_encoded, query, storage, limits, head, v2, encode, undo)
     if not batch.records:
         raise NoContent(NO_CONTENT)
     return batch
+
+
+async def take_ahead(query: Query) -> Ahead | None:
+    """The batch collected ahead for ``query`` (waiting for it if still collecting), or None."""
+    fut = query.ahead
+    if fut is None:
+        return None
+    query.ahead = None
+    try:
+        return await asyncio.shield(fut)  # type: ignore[no-any-return]
+    except asyncio.CancelledError:
+        if query.ahead is None:  # the request went: its records stay for the next one
+            query.ahead = fut
+        raise
+
+
+def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) -> None:
+    """Build the response parts of a batched read into ``batch.encoded`` (in the collecting
+    hop, off the event loop): record header pairs as bytes, and the joined body when every
+    payload was preloaded (None: it streams, or there is no body)."""
+    metas = [meta for _, meta in batch.records]
+    headers = v2_read_batch_headers(metas) if v2 else [encode_v1_record_header(m) for m in metas]
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers]
+    body = None
+    if head or only_metadata:
+        pass
+    elif batch.body is not None:
+        body = batch.body  # read as one span: already the body, nothing to join
+    elif all(p is not None for p in batch.payloads):
+        body = b"".join(batch.payloads)  # type: ignore[arg-type]
+    batch.encoded = (raw, body)
+
+
+def collect_encoded(
+    query: Query, storage: Storage, limits: BatchLimits, head: bool, v2: bool,
+    encode: tuple[bool, bool, bool] | None, undo: Ahead | None,
+) -> ReadBatch:
+    """``Query.collect_batch`` then ``encode_batch`` (worker thread; ``encode`` None: not)."""
+    batch = query.collect_batch(storage, limits, head, v2, undo)
+    if encode is not None and batch.records:
+        encode_batch(batch, *encode)
+    return batch
+
+
+def collect_ahead(
+    query: Query, storage: Storage, limits: BatchLimits, head: bool, v2: bool, held: Any
+) -> Ahead | None:
+    """``Query.collect_ahead`` then ``encode_batch`` (worker thread); the Ahead keeps ``held``."""
+    ahead = query.collect_ahead(storage, limits, head, v2)
+    if ahead is not None:
+        ahead.held = held
+        if ahead.batch.records:
+            try:
+                encode_batch(ahead.batch, v2, head, query.spec.only_metadata)
+            except Exception:  # noqa: BLE001 - undone; the request's own hop reports it
+                ahead.batch.encoded = None
+    return ahead
+
+
+def start_ahead(svc: Services, storage: Storage, query: Query, head: bool, v2: bool,
+                size: int) -> None:
+    """Start collecting the batch after the one just sent, unless one is under way, the query
+    is done, or the prefetch budget (``PREFETCH_BYTES``, ~``size`` held) is spent."""
+    if query.ahead is not None or query.finished:
+        return
+    held = svc.queries.budget.hold(size)
+    if held is None:
+        return
+    limits = limits_for(svc, query)
+    query.ahead = svc.workers.start(collect_ahead, query, storage, limits, head, v2, held)
 
 
 async def read_batch(bucket: str, entry: str | None, qid: int, *, v2: bool) -> Response:
     """The next batch of query ``qid`` as a batched-read response (protocol v1 or v2).
 
     ``entry`` is the entry of an entry-level query (v1) or None for a bucket-level one (v2).
+    Once a batch that left records behind is sent, the next one is collected (and encoded) in
+    a worker thread while the client reads this one: the next request finds it ready.
     """
     read_access(bucket)
     svc = services()
@@ -107,20 +203,20 @@ async def read_batch(bucket: str, entry: str | None, qid: int, *, v2: bool) -> R
     head = request.method == "HEAD"
     query = svc.queries.get(qid, bucket, entry)
     batch = await collect(svc, storage, query, head=head, v2=v2)
-    metas = [meta for _, meta in batch.records]
-    metrics.batch_records("read", len(metas))
-    headers = v2_read_batch_headers(metas) if v2 else [encode_v1_record_header(m) for m in metas]
-    return batch_response(
-        svc, storage, bucket, batch, headers, head=head, only_metadata=query.spec.only_metadata
+    metrics.batch_records("read", len(batch.records))
+    response = batch_response(
+        svc, storage, bucket, batch, head=head, only_metadata=query.spec.only_metadata
     )
+    if batch.more and type(response) is RawResponse:
+        size = len(response.raw_body) + METADATA_GUESS_BYTES
+        response.after_send = lambda: start_ahead(svc, storage, query, head, v2, size)
+    return response
 
 
 def batch_body(
     svc: Services, storage: Storage, bucket: str, batch: ReadBatch
-) -> bytes | AsyncIterator[bytes]:
-    """The concatenated payloads of a batch; streams if some were too big to preload."""
-    if all(p is not None for p in batch.payloads):
-        return b"".join(batch.payloads)  # type: ignore[arg-type]
+) -> AsyncIterator[bytes]:
+    """The payloads of a batch that has some too big to preload, streamed."""
 
     async def stream() -> AsyncIterator[bytes]:
         for i, ((entry, meta), payload) in enumerate(
@@ -143,34 +239,30 @@ def batch_body(
 
 
 def batch_response(
-    svc: Services, storage: Storage, bucket: str, batch: ReadBatch,
-    headers: Mapping[str, str] | Sequence[tuple[str, str]], *, head: bool, only_metadata: bool,
+    svc: Services, storage: Storage, bucket: str, batch: ReadBatch, *, head: bool,
+    only_metadata: bool,
 ) -> Response:
-    """A batched-read response; Content-Length is the sum of sizes (also for HEAD).
+    """A batched-read response from ``batch.encoded``; Content-Length is the sum of sizes
+    (also for HEAD).
 
     Preloaded batches go out as a ``RawResponse``: header pairs encoded once, the body one
     ``bytes``; batches with payloads too big to preload stream through Quart.
     """
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    raw, body = batch.encoded
     size = sum(meta.size for _, meta in batch.records)
     last = b"true" if batch.last else b"false"
-    if head or only_metadata:
-        body: bytes | AsyncIterator[bytes] = b""
-        length = b"0" if only_metadata and not head else str(size).encode()
-    else:
-        body = batch_body(svc, storage, bucket, batch)
-        length = str(size).encode()
-    if not isinstance(body, bytes):
-        response = Response(body, status=200, headers=dict(pairs))
+    length = b"0" if only_metadata and not head else str(size).encode()
+    if body is None and not head and not only_metadata:
+        pairs = {name.decode(): value.decode() for name, value in raw}
+        response = Response(batch_body(svc, storage, bucket, batch), status=200, headers=pairs)
         response.headers["x-reduct-last"] = last.decode()
         response.headers["Content-Length"] = length.decode()
         response.headers["Content-Type"] = OCTET_STREAM
         return response
-    raw = [(name.lower().encode(), value.encode()) for name, value in pairs]
     raw.append((b"x-reduct-last", last))
     raw.append((b"content-length", length))
     raw.append((b"content-type", OCTET_STREAM_BYTES))
-    return RawResponse(200, raw, body)
+    return RawResponse(200, raw, body or b"")
 
 
 def query_id(raw: str | None, message: str) -> int:

@@ -17,6 +17,7 @@ from appliance.engine import fs_ops
 from appliance.engine.blockset import BlockSet
 from appliance.engine.codec import StoredRecord
 from appliance.engine.context import EngineContext
+from appliance.engine.crc_view import crc_at
 from appliance.engine.entry_folder import EntryFiles
 from appliance.engine.fd_cache import FileHandle
 from appliance.engine.ioerrors import boundary, is_missing
@@ -96,6 +97,64 @@ class BulkReads:
         if error is not None:
             raise error
         return payloads
+
+    @boundary("read the records")
+    def read_span(self, metas: Sequence[RecordMeta]) -> bytes | None:
+        """The payloads of ``metas`` as one ``bytes``, if they lie back to back in this order in
+        one block's data file: one ``pread``, then each record's checksum verified on its slice.
+
+        For batched reads of records too big for ``read_payloads`` to join (above
+        ``JOIN_RECORD_BYTES`` each gets its own ``pread``, and the response then joins them
+        into a new body: a second copy into fresh memory). None if the records are not one
+        span (or one is absent, not finished, short or damaged): the caller then reads them
+        with ``read_payloads``, which raises the right error for the first bad one.
+        """
+        with self._lock:
+            self._check_alive()
+            span = self._plan_span(metas)
+            if span is None:
+                return None
+            block_id, start, records = span
+            try:
+                handle = self.files.pin_data(block_id)
+            except OSError:
+                return None  # read_payloads tells a missing file from an I/O error
+        try:
+            total = records[-1].offset + records[-1].size - start
+            data = fs_ops.read_at(handle.fd, total, start)
+        finally:
+            self._ctx.files.release(handle)
+        if len(data) != total:
+            return None
+        for record in records:
+            if crc_at(data, record.offset - start, record.size) != record.crc:
+                return None
+        metrics.records_read(len(records), total)
+        return data
+
+    def _plan_span(
+        self, metas: Sequence[RecordMeta]
+    ) -> tuple[int, int, list[StoredRecord]] | None:
+        """(block id, first offset, records) if ``metas`` are finished records lying back to
+        back in one block's data file, in this order; None otherwise (entry lock held)."""
+        if not metas:
+            return None
+        try:
+            block, first = self._blocks.locate(metas[0].timestamp)
+        except ApplianceError:
+            return None
+        found = block.records
+        records = [first]
+        end = first.offset + first.size
+        for meta in metas[1:]:
+            record = found.get(meta.timestamp)
+            if record is None or record.offset != end:
+                return None
+            records.append(record)
+            end += record.size
+        if any(r.state is not _FINISHED or not r.size for r in records):
+            return None
+        return block.block_id, first.offset, records
 
     def _plan_runs(self, metas: Sequence[RecordMeta]) -> tuple[list[_Run], ApplianceError | None]:
         """Under the lock: runs of adjacent records (block id, pinned handle, first offset,

@@ -38,7 +38,7 @@ from appliance.engine.entry_removal import EntryRemoval
 from appliance.engine.fd_cache import FileHandle
 from appliance.engine.gate import gated
 from appliance.engine.ioerrors import boundary, guarded_iter, is_missing, translate
-from appliance.engine.models import EntryInfo, NewRecord, RecordMeta, RecordState
+from appliance.engine.models import EntryInfo, NewRecord, Pieces, RecordMeta, RecordState
 from appliance.engine.names import is_meta_entry
 from appliance.engine.readable import check_readable
 from appliance.errors import (
@@ -53,6 +53,16 @@ log = logging.getLogger(__name__)
 _FINISHED = RecordState.FINISHED
 _ERRORED = RecordState.ERRORED
 crc32c = google_crc32c.value
+
+
+def _crc_of(parts: list[bytes]) -> int:
+    """The CRC32C of the concatenation of ``parts``."""
+    crc = 0
+    for part in parts:
+        crc = google_crc32c.extend(crc, part)
+    return crc
+
+
 # Blocks one step of ``write_batch`` writes into: it holds a data and a WAL file of each open,
 # so this bounds a batch's descriptors however small the blocks (``max_block_records: 1``).
 MAX_BATCH_BLOCKS = 32
@@ -75,6 +85,9 @@ class Entry(BulkReads, EntryRemoval):
         self.files = files
         self.is_meta = is_meta_entry(name)
         self.removed = False
+        # Bumped by every removal and label update (never by a write): a query batch collected
+        # ahead of its request is served only if no record it may contain changed since.
+        self.changes = 0
         self._lock = threading.Lock()
         self._blocks = BlockSet(ctx, bucket, name, files, items, ctx.new_uid())
 
@@ -403,7 +416,7 @@ class Entry(BulkReads, EntryRemoval):
         self, records: Sequence[NewRecord], start: int, errors: dict[int, ApplianceError]
     ) -> int:
         """Write records from ``start`` on, into at most MAX_BATCH_BLOCKS blocks; next index."""
-        placed: list[tuple[int, StoredRecord, bytes, RecordShape]] = []
+        placed: list[tuple[int, StoredRecord, bytes | Pieces, RecordShape]] = []
         data_handles: dict[int, FileHandle] = {}
         # Records of a batch mostly share a few (content type, labels) pairs, often the very
         # same objects (the API's header parser shares them): encode each pair once. Keyed by
@@ -416,15 +429,21 @@ class Entry(BulkReads, EntryRemoval):
             while i < len(records) and len(data_handles) < MAX_BATCH_BLOCKS:
                 new = records[i]
                 i += 1
-                data = new.data if type(new.data) is bytes else bytes(new.data)
+                data = new.data
+                if type(data) is bytes:
+                    crc = crc32c(data)
+                elif type(data) is Pieces:
+                    crc = _crc_of(data.parts)
+                else:
+                    data = bytes(data)
+                    crc = crc32c(data)
                 key = (id(new.labels), new.content_type)
                 shape = shapes.get(key)
                 if shape is None:
                     shape = shapes[key] = RecordShape(new.content_type, new.labels)
                 try:
                     block, record = reserve(
-                        new.timestamp, len(data), new.content_type, shape.labels, crc32c(data),
-                        shape,
+                        new.timestamp, len(data), new.content_type, shape.labels, crc, shape
                     )
                 except ApplianceError as exc:
                     errors[new.timestamp] = exc
@@ -475,7 +494,9 @@ class Entry(BulkReads, EntryRemoval):
                             for ts in logged[block_id]:
                                 if ts not in failed:
                                     record, data = payloads[ts]
-                                    journal.append("write", data, **self._journal_fields(record))
+                                    journal.append(
+                                        "write", bytes(data), **self._journal_fields(record)
+                                    )
         finally:
             handles = [*data_handles.values(), *wal_handles]
             try:
@@ -491,7 +512,8 @@ class Entry(BulkReads, EntryRemoval):
 
     @staticmethod
     def _write_runs(
-        placed: list[tuple[int, StoredRecord, bytes, RecordShape]], handles: dict[int, FileHandle]
+        placed: list[tuple[int, StoredRecord, bytes | Pieces, RecordShape]],
+        handles: dict[int, FileHandle],
     ) -> dict[int, OSError]:
         """pwrite payloads, joining runs of adjacent records of one block; failures by ts."""
         failed: dict[int, OSError] = {}
@@ -504,13 +526,19 @@ class Entry(BulkReads, EntryRemoval):
                 end += placed[j][1].size
                 j += 1
             run = placed[i:j]
-            if len(run) == 1:
-                payloads: Sequence[bytes] = (run[0][2],)
-            elif first.size >= JOIN_RECORD_BYTES:
-                # Large records: one pwrite each beats copying megabytes into a joined run.
-                payloads = [item[2] for item in run]
+            payloads: Sequence[bytes]
+            if len(run) == 1 or first.size >= JOIN_RECORD_BYTES:
+                # Large records: one pwrite per record (or per received piece) beats copying
+                # megabytes into a joined run.
+                payloads = []
+                for item in run:
+                    data = item[2]
+                    if type(data) is Pieces:
+                        payloads.extend(data.parts)
+                    else:
+                        payloads.append(data)
             else:
-                payloads = (b"".join(item[2] for item in run),)
+                payloads = (b"".join(bytes(item[2]) for item in run),)
             handle = handles[block_id]
             try:
                 fs_ops.write_all(handle.fd, payloads, first.offset)
@@ -552,6 +580,7 @@ class Entry(BulkReads, EntryRemoval):
             # Logged first: an update the WAL could not take (a full disk) changes nothing.
             handle = self._blocks.append_wal(block, frame)
             block.records[ts] = new
+            self.changes += 1
             if self._ctx.journal is not None:
                 self._ctx.journal.append("labels", b=self.bucket, e=self.name, ts=ts, l=labels)
         self._commit_and_release([handle])

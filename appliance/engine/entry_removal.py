@@ -34,6 +34,7 @@ class EntryRemoval:
     name: str
     is_meta: bool
     removed: bool
+    changes: int
 
     if TYPE_CHECKING:  # Entry's
 
@@ -92,6 +93,8 @@ class EntryRemoval:
                         blocks.count -= 1
                         gone.append(ts)
                 blocks.persist_removal(block)
+            if gone:
+                self.changes += 1
             if gone and self._ctx.journal is not None:
                 self._ctx.journal.append("remove", b=self.bucket, e=self.name, tss=gone)
         return errors
@@ -110,6 +113,7 @@ class EntryRemoval:
             freed, _ = blocks.totals(block_id)
             doomed = list(blocks.get(block_id).records) if self._ctx.journal is not None else []
             blocks.drop(block_id)
+            self.changes += 1
             if self._ctx.journal is not None:
                 self._ctx.journal.append("remove", b=self.bucket, e=self.name, tss=doomed)
             log.info("fifo quota removed block %s/%s/%s", self.bucket, self.name, block_id)

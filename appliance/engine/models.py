@@ -20,6 +20,7 @@ __all__ = [
     "EngineOptions",
     "EntryInfo",
     "NewRecord",
+    "Pieces",
     "QuotaType",
     "RecordMeta",
     "RecordState",
@@ -104,13 +105,31 @@ class RecordMeta:
     entry: str = ""
 
 
+class Pieces:
+    """A payload held as the pieces it was received in, written as they are (never joined:
+    copying a large record into one ``bytes`` costs a fresh allocation, whose first touch is
+    slow on a VM, and a copy). ``len()`` is its size in bytes, ``bytes()`` joins it."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        self.size = sum(map(len, parts))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
 @dataclass(slots=True)
 class NewRecord:
-    """A whole record held in memory, for batch writes of small payloads (not frozen: one per
-    record of a batch, see ``RecordMeta``)."""
+    """A whole record held in memory, for batch writes (not frozen: one per record of a
+    batch, see ``RecordMeta``); ``data`` is a ``bytes`` or, for large records, ``Pieces``."""
 
     timestamp: int
-    data: bytes
+    data: bytes | Pieces
     content_type: str = "application/octet-stream"
     labels: Mapping[str, str] = field(default_factory=dict)
 

@@ -17,6 +17,7 @@ from appliance.engine.models import U64_MAX, RecordMeta
 from appliance.engine.names import is_meta_entry
 from appliance.errors import NotFound, UnprocessableEntity
 from appliance.query.handle import Query, QuerySpec
+from appliance.sizes import PREFETCH_BYTES
 
 if TYPE_CHECKING:
     from appliance.engine import Storage
@@ -32,6 +33,40 @@ def _default_select(patterns: Sequence[str] | None, names: Sequence[str]) -> lis
     from appliance.query.patterns import select_entries
 
     return select_entries(list(patterns) if patterns else [], names)
+
+
+class Held:
+    """Bytes held of a ``PrefetchBudget``; given back when this object goes (refcounting
+    frees it as soon as the batch it belongs to is sent, undone or dropped with its query)."""
+
+    def __init__(self, budget: PrefetchBudget, size: int) -> None:
+        self._budget = budget
+        self.size = size
+
+    def __del__(self) -> None:
+        self._budget.give(self.size)
+
+
+class PrefetchBudget:
+    """Bounds the memory of batches collected ahead of their request, over all queries."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def hold(self, size: int) -> Held | None:
+        """Hold ``size`` bytes, or None when that would pass the limit."""
+        with self._lock:
+            if self.used + size > self.limit:
+                return None
+            self.used += size
+        return Held(self, size)
+
+    def give(self, size: int) -> None:
+        """Give back bytes held (``Held`` does it)."""
+        with self._lock:
+            self.used -= size
 
 
 class QueryRegistry:
@@ -51,6 +86,7 @@ class QueryRegistry:
         self._ids = itertools.count(1)
         self._queries: dict[int, Query] = {}
         self._lock = threading.Lock()
+        self.budget = PrefetchBudget(PREFETCH_BYTES)
 
     def __len__(self) -> int:
         return len(self._queries)

@@ -2,7 +2,9 @@
 
 It answers like a ReductStore just enough for reduct-py (``x-reduct-api`` header, a bucket info
 body) so the benchmark drives it with the very same client code. It reads and drops request
-bodies. Usage: ``python tests/bench/empty_app.py PORT``.
+bodies. It runs with the appliance's server settings (Hypercorn config, event loop, socket read
+size, ``tune_malloc``), so a setting that helps both lifts the ceiling too.
+Usage: ``python tests/bench/empty_app.py PORT``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from hypercorn.asyncio import serve
 from quart import Quart, request
 
-from appliance.server import hypercorn_config, run
+from appliance.server import hypercorn_config, run, set_receive_size, tune_malloc
 from appliance.settings import Settings
 
 app = Quart(__name__)
@@ -40,4 +42,6 @@ async def anything(rest: str) -> tuple[str, int, dict[str, str]]:
 
 if __name__ == "__main__":
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
+    set_receive_size()  # the appliance's server settings, for a fair ceiling
+    tune_malloc()
     run(serve(app, hypercorn_config(settings)))  # type: ignore[arg-type]

@@ -195,3 +195,57 @@ def test_records_at_equals_get_record_in_any_state_and_reports_absent_ones(
     bucket.remove_entry("e")
     with pytest.raises(NotFound):
         entry.records_at([1])
+
+
+def test_read_span_is_one_pread_of_records_back_to_back(bucket: Bucket, preads: list[int]) -> None:
+    for ts in range(1, 9):  # two blocks of four 8-byte records
+        bucket.write_record("e", ts, payload(ts), CT, {})
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    preads.clear()
+    assert entry.read_span(records[:4]) == b"".join(payload(ts) for ts in range(1, 5))
+    assert preads == [32]
+    assert entry.read_span(records[1:3]) == payload(2) + payload(3)
+    assert entry.read_span(records[3:5]) is None  # two blocks
+    assert entry.read_span([records[0], records[2]]) is None  # a gap
+    assert entry.read_span([records[1], records[0]]) is None  # not in file order
+    assert entry.read_span([]) is None
+    assert_unpinned(entry)
+
+
+def test_read_span_none_for_removed_damaged_or_empty_records(
+    bucket: Bucket, storage: Storage
+) -> None:
+    for ts in (1, 2, 3):
+        bucket.write_record("e", ts, payload(ts), CT, {})
+    bucket.write_record("e", 4, b"", CT, {})
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    assert entry.read_span(records) is None  # an empty payload: read_payloads' case
+    entry.remove_records([3])
+    assert entry.read_span(records[:3]) is None
+    path = storage.options.data_path / "b" / "e" / "1.blk"
+    blob = bytearray(path.read_bytes())
+    blob[9] ^= 0xFF  # inside record 2
+    path.write_bytes(bytes(blob))
+    assert entry.read_span(records[:2]) is None  # read_payloads then reports the damage
+    with pytest.raises(CorruptionError):
+        entry.read_payloads(records[:2])
+    assert_unpinned(entry)
+
+
+def test_read_span_checks_large_records_in_place(storage: Storage) -> None:
+    """Records of 6,000 bytes: checked through crc_at's in-place path; damage is caught."""
+    bucket = storage.create_bucket("c", BucketSettings(max_block_size=1_000_000))
+    for ts in (1, 2):
+        bucket.write_record("e", ts, payload(ts, 6_000), CT, {})
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    assert entry.read_span(records) == payload(1, 6_000) + payload(2, 6_000)
+    path = storage.options.data_path / "c" / "e" / "1.blk"
+    blob = bytearray(path.read_bytes())
+    blob[6_000 + 4_000] ^= 0xFF  # inside record 2
+    path.write_bytes(bytes(blob))
+    assert entry.read_span(records) is None
+    with pytest.raises(CorruptionError):
+        entry.read_payloads(records)

@@ -124,3 +124,51 @@ def test_fs_ops_write_all_at_offset_and_read_at(tmp_path: Path) -> None:
         assert list(fs_ops.read_chunks(fd, 0, 0)) == []
     finally:
         os.close(fd)
+
+
+def test_fs_ops_write_all_list_at_offset_uses_one_pwritev_and_resumes_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list of chunks at an offset goes out with ``pwritev`` (no join), in groups of at most
+    IOV_MAX buffers, and a short write resumes inside the buffer it cut."""
+    chunks = [b"ab", b"", b"cde", bytearray(b"f" * 10), b"g", memoryview(b"h" * 5)]
+    expected = b"".join(bytes(c) for c in chunks)
+    calls: list[int] = []
+    real = os.pwritev
+
+    def short(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(len(buffers))
+        first = bytes(buffers[0])
+        if len(first) > 1:  # at most half of the first buffer: a short write each time
+            return real(fd, [first[: len(first) // 2]], offset)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(backends_durability, "IOV_MAX", 3)
+    monkeypatch.setattr(os, "pwritev", short)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        fs_ops.write_all(fd, chunks, 4)
+        assert fs_ops.read_at(fd, 100, 0) == b"\0" * 4 + expected
+        assert calls and max(calls) <= 3
+    finally:
+        os.close(fd)
+    monkeypatch.undo()
+    fd = os.open(tmp_path / "g", os.O_RDWR | os.O_CREAT)
+    try:
+        fs_ops.write_all(fd, chunks, 0)  # the real pwritev, one call
+        assert fs_ops.read_at(fd, 100, 0) == expected
+    finally:
+        os.close(fd)
+
+
+def test_fs_ops_write_all_refuses_a_pwritev_that_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zero-byte pwritev raises instead of looping forever."""
+    monkeypatch.setattr(os, "pwritev", lambda fd, buffers, offset: 0)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(OSError):
+            fs_ops.write_all(fd, [b"a", b"b"], 0)
+    finally:
+        os.close(fd)

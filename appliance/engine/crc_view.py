@@ -1,0 +1,52 @@
+"""CRC32C of a slice of a ``bytes`` object without copying the slice out.
+
+``google_crc32c.value`` takes only ``bytes``, so checking each record of a span read with one
+``pread`` (``Entry.read_span``) would copy every record out first, and it holds the GIL while it
+computes. ``google_crc32c`` ships its C library (``crc32c_value``); called through ``ctypes`` on
+a pointer into the span, a check copies nothing and releases the GIL (the event loop goes on
+sending meanwhile). Loaded once and checked against ``google_crc32c.value``; if the library
+cannot be found or disagrees, ``crc_at`` falls back to copying the slice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import google_crc32c
+
+
+def _load() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """``crc32c_value`` from the library bundled with ``google_crc32c``, or None."""
+    folder = Path(google_crc32c.__file__).resolve().parent
+    for path in sorted(folder.parent.glob("google_crc32c.libs/libcrc32c*.so*")):
+        try:
+            fn = ctypes.CDLL(str(path)).crc32c_value
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_uint32
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        sample = bytes(range(256)) * 5
+        base = ctypes.cast(ctypes.c_char_p(sample), ctypes.c_void_p).value
+        if base is not None and fn(base + 3, 1000) == google_crc32c.value(sample[3:1003]):
+            return fn
+    return None
+
+
+_VALUE = _load()
+
+
+def crc_at(data: bytes, offset: int, size: int) -> int:
+    """CRC32C of ``data[offset:offset + size]``."""
+    if offset < 0 or size < 0 or offset + size > len(data):  # never read past the buffer
+        raise ValueError(f"slice {offset}+{size} outside a buffer of {len(data)} bytes")
+    if _VALUE is None or size < 4096:  # small: the copy costs less than the ctypes call
+        return google_crc32c.value(data[offset : offset + size])
+    # c_char_p of a bytes object points at its own buffer (no copy); ``data`` outlives the call.
+    base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    return int(_VALUE(base + offset, size))
+
+
+def available() -> bool:
+    """True if slices are checked in place (the bundled library was found and agrees)."""
+    return _VALUE is not None

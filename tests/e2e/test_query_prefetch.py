@@ -1,0 +1,62 @@
+"""Real process, real client: batched reads whose next batch is collected ahead of its request
+(reduct-py 1.21 reads a query one batch request at a time, 85 records each by default)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from reduct import Batch, Client
+
+from tests.e2e.server import ServerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+COUNT = 1_000
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[Client]:
+    """A reduct-py client of the running server (auth off)."""
+    async with Client(server.url) as c:
+        yield c
+
+
+async def _fill(client: Client, sizes: dict[int, int]) -> dict[int, bytes]:
+    """Entry ``e`` of bucket ``b``: one record per timestamp with a payload of that size."""
+    bucket = await client.create_bucket("b", exist_ok=True)
+    payloads = {ts: os.urandom(size) for ts, size in sizes.items()}
+    batch = Batch()
+    for ts, data in payloads.items():
+        batch.add(ts, data, labels={"k": str(ts % 7)})
+    assert not await bucket.write_batch("e", batch)
+    return payloads
+
+
+async def test_every_record_once_in_order_small_and_large(client: Client) -> None:
+    # Mostly 1 KiB, some large enough to be streamed and not preloaded (> 1 MiB).
+    sizes = {ts: (1_200_000 if ts % 250 == 0 else 1_000 + ts % 13) for ts in range(1, COUNT + 1)}
+    payloads = await _fill(client, sizes)
+    bucket = await client.get_bucket("b")
+    seen = []
+    async for record in bucket.query("e"):
+        assert await record.read_all() == payloads[record.timestamp]
+        assert record.labels == {"k": str(record.timestamp % 7)}
+        seen.append(record.timestamp)
+    assert seen == list(range(1, COUNT + 1))
+
+
+async def test_removal_between_batches_is_seen(client: Client) -> None:
+    payloads = await _fill(client, {ts: 100 for ts in range(1, COUNT + 1)})
+    bucket = await client.get_bucket("b")
+    seen = []
+    async for record in bucket.query("e"):
+        assert await record.read_all() == payloads[record.timestamp]
+        seen.append(record.timestamp)
+        if record.timestamp == 85:
+            # The first batch is read; the next one was collected ahead: change what it holds.
+            assert await bucket.remove_query("e", start=100, stop=150) == 50
+            await bucket.update("e", 160, {"k": "changed"})
+        if record.timestamp == 160:
+            assert record.labels == {"k": "changed"}
+    assert seen == [ts for ts in range(1, COUNT + 1) if not 100 <= ts < 150]

@@ -1,0 +1,55 @@
+"""``server.set_receive_size`` (how much Hypercorn reads from a socket at a time) and
+``server.tune_malloc``."""
+
+from __future__ import annotations
+
+import pytest
+from hypercorn.asyncio import tcp_server
+
+from appliance.server import RECV_BYTES, RECV_ENV, set_receive_size
+
+
+@pytest.fixture(autouse=True)
+def _restore() -> object:
+    before = tcp_server.MAX_RECV
+    yield
+    tcp_server.MAX_RECV = before
+
+
+def test_set_receive_size_defaults_to_hypercorns_64_kib(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RECV_ENV, raising=False)
+    tcp_server.MAX_RECV = 1
+    assert set_receive_size() == RECV_BYTES == 64 * 1024
+    assert tcp_server.MAX_RECV == RECV_BYTES  # read by TCPServer._read_data on every read
+
+
+def test_set_receive_size_takes_an_explicit_size_and_the_benchmark_knob(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(RECV_ENV, raising=False)
+    assert set_receive_size(256 * 1024) == tcp_server.MAX_RECV == 256 * 1024
+    monkeypatch.setenv(RECV_ENV, "131072")
+    assert set_receive_size() == tcp_server.MAX_RECV == 131072
+
+
+def test_set_receive_size_refuses_a_bad_knob(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.errors import ConfigError
+
+    for bad in ("abc", "0", "-5"):
+        monkeypatch.setenv(RECV_ENV, bad)
+        with pytest.raises(ConfigError, match=RECV_ENV):
+            set_receive_size()
+
+
+def test_tune_malloc_applies_on_glibc_unless_the_knob_says_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import platform
+
+    from appliance.server import MALLOC_ENV, tune_malloc
+
+    monkeypatch.setenv(MALLOC_ENV, "default")
+    assert tune_malloc() is False
+    monkeypatch.delenv(MALLOC_ENV)
+    if platform.libc_ver()[0] == "glibc":
+        assert tune_malloc() is True  # mallopt accepted both values
