@@ -70,6 +70,38 @@ async def ha(harness_factory: Callable[..., Awaitable[Harness]]) -> Harness:
     return await harness_factory(api_token=TOKEN)
 
 
+async def request_at_once(
+    app: Any, method: str, path: str, query: bytes, body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> int:
+    """One request whose body came with its head (as a small body usually does over TCP,
+    unlike ``asgi_call``, which hands each message over after a loop turn); its status.
+    ``content-length`` is added to ``headers``."""
+    import asyncio
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
+        "root_path": "",
+        "headers": [*(headers or []), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383), "extensions": {},
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the next request on the connection: never here
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
+
+
 async def asgi_call(
     app: Any,
     method: str,

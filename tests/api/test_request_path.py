@@ -20,7 +20,7 @@ from appliance.app import create_app
 from appliance.engine import Storage
 from appliance.services import Services
 from appliance.settings import Settings
-from tests.api.conftest import AUTH, TOKEN, Harness, asgi_call
+from tests.api.conftest import AUTH, TOKEN, Harness, asgi_call, request_at_once
 
 API = "/api/v1"
 
@@ -156,28 +156,8 @@ def test_client_ip_through_proxies_from_the_raw_scope() -> None:
 
 
 async def post_at_once(app: Any, query: bytes, body: bytes) -> int:
-    """A single write whose body came with its head (as a small body usually does over TCP,
-    unlike ``asgi_call``, which hands each message over after a loop turn); its status."""
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": API + "/b/data/e", "raw_path": b"", "query_string": query,
-        "root_path": "", "headers": [(b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383), "extensions": {},
-    }
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await asyncio.Event().wait()  # the next request on the connection: never here
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return int(sent[0]["status"])
+    """A single write whose body came with its head; its status."""
+    return await request_at_once(app, "POST", API + "/b/data/e", query, body)
 
 
 def test_a_request_leaves_no_cycle_for_the_garbage_collector(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ and h11, which both servers pay alike.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
@@ -32,6 +31,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from tests.api.conftest import request_at_once  # noqa: E402
+
 Call = Callable[[str, str, bytes, bytes], Awaitable[int]]
 WARMUP = 300
 
@@ -40,31 +41,12 @@ def caller(app: Any) -> Call:
     """``call(method, path, query, body)``: one request through ``app``; its status."""
 
     async def call(method: str, path: str, query: bytes, body: bytes, label: bytes = b"1") -> int:
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
-            "query_string": query, "root_path": "",
-            "headers": [
-                (b"host", b"127.0.0.1:8383"), (b"user-agent", b"python-httpx/0.28"),
-                (b"accept", b"*/*"), (b"content-length", str(len(body)).encode()),
-                (b"content-type", b"application/octet-stream"), (b"x-reduct-label-n", label),
-            ],
-            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383), "extensions": {},
-        }
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            if messages:
-                return messages.pop()
-            await asyncio.Event().wait()  # never: the app does not read past the body
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-        return int(sent[0]["status"])
+        headers = [
+            (b"host", b"127.0.0.1:8383"), (b"user-agent", b"python-httpx/0.28"),
+            (b"accept", b"*/*"), (b"content-type", b"application/octet-stream"),
+            (b"x-reduct-label-n", label),
+        ]
+        return await request_at_once(app, method, path, query, body, headers)
 
     return call
 
