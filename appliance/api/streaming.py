@@ -45,15 +45,21 @@ async def next_chunk(it: AsyncIterator[bytes], timeout_seconds: float) -> bytes 
         raise BadRequest(TIMEOUT_MESSAGE) from None
 
 
+def check_received(received: int, length: int, *, ended: bool) -> None:
+    """400 once ``received`` body bytes pass the declared ``length``, or, at the body's end,
+    fall short of it."""
+    if received > length:
+        raise BadRequest(BIGGER_MESSAGE)
+    if ended and received < length:
+        raise BadRequest(SMALLER_MESSAGE)
+
+
 async def read_small_body(length: int, timeout_seconds: float) -> bytes:
     """The whole request body, which must be exactly ``length`` bytes (400 otherwise)."""
     body = request.body
     if isinstance(body, BoundedBody) and body.complete:  # usual for small bodies: no waiting
         data = body.take_all()
-        if len(data) > length:
-            raise BadRequest(BIGGER_MESSAGE)
-        if len(data) < length:
-            raise BadRequest(SMALLER_MESSAGE)
+        check_received(len(data), length, ended=True)
         return data
     parts = [chunk async for chunk in exact_chunks(length, timeout_seconds)]
     return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -65,11 +71,9 @@ async def exact_chunks(length: int, timeout_seconds: float) -> AsyncIterator[byt
     received = 0
     while (chunk := await next_chunk(it, timeout_seconds)) is not None:
         received += len(chunk)
-        if received > length:
-            raise BadRequest(BIGGER_MESSAGE)
+        check_received(received, length, ended=False)
         yield chunk
-    if received < length:
-        raise BadRequest(SMALLER_MESSAGE)
+    check_received(received, length, ended=True)
 
 
 async def next_parts(body: BoundedBody, timeout_seconds: float) -> list[bytes]:
@@ -97,11 +101,9 @@ async def exact_parts(length: int, timeout_seconds: float) -> AsyncIterator[list
     while parts := await next_parts(body, timeout_seconds):
         for part in parts:
             received += len(part)
-        if received > length:
-            raise BadRequest(BIGGER_MESSAGE)
+        check_received(received, length, ended=False)
         yield parts
-    if received < length:
-        raise BadRequest(SMALLER_MESSAGE)
+    check_received(received, length, ended=True)
 
 
 async def read_any_body(timeout_seconds: float, limit: int = MAX_SMALL_BODY_BYTES) -> bytes:
