@@ -189,15 +189,8 @@ class BlockSet:
 
         ``shape``: the content type and labels precomputed (batch writes; then ``labels`` is
         ``shape.labels``), which saves their share of the metadata size computation."""
-        ids = self.ids
-        block = self.live.get(ids[-1]) if ids else None
-        if (
-            block is not None
-            and block.order
-            and ts > block.order[-1]
-            and block.size + size <= self.max_block_size
-            and len(block.records) < self.max_block_records
-        ):
+        block = self._last_with_room(ts, size)
+        if block is not None:
             # Appending in time order to the last block, which has room: what ``_choose`` and
             # ``Block.put`` conclude for it, without their general steps (the common case of
             # every write, and per record of a batch).
@@ -236,11 +229,16 @@ class BlockSet:
         """The last block if a record at ``ts`` of ``size`` bytes would be appended to it in
         time order with room to spare and its WAL segment already started (``reserve``'s
         fast path, no block to flush or file to create); else None."""
+        block = self._last_with_room(ts, size)
+        return block if block is not None and block.wal_open else None
+
+    def _last_with_room(self, ts: int, size: int) -> Block | None:
+        """The last block if a record at ``ts`` of ``size`` bytes appends to it in time order
+        with room to spare (``reserve``'s fast path); else None."""
         ids = self.ids
         block = self.live.get(ids[-1]) if ids else None
         if (
             block is not None
-            and block.wal_open
             and block.order
             and ts > block.order[-1]
             and block.size + size <= self.max_block_size
