@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import current_app, request
 
+from appliance.api import params
 from appliance.auth import Token, require_full, require_read, require_write
 
 if TYPE_CHECKING:
@@ -45,10 +46,8 @@ def _strip_host(value: str) -> str:
 
 
 def _first_header(scope: Mapping[str, Any], name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin1")
-    return None
+    value = params.header(scope["headers"], name)
+    return None if value is None else value.decode("latin1")
 
 
 def scope_client_ip(scope: Mapping[str, Any]) -> str | None:
