@@ -16,18 +16,18 @@ from appliance.engine.mirror import Mirror
 from appliance.engine.models import EngineOptions
 from appliance.errors import ServiceUnavailable
 from tests.backup.conftest import read_all
-from tests.remote.test_mirror import FlakyBackend, open_storage, payloads, upload_all, write_all
+from tests.remote.test_mirror import (
+    FlakyBackend,
+    evicted_storage,
+    payloads,
+    upload_all,
+)
 
 
 def evicted_cache(root: Path, backend: FlakyBackend) -> tuple[Mirror, Storage, dict[int, bytes]]:
     """A storage on a cache ~6x smaller than its data, synced, most blocks evicted."""
     data = payloads(120, 20_000)  # ~2.4 MB of payload
-    mirror = Mirror(backend, root, cache_size=400_000, sync_interval=60)
-    storage = open_storage(root, mirror)
-    write_all(storage, data)
-    storage.compact()
-    mirror.sync()
-    assert mirror.evict() > 0
+    mirror, storage = evicted_storage(backend, root, data, 400_000)
     return mirror, storage, data
 
 

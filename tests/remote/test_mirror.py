@@ -47,6 +47,20 @@ def upload_all(backend: Backend, folder: Path, data: dict[int, bytes]) -> None:
     writer.close()
 
 
+def evicted_storage(
+    backend: Backend, root: Path, data: dict[int, bytes], cache_size: int
+) -> tuple[Mirror, Storage]:
+    """A storage at ``root`` on a cache of ``cache_size`` bytes holding ``data``
+    (``write_all``), compacted, synced, and with blocks evicted."""
+    mirror = Mirror(backend, root, cache_size=cache_size, sync_interval=60)
+    storage = open_storage(root, mirror)
+    write_all(storage, data)
+    storage.compact()
+    mirror.sync()
+    assert mirror.evict() > 0
+    return mirror, storage
+
+
 def read_all(storage: Storage, data: dict[int, bytes]) -> None:
     """Every payload comes back byte for byte."""
     entry = storage.get_bucket("b").get_entry("e")
@@ -78,12 +92,7 @@ def test_sync_uploads_and_a_new_cache_restores_everything(tmp_path: Path) -> Non
 def test_a_cache_far_smaller_than_the_data_returns_every_byte(tmp_path: Path) -> None:
     backend = MemoryBackend()
     data = payloads(120, 20_000)  # ~2.4 MB of payload
-    mirror = Mirror(backend, tmp_path / "c", cache_size=400_000, sync_interval=60)
-    storage = open_storage(tmp_path / "c", mirror)
-    write_all(storage, data)
-    storage.compact()
-    mirror.sync()
-    assert mirror.evict() > 0
+    mirror, storage = evicted_storage(backend, tmp_path / "c", data, 400_000)
     assert mirror.cache_bytes <= mirror.cache_size
     for _ in range(3):  # cycles of fetch and evict
         read_all(storage, data)
@@ -145,12 +154,7 @@ def test_rename_keeps_the_objects_and_removal_deletes_them_after_the_manifest(
 def test_renaming_evicted_blocks_uploads_no_placeholder(tmp_path: Path) -> None:
     backend = MemoryBackend()
     data = payloads(40, 20_000)
-    mirror = Mirror(backend, tmp_path / "v", cache_size=100_000, sync_interval=60)
-    storage = open_storage(tmp_path / "v", mirror)
-    write_all(storage, data)
-    storage.compact()
-    mirror.sync()
-    assert mirror.evict() > 0
+    mirror, storage = evicted_storage(backend, tmp_path / "v", data, 100_000)
     storage.get_bucket("b").rename_entry("e", "f")
     storage.rename_bucket("b", "c")
     mirror.sync()
@@ -375,12 +379,7 @@ def test_sync_interval_zero_acknowledges_only_once_on_the_store(tmp_path: Path) 
 def test_fetch_failure_is_a_503_without_backend_text(tmp_path: Path) -> None:
     backend = FlakyBackend()
     data = payloads(30, 10_000)
-    mirror = Mirror(backend, tmp_path / "f", cache_size=50_000, sync_interval=60)
-    storage = open_storage(tmp_path / "f", mirror)
-    write_all(storage, data)
-    storage.compact()
-    mirror.sync()
-    assert mirror.evict() > 0
+    mirror, storage = evicted_storage(backend, tmp_path / "f", data, 50_000)
     backend.down = True
     entry = storage.get_bucket("b").get_entry("e")
     with pytest.raises(ServiceUnavailable) as caught:

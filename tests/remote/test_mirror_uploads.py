@@ -13,6 +13,7 @@ from appliance.engine.mirror import KEY_PREFIX, Mirror
 from backends.memory import MemoryBackend
 from tests.remote.test_mirror import (
     SMALL_BLOCKS,
+    evicted_storage,
     open_storage,
     payloads,
     read_all,
@@ -170,12 +171,7 @@ class HangingBackend(MemoryBackend):
 def test_a_hanging_fetch_holds_up_no_other_file(tmp_path: Path) -> None:
     backend = HangingBackend()
     data = payloads(40, 10_000)
-    mirror = Mirror(backend, tmp_path / "h", cache_size=120_000, sync_interval=60)
-    storage = open_storage(tmp_path / "h", mirror)
-    write_all(storage, data)
-    storage.compact()
-    mirror.sync()
-    assert mirror.evict() > 0
+    mirror, storage = evicted_storage(backend, tmp_path / "h", data, 120_000)
     entry = storage.get_bucket("b").get_entry("e")
     # A placeholder: the length without the blocks; a block's name is its first timestamp.
     evicted = next(
