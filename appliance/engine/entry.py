@@ -31,6 +31,7 @@ from appliance import metrics
 from appliance.engine import fs_ops
 from appliance.engine.blockset import BlockSet
 from appliance.engine.bulk_read import BulkReads
+from appliance.engine.bulk_write import build_run
 from appliance.engine.codec import (
     IndexItem,
     RecordShape,
@@ -38,7 +39,6 @@ from appliance.engine.codec import (
     WalKind,
     encode_wal_frame,
     encode_wal_many,
-    pack_record,
 )
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_folder import EntryFiles
@@ -48,7 +48,6 @@ from appliance.engine.gate import gated
 from appliance.engine.ioerrors import boundary, guarded_iter, is_missing, translate
 from appliance.engine.models import EntryInfo, NewRecord, Pieces, RecordMeta, RecordState
 from appliance.engine.names import is_meta_entry
-from appliance.engine.sizing import position_metadata_size
 from appliance.engine.readable import check_readable
 from appliance.errors import (
     ApplianceError,
@@ -462,6 +461,7 @@ class Entry(BulkReads, EntryRemoval):
         blocks = self._blocks
         handles: list[FileHandle] = []
         stored: list[StoredRecord] = []
+        end = start
         try:
             with self._lock:
                 self._check_alive()
@@ -474,35 +474,10 @@ class Entry(BulkReads, EntryRemoval):
                 except OSError:
                     return start
                 handles.append(handle)
-                offset = first = block.alloc_end
-                entry = self.name
-                payloads: list[bytes | Pieces] = []
-                encoded: list[bytes] = []
-                for k in range(start, end):
-                    new = records[k]
-                    data = new.data  # bytes: appendable_run takes nothing else
-                    ts = new.timestamp
-                    size = len(data)
-                    key = (id(new.labels), new.content_type)
-                    shape = shapes.get(key)
-                    if shape is None:
-                        shape = shapes[key] = RecordShape(new.content_type, new.labels)
-                    crc = crc32c(data)
-                    meta_size = position_metadata_size(ts, offset, offset + size) + shape.meta_size
-                    stored.append(
-                        StoredRecord(
-                            ts, size, shape.content_type, shape.labels, _FINISHED, entry,
-                            offset, crc, meta_size,
-                        )
-                    )
-                    encoded.append(
-                        pack_record(
-                            ts, offset, size, crc, meta_size, _FINISHED, shape.content_type_len,
-                            shape.label_count,
-                        ) + shape.tail
-                    )
-                    payloads.append(data)
-                    offset += size
+                first = block.alloc_end
+                stored, encoded, payloads, offset = build_run(
+                    records, start, end, first, shapes, self.name
+                )
                 try:
                     fs_ops.write_all(handle.fd, payloads, first)
                     handle.dirty = True
@@ -510,12 +485,13 @@ class Entry(BulkReads, EntryRemoval):
                         blocks.append_wal(block, encode_wal_many(self._ctx.generation, encoded))
                     )
                 except OSError:
-                    return start
-                blocks.append_run(block, stored, encoded, offset)
+                    end = start  # nothing is stored: handles released below
+                else:
+                    blocks.append_run(block, stored, encoded, offset)
         except BaseException:
             self._release_all(handles)
             raise
-        if len(handles) < 2:
+        if end == start:
             self._release_all(handles)
             return start
         try:

@@ -12,6 +12,7 @@ import google_crc32c
 import pytest
 
 from appliance.engine import Storage
+from appliance.engine.bulk_write import build_run
 from appliance.engine.check import check
 from appliance.engine.codec import (
     WAL_HEADER_SIZE,
@@ -213,6 +214,7 @@ def test_batch_run_failing_its_pwritev_falls_back_and_reports_per_record(
     errors = bucket.write_batch("e", batch(2, 3))
     monkeypatch.undo()
     assert sorted(errors) == [2, 3, 4] and {e.status for e in errors.values()} == {507}
+    assert all(h.pins == 0 for h in storage._ctx.files._open.values())  # nothing left pinned
     assert stamps(storage) == [1]
     assert bucket.write_batch("e", batch(5, 3)) == {}
     assert stamps(storage) == [1, 5, 6, 7]
@@ -220,6 +222,20 @@ def test_batch_run_failing_its_pwritev_falls_back_and_reports_per_record(
     reopened = Storage.open(EngineOptions(data_path=tmp_path))
     assert stamps(reopened) == [1, 5, 6, 7]
     reopened.close()
+
+
+@pytest.mark.parametrize("ts", [0, 5, 1_000_000, 1_700_000_000_123_456, 2**64 - 1])
+def test_bulk_run_metadata_size_is_the_engine_figure(ts: int) -> None:
+    """``build_run`` inlines ``position_metadata_size``: the same figure at every varint
+    boundary of the timestamp and the offsets."""
+    for offset in (0, 1, 127, 128, 16_383, 16_384, 2**21, 2**35):
+        for size in (0, 1, 127, 128):
+            new = NewRecord(ts, b"x" * size, CT, LABELS)
+            stored, encoded, _, after = build_run([new], 0, 1, offset, {}, "e")
+            expected = record_metadata_size(ts, offset, offset + size, LABELS, CT)
+            assert stored[0].meta_size == expected, (offset, size)
+            assert after == offset + size
+            assert encoded[0] == encode_record(stored[0])
 
 
 # --- recovery and the checker ---------------------------------------------------------------------
