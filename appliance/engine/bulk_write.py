@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import google_crc32c
 
 from appliance.engine.codec import RecordShape, StoredRecord, pack_record
-from appliance.engine.models import NewRecord, Pieces, RecordState
+from appliance.engine.models import NewRecord, RecordState
 from appliance.engine.sizing import NANOS_PER_US, US_PER_SECOND
 
 _FINISHED = RecordState.FINISHED
@@ -34,12 +34,12 @@ def build_run(
     offset: int,
     shapes: dict[tuple[int, str], RecordShape],
     entry: str,
-) -> tuple[list[StoredRecord], list[bytes], list[bytes | Pieces], int]:
+) -> tuple[list[StoredRecord], list[bytes], list[bytes], int]:
     """FINISHED records for ``records[start:end]`` (in-memory ``bytes`` payloads) placed from
     ``offset`` on: (records, their encoded bytes, payloads, the offset after the last)."""
     stored: list[StoredRecord] = []
     encoded: list[bytes] = []
-    payloads: list[bytes | Pieces] = []
+    payloads: list[bytes] = []
     add_stored = stored.append
     add_encoded = encoded.append
     add_payload = payloads.append
@@ -86,6 +86,6 @@ def build_run(
                 shape.label_count,
             ) + shape.tail
         )
-        add_payload(data)
+        add_payload(data)  # type: ignore[arg-type]
         offset = after
     return stored, encoded, payloads, offset

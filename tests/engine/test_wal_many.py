@@ -1,4 +1,4 @@
-"""Batch writes in bulk: one WRITE_MANY WAL frame and one ``pwritev`` per run of a batch that
+"""Batch writes in bulk: one WRITE_MANY WAL frame and one ``pwrite`` per run of a batch that
 appends to the last block; its recovery after cuts and damage, old per-record segments, the
 checker and the generation fence."""
 
