@@ -81,6 +81,21 @@ BULK_RECORD_BYTES = JOIN_RECORD_BYTES
 BULK_RUN_BYTES = 2 * MIB
 
 
+def _next_run(records: Sequence[NewRecord], start: int) -> int:
+    """The first index after ``start`` whose record may begin a bulk run: small, in memory,
+    and later than the record before it (``len(records)`` if none)."""
+    for k in range(start + 1, len(records)):
+        new = records[k]
+        data = new.data
+        if (
+            type(data) is bytes
+            and len(data) <= BULK_RECORD_BYTES
+            and new.timestamp > records[k - 1].timestamp
+        ):
+            return k
+    return len(records)
+
+
 class Entry(BulkReads, EntryRemoval):
     """Records of one entry of one bucket (thread-safe)."""
 
@@ -422,16 +437,21 @@ class Entry(BulkReads, EntryRemoval):
         shapes: dict[tuple[int, str], RecordShape] = {}
         i = 0
         count = len(records)
+        refused = 0
         while i < count:
             try:
                 done = self._write_bulk(records, i, shapes, errors)
-                if done == i:
-                    # Not a bulk run (out of order, a new block, a duplicate...): the general
-                    # step, up to the first pair in time order, where a run may start again.
-                    stop = i + 1
-                    while stop < count and records[stop].timestamp <= records[stop - 1].timestamp:
-                        stop += 1
-                    done = self._write_step(records, i, stop, shapes, errors)
+                if done != i:
+                    refused = 0
+                elif refused:
+                    # Refused again right after a general step (records older than the last
+                    # block's, a failing disk...): the rest of the batch goes the general way.
+                    done = self._write_step(records, i, count, shapes, errors)
+                else:
+                    # Not a bulk run (a new block, out of order, large records...): the general
+                    # step, up to the next record that may start a run again.
+                    refused = 1
+                    done = self._write_step(records, i, _next_run(records, i), shapes, errors)
                 i = done
             except ApplianceError as exc:  # e.g. the entry was removed meanwhile
                 for new in records[i:]:

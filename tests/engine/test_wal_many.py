@@ -238,6 +238,42 @@ def test_bulk_run_metadata_size_is_the_engine_figure(ts: int) -> None:
             assert encoded[0] == encode_record(stored[0])
 
 
+def wal_appends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count ``BlockSet.append_wal`` calls (one per WAL append) from now on."""
+    from appliance.engine.blockset import BlockSet
+
+    calls: list[int] = []
+    real = BlockSet.append_wal
+
+    def counted(self: BlockSet, block: object, frames: bytes) -> object:
+        calls.append(len(frames))
+        return real(self, block, frames)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BlockSet, "append_wal", counted)
+    return calls
+
+
+def test_batches_the_bulk_path_refuses_still_take_one_general_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large records, and small ones older than the last block's, are not bulk runs: the
+    batch still goes in one general step (one WAL append per block), not one per record."""
+    storage = Storage.open(EngineOptions(data_path=tmp_path))
+    bucket = storage.create_bucket("b")
+    bucket.write_record("e", 1000, payload(1000), CT, LABELS)
+    bucket.write_record("e", 1, payload(1), CT, LABELS)  # block 1: 1 and 1000
+    calls = wal_appends(monkeypatch)
+    large = [NewRecord(ts, b"L" * 40_000, CT, LABELS) for ts in range(2000, 2010)]
+    assert bucket.write_batch("e", large) == {}
+    assert len(calls) == 1
+    calls.clear()
+    belated = batch(10, 20)  # between 1 and 1000: never an append to the end
+    assert bucket.write_batch("e", belated) == {}
+    assert len(calls) <= 2
+    assert stamps(storage) == [1, *range(10, 30), 1000, *range(2000, 2010)]
+    storage.close()
+
+
 # --- recovery and the checker ---------------------------------------------------------------------
 
 
