@@ -1,7 +1,8 @@
 """The appliance side by side with PostgreSQL, the system users pick instead.
 
-Usage: ``python tests/bench/bench_peers.py [--reps 5] [--quick] [--sizes 100KiB,1MiB]`` (needs Debian's
-``postgresql`` package and the ``bench`` extra: ``pip install -e '.[bench]'`` for asyncpg).
+Usage: ``python tests/bench/bench_peers.py [--reps 5] [--quick] [--sizes 100KiB,1MiB]``
+(needs Debian's ``postgresql`` package and the ``bench`` extra: ``pip install -e '.[bench]'``
+for asyncpg).
 
 Same machine, same run: a private PostgreSQL cluster (``initdb`` in a temporary folder, on
 127.0.0.1 and a free port, run as the ``postgres`` user because initdb refuses root; started and

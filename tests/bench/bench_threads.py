@@ -105,67 +105,78 @@ async def read_records(bucket: Bucket, count: int) -> None:
                 return
 
 
-async def one_run(mode: str, system: str, records: int, folder: Path) -> dict[str, float]:
-    """Start the server, warm up, time ``records`` records; figures per record."""
-    empty = None
-    if system == "empty":
-        port = free_port()
-        empty = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("empty_app.py")), str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        server = ServerProcess(folder / "unused", port=port)
-        server.proc = empty
-        server.wait_ready(path="/api/v1/alive")
-    else:
-        server = ServerProcess(folder / "data").start()
-    assert server.proc is not None
-    pid = server.proc.pid
-    marks: list[tuple[str, float]] = []
+def start_server(system: str, folder: Path) -> tuple[ServerProcess, subprocess.Popen[bytes] | None]:
+    """The appliance, or the empty-handler app (then also returned as its process)."""
+    if system != "empty":
+        return ServerProcess(folder / "data").start(), None
+    port = free_port()
+    empty = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("empty_app.py")), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    server = ServerProcess(folder / "unused", port=port)
+    server.proc = empty
+    server.wait_ready(path="/api/v1/alive")
+    return server, empty
+
+
+def one_run(mode: str, system: str, records: int, folder: Path) -> dict[str, float]:
+    """Start the server, measure, stop it."""
+    server, empty = start_server(system, folder)
     try:
-        trace = aiohttp.TraceConfig()
-
-        async def on_start(_s: object, _c: object, params: aiohttp.TraceRequestStartParams) -> None:
-            if "/read" in str(params.url):
-                marks.append(("start", time.perf_counter()))
-
-        async def on_headers(_s: object, _c: object, params: aiohttp.TraceRequestEndParams) -> None:
-            if "/read" in str(params.url):
-                marks.append(("headers", time.perf_counter()))
-
-        trace.on_request_start.append(on_start)
-        trace.on_request_end.append(on_headers)
-        async with Client(server.url, timeout=120) as client:
-            await client._http._session.close()  # the same session, with the trace hooks
-            client._http._session = aiohttp.ClientSession(
-                timeout=client._http._timeout, trace_configs=[trace]
-            )
-            bucket = (
-                Bucket("b", client._http) if empty else await client.create_bucket("b")
-            )
-            data = os.urandom(MIB)
-            if mode == "read":
-                await write_records(bucket, "batched", data, 1, max(records // 2, 64))
-                await read_records(bucket, 64)  # warm-up
-            else:
-                await write_records(bucket, mode, data, 10**9, 32)  # warm-up
-            ballast(folder)
-            marks.clear()
-            before, faults0 = thread_stats(pid), minor_faults(pid)
-            client0, start = time.process_time(), time.perf_counter()
-            if mode == "read":
-                await read_records(bucket, records)
-            else:
-                await write_records(bucket, mode, data, 2 * 10**9, records)
-            seconds = time.perf_counter() - start
-            client_cpu = time.process_time() - client0
-            after, faults1 = thread_stats(pid), minor_faults(pid)
+        return asyncio.run(measure(mode, server, empty is not None, records, folder))
     finally:
         if empty is not None:
             empty.terminate()
             empty.wait(timeout=10)
         else:
             server.stop()
+
+
+async def measure(
+    mode: str, server: ServerProcess, empty: bool, records: int, folder: Path
+) -> dict[str, float]:
+    """Warm up, time ``records`` records; figures per record."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    marks: list[tuple[str, float]] = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_start(_s: object, _c: object, params: aiohttp.TraceRequestStartParams) -> None:
+        if "/read" in str(params.url):
+            marks.append(("start", time.perf_counter()))
+
+    async def on_headers(_s: object, _c: object, params: aiohttp.TraceRequestEndParams) -> None:
+        if "/read" in str(params.url):
+            marks.append(("headers", time.perf_counter()))
+
+    trace.on_request_start.append(on_start)
+    trace.on_request_end.append(on_headers)
+    async with Client(server.url, timeout=120) as client:
+        await client._http._session.close()  # the same session, with the trace hooks
+        client._http._session = aiohttp.ClientSession(
+            timeout=client._http._timeout, trace_configs=[trace]
+        )
+        bucket = (
+            Bucket("b", client._http) if empty else await client.create_bucket("b")
+        )
+        data = os.urandom(MIB)
+        if mode == "read":
+            await write_records(bucket, "batched", data, 1, max(records // 2, 64))
+            await read_records(bucket, 64)  # warm-up
+        else:
+            await write_records(bucket, mode, data, 10**9, 32)  # warm-up
+        ballast(folder)
+        marks.clear()
+        before, faults0 = thread_stats(pid), minor_faults(pid)
+        client0, start = time.process_time(), time.perf_counter()
+        if mode == "read":
+            await read_records(bucket, records)
+        else:
+            await write_records(bucket, mode, data, 2 * 10**9, records)
+        seconds = time.perf_counter() - start
+        client_cpu = time.process_time() - client0
+        after, faults1 = thread_stats(pid), minor_faults(pid)
     row: dict[str, float] = defaultdict(float)
     row["records/s"] = records / seconds
     for tid, (_name, user, system_, switches) in after.items():
@@ -180,8 +191,10 @@ async def one_run(mode: str, system: str, records: int, folder: Path) -> dict[st
     starts = [t for kind, t in marks if kind == "start"]
     heads = [t for kind, t in marks if kind == "headers"]
     if len(starts) > 1 and len(heads) >= len(starts) - 1:
-        row["to headers ms"] = statistics.median(h - s for s, h in zip(starts, heads)) * 1e3
-        row["cycle ms"] = statistics.median(b - a for a, b in zip(starts, starts[1:])) * 1e3
+        waits = [h - s for s, h in zip(starts, heads, strict=False)]
+        cycles = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        row["to headers ms"] = statistics.median(waits) * 1e3
+        row["cycle ms"] = statistics.median(cycles) * 1e3
     return row
 
 
@@ -208,9 +221,7 @@ def main() -> None:
                 for system in systems:
                     folder = Path(tmp) / f"{mode}-{system}-{rep}"
                     folder.mkdir()
-                    results[(mode, system)].append(
-                        asyncio.run(one_run(mode, system, args.records, folder))
-                    )
+                    results[(mode, system)].append(one_run(mode, system, args.records, folder))
     load1 = os.getloadavg()
     seen = {k for rows in results.values() for row in rows for k in row}
     columns = [c for c in COLUMNS if c in seen]
