@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right, insort
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from appliance.engine.block import Block, index_item
 from appliance.engine.codec import (
@@ -34,7 +34,7 @@ from appliance.engine.codec import (
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_folder import EntryFiles
 from appliance.engine.fd_cache import FileHandle
-from appliance.engine.models import RecordState
+from appliance.engine.models import NewRecord, RecordState
 from appliance.engine.sizing import position_metadata_size, record_metadata_size
 from appliance.errors import Conflict, CorruptionError, NotFound
 
@@ -246,6 +246,56 @@ class BlockSet:
         ):
             return block
         return None
+
+    def appendable_run(
+        self, records: Sequence[NewRecord], start: int, max_record: int, max_bytes: int
+    ) -> tuple[Block, int] | None:
+        """The last block and the end of the run of ``records`` from ``start`` on that append
+        to it in time order with room to spare (what ``reserve``'s fast path would conclude
+        for each), in-memory payloads of at most ``max_record`` bytes, ``max_bytes`` in all;
+        None when not even the first one does."""
+        ids = self.ids
+        block = self.live.get(ids[-1]) if ids else None
+        if block is None or not block.order:
+            return None
+        last = block.order[-1]
+        room = min(self.max_block_size - block.size, max_bytes)
+        end = min(len(records), start + self.max_block_records - len(block.records))
+        i = start
+        while i < end:
+            new = records[i]
+            data = new.data
+            ts = new.timestamp
+            if type(data) is not bytes or ts <= last:
+                break
+            size = len(data)
+            if size > room or size > max_record:
+                break
+            room -= size
+            last = ts
+            i += 1
+        return (block, i) if i > start else None
+
+    def append_run(
+        self, block: Block, records: list[StoredRecord], encoded: list[bytes], alloc_end: int
+    ) -> None:
+        """Add FINISHED records, already written and logged, at the end of ``block`` (from
+        ``appendable_run``); ``encoded``: their record bytes, reused by the next descriptor."""
+        size = meta_size = 0
+        by_ts = block.records
+        cache = block.encoded
+        for record, data in zip(records, encoded, strict=True):
+            ts = record.timestamp
+            by_ts[ts] = record
+            cache[ts] = (record, data)
+            size += record.size
+            meta_size += record.meta_size
+        block.order.extend(r.timestamp for r in records)
+        block.size += size
+        block.meta_size += meta_size
+        block.alloc_end = alloc_end
+        self.size += size + meta_size
+        self.count += len(records)
 
     def _started(
         self, ts: int, size: int, content_type: str, labels: Mapping[str, str], offset: int,

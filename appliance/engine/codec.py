@@ -24,7 +24,9 @@ max_block_size u64 | max_block_records u64 | crc32c``.
 
 WAL segment ``.wal/<block_id>.wal``: header ``"RSWL" v1 flags u16 | block_id u64 | generation u64
 | crc32c``, then frames ``kind u8 | length u32 | payload | crc32c(kind|length|payload)``; payload =
-``generation u64`` + a record (WRITE, UPDATE) or a ``ts u64`` (REMOVE). A frame is only valid
+``generation u64`` + a record (WRITE, UPDATE) or a ``ts u64`` (REMOVE) or ``count u32`` + that
+many records (WRITE_MANY: the records of one batch appended to one block in time order, written
+with one frame and one CRC; replayed exactly as that many WRITE frames). A frame is only valid
 whole, so a torn tail is detected and cut at the last good frame. A segment that ends inside its
 header or a frame is *torn* (``CorruptionError.recoverable``: an append cut short by a crash);
 a wrong magic, version or checksum is damage.
@@ -59,12 +61,13 @@ _SETTINGS = struct.Struct("<4sHHBQQQ")
 _WAL = struct.Struct("<4sHHQQ")
 _FRAME = struct.Struct("<BI")
 _U64 = struct.Struct("<Q")
+_MANY = struct.Struct("<BIQI")  # a WRITE_MANY frame's kind, length, generation, record count
 _STATES = (RecordState.STARTED, RecordState.FINISHED, RecordState.ERRORED)
 _QUOTA_CODES = {QuotaType.NONE: 0, QuotaType.FIFO: 1, QuotaType.HARD: 2}
 _QUOTA_TYPES = {code: quota for quota, code in _QUOTA_CODES.items()}
 
 WAL_HEADER_SIZE = _WAL.size + _CRC.size
-_pack_record = _REC.pack
+_pack_record = pack_record = _REC.pack  # public: the bulk write path packs records inline
 _pack_label = _LABEL.pack
 crc32c = google_crc32c.value
 
@@ -122,17 +125,20 @@ class WalKind(IntEnum):
     WRITE = 1
     UPDATE = 2
     REMOVE = 3
+    WRITE_MANY = 4  # decoded into one WRITE frame per record (all with the frame's offsets)
 
 
 @dataclass(frozen=True, slots=True)
 class WalFrame:
-    """One decoded WAL frame: a whole record (WRITE/UPDATE) or a removed timestamp."""
+    """One decoded WAL frame: a whole record (WRITE/UPDATE) or a removed timestamp; ``offset``
+    and ``end``: the bytes of the frame on disk (shared by the records of a WRITE_MANY frame)."""
 
     kind: WalKind
     generation: int
     record: StoredRecord | None
     timestamp: int
     offset: int = 0
+    end: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +438,13 @@ def encode_wal_frame(
     return head + _CRC.pack(crc32c(head))
 
 
+def encode_wal_many(generation: int, encoded: list[bytes]) -> bytes:
+    """A WRITE_MANY frame carrying records already encoded (``encode_record``), in time order."""
+    body = b"".join(encoded)
+    head = _MANY.pack(WalKind.WRITE_MANY, 12 + len(body), generation, len(encoded)) + body
+    return head + _CRC.pack(crc32c(head))
+
+
 def encode_wal_remove(generation: int, timestamp: int) -> bytes:
     """A REMOVE frame for one timestamp."""
     head = _FRAME.pack(WalKind.REMOVE, 16) + _U64.pack(generation) + _U64.pack(timestamp)
@@ -453,19 +466,17 @@ def decode_wal(data: bytes, entry: str = "", source: str | None = None) -> WalSe
     error: CorruptionError | None = None
     while pos < size:
         try:
-            frames.append(_decode_frame(data, pos, entry, source))
+            pos = _decode_frame(data, pos, entry, source, frames)
         except CorruptionError as exc:
             error = exc
             break
-        pos += _FRAME.size + _frame_len(data, pos) + _CRC.size
     return WalSegment(block_id, generation, tuple(frames), pos, error)
 
 
-def _frame_len(data: bytes, pos: int) -> int:
-    return int(_FRAME.unpack_from(data, pos)[1])
-
-
-def _decode_frame(data: bytes, pos: int, entry: str, source: str | None) -> WalFrame:
+def _decode_frame(
+    data: bytes, pos: int, entry: str, source: str | None, frames: list[WalFrame]
+) -> int:
+    """Append the frame at ``pos`` to ``frames`` (one per record of a WRITE_MANY); its end."""
     if pos + _FRAME.size > len(data):
         raise _corrupt("WAL", source, pos, "frame header is torn", torn=True)
     kind, length = _FRAME.unpack_from(data, pos)
@@ -476,15 +487,24 @@ def _decode_frame(data: bytes, pos: int, entry: str, source: str | None) -> WalF
     if crc32c(data[pos:end]) != stored:
         raise _corrupt("WAL", source, pos, "frame checksum mismatch")
     body = pos + _FRAME.size
+    frame_end = end + _CRC.size
     try:
         kind = WalKind(kind)
         (generation,) = _U64.unpack_from(data, body)
         if kind is WalKind.REMOVE:
             (timestamp,) = _U64.unpack_from(data, body + 8)
-            return WalFrame(kind, generation, None, timestamp, pos)
-        records, rec_end = _decode_records(data, body + 8, 1, end, entry)
+            frames.append(WalFrame(kind, generation, None, timestamp, pos, frame_end))
+            return frame_end
+        count = 1
+        first = body + 8
+        if kind is WalKind.WRITE_MANY:
+            (count,) = _CRC.unpack_from(data, first)
+            first += 4
+            kind = WalKind.WRITE
+        records, rec_end = _decode_records(data, first, count, end, entry)
     except (ValueError, struct.error, IndexError) as exc:
         raise _corrupt("WAL", source, pos, f"bad frame: {exc}") from exc
     if rec_end != end:
-        raise _corrupt("WAL", source, pos, "frame length does not match its record")
-    return WalFrame(kind, generation, records[0], records[0].timestamp, pos)
+        raise _corrupt("WAL", source, pos, "frame length does not match its records")
+    frames.extend(WalFrame(kind, generation, r, r.timestamp, pos, frame_end) for r in records)
+    return frame_end

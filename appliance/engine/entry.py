@@ -31,7 +31,15 @@ from appliance import metrics
 from appliance.engine import fs_ops
 from appliance.engine.blockset import BlockSet
 from appliance.engine.bulk_read import BulkReads
-from appliance.engine.codec import IndexItem, RecordShape, StoredRecord, WalKind, encode_wal_frame
+from appliance.engine.bulk_write import build_run
+from appliance.engine.codec import (
+    IndexItem,
+    RecordShape,
+    StoredRecord,
+    WalKind,
+    encode_wal_frame,
+    encode_wal_many,
+)
 from appliance.engine.context import EngineContext
 from appliance.engine.entry_folder import EntryFiles
 from appliance.engine.entry_removal import EntryRemoval
@@ -47,7 +55,7 @@ from appliance.errors import (
     NotFound,
 )
 from appliance.sizes import JOIN_RECORD_BYTES
-from appliance.units import KIB
+from appliance.units import KIB, MIB
 
 log = logging.getLogger(__name__)
 _FINISHED = RecordState.FINISHED
@@ -66,6 +74,26 @@ def _crc_of(parts: list[bytes]) -> int:
 # Blocks one step of ``write_batch`` writes into: it holds a data and a WAL file of each open,
 # so this bounds a batch's descriptors however small the blocks (``max_block_records: 1``).
 MAX_BATCH_BLOCKS = 32
+
+# The bulk path of a batch (``Entry._write_bulk``) holds the entry lock through its payloads'
+# ``pwrite``: small records only, and a bounded run, so readers of the entry wait ~1 ms at most.
+BULK_RECORD_BYTES = JOIN_RECORD_BYTES
+BULK_RUN_BYTES = 2 * MIB
+
+
+def _next_run(records: Sequence[NewRecord], start: int) -> int:
+    """The first index after ``start`` whose record may begin a bulk run: small, in memory,
+    and later than the record before it (``len(records)`` if none)."""
+    for k in range(start + 1, len(records)):
+        new = records[k]
+        data = new.data
+        if (
+            type(data) is bytes
+            and len(data) <= BULK_RECORD_BYTES
+            and new.timestamp > records[k - 1].timestamp
+        ):
+            return k
+    return len(records)
 
 
 class Entry(BulkReads, EntryRemoval):
@@ -393,40 +421,127 @@ class Entry(BulkReads, EntryRemoval):
             mirror.commit()  # RS_REMOTE_SYNC_INTERVAL=0: acknowledged only once on S3
 
     def write_batch(self, records: Sequence[NewRecord]) -> dict[int, ApplianceError]:
-        """Write whole in-memory records: one pwrite per block run, one WAL append per block.
+        """Write whole in-memory records: runs appending to the last block in bulk (one
+        ``pwrite``, one WAL frame), the rest one pwrite per block run, one WAL append per block.
 
-        The records go in steps touching at most ``MAX_BATCH_BLOCKS`` blocks each, so a batch
-        never holds more than that many data and WAL files open at once, however small the
-        blocks are (issue 8 item 1). Every record gets the truth: either it is stored (no
-        entry in the result) or it carries its own error and is not stored, not even after a
-        restart; an I/O failure of one step fails that step's records only.
+        The general steps touch at most ``MAX_BATCH_BLOCKS`` blocks each, so a batch never
+        holds more than that many data and WAL files open at once, however small the blocks
+        are (issue 8 item 1). Every record gets the truth: either it is stored (no entry in
+        the result) or it carries its own error and is not stored, not even after a restart;
+        an I/O failure of one step fails that step's records only.
         """
         errors: dict[int, ApplianceError] = {}
+        # Records of a batch mostly share a few (content type, labels) pairs, often the very
+        # same objects (the API's header parser shares them): encode each pair once. Keyed by
+        # the caller's objects, which ``records`` keeps alive for the whole call.
+        shapes: dict[tuple[int, str], RecordShape] = {}
         i = 0
-        while i < len(records):
+        count = len(records)
+        refused = 0
+        while i < count:
             try:
-                i = self._write_step(records, i, errors)
+                done = self._write_bulk(records, i, shapes, errors)
+                if done != i:
+                    refused = 0
+                elif refused:
+                    # Refused again right after a general step (records older than the last
+                    # block's, a failing disk...): the rest of the batch goes the general way.
+                    done = self._write_step(records, i, count, shapes, errors)
+                else:
+                    # Not a bulk run (a new block, out of order, large records...): the general
+                    # step, up to the next record that may start a run again.
+                    refused = 1
+                    done = self._write_step(records, i, _next_run(records, i), shapes, errors)
+                i = done
             except ApplianceError as exc:  # e.g. the entry was removed meanwhile
                 for new in records[i:]:
                     errors.setdefault(new.timestamp, exc)
                 break
         return errors
 
-    def _write_step(
-        self, records: Sequence[NewRecord], start: int, errors: dict[int, ApplianceError]
+    def _write_bulk(
+        self,
+        records: Sequence[NewRecord],
+        start: int,
+        shapes: dict[tuple[int, str], RecordShape],
+        errors: dict[int, ApplianceError],
     ) -> int:
-        """Write records from ``start`` on, into at most MAX_BATCH_BLOCKS blocks; next index."""
+        """Write the run of records from ``start`` that appends to the last block in time order
+        (``BlockSet.appendable_run``) at once; the index after it (``start``: none written).
+
+        Under one hold of the entry lock: the payloads in one ``pwrite``, then one WRITE_MANY
+        WAL frame, then the FINISHED records into the block; nothing is visible before it is
+        logged, so no STARTED stage is needed. Any I/O failure leaves nothing behind (the WAL
+        append cuts itself off) and returns ``start``: the general path retries those records
+        and reports their failure its usual way. The journal (point-in-time backups) takes the
+        general path too.
+        """
+        if self._ctx.journal is not None:
+            return start
+        blocks = self._blocks
+        handles: list[FileHandle] = []
+        stored: list[StoredRecord] = []
+        end = start
+        try:
+            with self._lock:
+                self._check_alive()
+                run = blocks.appendable_run(records, start, BULK_RECORD_BYTES, BULK_RUN_BYTES)
+                if run is None:
+                    return start
+                block, end = run
+                try:
+                    handle = self.files.pin_data(block.block_id, create=True)
+                except OSError:
+                    return start
+                handles.append(handle)
+                first = block.alloc_end
+                stored, encoded, payloads, offset = build_run(
+                    records, start, end, first, shapes, self.name
+                )
+                try:
+                    # One pwrite of the joined run: for records this small, copying them is
+                    # cheaper than a pwritev of as many iovecs (0.14 against 0.58 µs a KiB).
+                    fs_ops.write_all(handle.fd, (b"".join(payloads),), first)
+                    handle.dirty = True
+                    handles.append(
+                        blocks.append_wal(block, encode_wal_many(self._ctx.generation, encoded))
+                    )
+                except OSError:
+                    end = start  # nothing is stored: handles released below
+                else:
+                    blocks.append_run(block, stored, encoded, offset)
+        except BaseException:
+            self._release_all(handles)
+            raise
+        if end == start:
+            self._release_all(handles)
+            return start
+        try:
+            self._commit_and_release(handles)
+        except OSError as exc:
+            # Not made durable as promised (sync writes): nothing of this run is acked.
+            unsynced = translate(exc, "write the records")
+            for record in stored:
+                errors.setdefault(record.timestamp, unsynced)
+        return end
+
+    def _write_step(
+        self,
+        records: Sequence[NewRecord],
+        start: int,
+        stop: int,
+        shapes: dict[tuple[int, str], RecordShape],
+        errors: dict[int, ApplianceError],
+    ) -> int:
+        """Write records ``start:stop`` one by one, into at most MAX_BATCH_BLOCKS blocks; the
+        index after the last one written."""
         placed: list[tuple[int, StoredRecord, bytes | Pieces, RecordShape]] = []
         data_handles: dict[int, FileHandle] = {}
-        # Records of a batch mostly share a few (content type, labels) pairs, often the very
-        # same objects (the API's header parser shares them): encode each pair once. Keyed by
-        # the caller's objects, which ``records`` keeps alive for the whole call.
-        shapes: dict[tuple[int, str], RecordShape] = {}
         reserve = self._blocks.reserve
         i = start
         with self._lock:
             self._check_alive()
-            while i < len(records) and len(data_handles) < MAX_BATCH_BLOCKS:
+            while i < stop and len(data_handles) < MAX_BATCH_BLOCKS:
                 new = records[i]
                 i += 1
                 data = new.data

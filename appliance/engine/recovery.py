@@ -260,12 +260,8 @@ class EntryRecovery:
             return segment.frames
         key = path.relative_to(self.ctx.data_path).as_posix()
         rule = fence.segment(key, segment.generation, data)
-        ends = [frame.offset for frame in segment.frames[1:]] + [segment.good_end]
-        kept = tuple(
-            frame
-            for frame, end in zip(segment.frames, ends, strict=True)
-            if rule.accept(frame.generation, end)
-        )
+        # ``frame.end``: the records of one WRITE_MANY frame share its offsets (and its fate).
+        kept = tuple(frame for frame in segment.frames if rule.accept(frame.generation, frame.end))
         dropped = len(segment.frames) - len(kept)
         if dropped:
             self.report.add(
