@@ -161,7 +161,8 @@ def install() -> bool:
     _replace(h11._readers.READERS, (CLIENT, IDLE), make_reader(reader))
     _replace(h11._connection, "get_comma_header", indexed_get_comma_header)
     _replace(h11._headers, "get_comma_header", indexed_get_comma_header)
-    _replace(h11._events, "normalize_and_validate", make_normalize(h11._events.normalize_and_validate))
+    normalize = h11._events.normalize_and_validate
+    _replace(h11._events, "normalize_and_validate", make_normalize(normalize))
     for state in (IDLE, SEND_RESPONSE):
         writer = h11._writers.WRITERS[(SERVER, state)]
         _replace(h11._writers.WRITERS, (SERVER, state), make_response_writer(writer))

@@ -38,7 +38,7 @@ SECONDS = 0.5
 
 def request_case(headers: int) -> tuple[Callable[[], None], int]:
     """Receiving a batched write's head; the number of headers."""
-    lines = [b"Host: 127.0.0.1:8383", b"Content-Length: 0", b"Content-Type: application/octet-stream"]
+    lines = [b"Host: 127.0.0.1:8383", b"Content-Length: 0", b"Content-Type: text/plain"]
     lines += [
         b"x-reduct-time-%d: 1024,application/octet-stream,a=b" % (1_700_000_000_000_000 + i)
         for i in range(headers)

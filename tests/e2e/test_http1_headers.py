@@ -42,7 +42,8 @@ def exchange(port: int, request: bytes) -> bytes:
                 break
             data += chunk
     status, *lines = data.split(b"\r\n\r\n")[0].split(b"\r\n")
-    return b"\r\n".join([status, *sorted(line for line in lines if not line.lower().startswith(b"date:"))])
+    kept = sorted(line for line in lines if not line.lower().startswith(b"date:"))
+    return b"\r\n".join([status, *kept])
 
 
 @pytest.fixture

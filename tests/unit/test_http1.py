@@ -102,14 +102,15 @@ VALID_HEADS = [
     head(request_line=b"GET / HTTP/1.0"),
     head(b"host:h", request_line=b"OPTIONS * HTTP/1.1"),
     head(*BATCH, request_line=b"POST /api/v1/b/b/e/batch HTTP/1.1"),
-    head(b"Host: h", b"X-A:\t a b\t c \t", b"x-b:", b"x-c: ", b"X-D:   :::", b"x-e: \xe9\xff\x80\x7f\x01"),
+    head(b"Host: h", b"X-A:\t a b\t c \t", b"x-b:", b"x-c: ", b"X-D:   :::"),
+    head(b"Host: h", b"x-e: \xe9\xff\x80\x7f\x01"),
     head(b"Host: h", b"!#$%&'*+-.^_`|~09azAZ: v"),
     head(b"HOST: H", b"Content-Length: 5", request_line=b"POST / HTTP/1.1") + b"hello",
     head(b"Host: h", b"Content-Length: 000", request_line=b"PUT / HTTP/1.1"),
     head(b"Host: h", b"content-length: 12345678901234567890", request_line=b"POST / HTTP/1.1"),
     head(b"Host: h", b"Connection: close"),
     head(b"Host: h", b"Connection: Keep-Alive, Upgrade", b"Upgrade: websocket", b"connection: x"),
-    head(b"Host: h", b"Expect: 100-Continue", b"Content-Length: 3", request_line=b"POST / HTTP/1.1"),
+    head(b"Host: h", b"Expect: 100-Continue", b"Content-Length: 3", request_line=b"PUT / HTTP/1.1"),
     head(b"Host: h", b"Expect: 100-continue", request_line=b"POST / HTTP/1.0"),
     head(b"Host: h", b"Connection: keep-alive", request_line=b"GET / HTTP/1.0"),
     head(b"Host: h", b"X: 1", b"x: 2", b"X: 3"),
@@ -187,7 +188,7 @@ def test_ordinary_heads_take_the_one_pass_path(data: bytes) -> None:
 
 
 def test_heads_arriving_in_pieces_and_pipelined() -> None:
-    two = VALID_HEADS[6] + VALID_HEADS[0] + VALID_HEADS[9]
+    two = VALID_HEADS[7] + VALID_HEADS[0] + VALID_HEADS[10]
     for size in (1, 2, 3, 7, 64, 1000):
         chunks = [two[i : i + size] for i in range(0, len(two), size)]
         stock, fast = differential(lambda chunks=chunks: serve(chunks))
@@ -221,7 +222,8 @@ def test_random_header_blocks() -> None:
                 value = rng.choice([b"0", b"5", b" 7 ", b"close", b"100-continue", b"chunked"])
             sep = rng.choice([b": ", b":", b":\t", b" : ", b": "])
             lines.append(name + sep + value)
-        cases.append(head(*lines, request_line=rng.choice([b"GET / HTTP/1.1", b"POST /p HTTP/1.0"])))
+        request_line = rng.choice([b"GET / HTTP/1.1", b"POST /p HTTP/1.0"])
+        cases.append(head(*lines, request_line=request_line))
     stock = [http1._outcome(lambda c=c: serve([c])) for c in cases]
     assert http1.install()
     fast = [http1._outcome(lambda c=c: serve([c])) for c in cases]
@@ -317,7 +319,9 @@ def test_hypercorn_header_build_same(headers: Any) -> None:
     assert fast == stock
 
 
-def test_install_is_guarded(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_install_is_guarded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     stock_reader = h11._readers.READERS[(CLIENT, IDLE)]
     monkeypatch.setenv(http1.PARSER_ENV, "h11")
     assert http1.install() is False
