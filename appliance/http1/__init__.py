@@ -36,6 +36,7 @@ from hypercorn.protocol import http_stream
 from appliance.http1.headers import indexed_get_comma_header
 from appliance.http1.request_head import make_reader
 from appliance.http1.response_head import (
+    ONE_PASS_FROM,
     make_build_headers,
     make_normalize,
     make_response_writer,
@@ -58,11 +59,13 @@ _SAMPLE_HEADS = (
     b"GET / HTTP/1.1\r\nHost: a\r\nX : b\r\n\r\n",  # an error, h11's message
     b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
 )
+# Enough headers for the one pass (``ONE_PASS_FROM``), as a batched read has.
+_RECORD_HEADERS = [(b"X-Reduct-Time-%d" % i, b"1,text/plain,a=b") for i in range(ONE_PASS_FROM)]
 _SAMPLE_RESPONSES = (
-    [(b"content-length", b"3"), (b"X-Reduct-Time-1", b"1,text/plain,a=b"), (b"x-a", b"")],
-    [(b"connection", b"close"), (b"content-length", b"0")],
-    [(b"x-bad", b"a\r\nb"), (b"content-length", b"0")],
-    [(b"x-bad", b" a"), (b"content-length", b"0")],
+    [(b"content-length", b"3"), *_RECORD_HEADERS, (b"x-a", b"")],
+    [(b"connection", b"close"), (b"content-length", b"0"), *_RECORD_HEADERS],
+    [(b"x-bad", b"a\r\nb"), (b"content-length", b"0"), *_RECORD_HEADERS],
+    [(b"x-bad", b" a"), (b"content-length", b"0"), *_RECORD_HEADERS],
 )
 
 # What install() replaced: (object, key or attribute, stock value).
@@ -119,7 +122,7 @@ def _samples() -> list[Any]:
     """The outcomes of the sample heads and responses with whatever is installed."""
     outcomes = [_outcome(lambda head=head: _serve_sample(head)) for head in _SAMPLE_HEADS]
     outcomes += [_outcome(lambda hs=hs: _respond_sample(hs)) for hs in _SAMPLE_RESPONSES]
-    built = [(b"x-a", b" 1 "), (b"B", b"2")]
+    built = [(b"x-a", b" 1 "), (b"B", b"2"), *_RECORD_HEADERS]
     outcomes.append(_outcome(lambda: http_stream.build_and_validate_headers(built)))
     return outcomes
 

@@ -35,6 +35,9 @@ from appliance.http1.headers import (
 _OWS_AT_EDGES = tuple(
     pattern % bytes([c]) for c in OWS_BYTES for pattern in (b"\n%s", b"%s\n")
 )
+# Below this many headers h11's and Hypercorn's loops cost less than the one pass's set-up
+# (measured: ~5-9 µs more for 5-8 headers, ~175 µs less for 90).
+ONE_PASS_FROM = 16
 _BYTES_ONLY = {bytes}
 _PAIRS_ONLY = {2}
 
@@ -43,8 +46,9 @@ Writer = Callable[[Any, Callable[[bytes], Any]], None]
 
 
 def _columns(headers: Any) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
-    """The names and values of a non-empty list of ``bytes`` pairs, else None."""
-    if type(headers) is not list or not headers:
+    """The names and values of a list of ``ONE_PASS_FROM`` or more ``bytes`` pairs, else
+    None."""
+    if type(headers) is not list or len(headers) < ONE_PASS_FROM:
         return None
     try:
         if set(map(len, headers)) != _PAIRS_ONLY:

@@ -17,6 +17,7 @@ from hypercorn.protocol import http_stream
 from appliance import http1
 from appliance.http1.headers import IndexedHeaders
 from appliance.http1.request_head import make_reader
+from appliance.http1.response_head import ONE_PASS_FROM
 
 LOOKED_UP = (b"connection", b"expect", b"upgrade", b"content-length", b"transfer-encoding", b"host")
 
@@ -261,6 +262,8 @@ RESPONSES = [
     [(b"x-bad", b" a")],
     [(b"x-bad", b"a\t")],
     [(b"x-bad", b"\ta")],
+    [(b"x-bad", b"\ta"), (b"content-length", b"0")],
+    [(b"x-bad", b" "), (b"content-length", b"0")],
     [(b"x-bad", b" ")],
     [(b"x bad", b"a")],
     [(b"", b"a")],
@@ -277,18 +280,48 @@ RESPONSES = [
 ]
 
 
+# Enough headers for the one pass (fewer go to h11's own loop), as a batched read has.
+PAD = [(b"x-reduct-time-%d" % i, b"1,text/plain,a=b") for i in range(ONE_PASS_FROM)]
+
+
+def _framed(headers: list[Any]) -> list[Any]:
+    """``PAD + headers`` with a Content-Length if they have none: a response without one is
+    rebuilt by h11 (``set_comma_header``), which would validate it again."""
+    framed = any(
+        isinstance(pair, tuple) and pair and str(pair[0]).lower().endswith("content-length'")
+        for pair in headers
+    )
+    return ([] if framed else [(b"Content-Length", b"0")]) + PAD + headers
+
+
 @pytest.mark.parametrize("headers", RESPONSES, ids=lambda h: repr(h[:2])[:50])
-def test_response_heads_same_as_h11(headers: list[Any]) -> None:
+@pytest.mark.parametrize("pad", ["none", "after", "before", "framed"])
+def test_response_heads_same_as_h11(headers: list[Any], pad: str) -> None:
+    if pad == "framed":
+        headers = _framed(headers)
+    else:
+        headers = {"none": headers, "after": headers + PAD, "before": PAD + headers}[pad]
     stock, fast = differential(lambda: respond(list(headers)))
     assert fast == stock
     head_stock, head_fast = differential(lambda: respond(list(headers), method=b"HEAD"))
     assert head_fast == head_stock
 
 
+def test_valid_responses_take_the_one_pass_path() -> None:
+    assert http1.install()
+    for headers in RESPONSES[:6]:
+        event = h11.Response(status_code=200, headers=headers + PAD)
+        assert type(event.headers) is IndexedHeaders, headers
+    few = h11.Response(status_code=200, headers=RESPONSES[0])
+    assert type(few.headers) is not IndexedHeaders  # h11's loop is cheaper for a few
+
+
 def test_a_value_with_crlf_never_goes_out() -> None:
     assert http1.install()
-    with pytest.raises(h11.LocalProtocolError, match="Illegal header value"):
-        respond([(b"content-length", b"0"), (b"x-reduct-label-a", b"1\r\nX-Injected: yes")])
+    for pad in ([], PAD):
+        injected = [(b"content-length", b"0"), (b"x-reduct-label-a", b"1\r\nX-Injected: yes")]
+        with pytest.raises(h11.LocalProtocolError, match="Illegal header value"):
+            respond(injected + pad)
 
 
 def test_batched_read_response_is_written_in_one_piece() -> None:
@@ -314,7 +347,10 @@ def test_batched_read_response_is_written_in_one_piece() -> None:
         [(b"x", b"1", b"2")],
     ],
 )
-def test_hypercorn_header_build_same(headers: Any) -> None:
+@pytest.mark.parametrize("pad", [False, True])
+def test_hypercorn_header_build_same(headers: Any, pad: bool) -> None:
+    if pad:
+        headers = headers + type(headers)(PAD)
     stock, fast = differential(lambda: http_stream.build_and_validate_headers(headers))
     assert fast == stock
 
