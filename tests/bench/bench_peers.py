@@ -1,7 +1,8 @@
 """The appliance side by side with PostgreSQL, the system users pick instead.
 
-Usage: ``python tests/bench/bench_peers.py [--reps 5] [--quick]`` (needs Debian's
-``postgresql`` package and the ``bench`` extra: ``pip install -e '.[bench]'`` for asyncpg).
+Usage: ``python tests/bench/bench_peers.py [--reps 5] [--quick] [--sizes 100KiB,1MiB]``
+(needs Debian's ``postgresql`` package and the ``bench`` extra: ``pip install -e '.[bench]'``
+for asyncpg).
 
 Same machine, same run: a private PostgreSQL cluster (``initdb`` in a temporary folder, on
 127.0.0.1 and a free port, run as the ``postgres`` user because initdb refuses root; started and
@@ -59,6 +60,17 @@ SAMPLE_SECONDS = 10.0  # time budget of one sample, whatever its record count
 COUNTS = {KIB: (20_000, 2_000), 100 * KIB: (800, 0), MIB: (96, 0)}
 QUICK_COUNTS = {KIB: (2_000, 200), 100 * KIB: (80, 0), MIB: (16, 0)}
 SIZE_LABEL = {KIB: "1 KiB", 100 * KIB: "100 KiB", MIB: "1 MiB"}
+SIZE_ARG = {label.replace(" ", ""): size for size, label in SIZE_LABEL.items()}
+
+
+def sizes_arg(text: str) -> list[int]:
+    """``--sizes``: a comma-separated subset of 1KiB, 100KiB, 1MiB."""
+    try:
+        return [SIZE_ARG[part.strip()] for part in text.split(",") if part.strip()]
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(
+            f"unknown size {exc.args[0]!r}: one of {', '.join(SIZE_ARG)}"
+        ) from None
 
 
 def pg_bin(name: str) -> str:
@@ -268,7 +280,8 @@ async def measure(run: Callable[[], Awaitable[int]], cpu: Callable[[], float]) -
 async def run_all(args: argparse.Namespace, folder: Path, pg: Postgres,
                   ours: dict[str, ServerProcess]) -> dict[tuple[str, str], list[Sample]]:
     """Every case on every system, interleaved and rotated; samples by (case, system)."""
-    counts = QUICK_COUNTS if args.quick else COUNTS
+    counts = {size: n for size, n in (QUICK_COUNTS if args.quick else COUNTS).items()
+              if size in args.sizes}
     results: dict[tuple[str, str], list[Sample]] = {}
     conn = await asyncpg.connect(host="127.0.0.1", port=pg.port, user="bench",
                                  database="postgres")
@@ -384,6 +397,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="repetitions (medians)")
     parser.add_argument("--quick", action="store_true", help="tiny counts, to check the script")
+    parser.add_argument("--sizes", type=sizes_arg, default=list(SIZE_LABEL),
+                        help="record sizes to run, e.g. 100KiB,1MiB (default: all three)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         folder = Path(tmp)
