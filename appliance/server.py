@@ -27,6 +27,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.protocol.h11 import H11Protocol
 
+from appliance import http1
 from appliance.errors import ConfigError
 from appliance.settings import Settings
 from appliance.units import KIB, MIB
@@ -281,6 +282,7 @@ async def serve(
     add_reason_phrases()
     release_closed_connections()
     set_receive_size()
+    http1.install()
     services = Services(settings, desired=desired, environ=environ)
     app = create_app(settings, services)
     stop = asyncio.Event()

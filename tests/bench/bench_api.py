@@ -1,7 +1,7 @@
 """HTTP API benchmark with the real reduct-py client over loopback, beside its ceilings.
 
 Usage: ``python tests/bench/bench_api.py [--seconds 3] [--repeat 3] [--sizes 1KiB,100KiB,1MiB]
-[--only single,v1,v2,reads] [--quick]``
+[--only single,v1,v2,reads] [--ceiling-parser h11] [--quick]``
 
 For 1 KiB, 100 KiB and 1 MiB records it measures, against ``python -m appliance``: single
 writes, batched writes (protocol v1 ``POST /b/{bucket}/{entry}/batch`` and v2
@@ -9,7 +9,8 @@ writes, batched writes (protocol v1 ``POST /b/{bucket}/{entry}/batch`` and v2
 measured right next to it with the very same client code:
 
 - writes: a Quart+Hypercorn app whose handlers drain the body and do nothing (``empty_app.py``,
-  same Hypercorn config and event loop);
+  same Hypercorn config and event loop; with ``--ceiling-parser h11`` it keeps h11's own header
+  parsing while the appliance uses ``appliance.http1``'s, the stock Quart+Hypercorn ceiling);
 - reads: a bare HTTP server replaying the batched-read responses captured from the appliance
   (``replay_server.py``): what reduct-py can receive and parse.
 
@@ -44,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from appliance.http1 import PARSER_ENV  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 KIB = 1024
@@ -210,17 +212,18 @@ def capture_reads(url: str, bucket: str, entry: str) -> list[tuple[int, list[tup
 class Servers:
     """The appliance, the empty handler and (per size) a replay server; stopped together."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, ceiling_parser: str | None = None) -> None:
         self.folder = folder
         self.ours = ServerProcess(folder / "data").start()
-        self.empty = self._spawn("empty_app.py")
+        env = {**os.environ, PARSER_ENV: ceiling_parser} if ceiling_parser else None
+        self.empty = self._spawn("empty_app.py", env=env)
         self.replays: dict[int, ServerProcess] = {}
 
-    def _spawn(self, script: str, *args: str) -> ServerProcess:
+    def _spawn(self, script: str, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name(script)), str(port), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
         server = ServerProcess(self.folder / "unused", port=port)
         server.proc = proc
@@ -346,6 +349,10 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(SIZES), help="record sizes to run")
     parser.add_argument("--only", default=",".join(KINDS), help="cases: " + ",".join(KINDS))
     parser.add_argument("--quick", action="store_true", help="tiny counts, to check the script")
+    parser.add_argument(
+        "--ceiling-parser", choices=("h11",), default=None,
+        help="the empty handler keeps h11's own header parsing (the stock ceiling)",
+    )
     args = parser.parse_args()
     args.sizes = args.sizes.replace(" ", "").split(",")
     args.only = args.only.split(",")
@@ -353,7 +360,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         folder = Path(tmp)
         disk = raw_disk_mb_per_s(folder)
-        servers = Servers(folder)
+        servers = Servers(folder, args.ceiling_parser)
         try:
             pairs = asyncio.run(run(args, servers))
             disk_after = raw_disk_mb_per_s(folder)
