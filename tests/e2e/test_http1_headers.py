@@ -10,10 +10,15 @@ from pathlib import Path
 import pytest
 from reduct import Batch, Client
 
-from appliance.http1 import PARSER_ENV
+from appliance.http1 import PARSER_ENV, _versions_verified
 from tests.e2e.server import ServerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not _versions_verified(), reason="h11/Hypercorn version not verified for appliance.http1"
+    ),
+]
 
 RAW_REQUESTS = [
     b"GET /api/v1/alive HTTP/1.1\r\nHost: a\r\n\r\n",
