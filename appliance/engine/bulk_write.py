@@ -2,9 +2,9 @@
 
 A run is a stretch of a batch that appends to the last block in time order. For each record,
 one loop computes what ``BlockSet.reserve`` + ``finalize`` compute in two passes and several
-calls: its offset, its CRC32C, its share of the ReductStore metadata size (the same figure as
-``sizing.position_metadata_size``, inlined: consecutive records share their second), the
-FINISHED ``StoredRecord`` and its encoded bytes for the WAL frame and the next descriptor.
+calls: its offset, its CRC32C, its share of the ReductStore metadata size
+(``sizing.position_metadata_size`` plus the shape's part), the FINISHED ``StoredRecord`` and its
+encoded bytes for the WAL frame and the next descriptor.
 """
 
 from __future__ import annotations
@@ -15,16 +15,9 @@ import google_crc32c
 
 from appliance.engine.codec import RecordShape, StoredRecord, pack_record
 from appliance.engine.models import NewRecord, RecordState
-from appliance.engine.sizing import NANOS_PER_US, US_PER_SECOND
+from appliance.engine.sizing import position_metadata_size
 
 _FINISHED = RecordState.FINISHED
-
-
-def _field_size(value: int) -> int:
-    """Bytes of a protobuf varint field (tag + value) holding ``value`` (0: absent)."""
-    if not value:
-        return 0
-    return 2 if value < 0x80 else 1 + (value.bit_length() + 6) // 7
 
 
 def build_run(
@@ -47,8 +40,6 @@ def build_run(
     last_labels: object = None
     last_type = ""
     shape: RecordShape | None = None
-    last_second = -1
-    second_size = 0
     for k in range(start, end):
         new = records[k]
         labels = new.labels
@@ -66,14 +57,7 @@ def build_run(
         size = len(data)
         crc = crc32c(data)  # type: ignore[arg-type]
         after = offset + size
-        seconds, micros = divmod(ts, US_PER_SECOND)
-        if seconds != last_second:
-            last_second = seconds
-            second_size = _field_size(seconds)
-        meta_size = (
-            2 + second_size + _field_size(micros * NANOS_PER_US) + _field_size(offset)
-            + _field_size(after) + shape.meta_size
-        )
+        meta_size = position_metadata_size(ts, offset, after) + shape.meta_size
         add_stored(
             StoredRecord(
                 ts, size, shape.content_type, shape.labels, _FINISHED, entry, offset, crc,
