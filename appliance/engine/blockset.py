@@ -232,14 +232,19 @@ class BlockSet:
         block = self._last_with_room(ts, size)
         return block if block is not None and block.wal_open else None
 
+    def _last_block(self) -> Block | None:
+        """The last block when it is live and holds records (what an append in time order
+        goes to); else None."""
+        ids = self.ids
+        block = self.live.get(ids[-1]) if ids else None
+        return block if block is not None and block.order else None
+
     def _last_with_room(self, ts: int, size: int) -> Block | None:
         """The last block if a record at ``ts`` of ``size`` bytes appends to it in time order
         with room to spare (``reserve``'s fast path); else None."""
-        ids = self.ids
-        block = self.live.get(ids[-1]) if ids else None
+        block = self._last_block()
         if (
             block is not None
-            and block.order
             and ts > block.order[-1]
             and block.size + size <= self.max_block_size
             and len(block.records) < self.max_block_records
@@ -254,9 +259,8 @@ class BlockSet:
         to it in time order with room to spare (what ``reserve``'s fast path would conclude
         for each), in-memory payloads of at most ``max_record`` bytes, ``max_bytes`` in all;
         None when not even the first one does."""
-        ids = self.ids
-        block = self.live.get(ids[-1]) if ids else None
-        if block is None or not block.order:
+        block = self._last_block()
+        if block is None:
             return None
         last = block.order[-1]
         room = min(self.max_block_size - block.size, max_bytes)
