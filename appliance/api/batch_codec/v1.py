@@ -4,8 +4,9 @@ record and error headers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.api.batch_codec.common import (
     DEFAULT_CONTENT_TYPE,
@@ -88,6 +89,23 @@ def encode_v1_record_header(meta: RecordLike) -> tuple[str, str]:
     labels = sorted(f"{k}={format_label_value(v)}" for k, v in meta.labels.items())
     value = ",".join([str(meta.size), meta.content_type or DEFAULT_CONTENT_TYPE, *labels])
     return f"{V1_TIME_PREFIX}{meta.timestamp}", value
+
+
+def v1_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]]:
+    """``encode_v1_record_header`` of each record as ``bytes`` pairs; what follows the size
+    is encoded once per run of records sharing their content type and labels objects."""
+    headers = []
+    append = headers.append
+    name = V1_TIME_PREFIX.lower().encode() + b"%d"
+    prev_labels: Any = None
+    prev_type: Any = None
+    tail = b""
+    for record in records:
+        if record.labels is not prev_labels or record.content_type is not prev_type:
+            prev_labels, prev_type = record.labels, record.content_type
+            tail = encode_v1_record_header(record)[1].encode().partition(b",")[2]
+        append((name % record.timestamp, b"%d,%s" % (record.size, tail)))
+    return headers
 
 
 def encode_v1_error(timestamp: int, err: ApplianceError) -> tuple[str, str]:
