@@ -212,7 +212,7 @@ def _metas(rng: random.Random, entries: int, in_order: bool) -> list[RecordMeta]
     types = ["application/octet-stream", "text/plain", ""]
     metas = []
     ts = 1_000
-    for i in range(rng.randrange(1, 60)):
+    for _ in range(rng.randrange(1, 60)):
         ts += rng.randrange(1, 5)
         labels = rng.choice(shared) if rng.random() < 0.8 else dict(rng.choice(shared))
         metas.append(RecordMeta(
