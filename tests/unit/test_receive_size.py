@@ -90,3 +90,43 @@ def test_tune_malloc_reuses_batch_sized_buffers_instead_of_faulting_them_in() ->
     )
     pages = 20 * (8 * 1024 * 1024 + 64 * 1024) // 4096
     assert int(out.stdout) < pages // 10, out.stdout  # not one fault per page per buffer
+
+
+import sys  # noqa: E402
+
+from appliance.errors import ConfigError  # noqa: E402
+from appliance.server import SWITCH_ENV, tune_switch_interval  # noqa: E402
+
+
+@pytest.fixture
+def switch_interval() -> object:
+    """Python's switch interval, restored after the test."""
+    before = sys.getswitchinterval()
+    yield before
+    sys.setswitchinterval(before)
+
+
+def test_tune_switch_interval_sets_1_ms_or_the_knob(
+    monkeypatch: pytest.MonkeyPatch, switch_interval: float
+) -> None:
+    monkeypatch.delenv(SWITCH_ENV, raising=False)
+    assert tune_switch_interval() == 0.001
+    assert sys.getswitchinterval() == pytest.approx(0.001)
+    monkeypatch.setenv(SWITCH_ENV, "0.0025")
+    assert tune_switch_interval() == 0.0025
+    assert sys.getswitchinterval() == pytest.approx(0.0025)
+    sys.setswitchinterval(0.004)
+    monkeypatch.setenv(SWITCH_ENV, "default")
+    assert tune_switch_interval() == pytest.approx(0.004)  # left as it was
+    assert sys.getswitchinterval() == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize("bad", ["fast", "0", "-1", "2", "nan"])
+def test_tune_switch_interval_refuses_a_bad_knob(
+    monkeypatch: pytest.MonkeyPatch, switch_interval: float, bad: str
+) -> None:
+    sys.setswitchinterval(0.004)
+    monkeypatch.setenv(SWITCH_ENV, bad)
+    with pytest.raises(ConfigError, match=SWITCH_ENV):
+        tune_switch_interval()
+    assert sys.getswitchinterval() == pytest.approx(0.004)
