@@ -346,15 +346,19 @@ class Query:
     ) -> bool:
         """``_collect_single`` for an entry read whole (no condition, no context directive,
         nothing hidden), from ``run`` then ``cursor``: the records a run at a time, a header's
-        cost computed once per distinct labels object (records decoded together share it).
+        cost computed once per labels object (records decoded together share equal ones).
         True if exhausted."""
         out = batch.records
         append = out.append
-        body = metadata = cost = 0
+        body = metadata = 0
         max_records, max_size, max_meta = limits.max_records, limits.max_size, limits.max_metadata
         deadline = time.monotonic() + limits.timeout
+        # Header costs by labels object: (its content type, the labels, the cost); holding
+        # the labels keeps their id from being reused while this runs.
+        costs: dict[int, tuple[str, Any, int]] = {}
         last_labels: Any = None
         last_type: Any = None
+        cost = 0
         position: int | None = None
         try:
             while run is not None:
@@ -364,9 +368,15 @@ class Query:
                         return False
                     if n and not n % 16 and time.monotonic() > deadline:
                         return False
-                    if rec.labels is not last_labels or rec.content_type is not last_type:
-                        last_labels, last_type = rec.labels, rec.content_type
-                        cost = header_cost(rec, name)
+                    labels = rec.labels
+                    if labels is not last_labels or rec.content_type is not last_type:
+                        last_labels, last_type = labels, rec.content_type
+                        known = costs.get(id(labels))
+                        if known is not None and known[0] is last_type:
+                            cost = known[2]
+                        else:
+                            cost = header_cost(rec, name)
+                            costs[id(labels)] = (last_type, labels, cost)
                     if rec.entry != name:
                         rec = replace(rec, entry=name)
                     position = rec.timestamp + 1

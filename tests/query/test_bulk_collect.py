@@ -185,6 +185,7 @@ def _stored(ts: int, ct: str, labels: dict[str, str]) -> StoredRecord:
 
 
 def test_decoded_records_share_equal_tails_and_only_those() -> None:
+    """Equal content types and labels are shared (adjacent or not); unequal ones never."""
     records = (
         _stored(1, "a/b", {"k": "v1"}),
         _stored(2, "a/b", {"k": "v1"}),
@@ -204,7 +205,8 @@ def test_decoded_records_share_equal_tails_and_only_those() -> None:
     assert decoded[2].content_type is not decoded[3].content_type
     assert decoded[4].labels is decoded[5].labels
     assert decoded[6].labels is decoded[7].labels == {}
-    assert decoded[8].labels is not decoded[0].labels  # not adjacent: decoded again
+    assert decoded[8].labels is decoded[0].labels  # not adjacent: the same bytes all the same
+    assert decoded[3].labels is not decoded[2].labels  # another content type: other bytes
 
 
 def _metas(rng: random.Random, entries: int, in_order: bool) -> list[RecordMeta]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from appliance.api.batch_codec.common import (
     DEFAULT_CONTENT_TYPE,
@@ -93,17 +92,18 @@ def encode_v1_record_header(meta: RecordLike) -> tuple[str, str]:
 
 def v1_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]]:
     """``encode_v1_record_header`` of each record as ``bytes`` pairs; what follows the size
-    is encoded once per run of records sharing their content type and labels objects."""
+    is encoded once per (content type, labels) pair of objects."""
     headers = []
     append = headers.append
     name = V1_TIME_PREFIX.lower().encode() + b"%d"
-    prev_labels: Any = None
-    prev_type: Any = None
-    tail = b""
+    # By the ids of (content type, labels); ``records`` keeps them alive (no id reused).
+    tails: dict[tuple[int, int], bytes] = {}
     for record in records:
-        if record.labels is not prev_labels or record.content_type is not prev_type:
-            prev_labels, prev_type = record.labels, record.content_type
+        key = (id(record.content_type), id(record.labels))
+        tail = tails.get(key)
+        if tail is None:
             tail = encode_v1_record_header(record)[1].encode().partition(b",")[2]
+            tails[key] = tail
         append((name % record.timestamp, b"%d,%s" % (record.size, tail)))
     return headers
 

@@ -180,9 +180,9 @@ def v2_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]
     """``v2_read_batch_headers`` encoded: (lower-case name, value) ``bytes`` pairs.
 
     A batch of one entry in time order (what a query of one entry collects) is encoded
-    straight to bytes, and a record with the very content type and labels objects of its
-    predecessor (records decoded together share them) costs one format; anything else is
-    ``v2_read_batch_headers``' pairs, encoded.
+    straight to bytes, what follows a record's size once per pair of (content type, labels)
+    objects of it and its predecessor (records decoded together share equal ones); anything
+    else is ``v2_read_batch_headers``' pairs, encoded.
     """
     if not records:
         return _encoded(v2_read_batch_headers(records))
@@ -201,18 +201,29 @@ def v2_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]
     append = headers.append
     prefix = f"{V2_PREFIX}0-".lower().encode() + b"%d"
     prev: tuple[str, Mapping[str, str]] | None = None
+    prev_ids = (0, 0)
+    # What follows the size, by the ids of (previous type, labels, this type, labels): the
+    # same objects give the same text (label indexes, once given, never change), and
+    # ``records`` keeps every one alive, so no id is reused meanwhile.
+    tails: dict[tuple[int, int, int, int], bytes] = {}
     prev_type: Any = None
     prev_labels: Any = None
     for record in records:
         labels = record.labels
         content_type = record.content_type or DEFAULT_CONTENT_TYPE
         if labels is prev_labels and content_type is prev_type:
-            value = b"%d" % record.size
-        else:
-            value = _record_value(record, content_type, prev, names).encode()
-            prev = (content_type, labels)
-            prev_type, prev_labels = content_type, labels
-        append((prefix % (record.timestamp - start_ts), value))
+            append((prefix % (record.timestamp - start_ts), b"%d" % record.size))
+            continue  # nothing changed: the size alone
+        prev_type, prev_labels = content_type, labels
+        ids = (id(content_type), id(labels))
+        key = prev_ids + ids
+        tail = tails.get(key)
+        if tail is None:
+            text = _record_value(record, content_type, prev, names)
+            tail = tails[key] = text[len(str(record.size)) :].encode()
+        append((prefix % (record.timestamp - start_ts), b"%d%s" % (record.size, tail)))
+        prev = (content_type, labels)
+        prev_ids = ids
     if names:
         append((LABELS_HEADER.encode(), ",".join([encode_name(n) for n in names]).encode()))
     return headers
