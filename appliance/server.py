@@ -18,7 +18,6 @@ import logging
 import os
 import resource
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -54,9 +53,6 @@ M_MMAP_THRESHOLD = -3
 # and in-memory batch bodies, up to 16 MiB), which an 8 MiB threshold sent to fresh mappings.
 MALLOC_MMAP_BYTES = 32 * MIB
 MALLOC_TRIM_BYTES = 32 * MIB
-# How long a thread may hold the GIL while another waits for it (see ``tune_switch_interval``).
-SWITCH_ENV = "APPLIANCE_SWITCH_INTERVAL"
-SWITCH_INTERVAL_SECONDS = 0.001
 
 GRACEFUL_TIMEOUT_SECONDS = 10.0
 GC_YOUNG_THRESHOLD = 50_000  # see ``tune_gc``
@@ -207,36 +203,6 @@ def tune_malloc() -> bool:
     )
 
 
-def tune_switch_interval() -> float:
-    """Let the event loop take the GIL back from an engine thread after 1 ms instead of
-    Python's 5 (``sys.setswitchinterval``); returns the interval set.
-    ``APPLIANCE_SWITCH_INTERVAL=<seconds>`` sets another, ``default`` keeps Python's (a
-    benchmarking knob).
-
-    A batched read collects the next batch in an engine thread (~0.5 ms of Python for 85
-    records of 1 KiB) while the loop finishes the request just sent and waits for the next.
-    Whenever the loop lets go of the GIL (a socket write, a wake-up) the engine thread takes
-    it, and the loop, ready to run again, waited up to the whole interval: with 5 ms the
-    loop stood still for a good part of each request. 1 ms: 1 KiB batched reads 35-36k ->
-    43-45k records/s at the same CPU per record (``bench_api.py``; the README's
-    *Batched reads*); writes of 1 KiB and 1 MiB records within the noise."""
-    env = os.environ.get(SWITCH_ENV, "").strip().lower()
-    if env == "default":
-        return sys.getswitchinterval()
-    interval = SWITCH_INTERVAL_SECONDS
-    if env:
-        try:
-            interval = float(env)
-        except ValueError:
-            interval = -1.0
-        if not 0 < interval <= 1:
-            raise ConfigError(
-                f"invalid {SWITCH_ENV}={env!r}: seconds, above 0 and at most 1, or 'default'"
-            )
-    sys.setswitchinterval(interval)
-    return interval
-
-
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop the server runs on: uvloop when installed (less per-request overhead in
     the loop, cheaper wake-ups from the engine threads), else asyncio's default loop."""
@@ -312,7 +278,6 @@ async def serve(
     raise_open_file_limit()
     tune_gc()
     tune_malloc()
-    tune_switch_interval()
     config = hypercorn_config(settings)
     add_reason_phrases()
     release_closed_connections()

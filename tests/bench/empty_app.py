@@ -3,7 +3,7 @@
 It answers like a ReductStore just enough for reduct-py (``x-reduct-api`` header, a bucket info
 body) so the benchmark drives it with the very same client code. It reads and drops request
 bodies. It runs with the appliance's server settings (Hypercorn config, event loop, socket read
-size, ``tune_malloc``, the GIL switch interval, the one-pass HTTP/1 headers of ``appliance.http1``), so a setting that
+size, ``tune_malloc``, the one-pass HTTP/1 headers of ``appliance.http1``), so a setting that
 helps both lifts the ceiling too; ``APPLIANCE_HTTP_PARSER=h11`` gives the stock Quart+Hypercorn
 ceiling (``bench_api.py --ceiling-parser h11`` sets it for this process only).
 Usage: ``python tests/bench/empty_app.py PORT``.
@@ -17,13 +17,7 @@ from hypercorn.asyncio import serve
 from quart import Quart, request
 
 from appliance import http1
-from appliance.server import (
-    hypercorn_config,
-    run,
-    set_receive_size,
-    tune_malloc,
-    tune_switch_interval,
-)
+from appliance.server import hypercorn_config, run, set_receive_size, tune_malloc
 from appliance.settings import Settings
 
 app = Quart(__name__)
@@ -53,6 +47,5 @@ if __name__ == "__main__":
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
     set_receive_size()  # the appliance's server settings, for a fair ceiling
     tune_malloc()
-    tune_switch_interval()
     http1.install()
     run(serve(app, hypercorn_config(settings)))  # type: ignore[arg-type]
