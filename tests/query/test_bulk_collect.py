@@ -25,8 +25,8 @@ from appliance.engine.codec import (
     _DESC,
     _STATES,
     Descriptor,
-    _decode_records,
     StoredRecord,
+    _decode_records,
     decode_descriptor,
     encode_descriptor,
 )
