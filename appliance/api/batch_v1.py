@@ -7,6 +7,7 @@ Reads come from an entry-level query; writes, label updates and removals answer 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import chain
 from typing import TYPE_CHECKING
 
 from quart import request
@@ -48,8 +49,20 @@ def check_batch_limits() -> None:
     costs one cheap pass and never reaches the engine.
     """
     settings = services().settings
+    raw = request.scope["headers"]
+    if not isinstance(raw, (list, tuple)):
+        raw = list(raw)
+    # An upper bound in C first: every header counted as a record and all header bytes as
+    # record-header bytes. A batch within both limits (nearly all) skips the exact loop
+    # (~0.3 µs a header); one that may be over gets counted exactly, as before.
+    if (
+        len(raw) <= settings.io_batch_max_write_records
+        and sum(map(len, chain.from_iterable(raw))) + 2 * len(raw)
+        <= settings.io_batch_max_metadata_size
+    ):
+        return
     count = size = 0
-    for name, value in request.scope["headers"]:
+    for name, value in raw:
         # v1 `x-reduct-time-<ts>` and v2 `x-reduct-<index>-<delta>`: names ending in digits.
         if name[:9].lower() == b"x-reduct-" and name[-1:].isdigit():
             count += 1
