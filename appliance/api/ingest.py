@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from collections.abc import AsyncIterator, Hashable, Mapping
-from itertools import accumulate, chain
+from itertools import accumulate
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -117,10 +117,14 @@ _LABELS = itemgetter(5)
 def _write_in_memory(
     svc: Services, storage: Storage, bucket: str, items: list[Incoming], body: bytes
 ) -> dict[Hashable, ApplianceError]:
-    # The payloads cut with C-level maps (no Python step per record): record k spans
-    # [end of k-1, end of k).
-    ends = list(accumulate(map(_LENGTH, items)))
-    payloads = list(map(body.__getitem__, map(slice, chain((0,), ends), ends)))
+    # A plain loop: the cost is the copies, and a ``map`` over ``slice`` objects measured
+    # slower (0.40 against 0.33 µs a KiB record).
+    payloads: list[bytes | Pieces] = []
+    add = payloads.append
+    offset = 0
+    for end in accumulate(map(_LENGTH, items)):
+        add(body[offset:end])
+        offset = end
     return _write_pairs(svc, storage, bucket, items, payloads)
 
 
