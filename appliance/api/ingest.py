@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from quart import request
 
 from appliance import metrics
-from appliance.api.batch_codec.fast import Incoming
+from appliance.api.batch_codec.fast import Incoming, Rows
 from appliance.api.encoding import decoded
 from appliance.api.connection import BoundedBody
 from appliance.api.streaming import (
@@ -115,17 +115,40 @@ _LABELS = itemgetter(5)
 
 
 def _write_in_memory(
-    svc: Services, storage: Storage, bucket: str, items: list[Incoming], body: bytes
+    svc: Services, storage: Storage, bucket: str, items: Rows | list[Incoming], body: bytes
 ) -> dict[Hashable, ApplianceError]:
     # A plain loop: the cost is the copies, and a ``map`` over ``slice`` objects measured
     # slower (0.40 against 0.33 µs a KiB record).
     payloads: list[bytes | Pieces] = []
     add = payloads.append
     offset = 0
-    for end in accumulate(map(_LENGTH, items)):
+    lengths = items.lengths if type(items) is Rows else map(_LENGTH, items)
+    for end in accumulate(lengths):
         add(body[offset:end])
         offset = end
-    return _write_pairs(svc, storage, bucket, items, payloads)
+    if type(items) is Rows and len(set(items.entries)) == 1 and not svc.replicates(bucket):
+        return _write_columns(storage, bucket, items, payloads)
+    return _write_pairs(svc, storage, bucket, list(items), payloads)
+
+
+def _write_columns(
+    storage: Storage, bucket: str, rows: Rows, payloads: list[bytes | Pieces]
+) -> dict[Hashable, ApplianceError]:
+    """``_write_groups`` for parsed rows of one entry, from their columns: no ``Incoming``
+    row is built (errors are mapped back to keys only when there are any)."""
+    records = list(map(NewRecord, rows.stamps, payloads, rows.content_types, rows.labels))
+    try:
+        failed = storage.get_bucket(bucket).write_batch(rows.entries[0], records)
+    except ApplianceError as exc:
+        return dict.fromkeys(rows.keys, exc)
+    if not failed:
+        return {}
+    errors: dict[Hashable, ApplianceError] = {}
+    for key, ts in zip(rows.keys, rows.stamps):
+        err = failed.get(ts)
+        if err is not None:
+            errors[key] = err
+    return errors
 
 
 def _write_pairs(
@@ -190,7 +213,7 @@ def _write_groups(
 
 
 async def write_records(
-    svc: Services, storage: Storage, bucket: str, items: list[Incoming],
+    svc: Services, storage: Storage, bucket: str, items: Rows | list[Incoming],
     encoding: str | None = None,
 ) -> dict[Hashable, ApplianceError]:
     """Receive the body for ``items`` (in body order) and write them; per-record errors.
@@ -198,7 +221,7 @@ async def write_records(
     ``encoding``: the ``Content-Encoding`` (gzip, zstd) the body is decoded from."""
     timeout = svc.settings.io_operation_timeout
     metrics.batch_records("write", len(items))
-    total = sum(map(_LENGTH, items))
+    total = sum(items.lengths) if type(items) is Rows else sum(map(_LENGTH, items))
     reader = BodyReader(timeout, encoding, total)
     if total <= IN_MEMORY_BYTES and total < PIPELINE_RECORD_BYTES * len(items):
         body = await reader.read(total)

@@ -17,7 +17,7 @@ never mutate them.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from itertools import compress, repeat
 from operator import add, itemgetter
 from typing import NamedTuple
@@ -54,10 +54,56 @@ class Incoming(NamedTuple):
 _new = tuple.__new__  # Incoming from a plain tuple without NamedTuple.__new__'s Python frame
 
 
+class Rows:
+    """The records of a parsed batch as columns (body order), what the in-memory write path
+    reads directly; iterating or indexing builds the ``Incoming`` rows once, on demand.
+
+    A 1,000-record batch written in memory never needs its rows: building them cost ~0.25 µs
+    a record on the event loop (issue 15)."""
+
+    __slots__ = ("keys", "entries", "stamps", "lengths", "content_types", "labels", "_rows")
+
+    def __init__(
+        self, keys: list[Hashable], entries: list[str], stamps: list[int], lengths: list[int],
+        content_types: list[str], labels: list[dict[str, str]],
+    ) -> None:
+        self.keys = keys
+        self.entries = entries
+        self.stamps = stamps
+        self.lengths = lengths
+        self.content_types = content_types
+        self.labels = labels
+        self._rows: list[Incoming] | None = None
+
+    def rows(self) -> list[Incoming]:
+        """The ``Incoming`` rows (built on the first call)."""
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = list(map(_new, repeat(Incoming), zip(
+                self.keys, self.entries, self.stamps, self.lengths, self.content_types,
+                self.labels,
+            )))
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+    def __iter__(self) -> Iterator[Incoming]:
+        return iter(self.rows())
+
+    def __getitem__(self, index: int) -> Incoming:
+        return self.rows()[index]
+
+    def __eq__(self, other: object) -> bool:
+        return self.rows() == (other.rows() if isinstance(other, Rows) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class WriteHeaders(NamedTuple):
     """A parsed batch write: rows in body order, the entries (v2) and the other headers."""
 
-    rows: list[Incoming]
+    rows: Rows | list[Incoming]
     entries: list[str]
     start_ts: int
     others: dict[str, str]
@@ -154,10 +200,9 @@ def parse_v1_write(raw_headers: Iterable[tuple[bytes, bytes]], entry: str) -> Wr
     except UnprocessableEntity:
         return None
     meta = list(map(metas.__getitem__, tails))
-    rows = list(map(
-        _new, repeat(Incoming),
-        zip(stamps, repeat(entry), stamps, lengths, map(_CT, meta), map(_LABELS, meta)),
-    ))
+    rows = Rows(
+        stamps, [entry] * count, stamps, lengths, list(map(_CT, meta)), list(map(_LABELS, meta))
+    )
     return WriteHeaders(rows, [entry], 0, others, sum(lengths))
 
 
@@ -291,10 +336,11 @@ def parse_v2_write(raw_headers: Iterable[tuple[bytes, bytes]]) -> WriteHeaders |
         metas = _inherit(indexes, tails, label_names)
     except UnprocessableEntity:
         return None
-    rows = list(map(_new, repeat(Incoming), zip(
-        keys, map(entries.__getitem__, indexes), map(add, repeat(start_ts), deltas), lengths,
-        map(_CT, metas), map(_LABELS, metas),
-    )))
+    rows = Rows(
+        list(keys), list(map(entries.__getitem__, indexes)),
+        list(map(add, repeat(start_ts), deltas)), lengths, list(map(_CT, metas)),
+        list(map(_LABELS, metas)),
+    )
     return WriteHeaders(rows, entries, start_ts, others, sum(lengths))
 
 
