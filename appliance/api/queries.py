@@ -12,7 +12,7 @@ from quart import Blueprint, request
 from appliance import metrics
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
-from appliance.api.batch_codec import encode_v1_record_header, v2_read_batch_headers
+from appliance.api.batch_codec import v1_read_batch_raw, v2_read_batch_raw
 from appliance.api.connection import RawResponse
 from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
@@ -139,8 +139,7 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
     hop, off the event loop): record header pairs as bytes, and the joined body when every
     payload was preloaded (None: it streams, or there is no body)."""
     metas = [meta for _, meta in batch.records]
-    headers = v2_read_batch_headers(metas) if v2 else [encode_v1_record_header(m) for m in metas]
-    raw = [(name.lower().encode(), value.encode()) for name, value in headers]
+    raw = v2_read_batch_raw(metas) if v2 else v1_read_batch_raw(metas)
     body = None
     if head or only_metadata:
         pass

@@ -240,25 +240,47 @@ class RecordShape:
 def _decode_records(
     data: bytes, pos: int, count: int, end: int, entry: str
 ) -> tuple[list[StoredRecord], int]:
-    """Decode ``count`` records from ``data[pos:end]``; raises struct/Unicode/Index errors."""
+    """Decode ``count`` records from ``data[pos:end]``; raises struct/Unicode/Index errors.
+
+    Records of one series share a few content types and label sets: records whose variable
+    part (content type and labels) has the same shape and the same bytes get the very same
+    (immutable) content type and labels objects, decoded once per call. A run of equal
+    records costs one comparison each; labels that cycle (``n=0..9``) one walk over the
+    label lengths and one lookup.
+    """
     unpack = _REC.unpack_from
     unpack_label = _LABEL.unpack_from
     states = _STATES
     records: list[StoredRecord] = []
     append = records.append
+    # Decoded variable parts by shape (content type length, label count), then by bytes:
+    # the layout is self-delimiting from those two numbers, so equal bytes decode equally.
+    seen: dict[tuple[int, int], dict[bytes, tuple[str, dict[str, str]]]] = {}
+    prev_shape: tuple[int, int] | None = None
+    prev_tail = b""
+    content_type = ""
+    labels: dict[str, str] = {}
     for _ in range(count):
         ts, offset, size, crc, meta_size, state, ct_len, label_count = unpack(data, pos)
         pos += 41
-        content_type = data[pos : pos + ct_len].decode()
-        pos += ct_len
-        labels: dict[str, str] = {}
-        for _ in range(label_count):
-            name_len, value_len = unpack_label(data, pos)
-            pos += 8
-            name = data[pos : pos + name_len].decode()
-            pos += name_len
-            labels[name] = data[pos : pos + value_len].decode()
-            pos += value_len
+        shape = (ct_len, label_count)
+        if shape == prev_shape and data.startswith(prev_tail, pos):
+            pos += len(prev_tail)  # the predecessor's: content type and labels as they were
+        else:
+            start = pos
+            pos += ct_len
+            for _ in range(label_count):  # only the lengths, to find the end
+                name_len, value_len = unpack_label(data, pos)
+                pos += 8 + name_len + value_len
+            if pos > end:
+                raise IndexError("record runs past the end")
+            prev_tail = data[start:pos]
+            prev_shape = shape
+            by_bytes = seen.setdefault(shape, {})
+            decoded = by_bytes.get(prev_tail)
+            if decoded is None:
+                decoded = by_bytes[prev_tail] = _decode_tail(prev_tail, ct_len, label_count)
+            content_type, labels = decoded
         append(
             StoredRecord(
                 ts, size, content_type, labels, states[state], entry, offset, crc, meta_size
@@ -267,6 +289,23 @@ def _decode_records(
     if pos > end:
         raise IndexError("record runs past the end")
     return records, pos
+
+
+def _decode_tail(tail: bytes, ct_len: int, label_count: int) -> tuple[str, dict[str, str]]:
+    """A record's content type and labels from its variable part (``_encode_tail``)."""
+    content_type = tail[:ct_len].decode()
+    pos = ct_len
+    labels: dict[str, str] = {}
+    for _ in range(label_count):
+        name_len, value_len = _LABEL.unpack_from(tail, pos)
+        pos += 8
+        name = tail[pos : pos + name_len].decode()
+        pos += name_len
+        labels[name] = tail[pos : pos + value_len].decode()
+        pos += value_len
+    if pos != len(tail):
+        raise IndexError("labels run past the record")
+    return content_type, labels
 
 
 # --- block descriptors ----------------------------------------------------------------------------

@@ -186,7 +186,33 @@ class Entry(BulkReads, EntryRemoval):
         """FINISHED records with start <= ts < stop, ascending; one block per lock hold."""
         return guarded_iter(self._iter_records(start, stop), "read the records")
 
+    def iter_runs(self, start: int, stop: int, size: int) -> Iterator[list[RecordMeta]]:
+        """``iter_records`` a run at a time: non-empty lists of FINISHED records with
+        start <= ts < stop, ascending, each from one block and of at most ``size`` records
+        (a query takes a batch's records in bulk; ``size`` spares listing a whole block)."""
+        return guarded_iter(self._iter_runs(start, stop, size), "read the records")
+
+    def _iter_runs(self, start: int, stop: int, size: int) -> Iterator[list[RecordMeta]]:
+        finished = _FINISHED
+        for run in self._iter_blocks(start, stop, size):
+            if all(record.state is finished for record in run):
+                yield run  # type: ignore[misc]
+                continue
+            kept = [record for record in run if record.state is finished]
+            if kept:
+                yield kept  # type: ignore[misc]
+
     def _iter_records(self, start: int, stop: int) -> Iterator[RecordMeta]:
+        for batch in self._iter_blocks(start, stop):
+            for record in batch:
+                if record.state is _FINISHED:
+                    yield record
+
+    def _iter_blocks(
+        self, start: int, stop: int, size: int | None = None
+    ) -> Iterator[list[StoredRecord]]:
+        """Each block's records with start <= ts < stop (any state), one lock hold a block;
+        at most ``size`` records a list (the rest of the block follows in the next one)."""
         cursor = start
         while cursor < stop:
             batch: list[StoredRecord] | None = None
@@ -199,6 +225,8 @@ class Entry(BulkReads, EntryRemoval):
                     order = block.order
                     lo = bisect_left(order, cursor)
                     hi = bisect_left(order, stop, lo)
+                    if size is not None and hi - lo > size:
+                        hi = lo + size
                     if lo < hi:
                         records = block.records
                         batch = [records[t] for t in order[lo:hi]]
@@ -207,9 +235,7 @@ class Entry(BulkReads, EntryRemoval):
                     i += 1
             if batch is None:
                 return
-            for record in batch:
-                if record.state is _FINISHED:
-                    yield record
+            yield batch
 
     def _open_payload(self, meta: RecordMeta) -> tuple[StoredRecord, int, FileHandle | None]:
         """Current record, its block id and a pinned data handle (None for empty payloads)."""

@@ -121,12 +121,47 @@ def header_cost(rec: RecordMeta, name: str) -> int:
     return cost
 
 
-def _next(it: Iterator[RecordMeta]) -> RecordMeta | None:
-    """The next record of an entry's iterator; None at its end or if the entry was removed."""
-    try:
-        return next(it, None)
-    except NotFound:
-        return None
+class _Cursor:
+    """An entry's records from a read position: one at a time (the merge of several entries)
+    or the rest of a run at a time (one entry read whole); its end, or the entry's removal,
+    reads as None."""
+
+    __slots__ = ("_runs", "_run", "_at")
+
+    def __init__(self, runs: Iterator[list[RecordMeta]]) -> None:
+        self._runs = runs
+        self._run: list[RecordMeta] = []
+        self._at = 0
+
+    def _fetch(self) -> list[RecordMeta] | None:
+        try:
+            return next(self._runs, None)
+        except NotFound:
+            return None
+
+    def next(self) -> RecordMeta | None:
+        """The next record, or None."""
+        at = self._at
+        if at < len(self._run):
+            self._at = at + 1
+            return self._run[at]
+        run = self._fetch()
+        if run is None:
+            return None
+        self._run, self._at = run, 1
+        return run[0]
+
+    def rest(self) -> list[RecordMeta] | None:
+        """The records left in the current run, else the next run; None at the end."""
+        run, at = self._run, self._at
+        if at < len(run):
+            self._at = len(run)
+            return run[at:] if at else run
+        fetched = self._fetch()
+        if fetched is None:
+            return None
+        self._run, self._at = fetched, len(fetched)
+        return fetched
 
 
 class Query:
@@ -254,7 +289,9 @@ class Query:
             return batch, False
         bucket = storage.get_bucket(self.bucket)
         heap: list[tuple[int, str, RecordMeta]] = []
-        iters: dict[str, tuple[Entry, Iterator[RecordMeta]]] = {}
+        iters: dict[str, tuple[Entry, _Cursor]] = {}
+        # One run is a batch's worth (and one to tell whether the query is exhausted).
+        run_size = limits.max_records + 1
         for name in self.entries:
             if name in self.done:
                 continue
@@ -262,13 +299,28 @@ class Query:
                 entry = bucket.get_entry(name)
             except NotFound:
                 continue
-            it = iter(entry.iter_records(self.positions[name], self.stops.get(name, U64_MAX)))
-            first = _next(it)
+            it = _Cursor(
+                entry.iter_runs(self.positions[name], self.stops.get(name, U64_MAX), run_size)
+            )
+            first = it.next()
             if first is not None:
                 heap.append((first.timestamp, name, first))
                 iters[name] = (entry, it)
         pending, self.pending = self.pending, None
-        if len(heap) == 1 and pending is None and not self.backlog:
+        plain = (
+            len(heap) == 1
+            and not self.backlog
+            and (pending is None or pending[0] == heap[0][1])
+            and self.conditions.get(heap[0][1]) is None
+            and heap[0][1] not in self.shapers
+            and not is_meta_entry(heap[0][1])
+        )
+        if plain:
+            # One entry read whole; a record left pending by the metadata limit goes first.
+            _, name, first = heap[0]
+            run = [first] if pending is None else [pending[1], first]
+            exhausted = self._collect_plain(name, run, iters[name][1], limits, head, batch)
+        elif len(heap) == 1 and pending is None and not self.backlog:
             _, name, first = heap[0]
             exhausted = self._collect_single(name, first, iters[name][1], limits, head, batch)
         else:
@@ -288,8 +340,60 @@ class Query:
             dropped = _load(bucket, batch, iters)
         return batch, dropped
 
+    def _collect_plain(
+        self, name: str, run: list[RecordMeta], cursor: _Cursor, limits: BatchLimits,
+        head: bool, batch: ReadBatch,
+    ) -> bool:
+        """``_collect_single`` for an entry read whole (no condition, no context directive,
+        nothing hidden), from ``run`` then ``cursor``: the records a run at a time, a header's
+        cost computed once per labels object (records decoded together share equal ones).
+        True if exhausted."""
+        out = batch.records
+        append = out.append
+        body = metadata = 0
+        max_records, max_size, max_meta = limits.max_records, limits.max_size, limits.max_metadata
+        deadline = time.monotonic() + limits.timeout
+        # Header costs by labels object: (its content type, the labels, the cost); holding
+        # the labels keeps their id from being reused while this runs.
+        costs: dict[int, tuple[str, Any, int]] = {}
+        last_labels: Any = None
+        last_type: Any = None
+        cost = 0
+        position: int | None = None
+        try:
+            while run is not None:
+                for rec in run:
+                    n = len(out)
+                    if n >= max_records or (not head and body > max_size):
+                        return False
+                    if n and not n % 16 and time.monotonic() > deadline:
+                        return False
+                    labels = rec.labels
+                    if labels is not last_labels or rec.content_type is not last_type:
+                        last_labels, last_type = labels, rec.content_type
+                        known = costs.get(id(labels))
+                        if known is not None and known[0] is last_type:
+                            cost = known[2]
+                        else:
+                            cost = header_cost(rec, name)
+                            costs[id(labels)] = (last_type, labels, cost)
+                    if rec.entry != name:
+                        rec = replace(rec, entry=name)
+                    position = rec.timestamp + 1
+                    if n and metadata + cost > max_meta:
+                        self.pending = (name, rec)  # first of the next batch
+                        return False
+                    append((name, rec))
+                    body += rec.size
+                    metadata += cost
+                run = cursor.rest()
+            return True
+        finally:
+            if position is not None:
+                self.positions[name] = position
+
     def _collect_single(
-        self, name: str, first: RecordMeta, it: Iterator[RecordMeta], limits: BatchLimits,
+        self, name: str, first: RecordMeta, it: _Cursor, limits: BatchLimits,
         head: bool, batch: ReadBatch,
     ) -> bool:
         """The one-entry case without a merge heap (the common, hot one). True if exhausted."""
@@ -331,13 +435,13 @@ class Query:
                 metadata += cost
             if name in done:
                 return True
-            rec = _next(it)
+            rec = it.next()
         return True
 
     def _collect_merged(
         self,
         heap: list[tuple[int, str, RecordMeta]],
-        iters: dict[str, tuple[Entry, Iterator[RecordMeta]]],
+        iters: dict[str, tuple[Entry, _Cursor]],
         pending: tuple[str, RecordMeta] | None,
         limits: BatchLimits,
         head: bool,
@@ -369,7 +473,7 @@ class Query:
                 self.positions[name] = ts + 1
                 if name in self.done:
                     continue
-                nxt = _next(iters[name][1])
+                nxt = iters[name][1].next()
                 if nxt is not None:
                     heapq.heappush(heap, (nxt.timestamp, name, nxt))
                 shaper = self.shapers.get(name)

@@ -32,6 +32,7 @@ from appliance.api.batch_codec.v1 import (
     encode_v1_record_header,
     parse_v1_headers,
     parse_v1_timestamps,
+    v1_read_batch_raw,
 )
 from appliance.api.batch_codec.v2_encode import (
     encode_v2_echo,
@@ -39,6 +40,7 @@ from appliance.api.batch_codec.v2_encode import (
     encode_v2_read_batch,
     v2_body_order,
     v2_read_batch_headers,
+    v2_read_batch_raw,
 )
 from appliance.api.batch_codec.v2_parse import (
     V2Record,
@@ -59,6 +61,7 @@ __all__ = [
     "encode_name",
     "encode_v1_error",
     "encode_v1_record_header",
+    "v1_read_batch_raw",
     "encode_v2_echo",
     "encode_v2_error",
     "encode_v2_read_batch",
@@ -69,4 +72,5 @@ __all__ = [
     "parse_v2_update",
     "v2_body_order",
     "v2_read_batch_headers",
+    "v2_read_batch_raw",
 ]

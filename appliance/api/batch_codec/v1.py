@@ -4,7 +4,7 @@ record and error headers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from appliance.api.batch_codec.common import (
@@ -88,6 +88,24 @@ def encode_v1_record_header(meta: RecordLike) -> tuple[str, str]:
     labels = sorted(f"{k}={format_label_value(v)}" for k, v in meta.labels.items())
     value = ",".join([str(meta.size), meta.content_type or DEFAULT_CONTENT_TYPE, *labels])
     return f"{V1_TIME_PREFIX}{meta.timestamp}", value
+
+
+def v1_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]]:
+    """``encode_v1_record_header`` of each record as ``bytes`` pairs; what follows the size
+    is encoded once per (content type, labels) pair of objects."""
+    headers = []
+    append = headers.append
+    name = V1_TIME_PREFIX.lower().encode() + b"%d"
+    # By the ids of (content type, labels); ``records`` keeps them alive (no id reused).
+    tails: dict[tuple[int, int], bytes] = {}
+    for record in records:
+        key = (id(record.content_type), id(record.labels))
+        tail = tails.get(key)
+        if tail is None:
+            tail = encode_v1_record_header(record)[1].encode().partition(b",")[2]
+            tails[key] = tail
+        append((name % record.timestamp, b"%d,%s" % (record.size, tail)))
+    return headers
 
 
 def encode_v1_error(timestamp: int, err: ApplianceError) -> tuple[str, str]:

@@ -5,7 +5,7 @@ errors.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance.api.batch_codec.common import (
     DEFAULT_CONTENT_TYPE,
@@ -147,28 +147,91 @@ def v2_read_batch_headers(records: Sequence[RecordLike]) -> list[tuple[str, str]
     for record in body:
         index = indexes[record.entry]
         content_type = record.content_type or DEFAULT_CONTENT_TYPE
-        labels = record.labels
-        prev = previous.get(index)
-        if prev is None:
-            delta = _first_label_delta(labels, names)
-            value = f"{record.size},{content_type}"
-            if delta:
-                value = f"{value},{delta}"
-        else:
-            prev_type, prev_labels = prev
-            type_part = "" if prev_type == content_type else content_type
-            delta = "" if labels == prev_labels else _label_delta(labels, prev_labels, names)
-            if delta:
-                value = f"{record.size},{type_part},{delta}"
-            elif type_part:
-                value = f"{record.size},{type_part}"
-            else:
-                value = str(record.size)
+        value = _record_value(record, content_type, previous.get(index), names)
         append((f"{V2_PREFIX}{index}-{record.timestamp - start_ts}", value))
-        previous[index] = (content_type, labels)
+        previous[index] = (content_type, record.labels)
     if names:
         append((LABELS_HEADER, ",".join([encode_name(name) for name in names])))
     return headers
+
+
+def _record_value(
+    record: RecordLike, content_type: str, prev: tuple[str, Mapping[str, str]] | None,
+    names: dict[str, int],
+) -> str:
+    """A record's v2 header value: size, then content type and labels where they differ from
+    ``prev`` (the content type and labels of the entry's previous record in the batch)."""
+    labels = record.labels
+    if prev is None:
+        delta = _first_label_delta(labels, names)
+        value = f"{record.size},{content_type}"
+        return f"{value},{delta}" if delta else value
+    prev_type, prev_labels = prev
+    type_part = "" if prev_type == content_type else content_type
+    delta = "" if labels == prev_labels else _label_delta(labels, prev_labels, names)
+    if delta:
+        return f"{record.size},{type_part},{delta}"
+    if type_part:
+        return f"{record.size},{type_part}"
+    return str(record.size)
+
+
+def v2_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]]:
+    """``v2_read_batch_headers`` encoded: (lower-case name, value) ``bytes`` pairs.
+
+    A batch of one entry in time order (what a query of one entry collects) is encoded
+    straight to bytes, what follows a record's size once per pair of (content type, labels)
+    objects of it and its predecessor (records decoded together share equal ones); anything
+    else is ``v2_read_batch_headers``' pairs, encoded.
+    """
+    if not records:
+        return _encoded(v2_read_batch_headers(records))
+    entry = records[0].entry
+    last_ts = -1
+    for record in records:
+        if record.entry != entry or record.timestamp < last_ts:
+            return _encoded(v2_read_batch_headers(records))
+        last_ts = record.timestamp
+    start_ts = records[0].timestamp
+    names: dict[str, int] = {}
+    headers = [
+        (ENTRIES_HEADER.encode(), encode_name(entry).encode()),
+        (START_TS_HEADER.encode(), b"%d" % start_ts),
+    ]
+    append = headers.append
+    prefix = f"{V2_PREFIX}0-".lower().encode() + b"%d"
+    prev: tuple[str, Mapping[str, str]] | None = None
+    prev_ids = (0, 0)
+    # What follows the size, by the ids of (previous type, labels, this type, labels): the
+    # same objects give the same text (label indexes, once given, never change), and
+    # ``records`` keeps every one alive, so no id is reused meanwhile.
+    tails: dict[tuple[int, int, int, int], bytes] = {}
+    prev_type: Any = None
+    prev_labels: Any = None
+    for record in records:
+        labels = record.labels
+        content_type = record.content_type or DEFAULT_CONTENT_TYPE
+        if labels is prev_labels and content_type is prev_type:
+            append((prefix % (record.timestamp - start_ts), b"%d" % record.size))
+            continue  # nothing changed: the size alone
+        prev_type, prev_labels = content_type, labels
+        ids = (id(content_type), id(labels))
+        key = prev_ids + ids
+        tail = tails.get(key)
+        if tail is None:
+            text = _record_value(record, content_type, prev, names)
+            tail = tails[key] = text[len(str(record.size)) :].encode()
+        append((prefix % (record.timestamp - start_ts), b"%d%s" % (record.size, tail)))
+        prev = (content_type, labels)
+        prev_ids = ids
+    if names:
+        append((LABELS_HEADER.encode(), ",".join([encode_name(n) for n in names]).encode()))
+    return headers
+
+
+def _encoded(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header pairs as the server sends them: lower-case names, ``bytes``."""
+    return [(name.lower().encode(), value.encode()) for name, value in headers]
 
 
 def encode_v2_read_batch(records: Sequence[RecordLike]) -> dict[str, str]:
