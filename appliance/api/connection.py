@@ -327,10 +327,11 @@ class ApplianceConnection(ASGIHTTPConnection):
     _request: Request | None = None
 
     def _create_request_from_scope(self, send: ASGISendCallable) -> Request:
-        """Quart's request creation (quart/asgi.py, 0.20-0.22) with the header list built in
-        one pass: ``Headers.add`` validates each value again (~1.5 µs a header), and a batch
-        of 1,000 records carries 1,000 headers (issue 15). The server's HTTP parser (h11,
-        h2) has already refused names and values that are not valid header text."""
+        """Quart's request creation (quart/asgi.py, 0.20-0.22) with the header list made only
+        when something needs it (``ScopeHeaders``) and never re-validated: ``Headers.add``
+        validates each value again (~1.5 µs a header), and a batch of 1,000 records carries
+        1,000 headers (issue 15). The server's HTTP parser (h11, h2) has already refused names
+        and values that are not valid header text."""
         scope = self.scope
         headers = ScopeHeaders.from_scope(
             scope["headers"], (scope.get("client") or ["<local>"])[0]
