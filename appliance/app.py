@@ -28,6 +28,7 @@ from appliance.api import (
     instance,
     lifecycles,
     links,
+    params,
     queries,
     replications,
     tokens,
@@ -104,8 +105,19 @@ def _egress(response: Response) -> int:
 def _ingress(scope: dict[str, Any]) -> int:
     """Declared request body bytes, as werkzeug's ``content_length`` reads them (0 for a
     chunked body, a missing or a malformed length), from the raw header pairs."""
+    raw = scope["headers"]
+    if type(raw) is list and len(raw) >= params.COLUMN_LOOKUP_FROM:
+        # A batched write's 1,000 headers: C-level scans of the names instead of the loop.
+        names = [name for name, _ in raw]
+        if b"transfer-encoding" not in names and names.count(b"content-length") <= 1:
+            if b"content-length" not in names:
+                return 0
+            try:
+                return max(int(raw[names.index(b"content-length")][1]), 0)
+            except ValueError:
+                return 0
     length = 0
-    for name, value in scope["headers"]:
+    for name, value in raw:
         if name == b"transfer-encoding" and b"chunked" in value.lower():
             return 0
         if name == b"content-length" and not length:

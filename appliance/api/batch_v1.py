@@ -48,8 +48,21 @@ def check_batch_limits() -> None:
     costs one cheap pass and never reaches the engine.
     """
     settings = services().settings
+    raw = request.scope["headers"]
+    if not isinstance(raw, (list, tuple)):
+        raw = list(raw)
+    # An upper bound in C first: every header counted as a record and all header bytes as
+    # record-header bytes. A batch within both limits (nearly all) skips the exact loop
+    # (~0.3 µs a header); one that may be over gets counted exactly, as before.
+    if len(raw) <= settings.io_batch_max_write_records:
+        # Joined, the names and the values give their byte counts in C (0.05 µs a header
+        # against 0.12 for ``sum(map(len, ...))``).
+        names = b"".join([name for name, _ in raw])
+        values = b"".join([value for _, value in raw])
+        if len(names) + len(values) + 2 * len(raw) <= settings.io_batch_max_metadata_size:
+            return
     count = size = 0
-    for name, value in request.scope["headers"]:
+    for name, value in raw:
         # v1 `x-reduct-time-<ts>` and v2 `x-reduct-<index>-<delta>`: names ending in digits.
         if name[:9].lower() == b"x-reduct-" and name[-1:].isdigit():
             count += 1

@@ -14,12 +14,14 @@ from __future__ import annotations
 import functools
 from collections import deque
 from collections.abc import AsyncIterator, Hashable, Mapping
+from itertools import accumulate
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from quart import request
 
 from appliance import metrics
-from appliance.api.batch_codec.fast import Incoming
+from appliance.api.batch_codec.fast import Incoming, Rows
 from appliance.api.encoding import decoded
 from appliance.api.connection import BoundedBody
 from appliance.api.streaming import (
@@ -105,25 +107,60 @@ class BodyReader:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+_ENTRY = itemgetter(1)
+_TIMESTAMP = itemgetter(2)
+_LENGTH = itemgetter(3)
+_CONTENT_TYPE = itemgetter(4)
+_LABELS = itemgetter(5)
+
+
 def _write_in_memory(
-    svc: Services, storage: Storage, bucket: str, items: list[Incoming], body: bytes
+    svc: Services, storage: Storage, bucket: str, items: Rows | list[Incoming], body: bytes
 ) -> dict[Hashable, ApplianceError]:
-    pairs = []
+    # A plain loop: the cost is the copies, and a ``map`` over ``slice`` objects measured
+    # slower (0.40 against 0.33 µs a KiB record).
+    payloads: list[bytes | Pieces] = []
+    add = payloads.append
     offset = 0
-    for item in items:
-        pairs.append((item, body[offset : offset + item.length]))
-        offset += item.length
-    return _write_pairs(svc, storage, bucket, pairs)
+    lengths = items.lengths if type(items) is Rows else map(_LENGTH, items)
+    for end in accumulate(lengths):
+        add(body[offset:end])
+        offset = end
+    if type(items) is Rows and len(set(items.entries)) == 1 and not svc.replicates(bucket):
+        return _write_columns(storage, bucket, items, payloads)
+    return _write_pairs(svc, storage, bucket, list(items), payloads)
+
+
+def _write_columns(
+    storage: Storage, bucket: str, rows: Rows, payloads: list[bytes | Pieces]
+) -> dict[Hashable, ApplianceError]:
+    """``_write_groups`` for parsed rows of one entry, from their columns: no ``Incoming``
+    row is built (errors are mapped back to keys only when there are any)."""
+    records = list(map(NewRecord, rows.stamps, payloads, rows.content_types, rows.labels))
+    try:
+        failed = storage.get_bucket(bucket).write_batch(rows.entries[0], records)
+    except ApplianceError as exc:
+        return dict.fromkeys(rows.keys, exc)
+    if not failed:
+        return {}
+    errors: dict[Hashable, ApplianceError] = {}
+    for key, ts in zip(rows.keys, rows.stamps):
+        err = failed.get(ts)
+        if err is not None:
+            errors[key] = err
+    return errors
 
 
 def _write_pairs(
-    svc: Services, storage: Storage, bucket: str, pairs: list[tuple[Incoming, bytes | Pieces]]
+    svc: Services, storage: Storage, bucket: str, items: list[Incoming],
+    payloads: list[bytes | Pieces],
 ) -> dict[Hashable, ApplianceError]:
-    """Write ``(item, payload)`` pairs, one ``write_batch`` per entry; per-record errors."""
-    errors = _write_groups(storage, bucket, pairs)
+    """Write ``items`` with their ``payloads``, one ``write_batch`` per entry; per-record
+    errors."""
+    errors = _write_groups(storage, bucket, items, payloads)
     if svc.replicates(bucket):  # logged before the 200 (see ``records._write_small``)
         written: dict[str, list[tuple[int, int, Mapping[str, str]]]] = {}
-        for item, _ in pairs:
+        for item in items:
             if item.key not in errors:
                 written.setdefault(item.entry, []).append((WRITE, item.timestamp, item.labels))
         for entry, records in written.items():
@@ -131,21 +168,35 @@ def _write_pairs(
     return errors
 
 
+def _records(items: list[Incoming], payloads: list[bytes | Pieces]) -> list[NewRecord]:
+    """The engine's records for ``items`` and their payloads (built by C-level maps)."""
+    return list(map(
+        NewRecord, map(_TIMESTAMP, items), payloads, map(_CONTENT_TYPE, items),
+        map(_LABELS, items),
+    ))
+
+
 def _write_groups(
-    storage: Storage, bucket: str, pairs: list[tuple[Incoming, bytes | Pieces]]
+    storage: Storage, bucket: str, items: list[Incoming], payloads: list[bytes | Pieces]
 ) -> dict[Hashable, ApplianceError]:
     errors: dict[Hashable, ApplianceError] = {}
-    groups: dict[str, tuple[list[Incoming], list[NewRecord]]] = {}
-    for item, data in pairs:
-        group = groups.get(item.entry)
-        if group is None:
-            group = groups[item.entry] = ([], [])
-        group[0].append(item)
-        group[1].append(NewRecord(item.timestamp, data, item.content_type, item.labels))
+    groups: dict[str, tuple[list[Incoming], list[NewRecord]]]
+    names = set(map(_ENTRY, items))
+    if len(names) == 1:  # one entry (every v1 batch, most v2 ones): no grouping loop
+        groups = {names.pop(): (items, _records(items, payloads))}
+    else:
+        by_entry: dict[str, tuple[list[Incoming], list[bytes | Pieces]]] = {}
+        for item, data in zip(items, payloads):
+            group = by_entry.get(item.entry)
+            if group is None:
+                group = by_entry[item.entry] = ([], [])
+            group[0].append(item)
+            group[1].append(data)
+        groups = {entry: (rows, _records(rows, data)) for entry, (rows, data) in by_entry.items()}
     try:
         b = storage.get_bucket(bucket)
     except ApplianceError as exc:
-        return {item.key: exc for item, _ in pairs}
+        return {item.key: exc for item in items}
     for entry, (incoming, records) in groups.items():
         try:
             failed = b.write_batch(entry, records)
@@ -162,7 +213,7 @@ def _write_groups(
 
 
 async def write_records(
-    svc: Services, storage: Storage, bucket: str, items: list[Incoming],
+    svc: Services, storage: Storage, bucket: str, items: Rows | list[Incoming],
     encoding: str | None = None,
 ) -> dict[Hashable, ApplianceError]:
     """Receive the body for ``items`` (in body order) and write them; per-record errors.
@@ -170,7 +221,7 @@ async def write_records(
     ``encoding``: the ``Content-Encoding`` (gzip, zstd) the body is decoded from."""
     timeout = svc.settings.io_operation_timeout
     metrics.batch_records("write", len(items))
-    total = sum(item.length for item in items)
+    total = sum(items.lengths) if type(items) is Rows else sum(map(_LENGTH, items))
     reader = BodyReader(timeout, encoding, total)
     if total <= IN_MEMORY_BYTES and total < PIPELINE_RECORD_BYTES * len(items):
         body = await reader.read(total)
@@ -192,8 +243,9 @@ async def _write_pipelined(
 
     def sink(received: list[tuple[Incoming, list[bytes]]]) -> None:
         # Never joined: the engine writes the received pieces as they are.
-        pairs = [(item, p[0] if len(p) == 1 else Pieces(p)) for item, p in received]
-        errors.update(_write_pairs(svc, storage, bucket, pairs))
+        items = [item for item, _ in received]
+        payloads = [p[0] if len(p) == 1 else Pieces(p) for _, p in received]
+        errors.update(_write_pairs(svc, storage, bucket, items, payloads))
 
     # Each hop commits what it wrote; with synced writes that is an fsync, so hops are made
     # as large as the pipeline allows (two commits per 8 MB batch rather than dozens).

@@ -85,8 +85,22 @@ def optional_timestamp(args: Mapping[str, str], name: str) -> int | None:
     return value
 
 
+# From this many headers (a batched write has one a record) a lookup goes by the names column.
+COLUMN_LOOKUP_FROM = 32
+
+
 def header(raw_headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """The first value of header ``name`` (lower-case bytes) in ASGI raw headers."""
+    if type(raw_headers) is list and len(raw_headers) >= COLUMN_LOOKUP_FROM:
+        # 1,000 headers: a ``list.index`` in C instead of a loop lower-casing each name
+        # (~0.12 µs a header); exact when every name is lower-case, as servers hand them over.
+        names = [key for key, _ in raw_headers]
+        joined = b"".join(names)
+        if joined == joined.lower():
+            try:
+                return raw_headers[names.index(name)][1]  # type: ignore[no-any-return]
+            except ValueError:
+                return None
     for key, value in raw_headers:
         if key == name or key.lower() == name:
             return value

@@ -203,3 +203,90 @@ def test_v2_rows_share_label_dicts_when_labels_cycle() -> None:
     assert parsed is not None
     assert len({id(row.labels) for row in parsed.rows}) == 10
     assert [row.labels for row in parsed.rows] == [{"n": str(i % 10)} for i in range(100)]
+
+
+# --- the column pass (issue 15): big batches, shuffled, and names that only look regular -------
+
+
+def _v1_batch(n: int, labels_cycle: int = 10) -> list[tuple[bytes, bytes]]:
+    batch = Batch()
+    for i in range(n):
+        batch.add(10**15 + 7 * i, b"x" * (i % 3 + 1024), labels={"n": str(i % labels_cycle)})
+    return raw(make_headers_v1(batch)[1])
+
+
+def _v2_batch(n: int, entries: int = 1) -> list[tuple[bytes, bytes]]:
+    batch = RecordBatch()
+    for i in range(n):
+        batch.add(f"e{i % entries}", 10**15 + 7 * i, b"x" * (i % 3 + 1024),
+                  labels={"n": str(i % 10)})
+    return raw(make_headers_v2(batch)[1])
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_column_pass_equals_the_general_parsers_on_big_batches(shuffle: bool) -> None:
+    import random
+
+    v1, v2, v2_many = _v1_batch(1000), _v2_batch(1000), _v2_batch(600, entries=3)
+    if shuffle:  # record headers in any order, the other headers among them
+        for pairs in (v1, v2, v2_many):
+            random.Random(7).shuffle(pairs)
+    check_v1(v1, fast=True)
+    check_v2(v2, fast=True)
+    check_v2(v2_many, fast=True)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        (b"x-reduct-time-5x-reduct-time-6", b"1,text/plain"),  # the prefix twice
+        (b"x-reduct-time-", b"1,text/plain"),  # no timestamp
+        (b"x-reduct-time-1 2", b"1,text/plain"),
+        (b"x-reduct-time-12", b" 1 ,text/plain"),  # spaces around the length: the loop takes it
+        (b"x-reduct-time-12", b"1"),  # no comma
+        (b"x-reduct-time-12", b"-1,text/plain"),
+        (b"x-reduct-time-12", b"1,text/plain,=bad"),
+        (b"x-reduct-time-0", b"1,text/plain"),  # a duplicate of the first record
+        (b"X-Reduct-Time-12", b"1,text/plain"),
+        (b"x-reduct-time-12\n13", b"1,text/plain"),
+    ],
+)
+def test_column_pass_v1_odd_record_among_many_equals_or_falls_back(odd: tuple[bytes, bytes]) -> None:
+    pairs = raw({f"x-reduct-time-{i}": "1,text/plain" for i in range(0, 200, 2)})
+    pairs.insert(50, odd)
+    check_v1(pairs, fast=False)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        # Dashes that add up across names: one with two, one with none.
+        [(b"x-reduct-0-500-3", b"1,text/plain"), (b"x-reduct-0", b"1,text/plain")],
+        [(b"x-reduct-0-501-x-reduct-0-502", b"1,text/plain")],  # the prefix twice
+        [(b"x-reduct-0-", b"1,text/plain")],
+        [(b"x-reduct-0-503", b" 1 ,text/plain")],
+        [(b"x-reduct-0-504", b"x,text/plain")],
+        [(b"x-reduct-0-5", b"1,text/plain")],  # a duplicate
+        [(b"x-reduct-1-0", b"1,text/plain")],  # an entry index out of range
+        [(b"x-reduct-0-505\n1", b"1,text/plain")],
+        [(b"X-Reduct-0-506", b"1,text/plain")],
+        [(b"x-reduct-0a-507", b"1,text/plain")],
+        [(b"x-reduct-other", b"kept as a header")],
+        [(b"x-reduct-0-508", b"1")],  # inherits content type and labels
+    ],
+)
+def test_column_pass_v2_odd_records_among_many_equal_or_fall_back(
+    odd: list[tuple[bytes, bytes]],
+) -> None:
+    headers = {"x-reduct-entries": "a", "x-reduct-start-ts": "5"}
+    headers.update({f"x-reduct-0-{d}": "1,text/plain,k=v" for d in range(0, 200, 2)})
+    pairs = raw(headers)
+    for pair in odd:
+        pairs.insert(40, pair)
+    check_v2(pairs, fast=False)
+
+
+def test_column_pass_keeps_the_last_of_repeated_other_headers() -> None:
+    pairs = _v1_batch(50) + [(b"x-other", b"1"), (b"x-other", b"2")]
+    parsed = parse_v1_write(pairs, "e")
+    assert parsed is not None and parsed.others["x-other"] == "2"
