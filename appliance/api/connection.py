@@ -291,7 +291,9 @@ class ScopeHeaders(Headers):
         if raw is not None:
             self._raw = None
             pairs = [("Remote-Addr", self._addr)]
-            pairs += [(name.decode("latin1").title(), value.decode("latin1")) for name, value in raw]
+            pairs += [
+                (name.decode("latin1").title(), value.decode("latin1")) for name, value in raw
+            ]
             self._pairs = pairs
         return self._pairs
 

@@ -56,8 +56,6 @@ SETTINGS_FILE = "bucket.settings"
 META_KEY_LABEL = "key"
 META_REMOVE_LABEL = "remove"
 
-
-
 _DATA = attrgetter("data")
 _TIMESTAMP = attrgetter("timestamp")
 

@@ -471,7 +471,8 @@ def _parse_v2_loop(raw_headers: list[tuple[bytes, bytes]]) -> WriteHeaders | Non
                 meta = interned.setdefault((meta[0], *meta[1].items()), meta)
                 states[cache_key] = meta
             previous[index] = meta
-            append(_new(Incoming, (key, entries[index], start_ts + delta, length, meta[0], meta[1])))
+            row = (key, entries[index], start_ts + delta, length, meta[0], meta[1])
+            append(_new(Incoming, row))
     except UnprocessableEntity:
         return None
     return WriteHeaders(rows, entries, start_ts, others, total)
