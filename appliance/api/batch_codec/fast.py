@@ -293,14 +293,10 @@ def parse_v2_write(raw_headers: Iterable[tuple[bytes, bytes]]) -> WriteHeaders |
     if count < len(raw):
         record_flags = iter(is_record)
         for name, value, is_prefixed in zip(names, values, flags):
-            if is_prefixed:
-                if next(record_flags):
-                    continue
-                if name.rpartition(b"-")[2].isdigit() or name.endswith(b"-"):
-                    return None  # a malformed record header: the general parser says why
-            elif name[:9].lower() == _V2:
-                return None  # not lower-case: the general parser lower-cases
-            others[name.decode("latin1").lower()] = _text(value)
+            if is_prefixed and next(record_flags):
+                continue
+            if not _keep_other(name, value, is_prefixed, others):
+                return None
     length_raw, commas, tails = _split3(compress(compress(values, flags), is_record), b",")
     distinct_indexes, distinct_lengths = set(index_raw), set(length_raw)
     if not (
@@ -408,6 +404,19 @@ def _resolve(
     return interned.setdefault((meta[0], *meta[1].items()), meta)
 
 
+def _keep_other(name: bytes, value: bytes, prefixed: bool, others: dict[str, str]) -> bool:
+    """Keep a v2 header that is not a record's in ``others``; False for one only the general
+    parser can answer: a malformed record header (it says why) or an ``x-reduct-`` name not
+    in lower case (it lower-cases). ``prefixed``: the name starts with ``x-reduct-``."""
+    if prefixed:
+        if name.rpartition(b"-")[2].isdigit() or name.endswith(b"-"):
+            return False
+    elif name[:9].lower() == _V2:
+        return False
+    others[name.decode("latin1").lower()] = _text(value)
+    return True
+
+
 def _parse_v2_loop(raw_headers: list[tuple[bytes, bytes]]) -> WriteHeaders | None:
     """``parse_v2_write`` one header at a time: any batch the column pass does not take."""
     found: dict[tuple[int, int], tuple[int, bytes | None]] = {}
@@ -433,11 +442,8 @@ def _parse_v2_loop(raw_headers: list[tuple[bytes, bytes]]) -> WriteHeaders | Non
                     count += 1
                     total += length
                     continue
-                if name.rpartition(b"-")[2].isdigit() or name.endswith(b"-"):
-                    return None  # a malformed record header: the general parser says why
-            elif name[:9].lower() == _V2:
-                return None  # not lower-case: the general parser lower-cases
-            others[name.decode("latin1").lower()] = _text(value)
+            if not _keep_other(name, value, name.startswith(_V2), others):
+                return None
         if len(found) != count:
             return None
         entries = _parse_entries(others)
