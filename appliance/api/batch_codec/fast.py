@@ -466,16 +466,7 @@ def _parse_v2_loop(raw_headers: list[tuple[bytes, bytes]]) -> WriteHeaders | Non
             cache_key = (id(prev), tail)
             meta = states.get(cache_key)
             if meta is None:
-                if tail is None:
-                    content_type = labels_raw = None
-                else:
-                    ct_text, comma, labels_text = _text(tail).partition(",")
-                    content_type, labels_raw = ct_text, (labels_text if comma else None)
-                meta = resolve_v2_meta(prev, content_type, labels_raw, label_names)
-                # One object per distinct result, so the chain of ``prev`` objects repeats
-                # (labels cycling through ten values give ten states, not one per record).
-                meta = interned.setdefault((meta[0], *meta[1].items()), meta)
-                states[cache_key] = meta
+                meta = states[cache_key] = _resolve(prev, tail, label_names, interned)
             previous[index] = meta
             row = (key, entries[index], start_ts + delta, length, meta[0], meta[1])
             append(_new(Incoming, row))
