@@ -257,6 +257,14 @@ def _unread_body(scope: dict[str, Any], body: Body | None) -> int | None:
     return max(declared - received, 0)
 
 
+def quart_header_pairs(raw: Any, remote_addr: str) -> list[tuple[str, str]]:
+    """The header list Quart makes of the scope's raw pairs: ``Remote-Addr`` first, then each
+    name title-cased, names and values decoded as latin-1."""
+    pairs = [("Remote-Addr", remote_addr)]
+    pairs += [(name.decode("latin1").title(), value.decode("latin1")) for name, value in raw]
+    return pairs
+
+
 class ScopeHeaders(Headers):
     """Werkzeug ``Headers`` over the ASGI scope's raw pairs, built only when needed.
 
@@ -290,11 +298,7 @@ class ScopeHeaders(Headers):
         raw = self._raw
         if raw is not None:
             self._raw = None
-            pairs = [("Remote-Addr", self._addr)]
-            pairs += [
-                (name.decode("latin1").title(), value.decode("latin1")) for name, value in raw
-            ]
-            self._pairs = pairs
+            self._pairs = quart_header_pairs(raw, self._addr)
         return self._pairs
 
     @_list.setter
@@ -323,6 +327,31 @@ class ScopeHeaders(Headers):
             raise BadRequestKeyError(key) from None
 
 
+def _scope_headers_agree() -> bool:
+    """Whether ``ScopeHeaders`` answers as werkzeug's own ``Headers`` on sample headers.
+
+    It relies on werkzeug's private ``_list`` and ``_get_key`` (werkzeug 3.x); another
+    werkzeug that stored or looked up headers otherwise would see an empty or stale list.
+    Checked once at import: if it disagrees, requests get werkzeug's ``Headers`` as before."""
+    raw = [(b"host", b"h"), (b"content-length", b"5"), (b"x-reduct-time-1", b"1,a/b,k=v"),
+           (b"x-a", b"1"), (b"x-a", b"2")]
+    try:
+        plain = Headers(quart_header_pairs(raw, "1.2.3.4"))
+        lazy = ScopeHeaders.from_scope(list(raw), "1.2.3.4")
+        lookups = all(
+            lazy.get(key) == plain.get(key) and (key in lazy) == (key in plain)
+            for key in ("Content-Length", "x-reduct-time-1", "X-A", "missing", "Remote-Addr")
+        )
+        return lookups and lazy.getlist("X-A") == plain.getlist("X-A") and (
+            list(lazy.items()) == list(plain.items()) and len(lazy) == len(plain)
+        )
+    except Exception:  # noqa: BLE001 - any surprise: keep werkzeug's own class
+        return False
+
+
+SCOPE_HEADERS = _scope_headers_agree()
+
+
 class ApplianceConnection(ASGIHTTPConnection):
     """Quart's ASGI HTTP connection with the policy above and back-pressure on bodies."""
 
@@ -335,9 +364,13 @@ class ApplianceConnection(ASGIHTTPConnection):
         1,000 headers (issue 15). The server's HTTP parser (h11, h2) has already refused names
         and values that are not valid header text."""
         scope = self.scope
-        headers = ScopeHeaders.from_scope(
-            scope["headers"], (scope.get("client") or ["<local>"])[0]
-        )
+        remote = (scope.get("client") or ["<local>"])[0]
+        if SCOPE_HEADERS:
+            headers: Headers = ScopeHeaders.from_scope(scope["headers"], remote)
+        else:  # a werkzeug ScopeHeaders does not agree with (see ``_scope_headers_agree``)
+            headers = Headers()
+            # werkzeug's storage, a list of (name, value): set directly, not re-validated
+            headers._list = quart_header_pairs(scope["headers"], remote)  # noqa: SLF001
         if scope["http_version"] < "1.1":
             headers.setdefault("Host", self.app.config["SERVER_NAME"] or "")
         path = scope["path"]

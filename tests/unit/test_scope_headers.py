@@ -100,3 +100,28 @@ def test_ingress_by_column_equals_the_loop(extra: list[tuple[bytes, bytes]]) -> 
                  [(b"content-length", b"bad")] + RAW[2:]):
         raw = base + extra
         assert _ingress({"headers": raw}) == loop(raw), extra
+
+
+def test_self_check_agrees_on_this_werkzeug() -> None:
+    from appliance.api import connection
+
+    assert connection.SCOPE_HEADERS is True
+    assert connection._scope_headers_agree() is True
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        ("_get_key", lambda self, key: "stale"),  # looks up by name otherwise
+        ("_list", property(lambda self: [], lambda self, v: None)),  # stores the list elsewhere
+        ("getlist", lambda self, key, type=None: []),
+    ],
+    ids=["lookup", "storage", "getlist"],
+)
+def test_self_check_refuses_a_werkzeug_it_does_not_agree_with(
+    monkeypatch: pytest.MonkeyPatch, broken: tuple[str, object]
+) -> None:
+    from appliance.api import connection
+
+    monkeypatch.setattr(ScopeHeaders, broken[0], broken[1])
+    assert connection._scope_headers_agree() is False
