@@ -258,8 +258,6 @@ def _separators(count: int) -> bytes:
     return b"-\n" * (count - 1) + b"-"
 
 
-
-
 def parse_v2_write(raw_headers: Iterable[tuple[bytes, bytes]]) -> WriteHeaders | None:
     """The records of a v2 batch write (keys: ``(index, delta)``), or None: general parser.
 
@@ -449,27 +447,15 @@ def _parse_v2_loop(raw_headers: list[tuple[bytes, bytes]]) -> WriteHeaders | Non
         entries = _parse_entries(others)
         start_ts = _parse_start_ts(others)
         label_names = _parse_label_names(others)
-        # (id of the previous record's metadata, value tail) -> metadata: the result of
-        # inheriting depends on nothing else, and the previous metadata objects stay alive here.
-        states: dict[tuple[int, bytes | None], tuple[str, dict[str, str]]] = {}
-        previous: dict[int, tuple[str, dict[str, str]]] = {}
-        interned: dict[tuple[object, ...], tuple[str, dict[str, str]]] = {}
-        rows: list[Incoming] = []
-        append = rows.append
-        n_entries = len(entries)
-        for key in sorted(found):
-            index, delta = key
-            if index >= n_entries:
-                return None
-            length, tail = found[key]
-            prev = previous.get(index)
-            cache_key = (id(prev), tail)
-            meta = states.get(cache_key)
-            if meta is None:
-                meta = states[cache_key] = _resolve(prev, tail, label_names, interned)
-            previous[index] = meta
-            row = (key, entries[index], start_ts + delta, length, meta[0], meta[1])
-            append(_new(Incoming, row))
+        keys = sorted(found)
+        if keys and keys[-1][0] >= len(entries):  # sorted: the last has the highest index
+            return None
+        metas = _inherit([index for index, _ in keys], [found[key][1] for key in keys],
+                         label_names)
+        rows = [
+            _new(Incoming, (key, entries[key[0]], start_ts + key[1], found[key][0], *meta))
+            for key, meta in zip(keys, metas, strict=True)
+        ]
     except UnprocessableEntity:
         return None
     return WriteHeaders(rows, entries, start_ts, others, total)
