@@ -41,6 +41,7 @@ from appliance.api.connection import (
     HttpPolicy,
     access_log,
 )
+from appliance.api.read_lane import ReadLane, lane_enabled
 from appliance.api.response import ApiResponse as Response
 from appliance.errors import ApplianceError, CorruptionError, NoContent, ServiceUnavailable
 from appliance.services import STARTING_MESSAGE, Services
@@ -175,6 +176,16 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
     ):
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 
+    rules = {rule.endpoint: rule.rule for rule in app.url_map.iter_rules()}
+    lane = (
+        ReadLane(
+            svc, prefix,
+            rules[f"{entries.blueprint.name}.{entries.dispatch.__name__}"],
+            rules[f"{batch_v2.blueprint.name}.{batch_v2.read.__name__}"],
+        )
+        if lane_enabled()
+        else None
+    )
     origins = settings.cors_origins
     app.extensions[POLICY_KEY] = HttpPolicy(
         common=tuple((k.lower().encode(), v.encode()) for k, v in COMMON_HEADERS.items()),
@@ -187,6 +198,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         # Served before the storage is open too: the console signs in and shows "starting",
         # and a standby's lease gauges are what an operator scrapes.
         ungated_prefixes=(base + "ui", base + "metrics"),
+        read_lane=lane,
     )
     if settings.access_log:
         access_log.setLevel(logging.INFO)  # on whatever RS_LOG_LEVEL says: it was asked for

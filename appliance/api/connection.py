@@ -196,6 +196,8 @@ class HttpPolicy:
     starting_message: str
     log_access: bool = False
     ungated_prefixes: tuple[str, ...] = ()
+    # Answers batched reads whose batch is ready without Quart (``read_lane.ReadLane``).
+    read_lane: Any = None
 
     def extra_headers(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
         """Common headers plus CORS headers for an allowed ``Origin``."""
@@ -211,7 +213,7 @@ class HttpPolicy:
         return headers
 
 
-def _declares_body(scope: dict[str, Any]) -> bool:
+def declares_body(scope: dict[str, Any]) -> bool:
     """True if the request announces a body (a non-zero length, or chunked)."""
     for name, value in scope["headers"]:
         if (name == b"content-length" and value.strip() not in (b"0", b"")) or (
@@ -228,7 +230,7 @@ async def _respond(
     """An answer given before routing. Its request body is never read, so a request that has
     one gets ``Connection: close`` (the unread bytes must not pass for the next request)."""
     headers = [*headers, (b"content-length", str(len(body)).encode())]
-    if _declares_body(scope):
+    if declares_body(scope):
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[typeddict-item]
     await send({"type": "http.response.body", "body": body, "more_body": False})  # type: ignore[typeddict-item]
@@ -428,6 +430,7 @@ class ApplianceConnection(ASGIHTTPConnection):
             await counted(message)
 
         scope = self.scope
+        route = None  # the rule template of a request the read lane answered
         try:
             path = scope["path"]
             if (
@@ -449,9 +452,13 @@ class ApplianceConnection(ASGIHTTPConnection):
             if scope["method"] == "OPTIONS" and (policy.origins or policy.allow_all_origins):
                 await _respond(counted, 200, extra, b"", scope)  # type: ignore[arg-type]
                 return
+            if policy.read_lane is not None and scope["method"] == "GET":
+                route = await policy.read_lane.serve(scope, counted, extra)
+                if route is not None:
+                    return
             await super().__call__(receive, send_with_headers)
         finally:
-            self._observe(policy, started, sent[0], sent[1])
+            self._observe(policy, started, sent[0], sent[1], route)
             # The request refers back to this connection (Quart's ``send_push_promise`` partial
             # holds our bound method and send wrapper): without this the pair, its body, headers
             # and events (~60 objects a request) would wait for the cyclic garbage collector,
@@ -459,13 +466,19 @@ class ApplianceConnection(ASGIHTTPConnection):
             # event loop for milliseconds each.
             self._request = None
 
-    def _observe(self, policy: HttpPolicy, started: float, status: int, nbytes: int) -> None:
-        """Count the request by route template (Prometheus) and write the access log line."""
+    def _observe(
+        self, policy: HttpPolicy, started: float, status: int, nbytes: int, route: str | None
+    ) -> None:
+        """Count the request by route template (Prometheus) and write the access log line
+        (``route``: the template when Quart did not route it)."""
         seconds = time.perf_counter() - started
         scope = self.scope
         request = self._request
         rule = request.url_rule if request is not None else None
-        route = rule.rule if rule is not None else (None if policy.is_ready() else NOT_READY_ROUTE)
+        if rule is not None:
+            route = rule.rule
+        elif route is None and not policy.is_ready():
+            route = NOT_READY_ROUTE
         metrics.observe_request(scope["method"], route, status, seconds)
         if policy.log_access:
             client = scope.get("client")

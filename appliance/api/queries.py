@@ -247,21 +247,28 @@ def batch_response(
     Preloaded batches go out as a ``RawResponse``: header pairs encoded once, the body one
     ``bytes``; batches with payloads too big to preload stream through Quart.
     """
-    raw, body = batch.encoded
-    size = sum(meta.size for _, meta in batch.records)
-    last = b"true" if batch.last else b"false"
-    length = b"0" if only_metadata and not head else str(size).encode()
-    if body is None and not head and not only_metadata:
+    if batch.encoded[1] is None and not head and not only_metadata:
+        raw = batch.encoded[0]
         pairs = {name.decode(): value.decode() for name, value in raw}
         response = Response(batch_body(svc, storage, bucket, batch), status=200, headers=pairs)
-        response.headers["x-reduct-last"] = last.decode()
-        response.headers["Content-Length"] = length.decode()
+        response.headers["x-reduct-last"] = "true" if batch.last else "false"
+        response.headers["Content-Length"] = str(sum(meta.size for _, meta in batch.records))
         response.headers["Content-Type"] = OCTET_STREAM
         return response
-    raw.append((b"x-reduct-last", last))
-    raw.append((b"content-length", length))
+    return RawResponse(200, *raw_batch(batch, head=head, only_metadata=only_metadata))
+
+
+def raw_batch(
+    batch: ReadBatch, *, head: bool, only_metadata: bool
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The header pairs (content length included) and body of a batched-read response from
+    ``batch.encoded``, for a batch whose payloads were preloaded (or are not sent)."""
+    raw, body = batch.encoded
+    size = sum(meta.size for _, meta in batch.records)
+    raw.append((b"x-reduct-last", b"true" if batch.last else b"false"))
+    raw.append((b"content-length", b"0" if only_metadata and not head else str(size).encode()))
     raw.append((b"content-type", OCTET_STREAM_BYTES))
-    return RawResponse(200, raw, body or b"")
+    return raw, body or b""
 
 
 def query_id(raw: str | None, message: str) -> int:

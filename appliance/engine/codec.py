@@ -256,6 +256,9 @@ def _decode_records(
     # Decoded variable parts by shape (content type length, label count), then by bytes:
     # the layout is self-delimiting from those two numbers, so equal bytes decode equally.
     seen: dict[tuple[int, int], dict[bytes, tuple[str, dict[str, str]]]] = {}
+    # The variable part that followed each one last time (shape, bytes, decoded): labels that
+    # cycle (``n=0..9``) repeat their order, so the guess is one ``startswith``.
+    successor: dict[bytes, tuple[tuple[int, int], bytes, tuple[str, dict[str, str]]]] = {}
     prev_shape: tuple[int, int] | None = None
     prev_tail = b""
     content_type = ""
@@ -267,19 +270,29 @@ def _decode_records(
         if shape == prev_shape and data.startswith(prev_tail, pos):
             pos += len(prev_tail)  # the predecessor's: content type and labels as they were
         else:
-            start = pos
-            pos += ct_len
-            for _ in range(label_count):  # only the lengths, to find the end
-                name_len, value_len = unpack_label(data, pos)
-                pos += 8 + name_len + value_len
-            if pos > end:
-                raise IndexError("record runs past the end")
-            prev_tail = data[start:pos]
+            # Same shape and the same bytes as a whole variable part: that part (the layout
+            # is self-delimiting from the shape, so it ends where that one ends).
+            guess = successor.get(prev_tail)
+            if guess is not None and guess[0] == shape and data.startswith(guess[1], pos):
+                tail = guess[1]
+                pos += len(tail)
+                decoded = guess[2]
+            else:
+                start = pos
+                pos += ct_len
+                for _ in range(label_count):  # only the lengths, to find the end
+                    name_len, value_len = unpack_label(data, pos)
+                    pos += 8 + name_len + value_len
+                if pos > end:
+                    raise IndexError("record runs past the end")
+                tail = data[start:pos]
+                by_bytes = seen.setdefault(shape, {})
+                decoded = by_bytes.get(tail)
+                if decoded is None:
+                    decoded = by_bytes[tail] = _decode_tail(tail, ct_len, label_count)
+                successor[prev_tail] = (shape, tail, decoded)
+            prev_tail = tail
             prev_shape = shape
-            by_bytes = seen.setdefault(shape, {})
-            decoded = by_bytes.get(prev_tail)
-            if decoded is None:
-                decoded = by_bytes[prev_tail] = _decode_tail(prev_tail, ct_len, label_count)
             content_type, labels = decoded
         append(
             StoredRecord(

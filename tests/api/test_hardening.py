@@ -357,7 +357,7 @@ async def test_batched_read_headers_stay_within_the_metadata_limit(harness_facto
 
 
 def test_unread_body_decides_between_draining_and_closing() -> None:
-    from appliance.api.connection import BoundedBody, _declares_body, _unread_body
+    from appliance.api.connection import BoundedBody, declares_body, _unread_body
 
     def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
         return {"headers": list(headers)}
@@ -370,7 +370,7 @@ def test_unread_body_decides_between_draining_and_closing() -> None:
     assert _unread_body(scope(), body) == 0  # no length, not chunked: no body at all
     body.set_complete()
     assert _unread_body(scope((b"content-length", b"1000")), body) == 0
-    assert _declares_body(scope((b"content-length", b"5")))
-    assert _declares_body(scope((b"transfer-encoding", b"chunked")))
-    assert not _declares_body(scope((b"content-length", b"0")))
-    assert not _declares_body(scope())
+    assert declares_body(scope((b"content-length", b"5")))
+    assert declares_body(scope((b"transfer-encoding", b"chunked")))
+    assert not declares_body(scope((b"content-length", b"0")))
+    assert not declares_body(scope())

@@ -330,3 +330,41 @@ def test_decoder_agrees_with_the_reference_on_damaged_bytes(seed: int) -> None:
             assert got == expected
             agreed += 1
     assert agreed > 50 and failed > 50  # both kinds of damage were exercised
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decoder_guesses_cycling_labels_and_agrees_with_the_reference(seed: int) -> None:
+    """Labels that cycle (``n=0..9``) with some records out of the cycle, including one whose
+    variable part starts with another's whole variable part (``n=1`` against ``n=1, m=x``):
+    the successor guess gives the reference's records, shared by equal bytes, and damage
+    fails or agrees as the reference does."""
+    rng = random.Random(seed)
+    pool = [{"n": str(i)} for i in range(10)] + [{"n": "1", "m": "x"}, {}]
+    records = tuple(
+        _stored(ts, "a/b" if rng.random() < 0.95 else "c",
+                pool[ts % 10 if rng.random() < 0.85 else rng.randrange(len(pool))])
+        for ts in range(1, 400)
+    )
+    encoded = encode_descriptor(Descriptor(1, 0, records, 3990, 0, 3990, 1, 399))
+    body_start, end = _DESC_SIZE, len(encoded) - 4
+    decoded = _decode_records(encoded, body_start, len(records), end, "e")[0]
+    assert decoded == list(records) == _reference_decode(encoded, body_start, len(records), end)
+    by_value: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+    for record in decoded:
+        first = by_value.setdefault((record.content_type, tuple(record.labels.items())), record)
+        assert record.labels is first.labels  # equal bytes: the same object
+    errors = (struct.error, UnicodeDecodeError, IndexError)
+    for _ in range(150):
+        data = bytearray(encoded)
+        at = rng.randrange(body_start, end)
+        data[at] = rng.choice([0, 1, 0xFF, rng.randrange(256)])
+        try:
+            expected: Any = _reference_decode(bytes(data), body_start, len(records), end)
+        except errors:
+            expected = None
+        try:
+            got: Any = _decode_records(bytes(data), body_start, len(records), end, "e")[0]
+        except errors:
+            got = None
+        assert (got is None) == (expected is None)
+        assert got == expected
