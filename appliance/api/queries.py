@@ -19,6 +19,7 @@ from appliance.api.response import ApiResponse as Response
 from appliance.api.instance import json_response
 from appliance.api.streaming import parse_body, payload_stream, read_any_body
 from appliance.engine import names
+from appliance.http1.prepared import prepare
 from appliance.errors import NoContent, UnprocessableEntity
 from appliance.query.handle import (
     DEFAULT_TTL_SECONDS,
@@ -136,10 +137,12 @@ async def take_ahead(query: Query) -> Ahead | None:
 
 def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) -> None:
     """Build the response parts of a batched read into ``batch.encoded`` (in the collecting
-    hop, off the event loop): record header pairs as bytes, and the joined body when every
-    payload was preloaded (None: it streams, or there is no body)."""
+    hop, off the event loop): record header pairs as bytes (checked for sending, if they
+    pass), and the joined body when every payload was preloaded (None: it streams, or there
+    is no body)."""
     metas = [meta for _, meta in batch.records]
     raw = v2_read_batch_raw(metas) if v2 else v1_read_batch_raw(metas)
+    prepare(raw)  # checked here as h11 would on the event loop (``http1.prepared``)
     body = None
     if head or only_metadata:
         pass

@@ -59,6 +59,26 @@ def has_forbidden(text: bytes) -> bool:
     return any(forbidden in text for forbidden in FORBIDDEN_BYTES)
 
 
+# A value with OWS at its start or end, seen in the values joined by LF.
+_OWS_AT_EDGES = tuple(
+    pattern % bytes([c]) for c in OWS_BYTES for pattern in (b"\n%s", b"%s\n")
+)
+
+
+def values_are_clean(values: tuple[bytes, ...] | list[bytes]) -> bool:
+    """Whether h11 would send every value as it is: no forbidden byte (a LF included) and no
+    OWS at either end; checked on the values joined by LF, in C."""
+    joined = b"\n".join(values)
+    first, last = joined[:1], joined[-1:]
+    return not (
+        joined.count(b"\n") != len(values) - 1  # a value with a LF
+        or has_forbidden(joined.replace(b"\n", b""))
+        or (first and first in OWS_BYTES)
+        or (last and last in OWS_BYTES)
+        or any(edge in joined for edge in _OWS_AT_EDGES)
+    )
+
+
 def index_values(
     names: list[bytes], values: tuple[bytes, ...] | list[bytes]
 ) -> dict[bytes, list[bytes]] | None:
@@ -89,7 +109,7 @@ class IndexedHeaders(Headers):
     lower-cased values of ``INDEXED_NAMES``; h11's triples and the (name, value) pairs are
     built on first use."""
 
-    __slots__ = ("_raw_names", "_names", "_values", "_pairs", "_full", "_indexed")
+    __slots__ = ("_raw_names", "_names", "_values", "_pairs", "_full", "_indexed", "_lines")
 
     def __init__(
         self,
@@ -97,6 +117,7 @@ class IndexedHeaders(Headers):
         names: list[bytes],
         values: tuple[bytes, ...] | list[bytes],
         indexed: dict[bytes, list[bytes]],
+        lines: bytes | None = None,
     ) -> None:
         self._raw_names = raw_names
         self._names = names
@@ -104,6 +125,7 @@ class IndexedHeaders(Headers):
         self._pairs: list[tuple[bytes, bytes]] | None = None
         self._full: list[tuple[bytes, bytes, bytes]] | None = None
         self._indexed = indexed
+        self._lines = lines  # the encoded lines, when known already
 
     @property  # type: ignore[override]
     def _full_items(self) -> list[tuple[bytes, bytes, bytes]]:
@@ -139,6 +161,8 @@ class IndexedHeaders(Headers):
         ``Host`` is among them (h11 writes it first)."""
         if self._indexed[b"host"]:
             return None
+        if self._lines is not None:
+            return self._lines
         if not self._names:
             return b""
         return b"\r\n".join(map(b": ".join, zip(self._raw_names, self._values))) + b"\r\n"
