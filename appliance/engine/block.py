@@ -166,6 +166,10 @@ class BlockCache:
                 self.misses += 1
             return block
 
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        """Whether the block is cached (neither a hit nor a use)."""
+        return key in self._blocks
+
     def put(self, key: tuple[int, int], block: Block) -> None:
         """Cache a clean block, evicting the least recently used beyond capacity."""
         with self._lock:

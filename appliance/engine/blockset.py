@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from appliance.engine.block import Block, index_item
 from appliance.engine.codec import (
+    DescriptorDecoder,
     IndexItem,
     RecordShape,
     StoredRecord,
@@ -68,6 +69,8 @@ class BlockSet:
         self.count = sum(i.record_count for i in self.items.values())
         self.max_block_size = 0
         self.max_block_records = 0
+        # The descriptor being decoded ahead of a read, a part at a time (``warm``).
+        self.warming: DescriptorDecoder | None = None
 
     # --- statistics -----------------------------------------------------------------------------
 
@@ -100,8 +103,13 @@ class BlockSet:
         block = self.ctx.blocks.get(key)
         if block is not None:
             return block
+        decoder = self.take_warming(block_id)
         try:
-            descriptor, crc = self.files.load_descriptor(block_id, self.entry)
+            if decoder is not None:  # part decoded ahead, from the bytes the index names
+                decoder.step(decoder.header.record_count)
+                descriptor, crc = decoder.descriptor(), decoder.crc
+            else:
+                descriptor, crc = self.files.load_descriptor(block_id, self.entry)
         except CorruptionError as exc:
             raise self.hide(block_id, exc.path, exc.offset, str(exc), exc.public_detail) from exc
         item = self.items.get(block_id)
@@ -114,6 +122,47 @@ class BlockSet:
         block = Block.from_descriptor(descriptor)
         self.ctx.blocks.put(key, block)
         return block
+
+    def next_cold(self, ts: int) -> int | None:
+        """The block after the one holding ``ts``, if it is not in memory (nor hidden)."""
+        i = bisect_right(self.ids, ts)
+        if i < 1 or i >= len(self.ids):
+            return None
+        block_id = self.ids[i]
+        if block_id in self.live or block_id in self.hidden or (self.uid, block_id) in self.ctx.blocks:
+            return None
+        return block_id
+
+    def take_warming(self, block_id: int) -> DescriptorDecoder | None:
+        """The decoder of ``block_id`` being decoded ahead (taken: a second taker gets None),
+        if it was read from the descriptor the index names."""
+        decoder = self.warming
+        if decoder is None or decoder.header.block_id != block_id:
+            return None
+        self.warming = None
+        item = self.items.get(block_id)
+        return decoder if item is not None and item.descriptor_crc == decoder.crc else None
+
+    def keep_warming(self, decoder: DescriptorDecoder) -> None:
+        """After a step ahead: a whole descriptor goes to the block cache, a part waits for
+        the next step; dropped if the block changed, or got loaded, meanwhile."""
+        block_id = decoder.header.block_id
+        item = self.items.get(block_id)
+        if (
+            item is None
+            or item.descriptor_crc != decoder.crc
+            or block_id in self.live
+            or (self.uid, block_id) in self.ctx.blocks
+        ):
+            return
+        if not decoder.done:
+            self.warming = decoder
+            return
+        try:
+            block = Block.from_descriptor(decoder.descriptor())
+        except CorruptionError:
+            return  # the read that needs the block finds it so, and reports it
+        self.ctx.blocks.put((self.uid, block_id), block)
 
     def make_live(self, block_id: int) -> Block:
         """The block, pinned in memory because it is about to change."""

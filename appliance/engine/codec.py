@@ -237,16 +237,23 @@ class RecordShape:
         self.meta_size = shape_metadata_size(self.labels, content_type)
 
 
+# What ``_decode_records`` remembers of the variable parts it decoded (``_decode_records``
+# says what), kept between calls that decode one descriptor a part at a time.
+Seen = dict[tuple[int, int], dict[bytes, tuple[str, dict[str, str]]]]
+Successors = dict[bytes, tuple[tuple[int, int], bytes, tuple[str, dict[str, str]]]]
+
+
 def _decode_records(
-    data: bytes, pos: int, count: int, end: int, entry: str
+    data: bytes, pos: int, count: int, end: int, entry: str,
+    memo: tuple[Seen, Successors] | None = None,
 ) -> tuple[list[StoredRecord], int]:
     """Decode ``count`` records from ``data[pos:end]``; raises struct/Unicode/Index errors.
 
     Records of one series share a few content types and label sets: records whose variable
     part (content type and labels) has the same shape and the same bytes get the very same
-    (immutable) content type and labels objects, decoded once per call. A run of equal
-    records costs one comparison each; labels that cycle (``n=0..9``) one walk over the
-    label lengths and one lookup.
+    (immutable) content type and labels objects, decoded once per call (per ``memo``, when
+    given: a descriptor decoded in parts). A run of equal records costs one comparison each;
+    labels that cycle (``n=0..9``) one guess and one comparison.
     """
     unpack = _REC.unpack_from
     unpack_label = _LABEL.unpack_from
@@ -255,10 +262,9 @@ def _decode_records(
     append = records.append
     # Decoded variable parts by shape (content type length, label count), then by bytes:
     # the layout is self-delimiting from those two numbers, so equal bytes decode equally.
-    seen: dict[tuple[int, int], dict[bytes, tuple[str, dict[str, str]]]] = {}
-    # The variable part that followed each one last time (shape, bytes, decoded): labels that
-    # cycle (``n=0..9``) repeat their order, so the guess is one ``startswith``.
-    successor: dict[bytes, tuple[tuple[int, int], bytes, tuple[str, dict[str, str]]]] = {}
+    # And the variable part that followed each one last time (shape, bytes, decoded): labels
+    # that cycle (``n=0..9``) repeat their order, so the guess is one ``startswith``.
+    seen, successor = memo if memo is not None else ({}, {})
     prev_shape: tuple[int, int] | None = None
     prev_tail = b""
     content_type = ""
@@ -357,24 +363,67 @@ def encode_descriptor(
 
 def decode_descriptor(data: bytes, entry: str = "", source: str | None = None) -> Descriptor:
     """Decode a whole descriptor; ``entry`` is stamped into every record's ``entry`` field."""
-    header = decode_descriptor_header(data, source)
-    end = len(data) - _CRC.size
-    try:
-        records, pos = _decode_records(data, _DESC.size, header.record_count, end, entry)
-    except (struct.error, UnicodeDecodeError, IndexError) as exc:
-        raise _corrupt("block descriptor", source, _DESC.size, f"bad record: {exc}") from exc
-    if pos != end:
-        raise _corrupt("block descriptor", source, pos, "trailing bytes after the records")
-    return Descriptor(
-        header.block_id,
-        header.generation,
-        tuple(records),
-        header.size,
-        header.meta_size,
-        header.data_end,
-        header.first_ts,
-        header.latest_ts,
-    )
+    decoder = DescriptorDecoder(data, entry, source)
+    decoder.step(decoder.header.record_count)
+    return decoder.descriptor()
+
+
+class DescriptorDecoder:
+    """``decode_descriptor`` a number of records at a time: the checksum and header at once
+    (CorruptionError), then ``step`` until ``done``, then ``descriptor``. Decoding ahead of
+    a read can so be spread over several short steps."""
+
+    def __init__(self, data: bytes, entry: str = "", source: str | None = None) -> None:
+        self.header = decode_descriptor_header(data, source)
+        self.crc = descriptor_crc(data)
+        self._data = data
+        self._entry = entry
+        self._source = source
+        self._pos = _DESC.size
+        self._end = len(data) - _CRC.size
+        self._left = self.header.record_count
+        self._records: list[StoredRecord] = []
+        self._memo: tuple[Seen, Successors] = ({}, {})
+
+    @property
+    def done(self) -> bool:
+        """Whether every record is decoded."""
+        return not self._left
+
+    def step(self, count: int) -> bool:
+        """Decode up to ``count`` more records (CorruptionError on damage); whether done."""
+        count = min(count, self._left)
+        try:
+            records, self._pos = _decode_records(
+                self._data, self._pos, count, self._end, self._entry, self._memo
+            )
+        except (struct.error, UnicodeDecodeError, IndexError) as exc:
+            raise _corrupt(
+                "block descriptor", self._source, _DESC.size, f"bad record: {exc}"
+            ) from exc
+        self._records += records
+        self._left -= count
+        return not self._left
+
+    def descriptor(self) -> Descriptor:
+        """The decoded descriptor (call once ``done``; CorruptionError on trailing bytes)."""
+        if self._left:
+            raise ValueError("descriptor not decoded yet")
+        if self._pos != self._end:
+            raise _corrupt(
+                "block descriptor", self._source, self._pos, "trailing bytes after the records"
+            )
+        header = self.header
+        return Descriptor(
+            header.block_id,
+            header.generation,
+            tuple(self._records),
+            header.size,
+            header.meta_size,
+            header.data_end,
+            header.first_ts,
+            header.latest_ts,
+        )
 
 
 def decode_descriptor_header(data: bytes, source: str | None = None) -> IndexItem:

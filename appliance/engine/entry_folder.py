@@ -34,6 +34,7 @@ from appliance.engine.block import index_item
 from appliance.engine.codec import (
     BlockIndex,
     Descriptor,
+    DescriptorDecoder,
     IndexItem,
     StoredRecord,
     decode_descriptor,
@@ -151,6 +152,16 @@ class EntryFiles:
 
     def load_descriptor(self, block_id: int, entry: str) -> tuple[Descriptor, int]:
         """Read and decode a descriptor and its CRC; CorruptionError names the file."""
+        data, path = self._read_descriptor(block_id)
+        return decode_descriptor(data, entry, str(path)), descriptor_crc(data)
+
+    def descriptor_decoder(self, block_id: int, entry: str) -> DescriptorDecoder:
+        """A descriptor read and checked, to decode a part at a time; CorruptionError names
+        the file."""
+        data, path = self._read_descriptor(block_id)
+        return DescriptorDecoder(data, entry, str(path))
+
+    def _read_descriptor(self, block_id: int) -> tuple[bytes, Path]:
         path = self.meta_path(block_id)
         self.ctx.local(path)  # data on S3: a descriptor restored lazily is fetched first
         try:
@@ -164,7 +175,7 @@ class EntryFiles:
                 path=str(path),
                 public_detail=f"block descriptor can't be read: {reason}",
             ) from exc
-        return decode_descriptor(data, entry, str(path)), descriptor_crc(data)
+        return data, path
 
     # --- WAL ------------------------------------------------------------------------------------
 

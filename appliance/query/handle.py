@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+import logging
 from collections import deque
 import threading
 import time
@@ -38,7 +39,13 @@ from appliance.sizes import JOIN_RECORD_BYTES, PRELOAD_BATCH_BYTES, PRELOAD_RECO
 if TYPE_CHECKING:
     from appliance.engine import Entry, Storage
 
+log = logging.getLogger(__name__)
+
 DEFAULT_TTL_SECONDS = 60.0
+# How long a batch collected ahead may spend decoding the next block's descriptor after it
+# (``Query._warm``): a share of the time a client takes to parse a batch, so the batch is
+# still ready when asked for.
+WARM_SECONDS = 0.0003
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +270,21 @@ class Query:
             except Exception:  # noqa: BLE001 - undone: the request's own collect reports it
                 self._restore(state)
                 return None
+            if batch.more:
+                self._warm(changes, time.perf_counter() + WARM_SECONDS)
             return Ahead(batch, head, state, changes)
+
+    def _warm(self, entries: list[tuple[Any, int]], deadline: float) -> None:
+        """Decode ahead part of the next block each entry will be read from (a decode of
+        a whole block, ~1.5 ms for 1,024 records here, would otherwise fall on the one batch
+        that reaches it, and the client would wait for it)."""
+        for entry, _ in entries:
+            if entry.name in self.done:
+                continue
+            try:
+                entry.warm_next_block(self.positions[entry.name], deadline)
+            except Exception:  # noqa: BLE001 - only a head start: the batch is what counts
+                log.debug("no decode ahead for %s", entry.name, exc_info=True)
 
     def _snapshot(self) -> tuple[Any, ...]:
         """Everything ``_collect`` changes, copied (conditions and shapers keep counters)."""
