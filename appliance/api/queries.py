@@ -137,12 +137,17 @@ async def take_ahead(query: Query) -> Ahead | None:
 
 def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) -> None:
     """Build the response parts of a batched read into ``batch.encoded`` (in the collecting
-    hop, off the event loop): record header pairs as bytes (checked for sending, if they
-    pass), and the joined body when every payload was preloaded (None: it streams, or there
-    is no body)."""
+    hop, off the event loop): the header pairs as bytes, the response's own included, checked
+    for sending if they pass (all but the content length, which h11 checks itself); and the
+    joined body when every payload was preloaded (None: it streams, or there is no body).
+    Content-Length is the sum of the sizes (also for HEAD; 0 with only metadata)."""
     metas = [meta for _, meta in batch.records]
     raw = v2_read_batch_raw(metas) if v2 else v1_read_batch_raw(metas)
+    raw.append((b"x-reduct-last", b"true" if batch.last else b"false"))
+    raw.append((b"content-type", OCTET_STREAM_BYTES))
     prepare(raw)  # checked here as h11 would on the event loop (``http1.prepared``)
+    size = b"0" if only_metadata and not head else b"%d" % sum(meta.size for meta in metas)
+    raw.append((b"content-length", size))
     body = None
     if head or only_metadata:
         pass
@@ -244,34 +249,16 @@ def batch_response(
     svc: Services, storage: Storage, bucket: str, batch: ReadBatch, *, head: bool,
     only_metadata: bool,
 ) -> Response:
-    """A batched-read response from ``batch.encoded``; Content-Length is the sum of sizes
-    (also for HEAD).
+    """A batched-read response from ``batch.encoded`` (``encode_batch``).
 
     Preloaded batches go out as a ``RawResponse``: header pairs encoded once, the body one
     ``bytes``; batches with payloads too big to preload stream through Quart.
     """
-    if batch.encoded[1] is None and not head and not only_metadata:
-        raw = batch.encoded[0]
-        pairs = {name.decode(): value.decode() for name, value in raw}
-        response = Response(batch_body(svc, storage, bucket, batch), status=200, headers=pairs)
-        response.headers["x-reduct-last"] = "true" if batch.last else "false"
-        response.headers["Content-Length"] = str(sum(meta.size for _, meta in batch.records))
-        response.headers["Content-Type"] = OCTET_STREAM
-        return response
-    return RawResponse(200, *raw_batch(batch, head=head, only_metadata=only_metadata))
-
-
-def raw_batch(
-    batch: ReadBatch, *, head: bool, only_metadata: bool
-) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """The header pairs (content length included) and body of a batched-read response from
-    ``batch.encoded``, for a batch whose payloads were preloaded (or are not sent)."""
     raw, body = batch.encoded
-    size = sum(meta.size for _, meta in batch.records)
-    raw.append((b"x-reduct-last", b"true" if batch.last else b"false"))
-    raw.append((b"content-length", b"0" if only_metadata and not head else str(size).encode()))
-    raw.append((b"content-type", OCTET_STREAM_BYTES))
-    return raw, body or b""
+    if body is None and not head and not only_metadata:
+        pairs = {name.decode(): value.decode() for name, value in raw}
+        return Response(batch_body(svc, storage, bucket, batch), status=200, headers=pairs)
+    return RawResponse(200, raw, body or b"")
 
 
 def query_id(raw: str | None, message: str) -> int:

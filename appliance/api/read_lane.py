@@ -10,7 +10,7 @@ Hypercorn reaches 81 % of what reduct-py can parse against Quart's 67 %
 
 ``ReadLane.serve`` answers such a request itself, from the ASGI scope, with the same pieces
 the Quart handler uses: ``TokenStore.authenticate`` and ``require_read``, the query
-registry, ``queries.raw_batch`` for the response, ``queries.start_ahead`` after it, the
+registry, the response parts ``queries.encode_batch`` built, ``queries.start_ahead`` after it, the
 batch metric and the audit record. It only takes the plain case; everything else returns
 None *before anything changed*, and the request goes to Quart as before, which answers it
 exactly as it always did, errors included:
@@ -39,7 +39,7 @@ from appliance import metrics
 from appliance.api import params
 from appliance.api.access import scope_client_ip
 from appliance.api.connection import declares_body
-from appliance.api.queries import METADATA_GUESS_BYTES, raw_batch, start_ahead
+from appliance.api.queries import METADATA_GUESS_BYTES, start_ahead
 from appliance.auth import require_read
 from appliance.errors import ApplianceError
 
@@ -147,8 +147,9 @@ class ReadLane:
         ):
             return None
         query.ahead = None  # claimed: from here on this request answers with it
-        headers, body = raw_batch(batch, head=False, only_metadata=query.spec.only_metadata)
+        headers, body = batch.encoded
         headers += extra
+        body = body or b""
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         svc = self.svc
