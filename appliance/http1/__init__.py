@@ -1,13 +1,15 @@
 """Faster HTTP/1 header handling under Hypercorn, installed by the server (issue 15).
 
-``install`` swaps five functions of h11 and Hypercorn for versions that do the same work in
-one pass per header block (``request_head``, ``response_head``, ``headers``):
+``install`` swaps six functions of h11 and Hypercorn for versions that do the same work in
+one pass per header block (``request_head``, ``response_head``, ``headers``), or without
+copying a body chunk (``body``):
 
 - h11's ``(CLIENT, IDLE)`` reader (``h11._readers.READERS``): the request head;
 - h11's ``get_comma_header``, where ``h11._connection`` and ``h11._headers`` call it;
 - h11's ``normalize_and_validate``, where ``h11._events`` calls it (building events);
 - h11's ``write_any_response`` in ``h11._writers.WRITERS``;
-- Hypercorn's ``build_and_validate_headers``, where ``hypercorn.protocol.http_stream`` calls it.
+- Hypercorn's ``build_and_validate_headers``, where ``hypercorn.protocol.http_stream`` calls it;
+- Hypercorn's ``H11Protocol.handle``, for request body chunks h11 would only copy (``body``).
 
 Each hands anything unusual to the function it replaces, so events, bytes and exceptions are
 h11's and Hypercorn's own. Only for the versions verified (``VERIFIED_H11``,
@@ -32,7 +34,9 @@ import h11._readers
 import h11._writers
 from h11._state import CLIENT, IDLE, SEND_RESPONSE, SERVER
 from hypercorn.protocol import http_stream
+from hypercorn.protocol.h11 import H11Protocol
 
+from appliance.http1.body import make_handle
 from appliance.http1.headers import indexed_get_comma_header
 from appliance.http1.request_head import make_reader
 from appliance.http1.response_head import (
@@ -171,6 +175,7 @@ def install() -> bool:
         _replace(h11._writers.WRITERS, (SERVER, state), make_response_writer(writer))
     build = http_stream.build_and_validate_headers
     _replace(http_stream, "build_and_validate_headers", make_build_headers(build))
+    _replace(H11Protocol, "handle", make_handle(H11Protocol.handle))
     got = _samples()
     if got != expected:
         uninstall()
