@@ -2,13 +2,14 @@
 
 Usage::
 
-    python tests/bench/bench_big.py [--reps 5] [--quick]                 # 1 MiB writes
+    python tests/bench/bench_big.py [--reps 5] [--ceiling-parser h11] [--quick]  # 1 MiB writes
     python tests/bench/bench_big.py --mode concurrent [--seconds 3]       # 1..8 clients
 
 ``large`` (default): 1 MiB single writes (one request per record) and 1 MiB batched writes (one
 8 MiB batch request at a time) against ``python -m appliance``, beside their ceilings measured
 in the same run: the very same reduct-py calls against a Quart+Hypercorn app whose handler reads
-and drops the body (``empty_app.py``), and raw sequential 1 MiB ``write`` calls to a file in the
+and drops the body (``empty_app.py``; with ``--ceiling-parser h11`` on h11's and Hypercorn's
+own code instead of ``appliance.http1``), and raw sequential 1 MiB ``write`` calls to a file in the
 same folder. The three systems are interleaved and their order rotated on every repetition;
 the table shows medians. Before every timed sample an untimed 256 MiB ballast file is written
 and deleted in the same folder (on this VM writing into page cache a just-deleted file freed
@@ -43,6 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from appliance.http1 import PARSER_ENV  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 KIB = 1024
@@ -107,8 +109,9 @@ async def batched_writes(bucket: Bucket, entry: str, records: int, ts0: int) -> 
 class Systems:
     """The appliance and the empty-handler app, each with its own client and bucket."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, ceiling_parser: str | None = None) -> None:
         self.folder = folder
+        self.ceiling_parser = ceiling_parser
         self.ours = ServerProcess(folder / "data")
         self.empty_port = free_port()
         self.empty: subprocess.Popen[bytes] | None = None
@@ -119,6 +122,7 @@ class Systems:
         self.ours.start()
         self.empty = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("empty_app.py")), str(self.empty_port)],
+            env={**os.environ, PARSER_ENV: self.ceiling_parser} if self.ceiling_parser else None,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -340,6 +344,10 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=96, help="1 MiB records per sample")
     parser.add_argument("--seconds", type=float, default=3.0, help="per case (concurrent)")
     parser.add_argument("--quick", action="store_true", help="tiny counts, to check the script")
+    parser.add_argument(
+        "--ceiling-parser", choices=("h11",), default=None,
+        help="run the empty handler with h11's and Hypercorn's own code (APPLIANCE_HTTP_PARSER)",
+    )
     args = parser.parse_args()
     if args.mode == "stream":
         asyncio.run(stream_only(args.url, args.bytes))
@@ -350,7 +358,7 @@ def main() -> None:
         if free < need:
             sys.exit(f"need {need / GIB:.1f} GiB free in {tmp}, have {free / GIB:.1f}")
         load0 = os.getloadavg()[0]
-        systems = Systems(Path(tmp))
+        systems = Systems(Path(tmp), args.ceiling_parser)
         try:
             systems.start()
             if args.mode == "large":
