@@ -283,3 +283,27 @@ def test_the_knob() -> None:
     assert lane_enabled({LANE_ENV: "on"})
     for off in ("off", "0", "false", "NO", " off "):
         assert not lane_enabled({LANE_ENV: off})
+
+
+async def test_the_lane_follows_the_base_path(harness_factory: Any) -> None:
+    h = await harness_factory(api_base_path="/edge/", io_batch_max_records=BATCH)
+    spy = Spy(h)
+    base = "/edge" + API
+    await h.client.post(base + "/b/bkt")
+    for ts in range(1, N + 1):
+        r = await h.client.post(base + f"/b/bkt/e?ts={ts}", data=b"x",
+                                headers={"Content-Length": "1"})
+        assert r.status_code == 200
+    r = await h.client.post(base + "/io/bkt/q", json={"query_type": "QUERY", "entries": ["e"]})
+    qid = (await r.get_json())["id"]
+    statuses = []
+    for _ in range(N):
+        await settle(h)
+        status, _, _ = await call(h, base + "/io/bkt/read", headers={"x-reduct-query-id": str(qid)})
+        statuses.append(status)
+        if status != 200:
+            break
+    assert statuses == [200] * -(-N // BATCH) + [204]
+    assert spy.answered == -(-N // BATCH) - 1
+    assert spy.lane.v2_route == base + "/io/<bucket>/read"
+    assert (await call(h, API + "/io/bkt/read", headers={"x-reduct-query-id": str(qid)}))[0] == 404
