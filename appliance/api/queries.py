@@ -19,8 +19,8 @@ from appliance.api.response import ApiResponse as Response
 from appliance.api.instance import json_response
 from appliance.api.streaming import parse_body, payload_stream, read_any_body
 from appliance.engine import names
-from appliance.http1.prepared import prepare
 from appliance.errors import NoContent, UnprocessableEntity
+from appliance.http1.prepared import prepare
 from appliance.query.handle import (
     DEFAULT_TTL_SECONDS,
     Ahead,

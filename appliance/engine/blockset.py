@@ -129,9 +129,9 @@ class BlockSet:
         if i < 1 or i >= len(self.ids):
             return None
         block_id = self.ids[i]
-        if block_id in self.live or block_id in self.hidden or (self.uid, block_id) in self.ctx.blocks:
+        if block_id in self.live or block_id in self.hidden:
             return None
-        return block_id
+        return None if (self.uid, block_id) in self.ctx.blocks else block_id
 
     def take_warming(self, block_id: int) -> DescriptorDecoder | None:
         """The decoder of ``block_id`` being decoded ahead (taken: a second taker gets None),

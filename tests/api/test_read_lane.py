@@ -13,7 +13,6 @@ import pytest
 from appliance import metrics
 from appliance.api.connection import POLICY_KEY
 from appliance.api.read_lane import LANE_ENV, ReadLane, lane_enabled
-
 from tests.api.conftest import AUTH, TOKEN, Harness
 
 API = "/api/v1"
