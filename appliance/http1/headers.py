@@ -49,6 +49,25 @@ FORBIDDEN_BYTES = tuple(
 OWS_BYTES = _bytes_where(OWS, b"%s")
 
 
+_PAIRS_ONLY = {2}
+_BYTES_ONLY = {bytes}
+
+
+def bytes_columns(headers: object) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
+    """The names and values of a non-empty list of (``bytes``, ``bytes``) pairs, else None."""
+    if type(headers) is not list or not headers:
+        return None
+    try:
+        if set(map(len, headers)) != _PAIRS_ONLY:
+            return None
+        raw_names, values = zip(*headers)
+    except (TypeError, ValueError):
+        return None  # not pairs
+    if set(map(type, raw_names)) != _BYTES_ONLY or set(map(type, values)) != _BYTES_ONLY:
+        return None
+    return raw_names, values
+
+
 def names_are_tokens(raw_names: tuple[bytes, ...]) -> bool:
     """Whether every name is a non-empty token (h11's field-name), checked in C."""
     return b"" not in raw_names and not b"".join(raw_names).translate(None, TOKEN_BYTES)

@@ -21,7 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.http1.headers import INDEXED_NAMES, names_are_tokens, values_are_clean
+from appliance.http1.headers import (
+    INDEXED_NAMES,
+    bytes_columns,
+    names_are_tokens,
+    values_are_clean,
+)
 
 Pair = tuple[bytes, bytes]
 _INDEXED_SET = frozenset(INDEXED_NAMES)
@@ -52,14 +57,10 @@ def prepare(pairs: list[Pair]) -> bool:
     (``INDEXED_NAMES``: framing and connection headers stay with the stock code), and values
     ``values_are_clean`` accepts. The list may be appended to afterwards.
     """
-    if not pairs or type(pairs) is not list:
+    columns = bytes_columns(pairs)
+    if columns is None:
         return False
-    try:
-        names, values = zip(*pairs, strict=True)
-    except (TypeError, ValueError):
-        return False
-    if {type(n) for n in names} != {bytes} or {type(v) for v in values} != {bytes}:
-        return False
+    names, values = columns
     joined = b"".join(names)
     if (
         not names_are_tokens(names)

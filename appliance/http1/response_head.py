@@ -25,6 +25,7 @@ from typing import Any
 
 from appliance.http1.headers import (
     IndexedHeaders,
+    bytes_columns,
     index_values,
     names_are_tokens,
     values_are_clean,
@@ -34,8 +35,6 @@ from appliance.http1.prepared import PreparedBlock, prepared_block
 # Below this many headers h11's and Hypercorn's loops cost less than the one pass's set-up
 # (measured: ~5-9 µs more for 5-8 headers, ~175 µs less for 90).
 ONE_PASS_FROM = 16
-_BYTES_ONLY = {bytes}
-_PAIRS_ONLY = {2}
 
 Normalize = Callable[..., Any]
 Writer = Callable[[Any, Callable[[bytes], Any]], None]
@@ -46,15 +45,7 @@ def _columns(headers: Any) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None
     None."""
     if type(headers) is not list or len(headers) < ONE_PASS_FROM:
         return None
-    try:
-        if set(map(len, headers)) != _PAIRS_ONLY:
-            return None
-        raw_names, values = zip(*headers)
-    except (TypeError, ValueError):
-        return None  # not pairs
-    if set(map(type, raw_names)) != _BYTES_ONLY or set(map(type, values)) != _BYTES_ONLY:
-        return None
-    return raw_names, values
+    return bytes_columns(headers)
 
 
 def make_normalize(stock: Normalize) -> Normalize:
