@@ -140,17 +140,19 @@ class BlockSet:
         if decoder is None or decoder.header.block_id != block_id:
             return None
         self.warming = None
-        item = self.items.get(block_id)
-        return decoder if item is not None and item.descriptor_crc == decoder.crc else None
+        return decoder if self._indexed(decoder) else None
+
+    def _indexed(self, decoder: DescriptorDecoder) -> bool:
+        """Whether the index names the bytes ``decoder`` reads (not rewritten since)."""
+        item = self.items.get(decoder.header.block_id)
+        return item is not None and item.descriptor_crc == decoder.crc
 
     def keep_warming(self, decoder: DescriptorDecoder) -> None:
         """After a step ahead: a whole descriptor goes to the block cache, a part waits for
         the next step; dropped if the block changed, or got loaded, meanwhile."""
         block_id = decoder.header.block_id
-        item = self.items.get(block_id)
         if (
-            item is None
-            or item.descriptor_crc != decoder.crc
+            not self._indexed(decoder)
             or block_id in self.live
             or (self.uid, block_id) in self.ctx.blocks
         ):
