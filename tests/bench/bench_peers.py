@@ -8,7 +8,9 @@ Same machine, same run: a private PostgreSQL cluster (``initdb`` in a temporary 
 127.0.0.1 and a free port, run as the ``postgres`` user because initdb refuses root; started and
 stopped here) and two appliance processes (the default, and ``RS_ENGINE_SYNC_WRITES=true``).
 One client at a time: reduct-py for the appliance, asyncpg for PostgreSQL (``COPY`` for
-batches, a prepared ``INSERT`` per single write, keyset-paged ``SELECT`` for batched reads).
+batches, a prepared ``INSERT`` per single write, keyset-paged ``SELECT`` for batched reads,
+each page as many rows as our server puts in a batch: 85 of 1 KiB, 79 of 100 KiB, 8 of 1 MiB;
+``--pg-page write`` pages as the write batches instead, 1,000 rows of 1 KiB).
 Records of 1 KiB, 100 KiB and 1 MiB with one label; a PostgreSQL table per sample with a
 ``bigint`` primary key (the timestamp), a ``text`` label and ``bytea`` payload stored
 uncompressed (``STORAGE EXTERNAL``: the payloads are random, as ours are stored raw).
@@ -49,6 +51,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.bench.bench_big import ballast, cpu_seconds  # noqa: E402
+from appliance.settings import Settings  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 KIB = 1024
@@ -157,6 +160,17 @@ def per_batch(size: int) -> int:
     return max(1, min(BATCH_RECORDS_MAX, BATCH_BYTES // size))
 
 
+def read_batch(size: int) -> int:
+    """Records in one batch our server answers a query with at its default limits
+    (``RS_IO_BATCH_MAX_RECORDS``, ``RS_IO_BATCH_MAX_SIZE``): the records are taken while the
+    body is within the size limit, so the one that passes it is still in. PostgreSQL's read
+    pages have this many rows, so each side answers the same number of round trips."""
+    fields = Settings.model_fields
+    max_records = int(fields["io_batch_max_records"].default)
+    max_size = int(fields["io_batch_max_size"].default)
+    return min(max_records, max_size // size + 1)
+
+
 # --- the appliance ---------------------------------------------------------------------------
 
 
@@ -236,10 +250,11 @@ async def pg_single_write(conn: asyncpg.Connection, table: str, size: int, count
     return done
 
 
-async def pg_read(conn: asyncpg.Connection, table: str, size: int, count: int) -> int:
-    """Keyset-paged SELECTs of the batch size (as a query returns batches of records)."""
+async def pg_read(conn: asyncpg.Connection, table: str, size: int, count: int,
+                  rows: int) -> int:
+    """Keyset-paged SELECTs of ``rows`` rows a page (as a query returns batches of records)."""
     page = await conn.prepare(
-        f"SELECT ts, label, data FROM {table} WHERE ts > $1 ORDER BY ts LIMIT {per_batch(size)}"
+        f"SELECT ts, label, data FROM {table} WHERE ts > $1 ORDER BY ts LIMIT {rows}"
     )
     last = -1
     done = 0
@@ -275,6 +290,13 @@ async def measure(run: Callable[[], Awaitable[int]], cpu: Callable[[], float]) -
     n = await run()
     seconds = time.perf_counter() - start
     return Sample(n, seconds, cpu() - cpu0, time.process_time() - client0)
+
+
+def pg_page(args: argparse.Namespace, size: int) -> int:
+    """Rows per PostgreSQL read page: as many as our batch (``--pg-page batch``, the default)
+    or the write batch's size (``--pg-page write``: 1,000 rows of 1 KiB, where reduct-py could
+    not take a batch of that many records: aiohttp refuses more than 128 response headers)."""
+    return read_batch(size) if args.pg_page == "batch" else per_batch(size)
 
 
 async def run_all(args: argparse.Namespace, folder: Path, pg: Postgres,
@@ -339,7 +361,8 @@ async def run_all(args: argparse.Namespace, folder: Path, pg: Postgres,
                         if case == "batched writes" and mode == "default":
                             reads = [
                                 ("pg", lambda name=name, size=size, n=n: measure(
-                                    lambda: pg_read(conn, name, size, n), pg.cpu)),
+                                    lambda: pg_read(conn, name, size, n,
+                                                    pg_page(args, size)), pg.cpu)),
                                 ("ours", lambda name=name, size=size, n=n: measure(
                                     lambda: ours_read(bucket, name, size, n),
                                     ours_cpu[mode])),
@@ -357,6 +380,11 @@ async def run_all(args: argparse.Namespace, folder: Path, pg: Postgres,
         for c in clients.values():
             await c.__aexit__(None, None, None)
     return results
+
+
+def micros(value: float) -> str:
+    """µs for the table: one decimal below 100 (a small record's few µs), whole above."""
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
 
 
 def table(results: dict[tuple[str, str], list[Sample]], reps: int) -> Table:
@@ -387,8 +415,8 @@ def table(results: dict[tuple[str, str], list[Sample]], reps: int) -> Table:
                       "ours default / pg synchronous_commit=off" if mode == "default" else
                       "ours RS_ENGINE_SYNC_WRITES / pg synchronous_commit=on")
         t.add_row(case, durability, f"{ours_rate:,.0f}", f"{pg_rate:,.0f}",
-                  f"{ours_rate / pg_rate:.2f}x", f"{ours_cpu:,.0f}", f"{pg_cpu:,.0f}",
-                  f"{ours_client:,.0f} / {pg_client:,.0f}")
+                  f"{ours_rate / pg_rate:.2f}x", micros(ours_cpu), micros(pg_cpu),
+                  f"{micros(ours_client)} / {micros(pg_client)}")
     return t
 
 
@@ -399,6 +427,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny counts, to check the script")
     parser.add_argument("--sizes", type=sizes_arg, default=list(SIZE_LABEL),
                         help="record sizes to run, e.g. 100KiB,1MiB (default: all three)")
+    parser.add_argument("--pg-page", choices=("batch", "write"), default="batch",
+                        help="rows per PostgreSQL read page: our read batch's count (default) "
+                             "or the write batch's (1,000 rows of 1 KiB)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         folder = Path(tmp)
