@@ -10,6 +10,7 @@ engine through worker threads (``payload_stream``).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -149,6 +150,8 @@ class Pipeline:
     (a hop per 64 KiB socket read would cost more wake-ups than the overlap gains). At most one
     hop runs at a time (pieces stay in order; the sink needs no lock) and ``put`` waits once
     more than ``limit`` bytes are queued, so memory stays bounded whatever the disk's speed.
+    ``close`` hands its last step to a hop still draining rather than starting one of its own:
+    the answer waits for no thread hand-off after the last piece is written.
     """
 
     def __init__(
@@ -166,20 +169,38 @@ class Pipeline:
         self._received = 0  # bytes queued so far (written by the loop only)
         self._written = 0  # bytes handed to the sink so far (written by the hop only)
         self._hop: asyncio.Future[Any] | None = None
+        # ``close`` and a hop deciding to end agree under this lock: either the hop takes
+        # ``_last`` (set while ``_taking``), or it has stopped taking and ``close`` starts a hop.
+        self._lock = threading.Lock()
+        self._taking = False  # a hop is running and will still look at ``_last``
+        self._last: Callable[[], Any] | None = None
 
     def _drain(self, last: Callable[[], T] | None) -> T | None:
-        """In a worker thread: sink every queued piece, group by group, then ``last()``."""
+        """In a worker thread: sink every queued piece, group by group, then ``last()`` (given,
+        or handed over by ``close`` meanwhile); None if there was no last step to run."""
         queue = self._queue
-        while queue:
-            group = []
-            size = 0
+        while True:
             while queue:
-                piece, n = queue.popleft()
-                group.append(piece)
-                size += n
-            self._sink(group)
-            self._written += size
-        return last() if last is not None else None
+                group = []
+                size = 0
+                while queue:
+                    piece, n = queue.popleft()
+                    group.append(piece)
+                    size += n
+                self._sink(group)
+                self._written += size
+            with self._lock:
+                if queue:
+                    continue  # queued while the lock was awaited: this hop writes it too
+                if last is None:
+                    last = self._last
+                self._taking = False
+            return last() if last is not None else None
+
+    def _start(self, last: Callable[[], T] | None) -> None:
+        """Start a hop (none is running)."""
+        self._taking = True
+        self._hop = self._workers.start(self._drain, last)
 
     async def put(self, piece: Any, size: int) -> None:
         """Queue ``piece`` (``size`` bytes); raises the error of a hop that failed."""
@@ -193,7 +214,7 @@ class Pipeline:
         queued = self._received - self._written
         if hop is None:
             if queued >= self._hop_bytes:  # fewer, larger hops: each costs two wake-ups
-                self._hop = self._workers.start(self._drain, None)
+                self._start(None)
         elif queued > self._limit:
             await self._settle()
 
@@ -207,10 +228,18 @@ class Pipeline:
         return result
 
     async def close(self, last: Callable[[], T]) -> T:
-        """Wait for the hop in flight, then sink what is left and return ``last()`` (in the
-        same hop: finishing a record costs no hop of its own)."""
-        await self._settle()
-        self._hop = self._workers.start(self._drain, last)
+        """Sink what is left and return ``last()``, run in a worker thread after the last piece
+        is written: by the hop in flight if it is still draining, else by a new hop once it
+        ended (finishing a record costs no hop of its own)."""
+        if self._hop is not None:
+            with self._lock:
+                handed = self._taking
+                if handed:
+                    self._last = last
+            if handed:
+                return await self._settle()  # type: ignore[no-any-return]
+            await self._settle()
+        self._start(last)
         return await self._settle()  # type: ignore[no-any-return]
 
     async def quiesce(self) -> None:

@@ -78,6 +78,114 @@ async def test_pipeline_surfaces_the_sink_error(svc: Any) -> None:
     await pipe.quiesce()  # nothing left running
 
 
+class CountingWorkers(Workers):
+    """``Workers`` that count the hops started (``start``)."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        super().__init__(pool)
+        self.started = 0
+
+    def start(self, fn: Any, *args: Any) -> Any:
+        self.started += 1
+        return super().start(fn, *args)
+
+
+async def test_close_hands_its_last_step_to_the_hop_still_draining() -> None:
+    """The last piece and ``last()`` in the hop already running: no hop of its own, and
+    ``last()`` after every piece was written."""
+    pool = ThreadPoolExecutor(2)
+    try:
+        workers = CountingWorkers(pool)
+        inside = threading.Event()
+        release = threading.Event()
+        written: list[bytes] = []
+        threads: set[int] = set()
+
+        def sink(group: list[bytes]) -> None:
+            threads.add(threading.get_ident())
+            inside.set()
+            release.wait(10)  # the hop is still draining when close() comes
+            written.extend(group)
+
+        def last() -> tuple[int, int]:
+            threads.add(threading.get_ident())
+            return len(written), len(threads)
+
+        pipe = Pipeline(SimpleNamespace(workers=workers), sink, hop_bytes=3)
+        await pipe.put(b"abc", 3)
+        assert await asyncio.to_thread(inside.wait, 10)
+        await pipe.put(b"def", 3)  # queued behind the piece being written
+        closing = asyncio.ensure_future(pipe.close(last))
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        release.set()
+        assert await asyncio.wait_for(closing, 10) == (2, 1)  # both pieces, one thread
+        assert written == [b"abc", b"def"]
+        assert workers.started == 1
+    finally:
+        pool.shutdown(wait=True)
+
+
+async def test_close_after_the_hop_ended_starts_its_own() -> None:
+    pool = ThreadPoolExecutor(2)
+    try:
+        workers = CountingWorkers(pool)
+        written: list[bytes] = []
+        pipe = Pipeline(SimpleNamespace(workers=workers), written.extend, hop_bytes=3)
+        await pipe.put(b"abc", 3)
+        await asyncio.sleep(0.05)  # the hop has written it and ended
+        await pipe.put(b"d", 1)  # below hop_bytes: waits for close
+        assert await pipe.close(lambda: list(written)) == [b"abc", b"d"]
+        assert workers.started == 2
+    finally:
+        pool.shutdown(wait=True)
+
+
+async def test_close_racing_the_hop_end_runs_last_once_after_every_piece(svc: Any) -> None:
+    """Close at every moment of a hop's end: ``last()`` exactly once, after all pieces."""
+    for round_ in range(300):
+        written: list[int] = []
+        runs: list[int] = []
+
+        def last(written: list[int] = written, runs: list[int] = runs) -> int:
+            runs.append(len(written))
+            return len(written)
+
+        pipe = Pipeline(svc, lambda group, w=written: w.extend(group), hop_bytes=1)
+        for i in range(3):
+            await pipe.put(i, 1)
+        for _ in range(round_ % 4):
+            await asyncio.sleep(0)
+        assert await pipe.close(last) == 3
+        assert runs == [3]
+
+
+async def test_a_sink_error_in_the_hop_close_joined_fails_close_without_last() -> None:
+    pool = ThreadPoolExecutor(2)
+    try:
+        inside = threading.Event()
+        release = threading.Event()
+        ran: list[bool] = []
+
+        def failing(group: list[bytes]) -> None:
+            inside.set()
+            release.wait(10)
+            raise OSError("disk on fire")
+
+        pipe = Pipeline(SimpleNamespace(workers=Workers(pool)), failing, hop_bytes=1)
+        await pipe.put(b"abc", 3)
+        assert await asyncio.to_thread(inside.wait, 10)
+        closing = asyncio.ensure_future(pipe.close(lambda: ran.append(True)))
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(OSError, match="disk on fire"):
+            await asyncio.wait_for(closing, 10)
+        assert ran == []
+        await pipe.quiesce()
+    finally:
+        pool.shutdown(wait=True)
+
+
 # --- batches of large records go through the pipeline -------------------------------------
 
 
