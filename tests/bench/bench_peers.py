@@ -1,6 +1,7 @@
 """The appliance side by side with PostgreSQL, the system users pick instead.
 
-Usage: ``python tests/bench/bench_peers.py [--reps 5] [--quick] [--sizes 100KiB,1MiB]``
+Usage: ``python tests/bench/bench_peers.py [--reps 5] [--quick] [--sizes 100KiB,1MiB]
+[--read-passes 3] [--pg-page batch|write]``
 (needs Debian's ``postgresql`` package and the ``bench`` extra: ``pip install -e '.[bench]'``
 for asyncpg).
 
@@ -25,7 +26,10 @@ file is written and deleted in the same file system (writing into page cache fre
 just-deleted file is several times faster on this VM than growing a file), and both systems
 are warmed up (PostgreSQL's first WAL segments are slow to create). Server CPU per record is
 the server's user+system time (the appliance process; the postmaster and all its children)
-over the sample; client CPU per record is this process's (reduct-py or asyncpg). Every loop is bounded by a record count and a time budget.
+over the sample; client CPU per record is this process's (reduct-py or asyncpg). A read
+sample reads what the write sample before it stored ``--read-passes`` times over (one query
+each; 96 records of 1 MiB read once take ~75 ms, a few clock ticks of CPU). Every loop is
+bounded by a record count and a time budget.
 """
 
 from __future__ import annotations
@@ -50,8 +54,8 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.bench.bench_big import ballast, cpu_seconds  # noqa: E402
 from appliance.settings import Settings  # noqa: E402
+from tests.bench.bench_big import ballast, cpu_seconds  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 KIB = 1024
@@ -292,6 +296,14 @@ async def measure(run: Callable[[], Awaitable[int]], cpu: Callable[[], float]) -
     return Sample(n, seconds, cpu() - cpu0, time.process_time() - client0)
 
 
+async def passes(n: int, read: Callable[[], Awaitable[int]]) -> int:
+    """``read`` ``n`` times over (a query, or a keyset scan, each); the records read in all."""
+    total = 0
+    for _ in range(n):
+        total += await read()
+    return total
+
+
 def pg_page(args: argparse.Namespace, size: int) -> int:
     """Rows per PostgreSQL read page: as many as our batch (``--pg-page batch``, the default)
     or the write batch's size (``--pg-page write``: 1,000 rows of 1 KiB, where reduct-py could
@@ -361,11 +373,12 @@ async def run_all(args: argparse.Namespace, folder: Path, pg: Postgres,
                         if case == "batched writes" and mode == "default":
                             reads = [
                                 ("pg", lambda name=name, size=size, n=n: measure(
-                                    lambda: pg_read(conn, name, size, n,
-                                                    pg_page(args, size)), pg.cpu)),
-                                ("ours", lambda name=name, size=size, n=n: measure(
-                                    lambda: ours_read(bucket, name, size, n),
-                                    ours_cpu[mode])),
+                                    lambda: passes(args.read_passes, lambda: pg_read(
+                                        conn, name, size, n, pg_page(args, size))), pg.cpu)),
+                                ("ours", lambda name=name, size=size, n=n, b=bucket,
+                                 cpu=ours_cpu[mode]: measure(
+                                    lambda: passes(args.read_passes, lambda: ours_read(
+                                        b, name, size, n)), cpu)),
                             ]
                             if rep % 2:
                                 reads.reverse()
@@ -427,6 +440,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny counts, to check the script")
     parser.add_argument("--sizes", type=sizes_arg, default=list(SIZE_LABEL),
                         help="record sizes to run, e.g. 100KiB,1MiB (default: all three)")
+    parser.add_argument("--read-passes", type=int, default=3,
+                        help="times each read sample reads the records back (one query each)")
     parser.add_argument("--pg-page", choices=("batch", "write"), default="batch",
                         help="rows per PostgreSQL read page: our read batch's count (default) "
                              "or the write batch's (1,000 rows of 1 KiB)")
