@@ -307,7 +307,7 @@ async def passes(n: int, read: Callable[[], Awaitable[int]]) -> int:
 def pg_page(args: argparse.Namespace, size: int) -> int:
     """Rows per PostgreSQL read page: as many as our batch (``--pg-page batch``, the default)
     or the write batch's size (``--pg-page write``: 1,000 rows of 1 KiB, where reduct-py could
-    not take a batch of that many records: aiohttp refuses more than 128 response headers)."""
+    not take a batch of that many records: aiohttp refuses a response of 128 headers or more)."""
     return read_batch(size) if args.pg_page == "batch" else per_batch(size)
 
 
