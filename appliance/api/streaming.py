@@ -294,10 +294,12 @@ async def write_streamed(
     parts: AsyncIterator[list[bytes]],
     open_first: bool = False,
 ) -> None:
-    """Write one record from ``parts`` (lists of chunks) through a ``Pipeline``. Client gone,
-    short body or engine failure: the record ends ERRORED, never FINISHED, and the entry stays
-    writable. ``open_first``: open the record before waiting for the body, so a refusal (404,
-    409...) is answered while the client may still be waiting to send it."""
+    """Write one record from ``parts`` (lists of chunks) through a ``Pipeline``. Client gone
+    before its body was complete, short body or engine failure: the record ends ERRORED, never
+    FINISHED, and the entry stays writable (a client gone once the whole body arrived, while
+    the last hop runs, may leave it FINISHED: all of it was received). ``open_first``: open the
+    record before waiting for the body, so a refusal (404, 409...) is answered while the client
+    may still be waiting to send it."""
     pipe = Pipeline(services, sink.write)
     try:
         if open_first:
