@@ -282,3 +282,43 @@ async def test_records_meta_entry_rules(hb: Harness) -> None:
     assert r.status_code == 422
     body = await (await hb.client.get(API + "/b/bkt")).get_json()
     assert [e["name"] for e in body["entries"]] == ["e"]  # the parent; $meta is hidden
+
+
+@pytest.mark.parametrize("size", [5, 20 * 1024, 300 * 1024])  # inline, one hop, streamed
+async def test_records_write_answers_200_in_one_body_message(hb: Harness, size: int) -> None:
+    """A stored record's 200: the same headers as ever (a content length of 0, no content
+    type, the API version), sent as a start and a single final body message."""
+    import asyncio
+
+    data = os.urandom(size)
+    pending = [{"type": "http.request", "body": data, "more_body": False}]
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": API + "/b/bkt/e", "raw_path": (API + "/b/bkt/e").encode(),
+        "query_string": b"ts=7", "root_path": "",
+        "headers": [(b"content-length", str(size).encode())],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383), "extensions": {},
+    }
+    await hb.app(scope, receive, send)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    start, body = sent
+    assert start["status"] == 200
+    assert sorted(start["headers"]) == [
+        (b"content-length", b"0"), (b"server", b"ReductStore 1.21.0"), (b"x-reduct-api", b"1.21"),
+    ]
+    assert body.get("body", b"") == b"" and not body.get("more_body", False)
+    r = await hb.client.get(API + "/b/bkt/e?ts=7")
+    assert await r.get_data() == data
