@@ -102,7 +102,7 @@ async def request_at_once(
     return int(sent[0]["status"])
 
 
-async def asgi_call(
+async def asgi_sent(
     app: Any,
     method: str,
     path: str,
@@ -111,12 +111,11 @@ async def asgi_call(
     chunks: list[bytes] | None = None,
     disconnect: bool = False,
     query: str = "",
-) -> tuple[int, dict[str, str], bytes]:
-    """Call the ASGI app directly and return exactly what it sent (status, headers, body).
+) -> list[dict[str, Any]]:
+    """Call the ASGI app directly and return every message it sent, as sent.
 
-    Quart's test client rebuilds responses (and recomputes Content-Length for HEAD); this
-    does not. ``disconnect=True`` sends ``http.disconnect`` after the given body chunks, as a
-    server does when the client goes away mid-body.
+    ``disconnect=True`` sends ``http.disconnect`` after the given body chunks, as a server does
+    when the client goes away mid-body.
     """
     import asyncio
 
@@ -156,6 +155,26 @@ async def asgi_call(
         "extensions": {},
     }
     await app(scope, receive, send)
+    return sent
+
+
+async def asgi_call(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    chunks: list[bytes] | None = None,
+    disconnect: bool = False,
+    query: str = "",
+) -> tuple[int, dict[str, str], bytes]:
+    """Call the ASGI app directly and return exactly what it sent (status, headers, body).
+
+    Quart's test client rebuilds responses (and recomputes Content-Length for HEAD); this
+    does not. ``disconnect=True``: see ``asgi_sent``.
+    """
+    sent = await asgi_sent(app, method, path, headers=headers, chunks=chunks,
+                           disconnect=disconnect, query=query)
     status = 0
     out_headers: dict[str, str] = {}
     body = b""

@@ -133,7 +133,9 @@ async def test_close_after_the_hop_ended_starts_its_own() -> None:
         written: list[bytes] = []
         pipe = Pipeline(SimpleNamespace(workers=workers), written.extend, hop_bytes=3)
         await pipe.put(b"abc", 3)
-        await asyncio.sleep(0.05)  # the hop has written it and ended
+        hop = pipe._hop  # noqa: SLF001 - waited for, so the hop has surely ended (no timing)
+        assert hop is not None
+        await asyncio.wait_for(asyncio.shield(hop), 10)
         await pipe.put(b"d", 1)  # below hop_bytes: waits for close
         assert await pipe.close(lambda: list(written)) == [b"abc", b"d"]
         assert workers.started == 2

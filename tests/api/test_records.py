@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from appliance.engine.models import RecordState
-from tests.api.conftest import Harness, asgi_call
+from tests.api.conftest import Harness, asgi_call, asgi_sent
 
 API = "/api/v1"
 
@@ -288,31 +288,9 @@ async def test_records_meta_entry_rules(hb: Harness) -> None:
 async def test_records_write_answers_200_in_one_body_message(hb: Harness, size: int) -> None:
     """A stored record's 200: the same headers as ever (a content length of 0, no content
     type, the API version), sent as a start and a single final body message."""
-    import asyncio
-
     data = os.urandom(size)
-    pending = [{"type": "http.request", "body": data, "more_body": False}]
-    never = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        if pending:
-            return pending.pop(0)
-        await never.wait()
-        return {"type": "http.disconnect"}
-
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": API + "/b/bkt/e", "raw_path": (API + "/b/bkt/e").encode(),
-        "query_string": b"ts=7", "root_path": "",
-        "headers": [(b"content-length", str(size).encode())],
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383), "extensions": {},
-    }
-    await hb.app(scope, receive, send)
+    sent = await asgi_sent(hb.app, "POST", API + "/b/bkt/e", query="ts=7", chunks=[data],
+                           headers={"content-length": str(size)})
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     start, body = sent
     assert start["status"] == 200
