@@ -8,7 +8,6 @@ added by ``api/connection.py``); every ``ApplianceError`` becomes ReductStore's 
 
 from __future__ import annotations
 
-import json
 import logging
 import mimetypes
 import time
@@ -43,7 +42,15 @@ from appliance.api.connection import (
 )
 from appliance.api.read_lane import ReadLane, lane_enabled
 from appliance.api.response import ApiResponse as Response
-from appliance.errors import ApplianceError, CorruptionError, NoContent, ServiceUnavailable
+from appliance.api.response import (
+    error_response,
+    report_error,
+    report_unexpected,
+    unexpected_response,
+)
+from appliance.api.write_lane import LANE_ENV as WRITE_LANE_ENV
+from appliance.api.write_lane import WriteLane
+from appliance.errors import ApplianceError, NoContent, ServiceUnavailable
 from appliance.services import STARTING_MESSAGE, Services
 from appliance.settings import Settings
 
@@ -73,22 +80,6 @@ def console_file(name: str) -> bytes | None:
         return node.read_bytes() if node.is_file() else None
     except OSError:
         return None
-
-
-def error_response(status: int, message: str, *, body: bool = True) -> Response:
-    """ReductStore's error shape: status, ``x-reduct-error`` and ``{"detail": ...}``."""
-    message = message.replace('"', "'")
-    header = message if message.isascii() and message.isprintable() else "Unparsable message"
-    if status == 204 or not body:
-        response = Response(b"", status=status)
-        response.headers.pop("Content-Type", None)
-        if status == 204:
-            response.headers.pop("Content-Length", None)
-    else:
-        payload = json.dumps({"detail": message}, ensure_ascii=False).encode()
-        response = Response(payload, status=status, content_type="application/json")
-    response.headers["x-reduct-error"] = header
-    return response
 
 
 def _egress(response: Response) -> int:
@@ -177,14 +168,16 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         app.register_blueprint(module.blueprint, url_prefix=prefix)
 
     rules = {rule.endpoint: rule.rule for rule in app.url_map.iter_rules()}
+    entry_route = rules[f"{entries.blueprint.name}.{entries.dispatch.__name__}"]
     lane = (
         ReadLane(
-            svc, prefix,
-            rules[f"{entries.blueprint.name}.{entries.dispatch.__name__}"],
-            rules[f"{batch_v2.blueprint.name}.{batch_v2.read.__name__}"],
+            svc, prefix, entry_route, rules[f"{batch_v2.blueprint.name}.{batch_v2.read.__name__}"]
         )
         if lane_enabled()
         else None
+    )
+    write_lane = (
+        WriteLane(svc, prefix, entry_route) if lane_enabled(name=WRITE_LANE_ENV) else None
     )
     origins = settings.cors_origins
     app.extensions[POLICY_KEY] = HttpPolicy(
@@ -199,6 +192,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         # and a standby's lease gauges are what an operator scrapes.
         ungated_prefixes=(base + "ui", base + "metrics"),
         read_lane=lane,
+        write_lane=write_lane,
     )
     if settings.access_log:
         access_log.setLevel(logging.INFO)  # on whatever RS_LOG_LEVEL says: it was asked for
@@ -282,13 +276,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
     async def appliance_error(error: ApplianceError) -> Response:
         """The one mapping of the error tree to HTTP: the log gets ``message`` (with file and
         offset for corruption), the client ``public_message`` (never a server path)."""
-        if isinstance(error, CorruptionError):
-            metrics.corruption("read")
-            log.error(
-                "corruption: %s", error.message, extra={"file": error.path, "offset": error.offset}
-            )
-        elif error.status >= 500 and not isinstance(error, ServiceUnavailable):
-            log.error("request failed: %s", error.message)
+        report_error(error)
         return error_response(error.status, error.public_message, body=request.method != "HEAD")
 
     @app.errorhandler(HTTPException)
@@ -308,8 +296,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         """Anything else: logged with its traceback, answered 500 without one."""
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return error_response(500, f"Internal server error: {type(error).__name__}")
+        report_unexpected(request.method, request.path)
+        return unexpected_response(error)
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:

@@ -83,6 +83,16 @@ def client_ip() -> str | None:
     return ip  # type: ignore[no-any-return]
 
 
+def scope_token(svc: Services, scope: Mapping[str, Any]) -> tuple[Token, str | None]:
+    """The caller's token (401 if missing or invalid) and IP (None when neither the tokens
+    nor the audit need it), from an ASGI scope's raw headers: what ``authenticate`` finds,
+    for the lanes that answer below Quart."""
+    tokens = svc.tokens
+    ip = scope_client_ip(scope) if tokens.enabled or svc.events.enabled else None
+    header = params.header(scope["headers"], b"authorization")
+    return tokens.authenticate(None if header is None else header.decode("latin1"), ip), ip
+
+
 def authenticate() -> Token:
     """The caller's token (401 if missing or invalid); any valid token passes."""
     tokens = services().tokens

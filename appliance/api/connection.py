@@ -198,6 +198,8 @@ class HttpPolicy:
     ungated_prefixes: tuple[str, ...] = ()
     # Answers batched reads whose batch is ready without Quart (``read_lane.ReadLane``).
     read_lane: Any = None
+    # Answers plain single-record writes without Quart (``write_lane.WriteLane``).
+    write_lane: Any = None
 
     def extra_headers(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
         """Common headers plus CORS headers for an allowed ``Origin``."""
@@ -430,7 +432,7 @@ class ApplianceConnection(ASGIHTTPConnection):
             await counted(message)
 
         scope = self.scope
-        route = None  # the rule template of a request the read lane answered
+        route = None  # the rule template of a request a lane answered
         try:
             path = scope["path"]
             if (
@@ -454,6 +456,10 @@ class ApplianceConnection(ASGIHTTPConnection):
                 return
             if policy.read_lane is not None and scope["method"] == "GET":
                 route = await policy.read_lane.serve(scope, counted, extra)
+                if route is not None:
+                    return
+            elif policy.write_lane is not None and scope["method"] == "POST":
+                route = await policy.write_lane.serve(scope, receive, counted, extra)
                 if route is not None:
                     return
             await super().__call__(receive, send_with_headers)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance import metrics
 from appliance.api import params
-from appliance.api.access import scope_client_ip
+from appliance.api.access import scope_token
 from appliance.api.connection import declares_body
 from appliance.api.queries import METADATA_GUESS_BYTES, start_ahead
 from appliance.auth import require_read
@@ -52,9 +52,12 @@ _QUERY_PARAM = re.compile(rb"q=([0-9]+)")  # werkzeug would decode nothing in it
 Send = Callable[[Any], Awaitable[None]]
 
 
-def lane_enabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
-    """False when ``APPLIANCE_READ_LANE`` is ``off`` (or ``0``/``false``/``no``)."""
-    return environ.get(LANE_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
+def lane_enabled(
+    environ: dict[str, str] | os._Environ[str] = os.environ, name: str = LANE_ENV
+) -> bool:
+    """False when the knob ``name`` (``APPLIANCE_READ_LANE``) is ``off`` (or
+    ``0``/``false``/``no``)."""
+    return environ.get(name, "on").strip().lower() not in ("off", "0", "false", "no")
 
 
 class ReadLane:
@@ -100,13 +103,9 @@ class ReadLane:
         params.bucket_name(bucket)
         if entry is not None:
             params.entry_name(entry)
-        svc = self.svc
-        tokens = svc.tokens
-        ip = scope_client_ip(scope) if tokens.enabled or svc.events.enabled else None
-        header = params.header(scope["headers"], b"authorization")
-        token = tokens.authenticate(None if header is None else header.decode("latin1"), ip)
+        token, ip = scope_token(self.svc, scope)
         require_read(token.name, token.permissions, bucket)
-        return svc.queries.get(qid, bucket, entry), token.name, ip
+        return self.svc.queries.get(qid, bucket, entry), token.name, ip
 
     async def serve(self, scope: dict[str, Any], send: Send,
                     extra: list[tuple[bytes, bytes]]) -> str | None:

@@ -11,16 +11,16 @@ from quart import request
 
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
-from appliance.api.connection import BoundedBody, RawResponse
+from appliance.api.connection import RawResponse
 from appliance.api.queries import read_one
 from appliance.api.record_response import check_state, record_response
 from appliance.api.response import ApiResponse as Response
 from appliance.api.streaming import (
+    QuartBody,
     RecordSink,
-    exact_parts,
+    RequestBody,
     parse_body,
     read_any_body,
-    read_small_body,
     write_streamed,
 )
 from appliance.engine import names
@@ -83,26 +83,33 @@ async def write(bucket: str, entry: str) -> Response:
     ctype = params.content_type(raw)
     labels = params.labels(raw)
     svc = services()
+    body = QuartBody(svc.settings.io_operation_timeout)
+    await store(svc, bucket, entry, ts, length, ctype, labels, body)
+    return _stored()
+
+
+async def store(
+    svc: Services, bucket: str, entry: str, ts: int, length: int, ctype: str,
+    labels: dict[str, str], body: RequestBody,
+) -> None:
+    """Store one record of ``length`` bytes from ``body`` (for ``write`` and the write lane,
+    ``write_lane.WriteLane``): raises what the client is to be answered."""
     storage = svc.engine
-    timeout = svc.settings.io_operation_timeout
     if length <= SMALL_RECORD_BYTES:
-        data = await read_small_body(length, timeout)
+        data = await body.read(length)
         if length <= INLINE_WRITE_BYTES and _write_inline(svc, storage, bucket, entry, ts, data,
                                                           ctype, labels):
-            return _stored()
+            return
         await svc.workers.run(_write_small, svc, storage, bucket, entry, ts, data, ctype, labels)
-        return _stored()
+        return
     begin = functools.partial(_begin, storage, bucket, entry, ts, length, ctype, labels)
     then = None
     if svc.replicates(bucket):  # logged before the 200, in the hop that finishes the record
         then = functools.partial(svc.notify_records, bucket, entry, [(WRITE, ts, labels)])
     # No body byte yet: the client may wait for an early answer (a refusal must not wait for
     # the body); otherwise the record is opened in the first writing hop, saving a hop.
-    body = request.body
-    open_first = not (isinstance(body, BoundedBody) and body.buffered)
     sink = RecordSink(begin, then)
-    await write_streamed(svc, sink, exact_parts(length, timeout), open_first)
-    return _stored()
+    await write_streamed(svc, sink, body.parts(length), not body.buffered)
 
 
 def _stored() -> RawResponse:

@@ -13,7 +13,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from quart import request
 
@@ -105,6 +105,45 @@ async def exact_parts(length: int, timeout_seconds: float) -> AsyncIterator[list
         check_received(received, length, ended=False)
         yield parts
     check_received(received, length, ended=True)
+
+
+class ClientGoneError(Exception):
+    """The client closed the connection before its request body was complete."""
+
+
+class RequestBody(Protocol):
+    """A record's request body as the write path takes it (``records.store``)."""
+
+    @property
+    def buffered(self) -> bool:
+        """True if some of the body has arrived already (no early answer to wait for)."""
+
+    async def read(self, length: int) -> bytes:
+        """The whole body, which must be exactly ``length`` bytes (400 otherwise)."""
+
+    def parts(self, length: int) -> AsyncIterator[list[bytes]]:
+        """The body as lists of received chunks, exactly ``length`` bytes (400 otherwise)."""
+
+
+class QuartBody:
+    """The body of the Quart request being handled, as a ``RequestBody``."""
+
+    def __init__(self, timeout_seconds: float) -> None:
+        self._timeout = timeout_seconds
+
+    @property
+    def buffered(self) -> bool:
+        """True if the connection has received some of the body already."""
+        body = request.body
+        return isinstance(body, BoundedBody) and body.buffered > 0
+
+    async def read(self, length: int) -> bytes:
+        """``read_small_body``."""
+        return await read_small_body(length, self._timeout)
+
+    def parts(self, length: int) -> AsyncIterator[list[bytes]]:
+        """``exact_parts``."""
+        return exact_parts(length, self._timeout)
 
 
 async def read_any_body(timeout_seconds: float, limit: int = MAX_SMALL_BODY_BYTES) -> bytes:
@@ -310,7 +349,8 @@ async def write_streamed(
             await pipe.put(chunks, sum(map(len, chunks)))
         await pipe.close(sink.finish)
     except BaseException as exc:
-        reason = "client disconnected" if isinstance(exc, asyncio.CancelledError) else str(exc)
+        gone = isinstance(exc, (asyncio.CancelledError, ClientGoneError))
+        reason = "client disconnected" if gone else str(exc)
         await finish_cleanup(_abandon(services, pipe, sink, reason))
         raise
 
