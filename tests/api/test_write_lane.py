@@ -338,6 +338,16 @@ async def test_replica_writes_take_quart(make_pair: PairFactory, tmp_path: Any) 
     assert sent.answer is not None and sent.answer[0] == 403
 
 
+async def test_lease_holder_writes_take_quart(make_pair: PairFactory) -> None:
+    """A lease holder's writes go through Quart, whose hooks check the lease before the write
+    and again before its 200 (``roles/write_fence.py``)."""
+    pair = await make_pair(instance_role="PRIMARY", lock_file_ttl="2s",
+                           lock_file_polling_interval="100ms", lock_file_timeout=0)
+    assert pair.on.services.fence.timed
+    sent = await pair.same("/b/bkt/e", headers=length(2), chunks=[b"ok"], taken=False)
+    assert sent.answer is not None and sent.answer[0] == 200
+
+
 @pytest.mark.parametrize(("error", "logged"), [
     (InternalError("disk on fire"), "request failed: disk on fire"),
     (RuntimeError("bug"), "unexpected error in POST /api/v1/b/bkt/e"),
