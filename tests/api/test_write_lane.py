@@ -409,3 +409,25 @@ def test_the_knob() -> None:
     assert lane_enabled({}, LANE_ENV)
     assert not lane_enabled({LANE_ENV: "off"}, LANE_ENV)
     assert lane_enabled({LANE_ENV: "off"})  # the read lane's knob is its own
+
+
+async def test_the_lane_follows_the_base_path(harness_factory: Any) -> None:
+    """Under ``RS_API_BASE_PATH`` the lane takes the prefixed path (and only that one)."""
+    h = await harness_factory(api_base_path="/edge/")
+    lane: WriteLane = h.app.extensions[POLICY_KEY].write_lane
+    results: list[str | None] = []
+    serve = lane.serve
+
+    async def spy(*args: Any) -> str | None:
+        results.append(await serve(*args))
+        return results[-1]
+
+    lane.serve = spy  # type: ignore[method-assign]
+    assert (await h.client.post("/edge" + API + "/b/bkt")).status_code == 200
+    sent = await post(h.app, "/edge" + API + "/b/bkt/e", headers=length(2), chunks=[b"ok"])
+    assert sent.answer is not None and sent.answer[0] == 200
+    sent = await post(h.app, API + "/b/bkt/e", headers=length(2), chunks=[b"ok"])
+    assert sent.answer is not None and sent.answer[0] == 405  # no such route: Quart's answer
+    assert results == [None, "/edge/api/v1/b/<bucket>/<path:rest>", None]
+    r = await h.client.get("/edge" + API + "/b/bkt/e?ts=1")
+    assert await r.get_data() == b"ok"
