@@ -4,16 +4,19 @@ Usage: ``python tests/bench/bench_reads_floor.py [--seconds 3] [--repeat 3] [--s
 
 For each record size it fills one entry of ``python -m appliance``, captures the batched-read
 responses of a query of it (as ``bench_api.py`` does) and reads through a query, one request
-at a time, from four servers:
+at a time, from five servers:
 
 - the appliance;
 - ``replay_asgi.py quart``: the captured responses from a Quart route on Hypercorn;
 - ``replay_asgi.py asgi``: the same from a bare ASGI callable on Hypercorn (pre-encoded header
   pairs, as the appliance's ``RawResponse``): the floor of Hypercorn + h11 alone;
+- ``replay_asgi.py asgi-tuned``: that callable with the appliance process's own tuning (the
+  one-pass headers of ``appliance.http1`` and the rest ``server.serve`` sets): the floor of the
+  stack the appliance runs on;
 - ``replay_server.py``: the same bytes from a bare asyncio protocol (one ``write`` per
   response), the ceiling ``bench_api.py`` uses: what reduct-py itself can parse.
 
-Every repetition runs all four, the order rotated. The table shows median records/s (range),
+Every repetition runs all five, the order rotated. The table shows median records/s (range),
 server and client CPU per record, and each row as a share of the bare replay and of the
 Hypercorn floor. Every loop is bounded by a record count and a time budget; the load average
 is printed.
@@ -48,7 +51,8 @@ from tests.bench.bench_api import (  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 HERE = Path(__file__).parent
-SYSTEMS = ("appliance", "Quart on Hypercorn", "ASGI on Hypercorn", "bare replay")
+SYSTEMS = ("appliance", "Quart on Hypercorn", "ASGI on Hypercorn", "ASGI, tuned Hypercorn",
+           "bare replay")
 FILL_SECONDS = 4.0
 LIMIT = 500_000
 
@@ -79,12 +83,14 @@ async def run_size(folder: Path, ours: ServerProcess, label: str, size: int,
         "appliance": ours,
         "Quart on Hypercorn": spawn(folder, "replay_asgi.py", str(capture), "quart"),
         "ASGI on Hypercorn": spawn(folder, "replay_asgi.py", str(capture), "asgi"),
+        "ASGI, tuned Hypercorn": spawn(folder, "replay_asgi.py", str(capture), "asgi-tuned"),
         "bare replay": spawn(folder, "replay_server.py", str(capture)),
     }
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in SYSTEMS}
     try:
         for rep in range(args.repeat):
-            order = SYSTEMS[rep % 4:] + SYSTEMS[: rep % 4]
+            turn = rep % len(SYSTEMS)
+            order = SYSTEMS[turn:] + SYSTEMS[:turn]
             for name in order:
                 server = servers[name]
                 assert server.proc is not None

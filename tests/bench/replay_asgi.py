@@ -4,8 +4,11 @@ Like ``replay_server.py`` (same capture, same answers), but behind the appliance
 stack: Hypercorn with the appliance's config on uvloop, and either a bare ASGI callable
 (``asgi``: the headers handed over as pre-encoded byte pairs, as ``RawResponse`` does) or a
 Quart app (``quart``: a route returning a ``Response``). No engine, no query: what is left is
-what the HTTP stack costs per batch. Usage:
-``python tests/bench/replay_asgi.py PORT CAPTURE asgi|quart``.
+what the HTTP stack costs per batch. ``asgi-tuned`` is ``asgi`` with the server process's own
+tuning as ``server.serve`` applies it (the one-pass headers of ``appliance.http1``, the
+receive size, reason phrases, closed-connection release, GC and malloc settings): the floor of
+the stack the appliance itself runs on. Usage:
+``python tests/bench/replay_asgi.py PORT CAPTURE asgi|asgi-tuned|quart``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from hypercorn.asyncio import serve
 from quart import Quart, Response
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from appliance.server import hypercorn_config, run  # noqa: E402
+from appliance import http1  # noqa: E402
+from appliance.server import (  # noqa: E402
+    add_reason_phrases,
+    hypercorn_config,
+    release_closed_connections,
+    run,
+    set_receive_size,
+    tune_gc,
+    tune_malloc,
+)
 from appliance.settings import Settings  # noqa: E402
 
 SKIP = ("content-length", "x-reduct-last", "connection", "date", "server")
@@ -86,6 +98,14 @@ class Replayer:
 
 if __name__ == "__main__":
     replayer = Replayer(load(Path(sys.argv[2])))
-    app: Any = replayer.asgi if sys.argv[3] == "asgi" else replayer.quart()
+    mode = sys.argv[3]
+    if mode == "asgi-tuned":  # as ``server.serve`` tunes the appliance's process
+        tune_gc()
+        tune_malloc()
+        add_reason_phrases()
+        release_closed_connections()
+        set_receive_size()
+        http1.install()
+    app: Any = replayer.quart() if mode == "quart" else replayer.asgi
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
     run(serve(app, hypercorn_config(settings)))
