@@ -431,3 +431,13 @@ async def test_the_lane_follows_the_base_path(harness_factory: Any) -> None:
     assert results == [None, "/edge/api/v1/b/<bucket>/<path:rest>", None]
     r = await h.client.get("/edge" + API + "/b/bkt/e?ts=1")
     assert await r.get_data() == b"ok"
+
+
+async def test_lane_answers_carry_cors_headers_as_quart(make_pair: PairFactory) -> None:
+    """An allowed ``Origin`` gets the same CORS headers on the lane's 200 and errors."""
+    pair = await make_pair(cors_allow_origin="http://console.example")
+    origin = (b"origin", b"http://console.example")
+    for chunks, status in (([b"ok"], 200), ([b"ok"], 409), ([b"o"], 400)):
+        sent = await pair.same("/b/bkt/e", headers=length(2, origin), chunks=chunks, taken=True)
+        assert sent.answer is not None and sent.answer[0] == status
+        assert (b"access-control-allow-origin", b"http://console.example") in sent.answer[1]
