@@ -24,7 +24,11 @@ or changed*, and the request goes to Quart, which answers it exactly as it alway
 Once the lane took a request it answers it as Quart would have: the same status, headers and
 body, for a stored record and for each error (a short body, a silent client, a refusal by the
 engine...), with the connection kept (an unread body of up to ``DRAIN_LIMIT_BYTES`` drained
-after the answer) or closed as ``ApplianceConnection`` decides. ``APPLIANCE_WRITE_LANE=off``
+after the answer) or closed as ``ApplianceConnection`` decides. One difference is left on
+purpose: once the whole body has arrived the lane no longer looks for a disconnect, so a
+client that goes away while its record is written finds it stored (Quart's path cancelled
+the handler there, stored or not depending on the moment; a streamed record already ended
+FINISHED then). ``APPLIANCE_WRITE_LANE=off``
 sends every request to Quart (a benchmark knob, like ``APPLIANCE_READ_LANE``).
 """
 
