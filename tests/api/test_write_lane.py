@@ -58,14 +58,14 @@ async def post(
     """One request into the ASGI app, its messages in a queue as Hypercorn hands them over
     (``receive`` is the queue's ``get``; ``queued=False`` hides the queue behind a plain
     coroutine). ``end``: the body's last message comes; else the client stays silent (or
-    goes, with ``disconnect``). ``after_answer``: the body the client sends, with its end,
+    goes, with ``disconnect``, also after a whole body). ``after_answer``: the body the client sends, with its end,
     once it has the answer's body (a client waiting for an early refusal)."""
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for chunk in chunks or []:
         queue.put_nowait({"type": "http.request", "body": chunk, "more_body": True})
     if end:
         queue.put_nowait({"type": "http.request", "body": b"", "more_body": False})
-    elif disconnect:
+    if disconnect:
         queue.put_nowait({"type": "http.disconnect"})
 
     async def hidden() -> dict[str, Any]:
@@ -441,3 +441,19 @@ async def test_lane_answers_carry_cors_headers_as_quart(make_pair: PairFactory) 
         sent = await pair.same("/b/bkt/e", headers=length(2, origin), chunks=chunks, taken=True)
         assert sent.answer is not None and sent.answer[0] == status
         assert (b"access-control-allow-origin", b"http://console.example") in sent.answer[1]
+
+
+@pytest.mark.parametrize("size", [2, 20 * 1024, SMALL_RECORD_BYTES + 1])
+async def test_client_gone_after_its_whole_body_finds_its_record_stored(
+    pair: Pair, size: int
+) -> None:
+    """Once the whole body is in, the lane does not look for the disconnect that follows: the
+    record is stored (and the answer goes to a connection the server has closed)."""
+    data = os.urandom(size)
+    sent = await post(pair.on.app, API + "/b/bkt/e", query="ts=3", headers=length(size),
+                      chunks=pieces(data), disconnect=True)
+    assert pair.results == [pair.lane_route]
+    assert sent.answer is not None and sent.answer[0] == 200
+    assert sent.unread == 1  # the disconnect, never taken
+    r = await pair.on.client.get(API + "/b/bkt/e?ts=3")
+    assert r.status_code == 200 and await r.get_data() == data
