@@ -70,6 +70,19 @@ async def ha(harness_factory: Callable[..., Awaitable[Harness]]) -> Harness:
     return await harness_factory(api_token=TOKEN)
 
 
+def asgi_scope(
+    method: str, path: str, *, query: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None,
+    http_version: str = "1.1",
+) -> dict[str, Any]:
+    """The HTTP scope a server hands an ASGI app for one request from 127.0.0.1."""
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": http_version,
+        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+        "query_string": query, "root_path": "", "headers": list(headers or []),
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383), "extensions": {},
+    }
+
+
 async def request_at_once(
     app: Any, method: str, path: str, query: bytes, body: bytes,
     headers: list[tuple[bytes, bytes]] | None = None,
@@ -79,13 +92,8 @@ async def request_at_once(
     ``content-length`` is added to ``headers``."""
     import asyncio
 
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
-        "root_path": "",
-        "headers": [*(headers or []), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383), "extensions": {},
-    }
+    length = (b"content-length", str(len(body)).encode())
+    scope = asgi_scope(method, path, query=query, headers=[*(headers or []), length])
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict[str, Any]] = []
 
@@ -139,21 +147,8 @@ async def asgi_sent(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8383),
-        "extensions": {},
-    }
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = asgi_scope(method, path, query=query.encode(), headers=raw)
     await app(scope, receive, send)
     return sent
 

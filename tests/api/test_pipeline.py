@@ -14,7 +14,7 @@ import pytest
 
 from appliance.api.streaming import Pipeline
 from appliance.workers import Workers
-from tests.api.conftest import Harness, asgi_call
+from tests.api.conftest import Harness, asgi_call, asgi_scope
 
 API = "/api/v1"
 KIB = 1024
@@ -260,13 +260,8 @@ async def slow_post(app: Any, path: str, headers: dict[str, str], chunks: list[b
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "extensions": {},
-    }
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    scope = asgi_scope("POST", path, headers=raw)
     await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert not [k for k, _ in start["headers"] if k.startswith(b"x-reduct-error-")]

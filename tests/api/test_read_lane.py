@@ -13,7 +13,7 @@ import pytest
 from appliance import metrics
 from appliance.api.connection import POLICY_KEY
 from appliance.api.read_lane import LANE_ENV, ReadLane, lane_enabled
-from tests.api.conftest import AUTH, TOKEN, Harness
+from tests.api.conftest import AUTH, TOKEN, Harness, asgi_scope
 
 API = "/api/v1"
 N = 40
@@ -41,12 +41,7 @@ async def call(h: Harness, path: str, *, method: str = "GET", query: str = "",
     raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if body:
         raw.append((b"content-length", str(len(body)).encode()))
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(),
-        "query_string": query.encode(), "root_path": "", "headers": raw,
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383), "extensions": {},
-    }
+    scope = asgi_scope(method, path, query=query.encode(), headers=raw)
     await h.app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")

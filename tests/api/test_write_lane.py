@@ -19,7 +19,7 @@ from appliance.api.write_lane import LANE_ENV, WriteLane
 from appliance.engine.models import RecordState
 from appliance.errors import InternalError
 from appliance.sizes import SMALL_RECORD_BYTES
-from tests.api.conftest import AUTH, TOKEN, Harness
+from tests.api.conftest import AUTH, TOKEN, Harness, asgi_scope
 
 API = "/api/v1"
 CHUNK = 64 * 1024
@@ -58,8 +58,9 @@ async def post(
     """One request into the ASGI app, its messages in a queue as Hypercorn hands them over
     (``receive`` is the queue's ``get``; ``queued=False`` hides the queue behind a plain
     coroutine). ``end``: the body's last message comes; else the client stays silent (or
-    goes, with ``disconnect``, also after a whole body). ``after_answer``: the body the client sends, with its end,
-    once it has the answer's body (a client waiting for an early refusal)."""
+    goes, with ``disconnect``, also after a whole body). ``after_answer``: the body the
+    client sends, with its end, once it has the answer's body (a client waiting for an early
+    refusal)."""
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for chunk in chunks or []:
         queue.put_nowait({"type": "http.request", "body": chunk, "more_body": True})
@@ -81,12 +82,7 @@ async def post(
                     queue.put_nowait({"type": "http.request", "body": chunk, "more_body": True})
                 queue.put_nowait({"type": "http.request", "body": b"", "more_body": False})
 
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": version, "method": "POST",
-        "scheme": "http", "path": path, "raw_path": path.encode(),
-        "query_string": query.encode(), "root_path": "", "headers": list(headers or []),
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8383), "extensions": {},
-    }
+    scope = asgi_scope("POST", path, query=query.encode(), headers=headers, http_version=version)
     await app(scope, queue.get if queued else hidden, send)
     return Sent(sent, queue.qsize())
 
