@@ -40,6 +40,8 @@ from appliance.api.connection import (
     HttpPolicy,
     access_log,
 )
+from appliance.api.protocol_lane import LANE_ENV as PROTOCOL_LANE_ENV
+from appliance.api.protocol_lane import ProtocolLane
 from appliance.api.read_lane import ReadLane, lane_enabled
 from appliance.api.response import ApiResponse as Response
 from appliance.api.response import (
@@ -50,6 +52,7 @@ from appliance.api.response import (
 )
 from appliance.api.write_lane import LANE_ENV as WRITE_LANE_ENV
 from appliance.api.write_lane import WriteLane
+from appliance.http1.early import EARLY_KEY
 from appliance.errors import ApplianceError, NoContent, ServiceUnavailable
 from appliance.services import STARTING_MESSAGE, Services
 from appliance.settings import Settings
@@ -194,6 +197,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Quart:
         read_lane=lane,
         write_lane=write_lane,
     )
+    if lane is not None and lane_enabled(name=PROTOCOL_LANE_ENV):
+        app.extensions[EARLY_KEY] = ProtocolLane(app.extensions[POLICY_KEY], lane).answer
     if settings.access_log:
         access_log.setLevel(logging.INFO)  # on whatever RS_LOG_LEVEL says: it was asked for
     instance_metrics = metrics.instance_registry(svc.metrics_snapshot)

@@ -215,6 +215,29 @@ class HttpPolicy:
         return headers
 
 
+def observe(policy: HttpPolicy, scope: dict[str, Any], started: float, status: int,
+            nbytes: int, route: str | None) -> None:
+    """Count a request by route template (Prometheus) and write its access log line."""
+    seconds = time.perf_counter() - started
+    if route is None and not policy.is_ready():
+        route = NOT_READY_ROUTE
+    metrics.observe_request(scope["method"], route, status, seconds)
+    if policy.log_access:
+        client = scope.get("client")
+        query = scope.get("query_string") or b""
+        target = scope["path"] + ("?" + query.decode("latin1") if query else "")
+        access_log.info(
+            '%s "%s %s HTTP/%s" %d %d %.1fms',
+            client[0] if client else "-",
+            scope["method"],
+            target,
+            scope.get("http_version", "1.1"),
+            status,
+            nbytes,
+            seconds * 1000,
+        )
+
+
 def declares_body(scope: dict[str, Any]) -> bool:
     """True if the request announces a body (a non-zero length, or chunked)."""
     for name, value in scope["headers"]:
@@ -475,31 +498,11 @@ class ApplianceConnection(ASGIHTTPConnection):
     def _observe(
         self, policy: HttpPolicy, started: float, status: int, nbytes: int, route: str | None
     ) -> None:
-        """Count the request by route template (Prometheus) and write the access log line
-        (``route``: the template when Quart did not route it)."""
-        seconds = time.perf_counter() - started
-        scope = self.scope
+        """Count the request by route template and write the access log line (``route``: the
+        template when Quart did not route it)."""
         request = self._request
         rule = request.url_rule if request is not None else None
-        if rule is not None:
-            route = rule.rule
-        elif route is None and not policy.is_ready():
-            route = NOT_READY_ROUTE
-        metrics.observe_request(scope["method"], route, status, seconds)
-        if policy.log_access:
-            client = scope.get("client")
-            query = scope.get("query_string") or b""
-            target = scope["path"] + ("?" + query.decode("latin1") if query else "")
-            access_log.info(
-                '%s "%s %s HTTP/%s" %d %d %.1fms',
-                client[0] if client else "-",
-                scope["method"],
-                target,
-                scope.get("http_version", "1.1"),
-                status,
-                nbytes,
-                seconds * 1000,
-            )
+        observe(policy, self.scope, started, status, nbytes, rule.rule if rule else route)
 
     async def _drain(self) -> None:
         """Read and drop the rest of the request body, so the connection can serve the next

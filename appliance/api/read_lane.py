@@ -33,6 +33,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from appliance import metrics
@@ -60,14 +61,28 @@ def lane_enabled(
     return environ.get(name, "on").strip().lower() not in ("off", "0", "false", "no")
 
 
+@dataclass(slots=True)
+class Claimed:
+    """A batch a read lane took off its query to answer a request with."""
+
+    query: Query
+    entry: str | None  # None for a v2 read
+    records: int
+    more: bool  # the query has records left: start the next batch
+    headers: list[tuple[bytes, bytes]]  # the response's own and the records' headers
+    body: bytes
+    token_name: str
+    ip: str | None
+
+
 class ReadLane:
     """Answers ``GET`` batched reads (v1 ``/b/{bucket}/{entry}/batch?q=ID``, v2
     ``/io/{bucket}/read``) whose next batch is ready, without Quart."""
 
     def __init__(self, svc: Services, prefix: str, v1_route: str, v2_route: str) -> None:
         self.svc = svc
-        self._v1 = prefix + "/b/"
-        self._v2 = prefix + "/io/"
+        self.v1_prefix = prefix + "/b/"
+        self.v2_prefix = prefix + "/io/"
         self.v1_route = v1_route  # the URL rule templates, for the request metrics
         self.v2_route = v2_route
 
@@ -76,14 +91,14 @@ class ReadLane:
         if scope["method"] != "GET" or scope.get("root_path"):
             return None
         path: str = scope["path"]
-        if path.startswith(self._v2) and path.endswith("/read"):
-            bucket = path[len(self._v2):-5]
+        if path.startswith(self.v2_prefix) and path.endswith("/read"):
+            bucket = path[len(self.v2_prefix):-5]
             if not bucket or "/" in bucket or scope["query_string"]:
                 return None
             raw = params.header(scope["headers"], b"x-reduct-query-id")
             entry = None
-        elif path.startswith(self._v1) and path.endswith("/batch"):
-            bucket, _, entry = path[len(self._v1):-6].partition("/")
+        elif path.startswith(self.v1_prefix) and path.endswith("/batch"):
+            bucket, _, entry = path[len(self.v1_prefix):-6].partition("/")
             if not bucket or not entry:
                 return None
             found = _QUERY_PARAM.fullmatch(scope["query_string"])
@@ -107,11 +122,16 @@ class ReadLane:
         require_read(token.name, token.permissions, bucket)
         return self.svc.queries.get(qid, bucket, entry), token.name, ip
 
-    async def serve(self, scope: dict[str, Any], send: Send,
-                    extra: list[tuple[bytes, bytes]]) -> str | None:
-        """Answer the request if it is a plain batched read with its batch ready: the route
-        template it matched (for the metrics); None, with nothing changed, otherwise."""
-        started = time.perf_counter()
+    async def claim(
+        self,
+        scope: dict[str, Any],
+        waiting: Callable[[], Awaitable[None]] | None = None,
+        sendable: Callable[[list[tuple[bytes, bytes]], bytes], bool] | None = None,
+    ) -> Claimed | None:
+        """The batch a plain batched read with its batch ready answers with, taken off its
+        query; None, with nothing changed, otherwise. ``waiting`` runs before waiting for a
+        batch still being collected; ``sendable(headers, body)`` may refuse a batch the
+        caller could not send as it is."""
         matched = self.match(scope)
         if matched is None:
             return None
@@ -124,6 +144,8 @@ class ReadLane:
         if fut is None:
             return None
         if not fut.done():
+            if waiting is not None:
+                await waiting()
             try:
                 await asyncio.shield(fut)
             except asyncio.CancelledError:
@@ -145,20 +167,38 @@ class ReadLane:
             or not ahead.unchanged()
         ):
             return None
-        query.ahead = None  # claimed: from here on this request answers with it
         headers, body = batch.encoded
-        headers += extra
         body = body or b""
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        if sendable is not None and not sendable(headers, body):
+            return None
+        query.ahead = None  # claimed: from here on this request answers with it
+        return Claimed(query, entry, len(batch.records), batch.more, headers, body,
+                       token_name, ip)
+
+    def finish(self, claimed: Claimed, path: str, started: float) -> str:
+        """After the answer went out: the batch metric, the next batch started, the audit
+        record; the route template it matched (for the request metrics)."""
         svc = self.svc
-        metrics.batch_records("read", len(batch.records))
-        if batch.more:
-            start_ahead(svc, svc.engine, query, False, entry is None,
-                        len(body) + METADATA_GUESS_BYTES)
+        body_bytes = len(claimed.body)
+        metrics.batch_records("read", claimed.records)
+        if claimed.more:
+            start_ahead(svc, svc.engine, claimed.query, False, claimed.entry is None,
+                        body_bytes + METADATA_GUESS_BYTES)
         events = svc.events
         if events.enabled:
-            events.request_done(token_name, "GET", scope["path"], 200, ip, 0, len(body),
+            events.request_done(claimed.token_name, "GET", path, 200, claimed.ip, 0, body_bytes,
                                 time.perf_counter() - started)
-        return self.v2_route if entry is None else self.v1_route
+        return self.v2_route if claimed.entry is None else self.v1_route
 
+    async def serve(self, scope: dict[str, Any], send: Send,
+                    extra: list[tuple[bytes, bytes]]) -> str | None:
+        """Answer the request if it is a plain batched read with its batch ready: the route
+        template it matched (for the metrics); None, with nothing changed, otherwise."""
+        started = time.perf_counter()
+        claimed = await self.claim(scope)
+        if claimed is None:
+            return None
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": claimed.headers + extra})
+        await send({"type": "http.response.body", "body": claimed.body, "more_body": False})
+        return self.finish(claimed, scope["path"], started)

@@ -37,6 +37,7 @@ from hypercorn.protocol import http_stream
 from hypercorn.protocol.h11 import H11Protocol
 
 from appliance.http1.body import make_handle
+from appliance.http1.early import make_early_handle
 from appliance.http1.headers import indexed_get_comma_header
 from appliance.http1.request_head import make_reader
 from appliance.http1.response_head import (
@@ -175,7 +176,7 @@ def install() -> bool:
         _replace(h11._writers.WRITERS, (SERVER, state), make_response_writer(writer))
     build = http_stream.build_and_validate_headers
     _replace(http_stream, "build_and_validate_headers", make_build_headers(build))
-    _replace(H11Protocol, "handle", make_handle(H11Protocol.handle))
+    _replace(H11Protocol, "handle", make_early_handle(make_handle(H11Protocol.handle)))
     got = _samples()
     if got != expected:
         uninstall()

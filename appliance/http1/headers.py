@@ -47,6 +47,9 @@ FORBIDDEN_BYTES = tuple(
     bytes([c]) for c in range(256) if c not in _bytes_where(field_value, b"a%sa")
 )
 OWS_BYTES = _bytes_where(OWS, b"%s")
+_FORBIDDEN_RE = re.compile(b"[" + re.escape(b"".join(FORBIDDEN_BYTES)) + b"]")
+# Up to this length one regex search beats a memchr per forbidden byte (0.6 against 2 µs).
+_SHORT_TEXT = 256
 
 
 _PAIRS_ONLY = {2}
@@ -75,7 +78,12 @@ def names_are_tokens(raw_names: tuple[bytes, ...]) -> bool:
 
 def has_forbidden(text: bytes) -> bool:
     """Whether ``text`` holds a byte no field value may hold (NUL, CR, LF, VT, FF)."""
-    return any(forbidden in text for forbidden in FORBIDDEN_BYTES)
+    if len(text) <= _SHORT_TEXT:
+        return _FORBIDDEN_RE.search(text) is not None
+    for forbidden in FORBIDDEN_BYTES:  # a memchr each: the class regex is ~80x slower on KiBs
+        if forbidden in text:
+            return True
+    return False
 
 
 # A value with OWS at its start or end, seen in the values joined by LF.

@@ -43,11 +43,11 @@ from appliance.http1.headers import (
     names_are_tokens,
 )
 
-_REQUEST_LINE_RE = re.compile(request_line.encode("ascii"))
+REQUEST_LINE_RE = re.compile(request_line.encode("ascii"))
 Reader = Callable[[ReceiveBuffer], Any]
 
 
-def _split_lines(lines: list[bytes]) -> tuple[tuple[bytes, ...], list[bytes]] | None:
+def split_lines(lines: list[bytes]) -> tuple[tuple[bytes, ...], list[bytes]] | None:
     """The raw names and values of header ``lines`` (CRLFs taken off), or None when a line
     is not h11's ``token ":" OWS field-value OWS``."""
     raw_names, colons, rests = zip(*map(bytes.partition, lines, repeat(b":")))
@@ -81,12 +81,12 @@ def make_reader(stock: Reader) -> Reader:
             return stock(buf)  # a bare LF ends a line near the end
         head = bytes(data[:end])
         first = head.find(b"\r\n")
-        line = _REQUEST_LINE_RE.fullmatch(head, 0, first)
+        line = REQUEST_LINE_RE.fullmatch(head, 0, first)
         if line is None:
             return stock(buf)
         http_version = line.group("http_version")
         if end - first > 4:  # a header line or more
-            columns = _split_lines(head[first + 2 : end - 4].split(b"\r\n"))
+            columns = split_lines(head[first + 2 : end - 4].split(b"\r\n"))
             if columns is None:
                 return stock(buf)
             raw_names, values = columns
