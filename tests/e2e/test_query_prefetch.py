@@ -60,3 +60,25 @@ async def test_removal_between_batches_is_seen(client: Client) -> None:
         if record.timestamp == 160:
             assert record.labels == {"k": "changed"}
     assert seen == [ts for ts in range(1, COUNT + 1) if not 100 <= ts < 150]
+
+
+async def test_past_hypercorns_requests_per_connection(client: Client,
+                                                       server: ServerProcess) -> None:
+    """More batches than Hypercorn serves on one connection (1,000; most answered in the
+    protocol lane): the answer that reaches the cap says ``connection: close``, the client
+    opens a new connection, and every record arrives once, in order."""
+    total = 1_100 * 85
+    bucket = await client.create_bucket("b", exist_ok=True)
+    for start in range(0, total, 4_000):
+        batch = Batch()
+        for ts in range(start + 1, min(total, start + 4_000) + 1):
+            batch.add(ts, b"%d" % ts, labels={"k": str(ts % 3)})
+        assert not await bucket.write_batch("e", batch)
+    expected = 1
+    async for record in bucket.query("e"):
+        assert record.timestamp == expected
+        assert await record.read_all() == b"%d" % expected
+        expected += 1
+    assert expected == total + 1
+    log = server.log_path.read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
