@@ -15,6 +15,10 @@ from pathlib import Path
 
 import google_crc32c
 
+# Below this size a slice is copied and checked by ``google_crc32c`` (which takes only
+# ``bytes``): the copy costs less than a ctypes call.
+COPY_CHECK_BYTES = 4096
+
 
 def _load() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     """``crc32c_value`` from the library bundled with ``google_crc32c``, or None."""
@@ -40,7 +44,7 @@ def crc_at(data: bytes, offset: int, size: int) -> int:
     """CRC32C of ``data[offset:offset + size]``."""
     if offset < 0 or size < 0 or offset + size > len(data):  # never read past the buffer
         raise ValueError(f"slice {offset}+{size} outside a buffer of {len(data)} bytes")
-    if _VALUE is None or size < 4096:  # small: the copy costs less than the ctypes call
+    if _VALUE is None or size < COPY_CHECK_BYTES:  # small: the copy costs less than the ctypes call
         return google_crc32c.value(data[offset : offset + size])
     # c_char_p of a bytes object points at its own buffer (no copy); ``data`` outlives the call.
     base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value

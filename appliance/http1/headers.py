@@ -97,13 +97,17 @@ def values_are_clean(values: tuple[bytes, ...] | list[bytes]) -> bool:
     OWS at either end; checked on the values joined by LF, in C."""
     joined = b"\n".join(values)
     first, last = joined[:1], joined[-1:]
-    return not (
+    if (
         joined.count(b"\n") != len(values) - 1  # a value with a LF
         or has_forbidden(joined.replace(b"\n", b""))
         or (first and first in OWS_BYTES)
         or (last and last in OWS_BYTES)
-        or any(edge in joined for edge in _OWS_AT_EDGES)
-    )
+    ):
+        return False
+    for edge in _OWS_AT_EDGES:  # a memmem each (``any`` over a generator: ~1 µs an item)
+        if edge in joined:
+            return False
+    return True
 
 
 def index_values(

@@ -26,9 +26,10 @@ import logging
 from collections import deque
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any, overload
 
 from appliance.engine.models import U64_MAX, RecordMeta
 from appliance.engine.names import is_meta_entry
@@ -569,27 +570,59 @@ def _load_span(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any
         return False
     name = records[0][0]
     total = 0
+    metas = []
+    sizes = []
     for entry_name, meta in records:
-        if entry_name != name or meta.size > PRELOAD_RECORD_BYTES:
+        size = meta.size
+        if entry_name != name or size > PRELOAD_RECORD_BYTES:
             return False
-        total += meta.size
+        total += size
+        metas.append(meta)
+        sizes.append(size)
     if total > PRELOAD_BATCH_BYTES:
         return False
     try:
-        body = _entry(bucket, iters, name).read_span([meta for _, meta in records])
+        body = _entry(bucket, iters, name).read_span(metas)
     except NotFound:
         return False
     if body is None:
         return False
-    view = memoryview(body)
-    payloads: list[bytes | None] = []
-    at = 0
-    for _, meta in records:
-        payloads.append(view[at : at + meta.size])  # type: ignore[arg-type]
-        at += meta.size
-    batch.payloads = payloads
+    batch.payloads = SpanPayloads(body, sizes)  # type: ignore[assignment]
     batch.body = body
     return True
+
+
+class SpanPayloads(Sequence[memoryview]):
+    """The payloads of a batch read as one span, as views of it made when asked for: the
+    span itself is the response body, so they are rarely looked at (making all 85 views of
+    a 1 KiB batch up front cost ~0.2 µs a record)."""
+
+    __slots__ = ("_body", "_sizes", "_starts")
+
+    def __init__(self, body: bytes, sizes: list[int]) -> None:
+        self._body = body
+        self._sizes = sizes
+        self._starts: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    @overload
+    def __getitem__(self, index: int) -> memoryview: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[memoryview]: ...
+
+    def __getitem__(self, index: int | slice) -> memoryview | list[memoryview]:
+        """The view of one payload (or a list of them for a slice)."""
+        count = len(self._sizes)
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(count))]
+        i = range(count)[index]  # negative indexes, and IndexError past the end
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = list(accumulate(self._sizes, initial=0))
+        return memoryview(self._body)[starts[i] : starts[i + 1]]
 
 
 def _entry(bucket: Any, iters: Mapping[str, tuple[Any, Any]], name: str) -> Any:
