@@ -200,30 +200,31 @@ def v2_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]
     ]
     append = headers.append
     prefix = f"{V2_PREFIX}0-".lower().encode() + b"%d"
-    prev: tuple[str, Mapping[str, str]] | None = None
-    prev_ids = (0, 0)
+    default = DEFAULT_CONTENT_TYPE
     # What follows the size, by the ids of (previous type, labels, this type, labels): the
     # same objects give the same text (label indexes, once given, never change), and
     # ``records`` keeps every one alive, so no id is reused meanwhile.
     tails: dict[tuple[int, int, int, int], bytes] = {}
     prev_type: Any = None
     prev_labels: Any = None
+    prev_type_id = prev_labels_id = 0
     for record in records:
         labels = record.labels
-        content_type = record.content_type or DEFAULT_CONTENT_TYPE
+        content_type = record.content_type or default
         if labels is prev_labels and content_type is prev_type:
             append((prefix % (record.timestamp - start_ts), b"%d" % record.size))
             continue  # nothing changed: the size alone
-        prev_type, prev_labels = content_type, labels
-        ids = (id(content_type), id(labels))
-        key = prev_ids + ids
+        type_id = id(content_type)
+        labels_id = id(labels)
+        key = (prev_type_id, prev_labels_id, type_id, labels_id)
         tail = tails.get(key)
         if tail is None:
+            prev = None if prev_type is None else (prev_type, prev_labels)
             text = _record_value(record, content_type, prev, names)
             tail = tails[key] = text[len(str(record.size)) :].encode()
         append((prefix % (record.timestamp - start_ts), b"%d%s" % (record.size, tail)))
-        prev = (content_type, labels)
-        prev_ids = ids
+        prev_type, prev_labels = content_type, labels
+        prev_type_id, prev_labels_id = type_id, labels_id
     if names:
         append((LABELS_HEADER.encode(), ",".join([encode_name(n) for n in names]).encode()))
     return headers
