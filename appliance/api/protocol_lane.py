@@ -32,6 +32,7 @@ always did (h11, and Quart or the ASGI lane). ``APPLIANCE_PROTOCOL_LANE=off`` tu
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,8 @@ from appliance.http1.request_head import REQUEST_LINE_RE, split_lines
 
 if TYPE_CHECKING:
     from appliance.api.read_lane import ReadLane
+
+log = logging.getLogger(__name__)
 
 LANE_ENV = "APPLIANCE_PROTOCOL_LANE"
 # After a request answered here the keep-alive timer is restarted only if this share of its
@@ -161,7 +164,11 @@ class ProtocolLane:
             tail.insert(0, last)
             return values_are_clean([value for _, value in tail])
 
-        claimed = await self.lane.claim(scope, waiting, sendable)
+        try:
+            claimed = await self.lane.claim(scope, waiting, sendable)
+        except Exception:  # noqa: BLE001 - a bug here must not cost the connection
+            log.exception("protocol lane: claiming a batch failed; Quart answers the request")
+            claimed = None
         if claimed is None:
             if stopped:
                 await protocol.send(Updated(idle=True))
@@ -187,6 +194,9 @@ class ProtocolLane:
             if stopped or since >= config.keep_alive_timeout * IDLE_RESTART_FRACTION:
                 setattr(protocol, _IDLE_AT, now)
                 await protocol.send(Updated(idle=True))
-        route = self.lane.finish(claimed, scope["path"], started)
-        observe(self.policy, scope, started, 200, len(claimed.body), route)
+        try:
+            route = self.lane.finish(claimed, scope["path"], started)
+            observe(self.policy, scope, started, 200, len(claimed.body), route)
+        except Exception:  # noqa: BLE001 - the answer is out; the next request will tell
+            log.exception("protocol lane: after answering a batched read")
         return True

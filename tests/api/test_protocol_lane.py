@@ -368,3 +368,41 @@ def test_the_lane_needs_the_read_lane(monkeypatch: pytest.MonkeyPatch, settings:
             m.setenv(knob, "off")
             assert EARLY_KEY not in create_app(settings).extensions
     assert protocol_lane.IDLE_RESTART_FRACTION < 0.1
+
+
+async def test_a_failure_in_the_lane_leaves_the_request_to_quart(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug while claiming costs neither the request nor the connection: logged, and the
+    request goes the ASGI way (which answers it from the same batch)."""
+    from appliance.api.read_lane import ReadLane
+
+    counted = Counted(monkeypatch)
+    claim = ReadLane.claim
+    calls: list[bool] = []  # the protocol lane's calls (it passes ``sendable``)
+    failed = []
+
+    async def failing(lane: ReadLane, scope: Any, waiting: Any = None, sendable: Any = None
+                      ) -> Any:
+        if sendable is not None:
+            calls.append(True)
+            if len(calls) == 2:  # the second read, whose batch is ready
+                failed.append(True)
+                raise RuntimeError("boom")
+        return await claim(lane, scope, waiting, sendable)
+
+    monkeypatch.setattr(ReadLane, "claim", failing)
+    async with filled(settings) as (url, services):
+        qid = await new_query(url, True)
+        conn = await Conn.open(url)
+        await conn.ask(v2_read(qid))
+        await settle(services)
+        with caplog.at_level("ERROR", logger="appliance.api.protocol_lane"):
+            head, body = await conn.ask(v2_read(qid))
+        await settle(services)
+        again, _ = await conn.ask(v2_read(qid))  # the same connection, the lane again
+        conn.close()
+    assert failed and head.startswith(b"HTTP/1.1 200 ") and body
+    assert again.startswith(b"HTTP/1.1 200 ")
+    assert counted.taken == 1
+    assert any("claiming a batch failed" in r.getMessage() for r in caplog.records)
