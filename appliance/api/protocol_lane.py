@@ -122,6 +122,7 @@ class ProtocolLane:
         path, _, query_string = target.partition(b"?")
         if b"%" in path:
             return None  # percent-decoding: Hypercorn's to do
+        # (h11's request-line pattern takes only printable ASCII: the decoding cannot fail.)
         return {
             "type": "http",
             "http_version": "1.1",
