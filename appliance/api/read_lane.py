@@ -22,7 +22,9 @@ exactly as it always did, errors included:
   changed since, empty, not encoded, or with payloads that stream).
 
 The lane claims the batch (``query.ahead = None``) only after all of that, and from then on
-it answers 200 with it. ``APPLIANCE_READ_LANE=off`` sends every request to Quart (a
+it answers 200 with it. ``claim`` and ``finish`` are the two halves around sending; the
+protocol lane (``protocol_lane``), which answers such reads in Hypercorn's HTTP/1 protocol
+before they become ASGI requests, uses them too. ``APPLIANCE_READ_LANE=off`` sends every request to Quart (a
 benchmark knob, like ``APPLIANCE_HTTP_PARSER``).
 """
 
