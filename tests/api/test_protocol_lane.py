@@ -366,7 +366,6 @@ async def test_metrics_and_access_log(
                for line in lines), lines
 
 
-
 def test_the_lane_needs_the_read_lane(monkeypatch: pytest.MonkeyPatch, settings: Settings
                                       ) -> None:
     from appliance.app import create_app
