@@ -42,7 +42,7 @@ from hypercorn.events import Closed, RawData, Updated
 
 from appliance.api.connection import HttpPolicy, observe
 from appliance.http1.headers import values_are_clean
-from appliance.http1.prepared import prepared_block
+from appliance.http1.prepared import PreparedBlock, prepared_block
 from appliance.http1.request_head import REQUEST_LINE_RE, split_lines
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ class ProtocolLane:
         extra = self.policy.extra_headers(scope)
         tail = [*extra]
         stopped = False
+        block: PreparedBlock | None = None  # the batch's checked header block, once claimed
 
         async def waiting() -> None:
             nonlocal stopped
@@ -165,14 +166,18 @@ class ProtocolLane:
         def sendable(headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
             """Whether the batch's headers were checked ahead, are followed only by the
             content length of ``body``, and the headers added here are clean."""
-            block = prepared_block(headers)
-            if block is None or len(headers) != len(block.names) + 1:
+            nonlocal block
+            found = prepared_block(headers)
+            if found is None or len(headers) != len(found.names) + 1:
                 return False
             last = headers[-1]
             if last != (b"content-length", b"%d" % len(body)):
                 return False
             tail.insert(0, last)
-            return values_are_clean([value for _, value in tail])
+            if not values_are_clean([value for _, value in tail]):
+                return False
+            block = found
+            return True
 
         try:
             claimed = await self.lane.claim(scope, waiting, sendable)
@@ -183,13 +188,14 @@ class ProtocolLane:
             if stopped:
                 await protocol.send(Updated(idle=True))
             return False
+        assert block is not None  # sendable() kept it: the claim passed through it
         config = protocol.config
         protocol.keep_alive_requests += 1
         close = protocol.keep_alive_requests >= config.keep_alive_max_requests
         lines = b"".join([b"%s: %s\r\n" % pair for pair in tail])
         head = b"".join((
             _STATUS_LINE,
-            prepared_block(claimed.headers).lines,  # type: ignore[union-attr]
+            block.lines,
             lines,
             self._server_lines(config),
             b"connection: close\r\n\r\n" if close else b"\r\n",
