@@ -11,19 +11,19 @@ all that three times PostgreSQL's CPU allows for the whole read
 ``ProtocolLane.answer`` runs in ``H11Protocol.handle`` (``appliance.http1.early``) for the
 bytes read while no request is in flight. It takes them only when they are exactly one whole
 ``GET`` head, on a keep-alive HTTP/1.1 connection whose h11 state is idle with nothing
-buffered, the head is one h11 would accept as it is (its request-line pattern and header
-byte classes, ``http1.request_head``), it carries exactly one ``Host`` and no framing,
-``Expect``, ``Upgrade`` or ``Connection`` header other than ``keep-alive``, and the read lane
-claims the batch (``ReadLane.claim``: the same name, token, role and batch checks as the ASGI
-lane). Then h11 never sees the request: its state stays idle, as it is between requests. The
-answer is the bytes h11 would write for the ASGI lane's response: the status line, the
-batch's header lines checked ahead (``http1.prepared``), the content length, the common and
-CORS headers and Hypercorn's ``date``, ``connection: close`` when Hypercorn's cap of
-requests per connection is reached; one write with the body up to ``JOIN_BYTES``. Then what Hypercorn does at a
-request's end: the request counted for that cap and the worker's, the connection closed or
-the keep-alive timer restarted (not after every request: an idle connection is closed
-within 1 % of the timeout, ``IDLE_RESTART_FRACTION``); and what the ASGI lane does: the batch metric, the next batch started, the audit
-record, the request metric and the access log line.
+buffered, the head is one h11 would accept as it is (its request-line pattern and header byte
+classes, ``http1.request_head``), it carries exactly one ``Host`` and no framing, ``Expect``,
+``Upgrade`` or ``Connection`` header other than ``keep-alive``, and the read lane claims the
+batch (``ReadLane.claim``: the same name, token, role and batch checks as the ASGI lane). Then
+h11 never sees the request: its state stays idle, as it is between requests. The answer is the
+bytes h11 would write for the ASGI lane's response: the status line, the batch's header lines
+checked ahead (``queries.encode_batch``), the content length, the common and CORS headers and
+Hypercorn's ``date``, ``connection: close`` when Hypercorn's cap of requests per connection is
+reached; one write with the body up to ``JOIN_BYTES``. Then what Hypercorn does at a request's
+end: the request counted for that cap and the worker's, the connection closed or the keep-alive
+timer restarted (not after every request: an idle connection is closed within 1 % of the
+timeout, ``IDLE_RESTART_FRACTION``); and what the ASGI lane does: the batch metric, the next
+batch started, the audit record, the request metric and the access log line.
 
 Anything else returns False before anything changed, and Hypercorn handles the bytes as it
 always did (h11, and Quart or the ASGI lane). ``APPLIANCE_PROTOCOL_LANE=off`` turns it off
@@ -42,10 +42,10 @@ from hypercorn.events import Closed, RawData, Updated
 
 from appliance.api.connection import HttpPolicy, observe
 from appliance.http1.headers import values_are_clean
-from appliance.http1.prepared import PreparedBlock, prepared_block
 from appliance.http1.request_head import REQUEST_LINE_RE, split_lines
 
 if TYPE_CHECKING:
+    from appliance.api.queries import EncodedBatch
     from appliance.api.read_lane import ReadLane
 
 log = logging.getLogger(__name__)
@@ -156,27 +156,24 @@ class ProtocolLane:
         extra = self.policy.extra_headers(scope)
         tail = [*extra]
         stopped = False
-        block: PreparedBlock | None = None  # the batch's checked header block, once claimed
+        block: bytes | None = None  # the batch's checked header lines, once claimed
 
         async def waiting() -> None:
             nonlocal stopped
             stopped = True
             await protocol.send(Updated(idle=False))  # as Hypercorn does for a request
 
-        def sendable(headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
-            """Whether the batch's headers were checked ahead, are followed only by the
-            content length of ``body``, and the headers added here are clean."""
+        def sendable(encoded: EncodedBatch, body: bytes) -> bool:
+            """Whether the batch's header lines were checked ahead, its content length is
+            that of ``body``, and the headers added here are clean."""
             nonlocal block
-            found = prepared_block(headers)
-            if found is None or len(headers) != len(found.names) + 1:
+            lines = encoded.lines
+            if lines is None or encoded.length != b"%d" % len(body):
                 return False
-            last = headers[-1]
-            if last != (b"content-length", b"%d" % len(body)):
-                return False
-            tail.insert(0, last)
+            tail.insert(0, (b"content-length", encoded.length))
             if not values_are_clean([value for _, value in tail]):
                 return False
-            block = found
+            block = lines
             return True
 
         try:
@@ -195,7 +192,7 @@ class ProtocolLane:
         lines = b"".join([b"%s: %s\r\n" % pair for pair in tail])
         head = b"".join((
             _STATUS_LINE,
-            block.lines,
+            block,
             lines,
             self._server_lines(config),
             b"connection: close\r\n\r\n" if close else b"\r\n",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, request
@@ -12,7 +13,12 @@ from quart import Blueprint, request
 from appliance import metrics
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
-from appliance.api.batch_codec import v1_read_batch_raw, v2_read_batch_raw
+from appliance.api.batch_codec import (
+    split_lines,
+    v1_read_batch_raw,
+    v2_one_entry_lines,
+    v2_read_batch_raw,
+)
 from appliance.api.connection import RawResponse
 from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
@@ -20,6 +26,7 @@ from appliance.api.instance import json_response
 from appliance.api.streaming import parse_body, payload_stream, read_any_body
 from appliance.engine import names
 from appliance.errors import NoContent, UnprocessableEntity
+from appliance.http1.headers import values_are_clean
 from appliance.http1.prepared import prepare
 from appliance.query.handle import (
     DEFAULT_TTL_SECONDS,
@@ -38,6 +45,9 @@ blueprint = Blueprint("queries", __name__)
 NO_CONTENT = "No content"
 OCTET_STREAM = "application/octet-stream"
 OCTET_STREAM_BYTES = OCTET_STREAM.encode()
+_OCTET_STREAM_LINE = b"content-type: %s\r\n" % OCTET_STREAM_BYTES
+_LAST_TRUE = b"x-reduct-last: true\r\n"
+_LAST_FALSE = b"x-reduct-last: false\r\n"
 _QUERY_TYPES = ("QUERY", "REMOVE")
 # Header bytes per batch counted against the prefetch budget beside its body.
 METADATA_GUESS_BYTES = 64 * 1024
@@ -135,19 +145,44 @@ async def take_ahead(query: Query) -> Ahead | None:
         raise
 
 
+@dataclass(slots=True)
+class EncodedBatch:
+    """A batched read's response parts, built in the collecting hop (``encode_batch``)."""
+
+    # The header lines up to the content type (``name: value`` CRLF each), checked as h11
+    # would send them; None if they did not pass (h11 checks them, or says what is wrong).
+    lines: bytes | None
+    length: bytes  # the Content-Length value
+    body: bytes | None  # the whole body (None: it streams, or there is none)
+    raw: list[tuple[bytes, bytes]] | None = None  # the header pairs; see ``headers``
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The header pairs, content length last; made from ``lines`` when first asked for
+        (event loop), with the block marked checked (``http1.prepared``)."""
+        if self.raw is None:
+            assert self.lines is not None  # one of the two is always built
+            raw = split_lines(self.lines)
+            prepare(raw)
+            raw.append((b"content-length", self.length))
+            self.raw = raw
+        return self.raw
+
+
 def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) -> None:
     """Build the response parts of a batched read into ``batch.encoded`` (in the collecting
-    hop, off the event loop): the header pairs as bytes, the response's own included, checked
-    for sending if they pass (all but the content length, which h11 checks itself); and the
+    hop, off the event loop): the header lines, the response's own included, checked for
+    sending if they pass (all but the content length, which h11 checks itself); and the
     joined body when every payload was preloaded (None: it streams, or there is no body).
-    Content-Length is the sum of the sizes (also for HEAD; 0 with only metadata)."""
+    Content-Length is the sum of the sizes (also for HEAD; 0 with only metadata).
+
+    A v2 batch of one entry in time order (what a query of one entry collects) is written
+    straight as lines and its distinct values checked (``v2_one_entry_lines``); any other is
+    built as pairs and checked pair by pair (``prepare``): 1 KiB records with cycling labels,
+    ~150 -> ~90 µs a batch of 85.
+    """
     metas = [meta for _, meta in batch.records]
-    raw = v2_read_batch_raw(metas) if v2 else v1_read_batch_raw(metas)
-    raw.append((b"x-reduct-last", b"true" if batch.last else b"false"))
-    raw.append((b"content-type", OCTET_STREAM_BYTES))
-    prepare(raw)  # checked here as h11 would on the event loop (``http1.prepared``)
+    own = (_LAST_TRUE if batch.last else _LAST_FALSE) + _OCTET_STREAM_LINE
     size = b"0" if only_metadata and not head else b"%d" % sum(meta.size for meta in metas)
-    raw.append((b"content-length", size))
     body = None
     if head or only_metadata:
         pass
@@ -155,17 +190,29 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
         body = batch.body  # read as one span: already the body, nothing to join
     elif all(p is not None for p in batch.payloads):
         body = b"".join(batch.payloads)  # type: ignore[arg-type]
-    batch.encoded = (raw, body)
+    built = v2_one_entry_lines(metas) if v2 else None
+    if built is not None and values_are_clean(built[1]):
+        batch.encoded = EncodedBatch(built[0] + own, size, body)
+        return
+    raw = v2_read_batch_raw(metas) if v2 else v1_read_batch_raw(metas)
+    raw.append((b"x-reduct-last", b"true" if batch.last else b"false"))
+    raw.append((b"content-type", OCTET_STREAM_BYTES))
+    checked = prepare(raw)  # checked here as h11 would on the event loop
+    raw.append((b"content-length", size))
+    lines = raw[0].block.lines if checked else None  # type: ignore[attr-defined]
+    batch.encoded = EncodedBatch(lines, size, body, raw)
 
 
 def collect_encoded(
     query: Query, storage: Storage, limits: BatchLimits, head: bool, v2: bool,
     encode: tuple[bool, bool, bool] | None, undo: Ahead | None,
 ) -> ReadBatch:
-    """``Query.collect_batch`` then ``encode_batch`` (worker thread; ``encode`` None: not)."""
+    """``Query.collect_batch`` then ``encode_batch`` (worker thread; ``encode`` None: not),
+    the header pairs included: the request waiting for it is Quart's, which sends pairs."""
     batch = query.collect_batch(storage, limits, head, v2, undo)
     if encode is not None and batch.records:
         encode_batch(batch, *encode)
+        batch.encoded.headers()  # made here, off the event loop
     return batch
 
 
@@ -254,7 +301,8 @@ def batch_response(
     Preloaded batches go out as a ``RawResponse``: header pairs encoded once, the body one
     ``bytes``; batches with payloads too big to preload stream through Quart.
     """
-    raw, body = batch.encoded
+    encoded = batch.encoded
+    raw, body = encoded.headers(), encoded.body
     if body is None and not head and not only_metadata:
         pairs = {name.decode(): value.decode() for name, value in raw}
         return Response(batch_body(svc, storage, bucket, batch), status=200, headers=pairs)

@@ -21,11 +21,11 @@ exactly as it always did, errors included:
 - no batch collected ahead, or one Quart's path would not send as it is (for ``HEAD``,
   changed since, empty, not encoded, or with payloads that stream).
 
-The lane claims the batch (``query.ahead = None``) only after all of that, and from then on
-it answers 200 with it. ``claim`` and ``finish`` are the two halves around sending; the
-protocol lane (``protocol_lane``), which answers such reads in Hypercorn's HTTP/1 protocol
-before they become ASGI requests, uses them too. ``APPLIANCE_READ_LANE=off`` sends every request to Quart (a
-benchmark knob, like ``APPLIANCE_HTTP_PARSER``).
+The lane claims the batch (``query.ahead = None``) only after all of that, and from then on it
+answers 200 with it. ``claim`` and ``finish`` are the two halves around sending; the protocol
+lane (``protocol_lane``), which answers such reads in Hypercorn's HTTP/1 protocol before they
+become ASGI requests, uses them too. ``APPLIANCE_READ_LANE=off`` sends every request to Quart
+(a benchmark knob, like ``APPLIANCE_HTTP_PARSER``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from appliance import metrics
 from appliance.api import params
 from appliance.api.access import scope_token
 from appliance.api.connection import declares_body
-from appliance.api.queries import METADATA_GUESS_BYTES, start_ahead
+from appliance.api.queries import METADATA_GUESS_BYTES, EncodedBatch, start_ahead
 from appliance.auth import require_read
 from appliance.errors import ApplianceError
 
@@ -71,7 +71,7 @@ class Claimed:
     entry: str | None  # None for a v2 read
     records: int
     more: bool  # the query has records left: start the next batch
-    headers: list[tuple[bytes, bytes]]  # the response's own and the records' headers
+    encoded: EncodedBatch  # the response's parts (its own headers and the records')
     body: bytes
     token_name: str
     ip: str | None
@@ -128,11 +128,11 @@ class ReadLane:
         self,
         scope: dict[str, Any],
         waiting: Callable[[], Awaitable[None]] | None = None,
-        sendable: Callable[[list[tuple[bytes, bytes]], bytes], bool] | None = None,
+        sendable: Callable[[EncodedBatch, bytes], bool] | None = None,
     ) -> Claimed | None:
         """The batch a plain batched read with its batch ready answers with, taken off its
         query; None, with nothing changed, otherwise. ``waiting`` runs before waiting for a
-        batch still being collected; ``sendable(headers, body)`` may refuse a batch the
+        batch still being collected; ``sendable(encoded, body)`` may refuse a batch the
         caller could not send as it is."""
         matched = self.match(scope)
         if matched is None:
@@ -165,16 +165,16 @@ class ReadLane:
             or ahead.head
             or not batch.records
             or batch.encoded is None
-            or (batch.encoded[1] is None and not query.spec.only_metadata)
+            or (batch.encoded.body is None and not query.spec.only_metadata)
             or not ahead.unchanged()
         ):
             return None
-        headers, body = batch.encoded
-        body = body or b""
-        if sendable is not None and not sendable(headers, body):
+        encoded = batch.encoded
+        body = encoded.body or b""
+        if sendable is not None and not sendable(encoded, body):
             return None
         query.ahead = None  # claimed: from here on this request answers with it
-        return Claimed(query, entry, len(batch.records), batch.more, headers, body,
+        return Claimed(query, entry, len(batch.records), batch.more, encoded, body,
                        token_name, ip)
 
     def finish(self, claimed: Claimed, path: str, started: float) -> str:
@@ -201,6 +201,6 @@ class ReadLane:
         if claimed is None:
             return None
         await send({"type": "http.response.start", "status": 200,
-                    "headers": claimed.headers + extra})
+                    "headers": claimed.encoded.headers() + extra})
         await send({"type": "http.response.body", "body": claimed.body, "more_body": False})
         return self.finish(claimed, scope["path"], started)

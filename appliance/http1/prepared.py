@@ -6,15 +6,17 @@ A batched read's response carries a header per record (~90). The one-pass functi
 the client waits. But those headers are built in a worker thread before the request for
 them even comes (``api.queries.encode_batch``).
 
-``prepare`` runs there: it checks the pairs as h11 and Hypercorn would (the same byte classes
-and rules as ``response_head``), and when they pass it marks the first pair as a
-``PreparedPair`` that carries the block: the pairs after it, their names and values, and the
-header lines as h11's writer would write them. On the event loop, the functions of
-``response_head`` that see a list starting with such a pair and going on with the very pairs
+``prepare`` runs there for the batches built as pairs (a v2 batch of one entry is written there
+as lines instead, checked by its distinct values, and made into pairs with ``prepare`` only if
+the ASGI path sends it: ``queries.EncodedBatch``): it checks the pairs as h11 and Hypercorn
+would (the same byte classes and rules as ``response_head``), and when they pass it marks the
+first pair as a ``PreparedPair`` that carries the block: the pairs after it, their names and
+values, and the header lines as h11's writer would write them. On the event loop, the functions
+of ``response_head`` that see a list starting with such a pair and going on with the very pairs
 of its block check only the headers added after the block (the response's own: length, type,
-``x-reduct-last``, the common and CORS headers, Hypercorn's date) with the stock code, and
-join the block's lines with theirs. Anything else (a block that did not pass, a list changed
-since) goes the way it went before, so the bytes sent, and any error, are the same.
+``x-reduct-last``, the common and CORS headers, Hypercorn's date) with the stock code, and join
+the block's lines with theirs. Anything else (a block that did not pass, a list changed since)
+goes the way it went before, so the bytes sent, and any error, are the same.
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ from appliance.api.batch_codec.v2_encode import (
     encode_v2_echo,
     encode_v2_error,
     encode_v2_read_batch,
+    split_lines,
     v2_body_order,
+    v2_one_entry_lines,
     v2_read_batch_headers,
     v2_read_batch_raw,
 )
@@ -70,7 +72,9 @@ __all__ = [
     "parse_v2_remove",
     "parse_v2_request",
     "parse_v2_update",
+    "split_lines",
     "v2_body_order",
+    "v2_one_entry_lines",
     "v2_read_batch_headers",
     "v2_read_batch_raw",
 ]

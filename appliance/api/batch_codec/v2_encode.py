@@ -179,27 +179,49 @@ def _record_value(
 def v2_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]]:
     """``v2_read_batch_headers`` encoded: (lower-case name, value) ``bytes`` pairs.
 
-    A batch of one entry in time order (what a query of one entry collects) is encoded
-    straight to bytes, what follows a record's size once per pair of (content type, labels)
-    objects of it and its predecessor (records decoded together share equal ones); anything
-    else is ``v2_read_batch_headers``' pairs, encoded.
+    A batch of one entry in time order (what a query of one entry collects) is
+    ``v2_one_entry_lines`` split into pairs; anything else is ``v2_read_batch_headers``'
+    pairs, encoded.
+    """
+    built = v2_one_entry_lines(records)
+    if built is None:
+        return _encoded(v2_read_batch_headers(records))
+    return split_lines(built[0])
+
+
+def split_lines(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """Header lines (``name: value`` CRLF each, names without ``:``) as (name, value) pairs."""
+    return [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n")[:-1]]  # type: ignore[misc]
+
+
+def v2_one_entry_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes]] | None:
+    """The v2 header lines (``name: value`` CRLF each, lower-case names, in
+    ``v2_read_batch_headers``' order) of a batch of one entry in time order, what a query of
+    one entry collects; None for any other batch.
+
+    Also gives the values a sender must check (header byte classes): those that are not plain
+    digits, each distinct one once, a record's with its size as ``0``. Every name here is a
+    token, so a batch whose values pass needs no check per record (``encode_batch``).
+
+    What follows a record's size is made once per pair of (content type, labels) objects of
+    it and its predecessor (records decoded together share equal ones).
     """
     if not records:
-        return _encoded(v2_read_batch_headers(records))
+        return None
     entry = records[0].entry
     last_ts = -1
     for record in records:
         if record.entry != entry or record.timestamp < last_ts:
-            return _encoded(v2_read_batch_headers(records))
+            return None
         last_ts = record.timestamp
     start_ts = records[0].timestamp
     names: dict[str, int] = {}
-    headers = [
-        (ENTRIES_HEADER.encode(), encode_name(entry).encode()),
-        (START_TS_HEADER.encode(), b"%d" % start_ts),
-    ]
-    append = headers.append
-    prefix = f"{V2_PREFIX}0-".lower().encode() + b"%d"
+    entry_value = encode_name(entry).encode()
+    lines = [b"%s: %s\r\n%s: %d\r\n" % (_ENTRIES, entry_value, _START_TS, start_ts)]
+    checked = [entry_value]
+    append = lines.append
+    plain = b"x-reduct-0-%d: %d\r\n"
+    with_tail = b"x-reduct-0-%d: %d%s\r\n"
     default = DEFAULT_CONTENT_TYPE
     # What follows the size, by the ids of (previous type, labels, this type, labels): the
     # same objects give the same text (label indexes, once given, never change), and
@@ -212,7 +234,7 @@ def v2_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]
         labels = record.labels
         content_type = record.content_type or default
         if labels is prev_labels and content_type is prev_type:
-            append((prefix % (record.timestamp - start_ts), b"%d" % record.size))
+            append(plain % (record.timestamp - start_ts, record.size))
             continue  # nothing changed: the size alone
         type_id = id(content_type)
         labels_id = id(labels)
@@ -222,12 +244,20 @@ def v2_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]
             prev = None if prev_type is None else (prev_type, prev_labels)
             text = _record_value(record, content_type, prev, names)
             tail = tails[key] = text[len(str(record.size)) :].encode()
-        append((prefix % (record.timestamp - start_ts), b"%d%s" % (record.size, tail)))
+            checked.append(b"0" + tail)
+        append(with_tail % (record.timestamp - start_ts, record.size, tail))
         prev_type, prev_labels = content_type, labels
         prev_type_id, prev_labels_id = type_id, labels_id
     if names:
-        append((LABELS_HEADER.encode(), ",".join([encode_name(n) for n in names]).encode()))
-    return headers
+        value = ",".join([encode_name(n) for n in names]).encode()
+        append(b"%s: %s\r\n" % (_LABELS, value))
+        checked.append(value)
+    return b"".join(lines), checked
+
+
+_ENTRIES = ENTRIES_HEADER.encode()
+_START_TS = START_TS_HEADER.encode()
+_LABELS = LABELS_HEADER.encode()
 
 
 def _encoded(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

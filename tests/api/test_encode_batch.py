@@ -1,0 +1,144 @@
+"""A batched read's response parts (``queries.encode_batch``): a v2 batch of one entry in time
+order is written straight as header lines (``v2_one_entry_lines``) and checked by its distinct
+values; any other batch is built as pairs and checked pair by pair (``http1.prepared``). Both
+must give the bytes the reference encoder (``v2_read_batch_headers``) gives, and a batch with a
+value h11 would not send must not be marked checked."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from appliance.api.batch_codec import (
+    split_lines,
+    v1_read_batch_raw,
+    v2_one_entry_lines,
+    v2_read_batch_headers,
+    v2_read_batch_raw,
+)
+from appliance.api.queries import EncodedBatch, encode_batch
+from appliance.engine.models import RecordMeta, RecordState
+from appliance.http1.prepared import prepare, prepared_block
+from appliance.query.handle import ReadBatch
+
+Pair = tuple[bytes, bytes]
+_OWN = [(b"x-reduct-last", b"false"), (b"content-type", b"application/octet-stream")]
+
+
+def _meta(ts: int, size: int, content_type: str, labels: dict[str, str],
+          entry: str = "e") -> RecordMeta:
+    return RecordMeta(ts, size, content_type, labels, RecordState.FINISHED, entry)
+
+
+def _run(rng: random.Random) -> list[RecordMeta]:
+    """One entry in time order, with shared and unshared label objects, quoted values,
+    removed labels, default and other content types."""
+    shared = [{"a": "1"}, {"a": "1", "b": "q,r"}, {}, {"b": "2"}, {"c": "x", "a": "1"}]
+    types = ["application/octet-stream", "text/plain", ""]
+    metas = []
+    ts = 1_000 + rng.randrange(1_000)
+    for _ in range(rng.randrange(1, 90)):
+        ts += rng.randrange(1, 5)
+        labels = rng.choice(shared) if rng.random() < 0.8 else dict(rng.choice(shared))
+        metas.append(_meta(ts, rng.randrange(0, 5000), rng.choice(types[:1] * 5 + types),
+                           labels))
+    return metas
+
+
+def _reference(metas: list[RecordMeta]) -> list[Pair]:
+    return [(n.lower().encode(), v.encode()) for n, v in v2_read_batch_headers(metas)]
+
+
+def _lines(pairs: list[Pair]) -> bytes:
+    return b"".join([b"%s: %s\r\n" % pair for pair in pairs])
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_one_entry_lines_are_the_reference_headers(seed: int) -> None:
+    metas = _run(random.Random(seed))
+    built = v2_one_entry_lines(metas)
+    assert built is not None
+    lines, checked = built
+    reference = _reference(metas)
+    assert lines == _lines(reference)
+    assert split_lines(lines) == reference
+    assert v2_read_batch_raw(metas) == reference
+    # Every value that is not plain digits is in ``checked`` (a record's with its size as 0).
+    for name, value in reference:
+        if not value.isdigit():
+            size, _, tail = value.partition(b",")
+            assert value in checked or (size.isdigit() and b"0," + tail in checked), name
+
+
+@pytest.mark.parametrize(
+    "metas",
+    [
+        [],
+        [_meta(1, 1, "", {}, "a"), _meta(2, 1, "", {}, "b")],  # two entries
+        [_meta(2, 1, "", {}), _meta(1, 1, "", {})],  # out of time order
+    ],
+    ids=["empty", "two entries", "out of order"],
+)
+def test_other_batches_have_no_one_entry_lines(metas: list[RecordMeta]) -> None:
+    assert v2_one_entry_lines(metas) is None
+    assert v2_read_batch_raw(metas) == _reference(metas)
+
+
+def _encoded(metas: list[RecordMeta], v2: bool = True) -> EncodedBatch:
+    batch = ReadBatch(records=[(m.entry, m) for m in metas],
+                      payloads=[b"x" * m.size for m in metas])
+    encode_batch(batch, v2, False, False)
+    assert isinstance(batch.encoded, EncodedBatch)
+    return batch.encoded
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_one_entry_batch_is_encoded_as_checked_lines(seed: int) -> None:
+    metas = _run(random.Random(seed))
+    encoded = _encoded(metas)
+    pairs = _reference(metas) + _OWN
+    assert encoded.raw is None  # no pairs built in the worker thread
+    assert encoded.lines == _lines(pairs)
+    size = sum(m.size for m in metas)
+    assert encoded.length == b"%d" % size
+    assert encoded.body == b"x" * size
+    headers = encoded.headers()
+    assert headers == [*pairs, (b"content-length", b"%d" % size)]
+    block = prepared_block(headers)  # the ASGI path sees it checked, as prepare() marks it
+    assert block is not None and block.lines == encoded.lines
+    assert encoded.headers() is headers  # made once
+
+
+@pytest.mark.parametrize(
+    ("labels", "content_type"),
+    [
+        ({"a": "x\x00y"}, ""),  # a NUL: h11 refuses it
+        ({"a": "x\ty "}, ""),  # whitespace at the value's end: h11 refuses it
+        ({"a": "1"}, "text/\x0bplain"),  # a vertical tab: h11 refuses it
+    ],
+    ids=["nul", "trailing whitespace", "vertical tab in the type"],
+)
+def test_a_value_h11_would_not_send_leaves_the_batch_unchecked(
+    labels: dict[str, str], content_type: str
+) -> None:
+    metas = [_meta(10, 3, "", {"a": "1"}), _meta(11, 4, content_type, labels)]
+    encoded = _encoded(metas)
+    assert encoded.lines is None  # so the protocol lane declines it, and h11 checks it
+    headers = encoded.headers()
+    assert headers == [*_reference(metas), *_OWN, (b"content-length", b"7")]
+    assert prepared_block(headers) is None
+
+
+def test_v1_and_multi_entry_batches_are_checked_pair_by_pair() -> None:
+    metas = [_meta(10, 3, "", {"a": "1"}), _meta(11, 4, "text/plain", {"a": "2"})]
+    v1 = _encoded(metas, v2=False)
+    raw = [*v1_read_batch_raw(metas), *_OWN]
+    assert prepare(list(raw))
+    assert v1.lines == _lines(raw)
+    assert v1.raw == [*raw, (b"content-length", b"7")]
+    assert prepared_block(v1.headers()) is not None
+    two = [_meta(10, 3, "", {}, "a"), _meta(11, 4, "", {}, "b")]
+    v2 = _encoded(two)
+    assert v2.lines == _lines([*_reference(two), *_OWN])
+    assert v2.headers() == [*_reference(two), *_OWN, (b"content-length", b"7")]
