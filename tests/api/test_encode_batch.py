@@ -1,8 +1,9 @@
-"""A batched read's response parts (``queries.encode_batch``): a v2 batch of one entry in time
-order is written straight as header lines (``v2_one_entry_lines``) and checked by its distinct
-values; any other batch is built as pairs and checked pair by pair (``http1.prepared``). Both
-must give the bytes the reference encoder (``v2_read_batch_headers``) gives, and a batch with a
-value h11 would not send must not be marked checked."""
+"""A batched read's response parts (``queries.encode_batch``): a v1 batch, and a v2 batch of one
+entry in time order, is written straight as header lines (``v1_lines``, ``v2_one_entry_lines``)
+and checked by its distinct values; any other batch is built as pairs and checked pair by pair
+(``http1.prepared``). Both must give the bytes the reference encoders
+(``encode_v1_record_header``, ``v2_read_batch_headers``) give, and a batch with a value h11
+would not send must not be marked checked."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import random
 import pytest
 
 from appliance.api.batch_codec import (
+    encode_v1_record_header,
     split_lines,
+    v1_lines,
     v1_read_batch_raw,
     v2_one_entry_lines,
     v2_read_batch_headers,
@@ -130,15 +133,38 @@ def test_a_value_h11_would_not_send_leaves_the_batch_unchecked(
     assert prepared_block(headers) is None
 
 
-def test_v1_and_multi_entry_batches_are_checked_pair_by_pair() -> None:
-    metas = [_meta(10, 3, "", {"a": "1"}), _meta(11, 4, "text/plain", {"a": "2"})]
-    v1 = _encoded(metas, v2=False)
-    raw = [*v1_read_batch_raw(metas), *_OWN]
-    assert prepare(list(raw))
-    assert v1.lines == _lines(raw)
-    assert v1.raw == [*raw, (b"content-length", b"7")]
-    assert prepared_block(v1.headers()) is not None
+def _v1_reference(metas: list[RecordMeta]) -> list[Pair]:
+    return [(n.lower().encode(), v.encode()) for n, v in map(encode_v1_record_header, metas)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_v1_batch_is_encoded_as_checked_lines(seed: int) -> None:
+    metas = _run(random.Random(seed))
+    lines, checked = v1_lines(metas)
+    assert split_lines(lines) == _v1_reference(metas) == v1_read_batch_raw(metas)
+    assert all(v in checked for v in {b"0," + v.partition(b",")[2]
+                                      for _, v in _v1_reference(metas)})
+    encoded = _encoded(metas, v2=False)
+    pairs = [*_v1_reference(metas), *_OWN]
+    assert encoded.raw is None
+    assert encoded.lines == _lines(pairs)
+    assert encoded.headers() == [*pairs, (b"content-length", encoded.length)]
+    assert prepared_block(encoded.headers()) is not None
+
+
+def test_a_v1_value_h11_would_not_send_leaves_the_batch_unchecked() -> None:
+    metas = [_meta(10, 3, "", {"a": "1"}), _meta(11, 4, "", {"a": "x\x00"})]
+    encoded = _encoded(metas, v2=False)
+    assert encoded.lines is None
+    assert encoded.headers() == [*_v1_reference(metas), *_OWN, (b"content-length", b"7")]
+    assert prepared_block(encoded.headers()) is None
+
+
+def test_a_v2_batch_of_several_entries_is_checked_pair_by_pair() -> None:
     two = [_meta(10, 3, "", {}, "a"), _meta(11, 4, "", {}, "b")]
-    v2 = _encoded(two)
-    assert v2.lines == _lines([*_reference(two), *_OWN])
-    assert v2.headers() == [*_reference(two), *_OWN, (b"content-length", b"7")]
+    raw = [*_reference(two), *_OWN]
+    assert prepare(list(raw))
+    encoded = _encoded(two)
+    assert encoded.raw == [*raw, (b"content-length", b"7")]  # built in the worker thread
+    assert encoded.lines == _lines(raw)
+    assert prepared_block(encoded.headers()) is not None

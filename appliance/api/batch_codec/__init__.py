@@ -25,6 +25,7 @@ from appliance.api.batch_codec.common import (
     RecordLike,
     decode_name,
     encode_name,
+    split_lines,
 )
 from appliance.api.batch_codec.v1 import (
     V1Record,
@@ -32,13 +33,13 @@ from appliance.api.batch_codec.v1 import (
     encode_v1_record_header,
     parse_v1_headers,
     parse_v1_timestamps,
+    v1_lines,
     v1_read_batch_raw,
 )
 from appliance.api.batch_codec.v2_encode import (
     encode_v2_echo,
     encode_v2_error,
     encode_v2_read_batch,
-    split_lines,
     v2_body_order,
     v2_one_entry_lines,
     v2_read_batch_headers,
@@ -63,6 +64,7 @@ __all__ = [
     "encode_name",
     "encode_v1_error",
     "encode_v1_record_header",
+    "v1_lines",
     "v1_read_batch_raw",
     "encode_v2_echo",
     "encode_v2_error",

@@ -126,6 +126,11 @@ def parse_labels(
 # -- percent encoding of names -----------------------------------------------------------------
 
 
+def split_lines(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """Header lines (``name: value`` CRLF each, names without ``:``) as (name, value) pairs."""
+    return [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n")[:-1]]  # type: ignore[misc]
+
+
 def encode_name(name: str) -> str:
     """Percent-encode every byte that is not an HTTP tchar (``/`` -> ``%2F``, ``$`` stays)."""
     return "".join(chr(b) if b in _TCHARS else f"%{b:02X}" for b in name.encode())

@@ -18,6 +18,7 @@ from appliance.api.batch_codec.common import (
     format_label_value,
     parse_labels,
     parse_uint,
+    split_lines,
 )
 from appliance.errors import ApplianceError, UnprocessableEntity
 
@@ -91,11 +92,19 @@ def encode_v1_record_header(meta: RecordLike) -> tuple[str, str]:
 
 
 def v1_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]]:
-    """``encode_v1_record_header`` of each record as ``bytes`` pairs; what follows the size
-    is encoded once per (content type, labels) pair of objects."""
-    headers = []
-    append = headers.append
-    name = V1_TIME_PREFIX.lower().encode() + b"%d"
+    """``encode_v1_record_header`` of each record as ``bytes`` pairs (``v1_lines`` split)."""
+    return split_lines(v1_lines(records)[0])
+
+
+def v1_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes]]:
+    """The lines (``name: value`` CRLF each, lower-case names) of ``encode_v1_record_header``
+    for each record, and the values a sender must check (header byte classes): each distinct
+    one once, with its size as ``0``; the names are tokens by construction. What follows the
+    size is encoded once per (content type, labels) pair of objects."""
+    lines = []
+    append = lines.append
+    line = V1_TIME_PREFIX.lower().encode() + b"%d: %d,%s\r\n"
+    checked = []
     # By the ids of (content type, labels); ``records`` keeps them alive (no id reused).
     tails: dict[tuple[int, int], bytes] = {}
     for record in records:
@@ -104,8 +113,9 @@ def v1_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]
         if tail is None:
             tail = encode_v1_record_header(record)[1].encode().partition(b",")[2]
             tails[key] = tail
-        append((name % record.timestamp, b"%d,%s" % (record.size, tail)))
-    return headers
+            checked.append(b"0," + tail)
+        append(line % (record.timestamp, record.size, tail))
+    return b"".join(lines), checked
 
 
 def encode_v1_error(timestamp: int, err: ApplianceError) -> tuple[str, str]:

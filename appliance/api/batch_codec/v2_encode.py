@@ -17,6 +17,7 @@ from appliance.api.batch_codec.common import (
     RecordLike,
     encode_name,
     error_value,
+    split_lines,
 )
 from appliance.api.batch_codec.v2_parse import V2Request
 from appliance.errors import ApplianceError
@@ -187,11 +188,6 @@ def v2_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]
     if built is None:
         return _encoded(v2_read_batch_headers(records))
     return split_lines(built[0])
-
-
-def split_lines(lines: bytes) -> list[tuple[bytes, bytes]]:
-    """Header lines (``name: value`` CRLF each, names without ``:``) as (name, value) pairs."""
-    return [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n")[:-1]]  # type: ignore[misc]
 
 
 def v2_one_entry_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes]] | None:
