@@ -1,13 +1,24 @@
-"""Where a large record's CPU goes: per server thread, user and system time apart.
+"""Where a record's CPU goes: per server thread, user and system time apart.
 
 Usage::
 
     python tests/bench/bench_threads.py [--records 400] [--repeat 3] [--modes single,batched,read]
+        [--size 1MiB] [--written N] [--env NAME=VALUE ...] [--tree PATH]
 
 For each mode, ``python -m appliance`` (and, for the writes, the empty-handler ceiling
-``empty_app.py``, which has one thread) is driven by the real reduct-py client with 1 MiB
-records: ``single`` (one write request per record), ``batched`` (8 records per batch request),
-``read`` (a query reading back what was written, batches of ReductStore's default limits).
+``empty_app.py``, which has one thread) is driven by the real reduct-py client with records of
+``--size`` (1 MiB by default; records of 64 KiB and less carry a label that cycles through ten
+values): ``single`` (one write request per record), ``batched`` (8 records per batch request,
+1,000 for the small ones), ``read`` (queries reading back what was written, ``--written`` records,
+half of ``--records`` by default, read over and over; batches of ReductStore's default
+limits). The small-record read of the README's *Batched reads* is
+``--modes read --size 1KiB --written 40000 --records 600000``.
+
+``--env`` sets a variable for the appliance (a knob such as ``APPLIANCE_PROTOCOL_LANE=off``);
+``--tree`` runs the appliance from another checkout of it (started in that folder): to
+compare two commits, ``git worktree add /tmp/old <commit>`` and run with and without
+``--tree /tmp/old`` in turn.
+
 After an untimed warm-up and a ballast file (``bench_big.ballast``), ``--records`` records are
 timed, and the table shows, per record: each server thread's user and system CPU
 (``/proc/<pid>/task/*/stat``; the event loop, and the other threads together) and voluntary
@@ -44,7 +55,9 @@ from tests.bench.bench_big import ballast  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 MIB = 1024 * 1024
-BATCH_RECORDS = 8
+SIZES = {"1KiB": 1024, "100KiB": 100 * 1024, "1MiB": MIB}
+SMALL_BYTES = 64 * 1024  # records up to this size are written 1,000 to a batch, others 8
+LABELS = [{"n": str(i)} for i in range(10)]  # one object per value, as decoded blocks share
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -81,15 +94,19 @@ def thread_role(tid: str, pid: int) -> str:
 
 
 async def write_records(bucket: Bucket, mode: str, data: bytes, ts: int, count: int) -> None:
-    """``count`` 1 MiB records, one request each or 8 per batch."""
+    """``count`` records, one request each or batched: 8 large or 1,000 small ones a batch,
+    small ones with a label cycling through ten values."""
+    small = len(data) <= SMALL_BYTES
+    labels = LABELS if small else [None] * 10
     if mode == "single":
         for i in range(count):
-            await bucket.write("e", data, timestamp=ts + i)
+            await bucket.write("e", data, timestamp=ts + i, labels=labels[i % 10])
         return
-    for first in range(0, count, BATCH_RECORDS):
+    per_batch = 1000 if small else 8
+    for first in range(0, count, per_batch):
         batch = Batch()
-        for i in range(first, min(count, first + BATCH_RECORDS)):
-            batch.add(ts + i, data)
+        for i in range(first, min(count, first + per_batch)):
+            batch.add(ts + i, data, labels=labels[i % 10])
         errors = await bucket.write_batch("e", batch)
         assert not errors, errors
 
@@ -105,10 +122,13 @@ async def read_records(bucket: Bucket, count: int) -> None:
                 return
 
 
-def start_server(system: str, folder: Path) -> tuple[ServerProcess, subprocess.Popen[bytes] | None]:
-    """The appliance, or the empty-handler app (then also returned as its process)."""
+def start_server(
+    system: str, folder: Path, env: dict[str, str] | None = None, tree: Path | None = None
+) -> tuple[ServerProcess, subprocess.Popen[bytes] | None]:
+    """The appliance (with ``env``, from the checkout ``tree`` if given), or the empty-handler
+    app (then also returned as its process)."""
     if system != "empty":
-        return ServerProcess(folder / "data").start(), None
+        return ServerProcess(folder / "data", env=env, cwd=tree).start(), None
     port = free_port()
     empty = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("empty_app.py")), str(port)],
@@ -120,11 +140,11 @@ def start_server(system: str, folder: Path) -> tuple[ServerProcess, subprocess.P
     return server, empty
 
 
-def one_run(mode: str, system: str, records: int, folder: Path) -> dict[str, float]:
+def one_run(mode: str, system: str, folder: Path, options: argparse.Namespace) -> dict[str, float]:
     """Start the server, measure, stop it."""
-    server, empty = start_server(system, folder)
+    server, empty = start_server(system, folder, options.server_env, options.tree)
     try:
-        return asyncio.run(measure(mode, server, empty is not None, records, folder))
+        return asyncio.run(measure(mode, server, empty is not None, folder, options))
     finally:
         if empty is not None:
             empty.terminate()
@@ -134,9 +154,10 @@ def one_run(mode: str, system: str, records: int, folder: Path) -> dict[str, flo
 
 
 async def measure(
-    mode: str, server: ServerProcess, empty: bool, records: int, folder: Path
+    mode: str, server: ServerProcess, empty: bool, folder: Path, options: argparse.Namespace
 ) -> dict[str, float]:
-    """Warm up, time ``records`` records; figures per record."""
+    """Warm up, time ``options.records`` records; figures per record."""
+    records = options.records
     assert server.proc is not None
     pid = server.proc.pid
     marks: list[tuple[str, float]] = []
@@ -160,10 +181,12 @@ async def measure(
         bucket = (
             Bucket("b", client._http) if empty else await client.create_bucket("b")
         )
-        data = os.urandom(MIB)
+        data = os.urandom(options.size)
         if mode == "read":
-            await write_records(bucket, "batched", data, 1, max(records // 2, 64))
-            await read_records(bucket, 64)  # warm-up
+            written = options.written or max(records // 2, 64)
+            await write_records(bucket, "batched", data, 1, written)
+            # Warm-up: a pass over small records (their blocks decoded and cached), 64 large.
+            await read_records(bucket, written if options.size <= SMALL_BYTES else 64)
         else:
             await write_records(bucket, mode, data, 10**9, 32)  # warm-up
         ballast(folder)
@@ -179,13 +202,14 @@ async def measure(
         after, faults1 = thread_stats(pid), minor_faults(pid)
     row: dict[str, float] = defaultdict(float)
     row["records/s"] = records / seconds
-    for tid, (_name, user, system_, switches) in after.items():
-        if tid not in before:
-            continue
+    for tid, (name, user, system_, switches) in after.items():
+        # A thread started meanwhile (the pool adds engine workers as it needs them) counts
+        # from zero; skipping it, as this did, left out up to a third of a small read's CPU.
+        start = before.get(tid, (name, 0, 0, 0))
         role = thread_role(tid, pid)
-        row[f"{role} user"] += (user - before[tid][1]) / TICK / records * 1e6
-        row[f"{role} sys"] += (system_ - before[tid][2]) / TICK / records * 1e6
-        row[f"{role} switches"] += (switches - before[tid][3]) / records
+        row[f"{role} user"] += (user - start[1]) / TICK / records * 1e6
+        row[f"{role} sys"] += (system_ - start[2]) / TICK / records * 1e6
+        row[f"{role} switches"] += (switches - start[3]) / records
     row["server faults"] = (faults1 - faults0) / records
     row["client CPU"] = client_cpu / records * 1e6
     starts = [t for kind, t in marks if kind == "start"]
@@ -201,11 +225,29 @@ async def measure(
 def main() -> None:
     """Run every mode ``--repeat`` times on each system and print the medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=400, help="1 MiB records per run")
+    parser.add_argument("--records", type=int, default=400, help="records timed per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode and system")
     parser.add_argument("--modes", default="single,batched,read",
                         help="comma-separated: single, batched, read")
+    parser.add_argument("--size", default="1MiB", choices=sorted(SIZES), help="record size")
+    parser.add_argument("--written", type=int, default=0,
+                        help="records written for the read mode (default: half of --records)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a variable for the appliance (repeatable)")
+    parser.add_argument("--tree", type=Path, help="run the appliance from this checkout")
     args = parser.parse_args()
+    label = args.size
+    args.size = SIZES[label]
+    args.server_env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--env takes NAME=VALUE, not {item!r}")
+        args.server_env[name] = value
+    if args.tree is not None:
+        args.tree = args.tree.resolve()
+        if not (args.tree / "appliance" / "__main__.py").is_file():
+            parser.error(f"--tree {args.tree}: no appliance package there")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in ("single", "batched", "read")]
     if bad:
@@ -221,12 +263,13 @@ def main() -> None:
                 for system in systems:
                     folder = Path(tmp) / f"{mode}-{system}-{rep}"
                     folder.mkdir()
-                    results[(mode, system)].append(one_run(mode, system, args.records, folder))
+                    results[(mode, system)].append(one_run(mode, system, folder, args))
     load1 = os.getloadavg()
     seen = {k for rows in results.values() for row in rows for k in row}
     columns = [c for c in COLUMNS if c in seen]
-    table = Table(title=f"1 MiB records, per record (median of {args.repeat} x {args.records}): "
-                        "CPU µs, switches, faults")
+    extra = ", ".join([*args.env, *([f"tree {args.tree}"] if args.tree else [])])
+    table = Table(title=f"{label} records, per record (median of {args.repeat} x {args.records}"
+                        f"{'; ' + extra if extra else ''}): CPU µs, switches, faults")
     table.add_column("mode / system")
     for column in columns:
         table.add_column(column, justify="right")

@@ -45,9 +45,13 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         port: int | None = None,
         max_open_files: int | None = None,
+        cwd: Path | None = None,
     ):
         self.data_path = data_path
         self.max_open_files = max_open_files  # `ulimit -n` of the process, when given
+        # `python -m` puts its working folder first on the path: a benchmark runs another
+        # checkout of the appliance by starting it there.
+        self.cwd = cwd
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_path.parent / f"appliance-{self.port}.log"
@@ -66,7 +70,7 @@ class ServerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance"], env=env, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=self._limit_open_files if self.max_open_files else None,
+            preexec_fn=self._limit_open_files if self.max_open_files else None, cwd=self.cwd,
         )
         log.close()
         if wait_ready:
