@@ -14,16 +14,16 @@ from appliance import metrics
 from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.batch_codec import (
-    split_lines,
+    header_pairs,
     v1_lines,
     v1_read_batch_raw,
     v2_one_entry_lines,
     v2_read_batch_raw,
 )
 from appliance.api.connection import RawResponse
+from appliance.api.instance import json_response
 from appliance.api.record_response import record_response
 from appliance.api.response import ApiResponse as Response
-from appliance.api.instance import json_response
 from appliance.api.streaming import parse_body, payload_stream, read_any_body
 from appliance.engine import names
 from appliance.errors import NoContent, UnprocessableEntity
@@ -159,10 +159,11 @@ class EncodedBatch:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The header pairs, content length last; made from ``lines`` when first asked for
-        (event loop), with the block marked checked (``http1.prepared``)."""
+        (in the collecting hop for Quart's path, else on the event loop), with the block marked
+        checked (``http1.prepared``)."""
         if self.raw is None:
             assert self.lines is not None  # one of the two is always built
-            raw = split_lines(self.lines)
+            raw = header_pairs(self.lines)
             prepare(raw)
             raw.append((b"content-length", self.length))
             self.raw = raw

@@ -13,7 +13,7 @@ import pytest
 
 from appliance.api.batch_codec import (
     encode_v1_record_header,
-    split_lines,
+    header_pairs,
     v1_lines,
     v1_read_batch_raw,
     v2_one_entry_lines,
@@ -65,7 +65,7 @@ def test_one_entry_lines_are_the_reference_headers(seed: int) -> None:
     lines, checked = built
     reference = _reference(metas)
     assert lines == _lines(reference)
-    assert split_lines(lines) == reference
+    assert header_pairs(lines) == reference
     assert v2_read_batch_raw(metas) == reference
     # Every value that is not plain digits is in ``checked`` (a record's with its size as 0).
     for name, value in reference:
@@ -141,7 +141,7 @@ def _v1_reference(metas: list[RecordMeta]) -> list[Pair]:
 def test_a_v1_batch_is_encoded_as_checked_lines(seed: int) -> None:
     metas = _run(random.Random(seed))
     lines, checked = v1_lines(metas)
-    assert split_lines(lines) == _v1_reference(metas) == v1_read_batch_raw(metas)
+    assert header_pairs(lines) == _v1_reference(metas) == v1_read_batch_raw(metas)
     assert all(v in checked for v in {b"0," + v.partition(b",")[2]
                                       for _, v in _v1_reference(metas)})
     encoded = _encoded(metas, v2=False)

@@ -25,7 +25,7 @@ from appliance.api.batch_codec.common import (
     RecordLike,
     decode_name,
     encode_name,
-    split_lines,
+    header_pairs,
 )
 from appliance.api.batch_codec.v1 import (
     V1Record,
@@ -74,7 +74,7 @@ __all__ = [
     "parse_v2_remove",
     "parse_v2_request",
     "parse_v2_update",
-    "split_lines",
+    "header_pairs",
     "v2_body_order",
     "v2_one_entry_lines",
     "v2_read_batch_headers",

@@ -11,7 +11,6 @@ from typing import Protocol
 
 from appliance.errors import ApplianceError, UnprocessableEntity
 
-
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 V1_TIME_PREFIX = "x-reduct-time-"
 V1_ERROR_PREFIX = "x-reduct-error-"
@@ -123,12 +122,12 @@ def parse_labels(
     return pairs
 
 
-# -- percent encoding of names -----------------------------------------------------------------
-
-
-def split_lines(lines: bytes) -> list[tuple[bytes, bytes]]:
+def header_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
     """Header lines (``name: value`` CRLF each, names without ``:``) as (name, value) pairs."""
     return [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n")[:-1]]  # type: ignore[misc]
+
+
+# -- percent encoding of names -----------------------------------------------------------------
 
 
 def encode_name(name: str) -> str:

@@ -16,9 +16,9 @@ from appliance.api.batch_codec.common import (
     RecordLike,
     error_value,
     format_label_value,
+    header_pairs,
     parse_labels,
     parse_uint,
-    split_lines,
 )
 from appliance.errors import ApplianceError, UnprocessableEntity
 
@@ -93,7 +93,7 @@ def encode_v1_record_header(meta: RecordLike) -> tuple[str, str]:
 
 def v1_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]]:
     """``encode_v1_record_header`` of each record as ``bytes`` pairs (``v1_lines`` split)."""
-    return split_lines(v1_lines(records)[0])
+    return header_pairs(v1_lines(records)[0])
 
 
 def v1_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes]]:

@@ -17,7 +17,7 @@ from appliance.api.batch_codec.common import (
     RecordLike,
     encode_name,
     error_value,
-    split_lines,
+    header_pairs,
 )
 from appliance.api.batch_codec.v2_parse import V2Request
 from appliance.errors import ApplianceError
@@ -187,7 +187,7 @@ def v2_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]
     built = v2_one_entry_lines(records)
     if built is None:
         return _encoded(v2_read_batch_headers(records))
-    return split_lines(built[0])
+    return header_pairs(built[0])
 
 
 def v2_one_entry_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes]] | None:
