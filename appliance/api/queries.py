@@ -16,7 +16,6 @@ from appliance.api.access import read_access, services, write_access
 from appliance.api.batch_codec import (
     header_pairs,
     v1_lines,
-    v1_read_batch_raw,
     v2_one_entry_lines,
     v2_read_batch_raw,
 )
@@ -45,8 +44,7 @@ if TYPE_CHECKING:
 blueprint = Blueprint("queries", __name__)
 NO_CONTENT = "No content"
 OCTET_STREAM = "application/octet-stream"
-OCTET_STREAM_BYTES = OCTET_STREAM.encode()
-_OCTET_STREAM_LINE = b"content-type: %s\r\n" % OCTET_STREAM_BYTES
+_OCTET_STREAM_LINE = b"content-type: %s\r\n" % OCTET_STREAM.encode()
 _LAST_TRUE = b"x-reduct-last: true\r\n"
 _LAST_FALSE = b"x-reduct-last: false\r\n"
 _QUERY_TYPES = ("QUERY", "REMOVE")
@@ -196,9 +194,12 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
     if built is not None and values_are_clean(built[1]):
         batch.encoded = EncodedBatch(built[0] + own, size, body)
         return
-    raw = v2_read_batch_raw(metas) if v2 else v1_read_batch_raw(metas)
-    raw.append((b"x-reduct-last", b"true" if batch.last else b"false"))
-    raw.append((b"content-type", OCTET_STREAM_BYTES))
+    # Pairs, checked pair by pair: lines with a value h11 would refuse (so that h11 says so),
+    # or a v2 batch of several entries.
+    if built is not None:
+        raw = header_pairs(built[0] + own)
+    else:
+        raw = [*v2_read_batch_raw(metas), *header_pairs(own)]
     checked = prepare(raw)  # checked here as h11 would on the event loop
     raw.append((b"content-length", size))
     lines = raw[0].block.lines if checked else None  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """A query of one entry read whole takes its records a run at a time (``Query._collect_plain``,
 ``Entry.iter_runs``), records decoded together share their content type and labels objects
 (``codec._decode_records``), and batched-read headers are encoded straight to bytes
-(``v1_read_batch_raw``, ``v2_read_batch_raw``). Each must give exactly what the record-by-record
+(``v1_lines``, ``v2_read_batch_raw``). Each must give exactly what the record-by-record
 code gives: the same batches, the same records, the same header bytes."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 
 from appliance.api.batch_codec import (
     encode_v1_record_header,
-    v1_read_batch_raw,
+    header_pairs,
+    v1_lines,
     v2_read_batch_headers,
     v2_read_batch_raw,
 )
@@ -238,7 +239,9 @@ def test_raw_headers_equal_the_encoded_str_headers(seed: int) -> None:
         return [(n.lower().encode(), v.encode()) for n, v in pairs]
 
     assert v2_read_batch_raw(metas) == encoded(v2_read_batch_headers(metas))
-    assert v1_read_batch_raw(metas) == encoded([encode_v1_record_header(m) for m in metas])
+    assert header_pairs(v1_lines(metas)[0]) == encoded(
+        [encode_v1_record_header(m) for m in metas]
+    )
 
 
 def test_raw_v2_headers_of_a_one_entry_run() -> None:
@@ -258,7 +261,7 @@ def test_raw_v2_headers_of_a_one_entry_run() -> None:
         (b"x-reduct-0-4", b"0,application/octet-stream,0=,1="),
         (b"x-reduct-labels", b"a,b"),
     ]
-    assert v1_read_batch_raw(metas[:2]) == [
+    assert header_pairs(v1_lines(metas[:2])[0]) == [
         (b"x-reduct-time-100", b'5,text/plain,a="x,y",b=1'),
         (b"x-reduct-time-101", b'6,text/plain,a="x,y",b=1'),
     ]

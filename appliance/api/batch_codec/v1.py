@@ -16,7 +16,6 @@ from appliance.api.batch_codec.common import (
     RecordLike,
     error_value,
     format_label_value,
-    header_pairs,
     parse_labels,
     parse_uint,
 )
@@ -89,11 +88,6 @@ def encode_v1_record_header(meta: RecordLike) -> tuple[str, str]:
     labels = sorted(f"{k}={format_label_value(v)}" for k, v in meta.labels.items())
     value = ",".join([str(meta.size), meta.content_type or DEFAULT_CONTENT_TYPE, *labels])
     return f"{V1_TIME_PREFIX}{meta.timestamp}", value
-
-
-def v1_read_batch_raw(records: Sequence[RecordLike]) -> list[tuple[bytes, bytes]]:
-    """``encode_v1_record_header`` of each record as ``bytes`` pairs (``v1_lines`` split)."""
-    return header_pairs(v1_lines(records)[0])
 
 
 def v1_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes]]:
