@@ -18,6 +18,7 @@ from appliance.api.batch_codec import (
     v1_lines,
     v2_one_entry_lines,
     v2_read_batch_raw,
+    v2_run_lines,
 )
 from appliance.api.connection import RawResponse
 from appliance.api.instance import json_response
@@ -190,7 +191,11 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
         body = batch.body  # read as one span: already the body, nothing to join
     elif all(p is not None for p in batch.payloads):
         body = b"".join(batch.payloads)  # type: ignore[arg-type]
-    built = v2_one_entry_lines(metas) if v2 else v1_lines(metas)
+    built = None
+    if v2 and batch.columns is not None:
+        built = v2_run_lines(metas, *batch.columns)
+    if built is None:
+        built = v2_one_entry_lines(metas) if v2 else v1_lines(metas)
     if built is not None and values_are_clean(built[1]):
         batch.encoded = EncodedBatch(built[0] + own, size, body)
         return

@@ -18,6 +18,9 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left, insort
 from collections import OrderedDict
+from collections.abc import Sequence
+from itertools import accumulate
+from typing import Any
 
 from appliance.engine.codec import Descriptor, IndexItem, StoredRecord
 from appliance.engine.models import RecordState
@@ -41,6 +44,7 @@ class Block:
         "dirty",
         "wal_open",
         "encoded",
+        "_columns",
     )
 
     def __init__(self, block_id: int) -> None:
@@ -55,6 +59,19 @@ class Block:
         self.wal_open = False
         # Record bytes already built for WAL frames, reused by the next descriptor write.
         self.encoded: dict[int, tuple[StoredRecord, bytes]] = {}
+        self._columns: Columns | None = None
+
+    def columns(self) -> Columns:
+        """The records as columns (``Columns``), built on first use after a change (entry
+        lock held). Every change to ``records`` or ``order`` calls ``forget_columns``."""
+        cols = self._columns
+        if cols is None:
+            cols = self._columns = Columns(self)
+        return cols
+
+    def forget_columns(self) -> None:
+        """Drop the columns: a record was added, replaced or removed."""
+        self._columns = None
 
     @classmethod
     def from_descriptor(cls, descriptor: Descriptor) -> Block:
@@ -83,6 +100,7 @@ class Block:
         ts = record.timestamp
         old = self.records.get(ts)
         self.records[ts] = record
+        self._columns = None
         if old is None:
             order = self.order
             if not order or ts > order[-1]:
@@ -103,6 +121,7 @@ class Block:
         """Drop a record; return it (None if absent)."""
         old = self.records.pop(ts, None)
         if old is not None:
+            self._columns = None
             del self.order[bisect_left(self.order, ts)]
             self.size -= old.size
             self.meta_size -= old.meta_size
@@ -127,6 +146,50 @@ class Block:
             first_ts=records[0].timestamp if records else self.block_id,
             latest_ts=records[-1].timestamp if records else 0,
         )
+
+
+class Columns:
+    """A block's records in timestamp order, as columns, for batched reads of a run of them
+    (``BulkReads.read_run``): which of them lie back to back, their checksums, and what a
+    response encoder derived from them once (``memo``), so that a batch costs slices of
+    lists instead of a Python step per record.
+
+    Built from the block as it was; a run is only ever taken from it after comparing its
+    records with the batch's (``span``), so a record replaced or inserted since is never
+    answered from stale columns.
+    """
+
+    __slots__ = ("records", "ts", "starts", "ends", "crcs", "_unreadable", "memo")
+
+    def __init__(self, block: Block) -> None:
+        records = block.records
+        self.records: list[StoredRecord] = [records[t] for t in block.order]
+        self.ts: list[int] = list(block.order)
+        self.starts = [r.offset for r in self.records]
+        self.ends = [r.offset + r.size for r in self.records]
+        self.crcs = [r.crc for r in self.records]
+        # How many of the first k records cannot be part of a span (not finished, or empty).
+        self._unreadable = list(
+            accumulate((r.state is not _FINISHED or not r.size for r in self.records), initial=0)
+        )
+        self.memo: dict[str, Any] = {}  # per-block derivations of a response encoder
+
+    def span(self, metas: Sequence[Any]) -> int | None:
+        """The index of ``metas[0]`` if ``metas`` (a list) are this block's records from there
+        on, all finished, not empty and back to back in the data file; None otherwise."""
+        if not metas:
+            return None
+        lo = bisect_left(self.ts, metas[0].timestamp)
+        hi = lo + len(metas)
+        if (
+            hi > len(self.ts)
+            # Identity first, then by value: a record replaced since is another record.
+            or self.records[lo:hi] != metas
+            or self._unreadable[hi] != self._unreadable[lo]
+            or self.starts[lo + 1 : hi] != self.ends[lo : hi - 1]
+        ):
+            return None
+        return lo
 
 
 def index_item(descriptor: Descriptor, crc: int) -> IndexItem:

@@ -250,6 +250,7 @@ class BlockSet:
             meta_size = record.meta_size
             block.records[ts] = record
             block.order.append(ts)
+            block.forget_columns()
             block.size += size
             block.meta_size += meta_size
             block.alloc_end = offset + size
@@ -346,6 +347,7 @@ class BlockSet:
             size += record.size
             meta_size += record.meta_size
         block.order.extend(r.timestamp for r in records)
+        block.forget_columns()
         block.size += size
         block.meta_size += meta_size
         block.alloc_end = alloc_end
@@ -414,6 +416,7 @@ class BlockSet:
             record.meta_size,
         )
         block.records[ts] = final
+        block.forget_columns()
         encoded = encode_record(final, shape)
         block.encoded[ts] = (final, encoded)
         return encode_wal_frame(WalKind.WRITE, self.ctx.generation, final, encoded)
@@ -427,6 +430,7 @@ class BlockSet:
             record = block.records.get(ts)
             block.encoded.pop(ts, None)
             if record is not None:
+                block.forget_columns()
                 block.records[ts] = StoredRecord(
                     ts,
                     record.size,
@@ -523,6 +527,7 @@ class BlockSet:
             records, item = rewritten
             for record in records:
                 block.records[record.timestamp] = record
+            block.forget_columns()
             block.alloc_end = item.data_end
             self.items[block.block_id] = item
             self.save_index()

@@ -14,6 +14,7 @@ import google_crc32c
 
 from appliance import metrics
 from appliance.engine import fs_ops
+from appliance.engine.block import Block, Columns
 from appliance.engine.blockset import BlockSet
 from appliance.engine.codec import StoredRecord
 from appliance.engine.context import EngineContext
@@ -98,10 +99,17 @@ class BulkReads:
             raise error
         return payloads
 
-    @boundary("read the records")
     def read_span(self, metas: Sequence[RecordMeta]) -> bytes | None:
+        """The payloads of ``metas`` as one ``bytes`` (``read_run`` without its columns)."""
+        run = self.read_run(metas)
+        return None if run is None else run[0]
+
+    @boundary("read the records")
+    def read_run(self, metas: Sequence[RecordMeta]) -> tuple[bytes, Columns | None, int] | None:
         """The payloads of ``metas`` as one ``bytes``, if they lie back to back in this order in
         one block's data file: one ``pread``, then each record's checksum verified on its slice.
+        Also the block's ``Columns`` and the index of ``metas[0]`` in them when ``metas`` are
+        a run of a block other than the last (which the writers keep changing), else None, 0.
 
         For batched reads of records too big for ``read_payloads`` to join (above
         ``JOIN_RECORD_BYTES`` each gets its own ``pread``, and the response then joins them
@@ -109,44 +117,60 @@ class BulkReads:
         span (or one is absent, not finished, short or damaged): the caller then reads them
         with ``read_payloads``, which raises the right error for the first bad one.
         """
+        cols: Columns | None = None
+        lo = 0
         with self._lock:
             self._check_alive()
-            span = self._plan_span(metas)
-            if span is None:
+            if not metas:
                 return None
-            block_id, start, records = span
             try:
-                handle = self.files.pin_data(block_id)
+                block, first = self._blocks.locate(metas[0].timestamp)
+            except ApplianceError:
+                return None
+            if block.block_id != self._blocks.ids[-1] and isinstance(metas, list):
+                cols = block.columns()
+                at = cols.span(metas)
+                if at is None:
+                    cols = None
+                else:
+                    lo = at
+            if cols is None:
+                span = self._plan_span(block, first, metas)
+                if span is None:
+                    return None
+                start, starts, ends, crcs = span
+            else:
+                hi = lo + len(metas)
+                start = cols.starts[lo]
+                starts, ends, crcs = cols.starts[lo:hi], cols.ends[lo:hi], cols.crcs[lo:hi]
+            try:
+                handle = self.files.pin_data(block.block_id)
             except OSError:
                 return None  # read_payloads tells a missing file from an I/O error
         try:
-            total = records[-1].offset + records[-1].size - start
+            total = ends[-1] - start
             data = fs_ops.read_at(handle.fd, total, start)
         finally:
             self._ctx.files.release(handle)
         if len(data) != total:
             return None
         value = google_crc32c.value
-        for record in records:
-            at, size = record.offset - start, record.size
+        for at, end, crc in zip(starts, ends, crcs):
+            size = end - at
+            at -= start
             # Small: the slice's copy costs less than ``crc_at``'s ctypes call (and its own).
-            crc = value(data[at : at + size]) if size < COPY_CHECK_BYTES else crc_at(data, at, size)
-            if crc != record.crc:
+            if (value(data[at : at + size]) if size < COPY_CHECK_BYTES
+                    else crc_at(data, at, size)) != crc:
                 return None
-        metrics.records_read(len(records), total)
-        return data
+        metrics.records_read(len(starts), total)
+        return data, cols, lo
 
     def _plan_span(
-        self, metas: Sequence[RecordMeta]
-    ) -> tuple[int, int, list[StoredRecord]] | None:
-        """(block id, first offset, records) if ``metas`` are finished records lying back to
-        back in one block's data file, in this order; None otherwise (entry lock held)."""
-        if not metas:
-            return None
-        try:
-            block, first = self._blocks.locate(metas[0].timestamp)
-        except ApplianceError:
-            return None
+        self, block: Block, first: StoredRecord, metas: Sequence[RecordMeta]
+    ) -> tuple[int, list[int], list[int], list[int]] | None:
+        """(first offset, starts, ends, checksums) if ``metas`` are finished records lying back
+        to back in ``block``'s data file (``first`` is ``metas[0]`` there), in this order;
+        None otherwise (entry lock held)."""
         found = block.records
         records = [first]
         end = first.offset + first.size
@@ -158,7 +182,12 @@ class BulkReads:
             end += record.size
         if any(r.state is not _FINISHED or not r.size for r in records):
             return None
-        return block.block_id, first.offset, records
+        return (
+            first.offset,
+            [r.offset for r in records],
+            [r.offset + r.size for r in records],
+            [r.crc for r in records],
+        )
 
     def _plan_runs(self, metas: Sequence[RecordMeta]) -> tuple[list[_Run], ApplianceError | None]:
         """Under the lock: runs of adjacent records (block id, pinned handle, first offset,

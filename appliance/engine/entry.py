@@ -750,6 +750,7 @@ class Entry(BulkReads, EntryRemoval):
             # Logged first: an update the WAL could not take (a full disk) changes nothing.
             handle = self._blocks.append_wal(block, frame)
             block.records[ts] = new
+            block.forget_columns()
             self.changes += 1
             if self._ctx.journal is not None:
                 self._ctx.journal.append("labels", b=self.bucket, e=self.name, ts=ts, l=labels)

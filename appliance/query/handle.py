@@ -93,6 +93,9 @@ class ReadBatch:
     more: bool = False  # cut by a limit: the query has records left right now
     body: bytes | None = None  # every payload, back to back, when read as one span
     encoded: Any = None  # the response's parts, built in the collecting hop (``prepare``)
+    # When read as one span of a block: that block's ``Columns`` and where the records start
+    # in them (the response encoder's per-block derivations are kept there).
+    columns: tuple[Any, int] | None = None
 
     def close(self) -> None:
         """Close the payload streams opened while collecting (a batch that is not sent)."""
@@ -555,7 +558,7 @@ def _load(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]]) -
 
 def _load_span(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]]) -> bool:
     """Read a batch of one entry whose records lie back to back on disk with one ``pread``
-    (``Entry.read_span``): ``batch.body`` is then the response body as read, and the payloads
+    (``Entry.read_run``): ``batch.body`` is then the response body as read, and the payloads
     are views of it. False (nothing done) when the batch is not such a span.
 
     Large records: ``read_payloads`` reads those (above ``JOIN_RECORD_BYTES``) one ``pread``
@@ -582,13 +585,16 @@ def _load_span(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any
     if total > PRELOAD_BATCH_BYTES:
         return False
     try:
-        body = _entry(bucket, iters, name).read_span(metas)
+        run = _entry(bucket, iters, name).read_run(metas)
     except NotFound:
         return False
-    if body is None:
+    if run is None:
         return False
+    body, columns, at = run
     batch.payloads = SpanPayloads(body, sizes)  # type: ignore[assignment]
     batch.body = body
+    if columns is not None:
+        batch.columns = (columns, at)
     return True
 
 

@@ -18,8 +18,11 @@ from appliance.api.batch_codec import (
     v2_one_entry_lines,
     v2_read_batch_headers,
     v2_read_batch_raw,
+    v2_run_lines,
 )
 from appliance.api.queries import EncodedBatch, encode_batch
+from appliance.engine.block import Block, Columns
+from appliance.engine.codec import StoredRecord
 from appliance.engine.models import RecordMeta, RecordState
 from appliance.http1.prepared import prepare, prepared_block
 from appliance.query.handle import ReadBatch
@@ -167,3 +170,75 @@ def test_a_v2_batch_of_several_entries_is_checked_pair_by_pair() -> None:
     assert encoded.raw == [*raw, (b"content-length", b"7")]  # built in the worker thread
     assert encoded.lines == _lines(raw)
     assert prepared_block(encoded.headers()) is not None
+
+
+def _block_columns(metas: list[RecordMeta]) -> Columns:
+    """The columns of a block holding ``metas`` back to back."""
+    block = Block(metas[0].timestamp)
+    offset = 0
+    for meta in metas:
+        block.put(StoredRecord(meta.timestamp, meta.size, meta.content_type, meta.labels,
+                               meta.state, meta.entry, offset, 0, 10))
+        offset += meta.size
+    return block.columns()
+
+
+def _uniform_block(rng: random.Random) -> list[RecordMeta]:
+    """One block's records whose labels all have the names ``a`` and ``b``: shared and
+    unshared objects, equal and changed values, quoted ones, several content types."""
+    shared = [{"a": "1", "b": "2"}, {"b": "q,r", "a": "1"}, {"a": "", "b": "2"},
+              {"a": "x y", "b": "z"}]
+    types = ["application/octet-stream", "text/plain", ""]
+    metas = []
+    ts = 1_000 + rng.randrange(1_000)
+    for _ in range(rng.randrange(1, 200)):
+        ts += rng.randrange(1, 5)
+        labels = rng.choice(shared) if rng.random() < 0.7 else dict(rng.choice(shared))
+        metas.append(_meta(ts, rng.randrange(1, 5000), rng.choice(types[:1] * 5 + types),
+                           labels))
+    return metas
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_run_lines_of_a_block_are_the_reference_headers(seed: int) -> None:
+    """Any run of a block, wherever it starts, gets the lines ``v2_one_entry_lines`` gives
+    it (and so the reference headers), from values derived once for the block."""
+    rng = random.Random(seed)
+    columns = _block_columns(_uniform_block(rng))
+    records = columns.records
+    for _ in range(5):
+        at = rng.randrange(len(records))
+        run = records[at : at + rng.randrange(1, 90)]
+        built = v2_run_lines(run, columns, at)
+        assert built is not None
+        assert built[0] == v2_one_entry_lines(run)[0]
+        assert header_pairs(built[0]) == _reference(run)
+        assert columns.memo["v2"] is not False  # derived once, for every run
+
+
+def test_run_lines_leave_a_block_of_mixed_label_names_to_the_per_record_lines() -> None:
+    columns = _block_columns([_meta(1, 3, "", {"a": "1"}), _meta(2, 3, "", {"b": "1"}),
+                              _meta(3, 3, "", {"a": "1"})])
+    assert v2_run_lines(columns.records[1:], columns, 1) is None
+    assert columns.memo["v2"] is False
+
+
+def test_run_lines_leave_a_value_h11_would_not_send_to_the_per_record_lines() -> None:
+    columns = _block_columns([_meta(1, 3, "", {"a": "1"}), _meta(2, 3, "", {"a": "x\x00"}),
+                              _meta(3, 3, "", {"a": "1"})])
+    assert v2_run_lines(columns.records[:2], columns, 0) is None
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_run_of_a_block_is_encoded_as_the_same_checked_lines(seed: int) -> None:
+    rng = random.Random(seed)
+    columns = _block_columns(_uniform_block(rng))
+    at = rng.randrange(len(columns.records))
+    run = columns.records[at : at + 85]
+    plain = _encoded(list(run))
+    batch = ReadBatch(records=[("e", m) for m in run], payloads=[b"x" * m.size for m in run])
+    batch.columns = (columns, at)
+    encode_batch(batch, v2=True, head=False, only_metadata=False)
+    assert batch.encoded.lines is not None
+    assert batch.encoded.lines == plain.lines
+    assert batch.encoded.headers() == plain.headers()

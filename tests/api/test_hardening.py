@@ -275,7 +275,7 @@ async def test_batched_query_skips_records_removed_before_their_payload_is_read(
         return remove_then_read
 
     # A batch of small records is read as one span first, then record by record.
-    for name in ("read_span", "read_payloads"):
+    for name in ("read_run", "read_payloads"):
         monkeypatch.setattr(Entry, name, remove_then(getattr(Entry, name)))
     got = await _read_all(hb, "race")
     assert removed
@@ -289,7 +289,7 @@ async def test_batch_whose_records_are_all_removed_continues_with_the_next(
     """If every record of a batch vanished, the next ones are collected: a 204 would end the
     client's query with records still to come."""
     await _write(hb, "gone", 200)
-    original = Entry.read_span  # a batch of small records is read as one span first
+    original = Entry.read_run  # a batch of small records is read as one span first
     calls = 0
 
     def remove_first_batch(self: Entry, metas: Any) -> Any:
@@ -299,7 +299,7 @@ async def test_batch_whose_records_are_all_removed_continues_with_the_next(
             self.remove_records([m.timestamp for m in metas])
         return original(self, metas)
 
-    monkeypatch.setattr(Entry, "read_span", remove_first_batch)
+    monkeypatch.setattr(Entry, "read_run", remove_first_batch)
     got = await _read_all(hb, "gone")
     assert [ts for ts, _ in got] == list(range(86, 201))  # the first batch (85) was removed
 

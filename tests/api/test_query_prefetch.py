@@ -184,7 +184,7 @@ async def test_span_read_skips_records_removed_before_it(
         r = await h.client.post(API + f"/b/bkt/big?ts={ts}", data=data,
                                 headers={"Content-Length": str(size)})
         assert r.status_code == 200
-    original = Entry.read_span
+    original = Entry.read_run
     spans: list[list[int]] = []
 
     def remove_then_read(self: Any, metas: Any) -> Any:
@@ -194,7 +194,7 @@ async def test_span_read_skips_records_removed_before_it(
             self.remove_records([6])
         return original(self, metas)
 
-    monkeypatch.setattr(Entry, "read_span", remove_then_read)
+    monkeypatch.setattr(Entry, "read_run", remove_then_read)
     r = await h.client.post(API + "/io/bkt/q", json={"query_type": "QUERY", "entries": ["big"]})
     qid = (await r.get_json())["id"]
     seen: list[int] = []

@@ -249,3 +249,67 @@ def test_read_span_checks_large_records_in_place(storage: Storage) -> None:
     assert entry.read_span(records) is None
     with pytest.raises(CorruptionError):
         entry.read_payloads(records)
+
+
+def test_read_run_gives_the_columns_of_a_block_other_than_the_last(bucket: Bucket) -> None:
+    """A span of a block the writers no longer append to comes with that block's columns and
+    where it starts in them; a span of the last block (still written) without."""
+    for ts in range(1, 9):  # two blocks of four 8-byte records
+        bucket.write_record("e", ts, payload(ts), CT, {"n": str(ts % 2)})
+    entry = bucket.get_entry("e")
+    records = metas(entry)
+    run = entry.read_run(records[1:4])
+    assert run is not None
+    body, columns, at = run
+    assert body == payload(2) + payload(3) + payload(4)
+    assert at == 1 and columns is not None
+    assert columns.records[1:4] == records[1:4]
+    assert columns.ts == [1, 2, 3, 4]
+    assert entry.read_run(records[0:1])[1] is columns  # built once, kept while unchanged
+    assert entry.read_run(records[5:7]) == (payload(6) + payload(7), None, 0)
+    assert entry.read_run(records[3:5]) is None  # two blocks
+    assert entry.read_run([records[1], records[0]]) is None  # not in file order
+    assert entry.read_run([records[0], records[2]]) is None  # a gap
+    assert_unpinned(entry)
+
+
+def test_columns_follow_every_change_of_their_block(bucket: Bucket, storage: Storage) -> None:
+    """Columns built before a record was inserted, relabelled or removed in the block are
+    never used for it: the change drops them, and a run is compared record by record."""
+    for ts in (10, 20, 30, 40, 50, 60):  # blocks 10 (full) and 50
+        bucket.write_record("e", ts, payload(ts), CT, {"n": "a"})
+    entry = bucket.get_entry("e")
+    before = metas(entry)
+    first = entry.read_run(before[0:3])
+    assert first is not None and first[1] is not None
+
+    bucket.write_record("e", 25, payload(25), CT, {"n": "b"})  # out of order, into block 10
+    after = metas(entry)
+    assert [m.timestamp for m in after[:5]] == [10, 20, 25, 30, 40]
+    assert entry.read_run(after[0:2])[1] is not first[1]  # rebuilt
+    assert entry.read_run(after[1:3]) is None  # 25's payload lies after 40's in the file
+    # 20 and 30 still lie back to back in the file, but are no longer a run of the block.
+    assert entry.read_run(before[1:3]) == (payload(20) + payload(30), None, 0)
+    assert entry.read_run(after[3:5])[0] == payload(30) + payload(40)
+
+    entry.update_labels(20, {"n": "c"}, [])
+    stale = entry.read_run(before[0:2])  # the old 20: planned record by record instead
+    assert stale is not None and stale[1] is None
+    relabelled = metas(entry)
+    body, columns, at = entry.read_run(relabelled[0:2])
+    assert body == payload(10) + payload(20) and at == 0
+    assert columns.records[1].labels == {"n": "c"}
+
+    entry.remove_records([10])
+    assert entry.read_run(relabelled[0:2]) is None
+    left = metas(entry)
+    assert entry.read_run(left[0:1])[2] == 0  # 20 now starts the block's columns
+
+    path = storage.options.data_path / "b" / "e" / "10.blk"
+    blob = bytearray(path.read_bytes())
+    blob[8 * 3 + 2] ^= 0xFF  # inside 40, after columns were built
+    path.write_bytes(bytes(blob))
+    assert entry.read_run(left[2:4]) is None  # checked on every read
+    with pytest.raises(CorruptionError):
+        entry.read_payloads(left[2:4])
+    assert_unpinned(entry)

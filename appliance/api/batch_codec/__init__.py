@@ -43,6 +43,7 @@ from appliance.api.batch_codec.v2_encode import (
     v2_one_entry_lines,
     v2_read_batch_headers,
     v2_read_batch_raw,
+    v2_run_lines,
 )
 from appliance.api.batch_codec.v2_parse import (
     V2Record,
@@ -77,4 +78,5 @@ __all__ = [
     "v2_one_entry_lines",
     "v2_read_batch_headers",
     "v2_read_batch_raw",
+    "v2_run_lines",
 ]
