@@ -181,9 +181,16 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
     (``v1_lines``, ``v2_one_entry_lines``); any other is built as pairs and checked pair by
     pair (``prepare``). 1 KiB records with cycling labels, v2: ~150 -> ~90 µs a batch of 85.
     """
-    metas = [meta for _, meta in batch.records]
+    if batch.columns is not None:  # read as one run of a block: its records, its bytes
+        columns, at = batch.columns
+        end = at + len(batch.records)
+        metas = columns.records[at:end]
+        total = columns.sizes_acc[end] - columns.sizes_acc[at]
+    else:
+        metas = [meta for _, meta in batch.records]
+        total = sum(meta.size for meta in metas)
     own = (_LAST_TRUE if batch.last else _LAST_FALSE) + _OCTET_STREAM_LINE
-    size = b"0" if only_metadata and not head else b"%d" % sum(meta.size for meta in metas)
+    size = b"0" if only_metadata and not head else b"%d" % total
     body = None
     if head or only_metadata:
         pass

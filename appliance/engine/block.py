@@ -73,6 +73,10 @@ class Block:
         """Drop the columns: a record was added, replaced or removed."""
         self._columns = None
 
+    def has_columns(self, columns: Columns) -> bool:
+        """Whether ``columns`` are this block's current ones (nothing changed since)."""
+        return self._columns is columns
+
     @classmethod
     def from_descriptor(cls, descriptor: Descriptor) -> Block:
         """A clean block holding what a descriptor says."""
@@ -149,34 +153,56 @@ class Block:
 
 
 class Columns:
-    """A block's records in timestamp order, as columns, for batched reads of a run of them
-    (``BulkReads.read_run``): which of them lie back to back, their checksums, and what a
-    response encoder derived from them once (``memo``), so that a batch costs slices of
-    lists instead of a Python step per record.
+    """A block's records in timestamp order, as columns, for batched reads of a run of them:
+    their sizes and running sums, which of them lie back to back, their checksums, and what
+    a query or a response encoder derived from them once (``memo``), so that a batch costs
+    slices of lists and a few bisections instead of a Python step per record.
 
-    Built from the block as it was; a run is only ever taken from it after comparing its
-    records with the batch's (``span``), so a record replaced or inserted since is never
-    answered from stale columns.
+    Built from the block as it is, and dropped by any change to it (``Block.forget_columns``):
+    columns that are still the block's (``Block.has_columns``) describe it exactly. A run
+    handed in from elsewhere is compared with them record by record first (``span``).
     """
 
-    __slots__ = ("records", "ts", "starts", "ends", "crcs", "_unreadable", "memo")
+    __slots__ = (
+        "records", "ts", "sizes", "sizes_acc", "starts", "ends", "crcs", "entry",
+        "_unfinished", "_unreadable", "memo",
+    )
 
     def __init__(self, block: Block) -> None:
         records = block.records
         self.records: list[StoredRecord] = [records[t] for t in block.order]
         self.ts: list[int] = list(block.order)
+        self.sizes = [r.size for r in self.records]
+        self.sizes_acc = list(accumulate(self.sizes, initial=0))  # bytes before record k
         self.starts = [r.offset for r in self.records]
         self.ends = [r.offset + r.size for r in self.records]
         self.crcs = [r.crc for r in self.records]
-        # How many of the first k records cannot be part of a span (not finished, or empty).
+        entries = {r.entry for r in self.records}
+        self.entry: str | None = entries.pop() if len(entries) == 1 else None
+        # How many of the first k records are not finished; are not finished or are empty
+        # (the latter cannot be part of a span read).
+        states = [r.state is not _FINISHED for r in self.records]
+        self._unfinished = list(accumulate(states, initial=0))
         self._unreadable = list(
-            accumulate((r.state is not _FINISHED or not r.size for r in self.records), initial=0)
+            accumulate((bad or not size for bad, size in zip(states, self.sizes)), initial=0)
         )
-        self.memo: dict[str, Any] = {}  # per-block derivations of a response encoder
+        self.memo: dict[str, Any] = {}  # per-block derivations of a query or an encoder
+
+    def all_finished(self, lo: int, hi: int) -> bool:
+        """Whether records ``lo`` to ``hi`` (excluded) are all finished."""
+        return self._unfinished[hi] == self._unfinished[lo]
+
+    def readable(self, lo: int, hi: int) -> bool:
+        """Whether records ``lo`` to ``hi`` (excluded) can be read as one span: all finished,
+        none empty, each starting where the one before ends in the data file."""
+        return (
+            self._unreadable[hi] == self._unreadable[lo]
+            and self.starts[lo + 1 : hi] == self.ends[lo : hi - 1]
+        )
 
     def span(self, metas: Sequence[Any]) -> int | None:
         """The index of ``metas[0]`` if ``metas`` (a list) are this block's records from there
-        on, all finished, not empty and back to back in the data file; None otherwise."""
+        on and ``readable``; None otherwise."""
         if not metas:
             return None
         lo = bisect_left(self.ts, metas[0].timestamp)
@@ -185,11 +211,25 @@ class Columns:
             hi > len(self.ts)
             # Identity first, then by value: a record replaced since is another record.
             or self.records[lo:hi] != metas
-            or self._unreadable[hi] != self._unreadable[lo]
-            or self.starts[lo + 1 : hi] != self.ends[lo : hi - 1]
+            or not self.readable(lo, hi)
         ):
             return None
         return lo
+
+
+class Run(list):  # type: ignore[type-arg]
+    """Records ``columns.records[at:at + len(self)]`` of a block, as a list (``iter_runs``)."""
+
+    __slots__ = ("columns", "at")
+
+    def __init__(self, records: list[StoredRecord], columns: Columns, at: int) -> None:
+        super().__init__(records)
+        self.columns = columns
+        self.at = at
+
+    def tail(self, skip: int) -> Run:
+        """The records after the first ``skip``, still a run of the same columns."""
+        return Run(self[skip:], self.columns, self.at + skip)
 
 
 def index_item(descriptor: Descriptor, crc: int) -> IndexItem:

@@ -147,6 +147,37 @@ class BulkReads:
                 handle = self.files.pin_data(block.block_id)
             except OSError:
                 return None  # read_payloads tells a missing file from an I/O error
+        data = self._read_checked(handle, start, starts, ends, crcs)
+        return None if data is None else (data, cols, lo)
+
+    @boundary("read the records")
+    def read_columns(self, columns: Columns, lo: int, hi: int) -> bytes | None:
+        """``read_run`` of ``columns.records[lo:hi]``, a run ``iter_runs`` gave: nothing to
+        compare if the columns are still their block's (else None, and the caller reads the
+        records as any others). One ``pread``, then each record's checksum verified."""
+        with self._lock:
+            self._check_alive()
+            try:
+                block, _ = self._blocks.locate(columns.ts[lo])
+            except ApplianceError:
+                return None
+            if not block.has_columns(columns) or not columns.readable(lo, hi):
+                return None
+            try:
+                handle = self.files.pin_data(block.block_id)
+            except OSError:
+                return None
+        return self._read_checked(
+            handle, columns.starts[lo], columns.starts[lo:hi], columns.ends[lo:hi],
+            columns.crcs[lo:hi],
+        )
+
+    def _read_checked(
+        self, handle: FileHandle, start: int, starts: list[int], ends: list[int],
+        crcs: list[int],
+    ) -> bytes | None:
+        """The bytes from ``start`` to ``ends[-1]`` of a pinned data file (released here), if
+        every record's slice matches its checksum; None otherwise."""
         try:
             total = ends[-1] - start
             data = fs_ops.read_at(handle.fd, total, start)
@@ -163,7 +194,7 @@ class BulkReads:
                     else crc_at(data, at, size)) != crc:
                 return None
         metrics.records_read(len(starts), total)
-        return data, cols, lo
+        return data
 
     def _plan_span(
         self, block: Block, first: StoredRecord, metas: Sequence[RecordMeta]

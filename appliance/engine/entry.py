@@ -30,6 +30,7 @@ import google_crc32c
 
 from appliance import metrics
 from appliance.engine import fs_ops
+from appliance.engine.block import Run
 from appliance.engine.blockset import BlockSet
 from appliance.engine.bulk_read import BulkReads
 from appliance.engine.bulk_write import build_run
@@ -198,8 +199,11 @@ class Entry(BulkReads, EntryRemoval):
 
     def _iter_runs(self, start: int, stop: int, size: int) -> Iterator[list[RecordMeta]]:
         finished = _FINISHED
-        for run in self._iter_blocks(start, stop, size):
-            if all(record.state is finished for record in run):
+        for run in self._iter_blocks(start, stop, size, runs=True):
+            if (
+                run.columns.all_finished(run.at, run.at + len(run)) if type(run) is Run
+                else all(record.state is finished for record in run)
+            ):
                 yield run  # type: ignore[misc]
                 continue
             kept = [record for record in run if record.state is finished]
@@ -213,10 +217,12 @@ class Entry(BulkReads, EntryRemoval):
                     yield record
 
     def _iter_blocks(
-        self, start: int, stop: int, size: int | None = None
+        self, start: int, stop: int, size: int | None = None, runs: bool = False
     ) -> Iterator[list[StoredRecord]]:
         """Each block's records with start <= ts < stop (any state), one lock hold a block;
-        at most ``size`` records a list (the rest of the block follows in the next one)."""
+        at most ``size`` records a list (the rest of the block follows in the next one).
+        ``runs``: the records of a block other than the last (which writers keep changing)
+        come as a ``Run`` of its columns, which a query takes in bulk."""
         cursor = start
         while cursor < stop:
             batch: list[StoredRecord] | None = None
@@ -232,8 +238,12 @@ class Entry(BulkReads, EntryRemoval):
                     if size is not None and hi - lo > size:
                         hi = lo + size
                     if lo < hi:
-                        records = block.records
-                        batch = [records[t] for t in order[lo:hi]]
+                        if runs and i < len(ids) - 1:
+                            columns = block.columns()
+                            batch = Run(columns.records[lo:hi], columns, lo)
+                        else:
+                            records = block.records
+                            batch = [records[t] for t in order[lo:hi]]
                         cursor = order[hi - 1] + 1
                         break
                     i += 1

@@ -28,9 +28,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from bisect import bisect_right
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, overload
 
+from appliance.engine.block import Run
 from appliance.engine.models import U64_MAX, RecordMeta
 from appliance.engine.names import is_meta_entry
 from appliance.query.context import RecordShaper, shaper_for
@@ -96,6 +98,8 @@ class ReadBatch:
     # When read as one span of a block: that block's ``Columns`` and where the records start
     # in them (the response encoder's per-block derivations are kept there).
     columns: tuple[Any, int] | None = None
+    # When collected as one run of a block's columns (``_collect_plain``): columns, lo, hi.
+    run: tuple[Any, int, int] | None = None
 
     def close(self) -> None:
         """Close the payload streams opened while collecting (a batch that is not sent)."""
@@ -121,6 +125,20 @@ class Ahead:
         """True if no entry it read lost or relabelled a record since (lock-free reads of
         two attributes per entry, so the event loop may ask)."""
         return all(not e.removed and e.changes == n for e, n in self.changes)
+
+
+def _header_costs(records: list[Any]) -> list[int]:
+    """Running sums of ``header_cost(record, "")`` (the part that does not depend on the
+    entry's name), from 0: computed once per (labels, content type) pair of objects."""
+    known: dict[tuple[int, int], int] = {}
+    costs = []
+    for record in records:
+        key = (id(record.labels), id(record.content_type))
+        cost = known.get(key)
+        if cost is None:
+            cost = known[key] = header_cost(record, "")
+        costs.append(cost)
+    return list(accumulate(costs, initial=0))
 
 
 def header_cost(rec: RecordMeta, name: str) -> int:
@@ -162,12 +180,19 @@ class _Cursor:
         self._run, self._at = run, 1
         return run[0]
 
+    def unread(self) -> None:
+        """Step back over the record ``next`` just gave: ``rest`` gives it again."""
+        self._at -= 1
+
     def rest(self) -> list[RecordMeta] | None:
-        """The records left in the current run, else the next run; None at the end."""
+        """The records left in the current run, else the next run; None at the end. The rest
+        of a ``Run`` is still one (of the same columns)."""
         run, at = self._run, self._at
         if at < len(run):
             self._at = len(run)
-            return run[at:] if at else run
+            if not at:
+                return run
+            return run.tail(at) if type(run) is Run else run[at:]
         fetched = self._fetch()
         if fetched is None:
             return None
@@ -343,8 +368,10 @@ class Query:
         if plain:
             # One entry read whole; a record left pending by the metadata limit goes first.
             _, name, first = heap[0]
-            run = [first] if pending is None else [pending[1], first]
-            exhausted = self._collect_plain(name, run, iters[name][1], limits, head, batch)
+            cursor = iters[name][1]
+            cursor.unread()  # ``first`` comes again, in its run
+            run = cursor.rest() if pending is None else [pending[1]]
+            exhausted = self._collect_plain(name, run, cursor, limits, head, batch)
         elif len(heap) == 1 and pending is None and not self.backlog:
             _, name, first = heap[0]
             exhausted = self._collect_single(name, first, iters[name][1], limits, head, batch)
@@ -366,13 +393,15 @@ class Query:
         return batch, dropped
 
     def _collect_plain(
-        self, name: str, run: list[RecordMeta], cursor: _Cursor, limits: BatchLimits,
+        self, name: str, run: list[RecordMeta] | None, cursor: _Cursor, limits: BatchLimits,
         head: bool, batch: ReadBatch,
     ) -> bool:
         """``_collect_single`` for an entry read whole (no condition, no context directive,
-        nothing hidden), from ``run`` then ``cursor``: the records a run at a time, a header's
-        cost computed once per labels object (records decoded together share equal ones).
-        True if exhausted."""
+        nothing hidden), from ``run`` then ``cursor``, a run at a time. A ``Run`` of a block's
+        columns is taken in bulk (``_take_run``); the records of any other run one by one,
+        a header's cost computed once per labels object (records decoded together share
+        equal ones). A batch that is one ``Run`` gets it as ``batch.run``. True if
+        exhausted."""
         out = batch.records
         append = out.append
         body = metadata = 0
@@ -385,8 +414,36 @@ class Query:
         last_type: Any = None
         cost = 0
         position: int | None = None
+        span: list[Any] | None = []  # [columns, lo, hi] while the batch is one run
         try:
             while run is not None:
+                if type(run) is Run and run.columns.entry == name:
+                    n = len(out)
+                    if n >= max_records or (not head and body > max_size):
+                        return False
+                    if n and time.monotonic() > deadline:
+                        return False
+                    taken, body, metadata, whole = self._take_run(
+                        name, run, n, body, metadata, limits, head
+                    )
+                    cols, lo = run.columns, run.at
+                    out.extend(zip([name] * taken, run))
+                    if span is not None and taken:
+                        if not span:
+                            span = [cols, lo, lo + taken]
+                        elif span[0] is cols and span[2] == lo:
+                            span[2] += taken
+                        else:
+                            span = None
+                    if self.pending is not None:  # the metadata limit left one out
+                        position = self.pending[1].timestamp + 1
+                        return False
+                    position = cols.ts[lo + taken - 1] + 1
+                    if not whole:
+                        return False  # cut by the record or body limit
+                    run = cursor.rest()
+                    continue
+                span = None
                 for rec in run:
                     n = len(out)
                     if n >= max_records or (not head and body > max_size):
@@ -416,6 +473,43 @@ class Query:
         finally:
             if position is not None:
                 self.positions[name] = position
+            if span:
+                batch.run = (span[0], span[1], span[2])
+
+    def _take_run(
+        self, name: str, run: Run, n: int, body: int, metadata: int, limits: BatchLimits,
+        head: bool,
+    ) -> tuple[int, int, int, bool]:
+        """How many records of ``run`` go into a batch holding ``n`` records, ``body`` bytes
+        and ``metadata`` header bytes, by the limits ``_collect_plain`` applies one record at
+        a time, found by bisecting the columns' running sums: (count, body, metadata, whether
+        the whole run went in). A record the metadata limit leaves out becomes the query's
+        pending one. The caller has checked that the first record is within the record and
+        body limits."""
+        cols, lo = run.columns, run.at
+        room = limits.max_records - n
+        k = len(run) if len(run) <= room else room
+        acc = cols.sizes_acc
+        limit = k
+        if not head:
+            # Record i goes in while the body before it is within the limit (so the one
+            # crossing it is included).
+            limit = bisect_right(acc, limits.max_size - body + acc[lo], lo, lo + k) - lo
+        costs = cols.memo.get("header_costs")
+        if costs is None:
+            costs = cols.memo["header_costs"] = _header_costs(cols.records)
+        per_name = 3 * len(name)
+        base = metadata - costs[lo] - lo * per_name
+
+        def after(j: int) -> int:  # the header bytes with records lo .. j-1
+            return base + costs[j] + j * per_name
+
+        fits = bisect_right(range(lo + 1, lo + limit + 1), limits.max_metadata, key=after)
+        taken = 1 if fits == 0 and n == 0 else fits  # a batch's first record always goes
+        if taken < limit:
+            self.pending = (name, cols.records[lo + taken])  # first of the next batch
+        end = lo + taken
+        return taken, body + acc[end] - acc[lo], after(end), taken == len(run)
 
     def _collect_single(
         self, name: str, first: RecordMeta, it: _Cursor, limits: BatchLimits,
@@ -572,6 +666,8 @@ def _load_span(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any
     if len(records) < 2:
         return False
     name = records[0][0]
+    if batch.run is not None and _load_run(bucket, batch, iters, name):
+        return True
     total = 0
     metas = []
     sizes = []
@@ -595,6 +691,29 @@ def _load_span(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any
     batch.body = body
     if columns is not None:
         batch.columns = (columns, at)
+    return True
+
+
+def _load_run(
+    bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]], name: str
+) -> bool:
+    """``_load_span`` of a batch collected as one run of a block's columns (``batch.run``):
+    its sizes and where it lies come from the columns, nothing per record. False if the
+    columns are no longer the block's (or the run is not one span): the caller then plans
+    the records one by one."""
+    columns, lo, hi = batch.run  # type: ignore[misc]
+    sizes = columns.sizes[lo:hi]
+    if max(sizes) > PRELOAD_RECORD_BYTES or sum(sizes) > PRELOAD_BATCH_BYTES:
+        return False
+    try:
+        body = _entry(bucket, iters, name).read_columns(columns, lo, hi)
+    except NotFound:
+        return False
+    if body is None:
+        return False
+    batch.payloads = SpanPayloads(body, sizes)  # type: ignore[assignment]
+    batch.body = body
+    batch.columns = (columns, lo)
     return True
 
 

@@ -313,3 +313,24 @@ def test_columns_follow_every_change_of_their_block(bucket: Bucket, storage: Sto
     with pytest.raises(CorruptionError):
         entry.read_payloads(left[2:4])
     assert_unpinned(entry)
+
+
+def test_read_columns_reads_a_run_while_its_columns_are_the_block_s(bucket: Bucket) -> None:
+    """``iter_runs`` gives a block other than the last as a ``Run`` of its columns;
+    ``read_columns`` reads it without comparing records, only while the block is
+    unchanged."""
+    for ts in range(1, 10):  # blocks 1-4, 5-8 (runs) and 9 (the last: plain lists)
+        bucket.write_record("e", ts, payload(ts), CT, {})
+    entry = bucket.get_entry("e")
+    runs = list(entry.iter_runs(0, U64_MAX, 3))
+    assert [[m.timestamp for m in run] for run in runs] == [[1, 2, 3], [4], [5, 6, 7], [8], [9]]
+    assert [type(run).__name__ for run in runs] == ["Run"] * 4 + ["list"]
+    run = runs[2]
+    assert (run.at, run.columns.ts) == (0, [5, 6, 7, 8])
+    assert entry.read_columns(run.columns, 0, 3) == payload(5) + payload(6) + payload(7)
+    entry.update_labels(6, {"k": "v"}, [])
+    assert entry.read_columns(run.columns, 0, 3) is None  # changed since: not the block's
+    fresh = list(entry.iter_runs(5, 9, 3))[0]
+    assert fresh.columns is not run.columns and fresh[1].labels == {"k": "v"}
+    assert entry.read_columns(fresh.columns, 0, 3) == payload(5) + payload(6) + payload(7)
+    assert_unpinned(entry)

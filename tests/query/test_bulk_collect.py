@@ -371,3 +371,74 @@ def test_decoder_guesses_cycling_labels_and_agrees_with_the_reference(seed: int)
             got = None
         assert (got is None) == (expected is None)
         assert got == expected
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        BatchLimits(),
+        BatchLimits(max_records=1),
+        BatchLimits(max_records=30),
+        BatchLimits(max_records=64),
+        BatchLimits(max_records=500, max_size=2_000),
+        BatchLimits(max_records=500, max_metadata=700),
+        BatchLimits(max_records=10, max_metadata=150),
+        BatchLimits(max_records=40, max_metadata=90),  # a batch's first record over the limit
+    ],
+    ids=lambda limits: f"{limits.max_records}-{limits.max_size}-{limits.max_metadata}",
+)
+@pytest.mark.parametrize("head", [False, True])
+def test_runs_of_block_columns_give_the_batches_of_plain_lists(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch, limits: BatchLimits, head: bool
+) -> None:
+    """Records of a block other than the last come as a ``Run`` of its columns and are
+    taken by bisecting running sums (``Query._take_run``): the same batches, pending
+    records and positions as the record-by-record loop over plain lists."""
+    from appliance.engine.entry import Entry
+
+    def batches() -> list[tuple[list[int], bool, Any]]:
+        registry = QueryRegistry()
+        qid = registry.create(storage, "b", None, QuerySpec(entries=("e",), start=15))
+        query = registry.get(qid, "b", None)
+        out = []
+        for _ in range(1000):
+            batch = query.collect_batch(storage, limits, head, True)
+            out.append(([m.timestamp for _, m in batch.records], batch.last,
+                         query.pending and query.pending[1].timestamp))
+            if batch.last or not batch.records:
+                return out
+        raise AssertionError("the query did not end")
+
+    taken: list[int] = []
+    take_run = Query._take_run
+
+    def counted(self: Query, *args: Any) -> Any:
+        result = take_run(self, *args)
+        taken.append(result[0])
+        return result
+
+    monkeypatch.setattr(Query, "_take_run", counted)
+    with_runs = batches()
+    assert taken  # the bulk path ran; with room for a header or more, took most records
+    assert limits.max_metadata < 200 or sum(taken) > 400
+    iter_blocks = Entry._iter_blocks
+    monkeypatch.setattr(Entry, "_iter_blocks",
+                        lambda self, start, stop, size=None, runs=False:
+                        iter_blocks(self, start, stop, size))
+    taken.clear()
+    assert batches() == with_runs
+    assert not taken
+
+
+def test_a_run_is_cut_where_the_body_crosses_the_limit(tmp_path: Path) -> None:
+    """Records of 100 bytes, a body limit of 1,000: the record that starts at exactly the
+    limit goes in (ReductStore includes the record crossing it), the next does not."""
+    storage = Storage.open(EngineOptions(data_path=tmp_path / "data"))
+    try:
+        bucket = storage.create_bucket("b", BucketSettings(max_block_records=64))
+        assert not bucket.write_batch("e", [NewRecord(ts, b"x" * 100) for ts in range(1, 201)])
+        got = _batches(storage, BatchLimits(max_records=500, max_size=1_000))
+        assert [len(batch) for batch in got][:6] == [11] * 6
+        assert [ts for batch in got for ts, _ in batch] == list(range(1, 201))
+    finally:
+        storage.close()
