@@ -130,14 +130,24 @@ class Ahead:
 def _header_costs(records: list[Any]) -> list[int]:
     """Running sums of ``header_cost(record, "")`` (the part that does not depend on the
     entry's name), from 0: computed once per (labels, content type) pair of objects."""
-    known: dict[tuple[int, int], int] = {}
-    costs = []
+    known: dict[int, tuple[Any, Any, int]] = {}  # by labels id: labels, content type, cost
+    costs: list[int] = []
+    append = costs.append
+    last_labels: Any = None
+    last_type: Any = None
+    cost = 0
     for record in records:
-        key = (id(record.labels), id(record.content_type))
-        cost = known.get(key)
-        if cost is None:
-            cost = known[key] = header_cost(record, "")
-        costs.append(cost)
+        labels = record.labels
+        content_type = record.content_type
+        if labels is not last_labels or content_type is not last_type:
+            found = known.get(id(labels))
+            if found is not None and found[1] is content_type:
+                cost = found[2]
+            else:
+                cost = header_cost(record, "")
+                known[id(labels)] = (labels, content_type, cost)
+            last_labels, last_type = labels, content_type
+        append(cost)
     return list(accumulate(costs, initial=0))
 
 

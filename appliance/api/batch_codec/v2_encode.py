@@ -258,8 +258,8 @@ def v2_run_lines(
     """``v2_one_entry_lines`` of a batch that is a run of one block's records: ``records``
     are ``columns.records[at:at + len(records)]`` (``Columns``, checked when it was read).
 
-    Every record after the first is written with its value as derived once for the block
-    (``_run_values``): what follows a record's size depends only on its predecessor, which
+    Every record after the first is written with what follows its size as derived once for
+    the block (``_run_values``): that depends only on the record's predecessor, which
     in a run is the block's, and on the label indexes, which are the sorted label names
     wherever a run starts when all the block's records carry the same label names. A batch
     then costs one formatting for all its lines. None (use ``v2_one_entry_lines``) when the
@@ -270,7 +270,7 @@ def v2_run_lines(
         derived = columns.memo["v2"] = _run_values(columns.records)
     if derived is False or not records:
         return None
-    values, labels_value = derived
+    tails, labels_value = derived
     first = records[0]
     start = first.timestamp
     names: dict[str, int] = {}
@@ -282,51 +282,64 @@ def v2_run_lines(
     count = len(records) - 1
     parts = [head]
     if count:
-        flat: list[Any] = [None] * (2 * count)
-        flat[0::2] = [ts - start for ts in columns.ts[at + 1 : at + 1 + count]]
-        flat[1::2] = values[at + 1 : at + 1 + count]
+        flat: list[Any] = [None] * (3 * count)
+        flat[0::3] = [ts - start for ts in columns.ts[at + 1 : at + 1 + count]]
+        flat[1::3] = columns.sizes[at + 1 : at + 1 + count]
+        flat[2::3] = tails[at + 1 : at + 1 + count]
         parts.append((_RUN_LINE * count) % tuple(flat))
     if labels_value:
         parts.append(b"%s: %s\r\n" % (_LABELS, labels_value))
     return b"".join(parts), [entry_value, text]
 
 
-_RUN_LINE = b"x-reduct-0-%d: %s"
+_RUN_LINE = b"x-reduct-0-%d: %d%s"
 
 
 def _run_values(records: Sequence[RecordLike]) -> tuple[list[bytes], bytes] | bool:
-    """For ``v2_run_lines``: each record's value with its block predecessor before it
-    (size, then what changed; CRLF-terminated; the first record's is unused) and the
-    ``x-reduct-labels`` value; False if the records' label names differ or a value is not
-    one h11 sends as it is (``values_are_clean``)."""
+    """For ``v2_run_lines``: what follows each record's size in its value when its block
+    predecessor comes before it (what changed; CRLF-terminated; the first record's is
+    unused) and the ``x-reduct-labels`` value; False if the records' label names differ or
+    a value is not one h11 sends as it is (``values_are_clean``).
+
+    One text per pair of (content type, labels) objects of a record and its predecessor
+    (records decoded together share equal ones; ``records`` keeps them alive, so no id is
+    reused meanwhile); the label names are compared once per such pair too."""
     if not records:
         return False
-    keys = records[0].labels.keys()
-    if any(record.labels.keys() != keys for record in records):
-        return False
+    first = records[0]
+    keys = first.labels.keys()
     names: dict[str, int] = {key: index for index, key in enumerate(sorted(keys))}
-    values = [b""]
-    tails: dict[tuple[int, int, int, int], bytes] = {}
+    tails = [b""]
+    append = tails.append
+    known: dict[tuple[int, int, int, int], bytes] = {}
     default = DEFAULT_CONTENT_TYPE
-    prev = records[0]
-    prev_type = prev.content_type or default
+    prev_labels: Any = first.labels
+    prev_type: Any = first.content_type or default
     for record in records[1:]:
+        labels = record.labels
         content_type = record.content_type or default
-        # Same objects, same text (``v2_one_entry_lines``); ``records`` keeps them alive.
-        key = (id(prev_type), id(prev.labels), id(content_type), id(record.labels))
-        tail = tails.get(key)
+        if labels is prev_labels and content_type is prev_type:
+            append(_CRLF)  # nothing changed: the size alone
+            continue
+        key = (id(prev_type), id(prev_labels), id(content_type), id(labels))
+        tail = known.get(key)
         if tail is None:
-            text = _record_value(record, content_type, (prev_type, prev.labels), dict(names))
-            tail = tails[key] = text[len(str(record.size)) :].encode() + b"\r\n"
-        values.append(b"%d%s" % (record.size, tail))
-        prev, prev_type = record, content_type
+            if labels.keys() != keys:
+                return False
+            text = _record_value(record, content_type, (prev_type, prev_labels), dict(names))
+            tail = known[key] = text[len(str(record.size)) :].encode() + _CRLF
+        append(tail)
+        prev_labels, prev_type = labels, content_type
     labels_value = ",".join([encode_name(n) for n in names]).encode()
-    checked = [b"0" + tail[:-2] for tail in tails.values()]
+    checked = [b"0" + tail[:-2] for tail in known.values()]
     if labels_value:
         checked.append(labels_value)
     if checked and not values_are_clean(checked):
         return False
-    return values, labels_value
+    return tails, labels_value
+
+
+_CRLF = b"\r\n"
 
 
 _ENTRIES = ENTRIES_HEADER.encode()
