@@ -99,11 +99,6 @@ class BulkReads:
             raise error
         return payloads
 
-    def read_span(self, metas: Sequence[RecordMeta]) -> bytes | None:
-        """The payloads of ``metas`` as one ``bytes`` (``read_run`` without its columns)."""
-        run = self.read_run(metas)
-        return None if run is None else run[0]
-
     @boundary("read the records")
     def read_run(self, metas: Sequence[RecordMeta]) -> tuple[bytes, Columns | None, int] | None:
         """The payloads of ``metas`` as one ``bytes``, if they lie back to back in this order in

@@ -1,7 +1,7 @@
 """CRC32C of a slice of a ``bytes`` object without copying the slice out.
 
 ``google_crc32c.value`` takes only ``bytes``, so checking each record of a span read with one
-``pread`` (``Entry.read_span``) would copy every record out first, and it holds the GIL while it
+``pread`` (``Entry.read_run``) would copy every record out first, and it holds the GIL while it
 computes. ``google_crc32c`` ships its C library (``crc32c_value``); called through ``ctypes`` on
 a pointer into the span, a check copies nothing and releases the GIL (the event loop goes on
 sending meanwhile). Loaded once and checked against ``google_crc32c.value``; if the library

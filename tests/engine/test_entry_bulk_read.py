@@ -43,6 +43,12 @@ def metas(entry: Entry) -> list[RecordMeta]:
     return list(entry.iter_records(0, U64_MAX))
 
 
+def read_span(entry: Entry, metas: list[RecordMeta]) -> bytes | None:
+    """The payloads ``Entry.read_run`` reads as one span, or None."""
+    run = entry.read_run(metas)
+    return None if run is None else run[0]
+
+
 def assert_unpinned(entry: Entry) -> None:
     assert all(h.pins == 0 for h in entry._ctx.files._open.values())
 
@@ -203,13 +209,13 @@ def test_read_span_is_one_pread_of_records_back_to_back(bucket: Bucket, preads: 
     entry = bucket.get_entry("e")
     records = metas(entry)
     preads.clear()
-    assert entry.read_span(records[:4]) == b"".join(payload(ts) for ts in range(1, 5))
+    assert read_span(entry, records[:4]) == b"".join(payload(ts) for ts in range(1, 5))
     assert preads == [32]
-    assert entry.read_span(records[1:3]) == payload(2) + payload(3)
-    assert entry.read_span(records[3:5]) is None  # two blocks
-    assert entry.read_span([records[0], records[2]]) is None  # a gap
-    assert entry.read_span([records[1], records[0]]) is None  # not in file order
-    assert entry.read_span([]) is None
+    assert read_span(entry, records[1:3]) == payload(2) + payload(3)
+    assert read_span(entry, records[3:5]) is None  # two blocks
+    assert read_span(entry, [records[0], records[2]]) is None  # a gap
+    assert read_span(entry, [records[1], records[0]]) is None  # not in file order
+    assert read_span(entry, []) is None
     assert_unpinned(entry)
 
 
@@ -221,14 +227,14 @@ def test_read_span_none_for_removed_damaged_or_empty_records(
     bucket.write_record("e", 4, b"", CT, {})
     entry = bucket.get_entry("e")
     records = metas(entry)
-    assert entry.read_span(records) is None  # an empty payload: read_payloads' case
+    assert read_span(entry, records) is None  # an empty payload: read_payloads' case
     entry.remove_records([3])
-    assert entry.read_span(records[:3]) is None
+    assert read_span(entry, records[:3]) is None
     path = storage.options.data_path / "b" / "e" / "1.blk"
     blob = bytearray(path.read_bytes())
     blob[9] ^= 0xFF  # inside record 2
     path.write_bytes(bytes(blob))
-    assert entry.read_span(records[:2]) is None  # read_payloads then reports the damage
+    assert read_span(entry, records[:2]) is None  # read_payloads then reports the damage
     with pytest.raises(CorruptionError):
         entry.read_payloads(records[:2])
     assert_unpinned(entry)
@@ -241,12 +247,12 @@ def test_read_span_checks_large_records_in_place(storage: Storage) -> None:
         bucket.write_record("e", ts, payload(ts, 6_000), CT, {})
     entry = bucket.get_entry("e")
     records = metas(entry)
-    assert entry.read_span(records) == payload(1, 6_000) + payload(2, 6_000)
+    assert read_span(entry, records) == payload(1, 6_000) + payload(2, 6_000)
     path = storage.options.data_path / "c" / "e" / "1.blk"
     blob = bytearray(path.read_bytes())
     blob[6_000 + 4_000] ^= 0xFF  # inside record 2
     path.write_bytes(bytes(blob))
-    assert entry.read_span(records) is None
+    assert read_span(entry, records) is None
     with pytest.raises(CorruptionError):
         entry.read_payloads(records)
 
