@@ -45,6 +45,7 @@ class Block:
         "wal_open",
         "encoded",
         "_columns",
+        "_read_before",
     )
 
     def __init__(self, block_id: int) -> None:
@@ -60,6 +61,7 @@ class Block:
         # Record bytes already built for WAL frames, reused by the next descriptor write.
         self.encoded: dict[int, tuple[StoredRecord, bytes]] = {}
         self._columns: Columns | None = None
+        self._read_before = False
 
     def columns(self) -> Columns:
         """The records as columns (``Columns``), built on first use after a change (entry
@@ -68,6 +70,19 @@ class Block:
         if cols is None:
             cols = self._columns = Columns(self)
         return cols
+
+    def columns_if_read_before(self) -> Columns | None:
+        """``columns()`` from the second time a query reads this block object on; None the
+        first time. A block decoded for one batch and evicted before the next (more readers
+        than the block cache holds) would pay for columns it never uses again."""
+        if self._read_before:
+            return self.columns()
+        self._read_before = True
+        return None
+
+    def built_columns(self) -> Columns | None:
+        """The columns if they are built and current, without building them."""
+        return self._columns
 
     def forget_columns(self) -> None:
         """Drop the columns: a record was added, replaced or removed."""

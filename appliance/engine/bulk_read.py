@@ -103,8 +103,8 @@ class BulkReads:
     def read_run(self, metas: Sequence[RecordMeta]) -> tuple[bytes, Columns | None, int] | None:
         """The payloads of ``metas`` as one ``bytes``, if they lie back to back in this order in
         one block's data file: one ``pread``, then each record's checksum verified on its slice.
-        Also the block's ``Columns`` and the index of ``metas[0]`` in them when ``metas`` are
-        a run of a block other than the last (which the writers keep changing), else None, 0.
+        Also the block's ``Columns`` and the index of ``metas[0]`` in them when the block has
+        them built (``iter_runs`` builds them) and ``metas`` are a run of them, else None, 0.
 
         For batched reads of records too big for ``read_payloads`` to join (above
         ``JOIN_RECORD_BYTES`` each gets its own ``pread``, and the response then joins them
@@ -122,8 +122,8 @@ class BulkReads:
                 block, first = self._blocks.locate(metas[0].timestamp)
             except ApplianceError:
                 return None
-            if block.block_id != self._blocks.ids[-1] and isinstance(metas, list):
-                cols = block.columns()
+            cols = block.built_columns()
+            if cols is not None and isinstance(metas, list):
                 at = cols.span(metas)
                 if at is None:
                     cols = None

@@ -222,7 +222,8 @@ class Entry(BulkReads, EntryRemoval):
         """Each block's records with start <= ts < stop (any state), one lock hold a block;
         at most ``size`` records a list (the rest of the block follows in the next one).
         ``runs``: the records of a block other than the last (which writers keep changing)
-        come as a ``Run`` of its columns, which a query takes in bulk."""
+        come as a ``Run`` of its columns, which a query takes in bulk, once the block was
+        read before (``Block.columns_if_read_before``)."""
         cursor = start
         while cursor < stop:
             batch: list[StoredRecord] | None = None
@@ -238,8 +239,11 @@ class Entry(BulkReads, EntryRemoval):
                     if size is not None and hi - lo > size:
                         hi = lo + size
                     if lo < hi:
-                        if runs and i < len(ids) - 1:
-                            columns = block.columns()
+                        columns = (
+                            block.columns_if_read_before() if runs and i < len(ids) - 1
+                            else None
+                        )
+                        if columns is not None:
                             batch = Run(columns.records[lo:hi], columns, lo)
                         else:
                             records = block.records

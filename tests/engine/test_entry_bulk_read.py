@@ -49,6 +49,12 @@ def read_span(entry: Entry, metas: list[RecordMeta]) -> bytes | None:
     return None if run is None else run[0]
 
 
+def read_twice(entry: Entry) -> None:
+    """Read every run of the entry twice: its blocks other than the last build columns."""
+    for _ in range(2):
+        list(entry.iter_runs(0, U64_MAX, 1_000))
+
+
 def assert_unpinned(entry: Entry) -> None:
     assert all(h.pins == 0 for h in entry._ctx.files._open.values())
 
@@ -258,12 +264,14 @@ def test_read_span_checks_large_records_in_place(storage: Storage) -> None:
 
 
 def test_read_run_gives_the_columns_of_a_block_other_than_the_last(bucket: Bucket) -> None:
-    """A span of a block the writers no longer append to comes with that block's columns and
-    where it starts in them; a span of the last block (still written) without."""
+    """A span of a block whose columns a query built (a block other than the last, read
+    before) comes with them and where it starts in them; otherwise without."""
     for ts in range(1, 9):  # two blocks of four 8-byte records
         bucket.write_record("e", ts, payload(ts), CT, {"n": str(ts % 2)})
     entry = bucket.get_entry("e")
     records = metas(entry)
+    assert entry.read_run(records[1:4]) == (payload(2) + payload(3) + payload(4), None, 0)
+    read_twice(entry)
     run = entry.read_run(records[1:4])
     assert run is not None
     body, columns, at = run
@@ -286,12 +294,15 @@ def test_columns_follow_every_change_of_their_block(bucket: Bucket, storage: Sto
         bucket.write_record("e", ts, payload(ts), CT, {"n": "a"})
     entry = bucket.get_entry("e")
     before = metas(entry)
+    read_twice(entry)
     first = entry.read_run(before[0:3])
     assert first is not None and first[1] is not None
 
     bucket.write_record("e", 25, payload(25), CT, {"n": "b"})  # out of order, into block 10
     after = metas(entry)
     assert [m.timestamp for m in after[:5]] == [10, 20, 25, 30, 40]
+    assert entry.read_run(after[0:2])[1] is None  # dropped by the write
+    read_twice(entry)
     assert entry.read_run(after[0:2])[1] is not first[1]  # rebuilt
     assert entry.read_run(after[1:3]) is None  # 25's payload lies after 40's in the file
     # 20 and 30 still lie back to back in the file, but are no longer a run of the block.
@@ -299,6 +310,7 @@ def test_columns_follow_every_change_of_their_block(bucket: Bucket, storage: Sto
     assert entry.read_run(after[3:5])[0] == payload(30) + payload(40)
 
     entry.update_labels(20, {"n": "c"}, [])
+    read_twice(entry)
     stale = entry.read_run(before[0:2])  # the old 20: planned record by record instead
     assert stale is not None and stale[1] is None
     relabelled = metas(entry)
@@ -308,6 +320,7 @@ def test_columns_follow_every_change_of_their_block(bucket: Bucket, storage: Sto
 
     entry.remove_records([10])
     assert entry.read_run(relabelled[0:2]) is None
+    read_twice(entry)
     left = metas(entry)
     assert entry.read_run(left[0:1])[2] == 0  # 20 now starts the block's columns
 
@@ -322,13 +335,15 @@ def test_columns_follow_every_change_of_their_block(bucket: Bucket, storage: Sto
 
 
 def test_read_columns_reads_a_run_while_its_columns_are_the_block_s(bucket: Bucket) -> None:
-    """``iter_runs`` gives a block other than the last as a ``Run`` of its columns;
-    ``read_columns`` reads it without comparing records, only while the block is
-    unchanged."""
+    """``iter_runs`` gives a block other than the last, from the second time it reads it, as
+    a ``Run`` of its columns; ``read_columns`` reads it without comparing records, only
+    while the block is unchanged."""
     for ts in range(1, 10):  # blocks 1-4, 5-8 (runs) and 9 (the last: plain lists)
         bucket.write_record("e", ts, payload(ts), CT, {})
     entry = bucket.get_entry("e")
-    runs = list(entry.iter_runs(0, U64_MAX, 3))
+    first = list(entry.iter_runs(0, U64_MAX, 3))
+    assert [type(run).__name__ for run in first] == ["list", "Run", "list", "Run", "list"]
+    runs = list(entry.iter_runs(0, U64_MAX, 3))  # each block read before: its columns
     assert [[m.timestamp for m in run] for run in runs] == [[1, 2, 3], [4], [5, 6, 7], [8], [9]]
     assert [type(run).__name__ for run in runs] == ["Run"] * 4 + ["list"]
     run = runs[2]
@@ -336,7 +351,7 @@ def test_read_columns_reads_a_run_while_its_columns_are_the_block_s(bucket: Buck
     assert entry.read_columns(run.columns, 0, 3) == payload(5) + payload(6) + payload(7)
     entry.update_labels(6, {"k": "v"}, [])
     assert entry.read_columns(run.columns, 0, 3) is None  # changed since: not the block's
-    fresh = list(entry.iter_runs(5, 9, 3))[0]
+    fresh = list(entry.iter_runs(5, 9, 3))[0]  # read before: built again at once
     assert fresh.columns is not run.columns and fresh[1].labels == {"k": "v"}
     assert entry.read_columns(fresh.columns, 0, 3) == payload(5) + payload(6) + payload(7)
     assert_unpinned(entry)

@@ -418,6 +418,8 @@ def test_runs_of_block_columns_give_the_batches_of_plain_lists(
         return result
 
     monkeypatch.setattr(Query, "_take_run", counted)
+    batches()  # each block read once: the next read takes its columns from the start
+    taken.clear()
     with_runs = batches()
     assert taken  # the bulk path ran; with room for a header or more, took most records
     assert limits.max_metadata < 200 or sum(taken) > 400
@@ -440,5 +442,41 @@ def test_a_run_is_cut_where_the_body_crosses_the_limit(tmp_path: Path) -> None:
         got = _batches(storage, BatchLimits(max_records=500, max_size=1_000))
         assert [len(batch) for batch in got][:6] == [11] * 6
         assert [ts for batch in got for ts, _ in batch] == list(range(1, 201))
+    finally:
+        storage.close()
+
+
+def test_a_record_removed_between_collecting_and_reading_a_run_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run collected from columns whose block then lost a record: the columns are no longer
+    the block's, so the batch is read record by record and goes out without it."""
+    from appliance.engine.entry import Entry
+
+    storage = Storage.open(EngineOptions(data_path=tmp_path / "data"))
+    try:
+        bucket = storage.create_bucket("b", BucketSettings(max_block_records=64))
+        assert not bucket.write_batch(
+            "e", [NewRecord(10 * i, bytes([i]) * 100) for i in range(1, 201)]
+        )
+        limits = BatchLimits(max_records=30)
+        everything = _batches(storage, limits)  # each block read once: columns from now on
+        read_columns = Entry.read_columns
+        removed: list[int] = []
+        answered: list[bool] = []
+
+        def remove_then_read(self: Entry, columns: Any, lo: int, hi: int) -> Any:
+            if not removed:
+                removed.append(columns.ts[lo + 1])
+                self.remove_records(removed)
+            body = read_columns(self, columns, lo, hi)
+            answered.append(body is not None)
+            return body
+
+        monkeypatch.setattr(Entry, "read_columns", remove_then_read)
+        got = [ts for batch in _batches(storage, limits) for ts, _ in batch]
+        assert removed == [20]
+        assert answered[0] is False and all(answered[1:])  # the others from their columns
+        assert got == [ts for batch in everything for ts, _ in batch if ts != 20]
     finally:
         storage.close()
