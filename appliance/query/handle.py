@@ -26,9 +26,9 @@ import logging
 from collections import deque
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from bisect import bisect_right
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, overload
 

@@ -36,19 +36,27 @@ def _meta(ts: int, size: int, content_type: str, labels: dict[str, str],
     return RecordMeta(ts, size, content_type, labels, RecordState.FINISHED, entry)
 
 
+def _records(rng: random.Random, shared: list[dict[str, str]], most: int, smallest: int,
+             share: float) -> list[RecordMeta]:
+    """One entry in time order: up to ``most`` records of ``smallest`` bytes or more, their
+    labels one of ``shared`` (the object itself with probability ``share``, else a copy),
+    default and other content types."""
+    types = ["application/octet-stream", "text/plain", ""]
+    metas = []
+    ts = 1_000 + rng.randrange(1_000)
+    for _ in range(rng.randrange(1, most)):
+        ts += rng.randrange(1, 5)
+        labels = rng.choice(shared) if rng.random() < share else dict(rng.choice(shared))
+        metas.append(_meta(ts, rng.randrange(smallest, 5000),
+                           rng.choice(types[:1] * 5 + types), labels))
+    return metas
+
+
 def _run(rng: random.Random) -> list[RecordMeta]:
     """One entry in time order, with shared and unshared label objects, quoted values,
     removed labels, default and other content types."""
     shared = [{"a": "1"}, {"a": "1", "b": "q,r"}, {}, {"b": "2"}, {"c": "x", "a": "1"}]
-    types = ["application/octet-stream", "text/plain", ""]
-    metas = []
-    ts = 1_000 + rng.randrange(1_000)
-    for _ in range(rng.randrange(1, 90)):
-        ts += rng.randrange(1, 5)
-        labels = rng.choice(shared) if rng.random() < 0.8 else dict(rng.choice(shared))
-        metas.append(_meta(ts, rng.randrange(0, 5000), rng.choice(types[:1] * 5 + types),
-                           labels))
-    return metas
+    return _records(rng, shared, 90, 0, 0.8)
 
 
 def _reference(metas: list[RecordMeta]) -> list[Pair]:
@@ -188,15 +196,7 @@ def _uniform_block(rng: random.Random) -> list[RecordMeta]:
     unshared objects, equal and changed values, quoted ones, several content types."""
     shared = [{"a": "1", "b": "2"}, {"b": "q,r", "a": "1"}, {"a": "", "b": "2"},
               {"a": "x y", "b": "z"}]
-    types = ["application/octet-stream", "text/plain", ""]
-    metas = []
-    ts = 1_000 + rng.randrange(1_000)
-    for _ in range(rng.randrange(1, 200)):
-        ts += rng.randrange(1, 5)
-        labels = rng.choice(shared) if rng.random() < 0.7 else dict(rng.choice(shared))
-        metas.append(_meta(ts, rng.randrange(1, 5000), rng.choice(types[:1] * 5 + types),
-                           labels))
-    return metas
+    return _records(rng, shared, 200, 1, 0.7)
 
 
 @pytest.mark.parametrize("seed", range(60))
