@@ -219,6 +219,9 @@ def wal_append_seconds(seconds: float) -> None:
     TALLY.wal_append(seconds)
 
 
+_batch_children: dict[str, Any] = {}  # by direction, as ``_http_children``
+
+
 def batch_records(direction: str, count: int) -> None:
     """One batched request carried ``count`` records (``direction``: read/write/update/remove)."""
     child = _batch_children.get(direction)
@@ -227,9 +230,6 @@ def batch_records(direction: str, count: int) -> None:
         if direction in _BATCH_DIRECTIONS:
             _batch_children[direction] = child
     child.observe(count)
-
-
-_batch_children: dict[str, Any] = {}
 
 
 def wal_sync_seconds(seconds: float) -> None:

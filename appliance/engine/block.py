@@ -88,10 +88,6 @@ class Block:
         """Drop the columns: a record was added, replaced or removed."""
         self._columns = None
 
-    def has_columns(self, columns: Columns) -> bool:
-        """Whether ``columns`` are this block's current ones (nothing changed since)."""
-        return self._columns is columns
-
     @classmethod
     def from_descriptor(cls, descriptor: Descriptor) -> Block:
         """A clean block holding what a descriptor says."""
@@ -174,7 +170,7 @@ class Columns:
     slices of lists and a few bisections instead of a Python step per record.
 
     Built from the block as it is, and dropped by any change to it (``Block.forget_columns``):
-    columns that are still the block's (``Block.has_columns``) describe it exactly. A run
+    columns that are still the block's (``Block.built_columns``) describe it exactly. A run
     handed in from elsewhere is compared with them record by record first (``span``).
     """
 

@@ -156,7 +156,7 @@ class BulkReads:
                 block, _ = self._blocks.locate(columns.ts[lo])
             except ApplianceError:
                 return None
-            if not block.has_columns(columns) or not columns.readable(lo, hi):
+            if block.built_columns() is not columns or not columns.readable(lo, hi):
                 return None
             try:
                 handle = self.files.pin_data(block.block_id)

@@ -77,6 +77,27 @@ def storage(tmp_path: Path) -> Iterator[Storage]:
     storage.close()
 
 
+# The limits both plain-query equivalence tests run under: records, body and headers each
+# cutting a batch, a run of one block filled exactly, a record pending on the headers, and a
+# batch whose first record alone is over the header limit.
+LIMITS = [
+    BatchLimits(),
+    BatchLimits(max_records=1),
+    BatchLimits(max_records=7),
+    BatchLimits(max_records=30),
+    BatchLimits(max_records=64),
+    BatchLimits(max_records=65),
+    BatchLimits(max_records=500, max_size=2_000),
+    BatchLimits(max_records=500, max_metadata=700),  # cut by the headers: a record pends
+    BatchLimits(max_records=10, max_metadata=150),
+    BatchLimits(max_records=40, max_metadata=90),  # a batch's first record over the limit
+]
+
+
+def _limits_id(limits: BatchLimits) -> str:
+    return f"{limits.max_records}-{limits.max_size}-{limits.max_metadata}"
+
+
 def _batches(storage: Storage, limits: BatchLimits, **spec: Any) -> list[list[tuple[int, int]]]:
     """Every batch of a query of ``e``: (timestamp, payload length) per record."""
     registry = QueryRegistry()
@@ -118,20 +139,7 @@ def _expected(storage: Storage, limits: BatchLimits) -> list[list[tuple[int, int
     return batches
 
 
-@pytest.mark.parametrize(
-    "limits",
-    [
-        BatchLimits(),
-        BatchLimits(max_records=1),
-        BatchLimits(max_records=7),
-        BatchLimits(max_records=64),
-        BatchLimits(max_records=65),
-        BatchLimits(max_records=500, max_size=2_000),
-        BatchLimits(max_records=500, max_metadata=700),  # cut by the headers: a record pends
-        BatchLimits(max_records=10, max_metadata=150),
-    ],
-    ids=lambda limits: f"{limits.max_records}-{limits.max_size}-{limits.max_metadata}",
-)
+@pytest.mark.parametrize("limits", LIMITS, ids=_limits_id)
 def test_plain_query_batches_are_the_limits_batches(storage: Storage, limits: BatchLimits) -> None:
     got = _batches(storage, limits)
     assert got == _expected(storage, limits)
@@ -373,20 +381,7 @@ def test_decoder_guesses_cycling_labels_and_agrees_with_the_reference(seed: int)
         assert got == expected
 
 
-@pytest.mark.parametrize(
-    "limits",
-    [
-        BatchLimits(),
-        BatchLimits(max_records=1),
-        BatchLimits(max_records=30),
-        BatchLimits(max_records=64),
-        BatchLimits(max_records=500, max_size=2_000),
-        BatchLimits(max_records=500, max_metadata=700),
-        BatchLimits(max_records=10, max_metadata=150),
-        BatchLimits(max_records=40, max_metadata=90),  # a batch's first record over the limit
-    ],
-    ids=lambda limits: f"{limits.max_records}-{limits.max_size}-{limits.max_metadata}",
-)
+@pytest.mark.parametrize("limits", LIMITS, ids=_limits_id)
 @pytest.mark.parametrize("head", [False, True])
 def test_runs_of_block_columns_give_the_batches_of_plain_lists(
     storage: Storage, monkeypatch: pytest.MonkeyPatch, limits: BatchLimits, head: bool
