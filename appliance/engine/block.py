@@ -23,6 +23,7 @@ from itertools import accumulate
 from typing import Any
 
 from appliance.engine.codec import Descriptor, IndexItem, StoredRecord
+from appliance.engine.crc_view import running_checksums
 from appliance.engine.models import RecordState
 
 DEFAULT_BLOCK_CACHE = 64
@@ -176,7 +177,7 @@ class Columns:
 
     __slots__ = (
         "records", "ts", "sizes", "sizes_acc", "starts", "ends", "crcs", "entry",
-        "_unfinished", "_unreadable", "memo",
+        "_unfinished", "_unreadable", "_chain", "memo",
     )
 
     def __init__(self, block: Block) -> None:
@@ -197,7 +198,17 @@ class Columns:
         self._unreadable = list(
             accumulate((bad or not size for bad, size in zip(states, self.sizes)), initial=0)
         )
+        self._chain: list[int] | None = None
         self.memo: dict[str, Any] = {}  # per-block derivations of a query or an encoder
+
+    def chain(self) -> list[int]:
+        """``running_checksums`` of the records (built on first use): ``chain[k]`` is the
+        CRC32C of the first ``k`` payloads joined, as their stored checksums say."""
+        chain = self._chain
+        if chain is None:
+            # Two threads may build it at once: the same list either way.
+            chain = self._chain = running_checksums(self.crcs, self.sizes)
+        return chain
 
     def all_finished(self, lo: int, hi: int) -> bool:
         """Whether records ``lo`` to ``hi`` (excluded) are all finished."""

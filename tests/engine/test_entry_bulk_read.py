@@ -355,3 +355,50 @@ def test_read_columns_reads_a_run_while_its_columns_are_the_block_s(bucket: Buck
     assert fresh.columns is not run.columns and fresh[1].labels == {"k": "v"}
     assert entry.read_columns(fresh.columns, 0, 3) == payload(5) + payload(6) + payload(7)
     assert_unpinned(entry)
+
+
+def test_read_columns_checks_small_records_with_one_call_and_finds_damage(
+    bucket: Bucket, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A span of small records read through a block's columns is checked with one CRC32C
+    call against the block's running checksums; damage in any of its records makes the
+    read refuse the span, and the per-record read then names the damaged record."""
+    for ts in range(1, 10):  # blocks 1-4 and 5-8 get columns; 9 is the last
+        bucket.write_record("e", ts, payload(ts, 100), CT, {})
+    entry = bucket.get_entry("e")
+    read_twice(entry)
+    run = list(entry.iter_runs(5, 9, 10))[0]
+    assert run.columns.ts == [5, 6, 7, 8]
+    calls: list[str] = []
+    real_value, real_extend = bulk_read_module.google_crc32c.value, bulk_read_module.google_crc32c.extend
+
+    class Counting:
+        @staticmethod
+        def value(data: bytes) -> int:
+            calls.append("value")
+            return real_value(data)
+
+        @staticmethod
+        def extend(crc: int, data: bytes) -> int:
+            calls.append("extend")
+            return real_extend(crc, data)
+
+    monkeypatch.setattr(bulk_read_module, "google_crc32c", Counting)
+    expected = b"".join(payload(ts, 100) for ts in (5, 6, 7, 8))
+    assert entry.read_columns(run.columns, 0, 4) == expected
+    assert calls == ["extend"]
+    calls.clear()
+    assert entry.read_columns(run.columns, 2, 3) == payload(7, 100)  # one record: its own check
+    assert calls == ["value"]
+    path = storage.options.data_path / "b" / "e" / "5.blk"
+    clean = path.read_bytes()
+    for record in range(4):
+        blob = bytearray(clean)
+        blob[record * 100 + 37] ^= 0x10
+        path.write_bytes(bytes(blob))
+        assert entry.read_columns(run.columns, 0, 4) is None
+        with pytest.raises(CorruptionError, match=f"^Record {5 + record} in block"):
+            entry.read_payloads(run)
+        path.write_bytes(clean)
+    assert entry.read_columns(run.columns, 0, 4) == expected
+    assert_unpinned(entry)
