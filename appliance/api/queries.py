@@ -181,11 +181,14 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
     (``v1_lines``, ``v2_one_entry_lines``); any other is built as pairs and checked pair by
     pair (``prepare``). 1 KiB records with cycling labels, v2: ~150 -> ~90 µs a batch of 85.
     """
-    if batch.columns is not None:  # read as one run of a block: its records, its bytes
-        columns, at = batch.columns
-        end = at + len(batch.records)
-        metas = columns.records[at:end]
-        total = columns.sizes_acc[end] - columns.sizes_acc[at]
+    if batch.columns is not None:  # read as runs of blocks: their records, their bytes
+        spans = batch.columns
+        if len(spans) == 1:
+            columns, lo, hi = spans[0]
+            metas = columns.records[lo:hi]
+        else:
+            metas = [meta for columns, lo, hi in spans for meta in columns.records[lo:hi]]
+        total = sum([columns.sizes_acc[hi] - columns.sizes_acc[lo] for columns, lo, hi in spans])
     else:
         metas = [meta for _, meta in batch.records]
         total = sum(meta.size for meta in metas)
@@ -200,7 +203,7 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
         body = b"".join(batch.payloads)  # type: ignore[arg-type]
     built = None
     if v2 and batch.columns is not None:
-        built = v2_run_lines(metas, *batch.columns)
+        built = v2_run_lines(batch.columns)
     if built is None:
         built = v2_one_entry_lines(metas) if v2 else v1_lines(metas)
     if built is not None and values_are_clean(built[1]):

@@ -95,11 +95,12 @@ class ReadBatch:
     more: bool = False  # cut by a limit: the query has records left right now
     body: bytes | None = None  # every payload, back to back, when read as one span
     encoded: Any = None  # the response's parts, built in the collecting hop (``prepare``)
-    # When read as one span of a block: that block's ``Columns`` and where the records start
-    # in them (the response encoder's per-block derivations are kept there).
-    columns: tuple[Any, int] | None = None
-    # When collected as one run of a block's columns (``_collect_plain``): columns, lo, hi.
-    run: tuple[Any, int, int] | None = None
+    # When read as spans of blocks' ``Columns``: (columns, lo, hi) of each block in turn, the
+    # records being ``columns.records[lo:hi]`` of each (the response encoder's per-block
+    # derivations are kept in the columns).
+    columns: list[tuple[Any, int, int]] | None = None
+    # When collected as runs of blocks' columns (``_collect_plain``): the same, to be read.
+    run: list[tuple[Any, int, int]] | None = None
 
     def close(self) -> None:
         """Close the payload streams opened while collecting (a batch that is not sent)."""
@@ -410,8 +411,8 @@ class Query:
         nothing hidden), from ``run`` then ``cursor``, a run at a time. A ``Run`` of a block's
         columns is taken in bulk (``_take_run``); the records of any other run one by one,
         a header's cost computed once per labels object (records decoded together share
-        equal ones). A batch that is one ``Run`` gets it as ``batch.run``. True if
-        exhausted."""
+        equal ones). A batch made of ``Run``s only (of one block, or running on into the
+        next ones) gets them as ``batch.run``. True if exhausted."""
         out = batch.records
         append = out.append
         body = metadata = 0
@@ -424,7 +425,8 @@ class Query:
         last_type: Any = None
         cost = 0
         position: int | None = None
-        span: list[Any] | None = []  # [columns, lo, hi] while the batch is one run
+        # [columns, lo, hi] of each block while the batch is made of runs only.
+        spans: list[list[Any]] | None = []
         try:
             while run is not None:
                 if type(run) is Run and run.columns.entry == name:
@@ -438,13 +440,11 @@ class Query:
                     )
                     cols, lo = run.columns, run.at
                     out.extend(zip([name] * taken, run))
-                    if span is not None and taken:
-                        if not span:
-                            span = [cols, lo, lo + taken]
-                        elif span[0] is cols and span[2] == lo:
-                            span[2] += taken
+                    if spans is not None and taken:
+                        if spans and spans[-1][0] is cols and spans[-1][2] == lo:
+                            spans[-1][2] += taken
                         else:
-                            span = None
+                            spans.append([cols, lo, lo + taken])
                     if self.pending is not None:  # the metadata limit left one out
                         position = self.pending[1].timestamp + 1
                         return False
@@ -453,7 +453,7 @@ class Query:
                         return False  # cut by the record or body limit
                     run = cursor.rest()
                     continue
-                span = None
+                spans = None
                 for rec in run:
                     n = len(out)
                     if n >= max_records or (not head and body > max_size):
@@ -483,8 +483,8 @@ class Query:
         finally:
             if position is not None:
                 self.positions[name] = position
-            if span:
-                batch.run = (span[0], span[1], span[2])
+            if spans:
+                batch.run = [(cols, lo, hi) for cols, lo, hi in spans]
 
     def _take_run(
         self, name: str, run: Run, n: int, body: int, metadata: int, limits: BatchLimits,
@@ -700,30 +700,37 @@ def _load_span(bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any
     batch.payloads = SpanPayloads(body, sizes)  # type: ignore[assignment]
     batch.body = body
     if columns is not None:
-        batch.columns = (columns, at)
+        batch.columns = [(columns, at, at + len(metas))]
     return True
 
 
 def _load_run(
     bucket: Any, batch: ReadBatch, iters: Mapping[str, tuple[Any, Any]], name: str
 ) -> bool:
-    """``_load_span`` of a batch collected as one run of a block's columns (``batch.run``):
-    its sizes and where it lies come from the columns, nothing per record. False if the
-    columns are no longer the block's (or the run is not one span): the caller then plans
+    """``_load_span`` of a batch collected as runs of blocks' columns (``batch.run``): its
+    sizes and where it lies come from the columns, nothing per record; one ``pread`` a
+    block, the bodies joined when the batch runs on into a second block. False if the
+    columns are no longer their blocks' (or a run is not one span): the caller then plans
     the records one by one."""
-    columns, lo, hi = batch.run  # type: ignore[misc]
-    sizes = columns.sizes[lo:hi]
+    spans = batch.run
+    assert spans is not None
+    sizes = [size for cols, lo, hi in spans for size in cols.sizes[lo:hi]]
     if max(sizes) > PRELOAD_RECORD_BYTES or sum(sizes) > PRELOAD_BATCH_BYTES:
         return False
-    try:
-        body = _entry(bucket, iters, name).read_columns(columns, lo, hi)
-    except NotFound:
-        return False
-    if body is None:
-        return False
+    entry = _entry(bucket, iters, name)
+    bodies = []
+    for columns, lo, hi in spans:
+        try:
+            body = entry.read_columns(columns, lo, hi)
+        except NotFound:
+            return False
+        if body is None:
+            return False
+        bodies.append(body)
+    body = bodies[0] if len(bodies) == 1 else b"".join(bodies)
     batch.payloads = SpanPayloads(body, sizes)  # type: ignore[assignment]
     batch.body = body
-    batch.columns = (columns, lo)
+    batch.columns = spans
     return True
 
 

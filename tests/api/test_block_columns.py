@@ -64,10 +64,10 @@ async def test_v2_reads_of_old_blocks_decode_to_what_was_written(
     from_columns: list[int] = []
     run_lines = queries.v2_run_lines
 
-    def counted(records: Any, columns: Any, at: int) -> Any:
-        built = run_lines(records, columns, at)
+    def counted(spans: Any) -> Any:
+        built = run_lines(spans)
         if built is not None:
-            from_columns.append(len(records))
+            from_columns.append(len(spans))
         return built
 
     monkeypatch.setattr(queries, "v2_run_lines", counted)
@@ -98,3 +98,34 @@ async def test_v2_reads_of_old_blocks_decode_to_what_was_written(
     from_columns.clear()
     assert await _read_v2(h) == wanted()
     assert len(from_columns) >= 8  # the changed blocks' batches too, once rebuilt
+
+
+async def test_v2_batches_running_into_the_next_block_decode_to_what_was_written(
+    harness_factory: Callable[..., Awaitable[Harness]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 6 in blocks of 16: every third batch runs from one block into the next,
+    and is read and encoded from both blocks' columns."""
+    h = await harness_factory(io_batch_max_records=6)
+    spans_per_batch: list[int] = []
+    run_lines = queries.v2_run_lines
+
+    def counted(spans: Any) -> Any:
+        built = run_lines(spans)
+        if built is not None:
+            spans_per_batch.append(len(spans))
+        return built
+
+    monkeypatch.setattr(queries, "v2_run_lines", counted)
+    r = await h.client.post(API + "/b/bkt", json={"max_block_records": 16})
+    assert r.status_code == 200
+    expected = {ts: _written(ts) for ts in range(10, 1010, 10)}  # six full blocks, a last one
+    for ts, written in expected.items():
+        await _put(h, ts, *written)
+    wanted = [(ts, *expected[ts]) for ts in sorted(expected)]
+    assert await _read_v2(h) == wanted
+    assert await _read_v2(h) == wanted
+    spans_per_batch.clear()
+    assert await _read_v2(h) == wanted
+    # 16 batches lie in the six full blocks (the 17th reaches the last, which has none), and
+    # four of them run from one block into the next (records 13-18, 31-36, 61-66, 79-84).
+    assert sorted(spans_per_batch) == [1] * 12 + [2] * 4, spans_per_batch

@@ -24,6 +24,7 @@ from appliance.api.queries import EncodedBatch, encode_batch
 from appliance.engine.block import Block, Columns
 from appliance.engine.codec import StoredRecord
 from appliance.engine.models import RecordMeta, RecordState
+from appliance.http1.headers import values_are_clean
 from appliance.http1.prepared import prepare, prepared_block
 from appliance.query.handle import ReadBatch
 
@@ -209,7 +210,7 @@ def test_run_lines_of_a_block_are_the_reference_headers(seed: int) -> None:
     for _ in range(5):
         at = rng.randrange(len(records))
         run = records[at : at + rng.randrange(1, 90)]
-        built = v2_run_lines(run, columns, at)
+        built = v2_run_lines([(columns, at, at + len(run))])
         assert built is not None
         assert built[0] == v2_one_entry_lines(run)[0]
         assert header_pairs(built[0]) == _reference(run)
@@ -219,14 +220,73 @@ def test_run_lines_of_a_block_are_the_reference_headers(seed: int) -> None:
 def test_run_lines_leave_a_block_of_mixed_label_names_to_the_per_record_lines() -> None:
     columns = _block_columns([_meta(1, 3, "", {"a": "1"}), _meta(2, 3, "", {"b": "1"}),
                               _meta(3, 3, "", {"a": "1"})])
-    assert v2_run_lines(columns.records[1:], columns, 1) is None
+    assert v2_run_lines([(columns, 1, 3)]) is None
     assert columns.memo["v2"] is False
 
 
 def test_run_lines_leave_a_value_h11_would_not_send_to_the_per_record_lines() -> None:
     columns = _block_columns([_meta(1, 3, "", {"a": "1"}), _meta(2, 3, "", {"a": "x\x00"}),
                               _meta(3, 3, "", {"a": "1"})])
-    assert v2_run_lines(columns.records[:2], columns, 0) is None
+    assert v2_run_lines([(columns, 0, 2)]) is None
+
+
+def _following_blocks(rng: random.Random, count: int) -> list[Columns]:
+    """The columns of ``count`` blocks of one entry, each after the one before, their
+    records' labels all named ``a`` and ``b``."""
+    blocks: list[Columns] = []
+    after = 0
+    for _ in range(count):
+        metas = _uniform_block(rng)
+        shift = after - metas[0].timestamp + rng.randrange(1, 50)
+        metas = [_meta(m.timestamp + shift, m.size, m.content_type, m.labels) for m in metas]
+        blocks.append(_block_columns(metas))
+        after = metas[-1].timestamp
+    return blocks
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_run_lines_of_runs_of_following_blocks_are_the_reference_headers(seed: int) -> None:
+    """A batch running from one block into the next (and the next) gets the lines
+    ``v2_one_entry_lines`` gives it: each block's first record here is written against the
+    last block's last record, the others from their block's derived values."""
+    rng = random.Random(seed)
+    blocks = _following_blocks(rng, 3)
+    for _ in range(5):
+        first = rng.randrange(2)
+        count = rng.randint(2, 3 - first)
+        spans = []
+        for k, columns in enumerate(blocks[first : first + count]):
+            size = len(columns.records)
+            lo = rng.randrange(size) if k == 0 else 0
+            hi = rng.randrange(lo + 1, size + 1) if k == count - 1 else size
+            spans.append((columns, lo, hi))
+        batch = [m for columns, lo, hi in spans for m in columns.records[lo:hi]]
+        built = v2_run_lines(spans)
+        assert built is not None
+        assert built[0] == v2_one_entry_lines(batch)[0]
+        assert header_pairs(built[0]) == _reference(batch)
+
+
+def test_run_lines_leave_blocks_of_other_label_names_to_the_per_record_lines() -> None:
+    """Two blocks, each uniform, but with different label names: indexes as they come."""
+    one = _block_columns([_meta(1, 3, "", {"a": "1"}), _meta(2, 3, "", {"a": "2"})])
+    two = _block_columns([_meta(5, 3, "", {"b": "1"}), _meta(6, 3, "", {"b": "2"})])
+    assert v2_run_lines([(one, 0, 2)]) is not None
+    assert v2_run_lines([(one, 1, 2), (two, 0, 1)]) is None
+
+
+def test_a_block_s_first_record_h11_would_not_send_falls_back() -> None:
+    """The value of a block's first record after another block's is checked too."""
+    one = _block_columns([_meta(1, 3, "", {"a": "1"}), _meta(2, 3, "", {"a": "1"})])
+    two = _block_columns([_meta(5, 3, "", {"a": "x\x00"}), _meta(6, 3, "", {"a": "x\x00"})])
+    built = v2_run_lines([(one, 0, 2), (two, 0, 2)])
+    assert built is not None
+    assert not values_are_clean(built[1])
+    batch = ReadBatch(records=[("e", m) for m in [*one.records, *two.records]],
+                      payloads=[b"xyz"] * 4)
+    batch.columns = [(one, 0, 2), (two, 0, 2)]
+    encode_batch(batch, v2=True, head=False, only_metadata=False)
+    assert batch.encoded.lines is None  # not marked checked: h11 has its word
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -237,7 +297,7 @@ def test_a_run_of_a_block_is_encoded_as_the_same_checked_lines(seed: int) -> Non
     run = columns.records[at : at + 85]
     plain = _encoded(list(run))
     batch = ReadBatch(records=[("e", m) for m in run], payloads=[b"x" * m.size for m in run])
-    batch.columns = (columns, at)
+    batch.columns = [(columns, at, at + len(run))]
     encode_batch(batch, v2=True, head=False, only_metadata=False)
     assert batch.encoded.lines is not None
     assert batch.encoded.lines == plain.lines

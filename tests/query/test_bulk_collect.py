@@ -475,3 +475,51 @@ def test_a_record_removed_between_collecting_and_reading_a_run_is_skipped(
         assert got == [ts for batch in everything for ts, _ in batch if ts != 20]
     finally:
         storage.close()
+
+
+def test_a_batch_running_into_the_next_block_is_read_from_both_blocks_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 30 in blocks of 64: a batch crossing a block border is collected as two
+    runs and read from both blocks' columns, its body the payloads in order; when the second
+    block loses a record between collecting and reading, the batch is read record by record
+    and goes out without it."""
+    from appliance.engine.entry import Entry
+
+    storage = Storage.open(EngineOptions(data_path=tmp_path / "data"))
+    try:
+        bucket = storage.create_bucket("b", BucketSettings(max_block_records=64))
+        assert not bucket.write_batch(
+            "e", [NewRecord(10 * i, bytes([i]) * (50 + i)) for i in range(1, 201)]
+        )
+        limits = BatchLimits(max_records=30)
+        everything = _batches(storage, limits)  # each block read once: columns from now on
+        registry = QueryRegistry()
+        query = registry.get(registry.create(storage, "b", None, QuerySpec(entries=("e",))),
+                             "b", None)
+        batches = [query.collect_batch(storage, limits, False, True) for _ in range(3)]
+        third = batches[2]  # records 61-90: 61-64 in the first block, 65-90 in the second
+        assert [m.timestamp for _, m in third.records] == [10 * i for i in range(61, 91)]
+        assert third.columns is not None and [(lo, hi) for _, lo, hi in third.columns] == [
+            (60, 64), (0, 26)
+        ]
+        assert third.body == b"".join(bytes([i]) * (50 + i) for i in range(61, 91))
+
+        read_columns = Entry.read_columns
+        removed: list[int] = []
+
+        def remove_then_read(self: Entry, columns: Any, lo: int, hi: int) -> Any:
+            if not removed and columns.ts[0] == 650:  # the second block of the batch
+                removed.append(columns.ts[lo + 1])
+                self.remove_records(removed)
+            return read_columns(self, columns, lo, hi)
+
+        monkeypatch.setattr(Entry, "read_columns", remove_then_read)
+        got = _batches(storage, limits)
+        assert removed == [660]
+        assert got[2] == [(10 * i, 50 + i) for i in range(61, 91) if i != 66]
+        assert [r for batch in got for r in batch] == [
+            r for batch in everything for r in batch if r[0] != 660
+        ]
+    finally:
+        storage.close()

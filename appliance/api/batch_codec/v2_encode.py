@@ -252,44 +252,63 @@ def v2_one_entry_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes
     return b"".join(lines), checked
 
 
-def v2_run_lines(
-    records: Sequence[RecordLike], columns: Any, at: int
-) -> tuple[bytes, list[bytes]] | None:
-    """``v2_one_entry_lines`` of a batch that is a run of one block's records: ``records``
-    are ``columns.records[at:at + len(records)]`` (``Columns``, checked when it was read).
+def v2_run_lines(spans: Sequence[tuple[Any, int, int]]) -> tuple[bytes, list[bytes]] | None:
+    """``v2_one_entry_lines`` of a batch made of runs of blocks' records, one block after
+    the other: ``spans`` are (``Columns``, lo, hi), the batch being each one's
+    ``records[lo:hi]`` in turn (checked when they were read).
 
-    Every record after the first is written with what follows its size as derived once for
-    the block (``_run_values``): that depends only on the record's predecessor, which
-    in a run is the block's, and on the label indexes, which are the sorted label names
-    wherever a run starts when all the block's records carry the same label names. A batch
-    then costs one formatting for all its lines. None (use ``v2_one_entry_lines``) when the
-    block's label names differ between records or a value would need h11's word.
+    Every record after a span's first is written with what follows its size as derived once
+    for its block (``_run_values``): that depends only on the record's predecessor, which
+    inside a run is the block's, and on the label indexes, which are the sorted label names
+    wherever a run starts when all the block's records carry the same label names. A span's
+    first record after the batch's first follows the previous block's last record: its
+    value is worked out here. A span then costs one formatting for all its lines. None (use
+    ``v2_one_entry_lines``) when a block's label names differ between its records or from
+    the other blocks', or a value would need h11's word.
     """
-    derived = columns.memo.get("v2")
-    if derived is None:
-        derived = columns.memo["v2"] = _run_values(columns.records)
-    if derived is False or not records:
+    derived = []
+    for columns, lo, hi in spans:
+        values = columns.memo.get("v2")
+        if values is None:
+            values = columns.memo["v2"] = _run_values(columns.records)
+        if values is False or hi <= lo:
+            return None
+        derived.append(values)
+    if not derived:
         return None
-    tails, labels_value = derived
-    first = records[0]
+    labels_value = derived[0][1]
+    if any(values[1] != labels_value for values in derived):
+        return None  # label names differ between blocks: indexes as they come, record by record
+    columns, at, _ = spans[0]
+    first = columns.records[at]
     start = first.timestamp
     names: dict[str, int] = {}
     text = _record_value(first, first.content_type or DEFAULT_CONTENT_TYPE, None, names).encode()
     entry_value = encode_name(first.entry).encode()
-    head = b"%s: %s\r\n%s: %d\r\nx-reduct-0-0: %s\r\n" % (
+    parts = [b"%s: %s\r\n%s: %d\r\nx-reduct-0-0: %s\r\n" % (
         _ENTRIES, entry_value, _START_TS, start, text
-    )
-    count = len(records) - 1
-    parts = [head]
-    if count:
-        flat: list[Any] = [None] * (3 * count)
-        flat[0::3] = [ts - start for ts in columns.ts[at + 1 : at + 1 + count]]
-        flat[1::3] = columns.sizes[at + 1 : at + 1 + count]
-        flat[2::3] = tails[at + 1 : at + 1 + count]
-        parts.append((_RUN_LINE * count) % tuple(flat))
+    )]
+    checked = [entry_value, text]
+    previous: Any = None
+    for (columns, lo, hi), (tails, _) in zip(spans, derived, strict=True):
+        if previous is not None:  # the block's first record here follows the last block's
+            record = columns.records[lo]
+            content_type = record.content_type or DEFAULT_CONTENT_TYPE
+            before = (previous.content_type or DEFAULT_CONTENT_TYPE, previous.labels)
+            value = _record_value(record, content_type, before, names).encode()
+            parts.append(b"x-reduct-0-%d: %s\r\n" % (record.timestamp - start, value))
+            checked.append(value)
+        count = hi - lo - 1
+        if count:
+            flat: list[Any] = [None] * (3 * count)
+            flat[0::3] = [ts - start for ts in columns.ts[lo + 1 : hi]]
+            flat[1::3] = columns.sizes[lo + 1 : hi]
+            flat[2::3] = tails[lo + 1 : hi]
+            parts.append((_RUN_LINE * count) % tuple(flat))
+        previous = columns.records[hi - 1]
     if labels_value:
         parts.append(b"%s: %s\r\n" % (_LABELS, labels_value))
-    return b"".join(parts), [entry_value, text]
+    return b"".join(parts), checked
 
 
 _RUN_LINE = b"x-reduct-0-%d: %d%s"
