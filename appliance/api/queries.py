@@ -16,6 +16,7 @@ from appliance.api.access import read_access, services, write_access
 from appliance.api.batch_codec import (
     header_pairs,
     v1_lines,
+    v1_run_lines,
     v2_one_entry_lines,
     v2_read_batch_raw,
     v2_run_lines,
@@ -180,6 +181,8 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
     collects), is written straight as lines and only its distinct values are checked
     (``v1_lines``, ``v2_one_entry_lines``); any other is built as pairs and checked pair by
     pair (``prepare``). 1 KiB records with cycling labels, v2: ~150 -> ~90 µs a batch of 85.
+    A batch read from blocks' columns is written from what was derived once per block
+    (``v2_run_lines``, ``v1_run_lines``).
     """
     if batch.columns is not None:  # read as runs of blocks: their records, their bytes
         spans = batch.columns
@@ -202,8 +205,8 @@ def encode_batch(batch: ReadBatch, v2: bool, head: bool, only_metadata: bool) ->
     elif all(p is not None for p in batch.payloads):
         body = b"".join(batch.payloads)  # type: ignore[arg-type]
     built = None
-    if v2 and batch.columns is not None:
-        built = v2_run_lines(batch.columns)
+    if batch.columns is not None:
+        built = v2_run_lines(batch.columns) if v2 else v1_run_lines(batch.columns)
     if built is None:
         built = v2_one_entry_lines(metas) if v2 else v1_lines(metas)
     if built is not None and values_are_clean(built[1]):

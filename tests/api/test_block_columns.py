@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from appliance.api import queries
-from appliance.api.batch_codec import parse_v2_request
+from appliance.api.batch_codec import parse_v1_headers, parse_v2_request
 from tests.api.conftest import Harness
 
 API = "/api/v1"
@@ -129,3 +129,53 @@ async def test_v2_batches_running_into_the_next_block_decode_to_what_was_written
     # 16 batches lie in the six full blocks (the 17th reaches the last, which has none), and
     # four of them run from one block into the next (records 13-18, 31-36, 61-66, 79-84).
     assert sorted(spans_per_batch) == [1] * 12 + [2] * 4, spans_per_batch
+
+
+async def test_v1_reads_of_old_blocks_decode_to_what_was_written(
+    harness_factory: Callable[..., Awaitable[Harness]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v1 batches (``GET /b/{bucket}/{entry}/batch?q=``) of 6 in blocks of 16, from the
+    blocks' columns (``v1_run_lines``) once read before, across block borders too."""
+    h = await harness_factory(io_batch_max_records=6)
+    from_columns: list[int] = []
+    run_lines = queries.v1_run_lines
+
+    def counted(spans: Any) -> Any:
+        built = run_lines(spans)
+        if built is not None:
+            from_columns.append(len(spans))
+        return built
+
+    monkeypatch.setattr(queries, "v1_run_lines", counted)
+    r = await h.client.post(API + "/b/bkt", json={"max_block_records": 16})
+    assert r.status_code == 200
+    expected = {ts: _written(ts) for ts in range(10, 1010, 10)}
+    for ts, written in expected.items():
+        await _put(h, ts, *written)
+    wanted = [(ts, *expected[ts]) for ts in sorted(expected)]
+
+    async def read_v1() -> list[tuple[int, str, dict[str, str], bytes]]:
+        r = await h.client.post(API + "/b/bkt/e/q", json={"query_type": "QUERY"})
+        assert r.status_code == 200
+        qid = (await r.get_json())["id"]
+        got: list[tuple[int, str, dict[str, str], bytes]] = []
+        for _ in range(100):
+            r = await h.client.get(API + f"/b/bkt/e/batch?q={qid}")
+            if r.status_code == 204:
+                return got
+            assert r.status_code == 200, r.headers.get("x-reduct-error")
+            body = await r.get_data()
+            pos = 0
+            for record in parse_v1_headers({k.lower(): v for k, v in r.headers.items()}):
+                got.append((record.timestamp, record.content_type, dict(record.labels),
+                            body[pos : pos + record.content_length]))
+                pos += record.content_length
+            assert pos == len(body)
+            if r.headers.get("x-reduct-last") == "true":
+                return got
+        raise AssertionError("the query did not end")
+
+    assert await read_v1() == wanted
+    from_columns.clear()
+    assert await read_v1() == wanted
+    assert sorted(from_columns) == [1] * 12 + [2] * 4, from_columns

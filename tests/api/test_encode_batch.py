@@ -15,6 +15,7 @@ from appliance.api.batch_codec import (
     encode_v1_record_header,
     header_pairs,
     v1_lines,
+    v1_run_lines,
     v2_one_entry_lines,
     v2_read_batch_headers,
     v2_read_batch_raw,
@@ -287,6 +288,48 @@ def test_a_block_s_first_record_h11_would_not_send_falls_back() -> None:
     batch.columns = [(one, 0, 2), (two, 0, 2)]
     encode_batch(batch, v2=True, head=False, only_metadata=False)
     assert batch.encoded.lines is None  # not marked checked: h11 has its word
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_v1_run_lines_of_runs_of_blocks_are_the_reference_headers(seed: int) -> None:
+    """v1 lines of a batch of one block's records, or running into the next blocks, from
+    values worked out once per block: those of ``v1_lines`` and the reference encoder,
+    whatever the label names (a v1 value depends on its record alone)."""
+    rng = random.Random(seed)
+    blocks = [_block_columns(_run(rng)) for _ in range(3)]
+    shift = 0
+    for k, columns in enumerate(blocks):  # each block after the one before
+        if k:
+            metas = [_meta(m.timestamp + shift, m.size, m.content_type, m.labels)
+                     for m in columns.records]
+            blocks[k] = columns = _block_columns(metas)
+        shift = columns.ts[-1]
+    for _ in range(5):
+        first = rng.randrange(3)
+        count = rng.randint(1, 3 - first)
+        spans = []
+        for k, columns in enumerate(blocks[first : first + count]):
+            size = len(columns.records)
+            lo = rng.randrange(size) if k == 0 else 0
+            hi = rng.randrange(lo + 1, size + 1) if k == count - 1 else size
+            spans.append((columns, lo, hi))
+        batch = [m for columns, lo, hi in spans for m in columns.records[lo:hi]]
+        built = v1_run_lines(spans)
+        assert built is not None and built[1] == []  # checked once per block
+        assert built[0] == v1_lines(batch)[0]
+        assert header_pairs(built[0]) == _v1_reference(batch)
+
+
+def test_v1_run_lines_leave_a_block_with_a_value_h11_would_not_send() -> None:
+    columns = _block_columns([_meta(1, 3, "", {"a": "1"}), _meta(2, 3, "", {"a": "x\x00"}),
+                              _meta(3, 3, "", {"a": "1"})])
+    assert v1_run_lines([(columns, 0, 1)]) is None  # the block's values are checked as one
+    assert columns.memo["v1"] is False
+    batch = ReadBatch(records=[("e", m) for m in columns.records], payloads=[b"xyz"] * 3)
+    batch.columns = [(columns, 0, 3)]
+    encode_batch(batch, v2=False, head=False, only_metadata=False)
+    assert batch.encoded.lines is None  # not marked checked: h11 has its word
+    assert batch.encoded.headers()[:3] == _v1_reference(columns.records)
 
 
 @pytest.mark.parametrize("seed", range(10))

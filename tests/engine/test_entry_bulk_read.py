@@ -370,7 +370,8 @@ def test_read_columns_checks_small_records_with_one_call_and_finds_damage(
     run = list(entry.iter_runs(5, 9, 10))[0]
     assert run.columns.ts == [5, 6, 7, 8]
     calls: list[str] = []
-    real_value, real_extend = bulk_read_module.google_crc32c.value, bulk_read_module.google_crc32c.extend
+    real = bulk_read_module.google_crc32c
+    real_value, real_extend = real.value, real.extend
 
     class Counting:
         @staticmethod

@@ -34,6 +34,7 @@ from appliance.api.batch_codec.v1 import (
     parse_v1_headers,
     parse_v1_timestamps,
     v1_lines,
+    v1_run_lines,
 )
 from appliance.api.batch_codec.v2_encode import (
     encode_v2_echo,
@@ -65,6 +66,7 @@ __all__ = [
     "encode_v1_error",
     "encode_v1_record_header",
     "v1_lines",
+    "v1_run_lines",
     "encode_v2_echo",
     "encode_v2_error",
     "encode_v2_read_batch",
