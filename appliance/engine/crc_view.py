@@ -56,9 +56,19 @@ def crc_at(data: bytes, offset: int, size: int) -> int:
     return int(_VALUE(base + offset, size))
 
 
-# Zero runs and their checksums kept for these sizes and below (records of a block often share
-# a size); larger ones are made when needed.
-_ZERO_CACHE_BYTES = 64 * 1024
+# Zero bytes to extend a checksum by (a record's length of them, in pieces of at most this):
+# the memory stays bounded whatever the records' sizes.
+_ZEROS = bytes(64 * 1024)
+
+
+def _extend_zeros(crc: int, size: int) -> int:
+    """``google_crc32c.extend(crc, bytes(size))`` without making ``size`` zero bytes."""
+    extend = google_crc32c.extend
+    step = len(_ZEROS)
+    while size > step:
+        crc = extend(crc, _ZEROS)
+        size -= step
+    return extend(crc, _ZEROS[:size]) if size < step else extend(crc, _ZEROS)
 
 
 def running_checksums(crcs: Sequence[int], sizes: Sequence[int]) -> list[int]:
@@ -71,18 +81,20 @@ def running_checksums(crcs: Sequence[int], sizes: Sequence[int]) -> list[int]:
     ``lo`` to ``hi`` read back to back as one span, with one call.
     """
     extend = google_crc32c.extend
-    zeros: dict[int, tuple[bytes, int]] = {}
+    # By size (records of a block often share one): its zero bytes, or None above the
+    # piece size, and their checksum.
+    zeros: dict[int, tuple[bytes | None, int]] = {}
     out = [0]
     running = 0
     for crc, size in zip(crcs, sizes, strict=True):
         if size:
             pair = zeros.get(size)
             if pair is None:
-                run = bytes(size)
-                pair = (run, extend(0, run))
-                if size <= _ZERO_CACHE_BYTES:
-                    zeros[size] = pair
-            running = extend(running, pair[0]) ^ pair[1] ^ crc
+                run = _ZEROS[:size] if size <= len(_ZEROS) else None
+                pair = zeros[size] = (run, _extend_zeros(0, size))
+            shifted = extend(running, pair[0]) if pair[0] is not None else _extend_zeros(
+                running, size)
+            running = shifted ^ pair[1] ^ crc
         out.append(running)
     return out
 

@@ -717,16 +717,16 @@ def _load_run(
     sizes = [size for cols, lo, hi in spans for size in cols.sizes[lo:hi]]
     if max(sizes) > PRELOAD_RECORD_BYTES or sum(sizes) > PRELOAD_BATCH_BYTES:
         return False
-    entry = _entry(bucket, iters, name)
     bodies = []
-    for columns, lo, hi in spans:
-        try:
+    try:
+        entry = _entry(bucket, iters, name)
+        for columns, lo, hi in spans:
             body = entry.read_columns(columns, lo, hi)
-        except NotFound:
-            return False
-        if body is None:
-            return False
-        bodies.append(body)
+            if body is None:
+                return False
+            bodies.append(body)
+    except NotFound:
+        return False
     body = bodies[0] if len(bodies) == 1 else b"".join(bodies)
     batch.payloads = SpanPayloads(body, sizes)  # type: ignore[assignment]
     batch.body = body

@@ -56,27 +56,40 @@ async def _read_v2(h: Harness) -> list[tuple[int, str, dict[str, str], bytes]]:
     raise AssertionError("the query did not end")
 
 
+def _count_run_lines(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Patch ``queries.<name>`` (``v2_run_lines`` or ``v1_run_lines``) to note, for every
+    batch it writes, how many blocks' spans the batch has."""
+    spans_per_batch: list[int] = []
+    run_lines = getattr(queries, name)
+
+    def counted(spans: Any) -> Any:
+        built = run_lines(spans)
+        if built is not None:
+            spans_per_batch.append(len(spans))
+        return built
+
+    monkeypatch.setattr(queries, name, counted)
+    return spans_per_batch
+
+
+async def _fill(h: Harness) -> dict[int, tuple[str, dict[str, str], bytes]]:
+    """A bucket of blocks of 16 records and 100 records in ``e``: six full blocks and a
+    last one."""
+    r = await h.client.post(API + "/b/bkt", json={"max_block_records": 16})
+    assert r.status_code == 200
+    expected = {ts: _written(ts) for ts in range(10, 1010, 10)}
+    for ts, written in expected.items():
+        await _put(h, ts, *written)
+    return expected
+
+
 async def test_v2_reads_of_old_blocks_decode_to_what_was_written(
     harness_factory: Callable[..., Awaitable[Harness]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Batches of 8 in blocks of 16: most batches are a run of one block.
     h = await harness_factory(io_batch_max_records=8)
-    from_columns: list[int] = []
-    run_lines = queries.v2_run_lines
-
-    def counted(spans: Any) -> Any:
-        built = run_lines(spans)
-        if built is not None:
-            from_columns.append(len(spans))
-        return built
-
-    monkeypatch.setattr(queries, "v2_run_lines", counted)
-    r = await h.client.post(API + "/b/bkt", json={"max_block_records": 16})
-    assert r.status_code == 200
-    expected: dict[int, tuple[str, dict[str, str], bytes]] = {}
-    for ts in range(10, 1010, 10):  # 100 records: six full blocks and a last one
-        expected[ts] = _written(ts)
-        await _put(h, ts, *expected[ts])
+    from_columns = _count_run_lines(monkeypatch, "v2_run_lines")
+    expected = await _fill(h)
 
     def wanted() -> list[tuple[int, str, dict[str, str], bytes]]:
         return [(ts, *expected[ts]) for ts in sorted(expected)]
@@ -106,21 +119,8 @@ async def test_v2_batches_running_into_the_next_block_decode_to_what_was_written
     """Batches of 6 in blocks of 16: every third batch runs from one block into the next,
     and is read and encoded from both blocks' columns."""
     h = await harness_factory(io_batch_max_records=6)
-    spans_per_batch: list[int] = []
-    run_lines = queries.v2_run_lines
-
-    def counted(spans: Any) -> Any:
-        built = run_lines(spans)
-        if built is not None:
-            spans_per_batch.append(len(spans))
-        return built
-
-    monkeypatch.setattr(queries, "v2_run_lines", counted)
-    r = await h.client.post(API + "/b/bkt", json={"max_block_records": 16})
-    assert r.status_code == 200
-    expected = {ts: _written(ts) for ts in range(10, 1010, 10)}  # six full blocks, a last one
-    for ts, written in expected.items():
-        await _put(h, ts, *written)
+    spans_per_batch = _count_run_lines(monkeypatch, "v2_run_lines")
+    expected = await _fill(h)
     wanted = [(ts, *expected[ts]) for ts in sorted(expected)]
     assert await _read_v2(h) == wanted
     assert await _read_v2(h) == wanted
@@ -137,21 +137,8 @@ async def test_v1_reads_of_old_blocks_decode_to_what_was_written(
     """v1 batches (``GET /b/{bucket}/{entry}/batch?q=``) of 6 in blocks of 16, from the
     blocks' columns (``v1_run_lines``) once read before, across block borders too."""
     h = await harness_factory(io_batch_max_records=6)
-    from_columns: list[int] = []
-    run_lines = queries.v1_run_lines
-
-    def counted(spans: Any) -> Any:
-        built = run_lines(spans)
-        if built is not None:
-            from_columns.append(len(spans))
-        return built
-
-    monkeypatch.setattr(queries, "v1_run_lines", counted)
-    r = await h.client.post(API + "/b/bkt", json={"max_block_records": 16})
-    assert r.status_code == 200
-    expected = {ts: _written(ts) for ts in range(10, 1010, 10)}
-    for ts, written in expected.items():
-        await _put(h, ts, *written)
+    from_columns = _count_run_lines(monkeypatch, "v1_run_lines")
+    expected = await _fill(h)
     wanted = [(ts, *expected[ts]) for ts in sorted(expected)]
 
     async def read_v1() -> list[tuple[int, str, dict[str, str], bytes]]:

@@ -8,6 +8,7 @@ would not send must not be marked checked."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -231,18 +232,37 @@ def test_run_lines_leave_a_value_h11_would_not_send_to_the_per_record_lines() ->
     assert v2_run_lines([(columns, 0, 2)]) is None
 
 
-def _following_blocks(rng: random.Random, count: int) -> list[Columns]:
+def _following_blocks(
+    rng: random.Random, count: int,
+    make: Callable[[random.Random], list[RecordMeta]] = _uniform_block,
+) -> list[Columns]:
     """The columns of ``count`` blocks of one entry, each after the one before, their
-    records' labels all named ``a`` and ``b``."""
+    records made by ``make`` (by default all labels named ``a`` and ``b``)."""
     blocks: list[Columns] = []
     after = 0
     for _ in range(count):
-        metas = _uniform_block(rng)
+        metas = make(rng)
         shift = after - metas[0].timestamp + rng.randrange(1, 50)
         metas = [_meta(m.timestamp + shift, m.size, m.content_type, m.labels) for m in metas]
         blocks.append(_block_columns(metas))
         after = metas[-1].timestamp
     return blocks
+
+
+def _random_spans(
+    rng: random.Random, blocks: list[Columns], fewest: int
+) -> tuple[list[tuple[Columns, int, int]], list[RecordMeta]]:
+    """Spans (columns, lo, hi) of a batch over ``fewest`` or more of ``blocks`` in turn (from
+    anywhere in the first to anywhere in the last), and the batch's records."""
+    first = rng.randrange(len(blocks) - fewest + 1)
+    count = rng.randint(fewest, len(blocks) - first)
+    spans = []
+    for k, columns in enumerate(blocks[first : first + count]):
+        size = len(columns.records)
+        lo = rng.randrange(size) if k == 0 else 0
+        hi = rng.randrange(lo + 1, size + 1) if k == count - 1 else size
+        spans.append((columns, lo, hi))
+    return spans, [m for columns, lo, hi in spans for m in columns.records[lo:hi]]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -253,15 +273,7 @@ def test_run_lines_of_runs_of_following_blocks_are_the_reference_headers(seed: i
     rng = random.Random(seed)
     blocks = _following_blocks(rng, 3)
     for _ in range(5):
-        first = rng.randrange(2)
-        count = rng.randint(2, 3 - first)
-        spans = []
-        for k, columns in enumerate(blocks[first : first + count]):
-            size = len(columns.records)
-            lo = rng.randrange(size) if k == 0 else 0
-            hi = rng.randrange(lo + 1, size + 1) if k == count - 1 else size
-            spans.append((columns, lo, hi))
-        batch = [m for columns, lo, hi in spans for m in columns.records[lo:hi]]
+        spans, batch = _random_spans(rng, blocks, 2)
         built = v2_run_lines(spans)
         assert built is not None
         assert built[0] == v2_one_entry_lines(batch)[0]
@@ -296,24 +308,9 @@ def test_v1_run_lines_of_runs_of_blocks_are_the_reference_headers(seed: int) -> 
     values worked out once per block: those of ``v1_lines`` and the reference encoder,
     whatever the label names (a v1 value depends on its record alone)."""
     rng = random.Random(seed)
-    blocks = [_block_columns(_run(rng)) for _ in range(3)]
-    shift = 0
-    for k, columns in enumerate(blocks):  # each block after the one before
-        if k:
-            metas = [_meta(m.timestamp + shift, m.size, m.content_type, m.labels)
-                     for m in columns.records]
-            blocks[k] = columns = _block_columns(metas)
-        shift = columns.ts[-1]
+    blocks = _following_blocks(rng, 3, _run)
     for _ in range(5):
-        first = rng.randrange(3)
-        count = rng.randint(1, 3 - first)
-        spans = []
-        for k, columns in enumerate(blocks[first : first + count]):
-            size = len(columns.records)
-            lo = rng.randrange(size) if k == 0 else 0
-            hi = rng.randrange(lo + 1, size + 1) if k == count - 1 else size
-            spans.append((columns, lo, hi))
-        batch = [m for columns, lo, hi in spans for m in columns.records[lo:hi]]
+        spans, batch = _random_spans(rng, blocks, 1)
         built = v1_run_lines(spans)
         assert built is not None and built[1] == []  # checked once per block
         assert built[0] == v1_lines(batch)[0]

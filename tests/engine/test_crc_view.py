@@ -61,3 +61,9 @@ def test_running_checksums_catch_damage_and_swapped_records() -> None:
     swapped = payloads[10:60]
     swapped[3], swapped[4] = swapped[4], swapped[3]
     assert google_crc32c.extend(chain[10], b"".join(swapped)) != chain[60]
+
+
+def test_extending_by_zeros_in_pieces_equals_extending_by_the_zero_bytes() -> None:
+    """Records above the zero piece's size are shifted in pieces: the same checksum."""
+    for size in (1, 65_535, 65_536, 65_537, 200_000, 1 << 20):
+        assert crc_view._extend_zeros(0x1234, size) == google_crc32c.extend(0x1234, bytes(size))
