@@ -90,11 +90,12 @@ def running_checksums(crcs: Sequence[int], sizes: Sequence[int]) -> list[int]:
         if size:
             pair = zeros.get(size)
             if pair is None:
-                run = _ZEROS[:size] if size <= len(_ZEROS) else None
-                pair = zeros[size] = (run, _extend_zeros(0, size))
-            shifted = extend(running, pair[0]) if pair[0] is not None else _extend_zeros(
-                running, size)
-            running = shifted ^ pair[1] ^ crc
+                pair = zeros[size] = (
+                    _ZEROS[:size] if size <= len(_ZEROS) else None, _extend_zeros(0, size)
+                )
+            run, zeros_crc = pair
+            shifted = extend(running, run) if run is not None else _extend_zeros(running, size)
+            running = shifted ^ zeros_crc ^ crc
         out.append(running)
     return out
 

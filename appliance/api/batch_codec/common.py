@@ -5,9 +5,9 @@ encoding, unsigned integers and error texts (ReductStore's, byte for byte).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from appliance.errors import ApplianceError, UnprocessableEntity
 
@@ -120,6 +120,18 @@ def parse_labels(
             value, rest = tail, ""
         pairs.append((key, value.strip()))
     return pairs
+
+
+def format_rows(line: bytes, first: Sequence[Any], second: Sequence[Any],
+                third: Sequence[Any]) -> bytes:
+    """``line`` (a ``%`` format of three values) for each row of the three columns, joined,
+    with one formatting for all of them: a batch's header lines at one Python step."""
+    count = len(first)
+    flat: list[Any] = [None] * (3 * count)
+    flat[0::3] = first
+    flat[1::3] = second
+    flat[2::3] = third
+    return (line * count) % tuple(flat)
 
 
 def header_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:

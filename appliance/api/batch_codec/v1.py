@@ -17,6 +17,7 @@ from appliance.api.batch_codec.common import (
     RecordLike,
     error_value,
     format_label_value,
+    format_rows,
     parse_labels,
     parse_uint,
 )
@@ -97,21 +98,11 @@ def v1_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes]]:
     for each record, and the values a sender must check (header byte classes): each distinct
     one once, with its size as ``0``; the names are tokens by construction. What follows the
     size is encoded once per (content type, labels) pair of objects."""
-    lines = []
-    append = lines.append
-    line = V1_TIME_PREFIX.lower().encode() + b"%d: %d,%s\r\n"
-    checked = []
-    # By the ids of (content type, labels); ``records`` keeps them alive (no id reused).
-    tails: dict[tuple[int, int], bytes] = {}
-    for record in records:
-        key = (id(record.content_type), id(record.labels))
-        tail = tails.get(key)
-        if tail is None:
-            tail = encode_v1_record_header(record)[1].encode().partition(b",")[2]
-            tails[key] = tail
-            checked.append(b"0," + tail)
-        append(line % (record.timestamp, record.size, tail))
-    return b"".join(lines), checked
+    tails, checked = _v1_tails(records)
+    lines = format_rows(
+        _V1_LINE, [r.timestamp for r in records], [r.size for r in records], tails
+    )
+    return lines, checked
 
 
 def v1_run_lines(spans: Sequence[tuple[Any, int, int]]) -> tuple[bytes, list[bytes]] | None:
@@ -125,25 +116,24 @@ def v1_run_lines(spans: Sequence[tuple[Any, int, int]]) -> tuple[bytes, list[byt
     for columns, lo, hi in spans:
         tails = columns.memo.get("v1")
         if tails is None:
-            tails = columns.memo["v1"] = _v1_tails(columns.records)
+            tails, checked = _v1_tails(columns.records)
+            if not values_are_clean(checked):
+                tails = False
+            columns.memo["v1"] = tails
         if tails is False:
             return None
-        count = hi - lo
-        flat: list[Any] = [None] * (3 * count)
-        flat[0::3] = columns.ts[lo:hi]
-        flat[1::3] = columns.sizes[lo:hi]
-        flat[2::3] = tails[lo:hi]
-        parts.append((_V1_LINE * count) % tuple(flat))
+        parts.append(format_rows(_V1_LINE, columns.ts[lo:hi], columns.sizes[lo:hi],
+                                 tails[lo:hi]))
     return b"".join(parts), []
 
 
 _V1_LINE = V1_TIME_PREFIX.lower().encode() + b"%d: %d,%s\r\n"
 
 
-def _v1_tails(records: Sequence[RecordLike]) -> list[bytes] | bool:
+def _v1_tails(records: Sequence[RecordLike]) -> tuple[list[bytes], list[bytes]]:
     """What follows each record's size in its v1 value, worked out once per (content type,
-    labels) pair of objects as ``v1_lines`` does; False if one of them is not a value h11
-    sends as it is (``values_are_clean``, the size written as ``0``)."""
+    labels) pair of objects (``records`` keeps them alive: no id is reused meanwhile), and
+    each distinct value with its size as ``0``, for a sender to check."""
     known: dict[tuple[int, int], bytes] = {}
     tails = []
     for record in records:
@@ -152,9 +142,7 @@ def _v1_tails(records: Sequence[RecordLike]) -> list[bytes] | bool:
         if tail is None:
             tail = known[key] = encode_v1_record_header(record)[1].encode().partition(b",")[2]
         tails.append(tail)
-    if not values_are_clean([b"0," + tail for tail in known.values()]):
-        return False
-    return tails
+    return tails, [b"0," + tail for tail in known.values()]
 
 
 def encode_v1_error(timestamp: int, err: ApplianceError) -> tuple[str, str]:

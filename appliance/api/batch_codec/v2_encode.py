@@ -17,6 +17,7 @@ from appliance.api.batch_codec.common import (
     RecordLike,
     encode_name,
     error_value,
+    format_rows,
     header_pairs,
 )
 from appliance.api.batch_codec.v2_parse import V2Request
@@ -298,13 +299,11 @@ def v2_run_lines(spans: Sequence[tuple[Any, int, int]]) -> tuple[bytes, list[byt
             value = _record_value(record, content_type, before, names).encode()
             parts.append(b"x-reduct-0-%d: %s\r\n" % (record.timestamp - start, value))
             checked.append(value)
-        count = hi - lo - 1
-        if count:
-            flat: list[Any] = [None] * (3 * count)
-            flat[0::3] = [ts - start for ts in columns.ts[lo + 1 : hi]]
-            flat[1::3] = columns.sizes[lo + 1 : hi]
-            flat[2::3] = tails[lo + 1 : hi]
-            parts.append((_RUN_LINE * count) % tuple(flat))
+        if hi - lo > 1:
+            parts.append(format_rows(
+                _RUN_LINE, [ts - start for ts in columns.ts[lo + 1 : hi]],
+                columns.sizes[lo + 1 : hi], tails[lo + 1 : hi],
+            ))
         previous = columns.records[hi - 1]
     if labels_value:
         parts.append(b"%s: %s\r\n" % (_LABELS, labels_value))
