@@ -3,6 +3,7 @@
 Usage::
 
     python tests/bench/bench_big.py [--reps 5] [--ceiling-parser h11] [--quick]  # 1 MiB writes
+        [--records 96] [--env NAME=VALUE ...]  # a setting for the appliance only
     python tests/bench/bench_big.py --mode concurrent [--seconds 3]       # 1..8 clients
 
 ``large`` (default): 1 MiB single writes (one request per record) and 1 MiB batched writes (one
@@ -109,10 +110,12 @@ async def batched_writes(bucket: Bucket, entry: str, records: int, ts0: int) -> 
 class Systems:
     """The appliance and the empty-handler app, each with its own client and bucket."""
 
-    def __init__(self, folder: Path, ceiling_parser: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, ceiling_parser: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.folder = folder
         self.ceiling_parser = ceiling_parser
-        self.ours = ServerProcess(folder / "data")
+        self.ours = ServerProcess(folder / "data", env=env)
         self.empty_port = free_port()
         self.empty: subprocess.Popen[bytes] | None = None
         self.ts = 1_000_000
@@ -348,7 +351,15 @@ def main() -> None:
         "--ceiling-parser", choices=("h11",), default=None,
         help="run the empty handler with h11's and Hypercorn's own code (APPLIANCE_HTTP_PARSER)",
     )
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the appliance only, e.g. RS_ENGINE_DIRECT_WRITES=true")
     args = parser.parse_args()
+    server_env: dict[str, str] = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--env takes NAME=VALUE, not {item!r}")
+        server_env[name] = value
     if args.mode == "stream":
         asyncio.run(stream_only(args.url, args.bytes))
         return
@@ -358,7 +369,7 @@ def main() -> None:
         if free < need:
             sys.exit(f"need {need / GIB:.1f} GiB free in {tmp}, have {free / GIB:.1f}")
         load0 = os.getloadavg()[0]
-        systems = Systems(Path(tmp), args.ceiling_parser)
+        systems = Systems(Path(tmp), args.ceiling_parser, server_env)
         try:
             systems.start()
             if args.mode == "large":
