@@ -310,8 +310,7 @@ class RecordSink:
         if writer is None:
             writer = self.writer = self._begin()
         for chunks in groups:
-            for chunk in chunks:
-                writer.write(chunk)
+            writer.write_many(chunks)  # one pwritev a group: one GIL hand-off, not one a chunk
 
     def finish(self) -> None:
         """Complete the record (FINISHED), then run ``then``."""

@@ -15,7 +15,8 @@ No asyncio and no Quart here: the API layer calls into it from worker threads. P
     Bucket.write_record(entry, ts, data, content_type, labels) -> None
     Bucket.write_batch(entry, records: Sequence[NewRecord]) -> dict[int, ApplianceError]
 
-    RecordWriter.meta / .write(chunk) / .finish() / .abort(reason)    also a context manager
+    RecordWriter.meta / .write(chunk) / .write_many(chunks) / .finish() / .abort(reason)
+        (also a context manager)
 
     Entry.name / .info() / .get_record(ts) / .latest_record()
     Entry.iter_records(start, stop) -> Iterator[RecordMeta]       FINISHED only, ascending ts

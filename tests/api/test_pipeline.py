@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from appliance.api.streaming import Pipeline
+from appliance.api.streaming import Pipeline, RecordSink
 from appliance.workers import Workers
 from tests.api.conftest import Harness, asgi_call, asgi_scope
 
@@ -292,3 +292,18 @@ async def test_synced_batch_of_large_records_commits_in_few_hops(
     for ts, data in records.items():
         r = await h.client.get(API + f"/b/bkt/e?ts={ts}")
         assert await r.get_data() == data
+
+
+def test_record_sink_writes_each_group_with_one_call() -> None:
+    """A drained group goes to the record writer in one ``write_many`` (one ``pwritev``),
+    not chunk by chunk."""
+    calls: list[list[bytes]] = []
+
+    class Writer:
+        def write_many(self, chunks: list[bytes]) -> None:
+            calls.append(list(chunks))
+
+    sink = RecordSink(Writer)
+    sink.write([[b"a", b"b"], [b"c"]])
+    sink.write([[b"d", b"e", b"f"]])
+    assert calls == [[b"a", b"b"], [b"c"], [b"d", b"e", b"f"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,45 @@ def test_writer_sync_writes_group_commit(tmp_path: Path) -> None:
     committer = storage._ctx.committer  # noqa: SLF001 - white-box: fsync accounting
     assert committer is not None and committer.rounds <= 80
     storage.close()
+
+
+def test_write_many_writes_a_group_with_one_system_call(
+    bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import google_crc32c
+
+    from appliance.engine import fs_ops
+
+    calls: list[int] = []
+    real = fs_ops.write_all
+    payload = bytes(range(256)) * 40
+    pieces = [payload[:1000], bytearray(payload[1000:1001]), memoryview(payload[1001:7000])]
+    writer = bucket.begin_write("e", 1, len(payload), CT, {})
+    data_fd = writer._handle.fd  # noqa: SLF001 - the payload's file, apart from the WAL's
+
+    def counting(fd: int, chunks: Any, offset: int | None = None) -> None:
+        if fd == data_fd:
+            calls.append(len(chunks))
+        real(fd, chunks, offset)
+
+    monkeypatch.setattr(fs_ops, "write_all", counting)
+    writer.write_many(pieces)  # type: ignore[arg-type]
+    writer.write_many([])
+    writer.write(payload[7000:])
+    writer.finish()
+    assert calls == [3, 0, 1]
+    entry = bucket.get_entry("e")
+    record = entry.get_record(1)
+    assert entry.read_payload(record) == payload
+    assert record.crc == google_crc32c.value(payload)  # type: ignore[attr-defined]
+
+
+def test_write_many_over_the_declared_size_writes_none_of_the_group(bucket: Bucket) -> None:
+    writer = bucket.begin_write("e", 1, 6, CT, {})
+    writer.write_many([b"ab", b"cd"])
+    with pytest.raises(BadRequest):
+        writer.write_many([b"ef", b"gh"])
+    entry = bucket.get_entry("e")
+    assert entry.get_record(1).state == RecordState.ERRORED
+    with pytest.raises(BadRequest):
+        writer.write(b"x")  # closed by the failure
