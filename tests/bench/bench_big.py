@@ -352,7 +352,7 @@ def main() -> None:
         help="run the empty handler with h11's and Hypercorn's own code (APPLIANCE_HTTP_PARSER)",
     )
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="a setting for the appliance only, e.g. RS_ENGINE_DIRECT_WRITES=true")
+                        help="a setting for the appliance only, e.g. RS_ENGINE_SYNC_WRITES=true")
     args = parser.parse_args()
     server_env: dict[str, str] = {}
     for item in args.env:
