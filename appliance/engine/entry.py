@@ -68,9 +68,9 @@ _ERRORED = RecordState.ERRORED
 crc32c = google_crc32c.value
 
 
-def _crc_of(parts: list[bytes]) -> int:
-    """The CRC32C of the concatenation of ``parts``."""
-    crc = 0
+def extend_crc(crc: int, parts: list[bytes]) -> int:
+    """``crc`` extended by ``parts`` in order: the CRC32C of what came before them and them
+    joined (0 for the parts alone)."""
     for part in parts:
         crc = google_crc32c.extend(crc, part)
     return crc
@@ -617,7 +617,7 @@ class Entry(BulkReads, EntryRemoval):
                 if type(data) is bytes:
                     crc = crc32c(data)
                 elif type(data) is Pieces:
-                    crc = _crc_of(data.parts)
+                    crc = extend_crc(0, data.parts)
                 else:
                     data = bytes(data)
                     crc = crc32c(data)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 from types import TracebackType
 
-import google_crc32c
 
 from appliance import metrics
 from appliance.engine import fs_ops
 from appliance.engine.codec import StoredRecord
-from appliance.engine.entry import Entry
+from appliance.engine.entry import Entry, extend_crc
 from appliance.engine.fd_cache import FileHandle
 from appliance.engine.ioerrors import boundary, translate
 from appliance.engine.models import RecordMeta, RecordState
@@ -78,10 +77,7 @@ class RecordWriter:
         except OSError as exc:
             self._fail(translate(exc, "write the record"))
         handle.dirty = True
-        crc = self._crc
-        for chunk in chunks:
-            crc = google_crc32c.extend(crc, chunk)
-        self._crc = crc
+        self._crc = extend_crc(self._crc, chunks)
         self._written += size
 
     @boundary("write the record")

@@ -72,6 +72,18 @@ def ballast(folder: Path) -> None:
     path.unlink()
 
 
+def env_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` options as a dict (a parser error for anything else): variables
+    for the appliance alone, since the benchmark servers drop the caller's ``RS_*`` ones."""
+    env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--env takes NAME=VALUE, not {item!r}")
+        env[name] = value
+    return env
+
+
 def raw_disk(folder: Path, records: int) -> float:
     """Seconds to write ``records`` MiB sequentially to a new file (no fsync, like the server)."""
     chunk = os.urandom(MIB)
@@ -354,12 +366,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the appliance only, e.g. RS_ENGINE_SYNC_WRITES=true")
     args = parser.parse_args()
-    server_env: dict[str, str] = {}
-    for item in args.env:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"--env takes NAME=VALUE, not {item!r}")
-        server_env[name] = value
+    server_env = env_settings(parser, args.env)
     if args.mode == "stream":
         asyncio.run(stream_only(args.url, args.bytes))
         return

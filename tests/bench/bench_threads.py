@@ -51,7 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.bench.bench_big import ballast  # noqa: E402
+from tests.bench.bench_big import ballast, env_settings  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 MIB = 1024 * 1024
@@ -238,12 +238,7 @@ def main() -> None:
     args = parser.parse_args()
     label = args.size
     args.size = SIZES[label]
-    args.server_env = {}
-    for item in args.env:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"--env takes NAME=VALUE, not {item!r}")
-        args.server_env[name] = value
+    args.server_env = env_settings(parser, args.env)
     if args.tree is not None:
         args.tree = args.tree.resolve()
         if not (args.tree / "appliance" / "__main__.py").is_file():
