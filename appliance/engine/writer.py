@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from types import TracebackType
 
-
 from appliance import metrics
 from appliance.engine import fs_ops
 from appliance.engine.codec import StoredRecord
