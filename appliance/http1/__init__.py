@@ -1,15 +1,18 @@
-"""Faster HTTP/1 header handling under Hypercorn, installed by the server (issue 15).
+"""Faster HTTP/1 handling under Hypercorn, installed by the server (issue 15).
 
-``install`` swaps six functions of h11 and Hypercorn for versions that do the same work in
+``install`` swaps seven functions of h11 and Hypercorn for versions that do the same work in
 one pass per header block (``request_head``, ``response_head``, ``headers``), or without
-copying a body chunk (``body``):
+copying a body chunk (``body``, ``reader``):
 
 - h11's ``(CLIENT, IDLE)`` reader (``h11._readers.READERS``): the request head;
 - h11's ``get_comma_header``, where ``h11._connection`` and ``h11._headers`` call it;
 - h11's ``normalize_and_validate``, where ``h11._events`` calls it (building events);
 - h11's ``write_any_response`` in ``h11._writers.WRITERS``;
 - Hypercorn's ``build_and_validate_headers``, where ``hypercorn.protocol.http_stream`` calls it;
-- Hypercorn's ``H11Protocol.handle``, for request body chunks h11 would only copy (``body``).
+- Hypercorn's ``H11Protocol.handle``, for request body chunks h11 would only copy (``body``);
+- Hypercorn's ``TCPServer._read_data``, which reads the socket's chunks through a
+  ``ChunkReader`` instead of asyncio's byte buffer (``reader``); ``receive_bytes`` is then the
+  read size that keeps every chunk whole.
 
 Each hands anything unusual to the function it replaces, so events, bytes and exceptions are
 h11's and Hypercorn's own. Only for the versions verified (``VERIFIED_H11``,
@@ -17,6 +20,7 @@ h11's and Hypercorn's own. Only for the versions verified (``VERIFIED_H11``,
 install: sample heads and responses through both, compared, else one warning and the stock
 code. ``APPLIANCE_HTTP_PARSER=h11`` (a benchmarking knob, not an ``RS_*`` setting) keeps the
 stock code, for comparisons; the benchmark ceilings (``tests/bench/empty_app.py``) honour it.
+``APPLIANCE_STREAM_READER=stock`` keeps asyncio's reader alone (the same kind of knob).
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ import h11._headers
 import h11._readers
 import h11._writers
 from h11._state import CLIENT, IDLE, SEND_RESPONSE, SERVER
+from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol import http_stream
 from hypercorn.protocol.h11 import H11Protocol
 
 from appliance.http1.body import make_handle
 from appliance.http1.early import make_early_handle
 from appliance.http1.headers import indexed_get_comma_header
+from appliance.http1.reader import WHOLE_CHUNK_BYTES, make_read_data
 from appliance.http1.request_head import make_reader
 from appliance.http1.response_head import (
     ONE_PASS_FROM,
@@ -50,6 +56,7 @@ from appliance.http1.response_head import (
 log = logging.getLogger(__name__)
 
 PARSER_ENV = "APPLIANCE_HTTP_PARSER"
+READER_ENV = "APPLIANCE_STREAM_READER"  # ``stock``: asyncio's byte buffer (comparisons)
 VERIFIED_H11 = ("0.16.",)
 VERIFIED_HYPERCORN = ("0.17.", "0.18.")
 
@@ -152,10 +159,18 @@ def uninstall() -> None:
             setattr(target, key, stock)
 
 
+def receive_bytes() -> int | None:
+    """How much Hypercorn should read from a socket at a time for what is installed: a
+    transport's whole chunk when the ``ChunkReader`` is (it then hands each on uncopied), else
+    None (Hypercorn's own size)."""
+    chunked = any(target is TCPServer and key == "_read_data" for target, key, _ in _installed)
+    return WHOLE_CHUNK_BYTES if chunked else None
+
+
 def install() -> bool:
-    """Install the one-pass header handling unless stock h11 is asked for, the versions are
-    not verified, or the self-check finds a difference; returns whether it is in use.
-    Idempotent."""
+    """Install the one-pass header handling and the chunk reader unless stock h11 is asked
+    for, the versions are not verified, or the self-check finds a difference; returns whether
+    it is in use. Idempotent."""
     if _installed:
         return True
     if os.environ.get(PARSER_ENV, "").strip().lower() == "h11":
@@ -177,11 +192,14 @@ def install() -> bool:
     build = http_stream.build_and_validate_headers
     _replace(http_stream, "build_and_validate_headers", make_build_headers(build))
     _replace(H11Protocol, "handle", make_early_handle(make_handle(H11Protocol.handle)))
+    if os.environ.get(READER_ENV, "").strip().lower() != "stock":
+        _replace(TCPServer, "_read_data", make_read_data(TCPServer._read_data))
     got = _samples()
     if got != expected:
         uninstall()
         log.warning("HTTP/1 headers: h11's own parser (the one-pass version differs: %r)",
                     [pair for pair in zip(expected, got) if pair[0] != pair[1]][:1])
         return False
-    log.info("HTTP/1 headers: one-pass reader and writer (h11 %s)", h11.__version__)
+    log.info("HTTP/1 headers: one-pass reader and writer (h11 %s), %s", h11.__version__,
+             "received chunks uncopied" if receive_bytes() else "asyncio's stream reader")
     return True

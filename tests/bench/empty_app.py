@@ -3,9 +3,10 @@
 It answers like a ReductStore just enough for reduct-py (``x-reduct-api`` header, a bucket info
 body) so the benchmark drives it with the very same client code. It reads and drops request
 bodies. It runs with the appliance's server settings (Hypercorn config, event loop, socket read
-size, ``tune_malloc``, the one-pass HTTP/1 headers of ``appliance.http1``), so a setting that
-helps both lifts the ceiling too; ``APPLIANCE_HTTP_PARSER=h11`` gives the stock Quart+Hypercorn
-ceiling (``bench_api.py --ceiling-parser h11`` sets it for this process only).
+size, ``tune_malloc``, the one-pass HTTP/1 headers and chunk reader of ``appliance.http1``),
+so a setting that helps both lifts the ceiling too; ``APPLIANCE_HTTP_PARSER=h11`` gives the
+stock Quart+Hypercorn ceiling (``bench_api.py --ceiling-parser h11`` sets it for this process
+only).
 Usage: ``python tests/bench/empty_app.py PORT``.
 """
 
@@ -45,7 +46,7 @@ async def anything(rest: str) -> tuple[str, int, dict[str, str]]:
 
 if __name__ == "__main__":
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
-    set_receive_size()  # the appliance's server settings, for a fair ceiling
-    tune_malloc()
+    tune_malloc()  # the appliance's server settings, for a fair ceiling
     http1.install()
+    set_receive_size(http1.receive_bytes())
     run(serve(app, hypercorn_config(settings)))  # type: ignore[arg-type]

@@ -104,8 +104,8 @@ if __name__ == "__main__":
         tune_malloc()
         add_reason_phrases()
         release_closed_connections()
-        set_receive_size()
         http1.install()
+        set_receive_size(http1.receive_bytes())
     app: Any = replayer.quart() if mode == "quart" else replayer.asgi
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
     run(serve(app, hypercorn_config(settings)))
