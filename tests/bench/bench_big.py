@@ -4,6 +4,7 @@ Usage::
 
     python tests/bench/bench_big.py [--reps 5] [--ceiling-parser h11] [--quick]  # 1 MiB writes
         [--records 96] [--env NAME=VALUE ...]  # a setting for the appliance only
+        [--tree PATH]  # the appliance from another checkout (``git worktree add``)
     python tests/bench/bench_big.py --mode concurrent [--seconds 3]       # 1..8 clients
 
 ``large`` (default): 1 MiB single writes (one request per record) and 1 MiB batched writes (one
@@ -123,11 +124,12 @@ class Systems:
     """The appliance and the empty-handler app, each with its own client and bucket."""
 
     def __init__(
-        self, folder: Path, ceiling_parser: str | None = None, env: dict[str, str] | None = None
+        self, folder: Path, ceiling_parser: str | None = None, env: dict[str, str] | None = None,
+        tree: Path | None = None,
     ) -> None:
         self.folder = folder
         self.ceiling_parser = ceiling_parser
-        self.ours = ServerProcess(folder / "data", env=env)
+        self.ours = ServerProcess(folder / "data", env=env, cwd=tree)
         self.empty_port = free_port()
         self.empty: subprocess.Popen[bytes] | None = None
         self.ts = 1_000_000
@@ -365,6 +367,8 @@ def main() -> None:
     )
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the appliance only, e.g. RS_ENGINE_SYNC_WRITES=true")
+    parser.add_argument("--tree", type=Path,
+                        help="run the appliance from this checkout (to compare two commits)")
     args = parser.parse_args()
     server_env = env_settings(parser, args.env)
     if args.mode == "stream":
@@ -376,7 +380,7 @@ def main() -> None:
         if free < need:
             sys.exit(f"need {need / GIB:.1f} GiB free in {tmp}, have {free / GIB:.1f}")
         load0 = os.getloadavg()[0]
-        systems = Systems(Path(tmp), args.ceiling_parser, server_env)
+        systems = Systems(Path(tmp), args.ceiling_parser, server_env, args.tree)
         try:
             systems.start()
             if args.mode == "large":

@@ -172,3 +172,50 @@ def test_fs_ops_write_all_refuses_a_pwritev_that_writes_nothing(
             fs_ops.write_all(fd, [b"a", b"b"], 0)
     finally:
         os.close(fd)
+
+
+def test_fs_ops_write_all_writes_at_most_max_write_bytes_a_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No system call writes more than ``MAX_WRITE_BYTES`` (larger buffered writes take
+    page-cache folios from the largest free blocks, slow on a VM): small buffers are grouped
+    up to it, a larger one is written a slice at a time, and the bytes land where they
+    should, positioned and appended."""
+    cap = 10
+    monkeypatch.setattr(backends_durability, "MAX_WRITE_BYTES", cap)
+    sizes: list[tuple[str, int]] = []
+    real_pwritev, real_pwrite, real_write = os.pwritev, os.pwrite, os.write
+
+    def pwritev(fd: int, buffers: list[memoryview], offset: int) -> int:
+        sizes.append(("pwritev", sum(map(len, buffers))))
+        return real_pwritev(fd, buffers, offset)
+
+    def pwrite(fd: int, data: memoryview, offset: int) -> int:
+        sizes.append(("pwrite", len(data)))
+        return real_pwrite(fd, data, offset)
+
+    def write(fd: int, data: memoryview) -> int:
+        sizes.append(("write", len(data)))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "write", write)
+    chunks = [b"a" * 3, b"b" * 4, b"c" * 5, b"d" * 25, b"e" * 2, b"f" * 10]
+    expected = b"".join(chunks)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        fs_ops.write_all(fd, chunks, 0)  # a list: pwritev
+        # 3+4, then 5 (5+25 is over), 25 a slice at a time, its last 5 grouped with the 2, 10
+        assert [n for _, n in sizes] == [7, 5, 10, 10, 7, 10]
+        sizes.clear()
+        fs_ops.write_all(fd, (b"x" * 23,), len(expected))  # one buffer: pwrite
+        assert sizes == [("pwrite", 10), ("pwrite", 10), ("pwrite", 3)]
+        sizes.clear()
+        os.lseek(fd, 0, os.SEEK_END)
+        fs_ops.write_all(fd, (b"y" * 12,))  # appended: write
+        assert sizes == [("write", 10), ("write", 2)]
+        monkeypatch.undo()
+        assert fs_ops.read_at(fd, 100, 0) == expected + b"x" * 23 + b"y" * 12
+    finally:
+        os.close(fd)
