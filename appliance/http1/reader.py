@@ -29,7 +29,8 @@ from typing import Any, NoReturn
 # What a transport hands ``data_received`` at most: asyncio's selector transport reads 256 KiB,
 # uvloop 256,000 bytes. Hypercorn reading this much at a time gets every chunk whole.
 WHOLE_CHUNK_BYTES = 256 * 1024
-# The stock StreamReader's attributes this class uses (CPython 3.8 to 3.13 have them all).
+# The stock StreamReader's attributes this class uses (CPython 3.11's; ``supported`` checks
+# them on every connection).
 _STOCK_ATTRIBUTES = ("_buffer", "_eof", "_exception", "_limit", "_paused", "_transport")
 
 
@@ -69,7 +70,7 @@ class ChunkReader(asyncio.StreamReader):
         return self._eof and not self._chunks
 
     async def read(self, n: int = -1) -> bytes:
-        """The next received chunk if it has at most ``n`` bytes, else its first ``n``
+        """The next received chunk if it has at most ``n`` bytes, else its next ``n`` bytes
         (``n`` < 0: everything up to EOF); ``b""`` at EOF."""
         if self._exception is not None:
             raise self._exception
