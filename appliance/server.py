@@ -176,13 +176,21 @@ def set_receive_size(nbytes: int | None = None) -> int:
     return size
 
 
+def install_http1() -> bool:
+    """``http1.install()``, then Hypercorn's read size for what it installed (256 KiB with the
+    chunk reader, else 64 KiB); returns whether ``appliance.http1`` is in use."""
+    installed = http1.install()
+    set_receive_size(http1.receive_bytes())
+    return installed
+
+
 def tune_malloc() -> bool:
     """Keep memory freed by request bodies in the C heap for the next ones (glibc ``mallopt``);
     returns whether it applied. ``APPLIANCE_MALLOC=default`` leaves glibc's own policy (a
     benchmarking knob).
 
-    A large body's chunks (a socket read each, up to 256 KiB) live until a worker thread has written
-    them, so several MiB are freed at once; glibc then gives the top of its heap back to the
+    A large body's chunks (a socket read each, up to 256 KiB) live until a worker thread has
+    written them, so several MiB are freed at once; glibc then gives the top of its heap back to the
     kernel and the next chunks fault fresh pages in, which on a VM costs ~0.2-0.3 ms of system
     time per MiB received (the empty-handler ceiling frees each chunk at once and never paid
     it). Allocations up to ``MALLOC_MMAP_BYTES`` come from the heap, and up to
@@ -285,8 +293,7 @@ async def serve(
     config = hypercorn_config(settings)
     add_reason_phrases()
     release_closed_connections()
-    http1.install()
-    set_receive_size(http1.receive_bytes())
+    install_http1()
     services = Services(settings, desired=desired, environ=environ)
     app = create_app(settings, services)
     stop = asyncio.Event()

@@ -38,12 +38,12 @@ MIB = 1024 * 1024
 CHUNK_BYTES = 1 * MIB
 # Buffers per pwritev call (Linux's IOV_MAX).
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-# Bytes per write system call at most (``write_all``). A larger buffered write lets the kernel
-# (ext4 on Linux 6.x, with large folios) put it in page-cache folios of up to 2 MiB, which come
-# from the largest free blocks; on a VM those are the blocks the guest reported free and the
-# host took back (virtio-balloon free page reporting starts at 2 MiB blocks), and each first
-# touch faults the memory back in. Here 8 MiB pwritev calls spent 1.4-1.7 ms of system time a
-# MiB where 1 MiB ones spent 0.2-0.4; a call per MiB costs a microsecond.
+# Bytes per write system call at most (``write_all``). Measured on a 2-core VM (Linux 6.18,
+# ext4): batches written with one 8 MiB pwritev spent 1.35-1.7 ms of system time a MiB, with
+# 1 MiB calls 0.3-0.4; a call per MiB costs a microsecond. Our reading, not proven: the kernel
+# sizes page-cache folios to the write (up to 2 MiB), those come from the largest free blocks,
+# and on a VM with free page reporting (virtio-balloon, 2 MiB blocks and up) the host has taken
+# those back, so each first touch faults the memory in again.
 MAX_WRITE_BYTES = 1 * MIB
 NS_PER_SECOND = 1_000_000_000
 NS_PER_MICROSECOND = 1_000

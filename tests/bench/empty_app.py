@@ -17,8 +17,7 @@ import sys
 from hypercorn.asyncio import serve
 from quart import Quart, request
 
-from appliance import http1
-from appliance.server import hypercorn_config, run, set_receive_size, tune_malloc
+from appliance.server import hypercorn_config, install_http1, run, tune_malloc
 from appliance.settings import Settings
 
 app = Quart(__name__)
@@ -47,6 +46,5 @@ async def anything(rest: str) -> tuple[str, int, dict[str, str]]:
 if __name__ == "__main__":
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
     tune_malloc()  # the appliance's server settings, for a fair ceiling
-    http1.install()
-    set_receive_size(http1.receive_bytes())
+    install_http1()
     run(serve(app, hypercorn_config(settings)))  # type: ignore[arg-type]

@@ -22,13 +22,12 @@ from hypercorn.asyncio import serve
 from quart import Quart, Response
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from appliance import http1  # noqa: E402
 from appliance.server import (  # noqa: E402
     add_reason_phrases,
     hypercorn_config,
+    install_http1,
     release_closed_connections,
     run,
-    set_receive_size,
     tune_gc,
     tune_malloc,
 )
@@ -104,8 +103,7 @@ if __name__ == "__main__":
         tune_malloc()
         add_reason_phrases()
         release_closed_connections()
-        http1.install()
-        set_receive_size(http1.receive_bytes())
+        install_http1()
     app: Any = replayer.quart() if mode == "quart" else replayer.asgi
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
     run(serve(app, hypercorn_config(settings)))

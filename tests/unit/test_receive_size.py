@@ -90,3 +90,32 @@ def test_tune_malloc_reuses_batch_sized_buffers_instead_of_faulting_them_in() ->
     )
     pages = 20 * (8 * 1024 * 1024 + 64 * 1024) // 4096
     assert int(out.stdout) < pages // 10, out.stdout  # not one fault per page per buffer
+
+
+def test_install_http1_reads_whole_chunks_with_the_chunk_reader_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server's read size follows what ``appliance.http1`` installed: a transport's whole
+    chunk with the chunk reader, Hypercorn's 64 KiB with asyncio's reader or stock h11."""
+    from appliance import http1
+    from appliance.http1.reader import WHOLE_CHUNK_BYTES
+    from appliance.server import install_http1
+
+    if not http1._versions_verified():
+        pytest.skip("h11/Hypercorn version not verified for appliance.http1")
+    monkeypatch.delenv(RECV_ENV, raising=False)
+    http1.uninstall()
+    try:
+        for env, expected in ((None, WHOLE_CHUNK_BYTES), ("stock", RECV_BYTES)):
+            if env is None:
+                monkeypatch.delenv(http1.READER_ENV, raising=False)
+            else:
+                monkeypatch.setenv(http1.READER_ENV, env)
+            assert install_http1() is True
+            assert tcp_server.MAX_RECV == expected
+            http1.uninstall()
+        monkeypatch.setenv(http1.PARSER_ENV, "h11")
+        assert install_http1() is False
+        assert tcp_server.MAX_RECV == RECV_BYTES
+    finally:
+        http1.uninstall()
