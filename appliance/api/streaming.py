@@ -310,7 +310,7 @@ class RecordSink:
         if writer is None:
             writer = self.writer = self._begin()
         for chunks in groups:
-            writer.write_many(chunks)  # one pwritev a group: one GIL hand-off, not one a chunk
+            writer.write_many(chunks)  # a pwritev a group (a MiB at most), not a pwrite a chunk
 
     def finish(self) -> None:
         """Complete the record (FINISHED), then run ``then``."""

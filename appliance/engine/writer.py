@@ -59,9 +59,10 @@ class RecordWriter:
 
     @boundary("write the record")
     def write_many(self, chunks: list[bytes]) -> None:
-        """Write the next chunks in order with one system call (``pwritev``: one release of
-        the GIL, where a ``pwrite`` a chunk handed it to the event loop and waited for it back
-        once per chunk); BadRequest when over the declared size (then none is written)."""
+        """Write the next chunks in order with as few system calls as ``fs_ops.write_all``
+        allows (one ``pwritev`` a MiB: one release of the GIL each, where a ``pwrite`` a chunk
+        handed it to the event loop and waited for it back once per chunk); BadRequest when
+        over the declared size (then none is written)."""
         if self._done:
             raise self._error or InternalError("Record writer is already closed")
         chunks = [c if type(c) is bytes else bytes(c) for c in chunks]  # the C CRC32C: bytes

@@ -85,6 +85,17 @@ def env_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict[str,
     return env
 
 
+def checkout(parser: argparse.ArgumentParser, tree: Path | None) -> Path | None:
+    """``--tree PATH`` as an absolute checkout holding the appliance (a parser error if it
+    does not): the benchmark starts ``python -m appliance`` there instead of in this one."""
+    if tree is None:
+        return None
+    tree = tree.resolve()
+    if not (tree / "appliance" / "__main__.py").is_file():
+        parser.error(f"--tree {tree}: no appliance package there")
+    return tree
+
+
 def raw_disk(folder: Path, records: int) -> float:
     """Seconds to write ``records`` MiB sequentially to a new file (no fsync, like the server)."""
     chunk = os.urandom(MIB)
@@ -371,6 +382,7 @@ def main() -> None:
                         help="run the appliance from this checkout (to compare two commits)")
     args = parser.parse_args()
     server_env = env_settings(parser, args.env)
+    tree = checkout(parser, args.tree)
     if args.mode == "stream":
         asyncio.run(stream_only(args.url, args.bytes))
         return
@@ -380,7 +392,7 @@ def main() -> None:
         if free < need:
             sys.exit(f"need {need / GIB:.1f} GiB free in {tmp}, have {free / GIB:.1f}")
         load0 = os.getloadavg()[0]
-        systems = Systems(Path(tmp), args.ceiling_parser, server_env, args.tree)
+        systems = Systems(Path(tmp), args.ceiling_parser, server_env, tree)
         try:
             systems.start()
             if args.mode == "large":

@@ -51,7 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.bench.bench_big import ballast, env_settings  # noqa: E402
+from tests.bench.bench_big import ballast, checkout, env_settings  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 MIB = 1024 * 1024
@@ -239,10 +239,7 @@ def main() -> None:
     label = args.size
     args.size = SIZES[label]
     args.server_env = env_settings(parser, args.env)
-    if args.tree is not None:
-        args.tree = args.tree.resolve()
-        if not (args.tree / "appliance" / "__main__.py").is_file():
-            parser.error(f"--tree {args.tree}: no appliance package there")
+    args.tree = checkout(parser, args.tree)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in ("single", "batched", "read")]
     if bad:
