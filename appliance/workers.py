@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def _deliver(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -46,6 +49,22 @@ def _work(
         loop.call_soon_threadsafe(_deliver, fut, False, exc)
     else:
         loop.call_soon_threadsafe(_deliver, fut, True, result)
+
+
+def _work_then(
+    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], fn: Callable[..., Any], args: Any
+) -> None:
+    try:
+        result, then = fn(*args)
+    except BaseException as exc:  # handed to the awaiting task, like run_in_executor does
+        loop.call_soon_threadsafe(_deliver, fut, False, exc)
+        return
+    loop.call_soon_threadsafe(_deliver, fut, True, result)
+    if then is not None:
+        try:
+            then()
+        except Exception:  # noqa: BLE001 - nobody awaits it: only a head start for later calls
+            log.debug("work after a result was handed over failed", exc_info=True)
 
 
 class Workers:
@@ -82,6 +101,18 @@ class Workers:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self.pool.submit(_work, loop, fut, fn, args)
+        return fut
+
+    def start_then(
+        self, fn: Callable[..., tuple[T, Callable[[], Any] | None]], *args: Any
+    ) -> asyncio.Future[T]:
+        """``start``, for an ``fn`` that returns ``(result, then)``: the future gets
+        ``result`` at once, and ``then()`` (unless None) runs afterwards in the same thread,
+        unobserved (work that only gives later calls a head start; its errors are logged at
+        debug level)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self.pool.submit(_work_then, loop, fut, fn, args)
         return fut
 
     async def run_through(

@@ -4,7 +4,8 @@ helpers that turn a collected ``ReadBatch`` into a response body."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from appliance.api import params
 from appliance.api.access import read_access, services, write_access
 from appliance.api.batch_codec import (
     header_pairs,
+    run_tails,
+    run_values,
     v1_lines,
     v1_run_lines,
     v2_one_entry_lines,
@@ -37,6 +40,8 @@ from appliance.query.handle import (
     Query,
     QuerySpec,
     ReadBatch,
+    block_header_costs,
+    warm,
 )
 
 if TYPE_CHECKING:
@@ -239,17 +244,35 @@ def collect_encoded(
 
 def collect_ahead(
     query: Query, storage: Storage, limits: BatchLimits, head: bool, v2: bool, held: Any
-) -> Ahead | None:
-    """``Query.collect_ahead`` then ``encode_batch`` (worker thread); the Ahead keeps ``held``."""
+) -> tuple[Ahead | None, Callable[[], None] | None]:
+    """``Query.collect_ahead`` then ``encode_batch`` (worker thread); the Ahead keeps ``held``.
+    Also what to do once it is handed over: get the next blocks ready (``handle.warm``)."""
     ahead = query.collect_ahead(storage, limits, head, v2)
-    if ahead is not None:
-        ahead.held = held
-        if ahead.batch.records:
-            try:
-                encode_batch(ahead.batch, v2, head, query.spec.only_metadata)
-            except Exception:  # noqa: BLE001 - undone; the request's own hop reports it
-                ahead.batch.encoded = None
-    return ahead
+    if ahead is None:
+        return None, None
+    ahead.held = held
+    if ahead.batch.records:
+        try:
+            encode_batch(ahead.batch, v2, head, query.spec.only_metadata)
+        except Exception:  # noqa: BLE001 - undone; the request's own hop reports it
+            ahead.batch.encoded = None
+    if not ahead.warm_from:
+        return ahead, None
+    # Not a method of the Ahead: the batch (its body) is not kept alive by the warming.
+    prepare = _prepare_v2 if v2 else _prepare_v1
+    return ahead, functools.partial(warm, ahead.warm_from, ahead.runs, prepare)
+
+
+def _prepare_v2(columns: Any) -> None:
+    """What a v2 batch of a block's records derives once per block (``handle.warm``)."""
+    block_header_costs(columns)
+    run_values(columns)
+
+
+def _prepare_v1(columns: Any) -> None:
+    """What a v1 batch of a block's records derives once per block (``handle.warm``)."""
+    block_header_costs(columns)
+    run_tails(columns)
 
 
 def start_ahead(svc: Services, storage: Storage, query: Query, head: bool, v2: bool,
@@ -262,7 +285,7 @@ def start_ahead(svc: Services, storage: Storage, query: Query, head: bool, v2: b
     if held is None:
         return
     limits = limits_for(svc, query)
-    query.ahead = svc.workers.start(collect_ahead, query, storage, limits, head, v2, held)
+    query.ahead = svc.workers.start_then(collect_ahead, query, storage, limits, head, v2, held)
 
 
 async def read_batch(bucket: str, entry: str | None, qid: int, *, v2: bool) -> Response:

@@ -23,7 +23,7 @@ from itertools import accumulate
 from typing import Any
 
 from appliance.engine.codec import Descriptor, IndexItem, StoredRecord
-from appliance.engine.crc_view import running_checksums
+from appliance.engine.crc_view import COPY_CHECK_BYTES, running_checksums
 from appliance.engine.models import RecordState
 
 DEFAULT_BLOCK_CACHE = 64
@@ -80,6 +80,12 @@ class Block:
             return self.columns()
         self._read_before = True
         return None
+
+    def columns_to_read(self) -> Columns:
+        """``columns()`` for a query about to read this block (``Entry.warm_next_block``):
+        marked read before, so its first batch from the block takes them too."""
+        self._read_before = True
+        return self.columns()
 
     def built_columns(self) -> Columns | None:
         """The columns if they are built and current, without building them."""
@@ -210,6 +216,14 @@ class Columns:
             chain = self._chain = running_checksums(self.crcs, self.sizes)
         return chain
 
+    def small(self, lo: int = 0, hi: int | None = None) -> bool:
+        """Whether records ``lo`` to ``hi`` (all by default) are at least two and average
+        below ``COPY_CHECK_BYTES``: then one check of their span against the running
+        checksums (``chain``) costs less than a call a record."""
+        hi = len(self.sizes) if hi is None else hi
+        acc = self.sizes_acc
+        return hi - lo >= 2 and acc[hi] - acc[lo] < COPY_CHECK_BYTES * (hi - lo)
+
     def all_finished(self, lo: int, hi: int) -> bool:
         """Whether records ``lo`` to ``hi`` (excluded) are all finished."""
         return self._unfinished[hi] == self._unfinished[lo]
@@ -294,6 +308,10 @@ class BlockCache:
     def __contains__(self, key: tuple[int, int]) -> bool:
         """Whether the block is cached (neither a hit nor a use)."""
         return key in self._blocks
+
+    def peek(self, key: tuple[int, int]) -> Block | None:
+        """The cached block, if any (neither a hit nor a use)."""
+        return self._blocks.get(key)
 
     def put(self, key: tuple[int, int], block: Block) -> None:
         """Cache a clean block, evicting the least recently used beyond capacity."""

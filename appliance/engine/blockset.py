@@ -22,7 +22,7 @@ import logging
 from bisect import bisect_right, insort
 from collections.abc import Mapping, Sequence
 
-from appliance.engine.block import Block, index_item
+from appliance.engine.block import Block, Columns, index_item
 from appliance.engine.codec import (
     DescriptorDecoder,
     IndexItem,
@@ -132,6 +132,18 @@ class BlockSet:
         if block_id in self.live or block_id in self.hidden:
             return None
         return None if (self.uid, block_id) in self.ctx.blocks else block_id
+
+    def columns_ahead(self, ts: int) -> Columns | None:
+        """The columns of the block after the one holding ``ts``, built for a query about to
+        read it (``Block.columns_to_read``), if it is cached, not the last block (writers
+        keep changing that one) and has none yet; None otherwise (entry lock held)."""
+        i = bisect_right(self.ids, ts)
+        if i < 1 or i >= len(self.ids) - 1:
+            return None
+        block = self.ctx.blocks.peek((self.uid, self.ids[i]))
+        if block is None or block.built_columns() is not None:
+            return None
+        return block.columns_to_read()
 
     def take_warming(self, block_id: int) -> DescriptorDecoder | None:
         """The decoder of ``block_id`` being decoded ahead (taken: a second taker gets None),

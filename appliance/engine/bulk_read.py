@@ -39,7 +39,7 @@ def _chained(columns: Columns, lo: int, hi: int) -> tuple[int, int] | None:
     as one span, if they are small records (below ``COPY_CHECK_BYTES`` on average, where a
     call a record costs more than the bytes); None to check them one by one. Larger records
     are checked by ``crc_at``, which releases the GIL while it runs."""
-    if hi - lo < 2 or columns.sizes_acc[hi] - columns.sizes_acc[lo] >= COPY_CHECK_BYTES * (hi - lo):
+    if not columns.small(lo, hi):
         return None
     chain = columns.chain()
     return chain[lo], chain[hi]

@@ -30,7 +30,7 @@ import google_crc32c
 
 from appliance import metrics
 from appliance.engine import fs_ops
-from appliance.engine.block import Run
+from appliance.engine.block import Columns, Run
 from appliance.engine.blockset import BlockSet
 from appliance.engine.bulk_read import BulkReads
 from appliance.engine.bulk_write import build_run
@@ -255,20 +255,37 @@ class Entry(BulkReads, EntryRemoval):
                 return
             yield batch
 
-    def warm_next_block(self, ts: int, deadline: float) -> None:
-        """Decode ahead, until ``deadline`` (``time.perf_counter``) and at least one step, the
-        descriptor of the block after the one holding ``ts``, if it is not in memory; once
-        whole it goes to the block cache. A query reading this entry from ``ts`` calls it
-        between batches, so the next block costs the batch that reaches it no long decode.
-        Never raises for damage: the read that needs the block finds and reports it."""
+    def warm_next_block(
+        self, ts: int, deadline: float, *, runs: bool = False,
+        prepare: Callable[[Columns], object] | None = None,
+    ) -> None:
+        """Get the block after the one holding ``ts`` ready for a query about to read it,
+        until ``deadline`` (``time.perf_counter``) and at least one step. If it is not in
+        memory, its descriptor is decoded ``WARM_STEP_RECORDS`` at a time (once whole it goes
+        to the block cache). For a query that reads in runs (``runs``), a later call then
+        builds the cached block's columns, with their running checksums when its records are
+        small, and hands them to ``prepare`` (the reader's own per-block derivations). A
+        query reading this entry from ``ts`` calls it after each batch, so the batch that
+        reaches the block costs neither. Never raises for damage: the read that needs the
+        block finds and reports it."""
+        columns: Columns | None = None
+        decoder = None
         with self._lock:
             if self.removed:
                 return
             blocks = self._blocks
             block_id = blocks.next_cold(ts)
             if block_id is None:
-                return
-            decoder = blocks.take_warming(block_id)
+                columns = blocks.columns_ahead(ts) if runs else None
+            else:
+                decoder = blocks.take_warming(block_id)
+        if block_id is None:
+            if columns is not None:
+                if columns.small():
+                    columns.chain()
+                if prepare is not None:
+                    prepare(columns)
+            return
         try:  # outside the lock: writers of this entry are not held up
             if decoder is None:
                 decoder = self.files.descriptor_decoder(block_id, self.name)

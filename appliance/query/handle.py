@@ -23,11 +23,11 @@ from __future__ import annotations
 import copy
 import heapq
 import logging
-from collections import deque
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, overload
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, overload
 from appliance.engine.block import Run
 from appliance.engine.models import U64_MAX, RecordMeta
 from appliance.engine.names import is_meta_entry
-from appliance.query.context import RecordShaper, shaper_for
 from appliance.errors import NotFound
+from appliance.query.context import RecordShaper, shaper_for
 from appliance.sizes import PRELOAD_BATCH_BYTES, PRELOAD_RECORD_BYTES
 
 if TYPE_CHECKING:
@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 60.0
-# How long a batch collected ahead may spend decoding the next block's descriptor after it
-# (``Query._warm``): a share of the time a client takes to parse a batch, so the batch is
-# still ready when asked for.
+# How long a batch collected ahead may spend getting the next block ready after it
+# (``warm``): a share of the time a client takes to parse a batch, so the next batch
+# is still collected without waiting for the GIL behind it.
 WARM_SECONDS = 0.0003
 
 
@@ -101,6 +101,7 @@ class ReadBatch:
     columns: list[tuple[Any, int, int]] | None = None
     # When collected as runs of blocks' columns (``_collect_plain``): the same, to be read.
     run: list[tuple[Any, int, int]] | None = None
+    plain: bool = False  # collected from one entry read whole (``_collect_plain``)
 
     def close(self) -> None:
         """Close the payload streams opened while collecting (a batch that is not sent)."""
@@ -121,11 +122,41 @@ class Ahead:
     state: tuple[Any, ...]
     changes: list[tuple[Any, int]]
     held: Any = None  # the share of the prefetch budget it holds (released with it)
+    # (entry, read position) of each entry the query reads on from, taken with the batch:
+    # the blocks to get ready next (``warm``, once the batch is handed over).
+    warm_from: list[tuple[Any, int]] = field(default_factory=list)
+    runs: bool = False  # the query reads its entry whole, a block's columns at a time
 
     def unchanged(self) -> bool:
         """True if no entry it read lost or relabelled a record since (lock-free reads of
         two attributes per entry, so the event loop may ask)."""
         return all(not e.removed and e.changes == n for e, n in self.changes)
+
+
+def warm(
+    targets: list[tuple[Any, int]], runs: bool, prepare: Callable[[Any], object] | None = None
+) -> None:
+    """Get ready, for ``WARM_SECONDS`` (at least one step an entry), the next block each
+    entry of ``targets`` (``Ahead.warm_from``) will be read from (``Entry.warm_next_block``:
+    its descriptor decoded; for a query that reads in ``runs``, then its columns built and
+    handed to ``prepare``). A decode of a whole block (~1.5 ms for 1,024 records here) and
+    its columns (~0.5 ms) would otherwise fall on the batch that reaches it, and the client
+    would wait for it. Run after the batch was handed over, outside the query's lock: it
+    reads no query state, only what ``warm_from`` took."""
+    deadline = time.perf_counter() + WARM_SECONDS
+    for entry, ts in targets:
+        try:
+            entry.warm_next_block(ts, deadline, runs=runs, prepare=prepare)
+        except Exception:  # noqa: BLE001 - only a head start: the batch is what counts
+            log.debug("no decode ahead for %s", entry.name, exc_info=True)
+
+
+def block_header_costs(columns: Any) -> list[int]:
+    """``_header_costs`` of a block's ``Columns``, worked out once (kept in their memo)."""
+    costs = columns.memo.get("header_costs")
+    if costs is None:
+        costs = columns.memo["header_costs"] = _header_costs(columns.records)
+    return costs
 
 
 def _header_costs(records: list[Any]) -> list[int]:
@@ -310,21 +341,15 @@ class Query:
             except Exception:  # noqa: BLE001 - undone: the request's own collect reports it
                 self._restore(state)
                 return None
+            ahead = Ahead(batch, head, state, changes, runs=batch.plain)
             if batch.more:
-                self._warm(changes, time.perf_counter() + WARM_SECONDS)
-            return Ahead(batch, head, state, changes)
-
-    def _warm(self, entries: list[tuple[Any, int]], deadline: float) -> None:
-        """Decode ahead part of the next block each entry will be read from (a decode of
-        a whole block, ~1.5 ms for 1,024 records here, would otherwise fall on the one batch
-        that reaches it, and the client would wait for it)."""
-        for entry, _ in entries:
-            if entry.name in self.done:
-                continue
-            try:
-                entry.warm_next_block(self.positions[entry.name], deadline)
-            except Exception:  # noqa: BLE001 - only a head start: the batch is what counts
-                log.debug("no decode ahead for %s", entry.name, exc_info=True)
+                positions = self.positions
+                ahead.warm_from = [
+                    (entry, positions[entry.name])
+                    for entry, _ in changes
+                    if entry.name not in self.done and entry.name in positions
+                ]
+            return ahead
 
     def _snapshot(self) -> tuple[Any, ...]:
         """Everything ``_collect`` changes, copied (conditions and shapers keep counters)."""
@@ -376,6 +401,7 @@ class Query:
             and heap[0][1] not in self.shapers
             and not is_meta_entry(heap[0][1])
         )
+        batch.plain = plain
         if plain:
             # One entry read whole; a record left pending by the metadata limit goes first.
             _, name, first = heap[0]
@@ -505,9 +531,7 @@ class Query:
             # Record i goes in while the body before it is within the limit (so the one
             # crossing it is included).
             limit = bisect_right(acc, limits.max_size - body + acc[lo], lo, lo + k) - lo
-        costs = cols.memo.get("header_costs")
-        if costs is None:
-            costs = cols.memo["header_costs"] = _header_costs(cols.records)
+        costs = block_header_costs(cols)
         per_name = 3 * len(name)
         base = metadata - costs[lo] - lo * per_name
 

@@ -132,7 +132,8 @@ def test_damage_is_left_to_the_read(cold: Storage) -> None:
 def test_a_batch_collected_ahead_warms_the_next_block(
     cold: Storage, monkeypatch: pytest.MonkeyPatch, budget: float
 ) -> None:
-    """``Query.collect_ahead`` decodes ahead for the budget (at least one step); what the
+    """A batch collected ahead names where each entry reads on (``Ahead.warm_from``), and
+    ``handle.warm`` decodes ahead from there for the budget (at least one step); what the
     query reads is what it reads without."""
     from appliance.query import handle
     from appliance.query.handle import BatchLimits, QuerySpec
@@ -147,7 +148,12 @@ def test_a_batch_collected_ahead_warms_the_next_block(
     seen = [m.timestamp for _, m in query.collect_batch(cold, limits, False, True).records]
     ahead = query.collect_ahead(cold, limits, False, True)
     assert ahead is not None and ahead.batch.more
+    assert ahead.warm_from == [(entry, seen[-1] + len(ahead.batch.records) + 1)]
+    assert ahead.runs  # one entry read whole: its next blocks get their columns too
     blocks = entry._blocks  # noqa: SLF001
+    # Nothing decoded yet: the batch is handed over first, the decode follows it.
+    assert not _cached(cold, entry, ids[1]) and blocks.warming is None
+    handle.warm(ahead.warm_from, ahead.runs)
     if budget:
         assert _cached(cold, entry, ids[1])
     else:
@@ -155,6 +161,108 @@ def test_a_batch_collected_ahead_warms_the_next_block(
     seen += [m.timestamp for _, m in ahead.batch.records]
     for _ in range(100):
         batch = query.collect_batch(cold, limits, False, True)
+        if not batch.records:
+            break
+        seen += [m.timestamp for _, m in batch.records]
+    assert seen == list(range(1, 3 * PER_BLOCK + 6))
+
+
+def _run_or_list(entry, start: int):  # type: ignore[no-untyped-def]
+    """The first piece a query reading in runs gets from ``start`` on."""
+    return next(entry._iter_blocks(start, 2**64 - 1, 85, runs=True))  # noqa: SLF001
+
+
+def test_a_cached_next_block_gets_its_columns_ready(tmp_path: Path) -> None:
+    """Once the next block is cached, the next call builds its columns (with the running
+    checksums of its small records) and hands them to ``prepare``, once; the query's first
+    batch from it is then a run of them (a block read the first time otherwise goes record
+    by record), with the same records. Not for the last block."""
+    from appliance.engine.block import Run
+
+    storage = _cold_storage(tmp_path, size=16)
+    try:
+        entry = _entry(storage)
+        ids = _ids(entry)
+        assert not isinstance(_run_or_list(entry, ids[2]), Run)  # read the first time
+        entry.warm_next_block(ids[0], deadline=time.perf_counter() + 10)
+        assert _cached(storage, entry, ids[1])
+        block = entry._blocks.ctx.blocks.peek((entry._blocks.uid, ids[1]))  # noqa: SLF001
+        assert block is not None and block.built_columns() is None
+        prepared: list[object] = []
+        entry.warm_next_block(ids[0], deadline=0.0, prepare=prepared.append)
+        assert not prepared and block.built_columns() is None  # not a reader of runs
+        entry.warm_next_block(ids[0], deadline=0.0, runs=True, prepare=prepared.append)
+        columns = block.built_columns()
+        assert columns is not None and prepared == [columns]
+        assert columns._chain is not None  # noqa: SLF001 - small records: chained ahead
+        entry.warm_next_block(ids[0], deadline=0.0, runs=True, prepare=prepared.append)
+        assert prepared == [columns]  # ready already: nothing more to do
+        first = _run_or_list(entry, ids[1])
+        assert isinstance(first, Run) and first.columns is columns
+        assert [r.timestamp for r in first] == block.order[: len(first)]
+        # The last block (writers keep changing it) gets no columns ahead.
+        entry.warm_next_block(ids[-2], deadline=time.perf_counter() + 10)
+        assert _cached(storage, entry, ids[-1])
+        entry.warm_next_block(ids[-2], deadline=0.0, runs=True, prepare=prepared.append)
+        last = entry._blocks.ctx.blocks.peek((entry._blocks.uid, ids[-1]))  # noqa: SLF001
+        assert prepared == [columns] and last is not None and last.built_columns() is None
+    finally:
+        storage.close()
+
+
+def test_large_records_get_columns_but_no_chain(tmp_path: Path) -> None:
+    """Records of 4 KiB and more are checked one by one: no running checksums ahead."""
+    storage = _cold_storage(tmp_path, size=5000)
+    try:
+        entry = _entry(storage)
+        ids = _ids(entry)
+        entry.warm_next_block(ids[0], deadline=time.perf_counter() + 10)
+        prepared: list[object] = []
+        entry.warm_next_block(ids[0], deadline=0.0, runs=True, prepare=prepared.append)
+        assert len(prepared) == 1 and prepared[0]._chain is None  # type: ignore[attr-defined]
+    finally:
+        storage.close()
+
+
+def _cold_storage(tmp_path: Path, size: int) -> Storage:
+    """Entry ``b/e`` of four blocks of 8 records of ``size`` bytes, none in memory."""
+    path = tmp_path / "data"
+    storage = reopen(path)
+    bucket = storage.create_bucket("b", BucketSettings(max_block_records=8))
+    records = [NewRecord(ts, bytes([ts % 251]) * size) for ts in range(1, 33)]
+    assert not bucket.write_batch("e", records)
+    storage.close()
+    return reopen(path)
+
+
+@pytest.mark.parametrize("v2", [True, False])
+def test_the_next_block_is_made_ready_for_the_encoder(cold: Storage, v2: bool) -> None:
+    """What the server runs after handing over a batch collected ahead
+    (``queries.collect_ahead``'s second part) leaves the next block cached with its columns
+    and what the batch encoder and the metadata limit derive once per block; the batches
+    read afterwards are those of a query that never warmed."""
+    from appliance.api.queries import collect_ahead
+    from appliance.query.handle import BatchLimits, QuerySpec
+    from appliance.query.registry import QueryRegistry
+
+    registry = QueryRegistry()
+    query = registry.get(registry.create(cold, "b", None, QuerySpec(entries=("e",))), "b", None)
+    entry = _entry(cold)
+    ids = _ids(entry)
+    limits = BatchLimits(max_records=50)
+    seen = [m.timestamp for _, m in query.collect_batch(cold, limits, False, v2).records]
+    ahead, then = collect_ahead(query, cold, limits, False, v2, None)
+    assert ahead is not None and ahead.batch.encoded is not None and then is not None
+    seen += [m.timestamp for _, m in ahead.batch.records]
+    for _ in range(10):  # a step a call, past the deadline of a slow machine
+        then()
+    block = entry._blocks.ctx.blocks.peek((entry._blocks.uid, ids[1]))  # noqa: SLF001
+    assert block is not None
+    columns = block.built_columns()
+    assert columns is not None
+    assert set(columns.memo) == {"header_costs", "v2" if v2 else "v1"}
+    for _ in range(100):
+        batch = query.collect_batch(cold, limits, False, v2)
         if not batch.records:
             break
         seen += [m.timestamp for _, m in batch.records]

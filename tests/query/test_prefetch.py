@@ -125,3 +125,22 @@ def test_budget_is_given_back_when_the_holder_goes() -> None:
     del held
     assert budget.used == 0
     assert budget.hold(100) is not None
+
+
+def test_ahead_names_where_to_warm_and_how(storage: Storage) -> None:
+    """A batch collected ahead names where its entry reads on; only a query that reads the
+    entry whole (in runs of columns) has its next blocks' columns built ahead."""
+    plain = _query(storage)
+    plain.collect_batch(storage, LIMITS, False, True)
+    ahead = plain.collect_ahead(storage, LIMITS, False, True)
+    entry = storage.get_bucket("b").get_entry("e")
+    assert ahead.warm_from == [(entry, 21)] and ahead.runs
+    filtered = _query(storage, when={"&n": {"$eq": 1}})
+    five = BatchLimits(max_records=5)
+    filtered.collect_batch(storage, five, False, True)
+    ahead = filtered.collect_ahead(storage, five, False, True)
+    assert ahead.batch.more and ahead.warm_from and not ahead.runs
+    # The last batch leaves nothing to warm.
+    last = _query(storage, start=41)
+    ahead = last.collect_ahead(storage, BatchLimits(max_records=100), False, True)
+    assert not ahead.batch.more and ahead.warm_from == []

@@ -1,4 +1,4 @@
-"""``Workers``: the one way into the engine threads (``run`` and ``run_through``)."""
+"""``Workers``: the one way into the engine threads (``run``, ``start_then``, ``run_through``)."""
 
 from __future__ import annotations
 
@@ -90,3 +90,43 @@ async def test_run_through_cancelled_waits_for_the_thread_and_hands_over_the_res
 
 async def test_run_through_returns_the_result(svc: Any) -> None:
     assert await svc.run_through(lambda a: a * 2, 21) == 42
+
+
+async def test_start_then_hands_over_the_result_before_the_work_after_it(svc: Any) -> None:
+    """The future is done while ``then`` still runs, in the same worker thread."""
+    release = threading.Event()
+    threads: list[int] = []
+
+    def then() -> None:
+        threads.append(threading.get_ident())
+        release.wait(5)
+
+    def fn(value: int) -> tuple[int, Any]:
+        threads.append(threading.get_ident())
+        return value * 2, then
+
+    fut = svc.start_then(fn, 21)
+    assert await asyncio.wait_for(fut, 5) == 42
+    assert not release.is_set()  # then() is still waiting: the result did not wait for it
+    release.set()
+    assert await svc.run(lambda: "after") == "after"  # the only worker is free again
+    assert len(threads) == 2 and threads[0] == threads[1]
+
+
+async def test_start_then_errors(svc: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An error of ``fn`` goes to the future; one of ``then`` only to the debug log."""
+
+    def fail() -> tuple[int, Any]:
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        await svc.start_then(fail)
+
+    def broken_then() -> None:
+        raise ValueError("late")
+
+    caplog.set_level("DEBUG", logger="appliance.workers")
+    assert await svc.start_then(lambda: (7, broken_then)) == 7
+    assert await svc.start_then(lambda: (8, None)) == 8
+    assert await svc.run(lambda: "still serving") == "still serving"
+    assert any("late" in (r.exc_text or "") or r.exc_info for r in caplog.records)

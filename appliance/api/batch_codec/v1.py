@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from appliance.api.batch_codec.common import (
     DEFAULT_CONTENT_TYPE,
@@ -105,6 +105,19 @@ def v1_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes]]:
     return lines, checked
 
 
+def run_tails(columns: Any) -> list[bytes] | Literal[False]:
+    """What follows each size in the v1 values of a block's records (``Columns``), worked
+    out and checked for sending once (kept in their memo); False if one would need h11's
+    word."""
+    tails = columns.memo.get("v1")
+    if tails is None:
+        tails, checked = _v1_tails(columns.records)
+        if not values_are_clean(checked):
+            tails = False
+        columns.memo["v1"] = tails
+    return tails
+
+
 def v1_run_lines(spans: Sequence[tuple[Any, int, int]]) -> tuple[bytes, list[bytes]] | None:
     """``v1_lines`` of a batch made of runs of blocks' records (``spans``: (``Columns``, lo,
     hi), the batch being each one's ``records[lo:hi]`` in turn). A record's value depends on
@@ -114,12 +127,7 @@ def v1_run_lines(spans: Sequence[tuple[Any, int, int]]) -> tuple[bytes, list[byt
     would not send as it is."""
     parts = []
     for columns, lo, hi in spans:
-        tails = columns.memo.get("v1")
-        if tails is None:
-            tails, checked = _v1_tails(columns.records)
-            if not values_are_clean(checked):
-                tails = False
-            columns.memo["v1"] = tails
+        tails = run_tails(columns)
         if tails is False:
             return None
         parts.append(format_rows(_V1_LINE, columns.ts[lo:hi], columns.sizes[lo:hi],

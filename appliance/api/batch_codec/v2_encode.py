@@ -253,6 +253,14 @@ def v2_one_entry_lines(records: Sequence[RecordLike]) -> tuple[bytes, list[bytes
     return b"".join(lines), checked
 
 
+def run_values(columns: Any) -> Any:
+    """``_run_values`` of a block's ``Columns``, worked out once (kept in their memo)."""
+    values = columns.memo.get("v2")
+    if values is None:
+        values = columns.memo["v2"] = _run_values(columns.records)
+    return values
+
+
 def v2_run_lines(spans: Sequence[tuple[Any, int, int]]) -> tuple[bytes, list[bytes]] | None:
     """``v2_one_entry_lines`` of a batch made of runs of blocks' records, one block after
     the other: ``spans`` are (``Columns``, lo, hi), the batch being each one's
@@ -269,9 +277,7 @@ def v2_run_lines(spans: Sequence[tuple[Any, int, int]]) -> tuple[bytes, list[byt
     """
     derived = []
     for columns, lo, hi in spans:
-        values = columns.memo.get("v2")
-        if values is None:
-            values = columns.memo["v2"] = _run_values(columns.records)
+        values = run_values(columns)
         if values is False or hi <= lo:
             return None
         derived.append(values)
