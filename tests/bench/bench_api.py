@@ -1,7 +1,7 @@
 """HTTP API benchmark with the real reduct-py client over loopback, beside its ceilings.
 
 Usage: ``python tests/bench/bench_api.py [--seconds 3] [--repeat 3] [--sizes 1KiB,100KiB,1MiB]
-[--only single,v1,v2,reads] [--ceiling-parser h11] [--quick]``
+[--only single,v1,v2,reads] [--ceiling-parser h11] [--read-records N] [--tree PATH] [--quick]``
 
 For 1 KiB, 100 KiB and 1 MiB records it measures, against ``python -m appliance``: single
 writes, batched writes (protocol v1 ``POST /b/{bucket}/{entry}/batch`` and v2
@@ -22,6 +22,13 @@ measured before and after the cases (on a VM the first touch of page-cache memor
 more than a rewrite of memory the guest used before). The load average is printed before and
 after. Every loop is bounded by a record count and a time budget. Client and servers share this
 machine's cores, so compare rows of one run.
+
+The reads read one entry, written once before them: as many records as the v1 case writes in
+``--seconds``, or ``--read-records``. Its name in the table gives its records and blocks: more
+blocks than the server's block cache holds (64) and every pass decodes each block again, as
+when reading history; fewer and the passes after the first find them decoded. ``--tree`` runs
+the appliance from another checkout (``git worktree add /tmp/old <commit>``), to compare two
+commits in turn.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from appliance.http1 import PARSER_ENV  # noqa: E402
+from tests.bench.bench_big import checkout  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 KIB = 1024
@@ -212,9 +220,11 @@ def capture_reads(url: str, bucket: str, entry: str) -> list[tuple[int, list[tup
 class Servers:
     """The appliance, the empty handler and (per size) a replay server; stopped together."""
 
-    def __init__(self, folder: Path, ceiling_parser: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, ceiling_parser: str | None = None, tree: Path | None = None
+    ) -> None:
         self.folder = folder
-        self.ours = ServerProcess(folder / "data").start()
+        self.ours = ServerProcess(folder / "data", cwd=tree).start()
         env = {**os.environ, PARSER_ENV: ceiling_parser} if ceiling_parser else None
         self.empty = self._spawn("empty_app.py", env=env)
         self.replays: dict[int, ServerProcess] = {}
@@ -302,12 +312,19 @@ async def run(args: argparse.Namespace, servers: Servers) -> list[tuple[Case, Ca
                 async def fill_then_read(t: float, n: int, b: Bucket = bucket, s: int = size) -> tuple[int, float]:
                     return await batched_reads(b, "reads", t, n)
 
-                # The entry to read: as many records as the v1 case wrote in its budget, once.
-                await batched_writes(bucket, "reads", size, seconds, limit, False)
+                # The entry to read: as many records as the v1 case wrote in its budget, once
+                # (or ``--read-records``). Whether its blocks fit in the server's block cache
+                # decides whether a pass decodes them again: the case's name says how many.
+                if args.read_records:
+                    await batched_writes(bucket, "reads", size, 10**6, args.read_records, False)
+                else:
+                    await batched_writes(bucket, "reads", size, seconds, limit, False)
+                info = next(e for e in await bucket.get_entry_list() if e.name == "reads")
                 replay_pid = lambda s=size: pid_of(servers.replay(s, f"bench{s}", "reads"))  # noqa: E731
                 pairs.append(
                     (
-                        Case(f"{label} batched reads", size, me, fill_then_read),
+                        Case(f"{label} batched reads ({info.record_count:,} records, "
+                             f"{info.block_count} blocks)", size, me, fill_then_read),
                         Case("  ceiling: replayed responses", size, replay_pid, replayed),
                     )
                 )
@@ -353,14 +370,21 @@ def main() -> None:
         "--ceiling-parser", choices=("h11",), default=None,
         help="the empty handler keeps h11's own header parsing (the stock ceiling)",
     )
+    parser.add_argument(
+        "--read-records", type=int, default=0,
+        help="records in the entry the reads read (default: what the v1 case writes in "
+        "--seconds); more than 65,536 of 1 KiB are more blocks than the block cache holds",
+    )
+    parser.add_argument("--tree", type=Path, help="run the appliance from this checkout")
     args = parser.parse_args()
+    args.tree = checkout(parser, args.tree)
     args.sizes = args.sizes.replace(" ", "").split(",")
     args.only = args.only.split(",")
     load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         folder = Path(tmp)
         disk = raw_disk_mb_per_s(folder)
-        servers = Servers(folder, args.ceiling_parser)
+        servers = Servers(folder, args.ceiling_parser, args.tree)
         try:
             pairs = asyncio.run(run(args, servers))
             disk_after = raw_disk_mb_per_s(folder)
