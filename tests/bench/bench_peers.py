@@ -1,7 +1,7 @@
 """The appliance side by side with PostgreSQL, the system users pick instead.
 
 Usage: ``python tests/bench/bench_peers.py [--reps 5] [--quick] [--sizes 100KiB,1MiB]
-[--read-passes 3] [--pg-page batch|write]``
+[--read-passes 3] [--pg-page batch|write] [--tree PATH]``
 (needs Debian's ``postgresql`` package and the ``bench`` extra: ``pip install -e '.[bench]'``
 for asyncpg).
 
@@ -29,7 +29,8 @@ the server's user+system time (the appliance process; the postmaster and all its
 over the sample; client CPU per record is this process's (reduct-py or asyncpg). A read
 sample reads what the write sample before it stored ``--read-passes`` times over (one query
 each; 96 records of 1 MiB read once take ~75 ms, a few clock ticks of CPU). Every loop is
-bounded by a record count and a time budget.
+bounded by a record count and a time budget. ``--tree`` runs the appliance from another
+checkout (``git worktree add /tmp/old <commit>``), to compare two commits in turn.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from appliance.settings import Settings  # noqa: E402
-from tests.bench.bench_big import ballast, cpu_seconds  # noqa: E402
+from tests.bench.bench_big import ballast, checkout, cpu_seconds  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 KIB = 1024
@@ -445,7 +446,9 @@ def main() -> None:
     parser.add_argument("--pg-page", choices=("batch", "write"), default="batch",
                         help="rows per PostgreSQL read page: our read batch's count (default) "
                              "or the write batch's (1,000 rows of 1 KiB)")
+    parser.add_argument("--tree", type=Path, help="run the appliance from this checkout")
     args = parser.parse_args()
+    args.tree = checkout(parser, args.tree)
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         folder = Path(tmp)
         os.chmod(folder, 0o755)  # the postgres user must reach its folder inside
@@ -454,9 +457,9 @@ def main() -> None:
         load0 = os.getloadavg()[0]
         pg = Postgres(folder / "pg")
         ours = {
-            "default": ServerProcess(folder / "ours-default" / "data"),
+            "default": ServerProcess(folder / "ours-default" / "data", cwd=args.tree),
             "sync": ServerProcess(folder / "ours-sync" / "data",
-                                  env={"RS_ENGINE_SYNC_WRITES": "true"}),
+                                  env={"RS_ENGINE_SYNC_WRITES": "true"}, cwd=args.tree),
         }
         try:
             pg.start()
