@@ -32,7 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 from reduct import Batch, Bucket, Client
 from rich.console import Console
 from rich.table import Table
@@ -40,6 +39,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.bench.bench_api import capture_reads, loadavg, process_cpu  # noqa: E402
 from tests.bench.bench_big import checkout  # noqa: E402
+from tests.bench.bench_threads import trace_reads  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[2]
@@ -48,24 +48,8 @@ REPLAY = Path(__file__).with_name("replay_server.py")
 
 async def read(url: str, records: int, pid: int) -> dict[str, float]:
     """Read ``records`` records from ``url``; rate, CPU per record, time-to-headers quantiles."""
-    marks: list[tuple[str, float]] = []
-    trace = aiohttp.TraceConfig()
-
-    async def on_start(_s: object, _c: object, params: aiohttp.TraceRequestStartParams) -> None:
-        if "/read" in str(params.url):
-            marks.append(("start", time.perf_counter()))
-
-    async def on_headers(_s: object, _c: object, params: aiohttp.TraceRequestEndParams) -> None:
-        if "/read" in str(params.url):
-            marks.append(("headers", time.perf_counter()))
-
-    trace.on_request_start.append(on_start)
-    trace.on_request_end.append(on_headers)
     async with Client(url, timeout=60) as client:
-        await client._http._session.close()  # the same session, with the trace hooks
-        client._http._session = aiohttp.ClientSession(
-            timeout=client._http._timeout, trace_configs=[trace]
-        )
+        marks = await trace_reads(client)
         await client._http.request_all("HEAD", "/alive")  # learns the API version
         bucket = Bucket("b", client._http)
         count = 0

@@ -153,13 +153,9 @@ def one_run(mode: str, system: str, folder: Path, options: argparse.Namespace) -
             server.stop()
 
 
-async def measure(
-    mode: str, server: ServerProcess, empty: bool, folder: Path, options: argparse.Namespace
-) -> dict[str, float]:
-    """Warm up, time ``options.records`` records; figures per record."""
-    records = options.records
-    assert server.proc is not None
-    pid = server.proc.pid
+async def trace_reads(client: Client) -> list[tuple[str, float]]:
+    """Give ``client`` a session whose trace hooks mark, for each batched read, its start and
+    its response headers (``("start" | "headers", time.perf_counter())``); the list of marks."""
     marks: list[tuple[str, float]] = []
     trace = aiohttp.TraceConfig()
 
@@ -173,11 +169,22 @@ async def measure(
 
     trace.on_request_start.append(on_start)
     trace.on_request_end.append(on_headers)
+    await client._http._session.close()  # the same session, with the trace hooks
+    client._http._session = aiohttp.ClientSession(
+        timeout=client._http._timeout, trace_configs=[trace]
+    )
+    return marks
+
+
+async def measure(
+    mode: str, server: ServerProcess, empty: bool, folder: Path, options: argparse.Namespace
+) -> dict[str, float]:
+    """Warm up, time ``options.records`` records; figures per record."""
+    records = options.records
+    assert server.proc is not None
+    pid = server.proc.pid
     async with Client(server.url, timeout=120) as client:
-        await client._http._session.close()  # the same session, with the trace hooks
-        client._http._session = aiohttp.ClientSession(
-            timeout=client._http._timeout, trace_configs=[trace]
-        )
+        marks = await trace_reads(client)
         bucket = (
             Bucket("b", client._http) if empty else await client.create_bucket("b")
         )

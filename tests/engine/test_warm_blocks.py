@@ -51,6 +51,27 @@ def _ids(entry) -> list[int]:  # type: ignore[no-untyped-def]
     return list(entry._blocks.ids)  # noqa: SLF001
 
 
+def _query_of_e(storage: Storage):  # type: ignore[no-untyped-def]
+    """A query reading entry ``b/e`` whole."""
+    from appliance.query.handle import QuerySpec
+    from appliance.query.registry import QueryRegistry
+
+    registry = QueryRegistry()
+    return registry.get(registry.create(storage, "b", None, QuerySpec(entries=("e",))), "b", None)
+
+
+def _read_rest(  # type: ignore[no-untyped-def]
+    storage: Storage, query, limits, v2: bool, seen: list[int]
+) -> list[int]:
+    """``seen`` and the timestamps of the query's batches read on to its end."""
+    for _ in range(100):
+        batch = query.collect_batch(storage, limits, False, v2)
+        if not batch.records:
+            break
+        seen += [m.timestamp for _, m in batch.records]
+    return seen
+
+
 def test_the_next_block_is_decoded_a_step_at_a_time(cold: Storage) -> None:
     entry = _entry(cold)
     ids = _ids(entry)
@@ -136,12 +157,10 @@ def test_a_batch_collected_ahead_warms_the_next_block(
     ``handle.warm`` decodes ahead from there for the budget (at least one step); what the
     query reads is what it reads without."""
     from appliance.query import handle
-    from appliance.query.handle import BatchLimits, QuerySpec
-    from appliance.query.registry import QueryRegistry
+    from appliance.query.handle import BatchLimits
 
     monkeypatch.setattr(handle, "WARM_SECONDS", budget)
-    registry = QueryRegistry()
-    query = registry.get(registry.create(cold, "b", None, QuerySpec(entries=("e",))), "b", None)
+    query = _query_of_e(cold)
     entry = _entry(cold)
     ids = _ids(entry)
     limits = BatchLimits(max_records=50)
@@ -159,12 +178,7 @@ def test_a_batch_collected_ahead_warms_the_next_block(
     else:
         assert blocks.warming is not None and blocks.warming.header.block_id == ids[1]
     seen += [m.timestamp for _, m in ahead.batch.records]
-    for _ in range(100):
-        batch = query.collect_batch(cold, limits, False, True)
-        if not batch.records:
-            break
-        seen += [m.timestamp for _, m in batch.records]
-    assert seen == list(range(1, 3 * PER_BLOCK + 6))
+    assert _read_rest(cold, query, limits, True, seen) == list(range(1, 3 * PER_BLOCK + 6))
 
 
 def _run_or_list(entry, start: int):  # type: ignore[no-untyped-def]
@@ -242,11 +256,9 @@ def test_the_next_block_is_made_ready_for_the_encoder(cold: Storage, v2: bool) -
     and what the batch encoder and the metadata limit derive once per block; the batches
     read afterwards are those of a query that never warmed."""
     from appliance.api.queries import collect_ahead
-    from appliance.query.handle import BatchLimits, QuerySpec
-    from appliance.query.registry import QueryRegistry
+    from appliance.query.handle import BatchLimits
 
-    registry = QueryRegistry()
-    query = registry.get(registry.create(cold, "b", None, QuerySpec(entries=("e",))), "b", None)
+    query = _query_of_e(cold)
     entry = _entry(cold)
     ids = _ids(entry)
     limits = BatchLimits(max_records=50)
@@ -261,9 +273,4 @@ def test_the_next_block_is_made_ready_for_the_encoder(cold: Storage, v2: bool) -
     columns = block.built_columns()
     assert columns is not None
     assert set(columns.memo) == {"header_costs", "v2" if v2 else "v1"}
-    for _ in range(100):
-        batch = query.collect_batch(cold, limits, False, v2)
-        if not batch.records:
-            break
-        seen += [m.timestamp for _, m in batch.records]
-    assert seen == list(range(1, 3 * PER_BLOCK + 6))
+    assert _read_rest(cold, query, limits, v2, seen) == list(range(1, 3 * PER_BLOCK + 6))
