@@ -10,6 +10,10 @@ call from async code into the engine goes through one ``Workers`` object, modell
   The caller waits for the thread even when cancelled, so its clean-up never races the
   still-running call; ``on_cancel`` receives the result the caller will never see (e.g. a
   just-opened record writer to abort).
+- ``start(fn, ...)`` and ``start_then(fn, ...)``: start this now and give me its future, for a
+  caller that keeps the future and awaits it later (the batch of a query collected ahead);
+  with ``start_then``, ``fn`` hands over its result first and then goes on with work that
+  only gives later calls a head start, in the same thread.
 
 Not through here, on purpose: the lease's own I/O (``appliance.roles``) uses
 ``asyncio.to_thread``, so a pool saturated by slow engine calls never delays a lease renewal
@@ -68,7 +72,7 @@ def _work_then(
 
 
 class Workers:
-    """The engine thread pool behind the two calls async code may use (see the module doc)."""
+    """The engine thread pool behind the calls async code may use (see the module doc)."""
 
     def __init__(self, pool: ThreadPoolExecutor) -> None:
         self.pool = pool
