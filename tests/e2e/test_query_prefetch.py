@@ -82,3 +82,30 @@ async def test_past_hypercorns_requests_per_connection(client: Client,
     assert expected == total + 1
     log = server.log_path.read_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
+
+
+async def test_history_read_with_blocks_made_ready_ahead(client: Client) -> None:
+    """An entry of more blocks than the block cache holds (100 of 32 records), read twice:
+    each batch collected ahead gets the next block decoded and its columns ready after it
+    was handed over. Every payload comes back as written; a removal and a relabel in blocks
+    ahead of the reader, made while it reads, are seen."""
+    from reduct import BucketSettings
+
+    bucket = await client.create_bucket("h", BucketSettings(max_block_records=32))
+    payloads = {ts: os.urandom(1_000 + ts % 7) for ts in range(1, 3_201)}
+    batch = Batch()
+    for ts, data in payloads.items():
+        batch.add(ts, data, labels={"n": str(ts % 10)})
+    assert not await bucket.write_batch("e", batch)
+    for reading in range(2):
+        seen = []
+        async for record in bucket.query("e"):
+            assert await record.read_all() == payloads[record.timestamp]
+            seen.append(record.timestamp)
+            if reading == 1 and record.timestamp == 500:
+                assert await bucket.remove_query("e", start=700, stop=710) == 10
+                await bucket.update("e", 900, {"n": "changed"})
+            if reading == 1 and record.timestamp == 900:
+                assert record.labels == {"n": "changed"}
+        gone = range(700, 710) if reading == 1 else range(0)
+        assert seen == [ts for ts in payloads if ts not in gone]
