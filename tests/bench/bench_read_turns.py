@@ -32,14 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from reduct import Batch, Bucket, Client
+from reduct import Bucket, Client
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.bench.bench_api import capture_reads, loadavg, process_cpu  # noqa: E402
 from tests.bench.bench_big import checkout  # noqa: E402
-from tests.bench.bench_threads import trace_reads  # noqa: E402
+from tests.bench.bench_threads import read_records, trace_reads, write_records  # noqa: E402
 from tests.e2e.server import ServerProcess, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[2]
@@ -52,14 +52,8 @@ async def read(url: str, records: int, pid: int) -> dict[str, float]:
         marks = await trace_reads(client)
         await client._http.request_all("HEAD", "/alive")  # learns the API version
         bucket = Bucket("b", client._http)
-        count = 0
         start, client0, server0 = time.perf_counter(), time.process_time(), process_cpu(pid)
-        while count < records:
-            async for record in bucket.query("e"):
-                await record.read_all()
-                count += 1
-                if count >= records:
-                    break
+        await read_records(bucket, records)
         seconds = time.perf_counter() - start
         client_cpu, server_cpu = time.process_time() - client0, process_cpu(pid) - server0
     starts = [t for kind, t in marks if kind == "start"]
@@ -70,24 +64,17 @@ async def read(url: str, records: int, pid: int) -> dict[str, float]:
         return waits[int(q * (len(waits) - 1))] * 1e3 if waits else float("nan")
 
     return {
-        "rate": count / seconds, "server": server_cpu / count * 1e6,
-        "client": client_cpu / count * 1e6,
+        "rate": records / seconds, "server": server_cpu / records * 1e6,
+        "client": client_cpu / records * 1e6,
         "h50": quantile(0.5), "h90": quantile(0.9), "h99": quantile(0.99),
     }
 
 
 async def fill(url: str, written: int) -> None:
     """Entry ``b/e``: ``written`` records of 1 KiB, label ``n`` cycling 0..9, 1,000 a batch."""
-    payload = os.urandom(1024)
     async with Client(url, timeout=60) as client:
         bucket = await client.create_bucket("b", exist_ok=True)
-        ts = 1_000_000
-        while ts - 1_000_000 < written:
-            batch = Batch()
-            for i in range(min(1000, written - (ts - 1_000_000))):
-                batch.add(ts + i, payload, labels={"n": str(i % 10)})
-            await bucket.write_batch("e", batch)
-            ts += 1000
+        await write_records(bucket, "batched", os.urandom(1024), 1, written)
 
 
 async def run(args: argparse.Namespace, folder: Path) -> dict[str, list[dict[str, float]]]:
