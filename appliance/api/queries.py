@@ -260,7 +260,7 @@ def collect_ahead(
         return ahead, None
     # Not a method of the Ahead: the batch (its body) is not kept alive by the warming.
     prepare = _prepare_v2 if v2 else _prepare_v1
-    return ahead, functools.partial(warm, ahead.warm_from, ahead.runs, prepare)
+    return ahead, functools.partial(warm, ahead.warm_from, ahead.batch.plain, prepare)
 
 
 def _prepare_v2(columns: Any) -> None:

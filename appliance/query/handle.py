@@ -125,7 +125,6 @@ class Ahead:
     # (entry, read position) of each entry the query reads on from, taken with the batch:
     # the blocks to get ready next (``warm``, once the batch is handed over).
     warm_from: list[tuple[Any, int]] = field(default_factory=list)
-    runs: bool = False  # the query reads its entry whole, a block's columns at a time
 
     def unchanged(self) -> bool:
         """True if no entry it read lost or relabelled a record since (lock-free reads of
@@ -341,7 +340,7 @@ class Query:
             except Exception:  # noqa: BLE001 - undone: the request's own collect reports it
                 self._restore(state)
                 return None
-            ahead = Ahead(batch, head, state, changes, runs=batch.plain)
+            ahead = Ahead(batch, head, state, changes)
             if batch.more:
                 positions = self.positions
                 ahead.warm_from = [

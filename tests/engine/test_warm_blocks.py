@@ -168,11 +168,11 @@ def test_a_batch_collected_ahead_warms_the_next_block(
     ahead = query.collect_ahead(cold, limits, False, True)
     assert ahead is not None and ahead.batch.more
     assert ahead.warm_from == [(entry, seen[-1] + len(ahead.batch.records) + 1)]
-    assert ahead.runs  # one entry read whole: its next blocks get their columns too
+    assert ahead.batch.plain  # one entry read whole: its next blocks get their columns too
     blocks = entry._blocks  # noqa: SLF001
     # Nothing decoded yet: the batch is handed over first, the decode follows it.
     assert not _cached(cold, entry, ids[1]) and blocks.warming is None
-    handle.warm(ahead.warm_from, ahead.runs)
+    handle.warm(ahead.warm_from, ahead.batch.plain)
     if budget:
         assert _cached(cold, entry, ids[1])
     else:

@@ -134,12 +134,12 @@ def test_ahead_names_where_to_warm_and_how(storage: Storage) -> None:
     plain.collect_batch(storage, LIMITS, False, True)
     ahead = plain.collect_ahead(storage, LIMITS, False, True)
     entry = storage.get_bucket("b").get_entry("e")
-    assert ahead.warm_from == [(entry, 21)] and ahead.runs
+    assert ahead.warm_from == [(entry, 21)] and ahead.batch.plain
     filtered = _query(storage, when={"&n": {"$eq": 1}})
     five = BatchLimits(max_records=5)
     filtered.collect_batch(storage, five, False, True)
     ahead = filtered.collect_ahead(storage, five, False, True)
-    assert ahead.batch.more and ahead.warm_from and not ahead.runs
+    assert ahead.batch.more and ahead.warm_from and not ahead.batch.plain
     # The last batch leaves nothing to warm.
     last = _query(storage, start=41)
     ahead = last.collect_ahead(storage, BatchLimits(max_records=100), False, True)
